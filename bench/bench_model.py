@@ -1,0 +1,109 @@
+"""Whole-model training throughput on one GPU: tokens/s of a full training step, Lighthouse vs dense.
+
+    python bench/bench_model.py                          # paper-shaped model at 65536 and 131072
+    python bench/bench_model.py --flavor small --seq-lens 16384 --backends sdpa lighthouse_naive
+
+One step = forward, backward and a fused AdamW update under bf16 autocast, batch 1. Each (N, backend) is
+timed with CUDA events after warm-up, median of --steps. Where a configuration runs out of memory it is
+retried with per-block activation checkpointing, and the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+from lighthouse.config import model_flavor  # noqa: E402
+from lighthouse.model import Transformer  # noqa: E402
+
+
+def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: int) -> tuple[float, float]:
+    """Median step time in ms and peak reserved memory in GiB."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    tokens = torch.randint(0, model.config.vocab_size, (1, seq_len + 1), device="cuda", generator=generator)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(tokens[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), torch.cuda.max_memory_reserved() / 2**30
+
+
+def run_one(flavor: str, backend: str, seq_len: int, steps: int, warmup: int, checkpointing: bool):
+    config = model_flavor(flavor, attention=backend, max_seq_len=seq_len, activation_checkpointing=checkpointing)
+    model = Transformer(config).cuda()
+    try:
+        return time_training_steps(model, seq_len, steps, warmup)
+    finally:
+        del model
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flavor", default="paper")
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[65536, 131072])
+    parser.add_argument("--backends", nargs="+", default=["sdpa", "lighthouse"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--checkpointing", choices=["auto", "on", "off"], default="auto")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_model.py needs a CUDA GPU")
+
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, flavor {args.flavor}")
+    rows = []
+    for seq_len in args.seq_lens:
+        baseline = None
+        for backend in args.backends:
+            tries = {"auto": [False, True], "on": [True], "off": [False]}[args.checkpointing]
+            result, used = None, None
+            for checkpointing in tries:
+                try:
+                    result = run_one(args.flavor, backend, seq_len, args.steps, args.warmup, checkpointing)
+                    used = checkpointing
+                    break
+                except torch.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+            if result is None:
+                rows.append((seq_len, backend, "OOM", "", "", "", ""))
+                continue
+            ms, mem = result
+            tps = seq_len / (ms / 1e3)
+            baseline = baseline or (tps if backend == "sdpa" else None)
+            ratio = f"{tps / baseline:.2f}x" if baseline else ""
+            rows.append((seq_len, backend, f"{ms:.1f}", f"{tps:,.0f}", ratio, f"{mem:.1f}", "on" if used else "off"))
+            print(rows[-1], flush=True)
+
+    header = ("N", "backend", "step ms", "tokens/s", "vs sdpa", "peak GiB", "act. ckpt")
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(x) for x in row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Causal self-attention: q/k/v projections and RoPE around an inner attention chosen by name.
+
+Every inner backend takes and returns ``[B, N, H, D]`` (the layout right after the projections), so the
+Lighthouse layers and dense SDPA are interchangeable per layer and per training stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lighthouse.config import ATTENTION_BACKENDS, LighthouseConfig, ModelConfig
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
+    # SDPA wants [B, H, N, D]; transposes are views, flash/cuDNN accept the strides.
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+        enable_gqa=q.shape[2] != k.shape[2],
+    )
+    return out.transpose(1, 2)
+
+
+def _expand_kv(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    # Lighthouse selects per query head (spec: key/value heads expanded to H).
+    group = q.shape[2] // k.shape[2]
+    if group == 1:
+        return k, v
+    return k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
+
+
+def lighthouse_naive_attention(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
+    from lighthouse.ops.lighthouse import naive_lighthouse_attention
+
+    k, v = _expand_kv(q, k, v)
+    return naive_lighthouse_attention(q, k, v, levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk)
+
+
+def lighthouse_fast_attention(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
+    from lighthouse.ops.lighthouse import lighthouse_attention
+
+    k, v = _expand_kv(q, k, v)
+    return lighthouse_attention(q, k, v, levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk)
+
+
+INNER_ATTENTION: dict[str, Callable[[Tensor, Tensor, Tensor, LighthouseConfig], Tensor]] = {
+    "sdpa": sdpa_attention,
+    "lighthouse_naive": lighthouse_naive_attention,
+    "lighthouse": lighthouse_fast_attention,
+}
+assert set(INNER_ATTENTION) == set(ATTENTION_BACKENDS)
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin, each ``[max_seq_len, head_dim // 2]`` in fp32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x_i, x_{i+D/2}) of ``x`` [B, N, H, D] by position-dependent angles; fp32 math."""
+    half = x.shape[-1] // 2
+    x1, x2 = x.float().split(half, dim=-1)
+    cos, sin = cos[: x.shape[1], None, :], sin[: x.shape[1], None, :]  # [N, 1, D/2]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, backend: str):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_width
+        self.lighthouse = config.lighthouse
+        self.wq = nn.Linear(config.dim, self.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        if name not in INNER_ATTENTION:
+            raise ValueError(f"attention backend {name!r} is not one of {tuple(INNER_ATTENTION)}")
+        self._backend = name
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        q = apply_rope(self.wq(x).view(B, N, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).view(B, N, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(B, N, self.n_kv_heads, self.head_dim)
+        out = INNER_ATTENTION[self._backend](q, k, v, self.lighthouse)  # [B, N, H, D]
+        return self.wo(out.reshape(B, N, self.n_heads * self.head_dim))

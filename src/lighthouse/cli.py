@@ -1,0 +1,50 @@
+"""LightningCLI wiring: argument links, device-dependent defaults, config saving that never blocks a resume."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from lighthouse.data import LMDataModule
+from lighthouse.lit_module import LitLM
+
+
+class KeepEveryConfig(SaveConfigCallback):
+    """Save the run's config as config.yaml, or config.1.yaml, config.2.yaml ... when resuming into the same
+    directory, so a resumed or recovery-stage job never fails on an existing file and nothing is overwritten."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir and trainer.log_dir is not None:
+            name = "config.yaml"
+            if trainer.is_global_zero:
+                n = 0
+                while os.path.exists(os.path.join(trainer.log_dir, name)):
+                    n += 1
+                    name = f"config.{n}.yaml"
+            self.config_filename = trainer.strategy.broadcast(name)
+        super().setup(trainer, pl_module, stage)
+
+
+class LighthouseCLI(LightningCLI):
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would overwrite the model config with the checkpoint's hyperparameters. Here the config on
+        # the command line is the source of truth (the recovery stage changes the attention backend); the
+        # checkpoint is instead checked against it in LitLM.on_load_checkpoint, which names any field that
+        # changes parameter shapes.
+        return
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The tokenizer decides the vocabulary; the model must not be configured with another one.
+        parser.link_arguments("data.vocab_size", "model.model.vocab_size", apply_on="instantiate")
+        parser.set_defaults({"trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true"})
+
+
+def main(args: list[str] | None = None) -> LighthouseCLI:
+    return LighthouseCLI(
+        LitLM,
+        LMDataModule,
+        save_config_callback=KeepEveryConfig,
+        args=args,
+    )

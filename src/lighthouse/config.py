@@ -1,0 +1,143 @@
+"""Model configuration: dataclasses with field docs (shown by ``--print_config``), validation, named flavors."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, lighthouse_geometry
+
+ATTENTION_BACKENDS = ("sdpa", "lighthouse_naive", "lighthouse")
+"""Inner attention implementations, chosen by name; never a silent fallback from one to another."""
+
+
+@dataclass
+class LighthouseConfig:
+    """Parameters of the Lighthouse layers (see src/lighthouse/ops/lighthouse/README.md)."""
+
+    levels: int = 3
+    """Pyramid levels L (>= 2); level 1 is the base sequence."""
+    pooling_factor: int = 4
+    """Pooling factor p between levels (a power of two)."""
+    topk: int = 2048
+    """Top-k budget K (a multiple of 128): entries refined per level over the whole sequence."""
+
+
+@dataclass
+class ModelConfig:
+    """Decoder-only LM: RMSNorm, RoPE, SwiGLU, causal attention with an inner backend chosen by name."""
+
+    vocab_size: int = 257
+    """Vocabulary size; LightningCLI links it from the data module's tokenizer."""
+    dim: int = 1024
+    """Model (residual stream) width."""
+    n_layers: int = 30
+    """Number of transformer blocks."""
+    n_heads: int = 8
+    """Query heads."""
+    n_kv_heads: int | None = None
+    """Key/value heads for grouped-query attention; None means n_heads (plain multi-head attention)."""
+    head_dim: int | None = None
+    """Width of one head; None means dim // n_heads."""
+    ffn_hidden: int = 1536
+    """Hidden width of the SwiGLU feed-forward."""
+    rope_theta: float = 500_000.0
+    """RoPE base; long contexts want a large base."""
+    max_seq_len: int = 65536
+    """Longest sequence the model is trained on; RoPE tables are built for it."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    attention: str = "sdpa"
+    """Attention backend of the non-dense layers: 'sdpa', 'lighthouse_naive' (reference, CPU/GPU) or 'lighthouse'
+    (Triton kernels)."""
+    dense_layers: list[int] = field(default_factory=list)
+    """Layer indices that always use dense SDPA (the paper keeps the first two and last two dense)."""
+    lighthouse: LighthouseConfig = field(default_factory=LighthouseConfig)
+    """Lighthouse parameters, used by layers whose backend is a Lighthouse one."""
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward pass: less activation memory for very long contexts."""
+    tie_embeddings: bool = False
+    """Share the input embedding and output projection weights."""
+    init_std: float = 0.02
+    """Standard deviation of the normal weight init; output projections are scaled by 1/sqrt(2*n_layers)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lighthouse, dict):  # plain dicts arrive from YAML/kwargs
+            self.lighthouse = LighthouseConfig(**self.lighthouse)
+        self.dense_layers = list(self.dense_layers)
+        self.validate()
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def head_width(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.dim // self.n_heads
+
+    def uses_lighthouse(self) -> bool:
+        return self.attention != "sdpa" and len(set(self.dense_layers)) < self.n_layers
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field, its value and the valid range."""
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "ffn_hidden", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name}={value!r} is invalid: it must be an integer >= 1")
+        if self.head_dim is None and self.dim % self.n_heads:
+            raise ValueError(
+                f"model.n_heads={self.n_heads} must divide model.dim={self.dim} (or set model.head_dim)"
+            )
+        if self.head_width % 2 or self.head_width < 2:
+            raise ValueError(f"head width {self.head_width} must be even and >= 2 for RoPE (model.head_dim)")
+        if self.kv_heads < 1 or self.n_heads % self.kv_heads:
+            raise ValueError(
+                f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads} (1..n_heads)"
+            )
+        if self.rope_theta <= 0:
+            raise ValueError(f"model.rope_theta={self.rope_theta} must be > 0")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"model.attention={self.attention!r} is not one of {ATTENTION_BACKENDS}")
+        bad = [i for i in self.dense_layers if not 0 <= i < self.n_layers]
+        if bad:
+            raise ValueError(
+                f"model.dense_layers has {bad}: layer indices must lie in [0, n_layers-1] = [0, {self.n_layers - 1}]"
+            )
+        try:
+            check_lighthouse_params(self.lighthouse.levels, self.lighthouse.pooling_factor, self.lighthouse.topk)
+        except ValueError as err:
+            raise ValueError(f"model.lighthouse.{err}") from None
+
+    def check_seq_len(self, seq_len: int) -> None:
+        """Fail before training if ``seq_len`` does not fit this model (max_seq_len, Lighthouse length rule)."""
+        if seq_len > self.max_seq_len:
+            raise ValueError(f"data.seq_len={seq_len} exceeds model.max_seq_len={self.max_seq_len}")
+        if self.uses_lighthouse():
+            lh = self.lighthouse
+            try:
+                lighthouse_geometry(seq_len, lh.levels, lh.pooling_factor, lh.topk)
+            except ValueError as err:
+                raise ValueError(f"data.seq_len does not fit model.lighthouse: {err}") from None
+
+
+FLAVORS: dict[str, dict] = {
+    # Trains on a 2-core CPU in seconds; used by tests.
+    "debug": dict(dim=64, n_layers=4, n_heads=4, ffn_hidden=192, max_seq_len=4096, dense_layers=[0, 3],
+                  lighthouse=dict(levels=2, pooling_factor=4, topk=128)),
+    # About 50M parameters: a real model for single-GPU experiments.
+    "small": dict(dim=640, n_layers=10, n_heads=10, ffn_hidden=1792, max_seq_len=65536, dense_layers=[0, 9]),
+    # The paper's model: dim 1024, 30 layers, 8 heads x 128, SwiGLU 1536, bytes, layers 0,1,28,29 dense.
+    "paper": dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, max_seq_len=65536,
+                  dense_layers=[0, 1, 28, 29]),
+}
+
+
+def model_flavor(name: str, **overrides) -> ModelConfig:
+    """A named model size with optional field overrides, e.g. ``model_flavor("paper", attention="lighthouse")``."""
+    if name not in FLAVORS:
+        raise ValueError(f"unknown model flavor {name!r}; choose one of {sorted(FLAVORS)}")
+    return ModelConfig(**{**FLAVORS[name], **overrides})
+
+
+def config_to_dict(config: ModelConfig) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,114 @@
+"""The streaming dataset: packed windows, sharded over DDP ranks and dataloader workers, resumable.
+
+The order is specified in packing.py. The dataset yields whole batches (use ``DataLoader(batch_size=None)``)
+so that a batch is the unit of sharding: local batch j of a rank comes from worker j % num_workers, and
+the DataLoader's round-robin over workers returns batches in the same order for any worker count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .packing import doc_ids_for_span, epoch_permutation, local_batches, num_windows, window_span
+from .shards import SplitReader
+
+
+class PackedWindows(IterableDataset):
+    """Batches ``{"tokens": LongTensor[B, seq_len + 1]}`` (+ ``"doc_ids"``) from one split.
+
+    Args:
+        split: the packed stream to read.
+        seq_len: tokens per training sequence; windows hold seq_len + 1.
+        batch_size: windows per batch (per rank).
+        rank, world_size: this process's place among the data-parallel ranks.
+        seed: fixes the window order; each epoch (pass over all windows) is reshuffled.
+        windows: a fixed list of window indices to serve in order, once (validation); ``None`` serves the
+            unbounded shuffled stream (training).
+        start_window: global stream position to start from (resume); windows before it are skipped.
+        return_doc_ids: also yield the document index of each token.
+    """
+
+    def __init__(
+        self,
+        split: SplitReader,
+        *,
+        seq_len: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        windows: Sequence[int] | None = None,
+        start_window: int = 0,
+        return_doc_ids: bool = False,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.split = split
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.windows = None if windows is None else np.asarray(windows, dtype=np.int64)
+        self.start_window = start_window
+        self.return_doc_ids = return_doc_ids
+        self.num_windows = num_windows(split.n_tokens, seq_len)
+        if self.num_windows == 0:
+            raise ValueError(
+                f"the split has {split.n_tokens} tokens ({split.n_documents} documents), fewer than "
+                f"seq_len + 1 = {seq_len + 1}: lower seq_len or use a larger corpus"
+            )
+        self._perm: tuple[int, np.ndarray] | None = None  # (epoch, permutation) cache
+
+    @property
+    def num_global_batches(self) -> int | None:
+        """Batches over all ranks (fixed windows), or None for the unbounded stream."""
+        return None if self.windows is None else len(self.windows) // self.batch_size
+
+    def __len__(self) -> int:
+        if self.windows is None:
+            raise TypeError("the training stream is unbounded")
+        return -(
+            -self.num_global_batches // self.world_size
+        )  # the same on every rank (packing.local_batches)
+
+    def window_at(self, position: int) -> int:
+        """Window index at a global stream position."""
+        if self.windows is not None:
+            return int(self.windows[position])
+        epoch, i = divmod(position, self.num_windows)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, epoch_permutation(self.num_windows, self.seed, epoch))
+        return int(self._perm[1][i])
+
+    def batch(self, global_batch: int, start_window: int | None = None) -> dict[str, torch.Tensor]:
+        """Global batch ``global_batch`` of the stream that starts at ``start_window``."""
+        start = self.start_window if start_window is None else start_window
+        first = start + global_batch * self.batch_size
+        tokens = np.empty((self.batch_size, self.seq_len + 1), dtype=np.int64)  # [B, L + 1]
+        doc_ids = np.empty_like(tokens) if self.return_doc_ids else None
+        for b in range(self.batch_size):
+            lo, hi = window_span(self.window_at(first + b), self.seq_len)
+            tokens[b] = self.split.read(lo, hi)
+            if doc_ids is not None:
+                doc_ids[b] = doc_ids_for_span(self.split.doc_starts, lo, hi)
+        out = {"tokens": torch.from_numpy(tokens)}
+        if doc_ids is not None:
+            out["doc_ids"] = torch.from_numpy(doc_ids)
+        return out
+
+    def iter_batches(self, worker: int = 0, num_workers: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+        # start is read now, not at the first next(): the datamodule moves it for the *next* iteration.
+        start = self.start_window
+        jobs = local_batches(self.rank, self.world_size, worker, num_workers, self.num_global_batches)
+        return (self.batch(g, start) for _, g in jobs)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        if info is None:
+            return self.iter_batches()
+        return self.iter_batches(info.id, info.num_workers)

@@ -1,0 +1,58 @@
+"""Analytic training FLOPs per token and peak device rates, for MFU.
+
+Counting rule (as in nanoGPT/PaLM, attention halved for causality): a matmul of an [m, k] by a [k, n] matrix
+costs 2*m*k*n FLOPs forward and twice that backward, so a token costs 6 FLOPs per weight it touches; causal
+attention over N positions with H heads of width D costs 2 matmuls * 2*N*D per head forward, halved by the
+mask, i.e. 6*N*H*D per token per layer for forward plus backward. A Lighthouse layer runs that attention on
+the S_sel compacted entries instead of N positions: 6*S_sel^2*H*D per sequence, so 6*S_sel^2/N*H*D per token.
+Pooling, selection, gather and scatter are memory-bound and not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lighthouse.config import ModelConfig
+from lighthouse.ops.lighthouse.geometry import lighthouse_geometry
+
+# Dense bf16 tensor-core peaks (vendor datasheets, no sparsity), matched against torch.cuda.get_device_name.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "4090": 165.0}
+
+
+def matmul_params(config: ModelConfig) -> int:
+    """Weights that every token multiplies: attention and MLP projections of all blocks and the output layer."""
+    d, hd = config.dim, config.head_width
+    attn = d * config.n_heads * hd * 2 + d * config.kv_heads * hd * 2  # wq, wo, wk, wv
+    mlp = 3 * d * config.ffn_hidden
+    return config.n_layers * (attn + mlp) + d * config.vocab_size
+
+
+def flops_per_token(config: ModelConfig, seq_len: int, backends: Sequence[str]) -> tuple[float, float]:
+    """Training FLOPs per token: (dense-equivalent, actual). ``backends`` is each layer's attention backend."""
+    weights = 6.0 * matmul_params(config)
+    per_layer_dense = 6.0 * seq_len * config.n_heads * config.head_width
+    dense = weights + config.n_layers * per_layer_dense
+    actual = weights
+    for backend in backends:
+        if backend == "sdpa":
+            actual += per_layer_dense
+        else:
+            lh = config.lighthouse
+            s_sel = lighthouse_geometry(seq_len, lh.levels, lh.pooling_factor, lh.topk).selected_len
+            actual += 6.0 * s_sel * s_sel / seq_len * config.n_heads * config.head_width
+    return dense, actual
+
+
+def peak_flops_per_device(override_tflops: float | None = None) -> float | None:
+    """Peak bf16 FLOP/s of the current CUDA device, or None where unknown (then MFU is not reported)."""
+    if override_tflops is not None:
+        return override_tflops * 1e12
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, tflops in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12
+    return None

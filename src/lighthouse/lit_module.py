@@ -1,0 +1,172 @@
+"""LightningModule around the decoder LM: next-token loss, validation metrics, optimizer and LR schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from lighthouse.config import ModelConfig
+from lighthouse.model import Transformer
+
+OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
+LR_SCHEDULES = ("constant", "cosine", "linear")
+# Model fields that change parameter shapes: a checkpoint only loads into a model that agrees on all of them.
+SHAPE_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "tie_embeddings")
+
+
+def position_buckets(max_len: int, first: int = 256, ratio: int = 4) -> list[tuple[int, int]]:
+    """Geometric position ranges [0, 256), [256, 1k), [1k, 4k), ... covering ``max_len``."""
+    edges = [0, first]
+    while edges[-1] < max_len:
+        edges.append(edges[-1] * ratio)
+    edges[-1] = max_len
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def _short(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def bucket_name(lo: int, hi: int) -> str:
+    return f"{_short(lo)}-{_short(hi)}"
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
+    """LR factor at ``step``: linear warm-up, then constant, cosine or linear decay to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    if schedule == "cosine":
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1 - (1 - min_ratio) * progress
+
+
+class LitLM(L.LightningModule):
+    def __init__(
+        self,
+        model: ModelConfig,
+        optimizer: OptimizerFactory | None = None,
+        warmup_steps: int = 100,
+        lr_schedule: str = "cosine",
+        min_lr_ratio: float = 0.1,
+        schedule_steps: int | None = None,
+        compile: bool = False,
+    ):
+        """
+        Args:
+            model: Model architecture and attention backend.
+            optimizer: Optimizer class and arguments (``class_path``/``init_args``); None means AdamW with the
+                paper's settings (lr 2e-3, betas 0.9/0.95, weight decay 0.1). Weight decay applies to
+                matrices only.
+            warmup_steps: Linear LR warm-up steps (>= 0).
+            lr_schedule: LR after warm-up: 'constant', 'cosine' or 'linear' (decaying to min_lr_ratio at max_steps).
+            min_lr_ratio: Final LR as a fraction of the peak LR, in [0, 1].
+            schedule_steps: Length of the LR schedule in optimizer steps; None means trainer.max_steps. Set it
+                to the total of both stages so a two-job run (stage 1, then recovery) follows one schedule.
+            compile: Wrap the model in torch.compile.
+        """
+        super().__init__()
+        if warmup_steps < 0:
+            raise ValueError(f"model.warmup_steps={warmup_steps} must be >= 0")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"model.lr_schedule={lr_schedule!r} is not one of {LR_SCHEDULES}")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"model.min_lr_ratio={min_lr_ratio} must lie in [0, 1]")
+        if schedule_steps is not None and schedule_steps < 1:
+            raise ValueError(f"model.schedule_steps={schedule_steps} must be >= 1 or null")
+        self.config = model
+        self.optimizer_factory = optimizer
+        self.warmup_steps, self.lr_schedule, self.min_lr_ratio = warmup_steps, lr_schedule, min_lr_ratio
+        self.schedule_steps = schedule_steps
+        # Plain dicts only: checkpoints then load with torch.load(weights_only=True).
+        self.save_hyperparameters({"model": dataclasses.asdict(model), "warmup_steps": warmup_steps,
+                                   "lr_schedule": lr_schedule, "min_lr_ratio": min_lr_ratio,
+                                   "schedule_steps": schedule_steps})
+        self.model = Transformer(model)
+        if compile:
+            self.model.compile()  # in place: parameter names (and so checkpoints) stay those of the eager model
+        self.val_loss = MeanMetric()
+        self.buckets = position_buckets(model.max_seq_len)
+        self.val_loss_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)
+
+    # ---- stages -------------------------------------------------------------------------------------------
+    def set_attention_backend(self, name: str) -> None:
+        """Used by the stage callback: 'sdpa' for recovery, a Lighthouse backend for stage 1."""
+        self.model.set_attention_backend(name)
+
+    # ---- steps --------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        seq_len = getattr(datamodule, "seq_len", None)
+        if seq_len is not None:
+            self.config.check_seq_len(seq_len)
+
+    def token_losses(self, tokens: Tensor) -> Tensor:
+        """Per-token next-token cross-entropy ``[B, N]`` for a window ``tokens`` ``[B, N + 1]``."""
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        logits = self.model(inputs)
+        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        return losses.view_as(targets)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.token_losses(batch["tokens"]).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        losses = self.token_losses(batch["tokens"])
+        self.val_loss.update(losses)
+        for (lo, hi), metric in zip(self.buckets, self.val_loss_by_pos, strict=True):
+            if lo < losses.shape[1]:
+                metric.update(losses[:, lo:hi])
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log_dict({"val/loss": loss, "val/ppl": loss.exp()}, prog_bar=True, sync_dist=False)
+        for (lo, hi), metric in zip(self.buckets, self.val_loss_by_pos, strict=True):
+            if metric.update_called:
+                self.log(f"val/loss_pos/{bucket_name(lo, hi)}", metric.compute())
+            metric.reset()
+
+    # ---- optimisation -------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        if self.optimizer_factory is None:
+            groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+            optimizer = torch.optim.AdamW(groups, lr=2e-3, betas=(0.9, 0.95))
+        else:
+            optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        total = self.schedule_steps or self.trainer.max_steps
+        if total is None or total < 1:
+            total = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_multiplier(step, self.warmup_steps, total, self.lr_schedule, self.min_lr_ratio),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lighthouse_model"] = dataclasses.asdict(self.config)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("lighthouse_model")
+        if saved is None:
+            return
+        current = dataclasses.asdict(self.config)
+        changed = {f: (saved.get(f), current[f]) for f in SHAPE_FIELDS if saved.get(f) != current[f]}
+        if changed:
+            detail = ", ".join(f"model.{f}: checkpoint {a!r} vs config {b!r}" for f, (a, b) in changed.items())
+            raise ValueError(f"checkpoint does not fit this config (parameter shapes differ): {detail}")

@@ -1,0 +1,244 @@
+"""Lighthouse Attention on the GPU: Triton selection, gather and scatter around PyTorch's causal SDPA.
+
+Layers: kernels (select.py, gather.py, scatter.py) -> launchers -> ``torch.library`` ops with fake
+implementations and autograd formulas (this file) -> ``lighthouse_attention``, the documented functional.
+Registering the kernels as ops lets ``torch.compile(fullgraph=True)`` trace a whole model through them;
+the SDPA in the middle stays an ordinary torch call, so its backend (cuDNN or Flash) and its backward are
+PyTorch's own.
+
+Determinism: none of the kernels uses atomics; every output element is written once, summed in a fixed
+order in fp32, so selection, gather and scatter are bitwise reproducible, always (there is no separate
+mode and nothing to pay). Whether a whole forward+backward is bitwise reproducible then only depends on
+the SDPA backward: under ``torch.use_deterministic_algorithms(True)`` PyTorch uses its deterministic Flash
+backward (and never cuDNN); see bench/RESULTS.md for what that costs.
+
+The kernels are imported on first use, so ``TRITON_INTERPRET=1`` (CPU tests) only has to be set before the
+first call, not before ``import lighthouse``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .geometry import REFINED_PER_TILE, lighthouse_geometry
+from .naive import Selection
+
+
+def _kernels():
+    from . import gather, scatter, select
+
+    return select, gather, scatter
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _check_device(x: Tensor) -> None:
+    if x.is_cuda:
+        return
+    if not _interpreting():
+        raise RuntimeError(
+            "lighthouse_attention runs Triton kernels and needs CUDA tensors; got a tensor on "
+            f"'{x.device}'. On CPU use the attention backend 'lighthouse_naive' "
+            "(naive_lighthouse_attention). (Tests may run the kernels in Triton's interpreter by setting "
+            "TRITON_INTERPRET=1 before the first call.)"
+        )
+    select, _, _ = _kernels()
+    if type(select._select_kernel).__name__ != "InterpretedFunction":
+        raise RuntimeError(
+            "TRITON_INTERPRET=1 was set after the Lighthouse kernels were first imported; "
+            "set it before the first call to lighthouse_attention"
+        )
+
+
+def _sizes(seq_len, levels: int, pooling_factor: int, topk: int):
+    """(S_sel, N_tot) by plain arithmetic, so fake implementations also work on symbolic lengths."""
+    span = pooling_factor ** (levels - 1)
+    tiles = min(topk // REFINED_PER_TILE, seq_len // (REFINED_PER_TILE * span))
+    s_sel = seq_len // span + (levels - 1) * pooling_factor * REFINED_PER_TILE * tiles
+    n_tot = sum(seq_len // pooling_factor ** (level - 1) for level in range(1, levels + 1))
+    return s_sel, n_tot
+
+
+def _last_dim_contiguous(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+# ---------------------------------------------------------------- selection (no gradient)
+
+
+@torch.library.custom_op("lighthouse::select", mutates_args=())
+def _select_op(q: Tensor, k: Tensor, levels: int, pooling_factor: int, topk: int) -> tuple[Tensor, Tensor]:
+    """``q, k [B, N, H, D]`` -> ``codes [B, H, S_sel]`` int32, ``inv [B, H, N_tot]`` int32 (select.py)."""
+    _check_device(q)
+    select, _, _ = _kernels()
+    geometry = lighthouse_geometry(q.shape[1], levels, pooling_factor, topk)
+    return select.select_launch(_last_dim_contiguous(q), _last_dim_contiguous(k), geometry)
+
+
+@_select_op.register_fake
+def _(q, k, levels, pooling_factor, topk):
+    batch, seq_len, heads, _ = q.shape
+    s_sel, n_tot = _sizes(seq_len, levels, pooling_factor, topk)
+    return q.new_empty(batch, heads, s_sel, dtype=torch.int32), q.new_empty(
+        batch, heads, n_tot, dtype=torch.int32
+    )
+
+
+# ---------------------------------------------------------------- gather (pool + pick) and its backward
+
+
+@torch.library.custom_op("lighthouse::gather", mutates_args=())
+def _gather_op(
+    q: Tensor, k: Tensor, v: Tensor, codes: Tensor, inv: Tensor, levels: int, pooling_factor: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """3 x ``[B, N, H, D]`` -> 3 x ``[B, S_sel, H, D]``: the (pooled) rows of the emitted entries."""
+    _, gather, _ = _kernels()
+    if not (q.stride() == k.stride() == v.stride() and q.stride(-1) == 1):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return gather.gather_fwd_launch(q, k, v, inv, levels, pooling_factor, codes.shape[-1])
+
+
+@_gather_op.register_fake
+def _(q, k, v, codes, inv, levels, pooling_factor):
+    batch, _, heads, dim = q.shape
+    return tuple(q.new_empty(batch, codes.shape[-1], heads, dim) for _ in range(3))
+
+
+@torch.library.custom_op("lighthouse::gather_bwd", mutates_args=())
+def _gather_bwd_op(
+    dq_sel: Tensor,
+    dk_sel: Tensor,
+    dv_sel: Tensor,
+    inv: Tensor,
+    seq_len: int,
+    levels: int,
+    pooling_factor: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """3 x ``[B, S_sel, H, D]`` -> dq, dk, dv ``[B, N, H, D]``."""
+    _, gather, _ = _kernels()
+    grads = tuple(_last_dim_contiguous(g) for g in (dq_sel, dk_sel, dv_sel))
+    return gather.gather_bwd_launch(grads, inv, seq_len, levels, pooling_factor)
+
+
+@_gather_bwd_op.register_fake
+def _(dq_sel, dk_sel, dv_sel, inv, seq_len, levels, pooling_factor):
+    batch, _, heads, dim = dq_sel.shape
+    return tuple(g.new_empty(batch, seq_len, heads, dim) for g in (dq_sel, dk_sel, dv_sel))
+
+
+def _gather_setup(ctx, inputs, output):
+    q, _, _, _, inv, levels, pooling_factor = inputs
+    ctx.save_for_backward(inv)
+    ctx.meta = (q.shape[1], levels, pooling_factor)
+
+
+def _gather_backward(ctx, dq_sel, dk_sel, dv_sel):
+    (inv,) = ctx.saved_tensors
+    seq_len, levels, pooling_factor = ctx.meta
+    present = next(g for g in (dq_sel, dk_sel, dv_sel) if g is not None)
+    dq_sel, dk_sel, dv_sel = (torch.zeros_like(present) if g is None else g for g in (dq_sel, dk_sel, dv_sel))
+    dq, dk, dv = torch.ops.lighthouse.gather_bwd(dq_sel, dk_sel, dv_sel, inv, seq_len, levels, pooling_factor)
+    return dq, dk, dv, None, None, None, None
+
+
+_gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
+
+
+# ---------------------------------------------------------------- scatter back and its backward
+
+
+@torch.library.custom_op("lighthouse::scatter", mutates_args=())
+def _scatter_op(
+    o_sel: Tensor, inv: Tensor, codes: Tensor, seq_len: int, levels: int, pooling_factor: int
+) -> Tensor:
+    """``o_sel [B, H, S_sel, D]`` -> ``out [B, N, H, D]``: causal, summed scatter to base positions."""
+    _, _, scatter = _kernels()
+    return scatter.scatter_fwd_launch(_last_dim_contiguous(o_sel), inv, seq_len, levels, pooling_factor)
+
+
+@_scatter_op.register_fake
+def _(o_sel, inv, codes, seq_len, levels, pooling_factor):
+    batch, heads, _, dim = o_sel.shape
+    return o_sel.new_empty(batch, seq_len, heads, dim)
+
+
+@torch.library.custom_op("lighthouse::scatter_bwd", mutates_args=())
+def _scatter_bwd_op(grad: Tensor, inv: Tensor, levels: int, pooling_factor: int, selected_len: int) -> Tensor:
+    """``grad [B, N, H, D]`` -> ``[B, S_sel, H, D]`` (the caller views it as ``[B, H, S_sel, D]``)."""
+    _, _, scatter = _kernels()
+    return scatter.scatter_bwd_launch(_last_dim_contiguous(grad), inv, levels, pooling_factor, selected_len)
+
+
+@_scatter_bwd_op.register_fake
+def _(grad, inv, levels, pooling_factor, selected_len):
+    batch, _, heads, dim = grad.shape
+    return grad.new_empty(batch, selected_len, heads, dim)
+
+
+def _scatter_setup(ctx, inputs, output):
+    o_sel, inv, _, _, levels, pooling_factor = inputs
+    ctx.save_for_backward(inv)
+    ctx.meta = (levels, pooling_factor, o_sel.shape[2])
+
+
+def _scatter_backward(ctx, grad):
+    (inv,) = ctx.saved_tensors
+    d_sel = torch.ops.lighthouse.scatter_bwd(grad, inv, *ctx.meta)  # [B, S_sel, H, D]
+    return d_sel.transpose(1, 2), None, None, None, None, None
+
+
+_scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup)
+
+
+# ---------------------------------------------------------------- public functionals
+
+
+def _check_inputs(*tensors: Tensor) -> None:
+    shape, dtype = tensors[0].shape, tensors[0].dtype
+    for name, x in zip("qkv", tensors, strict=False):
+        if x.dim() != 4 or x.shape != shape:
+            raise ValueError(f"q, k, v must all be [B, N, H, D] of one shape; {name} is {tuple(x.shape)}")
+        if x.dtype != dtype or not x.is_floating_point():
+            raise ValueError(f"q, k, v must share one floating point dtype; {name} is {x.dtype}")
+
+
+def lighthouse_selection(q: Tensor, k: Tensor, *, levels: int, pooling_factor: int, topk: int) -> Selection:
+    """The kernels' selection for ``q, k [B, N, H, D]``, decoded like ``naive.select_entries`` returns it."""
+    _check_inputs(q, k)
+    lighthouse_geometry(q.shape[1], levels, pooling_factor, topk)
+    codes, _ = torch.ops.lighthouse.select(q.detach(), k.detach(), levels, pooling_factor, topk)
+    select, _, _ = _kernels()
+    return Selection(*select.decode_codes(codes))
+
+
+def lighthouse_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int
+) -> Tensor:
+    """Lighthouse Attention (``selection="paper"``) on Triton kernels, same contract as the naive reference.
+
+    ``q, k, v``: ``[B, N, H, D]`` CUDA tensors of one float dtype; returns ``[B, N, H, D]`` in that dtype.
+    ``N`` must satisfy ``lighthouse_geometry`` (short sequences use fewer tiles). Selection carries no
+    gradient; gradients flow through scatter, SDPA and gather to q, k, v.
+    """
+    _check_inputs(q, k, v)
+    seq_len, dim = q.shape[1], q.shape[3]
+    lighthouse_geometry(seq_len, levels, pooling_factor, topk)
+    codes, inv = torch.ops.lighthouse.select(q.detach(), k.detach(), levels, pooling_factor, topk)
+    q_sel, k_sel, v_sel = torch.ops.lighthouse.gather(
+        q, k, v, codes, inv, levels, pooling_factor
+    )  # [B, S, H, D]
+    o_sel = F.scaled_dot_product_attention(
+        q_sel.transpose(1, 2),
+        k_sel.transpose(1, 2),
+        v_sel.transpose(1, 2),
+        is_causal=True,
+        scale=1.0 / math.sqrt(dim),
+    )  # [B, H, S_sel, D]
+    return torch.ops.lighthouse.scatter(o_sel, inv, codes, seq_len, levels, pooling_factor)

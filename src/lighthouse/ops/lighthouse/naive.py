@@ -1,0 +1,287 @@
+"""Lighthouse Attention in plain PyTorch: the executable specification of the layer.
+
+Every fast kernel is tested against this file, stage by stage. It favours exactness and clarity over
+speed; the math, shapes and invariants are written out once in README.md beside this file.
+
+Layouts: the public entry points (``naive_lighthouse_attention``, ``lighthouse_from_selection``,
+``select_entries``) take and return ``[B, N, H, D]``. The stage functions work head-major, ``[B, H, N, D]``,
+the layout SDPA wants, so the public entry points transpose once (a view, no copy).
+
+Stages, in order:
+    pool_pyramid       -> per level [B, H, N_l, D] means (differentiable)
+    entry_scores       -> per level [B, H, N_l] fp32 scores (no grad)
+    select_from_scores -> Selection, each field [B, H, S_sel], in compacted order (no grad)
+    gather_selected    -> [B, H, S_sel, D] (differentiable)
+    compacted_attention-> [B, H, S_sel, D] causal SDPA (differentiable)
+    scatter_back       -> [B, H, N, D] summed contributions (differentiable)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .geometry import PICKED_PER_SCORE, REFINED_PER_TILE, LighthouseGeometry, lighthouse_geometry
+
+
+class Selection(NamedTuple):
+    """The emitted entries of every (batch, head), in compacted order (sorted by ``position_key``)."""
+
+    level: Tensor
+    """``[B, H, S_sel]`` int64: 1 = base level ... L = coarsest."""
+    index: Tensor
+    """``[B, H, S_sel]`` int64: index of the entry within its level."""
+    refined: Tensor
+    """``[B, H, S_sel]`` bool: True for a refined entry (its children were emitted too), False for a leaf."""
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sums and means run in fp32, or in fp64 for fp64 inputs (so gradcheck sees no fp32 rounding)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def level_sizes(seq_len: int, levels: int, pooling_factor: int) -> list[int]:
+    """Entries per level, base first: ``[N, N/p, ..., N/p^(L-1)]``."""
+    return [seq_len // pooling_factor ** (level - 1) for level in range(1, levels + 1)]
+
+
+def _level_offsets(sizes: list[int], device: torch.device) -> Tensor:
+    """``offsets[l]``: start of level ``l`` in all levels concatenated base first (``offsets[0]`` unused)."""
+    starts = [0, 0]
+    for size in sizes[:-1]:
+        starts.append(starts[-1] + size)
+    return torch.tensor(starts, dtype=torch.long, device=device)
+
+
+# ---------------------------------------------------------------- pyramid and scores (spec §1, §2)
+
+
+def pool_pyramid(x: Tensor, levels: int, pooling_factor: int) -> list[Tensor]:
+    """Mean-pool ``x`` ``[B, H, N, D]`` into ``levels`` levels; level ``l`` is ``[B, H, N / p^(l-1), D]``.
+
+    Level 1 is ``x`` itself. Each coarser entry is the mean over its span of base positions, taken
+    directly from the base (not from the level below) and accumulated in fp32 (fp64 for fp64 inputs).
+    """
+    batch, heads, seq_len, dim = x.shape
+    acc = x.to(accumulation_dtype(x.dtype))
+    pyramid = [x]
+    for level in range(2, levels + 1):
+        span = pooling_factor ** (level - 1)
+        means = acc.reshape(batch, heads, seq_len // span, span, dim).mean(dim=3)
+        pyramid.append(means.to(x.dtype))
+    return pyramid
+
+
+@torch.no_grad()
+def entry_scores(q: Tensor, k: Tensor, levels: int, pooling_factor: int) -> tuple[list[Tensor], list[Tensor]]:
+    """Parameter-free scores of every entry of every level, fp32, ``[B, H, N_l]`` per level.
+
+    Base level: the L2 norm of each query / key row, computed in fp32 whatever the input dtype, so the
+    ranking is the same for every input precision. Coarser levels: the max of the base scores over the span.
+    """
+
+    def per_level(x: Tensor) -> list[Tensor]:
+        base = x.float().square().sum(dim=-1).sqrt()  # [B, H, N]
+        batch, heads, seq_len = base.shape
+        scores = [base]
+        for level in range(2, levels + 1):
+            span = pooling_factor ** (level - 1)
+            scores.append(base.reshape(batch, heads, seq_len // span, span).amax(dim=-1))
+        return scores
+
+    return per_level(q), per_level(k)
+
+
+# ---------------------------------------------------------------- selection and ordering (spec §3, §4)
+
+
+def _top_mask(scores: Tensor, count: int) -> Tensor:
+    """Bool mask of the ``count`` largest scores along the last dim.
+
+    Ties: larger score first, equal scores -> the one earlier in the row first. The sort must be stable
+    (``torch.topk`` is not); candidate rows are kept in ascending entry index, so earlier = lower index.
+    """
+    top = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :count]
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True)
+
+
+def refine_mask(score_q: Tensor, score_k: Tensor) -> Tensor:
+    """``A ∪ B`` of spec §3 for candidate rows ``[..., M]`` (ascending index): the refined candidates.
+
+    ``A``: the 64 largest query scores. ``B``: the 64 largest key scores among the rest. Norms are >= 0,
+    so masking ``A`` with -inf takes it out of the key ranking without touching the order of the rest.
+    """
+    by_query = _top_mask(score_q, PICKED_PER_SCORE)
+    by_key = _top_mask(score_k.masked_fill(by_query, -math.inf), PICKED_PER_SCORE)
+    return by_query | by_key
+
+
+def position_key(level: Tensor, index: Tensor, refined: Tensor, levels: int, pooling_factor: int) -> Tensor:
+    """Spec §4 ordering key times ``2^(L-1)``, so it is an exact int64.
+
+    Leaf ``(l, i)``: ``c_l * i``; refined ``(l, i)``: ``c_l * (i + 1) - 2^(1-l)``, with ``c_l = p^(l-1)``.
+    Among the emitted entries of one (batch, head) these keys are all distinct (README, "Invariants").
+    """
+    span = pooling_factor ** (level - 1)  # c_l, int64 tensor
+    scale = 2 ** (levels - 1)
+    leaf_key = span * index * scale
+    refined_key = span * (index + 1) * scale - 2 ** (levels - level)
+    return torch.where(refined, refined_key, leaf_key)
+
+
+def _take(scores: Tensor, candidates: Tensor) -> Tensor:
+    """Scores ``[B, H, N_l]`` of the candidates ``[B, H, T, M]`` -> ``[B, H, T, M]``."""
+    return scores.gather(-1, candidates.flatten(2)).view_as(candidates)
+
+
+@torch.no_grad()
+def select_from_scores(
+    score_q: list[Tensor], score_k: list[Tensor], geometry: LighthouseGeometry
+) -> Selection:
+    """Hierarchical top-k selection (spec §3) and the compacted order (spec §4) from given scores.
+
+    ``score_q`` / ``score_k``: per level ``[B, H, N_l]``, base first (as ``entry_scores`` returns them).
+    Kernel tests can feed the same scores to both paths and compare the selections exactly.
+    """
+    levels, p, tiles, per_tile = (
+        geometry.levels,
+        geometry.pooling_factor,
+        geometry.num_tiles,
+        geometry.coarse_per_tile,
+    )
+    batch, heads = score_q[0].shape[:2]
+    device = score_q[0].device
+    children = torch.arange(p, device=device)
+
+    # Tiles own contiguous runs of coarsest entries; every candidate row stays in ascending index order.
+    candidates = torch.arange(geometry.coarse_len, device=device).view(tiles, per_tile)
+    candidates = candidates.expand(batch, heads, tiles, per_tile)  # [B, H, T, Nc]
+    emitted: list[tuple[int, Tensor, Tensor]] = []  # (level, index [B, H, T, M], refined [B, H, T, M])
+    for level in range(levels, 1, -1):
+        refined = refine_mask(_take(score_q[level - 1], candidates), _take(score_k[level - 1], candidates))
+        emitted.append((level, candidates, refined))
+        # Boolean indexing keeps row-major order, so parents (and hence children) stay ascending.
+        parents = candidates[refined].view(batch, heads, tiles, REFINED_PER_TILE)
+        candidates = (parents.unsqueeze(-1) * p + children).flatten(-2)  # [B, H, T, 128 * p]
+    emitted.append((1, candidates, torch.zeros_like(candidates, dtype=torch.bool)))
+
+    level = torch.cat([torch.full_like(index, lvl) for lvl, index, _ in emitted], dim=-1)  # [B, H, T, S_tile]
+    index = torch.cat([index for _, index, _ in emitted], dim=-1)
+    refined = torch.cat([mask for _, _, mask in emitted], dim=-1)
+    # Tiles are contiguous in position, so sorting inside each tile and laying tiles end to end
+    # gives the global order (the compacted sequence is tile-major).
+    order = position_key(level, index, refined, levels, p).argsort(dim=-1, stable=True)
+    return Selection(*(field.gather(-1, order).flatten(2) for field in (level, index, refined)))
+
+
+def select_entries(q: Tensor, k: Tensor, *, levels: int, pooling_factor: int, topk: int) -> Selection:
+    """Scores + selection for ``q, k`` ``[B, N, H, D]``; the result's fields are ``[B, H, S_sel]``."""
+    _check_inputs(q, k)
+    geometry = lighthouse_geometry(q.shape[1], levels, pooling_factor, topk)
+    score_q, score_k = entry_scores(q.transpose(1, 2), k.transpose(1, 2), levels, pooling_factor)
+    return select_from_scores(score_q, score_k, geometry)
+
+
+# ---------------------------------------------------------------- gather, attention, scatter (spec §5, §6)
+
+
+def gather_selected(pyramid: list[Tensor], selection: Selection) -> Tensor:
+    """Rows of the emitted entries in compacted order.
+
+    ``pyramid``: per level ``[B, H, N_l, D]``, base first -> ``[B, H, S_sel, D]``.
+    """
+    dim = pyramid[0].shape[-1]
+    offsets = _level_offsets([x.shape[2] for x in pyramid], pyramid[0].device)
+    flat = torch.cat(pyramid, dim=2)  # [B, H, N + N/p + ..., D]
+    rows = offsets[selection.level] + selection.index  # [B, H, S_sel]
+    return flat.gather(2, rows.unsqueeze(-1).expand(-1, -1, -1, dim))
+
+
+def compacted_attention(q_sel: Tensor, k_sel: Tensor, v_sel: Tensor) -> Tensor:
+    """Plain causal SDPA on the compacted sequence, ``[B, H, S_sel, D]``, scale ``1/sqrt(D)``."""
+    scale = 1.0 / math.sqrt(q_sel.shape[-1])
+    return F.scaled_dot_product_attention(q_sel, k_sel, v_sel, is_causal=True, scale=scale)
+
+
+def scatter_back(
+    o_sel: Tensor, selection: Selection, seq_len: int, levels: int, pooling_factor: int
+) -> Tensor:
+    """Add each compacted output row to the base positions its entry covers, shifted right (spec §6).
+
+    Entry ``(l, i)`` with span ``c = p^(l-1)`` writes to positions ``i*c + c - 1 + j``, ``j = 0 .. c-1``,
+    clipped to ``< N``. Equivalently, position ``n`` receives from level ``l`` the row of entry
+    ``(n + 1) // c - 1`` if that entry was emitted at level ``l``. Positions receiving nothing are 0.
+    Sums run in fp32 (fp64 for fp64 inputs). ``o_sel``: ``[B, H, S_sel, D]`` -> ``[B, H, N, D]``.
+    """
+    batch, heads, _, dim = o_sel.shape
+    acc_dtype = accumulation_dtype(o_sel.dtype)
+    sizes = level_sizes(seq_len, levels, pooling_factor)
+    offsets = _level_offsets(sizes, o_sel.device)
+    rows = (offsets[selection.level] + selection.index).unsqueeze(-1).expand(-1, -1, -1, dim)
+    # Every entry is emitted at most once, so scatter indices are unique and the result is deterministic.
+    per_entry = o_sel.new_zeros(batch, heads, sum(sizes), dim, dtype=acc_dtype)
+    per_entry = per_entry.scatter(2, rows, o_sel.to(acc_dtype))  # [B, H, N + N/p + ..., D], 0 if not emitted
+    out = o_sel.new_zeros(batch, heads, seq_len, dim, dtype=acc_dtype)
+    for level, entries in enumerate(per_entry.split(sizes, dim=2), start=1):
+        span = pooling_factor ** (level - 1)
+        spread = entries.repeat_interleave(span, dim=2)[
+            :, :, : seq_len - span + 1
+        ]  # entry j -> j*c + (0..c-1)
+        out = out + F.pad(spread, (0, 0, span - 1, 0))  # shift by c - 1: start at the span's last position
+    return out.to(o_sel.dtype)
+
+
+# ---------------------------------------------------------------- the layer
+
+
+def _check_inputs(*tensors: Tensor) -> None:
+    shape = tensors[0].shape
+    for name, x in zip("qkv", tensors, strict=False):
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be [B, N, H, D], got shape {tuple(x.shape)}")
+        if x.shape != shape:
+            raise ValueError(
+                f"q, k, v must have the same shape [B, N, H, D], got {tuple(shape)} and {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating point tensor, got {x.dtype}")
+
+
+def lighthouse_from_selection(
+    q: Tensor, k: Tensor, v: Tensor, selection: Selection, *, levels: int, pooling_factor: int
+) -> Tensor:
+    """The differentiable part of the layer for a given ``selection``: pool, gather, SDPA, scatter.
+
+    ``q, k, v``: ``[B, N, H, D]``; returns ``[B, N, H, D]`` in the input dtype. Gradients flow to
+    ``q, k, v``; the selection is a constant (spec §7).
+    """
+    _check_inputs(q, k, v)
+    batch, seq_len, heads, _ = q.shape
+    if selection.level.shape[:2] != (batch, heads) or not (
+        selection.level.shape == selection.index.shape == selection.refined.shape
+    ):
+        raise ValueError(
+            f"selection fields must all be [B, H, S_sel] with B={batch}, H={heads}, got "
+            f"{[tuple(f.shape) for f in selection]}"
+        )
+    picked = [
+        gather_selected(pool_pyramid(x.transpose(1, 2), levels, pooling_factor), selection) for x in (q, k, v)
+    ]  # 3 x [B, H, S_sel, D]
+    o_sel = compacted_attention(*picked)
+    return scatter_back(o_sel, selection, seq_len, levels, pooling_factor).transpose(1, 2)  # [B, N, H, D]
+
+
+def naive_lighthouse_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int
+) -> Tensor:
+    """Lighthouse Attention (``selection="paper"``), reference implementation.
+
+    ``q, k, v``: ``[B, N, H, D]``, any float dtype, any strides; returns ``[B, N, H, D]`` in the input dtype.
+    ``N`` must satisfy ``lighthouse_geometry`` (short sequences use fewer tiles; see README.md).
+    """
+    selection = select_entries(q, k, levels=levels, pooling_factor=pooling_factor, topk=topk)
+    return lighthouse_from_selection(q, k, v, selection, levels=levels, pooling_factor=pooling_factor)

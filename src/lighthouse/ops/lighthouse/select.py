@@ -1,0 +1,331 @@
+"""Triton kernels for the scores (spec §2) and the tiled hierarchical top-k selection (spec §3, §4).
+
+Two launches per layer:
+
+``_scores_kernel``  reads q and k once and writes the fp32 score pyramid of every level (squared norms,
+                    which rank like the norms), ``[B, H, N_tot]`` with the levels laid end to end, base
+                    first (``N_tot = N + N/p + ... + N/p^(L-1)``).
+``_select_kernel``  one program per (batch*head, tile): top-k by query then by key score at each level,
+                    refining 128 entries per level, then ranks the tile's emitted entries by the spec §4
+                    key and writes them to the tile's run of compacted slots.
+
+Every tile emits exactly ``selected_per_tile`` entries and tiles are contiguous in position, so tile ``t``
+owns compacted slots ``[t * S_tile, (t + 1) * S_tile)`` and no program needs another's result.
+
+Outputs (the contract with gather.py and scatter.py):
+    codes ``[B, H, S_sel]`` int32, one per compacted slot: ``index | refined << 24 | level << 25``
+          (level 1 = base .. L = coarsest, index within the level);
+    inv   ``[B, H, N_tot]`` int32, the inverse map: compacted slot of entry (level, index) at
+          ``level_offset(level) + index``, or -1 where the entry was not emitted.
+No atomics: each output element is written by exactly one program, so results are bitwise reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .geometry import PICKED_PER_SCORE, REFINED_PER_TILE, LighthouseGeometry
+
+INDEX_BITS = 24  # entry index within its level; N < 2^24
+REFINED_BIT = 24
+LEVEL_SHIFT = 25
+
+
+def level_sizes(seq_len: int, levels: int, pooling_factor: int) -> list[int]:
+    """Entries per level, base first; works on SymInts too (used by the fake implementations)."""
+    return [seq_len // pooling_factor ** (level - 1) for level in range(1, levels + 1)]
+
+
+def decode_codes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``codes`` -> (level int64, index int64, refined bool), each shaped like ``codes``."""
+    codes = codes.long()
+    index = codes & ((1 << INDEX_BITS) - 1)
+    refined = ((codes >> REFINED_BIT) & 1).bool()
+    level = codes >> LEVEL_SHIFT
+    return level, index, refined
+
+
+# ---------------------------------------------------------------- shared device helpers
+
+
+@triton.jit
+def level_offset(n, LEVEL: tl.constexpr, LOG2P: tl.constexpr):
+    """Start of level ``LEVEL`` (1-based, constexpr) in the concatenated ``[N_tot]`` layout."""
+    off = n * 0
+    for m in tl.static_range(1, LEVEL):
+        off += n >> (LOG2P * (m - 1))
+    return off
+
+
+@triton.jit
+def level_offset_vec(n, level, LEVELS: tl.constexpr, LOG2P: tl.constexpr):
+    """Like ``level_offset`` for a tensor of run-time levels."""
+    off = level * 0
+    for m in tl.static_range(1, LEVELS):
+        off += tl.where(level > m, n >> (LOG2P * (m - 1)), 0)
+    return off
+
+
+# ---------------------------------------------------------------- scores
+
+
+@triton.jit
+def _scores_kernel(
+    q_ptr, k_ptr, sq_ptr, sk_ptr,
+    N, N_TOT, H,
+    stride_qb, stride_qn, stride_qh,
+    stride_kb, stride_kn, stride_kh,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr,
+    LEVELS: tl.constexpr, LOG2P: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    n0 = pid_n * BLOCK_N
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    row_q = q_ptr + b.to(tl.int64) * stride_qb + h * stride_qh
+    row_k = k_ptr + b.to(tl.int64) * stride_kb + h * stride_kh
+    out_q = sq_ptr + pid_bh.to(tl.int64) * N_TOT
+    out_k = sk_ptr + pid_bh.to(tl.int64) * N_TOT
+
+    # Base level: the SQUARED L2 norm of each row, in fp32. It ranks exactly like the norm (x -> x^2 is
+    # increasing on norms >= 0) without depending on how a sqrt rounds: torch's CPU sqrt is not always
+    # correctly rounded, so a kernel sqrt could differ from the reference's in the last bit and flip a tie.
+    for r0 in range(0, BLOCK_N, SUB_N):
+        n = n0 + r0 + tl.arange(0, SUB_N)
+        offs_q = n.to(tl.int64)[:, None] * stride_qn + d[None, :]
+        offs_k = n.to(tl.int64)[:, None] * stride_kn + d[None, :]
+        xq = tl.load(row_q + offs_q, mask=dmask[None, :], other=0.0).to(tl.float32)
+        xk = tl.load(row_k + offs_k, mask=dmask[None, :], other=0.0).to(tl.float32)
+        tl.store(out_q + n, tl.sum(xq * xq, axis=1))
+        tl.store(out_k + n, tl.sum(xk * xk, axis=1))
+
+    if LEVELS > 1:
+        # Coarser levels: max over the span. BLOCK_N is a multiple of the coarsest span, so every
+        # coarse entry of this block is complete here; re-read the base scores this program just wrote.
+        tl.debug_barrier()
+        sq = tl.load(out_q + n0 + tl.arange(0, BLOCK_N), volatile=True)
+        sk = tl.load(out_k + n0 + tl.arange(0, BLOCK_N), volatile=True)
+        off = N * 0
+        n_level = N
+        for lv in tl.static_range(1, LEVELS):
+            off += n_level
+            n_level = n_level // (1 << LOG2P)
+            # (Constexpr expressions are written out inline: inside a static loop a constexpr name
+            # cannot be re-bound and a plain name would turn it into a tensor.)
+            sq = tl.max(tl.reshape(sq, [BLOCK_N >> (LOG2P * lv), 1 << LOG2P]), axis=1)
+            sk = tl.max(tl.reshape(sk, [BLOCK_N >> (LOG2P * lv), 1 << LOG2P]), axis=1)
+            dst = off + (n0 >> (LOG2P * lv)) + tl.arange(0, BLOCK_N >> (LOG2P * lv))
+            tl.store(out_q + dst, sq)
+            tl.store(out_k + dst, sk)
+
+
+# ---------------------------------------------------------------- selection
+#
+# Ranks are counted, not sorted: the rank of a key among M distinct keys is the number of larger (or
+# smaller) ones, summed chunk by chunk in runtime loops over keys parked in a per-program scratch area
+# (global memory, L1-resident; programs of one block see each other's writes after a barrier).
+# O(M^2 / threads) compares, a few microseconds here, and a small kernel: unrolled bitonic networks over
+# 2048-4096 keys took 30-70 s to compile for sm_90, per configuration.
+
+
+@triton.jit
+def _count_beyond(keys_ptr, M, key, LARGER: tl.constexpr, QB: tl.constexpr, KB: tl.constexpr):
+    """For each of ``key`` [QB]: how many of the ``M`` keys at ``keys_ptr`` are larger (``LARGER``) or smaller."""
+    count = tl.zeros([QB], dtype=tl.int32)
+    for j in range(0, M, KB):
+        cols = j + tl.arange(0, KB)
+        if LARGER:
+            other = tl.load(keys_ptr + cols, mask=cols < M, other=-1)  # -1 is never larger than a key
+            count += tl.sum((other[None, :] > key[:, None]).to(tl.int32), axis=1)
+        else:
+            other = tl.load(keys_ptr + cols, mask=cols < M, other=0x7FFFFFFFFFFFFFFF)
+            count += tl.sum((other[None, :] < key[:, None]).to(tl.int32), axis=1)
+    return count
+
+
+@triton.jit
+def _pick_top(keys_ptr, M, flags_ptr, picked_ptr, PICK: tl.constexpr, QB: tl.constexpr, KB: tl.constexpr):
+    """Flag the ``PICK`` largest of the ``M`` keys (-1 = not eligible) and list their entry indices."""
+    for i in range(0, M, QB):
+        rows = i + tl.arange(0, QB)
+        live = rows < M
+        key = tl.load(keys_ptr + rows, mask=live, other=-1)
+        rank = _count_beyond(keys_ptr, M, key, True, QB, KB)
+        picked = (key >= 0) & (rank < PICK)
+        tl.store(flags_ptr + rows, picked.to(tl.int64), mask=live)
+        tl.store(picked_ptr + rank, 0x7FFFFFFF - (key & 0xFFFFFFFF), mask=picked)
+
+
+@triton.jit
+def _refine(
+    sq, sk, index, valid, M, keys_ptr, flags_ptr, parents_ptr,
+    SIZE: tl.constexpr, PICK: tl.constexpr, QB: tl.constexpr, KB: tl.constexpr,
+):  # fmt: skip
+    """Spec §3 steps 1-4 on one candidate set (``SIZE`` lanes, the first ``M`` valid): returns the refined
+    mask and writes the refined entry indices to ``parents_ptr[0 : 2 * PICK]``.
+
+    Ranking key = fp32 score bits (scores are >= 0, so their bit patterns order like the values) in the
+    high word and ``2^31 - 1 - index`` in the low word: larger score first, equal scores -> lower index
+    first, and all keys distinct.
+    """
+    lane = tl.arange(0, SIZE)
+    low = (0x7FFFFFFF - index).to(tl.int64)
+    key_q = tl.where(valid, (sq.to(tl.int32, bitcast=True).to(tl.int64) << 32) | low, -1)
+    tl.store(keys_ptr + lane, key_q)
+    tl.debug_barrier()
+    _pick_top(keys_ptr, M, flags_ptr, parents_ptr, PICK, QB, KB)
+    tl.debug_barrier()
+    by_query = tl.load(flags_ptr + lane, mask=lane < M, other=0) != 0
+    key_k = tl.where(valid & (~by_query), (sk.to(tl.int32, bitcast=True).to(tl.int64) << 32) | low, -1)
+    tl.store(keys_ptr + lane, key_k)
+    tl.debug_barrier()
+    _pick_top(keys_ptr, M, flags_ptr, parents_ptr + PICK, PICK, QB, KB)
+    tl.debug_barrier()
+    by_key = tl.load(flags_ptr + lane, mask=lane < M, other=0) != 0
+    return by_query | by_key
+
+
+@triton.jit
+def _pack(index, refined, LEVEL: tl.constexpr, LEVELS: tl.constexpr, LOG2P: tl.constexpr):
+    """Order word: spec §4 key * 2^(L-1) in the high 32 bits, the code (level, refined, index) in the low."""
+    shift: tl.constexpr = LOG2P * (LEVEL - 1) + LEVELS - 1
+    idx = index.to(tl.int64)
+    leaf_key = idx << shift
+    refined_key = ((idx + 1) << shift) - (1 << (LEVELS - LEVEL))
+    key = tl.where(refined, refined_key, leaf_key)
+    code = idx | (refined.to(tl.int64) << 24) | (LEVEL << 25)
+    return (key << 32) | code
+
+
+@triton.jit
+def _select_kernel(
+    sq_ptr, sk_ptr, codes_ptr, inv_ptr, scratch_ptr,
+    N, N_TOT, S_SEL, NC, S_TILE, NUM_TILES,
+    NC_BLOCK: tl.constexpr, S_BLOCK: tl.constexpr, M_BLOCK: tl.constexpr, LEVELS: tl.constexpr,
+    LOG2P: tl.constexpr, REF: tl.constexpr, PICK: tl.constexpr, QB: tl.constexpr, KB: tl.constexpr,
+):  # fmt: skip
+    tile = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    P: tl.constexpr = 1 << LOG2P
+    CHILDREN: tl.constexpr = REF * P
+    row = pid_bh.to(tl.int64) * N_TOT
+    # This program's scratch: emitted order words | candidate keys | picked flags | refined indices.
+    words_ptr = scratch_ptr + (pid_bh.to(tl.int64) * NUM_TILES + tile) * (S_BLOCK + 2 * M_BLOCK + REF)
+    keys_ptr = words_ptr + S_BLOCK
+    flags_ptr = keys_ptr + M_BLOCK
+    parents_ptr = flags_ptr + M_BLOCK
+
+    # Coarsest level: the tile's NC entries are the candidates (NC_BLOCK >= NC, padded lanes invalid).
+    lane = tl.arange(0, NC_BLOCK)
+    valid = lane < NC
+    index = tile * NC + lane
+    off = level_offset(N, LEVELS, LOG2P)
+    sq = tl.load(sq_ptr + row + off + index, mask=valid, other=0.0)
+    sk = tl.load(sk_ptr + row + off + index, mask=valid, other=0.0)
+    refined = _refine(sq, sk, index, valid, NC, keys_ptr, flags_ptr, parents_ptr, NC_BLOCK, PICK, QB, KB)
+    tl.store(words_ptr + lane, _pack(index, refined, LEVELS, LEVELS, LOG2P), mask=valid)
+
+    # Finer levels: the children of the 128 refined entries are the next candidates (all valid).
+    child = tl.arange(0, CHILDREN)
+    for step in tl.static_range(1, LEVELS):
+        # The refined indices were written before _refine's last barrier; they are overwritten only after
+        # the first barrier of the next _refine, which every thread reaches after this load.
+        parents = tl.load(parents_ptr + tl.arange(0, REF)).to(tl.int32)
+        index = tl.reshape(parents[:, None] * P + tl.arange(0, P)[None, :], [CHILDREN])
+        # level LEVELS - step, written out inline (see _scores_kernel)
+        if LEVELS - step > 1:
+            off = level_offset(N, LEVELS - step, LOG2P)
+            sq = tl.load(sq_ptr + row + off + index)
+            sk = tl.load(sk_ptr + row + off + index)
+            refined = _refine(
+                sq, sk, index, child >= 0, CHILDREN, keys_ptr, flags_ptr, parents_ptr, CHILDREN, PICK, QB, KB
+            )
+        else:
+            refined = child < 0
+        emitted = _pack(index, refined, LEVELS - step, LEVELS, LOG2P)
+        tl.store(words_ptr + NC + (step - 1) * CHILDREN + child, emitted)
+
+    # Compacted order: an entry's slot within the tile is the number of emitted entries with a smaller key.
+    tl.debug_barrier()
+    for i in range(0, S_TILE, QB):
+        rows = i + tl.arange(0, QB)
+        live = rows < S_TILE
+        word = tl.load(words_ptr + rows, mask=live, other=0x7FFFFFFFFFFFFFFF)
+        slot = tile * S_TILE + _count_beyond(words_ptr, S_TILE, word, False, QB, KB)
+        code = (word & 0xFFFFFFFF).to(tl.int32)
+        tl.store(codes_ptr + pid_bh.to(tl.int64) * S_SEL + slot, code, mask=live)
+        level_offsets = level_offset_vec(N, code >> 25, LEVELS, LOG2P)
+        tl.store(inv_ptr + row + level_offsets + (code & 0xFFFFFF), slot, mask=live)
+
+
+# ---------------------------------------------------------------- launcher
+
+
+def rows_per_program(x: torch.Tensor, gpu_rows: int) -> int:
+    """Block of rows per program: ``gpu_rows`` on the GPU; on CPU (Triton's interpreter, tests only) 16x
+    larger, since the interpreter pays per program and per op, not per element."""
+    return gpu_rows if x.is_cuda else 16 * gpu_rows
+
+
+def span_block(seq_len: int, span: int, target: int) -> int:
+    """Power-of-two block of base rows that holds whole spans of ``span`` rows, divides ``seq_len`` (a
+    multiple of 128 coarsest spans) and is as close to ``target`` as that allows."""
+    block = span
+    while block < target and seq_len % (2 * block) == 0:
+        block *= 2
+    return block
+
+
+def select_launch(
+    q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores + selection for ``q, k`` ``[B, N, H, D]`` (last dim contiguous).
+
+    Returns ``codes [B, H, S_sel]`` int32 and ``inv [B, H, N_tot]`` int32 (see the module docstring).
+    """
+    batch, seq_len, heads, dim = q.shape
+    levels, p = geometry.levels, geometry.pooling_factor
+    log2p = p.bit_length() - 1
+    sizes = level_sizes(seq_len, levels, p)
+    n_tot = sum(sizes)
+    if seq_len >= 1 << INDEX_BITS or seq_len << (levels - 1) >= 1 << 31:
+        raise ValueError(f"sequence length {seq_len} too long for the 32-bit selection codes")
+    assert q.stride(-1) == 1 and k.stride(-1) == 1
+
+    scores_q = torch.empty(batch, heads, n_tot, device=q.device, dtype=torch.float32)
+    scores_k = torch.empty(batch, heads, n_tot, device=q.device, dtype=torch.float32)
+    span = geometry.coarse_span
+    # BLOCK_N holds whole coarsest entries (>= 2 of them, so no level shrinks to one lane) and divides N,
+    # which is a multiple of 128 coarsest spans.
+    block_n = span_block(seq_len, 2 * span, rows_per_program(q, 64))
+    sub_n = min(block_n, rows_per_program(q, 64 if dim <= 64 else 32))
+    _scores_kernel[(seq_len // block_n, batch * heads)](
+        q, k, scores_q, scores_k,
+        seq_len, n_tot, heads,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        D=dim, BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n, SUB_N=sub_n,
+        LEVELS=levels, LOG2P=log2p, num_warps=4,
+    )  # fmt: skip
+
+    tiles, s_tile = geometry.num_tiles, geometry.selected_per_tile
+    nc_block = triton.next_power_of_2(geometry.coarse_per_tile)
+    s_block = triton.next_power_of_2(s_tile)
+    m_block = max(nc_block, REFINED_PER_TILE * p)
+    chunk = 64 if q.is_cuda else 1024  # the interpreter pays per loop iteration, not per element
+    codes = torch.empty(batch, heads, geometry.selected_len, device=q.device, dtype=torch.int32)
+    inv = torch.full((batch, heads, n_tot), -1, device=q.device, dtype=torch.int32)
+    scratch = torch.empty(batch * heads * tiles * (s_block + 2 * m_block + REFINED_PER_TILE), device=q.device,
+                          dtype=torch.int64)  # fmt: skip
+    _select_kernel[(tiles, batch * heads)](
+        scores_q, scores_k, codes, inv, scratch,
+        seq_len, n_tot, geometry.selected_len, geometry.coarse_per_tile, s_tile, tiles,
+        NC_BLOCK=nc_block, S_BLOCK=s_block, M_BLOCK=m_block, LEVELS=levels, LOG2P=log2p,
+        REF=REFINED_PER_TILE, PICK=PICKED_PER_SCORE, QB=chunk, KB=chunk, num_warps=4,
+    )  # fmt: skip
+    return codes, inv

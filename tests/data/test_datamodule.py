@@ -1,0 +1,197 @@
+"""LMDataModule: argument checks, interface, stdlib corpus, BPE, bad input, resume in a real Trainer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from datagen import write_corpus
+
+from lighthouse.data import LMDataModule
+from lighthouse.data.corpus import stdlib_root
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("seq_len", 0),
+        ("batch_size", 0),
+        ("batch_size", 2.5),
+        ("num_workers", -1),
+        ("val_fraction", 0.0),
+        ("val_fraction", 1.0),
+        ("val_batches", 0),
+        ("max_documents", 0),
+        ("max_bytes", -5),
+        ("tokenize_workers", 0),
+        ("vocab_multiple_of", 0),
+        ("shard_tokens", 0),
+        ("seq_len", True),
+        ("text_field", ""),
+    ],
+    ids=lambda v: str(v),
+)
+def test_bad_arguments_name_the_field_and_the_range(field, value, tmp_path):
+    with pytest.raises(ValueError, match="^" + re.escape(f"{field}={value!r} is invalid: must be")):
+        LMDataModule(**{field: value}, data_dir=str(tmp_path))
+
+
+def test_bad_corpus_paths(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.csv").write_text("a,b")
+    cases = {
+        str(tmp_path / "missing"): "no such file or directory",
+        str(tmp_path / "empty"): "holds no .txt",
+        str(tmp_path / "other"): "holds no .txt",
+        str(tmp_path / "*.txt"): "matches no files",
+        "hf:": "expected 'hf:NAME'",
+    }
+    for corpus, message in cases.items():
+        with pytest.raises(ValueError, match=re.escape(f"corpus='{corpus}'") + ".*" + re.escape(message)):
+            LMDataModule(corpus=corpus, data_dir=str(tmp_path))
+
+
+def test_vocab_and_eos_are_known_at_init(tmp_path):
+    assert (LMDataModule().vocab_size, LMDataModule().eos_id) == (257, 256)
+    assert LMDataModule(vocab_multiple_of=64).vocab_size == 320
+    bpe = LMDataModule(tokenizer="bpe:8192", data_dir=str(tmp_path))
+    assert (bpe.vocab_size, bpe.eos_id) == (8192, 0)
+    assert not (tmp_path / "tokenizers").exists()  # nothing trained or read yet
+
+
+def test_bpe_tokenizer_is_trained_saved_and_reused(corpus_dir, make_dm, tmp_path):
+    dm = make_dm(corpus_dir, tokenizer="bpe:300")
+    dm.setup("fit")
+    (saved,) = (tmp_path / "data" / "tokenizers").glob("bpe300-*.json")
+    assert dm.manifest["tokenizer"]["fingerprint"] == dm.tokenizer_fingerprint
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["tokens"].max() < 300 and dm.decode(batch["tokens"][0]).strip()
+    mtime = saved.stat().st_mtime_ns
+    again = make_dm(corpus_dir, tokenizer="bpe:300")
+    assert again.tokenizer_fingerprint == dm.tokenizer_fingerprint and saved.stat().st_mtime_ns == mtime
+    # the same tokenizer given as a file reads the same shards
+    as_file = make_dm(corpus_dir, tokenizer=str(saved))
+    as_file.setup("fit")
+    assert as_file.data_fingerprint == dm.data_fingerprint
+
+
+def test_stdlib_corpus_small(tmp_path):
+    dm = LMDataModule(
+        seq_len=512,
+        batch_size=2,
+        data_dir=str(tmp_path),
+        max_documents=25,
+        val_fraction=0.2,
+        val_batches=1,
+        progress=False,
+        return_doc_ids=True,
+    )
+    dm.setup("fit")
+    m = dm.manifest
+    root = stdlib_root()
+    assert m["corpus"]["kind"] == "stdlib" and m["corpus"]["python"]
+    used = [f for f in m["files"] if f["documents"]]
+    assert sum(f["documents"] for f in m["files"]) == 25 and len(used) == 25
+    for f in m["files"]:
+        assert hashlib.sha256((root / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+        assert f["path"].endswith(".py") and "site-packages" not in f["path"]
+    assert [f["path"] for f in m["files"]] == sorted(f["path"] for f in m["files"])
+    n_tokens = sum(s["tokens"] for s in m["splits"].values())
+    assert n_tokens == sum((root / f["path"]).stat().st_size + 1 for f in used)  # bytes + one EOS each
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["tokens"].shape == batch["doc_ids"].shape == (2, 513)
+    text = dm.decode(batch["tokens"][0])
+    assert any(word in text for word in ("def ", "import ", "class ", "return", "#"))
+    assert len(list(dm.val_dataloader())) == 1
+    # the same interpreter gives the same data
+    again = LMDataModule(
+        seq_len=512,
+        batch_size=2,
+        data_dir=str(tmp_path / "other"),
+        max_documents=25,
+        val_fraction=0.2,
+        progress=False,
+    )
+    again.setup("fit")
+    assert again.data_fingerprint == dm.data_fingerprint
+
+
+def test_corpus_smaller_than_one_window(tmp_path):
+    corpus = write_corpus(tmp_path / "c", [3, 3, 3])
+    dm = LMDataModule(corpus=str(corpus), seq_len=4096, data_dir=str(tmp_path / "d"), progress=False)
+    with pytest.raises(ValueError, match=r"train split .* fewer than seq_len \+ 1 = 4097: lower seq_len"):
+        dm.setup("fit")
+
+
+def test_validation_split_too_small(corpus_dir, make_dm):
+    dm = make_dm(corpus_dir, seq_len=64, batch_size=2, val_fraction=0.01)
+    dm.setup("fit")
+    next(iter(dm.train_dataloader()))  # training works; only validation cannot
+    with pytest.raises(ValueError, match=r"validation split .* fewer than batch_size=2; raise val_fraction"):
+        dm.val_dataloader()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resume inside a real Trainer, with gradient accumulation, validation and workers
+
+
+class Recorder(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["tokens"].clone())
+        return self.w * batch["tokens"].float().mean()
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def fit(dm, max_steps, root, ckpt_path=None, callbacks=()):
+    model = Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        accumulate_grad_batches=2,
+        val_check_interval=3,
+        num_sanity_val_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=bool(callbacks),
+        callbacks=list(callbacks),
+        default_root_dir=str(root),
+    )
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return model.seen
+
+
+def test_trainer_resume_sees_the_same_batches(corpus_dir, make_dm, tmp_path):
+    straight = fit(make_dm(corpus_dir), 5, tmp_path / "a")
+    assert len(straight) == 10  # 5 optimizer steps x 2 micro-batches
+
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1
+    )
+    first = fit(make_dm(corpus_dir, num_workers=2), 3, tmp_path / "b", callbacks=[ckpt])
+    step2 = tmp_path / "ckpt" / "epoch=0-step=2.ckpt"
+    state = torch.load(step2, weights_only=False)["LMDataModule"]
+    assert state["windows_consumed"] == 4 * 2  # 4 micro-batches of 2 windows, counted in on_train_batch_end
+    resumed = fit(make_dm(corpus_dir, num_workers=2), 5, tmp_path / "c", ckpt_path=str(step2))
+    got = first[:4] + resumed
+    assert len(got) == len(straight)
+    assert all(torch.equal(a, b) for a, b in zip(got, straight, strict=True))
+    manifest = json.loads((Path(tmp_path / "c") / "data_manifest.json").read_text())
+    assert manifest["data_fingerprint"] == make_dm(corpus_dir)._prepare().manifest["data_fingerprint"]

@@ -1,0 +1,46 @@
+"""Every shipped config parses through the real CLI, and the paper configs match the paper's model."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lighthouse.cli import main
+from lighthouse.config import ModelConfig, model_flavor
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_parses_without_running(path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["model"]["dim"] > 0 and printed["data"]["seq_len"] > 0
+    model = ModelConfig(**printed["model"]["model"])  # runs the same validation as training
+    model.check_seq_len(printed["data"]["seq_len"])
+
+
+@pytest.mark.parametrize("name", ["lh_64k", "recover_64k", "dense_64k"])
+def test_64k_configs_are_the_paper_model(name):
+    config = yaml.safe_load((CONFIGS[0].parent / f"{name}.yaml").read_text())
+    model = config["model"]["model"]
+    paper = model_flavor("paper")
+    for field in ("dim", "n_layers", "n_heads", "ffn_hidden", "dense_layers", "max_seq_len"):
+        assert model[field] == getattr(paper, field), field
+    assert config["data"]["seq_len"] == 65536 and config["data"]["tokenizer"] == "byte"
+    if name == "lh_64k":
+        assert model["lighthouse"] == {"levels": 3, "pooling_factor": 4, "topk": 2048}
+
+
+def changed_lines(a: str, b: str) -> int:
+    def body(name):
+        return [line for line in (CONFIGS[0].parent / name).read_text().splitlines() if not line.startswith("#")]
+
+    return sum(x != y for x, y in zip(body(a), body(b), strict=True))
+
+
+@pytest.mark.parametrize("stage1, stage2", [("demo.yaml", "demo_recover.yaml"), ("lh_64k.yaml", "recover_64k.yaml")])
+def test_recovery_twin_differs_in_few_lines(stage1, stage2):
+    assert changed_lines(stage1, stage2) == 3  # max_steps, model.attention, StageSwitch.switch_step

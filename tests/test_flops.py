@@ -1,0 +1,33 @@
+"""MFU arithmetic against hand counts for tiny models."""
+
+import pytest
+
+from lighthouse.config import ModelConfig
+from lighthouse.flops import flops_per_token, matmul_params
+
+
+def test_dense_flops_hand_count():
+    config = ModelConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, ffn_hidden=16, max_seq_len=64)
+    # wq, wk, wv, wo: 4 * 8*8 = 256; SwiGLU: 3 * 8*16 = 384; output: 8*10 = 80.
+    assert matmul_params(config) == 720
+    dense, actual = flops_per_token(config, seq_len=16, backends=["sdpa"])
+    # 6 FLOPs per weight, plus causal attention 6 * N * H * D = 6 * 16 * 2 * 4.
+    assert dense == actual == 6 * 720 + 768
+
+
+def test_gqa_counts_fewer_kv_weights():
+    config = ModelConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=16, max_seq_len=64)
+    assert matmul_params(config) == 720 - 2 * 8 * 4
+
+
+def test_lighthouse_layer_counts_selected_length():
+    config = ModelConfig(vocab_size=10, dim=8, n_layers=2, n_heads=2, ffn_hidden=16, max_seq_len=4096,
+                         attention="lighthouse_naive", dense_layers=[0],
+                         lighthouse=dict(levels=2, pooling_factor=4, topk=128))
+    n = 2048
+    dense, actual = flops_per_token(config, seq_len=n, backends=["sdpa", "lighthouse_naive"])
+    weights = 6 * matmul_params(config)
+    per_layer_dense = 6 * n * 2 * 4
+    # S_sel = N/p + (L-1)*p*K = 512 + 512 = 1024 entries; 6 * S_sel^2 / N * H * D per token.
+    assert dense == weights + 2 * per_layer_dense
+    assert actual == pytest.approx(weights + per_layer_dense + 6 * 1024 * 1024 / n * 8)

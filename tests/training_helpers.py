@@ -1,0 +1,80 @@
+"""Run the real entry point (LightningCLI) in-process on a tiny model and read back what it logged."""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_text_corpus(folder: Path, n_docs: int = 12, seed: int = 0) -> Path:
+    """A small corpus of varied English-like documents, a few thousand bytes each."""
+    rng = random.Random(seed)
+    words = ("the model reads long documents and attends to a compact summary of the past while the "
+             "pyramid keeps coarse views of distant tokens and fine views of salient ones").split()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(300, 1500)))
+        (folder / f"doc{i:03d}.txt").write_text(text)
+    return folder
+
+
+def tiny_config(tmp_path: Path, name: str, base: str = "demo.yaml", *, max_steps: int = 8,
+                attention: str = "lighthouse_naive", switch_step: int | None = None, every_n: int = 4,
+                seq_len: int = 512) -> dict:
+    """A CPU-second version of a shipped config: same structure, tiny model and corpus, all paths in tmp_path."""
+    config = copy.deepcopy(yaml.safe_load((REPO / "configs" / base).read_text()))
+    logs = tmp_path / "logs"
+    trainer = config["trainer"]
+    trainer.update(max_steps=max_steps, val_check_interval=every_n, log_every_n_steps=1,
+                   enable_model_summary=False, enable_progress_bar=False)
+    trainer["logger"]["init_args"].update(save_dir=str(logs), name=name)
+    callbacks = []
+    for cb in trainer["callbacks"]:
+        kind = cb["class_path"].rsplit(".", 1)[-1]
+        if kind == "RichProgressBar":
+            continue
+        if kind == "ModelCheckpoint":
+            cb["init_args"].update(dirpath=str(logs / name / "checkpoints"), every_n_train_steps=every_n)
+        if kind == "StageSwitch":
+            cb["init_args"]["switch_step"] = switch_step
+        if kind == "ThroughputMonitor":
+            cb["init_args"].update(window=2, skip_steps=1)
+        callbacks.append(cb)
+    trainer["callbacks"] = callbacks
+    config["model"]["model"].update(dim=32, n_layers=3, n_heads=2, ffn_hidden=64, max_seq_len=seq_len,
+                                    attention=attention, dense_layers=[0],
+                                    lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128})
+    config["model"].update(warmup_steps=2, schedule_steps=20)
+    corpus = write_text_corpus(tmp_path / "corpus")
+    config["data"].update(corpus=str(corpus), data_dir=str(tmp_path / "data"), seq_len=seq_len, batch_size=2,
+                          num_workers=0, val_batches=1)
+    return config
+
+
+def fit(tmp_path: Path, config: dict, ckpt_path: str | None = None, tag: str = "run", extra: list[str] = ()):
+    from lighthouse.cli import main
+
+    path = tmp_path / f"{tag}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args = ["fit", "--config", str(path), *extra]
+    if ckpt_path is not None:
+        args += ["--ckpt_path", ckpt_path]
+    return main(args)
+
+
+def logged_scalars(log_dir: Path, tag: str) -> dict[int, float]:
+    """step -> value of a TensorBoard scalar, over all event files in ``log_dir`` (later files win)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: dict[int, float] = {}
+    for events in sorted(log_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values.update({e.step: e.value for e in acc.Scalars(tag)})
+    return values
