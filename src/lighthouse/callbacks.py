@@ -105,6 +105,7 @@ class ThroughputMonitor(Callback):
         self._last_end: float | None = None
         self._skip_left = skip_steps
         self._backends: list[str] | None = None
+        self._log_dir: str | None = None
         self.records: list[dict] = []
 
     def _reset_window(self) -> None:
@@ -121,6 +122,7 @@ class ThroughputMonitor(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_end = None
         self._skip_left = self.skip_steps
+        self._log_dir = trainer.log_dir  # a collective in DDP: read it here, where every rank passes
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         backends = pl_module.model.attention_backends
@@ -174,8 +176,7 @@ class ThroughputMonitor(Callback):
         for key, value in record.items():
             if key != "step":
                 pl_module.log(f"perf/{key}", float(value), prog_bar=key == "tokens_per_sec")
-        log_dir = trainer.log_dir
-        if trainer.is_global_zero and log_dir is not None:
-            os.makedirs(log_dir, exist_ok=True)
-            with open(os.path.join(log_dir, "throughput.jsonl"), "a") as f:
+        if trainer.is_global_zero and self._log_dir is not None:
+            os.makedirs(self._log_dir, exist_ok=True)
+            with open(os.path.join(self._log_dir, "throughput.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -16,18 +16,40 @@ class KeepEveryConfig(SaveConfigCallback):
     directory, so a resumed or recovery-stage job never fails on an existing file and nothing is overwritten."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if not self.already_saved and self.save_to_log_dir and trainer.log_dir is not None:
+        if not self.already_saved and self.save_to_log_dir:
+            log_dir = trainer.log_dir  # a collective: every rank must read it exactly once here
             name = "config.yaml"
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and log_dir is not None:
                 n = 0
-                while os.path.exists(os.path.join(trainer.log_dir, name)):
+                while os.path.exists(os.path.join(log_dir, name)):
                     n += 1
                     name = f"config.{n}.yaml"
             self.config_filename = trainer.strategy.broadcast(name)
         super().setup(trainer, pl_module, stage)
 
 
+def check_trainer_args(trainer: dict) -> None:
+    """Reject trainer settings that Lightning would only trip over later (or with an unrelated error)."""
+    def at_least(name: str, lowest: int, allow_none: bool = False, allow: tuple = ()) -> None:
+        value = trainer.get(name)
+        if (value is None and allow_none) or value in allow:
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+            raise ValueError(f"trainer.{name}={value!r} is invalid: it must be an integer >= {lowest}")
+
+    at_least("accumulate_grad_batches", 1)
+    at_least("max_steps", 1, allow=(-1,))
+    at_least("log_every_n_steps", 1, allow_none=True)
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and clip < 0:
+        raise ValueError(f"trainer.gradient_clip_val={clip!r} is invalid: it must be >= 0 (or null for no clipping)")
+
+
 class LighthouseCLI(LightningCLI):
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_trainer_args(config["trainer"])
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would overwrite the model config with the checkpoint's hyperparameters. Here the config on
         # the command line is the source of truth (the recovery stage changes the attention backend); the

@@ -119,9 +119,21 @@ class LitLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.token_losses(batch["tokens"]).mean()
+        self.stop_on_non_finite(loss)
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return loss
+
+    def stop_on_non_finite(self, loss: Tensor) -> None:
+        """Raise before the optimizer step so a NaN/inf never reaches the weights or a checkpoint."""
+        bad = not bool(torch.isfinite(loss))
+        # Every rank must stop together, or the healthy ones would wait forever in the gradient all-reduce.
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at global step {self.global_step}: stopping before the optimizer "
+                f"step. Last good checkpoint: {last}. Lower the LR or check the data, then resume with --ckpt_path."
+            )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         losses = self.token_losses(batch["tokens"])
