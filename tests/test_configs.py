@@ -44,3 +44,15 @@ def changed_lines(a: str, b: str) -> int:
 @pytest.mark.parametrize("stage1, stage2", [("demo.yaml", "demo_recover.yaml"), ("lh_64k.yaml", "recover_64k.yaml")])
 def test_recovery_twin_differs_in_few_lines(stage1, stage2):
     assert changed_lines(stage1, stage2) == 3  # max_steps, model.attention, StageSwitch.switch_step
+
+
+STRATEGIES = sorted((CONFIGS[0].parent / "strategy").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=[p.stem for p in STRATEGIES])
+def test_strategy_snippet_composes_with_run_config(strategy, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS[0].parent / "lh_64k.yaml"), "--config", str(strategy), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["devices"] == -1 and printed["model"]["model"]["n_layers"] == 30

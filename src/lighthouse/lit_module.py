@@ -120,7 +120,8 @@ class LitLM(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.token_losses(batch["tokens"]).mean()
         self.stop_on_non_finite(loss)
-        self.log("train/loss", loss, prog_bar=True)
+        # sync_dist: the curve is the loss of the global batch, comparable across world sizes.
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return loss
 

@@ -95,25 +95,17 @@ class LMDataModule(L.LightningDataModule):
         super().__init__()
         _require(_is_int(seq_len) and seq_len >= 1, "seq_len", seq_len, "must be an integer >= 1")
         _require(_is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "must be an integer >= 1")
-        _require(
-            _is_int(num_workers) and num_workers >= 0, "num_workers", num_workers, "must be an integer >= 0"
-        )
+        _require(_is_int(num_workers) and num_workers >= 0, "num_workers", num_workers, "must be an integer >= 0")
         _require(_is_int(seed), "seed", seed, "must be an integer")
         _require(
-            isinstance(val_fraction, (int, float))
-            and not isinstance(val_fraction, bool)
-            and 0 < val_fraction < 1,
+            isinstance(val_fraction, (int, float)) and not isinstance(val_fraction, bool) and 0 < val_fraction < 1,
             "val_fraction",
             val_fraction,
             "must be a number with 0 < val_fraction < 1",
         )
-        _require(
-            _is_int(val_batches) and val_batches >= 1, "val_batches", val_batches, "must be an integer >= 1"
-        )
+        _require(_is_int(val_batches) and val_batches >= 1, "val_batches", val_batches, "must be an integer >= 1")
         for name, v in (("max_documents", max_documents), ("max_bytes", max_bytes)):
-            _require(
-                v is None or (_is_int(v) and v >= 1), name, v, "must be None (no limit) or an integer >= 1"
-            )
+            _require(v is None or (_is_int(v) and v >= 1), name, v, "must be None (no limit) or an integer >= 1")
         _require(
             tokenize_workers is None or (_is_int(tokenize_workers) and tokenize_workers >= 1),
             "tokenize_workers",
@@ -409,9 +401,7 @@ class LMDataModule(L.LightningDataModule):
         if mismatches:
             msg = "resuming on different data: " + "; ".join(mismatches)
             if self.strict_resume:
-                raise ValueError(
-                    msg + " (set strict_resume=False to continue at the same stream position anyway)"
-                )
+                raise ValueError(msg + " (set strict_resume=False to continue at the same stream position anyway)")
             log.warning("%s; continuing at window %d", msg, state["windows_consumed"])
         self._windows_consumed = int(state["windows_consumed"])
         if self._train_ds is not None:
@@ -420,13 +410,13 @@ class LMDataModule(L.LightningDataModule):
     def _save_manifest_copy(self) -> None:
         """Record with the run (next to its logs) exactly what data it read."""
         trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero:
+        if trainer is None:
             return
         try:
-            log_dir = trainer.log_dir
+            log_dir = trainer.log_dir  # a broadcast under DDP: every rank must take part
         except Exception:  # loggers without a folder
             return
-        if log_dir:
+        if log_dir and trainer.is_global_zero:
             path = Path(log_dir) / "data_manifest.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             manifest = {**self.manifest, "shard_dir": str(self.shard_dir)}
