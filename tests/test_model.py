@@ -119,3 +119,23 @@ def test_flavor_sizes():
     paper = model_flavor("paper")
     assert (paper.dim, paper.n_layers, paper.n_heads, paper.head_width, paper.ffn_hidden) == (1024, 30, 8, 128, 1536)
     assert paper.dense_layers == [0, 1, 28, 29]
+
+
+def test_debug_flavor_learns_with_lighthouse_naive():
+    """The debug model with the reference Lighthouse layer in its middle layers trains on CPU."""
+    torch.manual_seed(0)
+    config = model_flavor("debug", attention="lighthouse_naive", vocab_size=32, max_seq_len=512)
+    model = Transformer(config)
+    assert model.attention_backends == ["sdpa", "lighthouse_naive", "lighthouse_naive", "sdpa"]
+    # A learnable stream: a random period-16 pattern repeated, so later tokens are predictable from earlier ones.
+    pattern = torch.randint(0, 32, (2, 16))
+    tokens = pattern.repeat(1, 33)[:, :513]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
