@@ -54,9 +54,7 @@ def main() -> None:
     ap.add_argument("--tokenizer", default="byte")
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--doc-ids", action="store_true", help="also build doc_ids for every batch")
-    ap.add_argument(
-        "--fresh", action="store_true", help="tokenize into a temporary data dir (times a cold build)"
-    )
+    ap.add_argument("--fresh", action="store_true", help="tokenize into a temporary data dir (times a cold build)")
     ap.add_argument(
         "--consumption",
         type=float,

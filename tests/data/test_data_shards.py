@@ -6,9 +6,11 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import random
 import sys
 import types
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import pytest
@@ -95,12 +97,14 @@ def test_split_is_by_document_and_stable(corpus_dir, tmp_path):
 
 
 def test_tiny_corpus_still_gets_a_validation_document(tmp_path):
-    corpus = write_corpus(tmp_path / "c", [10, 10, 10])
+    corpus = write_corpus(tmp_path / "c", [10, 10, 10], prefix="x")  # x_002.txt has the smallest hash
     p = build(corpus, tmp_path / "data", val_fraction=1e-9)
+    assert p.manifest["split"]["val_fallback"] == "x_002.txt"
     assert p.manifest["splits"]["val"]["documents"] == 1 and p.manifest["split"]["val_fallback"]
     val = open_split(p.folder, "val", p.tokenizer)
     train = open_split(p.folder, "train", p.tokenizer)
     assert val.keys() == [p.manifest["split"]["val_fallback"]] and len(train.keys()) == 2
+    assert [f["path"] for f in p.manifest["files"] if f["val_documents"]] == val.keys()
     stream, _ = pack_documents([list((corpus / k).read_bytes()) for k in train.keys()], 256)
     assert np.array_equal(train.read(0, train.n_tokens), stream)
 
@@ -125,15 +129,30 @@ def test_cache_is_reused_and_keyed_by_tokenizer(corpus_dir, tmp_path):
 
 
 def test_parallel_build_equals_serial(corpus_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        shards, "_useful_processes", lambda n, total, fast: n
-    )  # force the pool on a tiny corpus
+    monkeypatch.setattr(shards, "_useful_processes", lambda n, total, fast: n)  # force the pool on a tiny corpus
     serial = build(corpus_dir, tmp_path / "s", max_documents=30)
     parallel = build(corpus_dir, tmp_path / "p", max_documents=30, num_proc=2)
     assert parallel.manifest["build"]["processes"] == 2
     assert parallel.manifest["data_fingerprint"] == serial.manifest["data_fingerprint"]
     for f in sorted(p.name for p in serial.folder.iterdir() if p.name != "manifest.json"):
         assert (serial.folder / f).read_bytes() == (parallel.folder / f).read_bytes(), f
+
+
+_encode_task = shards._encode_task
+
+
+def _die_on_doc_005(task, **kwargs):
+    if task[1].rel == "doc_005.txt":
+        os._exit(1)  # a worker killed mid-task (out of memory, a signal)
+    return _encode_task(task, **kwargs)
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "_useful_processes", lambda n, total, fast: n)
+    monkeypatch.setattr(shards, "_encode_task", _die_on_doc_005)
+    with pytest.raises(BrokenProcessPool):
+        build(corpus_dir, tmp_path / "data", num_proc=2)
+    assert not list((tmp_path / "data" / "shards").iterdir())
 
 
 def test_jsonl_records_compressed_and_bad_lines(tmp_path):
@@ -245,7 +264,8 @@ def test_reader_is_picklable_and_bounds_checked(corpus_dir, tmp_path):
         r.read(0, r.n_tokens + 1)
 
 
-def test_hf_streaming_with_a_stand_in_datasets_module(tmp_path, monkeypatch):
+@pytest.mark.parametrize("num_proc", [1, 2], ids=lambda n: f"proc{n}")
+def test_hf_streaming_with_a_stand_in_datasets_module(tmp_path, monkeypatch, num_proc):
     calls, pulled = [], []
 
     def load_dataset(name, config, split, streaming):
@@ -256,14 +276,14 @@ def test_hf_streaming_with_a_stand_in_datasets_module(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     spec = resolve_corpus("hf:org/name:cfg")
-    p = prepare(
-        spec, BYTE, tmp_path / "data", val_fraction=0.1, max_documents=1000, num_proc=1, progress=False
-    )
+    p = prepare(spec, BYTE, tmp_path / "data", val_fraction=0.1, max_documents=1000, num_proc=num_proc, progress=False)
     assert calls == [("org/name", "cfg", "train", True)]
     assert sum(s["documents"] for s in p.manifest["splits"].values()) == 1000
     keys = [k for s in ("train", "val") for k in open_split(p.folder, s, p.tokenizer).keys()]
     assert sorted(keys, key=int)[-1] == "1166"  # the 1000th non-empty record
-    assert len(pulled) == 3 * 512  # read in chunks of 512 records, none after the one that hit the cap
+    # Read in chunks of 512 records: 3 hold the 1000 documents. A pool has at most 2 * num_proc chunks in
+    # flight, so it has read 2 * num_proc - 1 chunks past the one it is returning.
+    assert len(pulled) == 512 * (3 if num_proc == 1 else 3 + 2 * num_proc - 1)
     assert p.manifest["skipped"]["records"] == {"empty_document": len(range(0, 3 * 512, 7))}
     assert p.manifest["corpus"]["hf"] == {"name": "org/name", "config": "cfg", "split": "train"}
 

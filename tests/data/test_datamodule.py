@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from datagen import write_corpus
+from datagen import take, write_corpus
 
 from lighthouse.data import LMDataModule
 from lighthouse.data.corpus import stdlib_root
@@ -70,7 +70,7 @@ def test_bpe_tokenizer_is_trained_saved_and_reused(corpus_dir, make_dm, tmp_path
     dm.setup("fit")
     (saved,) = (tmp_path / "data" / "tokenizers").glob("bpe300-*.json")
     assert dm.manifest["tokenizer"]["fingerprint"] == dm.tokenizer_fingerprint
-    batch = next(iter(dm.train_dataloader()))
+    (batch,) = take(dm.train_dataloader(), 1)
     assert batch["tokens"].max() < 300 and dm.decode(batch["tokens"][0]).strip()
     mtime = saved.stat().st_mtime_ns
     again = make_dm(corpus_dir, tokenizer="bpe:300")
@@ -104,7 +104,7 @@ def test_stdlib_corpus_small(tmp_path):
     assert [f["path"] for f in m["files"]] == sorted(f["path"] for f in m["files"])
     n_tokens = sum(s["tokens"] for s in m["splits"].values())
     assert n_tokens == sum((root / f["path"]).stat().st_size + 1 for f in used)  # bytes + one EOS each
-    batch = next(iter(dm.train_dataloader()))
+    (batch,) = take(dm.train_dataloader(), 1)
     assert batch["tokens"].shape == batch["doc_ids"].shape == (2, 513)
     text = dm.decode(batch["tokens"][0])
     assert any(word in text for word in ("def ", "import ", "class ", "return", "#"))
@@ -132,7 +132,7 @@ def test_corpus_smaller_than_one_window(tmp_path):
 def test_validation_split_too_small(corpus_dir, make_dm):
     dm = make_dm(corpus_dir, seq_len=64, batch_size=2, val_fraction=0.01)
     dm.setup("fit")
-    next(iter(dm.train_dataloader()))  # training works; only validation cannot
+    take(dm.train_dataloader(), 1)  # training works; only validation cannot
     with pytest.raises(ValueError, match=r"validation split .* fewer than batch_size=2; raise val_fraction"):
         dm.val_dataloader()
 
@@ -182,14 +182,13 @@ def test_trainer_resume_sees_the_same_batches(corpus_dir, make_dm, tmp_path):
     straight = fit(make_dm(corpus_dir), 5, tmp_path / "a")
     assert len(straight) == 10  # 5 optimizer steps x 2 micro-batches
 
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1
-    )
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
     first = fit(make_dm(corpus_dir, num_workers=2), 3, tmp_path / "b", callbacks=[ckpt])
     step2 = tmp_path / "ckpt" / "epoch=0-step=2.ckpt"
     state = torch.load(step2, weights_only=False)["LMDataModule"]
     assert state["windows_consumed"] == 4 * 2  # 4 micro-batches of 2 windows, counted in on_train_batch_end
-    resumed = fit(make_dm(corpus_dir, num_workers=2), 5, tmp_path / "c", ckpt_path=str(step2))
+    ckpt2 = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    resumed = fit(make_dm(corpus_dir, num_workers=2), 5, tmp_path / "c", ckpt_path=str(step2), callbacks=[ckpt2])
     got = first[:4] + resumed
     assert len(got) == len(straight)
     assert all(torch.equal(a, b) for a, b in zip(got, straight, strict=True))

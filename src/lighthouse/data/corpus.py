@@ -183,9 +183,7 @@ def resolve_corpus(corpus: str, text_field: str = "text") -> CorpusSpec:
             if path.is_file():
                 fmt, comp = _format_of(path.name)
                 # A glob names its files explicitly: anything not .jsonl/.parquet is read as text.
-                files.append(
-                    _stat(path, os.path.relpath(path, root).replace(os.sep, "/"), fmt or "text", comp)
-                )
+                files.append(_stat(path, os.path.relpath(path, root).replace(os.sep, "/"), fmt or "text", comp))
     else:
         path = Path(corpus)
         if path.is_file():
@@ -258,9 +256,7 @@ def require_pyarrow():
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise ImportError(
-            "reading .parquet files needs pyarrow, which is not installed: pip install pyarrow"
-        ) from e
+        raise ImportError("reading .parquet files needs pyarrow, which is not installed: pip install pyarrow") from e
     return pq
 
 
@@ -389,15 +385,11 @@ def _read_parquet(src: SourceFile, text_field: str, max_docs: int | None, max_by
     docs: list[tuple[str, str]] = []
     pf = pq.ParquetFile(src.path)
     if text_field not in pf.schema_arrow.names:
-        raise ValueError(
-            f"text_field={text_field!r}: column not found in {src.rel} (columns: {pf.schema_arrow.names})"
-        )
+        raise ValueError(f"text_field={text_field!r}: column not found in {src.rel} (columns: {pf.schema_arrow.names})")
     row, nbytes = 0, 0
     for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
         for text in batch.column(0).to_pylist():
-            if (max_docs is not None and len(docs) >= max_docs) or (
-                max_bytes is not None and nbytes >= max_bytes
-            ):
+            if (max_docs is not None and len(docs) >= max_docs) or (max_bytes is not None and nbytes >= max_bytes):
                 break
             if _valid_text(text, skips):
                 docs.append((f"{src.rel}#{row}", text))
@@ -418,7 +410,5 @@ def iter_hf_documents(hf: HFSource, text_field: str) -> Iterator[tuple[str, str 
     ds = datasets.load_dataset(hf.name, hf.config, split=hf.split, streaming=True)
     for i, record in enumerate(ds):
         if i == 0 and text_field not in record:
-            raise ValueError(
-                f"text_field={text_field!r}: not a field of {hf.name} (fields: {sorted(record)})"
-            )
+            raise ValueError(f"text_field={text_field!r}: not a field of {hf.name} (fields: {sorted(record)})")
         yield f"{i}", record.get(text_field)

@@ -50,10 +50,13 @@ def window_span(index: int, seq_len: int) -> tuple[int, int]:
 
 
 def doc_ids_for_span(doc_starts: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Index of the document each stream position in [start, stop) belongs to (int64)."""
-    return (
-        np.searchsorted(doc_starts, np.arange(start, stop, dtype=np.int64), side="right").astype(np.int64) - 1
-    )
+    """Index of the document each stream position in [start, stop) belongs to (int64 [stop - start])."""
+    if stop <= start:
+        return np.zeros(0, dtype=np.int64)
+    first = int(np.searchsorted(doc_starts, start, side="right")) - 1
+    end = int(np.searchsorted(doc_starts, stop - 1, side="right"))  # one past the last document in the span
+    edges = np.concatenate([[start], np.asarray(doc_starts[first + 1 : end], dtype=np.int64), [stop]])
+    return np.repeat(np.arange(first, end, dtype=np.int64), np.diff(edges))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

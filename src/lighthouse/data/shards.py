@@ -32,6 +32,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -56,9 +57,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
-SPLIT_RULE = (
-    "val iff int.from_bytes(sha256(key)[:8], 'big') / 2**64 < val_fraction; key = relpath or relpath#record"
-)
+SPLIT_RULE = "val iff int.from_bytes(sha256(key)[:8], 'big') / 2**64 < val_fraction; key = relpath or relpath#record"
 _HF_CHUNK = 512
 
 
@@ -121,8 +120,7 @@ def load_manifest(folder: str | os.PathLike) -> dict:
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT_VERSION:
         raise ValueError(
-            f"{path}: shard format {manifest.get('format')}, this code reads {FORMAT_VERSION}; "
-            f"delete the folder"
+            f"{path}: shard format {manifest.get('format')}, this code reads {FORMAT_VERSION}; delete the folder"
         )
     return manifest
 
@@ -259,9 +257,7 @@ def _tasks(corpus: CorpusSpec) -> Iterator[tuple]:
             yield ("file", f)
 
 
-def _ordered_map(
-    fn: Callable, tasks: Iterable, num_proc: int, tokenizer: TextTokenizer | None
-) -> Iterator[_Chunk]:
+def _ordered_map(fn: Callable, tasks: Iterable, num_proc: int, tokenizer: TextTokenizer | None) -> Iterator[_Chunk]:
     """fn over tasks, results in task order; with num_proc > 1 in worker processes, at most 2 * num_proc
     tasks in flight (so a cap, an error or an unbounded HF stream never reads far ahead)."""
     if num_proc <= 1:
@@ -270,26 +266,36 @@ def _ordered_map(
         return
     # fork on Linux (no re-import of __main__, which may import torch and Lightning: seconds per process);
     # the children run only numpy and tokenizers code. spawn elsewhere (fork is unsafe on macOS).
+    # A ProcessPoolExecutor, not a multiprocessing.Pool: a worker that dies (killed, out of memory) raises
+    # BrokenProcessPool here instead of leaving the parent waiting forever for its result.
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     tok_json = tokenizer.to_str() if tokenizer is not None else None
+    pending: deque = deque()
+    with ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_init_worker, initargs=(tok_json,)) as pool:
+        try:
+            for i, task in enumerate(tasks):
+                pending.append(_submit_first(pool, fn, task) if i == 0 else pool.submit(fn, task))
+                if len(pending) >= 2 * num_proc:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # stopped early (a cap, an error): drop what has not started
+            for future in pending:
+                future.cancel()
+
+
+def _submit_first(pool: ProcessPoolExecutor, fn: Callable, task) -> Future:
+    """Submit with TOKENIZERS_PARALLELISM=false in the environment: the first submit forks the workers, which
+    then take their parallelism from processes (and tokenizers prints no fork warning)."""
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
-    # Processes give the parallelism; set before the fork, it also silences tokenizers' fork warning.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=(tok_json,))
+        return pool.submit(fn, task)
     finally:
         if saved is None:
             del os.environ["TOKENIZERS_PARALLELISM"]
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = saved
-    with pool:
-        pending: deque = deque()
-        for task in tasks:
-            pending.append(pool.apply_async(fn, (task,)))
-            if len(pending) >= 2 * num_proc:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
 
 
 def _useful_processes(num_proc: int, total_bytes: int | None, fast: bool) -> int:
@@ -301,9 +307,7 @@ def _useful_processes(num_proc: int, total_bytes: int | None, fast: bool) -> int
     return max(1, min(num_proc, total_bytes // per_proc))
 
 
-def _capped(
-    chunks: Iterable[_Chunk], max_documents: int | None, max_bytes: int | None
-) -> Iterator[tuple[_Chunk, int]]:
+def _capped(chunks: Iterable[_Chunk], max_documents: int | None, max_bytes: int | None) -> Iterator[tuple[_Chunk, int]]:
     """(chunk, how many of its documents to keep), in order, until the caps are reached. Caps count kept
     documents and their UTF-8 bytes; the document that crosses max_bytes is kept."""
     n_docs = n_bytes = 0
@@ -394,7 +398,8 @@ def build_shards(
     try:
         writers = {s: _ShardWriter(tmp, s, tokenizer.dtype, shard_tokens) for s in SPLITS}
         files, record_skips = [], Counter()
-        min_train = None  # (split value, key, index) of the train doc that becomes val if val ends up empty
+        # (split value, key, train index, file index) of the train doc that becomes val if val ends up empty
+        min_train = None
         hf_sha = hashlib.sha256()
         fn = partial(_encode_task, text_field=corpus.text_field, max_docs=max_documents, max_bytes=max_bytes)
         total = corpus.total_bytes if corpus.kind != "hf" else None
@@ -416,7 +421,7 @@ def build_shards(
                     if split == "train":
                         v = split_value(key)
                         if min_train is None or v < min_train[0]:
-                            min_train = (v, key, len(writers["train"].doc_starts))
+                            min_train = (v, key, len(writers["train"].doc_starts), len(files))
                     writers[split].add(key, tokens, tokenizer.eos_id)
                     entry["val_documents"] += split == "val"
                     entry["tokens"] += len(tokens) + 1
@@ -439,11 +444,7 @@ def build_shards(
             raise ValueError(
                 f"corpus={corpus.spec!r} produced no documents: {len(files)} files read, "
                 f"{len(skipped_files)} skipped ({dict(reasons)}), records skipped: {dict(record_skips)}"
-                + (
-                    f" (is text_field={corpus.text_field!r} right?)"
-                    if record_skips.get("missing_field")
-                    else ""
-                )
+                + (f" (is text_field={corpus.text_field!r} right?)" if record_skips.get("missing_field") else "")
             )
         val_fallback = None
         if metas["val"]["documents"] == 0 and metas["train"]["documents"] >= 2:
@@ -451,9 +452,8 @@ def build_shards(
             # value (the first to turn val as val_fraction grows), so the choice is still a function of keys.
             val_fallback = min_train[1]
             metas = _move_to_val(tmp, metas, min_train[2], tokenizer, shard_tokens)
-            for f in files:
-                if f["path"] == val_fallback.split("#")[0]:
-                    f["val_documents"] += 1
+            if files:
+                files[min_train[3]]["val_documents"] += 1
 
         if skipped_files or record_skips:
             log.warning(
@@ -516,9 +516,7 @@ def build_shards(
         raise
 
 
-def _move_to_val(
-    folder: Path, metas: dict, doc_index: int, tokenizer: TextTokenizer, shard_tokens: int
-) -> dict:
+def _move_to_val(folder: Path, metas: dict, doc_index: int, tokenizer: TextTokenizer, shard_tokens: int) -> dict:
     """Rewrite the splits in ``folder`` with train document ``doc_index`` moved to val."""
     old = SplitReader(folder, metas["train"])
     keys = old.keys()

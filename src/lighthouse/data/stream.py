@@ -69,12 +69,12 @@ class PackedWindows(IterableDataset):
         """Batches over all ranks (fixed windows), or None for the unbounded stream."""
         return None if self.windows is None else len(self.windows) // self.batch_size
 
-    def __len__(self) -> int:
+    def num_local_batches(self) -> int:
+        """Batches this rank yields (fixed windows): the same on every rank (packing.local_batches). Not
+        ``__len__``: Lightning warns about a sized IterableDataset read by several workers."""
         if self.windows is None:
             raise TypeError("the training stream is unbounded")
-        return -(
-            -self.num_global_batches // self.world_size
-        )  # the same on every rank (packing.local_batches)
+        return -(-self.num_global_batches // self.world_size)
 
     def window_at(self, position: int) -> int:
         """Window index at a global stream position."""

@@ -51,9 +51,7 @@ def parse_tokenizer_spec(spec: str) -> TokenizerSpec:
         except ValueError:
             n = -1
         if not BPE_MIN_VOCAB <= n <= BPE_MAX_VOCAB:
-            raise ValueError(
-                f"tokenizer={spec!r}: 'bpe:N' needs an integer N in [{BPE_MIN_VOCAB}, {BPE_MAX_VOCAB}]"
-            )
+            raise ValueError(f"tokenizer={spec!r}: 'bpe:N' needs an integer N in [{BPE_MIN_VOCAB}, {BPE_MAX_VOCAB}]")
         return TokenizerSpec(spec, "bpe", n, 0)  # the trainer puts its special tokens first
     if spec.endswith(".json"):
         if not Path(spec).is_file():
@@ -88,9 +86,7 @@ class TextTokenizer:
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         eos = [t for t in EOS_CANDIDATES if tok.token_to_id(t) is not None]
         if not eos:
-            raise ValueError(
-                f"tokenizer has none of the EOS tokens {EOS_CANDIDATES}; add one as a special token"
-            )
+            raise ValueError(f"tokenizer has none of the EOS tokens {EOS_CANDIDATES}; add one as a special token")
         self.eos_token = eos[0]
         self.eos_id = tok.token_to_id(eos[0])
         canonical = json.dumps(json.loads(tok.to_str()), sort_keys=True, separators=(",", ":"))
