@@ -5,8 +5,9 @@ The pyramid is never materialised. Both kernels walk the BASE rows, so q, k, v (
 
 ``_gather_fwd_kernel``  one program per (block of SUB base rows, batch*head, chunk of D). SUB is a multiple
                         of the coarsest span, so every entry's span lies inside one program: it sums the
-                        rows of each span of every level in registers (fp32) and writes the mean to the
-                        entry's compacted slot, if the entry was emitted (``inv`` >= 0).
+                        rows of each span of every level (a small matmul on the tensor cores, fp32
+                        accumulation) and writes the mean to the entry's compacted slot, if the entry
+                        was emitted (``inv`` >= 0).
 ``_gather_bwd_kernel``  one program per (block of base rows, batch*head): row ``n`` receives, from every
                         level ``l``, ``d_sel[inv_l[n // c_l]] / c_l`` if that entry was emitted.
 Each output element is written by one program, once: no atomics, bitwise reproducible.
@@ -24,31 +25,53 @@ from .select import level_sizes, rows_per_program, span_block
 @triton.jit
 def pool_to_slots(
     x, m0, dst_ptr, inv_row, N, SLOT_STRIDE, d, dmask,
-    SUB: tl.constexpr, BLOCK_D: tl.constexpr, LEVELS: tl.constexpr, LOG2P: tl.constexpr,
+    SUB: tl.constexpr, POOL_ROWS: tl.constexpr, LEVELS: tl.constexpr, LOG2P: tl.constexpr,
     SHIFT: tl.constexpr, MEAN: tl.constexpr,
 ):  # fmt: skip
-    """Pool ``x`` ``[SUB, BLOCK_D]`` (fp32, rows ``m0 .. m0 + SUB``) over the aligned spans of every level and
-    write each span's sum (or mean) to the slot of entry ``m // c_l - SHIFT`` of that level, if emitted.
+    """Pool ``x`` ``[SUB, BLOCK_D]`` (input dtype, rows ``m0 .. m0 + SUB``) over the aligned spans of every
+    level and write each span's sum (or mean), in fp32 then rounded once, to the slot of entry
+    ``m // c_l - SHIFT`` of that level, if that entry was emitted.
 
     ``dst_ptr`` points at slot 0 of this (batch, head, D chunk); slots are ``SLOT_STRIDE`` elements apart.
+    The coarser levels are pooled by one small matmul on the tensor cores, ``W @ x``: row ``r`` of ``W``
+    averages the span of one entry (levels stacked, ``POOL_ROWS`` >= 16 rows in all). Products with a
+    power of two are exact and the accumulation is fp32, so this equals the fp32 sum / mean. (A reshape
+    and sum across rows cost shared-memory round trips and ~100 barriers per program.)
     """
+    # Level 1: the rows themselves.
+    entry = m0 + tl.arange(0, SUB) - SHIFT
+    slot = tl.load(inv_row + entry, mask=(entry >= 0) & (entry < N), other=-1)
+    dst = dst_ptr + slot.to(tl.int64)[:, None] * SLOT_STRIDE + d[None, :]
+    tl.store(dst, x.to(dst_ptr.dtype.element_ty), mask=(slot >= 0)[:, None] & dmask[None, :])
+
+    # Levels 2..L: which entry (and where its inverse-map row lives) each row of W pools.
+    r = tl.arange(0, POOL_ROWS)
+    cols = tl.arange(0, SUB)
+    pool = tl.zeros([POOL_ROWS, SUB], dtype=tl.float32)
+    entry = r * 0 - 1  # -1: row unused
+    inv_off = r * 0
+    first = N * 0  # first row of W for this level
     off = N * 0
     n_level = N
-    for lv in tl.static_range(LEVELS):
-        # c_l = 1 << (LOG2P * lv), written out inline (a constexpr name cannot be re-bound in a static loop)
-        if lv == 0:
-            pooled = x
-        else:
-            pooled = tl.sum(tl.reshape(x, [SUB >> (LOG2P * lv), 1 << (LOG2P * lv), BLOCK_D]), axis=1)
-        if MEAN:
-            pooled = pooled * (1.0 / (1 << (LOG2P * lv)))  # a power of two: exact, equal to the fp32 mean
-        entry = (m0 >> (LOG2P * lv)) + tl.arange(0, SUB >> (LOG2P * lv)) - SHIFT
-        ok = (entry >= 0) & (entry < n_level)
-        slot = tl.load(inv_row + off + entry, mask=ok, other=-1)
-        dst = dst_ptr + slot.to(tl.int64)[:, None] * SLOT_STRIDE + d[None, :]
-        tl.store(dst, pooled.to(dst_ptr.dtype.element_ty), mask=(slot >= 0)[:, None] & dmask[None, :])
+    for lv in tl.static_range(1, LEVELS):
         off += n_level
         n_level = n_level >> LOG2P
+        local = r - first
+        mine = (local >= 0) & (local < (SUB >> (LOG2P * lv)))
+        weight = (1.0 / (1 << (LOG2P * lv))) if MEAN else 1.0
+        pool = tl.where(mine[:, None] & ((cols[None, :] >> (LOG2P * lv)) == local[:, None]), weight, pool)
+        level_entry = (m0 >> (LOG2P * lv)) + local - SHIFT
+        ok = mine & (level_entry >= 0) & (level_entry < n_level)
+        entry = tl.where(ok, level_entry, entry)
+        inv_off = tl.where(ok, off, inv_off)
+        first += SUB >> (LOG2P * lv)
+    if x.dtype == tl.float32:
+        pooled = tl.dot(pool, x, input_precision="ieee")
+    else:
+        pooled = tl.dot(pool.to(x.dtype), x)
+    slot = tl.load(inv_row + inv_off + entry, mask=entry >= 0, other=-1)
+    dst = dst_ptr + slot.to(tl.int64)[:, None] * SLOT_STRIDE + d[None, :]
+    tl.store(dst, pooled.to(dst_ptr.dtype.element_ty), mask=(slot >= 0)[:, None] & dmask[None, :])
 
 
 @triton.jit
@@ -56,7 +79,8 @@ def _gather_fwd_kernel(
     q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, vs_ptr, inv_ptr,
     N, N_TOT, S_SEL, H,
     stride_b, stride_n, stride_h,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr, LEVELS: tl.constexpr, LOG2P: tl.constexpr,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr, POOL_ROWS: tl.constexpr, LEVELS: tl.constexpr,
+    LOG2P: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -68,25 +92,27 @@ def _gather_fwd_kernel(
     dmask = d < D
     src = b.to(tl.int64) * stride_b + h * stride_h + rows.to(tl.int64)[:, None] * stride_n + d[None, :]
     # All three loads first, so they are in flight together.
-    xq = tl.load(q_ptr + src, mask=dmask[None, :], other=0.0).to(tl.float32)
-    xk = tl.load(k_ptr + src, mask=dmask[None, :], other=0.0).to(tl.float32)
-    xv = tl.load(v_ptr + src, mask=dmask[None, :], other=0.0).to(tl.float32)
+    xq = tl.load(q_ptr + src, mask=dmask[None, :], other=0.0)
+    xk = tl.load(k_ptr + src, mask=dmask[None, :], other=0.0)
+    xv = tl.load(v_ptr + src, mask=dmask[None, :], other=0.0)
     inv_row = inv_ptr + pid_bh.to(tl.int64) * N_TOT
     # Outputs [B, S_sel, H, D] contiguous: the layout SDPA reads as [B, H, S_sel, D] through a transpose.
     dst = (b.to(tl.int64) * S_SEL * H + h) * D
-    pool_to_slots(xq, m0, qs_ptr + dst, inv_row, N, H * D, d, dmask, SUB, BLOCK_D, LEVELS, LOG2P, 0, True)
-    pool_to_slots(xk, m0, ks_ptr + dst, inv_row, N, H * D, d, dmask, SUB, BLOCK_D, LEVELS, LOG2P, 0, True)
-    pool_to_slots(xv, m0, vs_ptr + dst, inv_row, N, H * D, d, dmask, SUB, BLOCK_D, LEVELS, LOG2P, 0, True)
+    pool_to_slots(xq, m0, qs_ptr + dst, inv_row, N, H * D, d, dmask, SUB, POOL_ROWS, LEVELS, LOG2P, 0, True)
+    pool_to_slots(xk, m0, ks_ptr + dst, inv_row, N, H * D, d, dmask, SUB, POOL_ROWS, LEVELS, LOG2P, 0, True)
+    pool_to_slots(xv, m0, vs_ptr + dst, inv_row, N, H * D, d, dmask, SUB, POOL_ROWS, LEVELS, LOG2P, 0, True)
 
 
-def pool_blocking(x: torch.Tensor, dim: int, coarse_span: int) -> tuple[int, int]:
-    """(SUB rows, BLOCK_D) for the pooling kernels: SUB holds whole coarsest spans and divides N; wide spans
-    take a narrower D chunk so a program's tile stays about 4096 elements (registers, not local memory)."""
-    sub = span_block(x.shape[1], coarse_span, rows_per_program(x, 32 if dim > 64 else 64))
-    block_d = (
-        min(triton.next_power_of_2(dim), max(16, 4096 // sub)) if x.is_cuda else triton.next_power_of_2(dim)
-    )
-    return sub, block_d
+def pool_blocking(x: torch.Tensor, dim: int, levels: int, pooling_factor: int) -> tuple[int, int, int]:
+    """(SUB rows, BLOCK_D, POOL_ROWS) for the pooling kernels: SUB holds whole coarsest spans and divides N;
+    wide spans take a narrower D chunk so a program's tile stays about 4096 elements (registers, not local
+    memory); POOL_ROWS counts the pooled rows of levels 2..L, padded for tl.dot (>= 16, a power of two)."""
+    sub = span_block(x.shape[1], pooling_factor ** (levels - 1), rows_per_program(x, 32 if dim > 64 else 64))
+    block_d = triton.next_power_of_2(dim)
+    if x.is_cuda:
+        block_d = min(block_d, max(16, 4096 // sub))
+    pooled = sum(sub // pooling_factor**level for level in range(1, levels))
+    return sub, block_d, max(16, triton.next_power_of_2(pooled))
 
 
 @triton.jit
@@ -119,16 +145,13 @@ def _gather_bwd_kernel(
         mask = (slot >= 0)[:, None] & dmask[None, :]
         weight = 1.0 / (1 << (LOG2P * lv))  # exact: c_l is a power of two
         acc_q += (
-            tl.load(dqs_ptr + base_q + slot[:, None] * sq_s + d[None, :], mask=mask, other=0.0).to(tl.float32)
-            * weight
+            tl.load(dqs_ptr + base_q + slot[:, None] * sq_s + d[None, :], mask=mask, other=0.0).to(tl.float32) * weight
         )
         acc_k += (
-            tl.load(dks_ptr + base_k + slot[:, None] * sk_s + d[None, :], mask=mask, other=0.0).to(tl.float32)
-            * weight
+            tl.load(dks_ptr + base_k + slot[:, None] * sk_s + d[None, :], mask=mask, other=0.0).to(tl.float32) * weight
         )
         acc_v += (
-            tl.load(dvs_ptr + base_v + slot[:, None] * sv_s + d[None, :], mask=mask, other=0.0).to(tl.float32)
-            * weight
+            tl.load(dvs_ptr + base_v + slot[:, None] * sv_s + d[None, :], mask=mask, other=0.0).to(tl.float32) * weight
         )
         off += n_level
         n_level = n_level // (1 << LOG2P)
@@ -155,12 +178,13 @@ def gather_fwd_launch(
     n_tot = sum(level_sizes(seq_len, levels, pooling_factor))
     # Every slot is written: the emitted entries are exactly the slots (select.py).
     outs = [torch.empty(batch, s_sel, heads, dim, device=q.device, dtype=q.dtype) for _ in range(3)]
-    sub, block_d = pool_blocking(q, dim, pooling_factor ** (levels - 1))
+    sub, block_d, pool_rows = pool_blocking(q, dim, levels, pooling_factor)
     _gather_fwd_kernel[(seq_len // sub, batch * heads, triton.cdiv(dim, block_d))](
         q, k, v, *outs, inv,
         seq_len, n_tot, s_sel, heads,
         q.stride(0), q.stride(1), q.stride(2),
-        D=dim, BLOCK_D=block_d, SUB=sub, LEVELS=levels, LOG2P=pooling_factor.bit_length() - 1, num_warps=4,
+        D=dim, BLOCK_D=block_d, SUB=sub, POOL_ROWS=pool_rows, LEVELS=levels,
+        LOG2P=pooling_factor.bit_length() - 1, num_warps=4,
     )  # fmt: skip
     return outs[0], outs[1], outs[2]
 

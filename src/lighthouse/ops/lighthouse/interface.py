@@ -86,9 +86,7 @@ def _select_op(q: Tensor, k: Tensor, levels: int, pooling_factor: int, topk: int
 def _(q, k, levels, pooling_factor, topk):
     batch, seq_len, heads, _ = q.shape
     s_sel, n_tot = _sizes(seq_len, levels, pooling_factor, topk)
-    return q.new_empty(batch, heads, s_sel, dtype=torch.int32), q.new_empty(
-        batch, heads, n_tot, dtype=torch.int32
-    )
+    return q.new_empty(batch, heads, s_sel, dtype=torch.int32), q.new_empty(batch, heads, n_tot, dtype=torch.int32)
 
 
 # ---------------------------------------------------------------- gather (pool + pick) and its backward
@@ -155,9 +153,7 @@ _gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
 
 
 @torch.library.custom_op("lighthouse::scatter", mutates_args=())
-def _scatter_op(
-    o_sel: Tensor, inv: Tensor, codes: Tensor, seq_len: int, levels: int, pooling_factor: int
-) -> Tensor:
+def _scatter_op(o_sel: Tensor, inv: Tensor, codes: Tensor, seq_len: int, levels: int, pooling_factor: int) -> Tensor:
     """``o_sel [B, H, S_sel, D]`` -> ``out [B, N, H, D]``: causal, summed scatter to base positions."""
     _, _, scatter = _kernels()
     return scatter.scatter_fwd_launch(_last_dim_contiguous(o_sel), inv, seq_len, levels, pooling_factor)
@@ -218,9 +214,7 @@ def lighthouse_selection(q: Tensor, k: Tensor, *, levels: int, pooling_factor: i
     return Selection(*select.decode_codes(codes))
 
 
-def lighthouse_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int
-) -> Tensor:
+def lighthouse_attention(q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int) -> Tensor:
     """Lighthouse Attention (``selection="paper"``) on Triton kernels, same contract as the naive reference.
 
     ``q, k, v``: ``[B, N, H, D]`` CUDA tensors of one float dtype; returns ``[B, N, H, D]`` in that dtype.
@@ -231,9 +225,7 @@ def lighthouse_attention(
     seq_len, dim = q.shape[1], q.shape[3]
     lighthouse_geometry(seq_len, levels, pooling_factor, topk)
     codes, inv = torch.ops.lighthouse.select(q.detach(), k.detach(), levels, pooling_factor, topk)
-    q_sel, k_sel, v_sel = torch.ops.lighthouse.gather(
-        q, k, v, codes, inv, levels, pooling_factor
-    )  # [B, S, H, D]
+    q_sel, k_sel, v_sel = torch.ops.lighthouse.gather(q, k, v, codes, inv, levels, pooling_factor)  # [B, S, H, D]
     o_sel = F.scaled_dot_product_attention(
         q_sel.transpose(1, 2),
         k_sel.transpose(1, 2),

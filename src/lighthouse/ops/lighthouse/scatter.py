@@ -60,7 +60,8 @@ def _scatter_bwd_kernel(
     g_ptr, dsel_ptr, inv_ptr,
     N, N_TOT, S_SEL, H,
     sg_b, sg_n, sg_h,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr, LEVELS: tl.constexpr, LOG2P: tl.constexpr,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr, POOL_ROWS: tl.constexpr, LEVELS: tl.constexpr,
+    LOG2P: tl.constexpr,
 ):  # fmt: skip
     # Entry (l, i) receives the sum of grad over rows [(i+1) c_l - 1, (i+2) c_l - 1): the aligned span of
     # entry i + 1 shifted back by one row. So pool grad[m - 1] over aligned spans and hand span e to entry
@@ -75,11 +76,11 @@ def _scatter_bwd_kernel(
     dmask = d < D
     live = (rows >= 0) & (rows < N)
     src = b.to(tl.int64) * sg_b + h * sg_h + rows.to(tl.int64)[:, None] * sg_n + d[None, :]
-    x = tl.load(g_ptr + src, mask=live[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+    x = tl.load(g_ptr + src, mask=live[:, None] & dmask[None, :], other=0.0)
     inv_row = inv_ptr + pid_bh.to(tl.int64) * N_TOT
     # Output [B, S_sel, H, D] contiguous (seen by SDPA's backward as [B, H, S_sel, D] through a transpose).
     dst = (b.to(tl.int64) * S_SEL * H + h) * D
-    pool_to_slots(x, m0, dsel_ptr + dst, inv_row, N, H * D, d, dmask, SUB, BLOCK_D, LEVELS, LOG2P, 1, False)
+    pool_to_slots(x, m0, dsel_ptr + dst, inv_row, N, H * D, d, dmask, SUB, POOL_ROWS, LEVELS, LOG2P, 1, False)
 
 
 def scatter_fwd_launch(
@@ -109,11 +110,12 @@ def scatter_bwd_launch(
     assert grad.stride(-1) == 1
     n_tot = sum(level_sizes(seq_len, levels, pooling_factor))
     d_sel = torch.empty(batch, s_sel, heads, dim, device=grad.device, dtype=grad.dtype)
-    sub, block_d = pool_blocking(grad, dim, pooling_factor ** (levels - 1))
+    sub, block_d, pool_rows = pool_blocking(grad, dim, levels, pooling_factor)
     _scatter_bwd_kernel[(seq_len // sub + 1, batch * heads, triton.cdiv(dim, block_d))](
         grad, d_sel, inv,
         seq_len, n_tot, s_sel, heads,
         grad.stride(0), grad.stride(1), grad.stride(2),
-        D=dim, BLOCK_D=block_d, SUB=sub, LEVELS=levels, LOG2P=pooling_factor.bit_length() - 1, num_warps=4,
+        D=dim, BLOCK_D=block_d, SUB=sub, POOL_ROWS=pool_rows, LEVELS=levels,
+        LOG2P=pooling_factor.bit_length() - 1, num_warps=4,
     )  # fmt: skip
     return d_sel

@@ -6,8 +6,8 @@ Two launches per layer:
                     which rank like the norms), ``[B, H, N_tot]`` with the levels laid end to end, base
                     first (``N_tot = N + N/p + ... + N/p^(L-1)``).
 ``_select_kernel``  one program per (batch*head, tile): top-k by query then by key score at each level,
-                    refining 128 entries per level, then ranks the tile's emitted entries by the spec §4
-                    key and writes them to the tile's run of compacted slots.
+                    refining 128 entries per level, then places the tile's emitted entries, ordered by
+                    the spec §4 key, in the tile's run of compacted slots.
 
 Every tile emits exactly ``selected_per_tile`` entries and tiles are contiguous in position, so tile ``t``
 owns compacted slots ``[t * S_tile, (t + 1) * S_tile)`` and no program needs another's result.
@@ -126,68 +126,83 @@ def _scores_kernel(
 
 # ---------------------------------------------------------------- selection
 #
-# Ranks are counted, not sorted: the rank of a key among M distinct keys is the number of larger (or
-# smaller) ones, summed chunk by chunk in runtime loops over keys parked in a per-program scratch area
-# (global memory, L1-resident; programs of one block see each other's writes after a barrier).
-# O(M^2 / threads) compares, a few microseconds here, and a small kernel: unrolled bitonic networks over
-# 2048-4096 keys took 30-70 s to compile for sm_90, per configuration.
+# No sorting networks: top-64 membership comes from a radix select of the 64th largest key (63 rounds of
+# compare-and-count over the candidates, in registers), the refined entries are compacted in index order
+# with a prefix sum, and the compacted order comes from binary searches into the per-level lists of
+# emitted entries, which are each ascending in position. Small code (fast to compile; bitonic networks
+# over 2048-4096 keys took 30-70 s per configuration) and little work per program.
 
 
 @triton.jit
-def _count_beyond(keys_ptr, M, key, LARGER: tl.constexpr, QB: tl.constexpr, KB: tl.constexpr):
-    """For each of ``key`` [QB]: how many of the ``M`` keys at ``keys_ptr`` are larger (``LARGER``) or smaller."""
-    count = tl.zeros([QB], dtype=tl.int32)
-    for j in range(0, M, KB):
-        cols = j + tl.arange(0, KB)
-        if LARGER:
-            other = tl.load(keys_ptr + cols, mask=cols < M, other=-1)  # -1 is never larger than a key
-            count += tl.sum((other[None, :] > key[:, None]).to(tl.int32), axis=1)
-        else:
-            other = tl.load(keys_ptr + cols, mask=cols < M, other=0x7FFFFFFFFFFFFFFF)
-            count += tl.sum((other[None, :] < key[:, None]).to(tl.int32), axis=1)
-    return count
+def _kth_largest(keys, K: tl.constexpr):
+    """The ``K``-th largest of distinct int64 ``keys`` (values < 0 never count; at least K are >= 0): the
+    largest ``t`` with ``#{key >= t} >= K``, built one bit at a time from the top."""
+    threshold = tl.max(keys, axis=0) * 0
+    one = threshold + 1
+    for bit in range(62, -1, -1):  # a runtime loop: unrolled, 4 of these took a minute to compile
+        trial = threshold | (one << bit)
+        hits = tl.sum((keys >= trial).to(tl.int32), axis=0)
+        threshold = tl.where(hits >= K, trial, threshold)
+    return threshold
 
 
 @triton.jit
-def _pick_top(keys_ptr, M, flags_ptr, picked_ptr, PICK: tl.constexpr, QB: tl.constexpr, KB: tl.constexpr):
-    """Flag the ``PICK`` largest of the ``M`` keys (-1 = not eligible) and list their entry indices."""
-    for i in range(0, M, QB):
-        rows = i + tl.arange(0, QB)
-        live = rows < M
-        key = tl.load(keys_ptr + rows, mask=live, other=-1)
-        rank = _count_beyond(keys_ptr, M, key, True, QB, KB)
-        picked = (key >= 0) & (rank < PICK)
-        tl.store(flags_ptr + rows, picked.to(tl.int64), mask=live)
-        tl.store(picked_ptr + rank, 0x7FFFFFFF - (key & 0xFFFFFFFF), mask=picked)
-
-
-@triton.jit
-def _refine(
-    sq, sk, index, valid, M, keys_ptr, flags_ptr, parents_ptr,
-    SIZE: tl.constexpr, PICK: tl.constexpr, QB: tl.constexpr, KB: tl.constexpr,
-):  # fmt: skip
-    """Spec §3 steps 1-4 on one candidate set (``SIZE`` lanes, the first ``M`` valid): returns the refined
-    mask and writes the refined entry indices to ``parents_ptr[0 : 2 * PICK]``.
+def _refine(sq, sk, index, valid, parents_ptr, PICK: tl.constexpr):
+    """Spec §3 steps 1-4 on one candidate set, lanes in ascending entry index: returns the refined mask and
+    writes the refined entry indices, ascending, to ``parents_ptr[0 : 2 * PICK]``.
 
     Ranking key = fp32 score bits (scores are >= 0, so their bit patterns order like the values) in the
     high word and ``2^31 - 1 - index`` in the low word: larger score first, equal scores -> lower index
-    first, and all keys distinct.
+    first, and all keys distinct, so ``key >= K-th largest`` is exactly top-K membership.
     """
-    lane = tl.arange(0, SIZE)
     low = (0x7FFFFFFF - index).to(tl.int64)
     key_q = tl.where(valid, (sq.to(tl.int32, bitcast=True).to(tl.int64) << 32) | low, -1)
-    tl.store(keys_ptr + lane, key_q)
-    tl.debug_barrier()
-    _pick_top(keys_ptr, M, flags_ptr, parents_ptr, PICK, QB, KB)
-    tl.debug_barrier()
-    by_query = tl.load(flags_ptr + lane, mask=lane < M, other=0) != 0
+    by_query = key_q >= _kth_largest(key_q, PICK)
     key_k = tl.where(valid & (~by_query), (sk.to(tl.int32, bitcast=True).to(tl.int64) << 32) | low, -1)
-    tl.store(keys_ptr + lane, key_k)
-    tl.debug_barrier()
-    _pick_top(keys_ptr, M, flags_ptr, parents_ptr + PICK, PICK, QB, KB)
-    tl.debug_barrier()
-    by_key = tl.load(flags_ptr + lane, mask=lane < M, other=0) != 0
-    return by_query | by_key
+    by_key = key_k >= _kth_largest(key_k, PICK)
+    refined = by_query | by_key
+    position = tl.cumsum(refined.to(tl.int32), axis=0) - 1
+    tl.store(parents_ptr + position, index, mask=refined)
+    return refined
+
+
+@triton.jit
+def _count_smaller(list_ptr, length, word, STEPS: tl.constexpr):
+    """For each ``word``: how many of the ``length`` ascending words at ``list_ptr`` are smaller
+    (branchless binary search; ``2^STEPS > length``)."""
+    below = (word * 0).to(tl.int32)
+    for t in range(STEPS):
+        probe = below + (1 << (STEPS - 1 - t))
+        seen = tl.load(list_ptr + probe - 1, mask=probe <= length, other=0x7FFFFFFFFFFFFFFF)
+        below = tl.where(seen < word, probe, below)
+    return below
+
+
+@triton.jit
+def _place(
+    words_ptr,
+    word,
+    live,
+    tile,
+    codes_row,
+    inv_row,
+    N,
+    NC,
+    S_TILE,
+    LEVELS: tl.constexpr,
+    LOG2P: tl.constexpr,
+    CHILDREN: tl.constexpr,
+    NC_STEPS: tl.constexpr,
+):
+    """Write the entries ``word`` (of one level) to their compacted slots: the slot within the tile is the
+    number of emitted entries with a smaller key, summed over the per-level ascending lists."""
+    rank = _count_smaller(words_ptr, NC, word, NC_STEPS)
+    for step in tl.static_range(1, LEVELS):
+        rank += _count_smaller(words_ptr + NC + (step - 1) * CHILDREN, CHILDREN, word, LOG2P + 8)
+    slot = tile * S_TILE + rank
+    code = (word & 0xFFFFFFFF).to(tl.int32)
+    tl.store(codes_row + slot, code, mask=live)
+    tl.store(inv_row + level_offset_vec(N, code >> 25, LEVELS, LOG2P) + (code & 0xFFFFFF), slot, mask=live)
 
 
 @triton.jit
@@ -206,19 +221,18 @@ def _pack(index, refined, LEVEL: tl.constexpr, LEVELS: tl.constexpr, LOG2P: tl.c
 def _select_kernel(
     sq_ptr, sk_ptr, codes_ptr, inv_ptr, scratch_ptr,
     N, N_TOT, S_SEL, NC, S_TILE, NUM_TILES,
-    NC_BLOCK: tl.constexpr, S_BLOCK: tl.constexpr, M_BLOCK: tl.constexpr, LEVELS: tl.constexpr,
-    LOG2P: tl.constexpr, REF: tl.constexpr, PICK: tl.constexpr, QB: tl.constexpr, KB: tl.constexpr,
+    NC_BLOCK: tl.constexpr, NC_STEPS: tl.constexpr, S_BLOCK: tl.constexpr, LEVELS: tl.constexpr,
+    LOG2P: tl.constexpr, REF: tl.constexpr, PICK: tl.constexpr,
 ):  # fmt: skip
     tile = tl.program_id(0)
     pid_bh = tl.program_id(1)
     P: tl.constexpr = 1 << LOG2P
     CHILDREN: tl.constexpr = REF * P
     row = pid_bh.to(tl.int64) * N_TOT
-    # This program's scratch: emitted order words | candidate keys | picked flags | refined indices.
-    words_ptr = scratch_ptr + (pid_bh.to(tl.int64) * NUM_TILES + tile) * (S_BLOCK + 2 * M_BLOCK + REF)
-    keys_ptr = words_ptr + S_BLOCK
-    flags_ptr = keys_ptr + M_BLOCK
-    parents_ptr = flags_ptr + M_BLOCK
+    # This program's scratch: per-level lists of emitted order words (coarsest NC, then CHILDREN per
+    # finer level, each ascending) | the current refined indices.
+    words_ptr = scratch_ptr + (pid_bh.to(tl.int64) * NUM_TILES + tile) * (S_BLOCK + REF)
+    parents_ptr = words_ptr + S_BLOCK
 
     # Coarsest level: the tile's NC entries are the candidates (NC_BLOCK >= NC, padded lanes invalid).
     lane = tl.arange(0, NC_BLOCK)
@@ -227,40 +241,36 @@ def _select_kernel(
     off = level_offset(N, LEVELS, LOG2P)
     sq = tl.load(sq_ptr + row + off + index, mask=valid, other=0.0)
     sk = tl.load(sk_ptr + row + off + index, mask=valid, other=0.0)
-    refined = _refine(sq, sk, index, valid, NC, keys_ptr, flags_ptr, parents_ptr, NC_BLOCK, PICK, QB, KB)
+    refined = _refine(sq, sk, index, valid, parents_ptr, PICK)
     tl.store(words_ptr + lane, _pack(index, refined, LEVELS, LEVELS, LOG2P), mask=valid)
 
-    # Finer levels: the children of the 128 refined entries are the next candidates (all valid).
+    # Finer levels: the children of the 128 refined entries (ascending) are the next candidates.
     child = tl.arange(0, CHILDREN)
     for step in tl.static_range(1, LEVELS):
-        # The refined indices were written before _refine's last barrier; they are overwritten only after
-        # the first barrier of the next _refine, which every thread reaches after this load.
-        parents = tl.load(parents_ptr + tl.arange(0, REF)).to(tl.int32)
+        tl.debug_barrier()  # the refined indices are in scratch, written by all threads
+        parents = tl.load(parents_ptr + tl.arange(0, REF))
         index = tl.reshape(parents[:, None] * P + tl.arange(0, P)[None, :], [CHILDREN])
         # level LEVELS - step, written out inline (see _scores_kernel)
         if LEVELS - step > 1:
             off = level_offset(N, LEVELS - step, LOG2P)
             sq = tl.load(sq_ptr + row + off + index)
             sk = tl.load(sk_ptr + row + off + index)
-            refined = _refine(
-                sq, sk, index, child >= 0, CHILDREN, keys_ptr, flags_ptr, parents_ptr, CHILDREN, PICK, QB, KB
-            )
+            tl.debug_barrier()  # every thread has read the parents before _refine overwrites them
+            refined = _refine(sq, sk, index, child >= 0, parents_ptr, PICK)
         else:
             refined = child < 0
         emitted = _pack(index, refined, LEVELS - step, LEVELS, LOG2P)
         tl.store(words_ptr + NC + (step - 1) * CHILDREN + child, emitted)
 
-    # Compacted order: an entry's slot within the tile is the number of emitted entries with a smaller key.
+    # Compacted order: slot = tile start + number of the tile's emitted entries with a smaller key.
     tl.debug_barrier()
-    for i in range(0, S_TILE, QB):
-        rows = i + tl.arange(0, QB)
-        live = rows < S_TILE
-        word = tl.load(words_ptr + rows, mask=live, other=0x7FFFFFFFFFFFFFFF)
-        slot = tile * S_TILE + _count_beyond(words_ptr, S_TILE, word, False, QB, KB)
-        code = (word & 0xFFFFFFFF).to(tl.int32)
-        tl.store(codes_ptr + pid_bh.to(tl.int64) * S_SEL + slot, code, mask=live)
-        level_offsets = level_offset_vec(N, code >> 25, LEVELS, LOG2P)
-        tl.store(inv_ptr + row + level_offsets + (code & 0xFFFFFF), slot, mask=live)
+    codes_row = codes_ptr + pid_bh.to(tl.int64) * S_SEL
+    inv_row = inv_ptr + row
+    word = tl.load(words_ptr + lane, mask=valid, other=0)
+    _place(words_ptr, word, valid, tile, codes_row, inv_row, N, NC, S_TILE, LEVELS, LOG2P, CHILDREN, NC_STEPS)
+    for step in tl.static_range(1, LEVELS):
+        word = tl.load(words_ptr + NC + (step - 1) * CHILDREN + child)
+        _place(words_ptr, word, child >= 0, tile, codes_row, inv_row, N, NC, S_TILE, LEVELS, LOG2P, CHILDREN, NC_STEPS)
 
 
 # ---------------------------------------------------------------- launcher
@@ -281,9 +291,7 @@ def span_block(seq_len: int, span: int, target: int) -> int:
     return block
 
 
-def select_launch(
-    q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry
-) -> tuple[torch.Tensor, torch.Tensor]:
+def select_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores + selection for ``q, k`` ``[B, N, H, D]`` (last dim contiguous).
 
     Returns ``codes [B, H, S_sel]`` int32 and ``inv [B, H, N_tot]`` int32 (see the module docstring).
@@ -315,17 +323,18 @@ def select_launch(
 
     tiles, s_tile = geometry.num_tiles, geometry.selected_per_tile
     nc_block = triton.next_power_of_2(geometry.coarse_per_tile)
+    # One program per (batch*head, tile) is only B*H*T programs, each a chain of small reductions (63 radix
+    # rounds per top-64): the fewest warps that hold the candidates keep each reduction inside one warp
+    # (shuffles, no shared memory or barriers).
+    warps = max(1, max(nc_block, REFINED_PER_TILE * p) // 512)
     s_block = triton.next_power_of_2(s_tile)
-    m_block = max(nc_block, REFINED_PER_TILE * p)
-    chunk = 64 if q.is_cuda else 1024  # the interpreter pays per loop iteration, not per element
     codes = torch.empty(batch, heads, geometry.selected_len, device=q.device, dtype=torch.int32)
     inv = torch.full((batch, heads, n_tot), -1, device=q.device, dtype=torch.int32)
-    scratch = torch.empty(batch * heads * tiles * (s_block + 2 * m_block + REFINED_PER_TILE), device=q.device,
-                          dtype=torch.int64)  # fmt: skip
+    scratch = torch.empty(batch * heads * tiles * (s_block + REFINED_PER_TILE), device=q.device, dtype=torch.int64)
     _select_kernel[(tiles, batch * heads)](
         scores_q, scores_k, codes, inv, scratch,
         seq_len, n_tot, geometry.selected_len, geometry.coarse_per_tile, s_tile, tiles,
-        NC_BLOCK=nc_block, S_BLOCK=s_block, M_BLOCK=m_block, LEVELS=levels, LOG2P=log2p,
-        REF=REFINED_PER_TILE, PICK=PICKED_PER_SCORE, QB=chunk, KB=chunk, num_warps=4,
+        NC_BLOCK=nc_block, NC_STEPS=geometry.coarse_per_tile.bit_length(), S_BLOCK=s_block,
+        LEVELS=levels, LOG2P=log2p, REF=REFINED_PER_TILE, PICK=PICKED_PER_SCORE, num_warps=warps,
     )  # fmt: skip
     return codes, inv

@@ -1,0 +1,211 @@
+"""The Triton path (``lighthouse_attention``) against the plain-PyTorch reference (``naive.py``).
+
+What is compared, per case:
+- selection: (level, index, refined) per compacted slot, equal as sequences (so the sets AND the order);
+- outputs and q/k/v gradients.
+
+Inputs are random multiples of 1/16 in [-4, 4] (``_quantized``). They are exact in bf16 and their squared
+norms are exact in fp32 in any summation order, so the kernels' scores equal the reference's bit for bit
+and the selections can be compared exactly; ties in the scores are common, which exercises the tie-break.
+(With arbitrary floats, a score that differs in the last bit between two summation orders can flip a
+near-tie, a legitimate difference that would make the outputs incomparable.)
+
+CPU (CI): kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set here before the first kernel
+import), fp32, small shapes; tolerance rtol = atol = 1e-5 (fp32 sums in a different order than torch's).
+Every kernel runs there, none is skipped. GPU (``-m gpu``): bf16, awkward shapes, the flash-attention
+rule: error against an fp32 reference at most 2x the error of the reference run in bf16.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first imported (interface imports lazily)
+pytest.importorskip("triton")
+
+from lighthouse.ops.lighthouse import lighthouse_attention, naive_lighthouse_attention, select_entries  # noqa: E402
+from lighthouse.ops.lighthouse.interface import lighthouse_selection  # noqa: E402
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+def _quantized(shape, dtype, device, generator) -> torch.Tensor:
+    x = torch.randn(shape, generator=generator, device="cpu").mul_(16).round_().clamp_(-64, 64).div_(16)
+    return x.to(device=device, dtype=dtype)
+
+
+def _inputs(batch, seq_len, heads, dim, dtype, device=DEVICE, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [_quantized((batch, seq_len, heads, dim), dtype, device, gen).requires_grad_() for _ in range(3)]
+
+
+def _case_id(case) -> str:
+    batch, seq_len, heads, dim, levels, p, topk = case
+    return f"B{batch}-N{seq_len}-H{heads}-D{dim}-L{levels}-p{p}-k{topk}"
+
+
+@pytest.fixture
+def poisoned_empty(monkeypatch):
+    """Every ``torch.empty`` the kernels allocate starts as NaN (floats) or a bogus value (ints), so an
+    element a kernel never writes fails loudly instead of passing by luck."""
+    original = torch.empty
+
+    def empty(*args, **kwargs):
+        out = original(*args, **kwargs)
+        return out.fill_(float("nan") if out.is_floating_point() else -12345)
+
+    monkeypatch.setattr(torch, "empty", empty)
+
+
+def _forward_backward(fn, q, k, v, grad_out, **params):
+    out = fn(q, k, v, **params)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    return out, grads
+
+
+# ---------------------------------------------------------------- CPU (interpreter) and GPU, fp32
+
+# (B, N, H, D, L, p, K): two tiles; short sequence with fewer tiles than K asks for (and H=3); L=4 with p=2;
+# p=8 (1024 children per level); a tile of 192 coarsest entries (not a power of two).
+SMALL_CASES = [
+    (1, 4096, 2, 32, 3, 4, 256),
+    (2, 512, 3, 16, 2, 4, 256),
+    (1, 2048, 1, 64, 4, 2, 256),
+    (1, 2048, 1, 32, 2, 8, 256),
+    (1, 3072, 1, 16, 3, 4, 128),
+]
+
+
+@pytest.mark.parametrize("case", SMALL_CASES, ids=_case_id)
+def test_matches_reference_fp32(case, poisoned_empty):
+    batch, seq_len, heads, dim, levels, p, topk = case
+    params = dict(levels=levels, pooling_factor=p, topk=topk)
+    q, k, v = _inputs(batch, seq_len, heads, dim, torch.float32)
+
+    got, want = lighthouse_selection(q, k, **params), select_entries(q, k, **params)
+    for name, a, b in zip(("level", "index", "refined"), got, want, strict=True):
+        assert torch.equal(a.cpu(), b.cpu()), f"selection field {name} differs"
+
+    grad_out = _quantized(q.shape, torch.float32, DEVICE, torch.Generator().manual_seed(1))
+    out, grads = _forward_backward(lighthouse_attention, q, k, v, grad_out, **params)
+    ref, ref_grads = _forward_backward(naive_lighthouse_attention, q, k, v, grad_out, **params)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for name, g, r in zip("qkv", grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=f"d{name} differs")
+
+
+def test_cpu_without_interpreter_names_the_naive_backend(monkeypatch):
+    q, k, v = (x.detach().cpu() for x in _inputs(1, 512, 1, 16, torch.float32, device="cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="lighthouse_naive"):
+        lighthouse_attention(q, k, v, levels=2, pooling_factor=4, topk=128)
+
+
+def test_too_short_sequence_is_rejected():
+    q, k, v = (x.detach() for x in _inputs(1, 256, 1, 16, torch.float32))
+    with pytest.raises(ValueError, match=">= 128"):
+        lighthouse_attention(q, k, v, levels=2, pooling_factor=4, topk=128)
+
+
+class _TinyAttention(torch.nn.Module):
+    """Projections + Lighthouse, the shape of a real attention layer, for whole-graph compilation."""
+
+    def __init__(self, heads: int, dim: int, **params):
+        super().__init__()
+        self.heads, self.dim, self.params = heads, dim, params
+        self.qkv = torch.nn.Linear(heads * dim, 3 * heads * dim, bias=False)
+        self.out = torch.nn.Linear(heads * dim, heads * dim, bias=False)
+
+    def forward(self, x):
+        batch, seq_len, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, seq_len, 3, self.heads, self.dim).unbind(2)
+        y = lighthouse_attention(q, k, v, **self.params)
+        return self.out(y.reshape(batch, seq_len, -1))
+
+
+def test_torch_compile_fullgraph():
+    """The kernels are torch.library ops with fake implementations: the whole module compiles without graph
+    breaks and matches eager, forward and backward. CPU uses the aot_eager backend (it checks the
+    capture, fake shapes and autograd without needing a C++ toolchain); GPU uses inductor."""
+    torch.manual_seed(0)
+    heads, dim = 2, 16
+    module = _TinyAttention(heads, dim, levels=2, pooling_factor=4, topk=128).to(DEVICE)
+    x = (torch.randn(1, 512, heads * dim, device=DEVICE) / 4).requires_grad_()
+    compiled = torch.compile(module, fullgraph=True, backend="inductor" if HAS_CUDA else "aot_eager")
+    want = module(x)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    got = compiled(x)
+    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- GPU only: bf16, awkward shapes, determinism
+
+# D 64 and 128; L 2/3/4; p 2/4/8; K 128..2048; B > 1; H = 3; a non-power-of-two tile (Nc = 192); a short
+# sequence (3 tiles instead of 16); the paper's setting at its smallest N; a coarsest span of 512 rows.
+GPU_CASES = [
+    (2, 8192, 3, 64, 3, 4, 512),
+    (2, 4096, 3, 128, 2, 8, 128),
+    (1, 16384, 2, 128, 4, 2, 1024),
+    (2, 6144, 3, 64, 3, 4, 2048),
+    (1, 49152, 2, 64, 3, 4, 2048),
+    (1, 32768, 4, 128, 3, 4, 2048),
+    (1, 65536, 1, 128, 4, 8, 128),
+]
+
+
+def _max_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return (x.float() - ref.float()).abs().max().item()
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
+def test_matches_reference_bf16_flash_rule(case, poisoned_empty):
+    batch, seq_len, heads, dim, levels, p, topk = case
+    params = dict(levels=levels, pooling_factor=p, topk=topk)
+    q, k, v = _inputs(batch, seq_len, heads, dim, torch.bfloat16)
+
+    got, want = lighthouse_selection(q, k, **params), select_entries(q, k, **params)
+    for name, a, b in zip(("level", "index", "refined"), got, want, strict=True):
+        assert torch.equal(a, b), f"selection field {name} differs"
+
+    grad_out = _quantized(q.shape, torch.bfloat16, DEVICE, torch.Generator().manual_seed(1))
+    q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
+    ref, ref_grads = _forward_backward(naive_lighthouse_attention, q32, k32, v32, grad_out.float(), **params)
+    low, low_grads = _forward_backward(naive_lighthouse_attention, q, k, v, grad_out, **params)
+    out, grads = _forward_backward(lighthouse_attention, q, k, v, grad_out, **params)
+    assert out.dtype == torch.bfloat16 and not out.isnan().any()
+    # flash-attention's rule; the 1e-6 floor only matters where the bf16 reference is exact.
+    assert _max_err(out, ref) <= 2 * _max_err(low, ref) + 1e-6
+    for name, g, g_low, g_ref in zip("qkv", grads, low_grads, ref_grads, strict=True):
+        assert _max_err(g, g_ref) <= 2 * _max_err(g_low, g_ref) + 1e-6, f"d{name}"
+
+
+@gpu
+@needs_cuda
+def test_bitwise_deterministic():
+    """Our kernels have no atomics: two runs give identical bits. With torch's deterministic algorithms on,
+    the SDPA backward is deterministic too, so the whole forward+backward is."""
+    params = dict(levels=3, pooling_factor=4, topk=2048)
+    q, k, v = _inputs(1, 32768, 3, 128, torch.bfloat16)
+    grad_out = torch.randn_like(q)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = _forward_backward(lighthouse_attention, q, k, v, grad_out, **params)
+        second = _forward_backward(lighthouse_attention, q, k, v, grad_out, **params)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(first[0], second[0])
+    for a, b in zip(first[1], second[1], strict=True):
+        assert torch.equal(a, b)
