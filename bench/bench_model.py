@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, "..", "src"), HERE]
+
+from timing import cuda_time_ms  # noqa: E402
 
 from lighthouse.config import model_flavor  # noqa: E402
 from lighthouse.model import Transformer  # noqa: E402
@@ -38,24 +40,16 @@ def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: in
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), torch.cuda.max_memory_reserved() / 2**30
+    ms = cuda_time_ms(step, warmup=warmup, reps=steps)
+    return ms, torch.cuda.max_memory_reserved() / 2**30
 
 
-def run_one(flavor: str, backend: str, seq_len: int, steps: int, warmup: int, checkpointing: bool):
+def run_one(flavor: str, backend: str, seq_len: int, steps: int, warmup: int, checkpointing: bool, compile: bool):
     config = model_flavor(flavor, attention=backend, max_seq_len=seq_len, activation_checkpointing=checkpointing)
     model = Transformer(config).cuda()
+    if compile:
+        model.compile_blocks()
     try:
         return time_training_steps(model, seq_len, steps, warmup)
     finally:
@@ -73,18 +67,20 @@ def main() -> None:
     # At 65536 the paper-shaped model needs per-block activation checkpointing on an 80 GB GPU (measured:
     # without it the dense model runs out of memory in the backward).
     parser.add_argument("--checkpointing", choices=["on", "off"], default="on")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every block (LitLM compile=true)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_model.py needs a CUDA GPU")
 
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, flavor {args.flavor}")
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, flavor {args.flavor}, "
+          f"activation checkpointing {args.checkpointing}, compile {args.compile}")
     rows = []
     for seq_len in args.seq_lens:
         baseline = None
         for backend in args.backends:
             checkpointing = args.checkpointing == "on"
             try:
-                ms, mem = run_one(args.flavor, backend, seq_len, args.steps, args.warmup, checkpointing)
+                ms, mem = run_one(args.flavor, backend, seq_len, args.steps, args.warmup, checkpointing, args.compile)
             except torch.OutOfMemoryError:
                 rows.append((seq_len, backend, "OOM", "", "", "", args.checkpointing))
                 continue

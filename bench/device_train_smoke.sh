@@ -9,11 +9,12 @@ out=${OUT:-/tmp}
 if [ -d .whl ] && ! python3 -c "import jsonargparse" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --upgrade --target .site .whl/*.whl && export PYTHONPATH=$PWD/.site
 fi
+rm -rf "/tmp/smoke_logs/$name"
 python3 src/train.py fit --config "$config" --trainer.max_steps "$steps" --trainer.val_check_interval 100000 \
   --trainer.num_sanity_val_steps 0 \
   --trainer.logger.init_args.save_dir /tmp/smoke_logs "$@" > "$out/$name.log" 2>&1
 rc=$?
 tail -n 5 "$out/$name.log"
-cp /tmp/smoke_logs/*/throughput.jsonl "$out/$name.throughput.jsonl" 2>/dev/null
+cp "/tmp/smoke_logs/$name/throughput.jsonl" "$out/$name.throughput.jsonl" 2>/dev/null
 echo "== $name rc=$rc"; cat "$out/$name.throughput.jsonl" 2>/dev/null
 exit $rc

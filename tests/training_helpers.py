@@ -30,8 +30,9 @@ def tiny_config(tmp_path: Path, name: str, base: str = "demo.yaml", *, max_steps
     config = copy.deepcopy(yaml.safe_load((REPO / "configs" / base).read_text()))
     logs = tmp_path / "logs"
     trainer = config["trainer"]
-    trainer.update(max_steps=max_steps, val_check_interval=every_n, log_every_n_steps=1,
-                   enable_model_summary=False, enable_progress_bar=False)
+    # CPU even on a GPU box: these runs test training logic (bitwise resume, stages), not kernels.
+    trainer.update(max_steps=max_steps, val_check_interval=every_n, log_every_n_steps=1, accelerator="cpu",
+                   precision="32-true", enable_model_summary=False, enable_progress_bar=False)
     trainer["logger"]["init_args"].update(save_dir=str(logs), name=name)
     callbacks = []
     for cb in trainer["callbacks"]:

@@ -72,7 +72,7 @@ class LitLM(L.LightningModule):
             min_lr_ratio: Final LR as a fraction of the peak LR, in [0, 1].
             schedule_steps: Length of the LR schedule in optimizer steps; None means trainer.max_steps. Set it
                 to the total of both stages so a two-job run (stage 1, then recovery) follows one schedule.
-            compile: Wrap the model in torch.compile.
+            compile: torch.compile every transformer block (the Lighthouse ops are custom ops, no graph breaks).
         """
         super().__init__()
         if warmup_steps < 0:
@@ -93,7 +93,7 @@ class LitLM(L.LightningModule):
                                    "schedule_steps": schedule_steps})
         self.model = Transformer(model)
         if compile:
-            self.model.compile()  # in place: parameter names (and so checkpoints) stay those of the eager model
+            self.model.compile_blocks()
         self.val_loss = MeanMetric()
         self.buckets = position_buckets(model.max_seq_len)
         self.val_loss_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)

@@ -76,6 +76,12 @@ class Transformer(nn.Module):
             scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("wo.weight", "w_down.weight")) else 1
             nn.init.normal_(param, mean=0.0, std=std * scale)
 
+    def compile_blocks(self) -> None:
+        """torch.compile each block in place (fuses RMSNorm, RoPE and SwiGLU's elementwise work); the blocks share
+        one compiled graph, and parameter names, hence checkpoints, stay those of the eager model."""
+        for layer in self.layers:
+            layer.compile()
+
     @property
     def attention_backends(self) -> list[str]:
         return [layer.attention.backend for layer in self.layers]
