@@ -1,9 +1,9 @@
 """Multi-GPU checks through the real entry point (run on a machine with 2 GPUs):
 
     python bench/multi_gpu_check.py --out results/       # all checks, table printed last
-    python bench/multi_gpu_check.py --only curves        # one group: curves | scaling | fsdp-resume
+    python bench/multi_gpu_check.py --only fsdp-curves   # some groups: ddp-curves fsdp-curves scaling fsdp-resume
 
-curves       same global batch on 1 and on 2 GPUs (DDP and FSDP): train/loss of the first 20 steps, max difference
+*-curves     same global batch on 1 and on 2 GPUs (DDP and FSDP): train/loss of the first 20 steps, max difference
 scaling      tokens/s of configs/lh_64k.yaml on 2 GPUs (DDP) over 1 GPU
 fsdp-resume  a sharded FSDP checkpoint written on 2 GPUs resumes on 1, and one written on 1 resumes on 2
 """
@@ -47,11 +47,11 @@ def max_diff(a: dict[int, float], b: dict[int, float]) -> float:
     return max(abs(a[s] - b[s]) for s in common) if common else float("nan")
 
 
-def curves(out: Path, rows: list) -> None:
+def curves(out: Path, rows: list, label: str) -> None:
     steps = ["--trainer.max_steps", "20"]
     one = [*SMALL, *steps, "--data.batch_size", "2"]
     two = [*SMALL, *steps, "--data.batch_size", "1"]
-    for label, extra in (("ddp", ["--trainer.strategy", "ddp"]), ("fsdp", FSDP)):
+    for extra in [["--trainer.strategy", "ddp"] if label == "ddp" else FSDP]:
         code1, _ = train(out, f"{label}_1gpu", [*one, *([] if label == "ddp" else FSDP)], 1)
         code2, _ = train(out, f"{label}_2gpu", [*two, *extra], 2)
         a, b = losses(out, f"{label}_1gpu"), losses(out, f"{label}_2gpu")
@@ -86,13 +86,15 @@ def fsdp_resume(out: Path, rows: list) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp")) / "multi_gpu")
-    parser.add_argument("--only", choices=["curves", "scaling", "fsdp-resume"])
+    parser.add_argument("--only", nargs="+", choices=["ddp-curves", "fsdp-curves", "scaling", "fsdp-resume"])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list = []
-    groups = {"curves": curves, "scaling": scaling, "fsdp-resume": fsdp_resume}
+    groups = {"ddp-curves": lambda out, rows: curves(out, rows, "ddp"),
+              "fsdp-curves": lambda out, rows: curves(out, rows, "fsdp"),
+              "scaling": scaling, "fsdp-resume": fsdp_resume}
     for name, fn in groups.items():
-        if args.only in (None, name):
+        if args.only is None or name in args.only:
             try:
                 fn(args.out, rows)
             except Exception as err:  # keep going: one failed group must not hide the others' results

@@ -170,6 +170,16 @@ class LitLM(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self.trainer.strategy.model
+        if gradient_clip_val and isinstance(root, FullyShardedDataParallel):
+            # Lightning cannot clip by norm under FSDP; the root FSDP unit computes the norm over all shards.
+            root.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # ---- checkpoints --------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lighthouse_model"] = dataclasses.asdict(self.config)
