@@ -139,3 +139,19 @@ def test_debug_flavor_learns_with_lighthouse_naive():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_weight_decay_groups_by_name():
+    from lighthouse.lit_module import LitLM
+
+    module = LitLM(tiny(n_layers=2))
+    decay, keep = module.parameter_groups()
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    assert sorted(names[id(p)] for p in keep) == sorted(
+        ["layers.0.attention_norm.weight", "layers.0.ffn_norm.weight", "layers.1.attention_norm.weight",
+         "layers.1.ffn_norm.weight", "norm.weight"])
+    assert len(decay) + len(keep) == len(list(module.model.parameters()))
+    # A sharded rank sees empty 1-D views of parameters it does not own: the groups must not change.
+    with torch.no_grad():
+        module.model.layers[0].attention.wq.weight.data = torch.empty(0)
+    assert [len(g) for g in module.parameter_groups()] == [len(decay), len(keep)]

@@ -92,6 +92,8 @@ class LitLM(L.LightningModule):
                                    "lr_schedule": lr_schedule, "min_lr_ratio": min_lr_ratio,
                                    "schedule_steps": schedule_steps})
         self.model = Transformer(model)
+        # Read off the eager model now; FSDP later flattens and shards the parameters (see parameter_groups).
+        self.no_decay_names = frozenset(name for name, p in self.model.named_parameters() if p.dim() < 2)
         if compile:
             self.model.compile_blocks()
         self.val_loss = MeanMetric()
@@ -153,9 +155,22 @@ class LitLM(L.LightningModule):
             metric.reset()
 
     # ---- optimisation -------------------------------------------------------------------------------------
+    def parameter_groups(self) -> tuple[list, list]:
+        """(decayed, not decayed) parameters: weight decay for matrices and embeddings, not for norm gains.
+
+        Decided by parameter name against the eager model, never by the runtime shape: under FSDP a parameter
+        a rank does not own is an empty 1-D view, and a shape rule would split the groups differently on every
+        rank and world size (and then sharded optimizer state could not be loaded on another world size).
+        """
+        decay, keep = [], []
+        for name, param in self.model.named_parameters():
+            canonical = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+            if param.requires_grad:
+                (keep if canonical in self.no_decay_names else decay).append(param)
+        return decay, keep
+
     def configure_optimizers(self):
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        decay, no_decay = self.parameter_groups()
         if self.optimizer_factory is None:
             groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
             optimizer = torch.optim.AdamW(groups, lr=2e-3, betas=(0.9, 0.95))
