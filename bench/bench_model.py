@@ -85,7 +85,8 @@ def main() -> None:
                 rows.append((seq_len, backend, "OOM", "", "", "", args.checkpointing))
                 continue
             tps = seq_len / (ms / 1e3)
-            baseline = baseline or (tps if backend == "sdpa" else None)
+            if backend == "sdpa":
+                baseline = tps
             ratio = f"{tps / baseline:.2f}x" if baseline else ""
             rows.append((seq_len, backend, f"{ms:.1f}", f"{tps:,.0f}", ratio, f"{mem:.1f}", args.checkpointing))
             print(rows[-1], flush=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, lighthouse_geometry
@@ -137,7 +136,3 @@ def model_flavor(name: str, **overrides) -> ModelConfig:
     if name not in FLAVORS:
         raise ValueError(f"unknown model flavor {name!r}; choose one of {sorted(FLAVORS)}")
     return ModelConfig(**{**FLAVORS[name], **overrides})
-
-
-def config_to_dict(config: ModelConfig) -> dict:
-    return dataclasses.asdict(config)
