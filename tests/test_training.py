@@ -96,6 +96,11 @@ def test_two_job_flow_continues_step_and_optimizer(tmp_path):
     assert (tmp_path / "logs" / "twojob" / "config.yaml").exists()
     assert (tmp_path / "logs" / "twojob" / "config.1.yaml").exists()
 
+    # Stopped inside stage 2 and resumed with the recovery config again: still stage 2, switched at step 4.
+    again = tiny_config(tmp_path, "twojob", "demo_recover.yaml", max_steps=10, attention="sdpa", switch_step=0)
+    cli = fit(tmp_path, again, ckpt_path=str(ckpt.parent / "last.ckpt"), tag="again")
+    assert (stage_switch(cli).stage, stage_switch(cli).switched_at, cli.trainer.global_step) == (2, 4, 10)
+
 
 def test_checkpoint_that_does_not_fit_is_refused(tmp_path):
     config = tiny_config(tmp_path, "fit", max_steps=2, every_n=2)
