@@ -10,6 +10,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from lighthouse.attention import INNER_ATTENTION
 from lighthouse.flops import flops_per_token, peak_flops_per_device
@@ -73,12 +74,7 @@ class StageSwitch(Callback):
         if self.stage == 1 and self.switch_step is not None and trainer.global_step >= self.switch_step:
             pl_module.set_attention_backend(self.stage2_backend)
             self.stage, self.switched_at = 2, trainer.global_step
-            rank_zero_info(trainer, f"stage 2 from step {trainer.global_step}: attention -> {self.stage2_backend}")
-
-
-def rank_zero_info(trainer: L.Trainer, message: str) -> None:
-    if trainer.is_global_zero:
-        print(f"[lighthouse] {message}", flush=True)
+            rank_zero_info(f"stage 2 from step {trainer.global_step}: attention -> {self.stage2_backend}")
 
 
 class ThroughputMonitor(Callback):

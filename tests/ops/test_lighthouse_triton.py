@@ -64,6 +64,13 @@ def poisoned_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty", empty)
 
 
+def assert_same_selection(q, k, params) -> None:
+    """The kernels' (level, index, refined) per compacted slot equal the reference's, slot by slot."""
+    got, want = lighthouse_selection(q, k, **params), select_entries(q, k, **params)
+    for name, a, b in zip(("level", "index", "refined"), got, want, strict=True):
+        assert torch.equal(a.cpu(), b.cpu()), f"selection field {name} differs"
+
+
 def _forward_backward(fn, q, k, v, grad_out, **params):
     out = fn(q, k, v, **params)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
@@ -89,9 +96,7 @@ def test_matches_reference_fp32(case, poisoned_empty):
     params = dict(levels=levels, pooling_factor=p, topk=topk)
     q, k, v = _inputs(batch, seq_len, heads, dim, torch.float32)
 
-    got, want = lighthouse_selection(q, k, **params), select_entries(q, k, **params)
-    for name, a, b in zip(("level", "index", "refined"), got, want, strict=True):
-        assert torch.equal(a.cpu(), b.cpu()), f"selection field {name} differs"
+    assert_same_selection(q, k, params)
 
     grad_out = _quantized(q.shape, torch.float32, DEVICE, torch.Generator().manual_seed(1))
     out, grads = _forward_backward(lighthouse_attention, q, k, v, grad_out, **params)
@@ -175,9 +180,7 @@ def test_matches_reference_bf16_flash_rule(case, poisoned_empty):
     params = dict(levels=levels, pooling_factor=p, topk=topk)
     q, k, v = _inputs(batch, seq_len, heads, dim, torch.bfloat16)
 
-    got, want = lighthouse_selection(q, k, **params), select_entries(q, k, **params)
-    for name, a, b in zip(("level", "index", "refined"), got, want, strict=True):
-        assert torch.equal(a, b), f"selection field {name} differs"
+    assert_same_selection(q, k, params)
 
     grad_out = _quantized(q.shape, torch.bfloat16, DEVICE, torch.Generator().manual_seed(1))
     q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
