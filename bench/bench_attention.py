@@ -5,7 +5,8 @@
 
 Per N it prints ms (median of >= 10 after warm-up, CUDA events; bench/timing.py) for dense SDPA, the
 floor, ours forward and forward+backward (eager, as a training step runs them), a per-stage breakdown
-(device time of each op alone, replayed from a CUDA graph), and peak memory above the inputs.
+(device time of each op alone, replayed from a CUDA graph), and peak memory above the inputs, two ways: with
+the caller holding q, k, v, and "in model", where q, k, v live only as long as the layer's saved tensors need.
 ``--json PATH`` also writes every number, with the device, versions and date, for bench/RESULTS.md.
 """
 
@@ -54,6 +55,18 @@ def _fwd_bwd(fn, inputs, grad):
     return run
 
 
+def _fwd_bwd_in_model(fn, leaves, grad):
+    """fwd+bwd where q, k, v are made inside the measured region, the way a model's projections make them:
+    nothing but the layer's own saved tensors keeps them alive after the forward. (In ``_fwd_bwd`` the caller
+    holds q, k, v, so a layer that saves them, as dense SDPA does, gets them for free.)"""
+
+    def run():
+        out = fn(*(x.clone() for x in leaves))
+        torch.autograd.grad(out, leaves, grad)
+
+    return run
+
+
 def _no_grad(fn, inputs):
     def run():
         with torch.no_grad():
@@ -96,6 +109,7 @@ def bench_n(seq_len: int, args) -> dict:
         row["dense_fwd"] = cuda_time_ms(_no_grad(_sdpa, (q, k, v)), **timed)
         row["dense_fwdbwd"] = cuda_time_ms(_fwd_bwd(_sdpa, (q, k, v), grad), **timed)
         row["dense_mem_gib"] = peak_memory_gib(_fwd_bwd(_sdpa, (q, k, v), grad))
+        row["dense_mem_in_model_gib"] = peak_memory_gib(_fwd_bwd_in_model(_sdpa, (q, k, v), grad))
 
     qs, ks, vs = _leaves(batch, s_sel, heads, dim)
     grad_s = torch.randn_like(qs)
@@ -105,6 +119,7 @@ def bench_n(seq_len: int, args) -> dict:
     row["ours_fwd"] = cuda_time_ms(_no_grad(ours, (q, k, v)), **timed)
     row["ours_fwdbwd"] = cuda_time_ms(_fwd_bwd(ours, (q, k, v), grad), **timed)
     row["ours_mem_gib"] = peak_memory_gib(_fwd_bwd(ours, (q, k, v), grad))
+    row["ours_mem_in_model_gib"] = peak_memory_gib(_fwd_bwd_in_model(ours, (q, k, v), grad))
 
     # Per stage, each op alone on the same inputs.
     ops = torch.ops.lighthouse
@@ -175,7 +190,8 @@ def print_table(rows: list[dict]) -> None:
 
     print(
         f"{'N':>7} {'S_sel':>6} | {'dense f':>8} {'dense fb':>8} | {'floor f':>7} {'floor fb':>8} | "
-        f"{'ours f':>7} {'ours fb':>8} {'fb/floor':>8} {'sel %':>6} | {'mem dense':>9} {'mem ours':>8} GiB"
+        f"{'ours f':>7} {'ours fb':>8} {'fb/floor':>8} {'sel %':>6} | {'mem dense':>9} {'mem ours':>8} | "
+        f"{'in model: dense':>15} {'ours':>5} GiB"
     )
     for r in rows:
         print(
@@ -183,7 +199,8 @@ def print_table(rows: list[dict]) -> None:
             f"{f(r['floor_fwd']):>7} {f(r['floor_fwdbwd']):>8} | "
             f"{f(r['ours_fwd']):>7} {f(r['ours_fwdbwd']):>8} {r['ours_fwdbwd'] / r['floor_fwdbwd']:>8.3f} "
             f"{100 * r['stage_select'] / r['ours_fwdbwd']:>6.1f} | "
-            f"{f(r.get('dense_mem_gib')):>9} {f(r['ours_mem_gib']):>8}"
+            f"{f(r.get('dense_mem_gib')):>9} {f(r['ours_mem_gib']):>8} | "
+            f"{f(r.get('dense_mem_in_model_gib')):>15} {f(r['ours_mem_in_model_gib']):>5}"
         )
     names = ["select", "gather", "sdpa_fwd", "scatter", "scatter_bwd", "sdpa_bwd", "gather_bwd"]
     print("stages (ms): " + " ".join(f"{n:>11}" for n in names) + "   sum")

@@ -11,6 +11,7 @@ timed with CUDA events after warm-up, median of --steps, with per-block activati
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 
@@ -26,8 +27,9 @@ from lighthouse.config import model_flavor  # noqa: E402
 from lighthouse.model import Transformer  # noqa: E402
 
 
-def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: int) -> tuple[float, float]:
-    """Median step time in ms and peak reserved memory in GiB."""
+def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: int) -> tuple[float, float, float, float]:
+    """Median step time in ms; peak allocated and reserved memory over the timed steps, and the part of the
+    peak above the parameters and optimizer state (activations and their gradients), all in GiB."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     generator = torch.Generator(device="cuda").manual_seed(0)
     tokens = torch.randint(0, model.config.vocab_size, (1, seq_len + 1), device="cuda", generator=generator)
@@ -40,9 +42,15 @@ def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: in
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    # Warm up before resetting the peaks: compilation and Triton autotuning allocate scratch once.
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    ms = cuda_time_ms(step, warmup=warmup, reps=steps)
-    return ms, torch.cuda.max_memory_reserved() / 2**30
+    resident = torch.cuda.memory_allocated()  # parameters, AdamW state, the tokens
+    ms = cuda_time_ms(step, warmup=0, reps=steps)
+    peak = torch.cuda.max_memory_allocated()
+    return ms, peak / 2**30, torch.cuda.max_memory_reserved() / 2**30, (peak - resident) / 2**30
 
 
 def run_one(flavor: str, backend: str, seq_len: int, steps: int, warmup: int, checkpointing: bool, compile: bool):
@@ -53,7 +61,11 @@ def run_one(flavor: str, backend: str, seq_len: int, steps: int, warmup: int, ch
     try:
         return time_training_steps(model, seq_len, steps, warmup)
     finally:
+        # Compiled code holds references to the module it was traced from (its guards and constants); without
+        # a reset the previous model's weights stay allocated and inflate the next row's peak.
         del model
+        torch._dynamo.reset()
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -72,26 +84,52 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_model.py needs a CUDA GPU")
 
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, flavor {args.flavor}, "
-          f"activation checkpointing {args.checkpointing}, compile {args.compile}")
+    print(
+        f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, flavor {args.flavor}, "
+        f"activation checkpointing {args.checkpointing}, compile {args.compile}"
+    )
     rows = []
     for seq_len in args.seq_lens:
         baseline = None
         for backend in args.backends:
             checkpointing = args.checkpointing == "on"
             try:
-                ms, mem = run_one(args.flavor, backend, seq_len, args.steps, args.warmup, checkpointing, args.compile)
+                ms, allocated, reserved, activations = run_one(
+                    args.flavor, backend, seq_len, args.steps, args.warmup, checkpointing, args.compile
+                )
             except torch.OutOfMemoryError:
-                rows.append((seq_len, backend, "OOM", "", "", "", args.checkpointing))
+                rows.append((seq_len, backend, "OOM", "", "", "", "", "", args.checkpointing))
                 continue
             tps = seq_len / (ms / 1e3)
             if backend == "sdpa":
                 baseline = tps
             ratio = f"{tps / baseline:.2f}x" if baseline else ""
-            rows.append((seq_len, backend, f"{ms:.1f}", f"{tps:,.0f}", ratio, f"{mem:.1f}", args.checkpointing))
+            rows.append(
+                (
+                    seq_len,
+                    backend,
+                    f"{ms:.1f}",
+                    f"{tps:,.0f}",
+                    ratio,
+                    f"{allocated:.2f}",
+                    f"{activations:.2f}",
+                    f"{reserved:.2f}",
+                    args.checkpointing,
+                )
+            )
             print(rows[-1], flush=True)
 
-    header = ("N", "backend", "step ms", "tokens/s", "vs sdpa", "peak GiB", "act. ckpt")
+    header = (
+        "N",
+        "backend",
+        "step ms",
+        "tokens/s",
+        "vs sdpa",
+        "peak alloc GiB",
+        "above weights+optimizer GiB",
+        "peak reserved GiB",
+        "act. ckpt",
+    )
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(str(x) for x in row) + " |")

@@ -28,7 +28,12 @@ if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first imported (interface imports lazily)
 pytest.importorskip("triton")
 
-from lighthouse.ops.lighthouse import lighthouse_attention, naive_lighthouse_attention, select_entries  # noqa: E402
+from lighthouse.ops.lighthouse import (  # noqa: E402
+    lighthouse_attention,
+    lighthouse_geometry,
+    naive_lighthouse_attention,
+    select_entries,
+)
 from lighthouse.ops.lighthouse.interface import lighthouse_selection  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -118,6 +123,41 @@ def test_too_short_sequence_is_rejected():
     q, k, v = (x.detach() for x in _inputs(1, 256, 1, 16, torch.float32))
     with pytest.raises(ValueError, match=">= 128"):
         lighthouse_attention(q, k, v, levels=2, pooling_factor=4, topk=128)
+
+
+def _saved_for_backward(fn, *inputs) -> list[torch.Tensor]:
+    """Every tensor autograd keeps between ``fn``'s forward and its backward."""
+    saved = []
+
+    def pack(x):
+        saved.append(x)
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        fn(*inputs)
+    return saved
+
+
+def test_keeps_only_compacted_tensors_for_backward():
+    """The layer's memory design: after the forward it holds the S_sel compacted rows SDPA needs and the
+    int32 selection, never q, k, v or anything else N rows long in the float dtype. (Dense SDPA keeps q, k,
+    v and its output; inside a model that is what makes the layer's activation memory smaller than dense.)"""
+    batch, seq_len, heads, dim = 1, 4096, 2, 32
+    params = dict(levels=3, pooling_factor=4, topk=256)
+    q, k, v = _inputs(batch, seq_len, heads, dim, torch.float32)
+    s_sel = lighthouse_geometry(seq_len, **params).selected_len
+
+    saved = _saved_for_backward(lambda *x: lighthouse_attention(*x, **params), q, k, v)
+    floats = [x for x in saved if x.is_floating_point()]
+    inputs = {x.untyped_storage().data_ptr() for x in (q, k, v)}
+    assert not inputs & {x.untyped_storage().data_ptr() for x in saved}, "q, k or v is kept for backward"
+    assert floats and all(s_sel in x.shape and seq_len not in x.shape for x in floats), [x.shape for x in floats]
+    # Integers: the int32 selection, and on CUDA the SDPA backend's RNG seed and offset (one element each).
+    assert all(x.dtype == torch.int32 or x.numel() <= 1 for x in saved if not x.is_floating_point())
+    # q, k, v and the output, compacted, plus SDPA's fp32 log-sum-exp per row and head.
+    budget = (4 * dim + 1) * batch * heads * s_sel * 4
+    by_storage = {x.untyped_storage().data_ptr(): x for x in floats}
+    assert sum(x.numel() * x.element_size() for x in by_storage.values()) <= budget
 
 
 class _TinyAttention(torch.nn.Module):
