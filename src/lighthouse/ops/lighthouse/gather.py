@@ -116,6 +116,23 @@ def pool_blocking(x: torch.Tensor, dim: int, levels: int, pooling_factor: int) -
 
 
 @triton.jit
+def base_row_block(N, H, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr):
+    """This program's batch, head, block of base rows and D lanes, with their masks, for the kernels that
+    walk base rows on a (row blocks, batch*head) grid and write each output row once."""
+    pid_bh = tl.program_id(1)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    return pid_bh // H, pid_bh % H, n, n < N, d, d < D
+
+
+@triton.jit
+def store_base_rows(ptr, acc, b, h, n, live, d, dmask, N, H, D: tl.constexpr):
+    """Write ``acc [BLOCK_N, BLOCK_D]`` to rows ``n`` of head ``h`` of a contiguous ``[B, N, H, D]`` tensor."""
+    out = ((b.to(tl.int64) * N + n)[:, None] * H + h) * D + d[None, :]
+    tl.store(ptr + out, acc.to(ptr.dtype.element_ty), mask=live[:, None] & dmask[None, :])
+
+
+@triton.jit
 def _gather_bwd_kernel(
     dqs_ptr, dks_ptr, dvs_ptr, dq_ptr, dk_ptr, dv_ptr, inv_ptr,
     N, N_TOT, H,
@@ -123,15 +140,8 @@ def _gather_bwd_kernel(
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     LEVELS: tl.constexpr, LOG2P: tl.constexpr,
 ):  # fmt: skip
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    live = n < N
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < D
-    inv_row = inv_ptr + pid_bh.to(tl.int64) * N_TOT
+    b, h, n, live, d, dmask = base_row_block(N, H, BLOCK_N, BLOCK_D, D)
+    inv_row = inv_ptr + (b * H + h).to(tl.int64) * N_TOT
     base_q = b.to(tl.int64) * sq_b + h * sq_h
     base_k = b.to(tl.int64) * sk_b + h * sk_h
     base_v = b.to(tl.int64) * sv_b + h * sv_h
@@ -155,12 +165,9 @@ def _gather_bwd_kernel(
         )
         off += n_level
         n_level = n_level // (1 << LOG2P)
-    # Outputs [B, N, H, D] contiguous.
-    out = ((b.to(tl.int64) * N + n)[:, None] * H + h) * D + d[None, :]
-    omask = live[:, None] & dmask[None, :]
-    tl.store(dq_ptr + out, acc_q.to(dq_ptr.dtype.element_ty), mask=omask)
-    tl.store(dk_ptr + out, acc_k.to(dk_ptr.dtype.element_ty), mask=omask)
-    tl.store(dv_ptr + out, acc_v.to(dv_ptr.dtype.element_ty), mask=omask)
+    store_base_rows(dq_ptr, acc_q, b, h, n, live, d, dmask, N, H, D)
+    store_base_rows(dk_ptr, acc_k, b, h, n, live, d, dmask, N, H, D)
+    store_base_rows(dv_ptr, acc_v, b, h, n, live, d, dmask, N, H, D)
 
 
 def gather_fwd_launch(

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .gather import pool_blocking, pool_to_slots
+from .gather import base_row_block, pool_blocking, pool_to_slots, store_base_rows
 from .select import level_sizes, rows_per_program
 
 
@@ -29,15 +29,8 @@ def _scatter_fwd_kernel(
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     LEVELS: tl.constexpr, LOG2P: tl.constexpr,
 ):  # fmt: skip
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    live = n < N
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < D
-    inv_row = inv_ptr + pid_bh.to(tl.int64) * N_TOT
+    b, h, n, live, d, dmask = base_row_block(N, H, BLOCK_N, BLOCK_D, D)
+    inv_row = inv_ptr + (b * H + h).to(tl.int64) * N_TOT
     base = b.to(tl.int64) * so_b + h * so_h
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     off = N * 0
@@ -50,9 +43,7 @@ def _scatter_fwd_kernel(
         acc += tl.load(o_ptr + base + slot[:, None] * so_s + d[None, :], mask=mask, other=0.0).to(tl.float32)
         off += n_level
         n_level = n_level // (1 << LOG2P)
-    # Output [B, N, H, D] contiguous.
-    out = ((b.to(tl.int64) * N + n)[:, None] * H + h) * D + d[None, :]
-    tl.store(out_ptr + out, acc.to(out_ptr.dtype.element_ty), mask=live[:, None] & dmask[None, :])
+    store_base_rows(out_ptr, acc, b, h, n, live, d, dmask, N, H, D)
 
 
 @triton.jit
