@@ -19,7 +19,10 @@ def test_demo_config_fast_dev_run_exits_zero(tmp_path):
     """The README's main job, as shipped, runs one train and one validation batch."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "src/train.py", "fit", "--config", "configs/demo.yaml", "--trainer.fast_dev_run=true",
-           f"--trainer.logger.init_args.save_dir={tmp_path}"]
+           f"--trainer.logger.init_args.save_dir={tmp_path}",
+           # Lightning 2.6 still writes save_last's last.ckpt at the end of a fast_dev_run, under default_root_dir
+           # (the working directory unless set); keep it out of the repository.
+           f"--trainer.default_root_dir={tmp_path}"]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
