@@ -56,6 +56,14 @@ def _case_id(case) -> str:
     return f"B{batch}-N{seq_len}-H{heads}-D{dim}-L{levels}-p{p}-k{topk}"
 
 
+def _case_inputs(case, dtype):
+    """The layer's parameters, q, k, v and an output gradient for one ``(B, N, H, D, L, p, K)`` case."""
+    batch, seq_len, heads, dim, levels, p, topk = case
+    q, k, v = _inputs(batch, seq_len, heads, dim, dtype)
+    grad_out = _quantized(q.shape, dtype, DEVICE, torch.Generator().manual_seed(1))
+    return dict(levels=levels, pooling_factor=p, topk=topk), q, k, v, grad_out
+
+
 @pytest.fixture
 def poisoned_empty(monkeypatch):
     """Every ``torch.empty`` the kernels allocate starts as NaN (floats) or a bogus value (ints), so an
@@ -97,13 +105,9 @@ SMALL_CASES = [
 
 @pytest.mark.parametrize("case", SMALL_CASES, ids=_case_id)
 def test_matches_reference_fp32(case, poisoned_empty):
-    batch, seq_len, heads, dim, levels, p, topk = case
-    params = dict(levels=levels, pooling_factor=p, topk=topk)
-    q, k, v = _inputs(batch, seq_len, heads, dim, torch.float32)
-
+    params, q, k, v, grad_out = _case_inputs(case, torch.float32)
     assert_same_selection(q, k, params)
 
-    grad_out = _quantized(q.shape, torch.float32, DEVICE, torch.Generator().manual_seed(1))
     out, grads = _forward_backward(lighthouse_attention, q, k, v, grad_out, **params)
     ref, ref_grads = _forward_backward(naive_lighthouse_attention, q, k, v, grad_out, **params)
     assert out.shape == q.shape and out.dtype == q.dtype
@@ -216,13 +220,9 @@ def _max_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 @needs_cuda
 @pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
 def test_matches_reference_bf16_flash_rule(case, poisoned_empty):
-    batch, seq_len, heads, dim, levels, p, topk = case
-    params = dict(levels=levels, pooling_factor=p, topk=topk)
-    q, k, v = _inputs(batch, seq_len, heads, dim, torch.bfloat16)
-
+    params, q, k, v, grad_out = _case_inputs(case, torch.bfloat16)
     assert_same_selection(q, k, params)
 
-    grad_out = _quantized(q.shape, torch.bfloat16, DEVICE, torch.Generator().manual_seed(1))
     q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
     ref, ref_grads = _forward_backward(naive_lighthouse_attention, q32, k32, v32, grad_out.float(), **params)
     low, low_grads = _forward_backward(naive_lighthouse_attention, q, k, v, grad_out, **params)
