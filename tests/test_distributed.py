@@ -1,19 +1,14 @@
 """Data-parallel training on CPU (gloo, 2 processes) through the real entry point."""
 
-import os
 import subprocess
-import sys
 
 import pytest
 import yaml
-from training_helpers import REPO, logged_scalars, tiny_config
+from training_helpers import cli_subprocess_args, logged_scalars, tiny_config
 
 
 def run_cli(tmp_path, config, extra, tag):
-    path = tmp_path / f"{tag}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])}
-    cmd = [sys.executable, str(REPO / "src" / "train.py"), "fit", "--config", str(path), *extra]
+    cmd, env = cli_subprocess_args(tmp_path, config, tag, extra)
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
 

@@ -1,14 +1,11 @@
 """Bad configs fail before training; crashes, kills and NaNs lose nothing; deterministic runs repeat bitwise."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-import yaml
-from training_helpers import REPO, fit, logged_scalars, tiny_config
+from training_helpers import cli_subprocess_args, fit, logged_scalars, tiny_config
 
 # Each override is applied to a tiny Lighthouse config; the error must name the field and the valid range.
 BAD_SETTINGS = {
@@ -70,11 +67,8 @@ def test_deterministic_runs_repeat_bitwise(tmp_path):
 
 
 def start_training(tmp_path, config, tag):
-    path = tmp_path / f"{tag}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])}
-    return subprocess.Popen([sys.executable, str(REPO / "src" / "train.py"), "fit", "--config", str(path)],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd, env = cli_subprocess_args(tmp_path, config, tag)
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def wait_for(path, process, timeout=240):

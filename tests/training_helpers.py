@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import copy
+import os
 import random
+import sys
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_subprocess_args(folder: Path, config: dict, tag: str, extra: list[str] = ()) -> tuple[list[str], dict]:
+    """Command and environment that run ``src/train.py fit`` on ``config`` (written to ``folder/<tag>.yaml``) in a
+    separate process, with tests/ importable for the test-only callbacks and plugins below."""
+    path = folder / f"{tag}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])}
+    return [sys.executable, str(REPO / "src" / "train.py"), "fit", "--config", str(path), *extra], env
 
 
 def write_text_corpus(folder: Path, n_docs: int = 12, seed: int = 0) -> Path:
