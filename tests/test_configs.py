@@ -17,17 +17,17 @@ def test_config_parses_without_running(path, capsys):
         main(["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["model"]["dim"] > 0 and printed["data"]["seq_len"] > 0
-    model = ModelConfig(**printed["model"]["model"])  # runs the same validation as training
-    model.check_seq_len(printed["data"]["seq_len"])
+    assert printed["model"]["arch"]["dim"] > 0 and printed["data"]["seq_len"] > 0
+    # The same validation as training, at the context length the CLI links in from the data.
+    ModelConfig(**printed["model"]["arch"], max_seq_len=printed["data"]["seq_len"])
 
 
 @pytest.mark.parametrize("name", ["lh_64k", "recover_64k", "dense_64k"])
 def test_64k_configs_are_the_paper_model(name):
     config = yaml.safe_load((CONFIGS[0].parent / f"{name}.yaml").read_text())
-    model = config["model"]["model"]
+    model = config["model"]["arch"]
     paper = model_flavor("paper")
-    for field in ("dim", "n_layers", "n_heads", "ffn_hidden", "dense_layers", "max_seq_len"):
+    for field in ("dim", "n_layers", "n_heads", "ffn_hidden", "dense_layers"):
         assert model[field] == getattr(paper, field), field
     assert config["data"]["seq_len"] == 65536 and config["data"]["tokenizer"] == "byte"
     if name == "lh_64k":
@@ -55,4 +55,4 @@ def test_strategy_snippet_composes_with_run_config(strategy, capsys):
         main(["fit", "--config", str(CONFIGS[0].parent / "lh_64k.yaml"), "--config", str(strategy), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["trainer"]["devices"] == -1 and printed["model"]["model"]["n_layers"] == 30
+    assert printed["trainer"]["devices"] == -1 and printed["model"]["arch"]["n_layers"] == 30

@@ -77,7 +77,8 @@ def test_rope_preserves_norm_and_relative_position():
 
 
 def test_set_attention_backend_keeps_dense_layers():
-    model = Transformer(tiny(n_layers=4, dense_layers=[0, 3], attention="lighthouse_naive"))
+    model = Transformer(tiny(n_layers=4, dense_layers=[0, 3], attention="lighthouse_naive", max_seq_len=512,
+                             lighthouse=dict(levels=2, pooling_factor=4, topk=128)))
     assert model.attention_backends == ["sdpa", "lighthouse_naive", "lighthouse_naive", "sdpa"]
     model.set_attention_backend("sdpa")
     assert model.attention_backends == ["sdpa"] * 4
@@ -88,11 +89,11 @@ def test_set_attention_backend_keeps_dense_layers():
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (dict(n_heads=5), "n_heads=5 must divide model.dim=32"),
+        (dict(n_heads=5), "n_heads=5 must divide model.arch.dim=32"),
         (dict(n_kv_heads=3), "n_kv_heads=3 must divide"),
         (dict(dense_layers=[0, 2]), r"\[0, n_layers-1\] = \[0, 1\]"),
-        (dict(attention="flash"), "model.attention='flash' is not one of"),
-        (dict(dim=0), "model.dim=0 is invalid"),
+        (dict(attention="flash"), "model.arch.attention='flash' is not one of"),
+        (dict(dim=0), "model.arch.dim=0 is invalid"),
         (dict(lighthouse=dict(levels=1)), "levels=1 is invalid: it must be an integer >= 2"),
         (dict(lighthouse=dict(pooling_factor=3)), "pooling_factor=3 is invalid: it must be a power of two"),
         (dict(lighthouse=dict(topk=100)), "topk=100 is invalid: it must be a positive multiple of 128"),
@@ -105,19 +106,30 @@ def test_invalid_model_config_names_field(overrides, match):
 
 
 def test_seq_len_rule_checked_against_lighthouse():
-    config = tiny(attention="lighthouse_naive", max_seq_len=8192, lighthouse=dict(levels=3, pooling_factor=4, topk=256))
-    config.check_seq_len(4096)
+    lighthouse = dict(levels=3, pooling_factor=4, topk=256)
+    tiny(attention="lighthouse_naive", max_seq_len=4096, lighthouse=lighthouse)
     with pytest.raises(ValueError, match=r"must be >= 128 \* pooling_factor\*\*\(levels-1\) = 2048"):
-        config.check_seq_len(1024)
-    with pytest.raises(ValueError, match="exceeds model.max_seq_len=8192"):
-        config.check_seq_len(16384)
-    tiny(max_seq_len=8192).check_seq_len(1000)  # dense models take any length
+        tiny(attention="lighthouse_naive", max_seq_len=1024, lighthouse=lighthouse)
+    with pytest.raises(ValueError, match="data.seq_len does not fit model.arch.lighthouse"):
+        tiny(attention="lighthouse_naive", max_seq_len=2048 + 8, lighthouse=lighthouse)
+    tiny(max_seq_len=1000, lighthouse=lighthouse)  # dense models take any length
+
+
+def test_rope_tables_extend_past_the_training_length():
+    model = Transformer(tiny(max_seq_len=16)).eval()
+    tokens = torch.randint(0, 97, (1, 40))
+    with torch.no_grad():
+        long = model(tokens)
+        assert model.rope_cos.shape[0] == 40
+        fresh = Transformer(tiny(max_seq_len=40)).eval()
+        fresh.load_state_dict(model.state_dict())
+        torch.testing.assert_close(long, fresh(tokens), rtol=0, atol=0)
 
 
 def test_flavor_sizes():
     assert 45e6 < Transformer(model_flavor("small")).num_params() < 55e6
     paper = model_flavor("paper")
-    assert (paper.dim, paper.n_layers, paper.n_heads, paper.head_width, paper.ffn_hidden) == (1024, 30, 8, 128, 1536)
+    assert (paper.dim, paper.n_layers, paper.n_heads, paper.head_dim, paper.ffn_hidden) == (1024, 30, 8, 128, 1536)
     assert paper.dense_layers == [0, 1, 28, 29]
 
 

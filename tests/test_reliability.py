@@ -9,13 +9,13 @@ from training_helpers import cli_subprocess_args, fit, logged_scalars, tiny_conf
 
 # Each override is applied to a tiny Lighthouse config; the error must name the field and the valid range.
 BAD_SETTINGS = {
-    "levels": (["--model.model.lighthouse.levels", "1"], "levels=1 is invalid: it must be an integer >= 2"),
-    "pooling": (["--model.model.lighthouse.pooling_factor", "6"], "pooling_factor=6 is invalid: it must be a power"),
-    "topk": (["--model.model.lighthouse.topk", "200"], "topk=200 is invalid: it must be a positive multiple of 128"),
+    "levels": (["--model.arch.lighthouse.levels", "1"], "levels=1 is invalid: it must be an integer >= 2"),
+    "pooling": (["--model.arch.lighthouse.pooling_factor", "6"], "pooling_factor=6 is invalid: it must be a power"),
+    "topk": (["--model.arch.lighthouse.topk", "200"], "topk=200 is invalid: it must be a positive multiple of 128"),
     "seq-len-rule": (["--data.seq_len", "384"], "it must be >= 128 \\* pooling_factor\\*\\*\\(levels-1\\) = 512"),
-    "seq-len-max": (["--data.seq_len", "1024"], "data.seq_len=1024 exceeds model.max_seq_len=512"),
-    "dense-layer-range": (["--model.model.dense_layers", "[0, 3]"], r"\[0, n_layers-1\] = \[0, 2\]"),
-    "heads-divide-dim": (["--model.model.n_heads", "3"], "n_heads=3 must divide model.dim=32"),
+    "seq-len-multiple": (["--data.seq_len", "514"], "514 must be a multiple of pooling_factor"),
+    "dense-layer-range": (["--model.arch.dense_layers", "[0, 3]"], r"\[0, n_layers-1\] = \[0, 2\]"),
+    "heads-divide-dim": (["--model.arch.n_heads", "3"], "n_heads=3 must divide model.arch.dim=32"),
     "batch-size": (["--data.batch_size", "0"], "batch_size=0 is invalid: must be an integer >= 1"),
     "accumulation": (["--trainer.accumulate_grad_batches", "0"], "accumulate_grad_batches=0 is invalid"),
     "devices": (["--trainer.accelerator", "cuda", "--trainer.devices", "2"], "not available|only has|CUDA"),
@@ -38,6 +38,13 @@ def test_bad_setting_fails_before_first_step(tmp_path, name):
         fit(tmp_path, config, extra=args)
     assert not logged_scalars(tmp_path / "logs" / "bad", "train/loss")
     assert not (tmp_path / "logs" / "bad" / "checkpoints").exists()
+
+
+def test_context_length_is_configured_once(tmp_path, capsys):
+    config = tiny_config(tmp_path, "twice", max_steps=2)
+    with pytest.raises(SystemExit):
+        fit(tmp_path, config, extra=["--model.arch.max_seq_len", "1024"])
+    assert 'Linked "model.arch.max_seq_len" must be given via "data.seq_len"' in capsys.readouterr().err
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import torch
 
-from lighthouse.callbacks import ThroughputMonitor
+from lighthouse.callbacks import ThroughputRecorder
 from lighthouse.config import ModelConfig
 
 
@@ -38,7 +38,7 @@ def test_tokens_per_sec_skips_warmup_and_validation(tmp_path):
     # (busy 1 s + wait 0.5 s each); step 3 follows validation and is dropped; steps 4-5 form the second
     # window with 2 s busy and no wait.
     times = [0, 1, 1.5, 2.5, 3, 4, 10, 11, 11, 13, 13, 15]
-    monitor = ThroughputMonitor(window=2, skip_steps=1, clock=FakeClock(times))
+    monitor = ThroughputRecorder(window=2, skip_steps=1, clock=FakeClock(times))
     trainer, pl_module, logged = fake_run(tmp_path, world_size=2)
     batch = {"tokens": torch.zeros(4, 17, dtype=torch.long)}  # 4 * 16 = 64 predicted tokens per step
     monitor.on_train_start(trainer, pl_module)
@@ -62,7 +62,7 @@ def test_tokens_per_sec_skips_warmup_and_validation(tmp_path):
 
 def test_stage_switch_restarts_warmup(tmp_path):
     times = list(range(40))
-    monitor = ThroughputMonitor(window=1, skip_steps=2, clock=FakeClock(times))
+    monitor = ThroughputRecorder(window=1, skip_steps=2, clock=FakeClock(times))
     trainer, pl_module, _ = fake_run(tmp_path)
     batch = {"tokens": torch.zeros(1, 2049, dtype=torch.long)}
     monitor.on_train_start(trainer, pl_module)
@@ -77,7 +77,7 @@ def test_stage_switch_restarts_warmup(tmp_path):
 
 def test_mfu_from_peak(tmp_path):
     times = [0, 1, 1, 2]
-    monitor = ThroughputMonitor(window=1, skip_steps=1, peak_tflops=1e-9, clock=FakeClock(times))  # 1000 FLOP/s
+    monitor = ThroughputRecorder(window=1, skip_steps=1, peak_tflops=1e-9, clock=FakeClock(times))  # 1000 FLOP/s
     trainer, pl_module, _ = fake_run(tmp_path)
     batch = {"tokens": torch.zeros(1, 17, dtype=torch.long)}
     monitor.on_train_start(trainer, pl_module)

@@ -110,6 +110,6 @@ def test_checkpoint_that_does_not_fit_is_refused(tmp_path):
     fit(tmp_path, config)
     ckpt = tmp_path / "logs" / "fit" / "checkpoints" / "last.ckpt"
     wider = tiny_config(tmp_path, "fit", max_steps=4, every_n=2)
-    wider["model"]["model"]["dim"] = 64
-    with pytest.raises(ValueError, match="model.dim: checkpoint 32 vs config 64"):
+    wider["model"]["arch"]["dim"] = 64
+    with pytest.raises(ValueError, match="model.arch.dim: checkpoint 32 vs config 64"):
         fit(tmp_path, wider, ckpt_path=str(ckpt), tag="wider")

@@ -54,11 +54,11 @@ def tiny_config(tmp_path: Path, name: str, base: str = "demo.yaml", *, max_steps
             cb["init_args"].update(dirpath=str(logs / name / "checkpoints"), every_n_train_steps=every_n)
         if kind == "StageSwitch":
             cb["init_args"]["switch_step"] = switch_step
-        if kind == "ThroughputMonitor":
+        if kind == "ThroughputRecorder":
             cb["init_args"].update(window=2, skip_steps=1)
         callbacks.append(cb)
     trainer["callbacks"] = callbacks
-    config["model"]["model"].update(dim=32, n_layers=3, n_heads=2, ffn_hidden=64, max_seq_len=seq_len,
+    config["model"]["arch"].update(dim=32, n_layers=3, n_heads=2, ffn_hidden=64,
                                     attention=attention, dense_layers=[0],
                                     lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128})
     config["model"].update(warmup_steps=2, schedule_steps=20)

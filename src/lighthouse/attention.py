@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from lighthouse.config import ATTENTION_BACKENDS, LighthouseConfig, ModelConfig
 
 
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
+def sdpa_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
     # SDPA wants [B, H, N, D]; transposes are views, flash/cuDNN accept the strides.
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
@@ -32,14 +32,14 @@ def _expand_kv(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     return k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
 
 
-def lighthouse_naive_attention(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
+def lighthouse_naive_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
     from lighthouse.ops.lighthouse import naive_lighthouse_attention
 
     k, v = _expand_kv(q, k, v)
     return naive_lighthouse_attention(q, k, v, levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk)
 
 
-def lighthouse_fast_attention(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
+def lighthouse_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
     from lighthouse.ops.lighthouse import lighthouse_attention
 
     k, v = _expand_kv(q, k, v)
@@ -47,9 +47,9 @@ def lighthouse_fast_attention(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseCon
 
 
 INNER_ATTENTION: dict[str, Callable[[Tensor, Tensor, Tensor, LighthouseConfig], Tensor]] = {
-    "sdpa": sdpa_attention,
-    "lighthouse_naive": lighthouse_naive_attention,
-    "lighthouse": lighthouse_fast_attention,
+    "sdpa": sdpa_backend,
+    "lighthouse_naive": lighthouse_naive_backend,
+    "lighthouse": lighthouse_backend,
 }
 assert set(INNER_ATTENTION) == set(ATTENTION_BACKENDS)
 
@@ -72,7 +72,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, backend: str):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_width
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.lighthouse = config.lighthouse
         self.wq = nn.Linear(config.dim, self.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)

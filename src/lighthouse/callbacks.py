@@ -77,8 +77,10 @@ class StageSwitch(Callback):
             rank_zero_info(f"stage 2 from step {trainer.global_step}: attention -> {self.stage2_backend}")
 
 
-class ThroughputMonitor(Callback):
+class ThroughputRecorder(Callback):
     """Tokens/s, step time, MFU, peak memory and data-wait share, to TensorBoard and ``throughput.jsonl``.
+
+    Not Lightning's ``ThroughputMonitor``: this one knows the stage and counts Lighthouse FLOPs.
 
     Honest timing: the device is synchronised before every clock read; the first ``skip_steps`` steps of a
     job and after a stage switch (compilation, autotuning, allocator warm-up) and any interval that contains
@@ -95,7 +97,7 @@ class ThroughputMonitor(Callback):
             clock: Time source (seconds); tests inject a fake one.
         """
         if window < 1 or skip_steps < 0:
-            raise ValueError(f"ThroughputMonitor: window={window} must be >= 1 and skip_steps={skip_steps} >= 0")
+            raise ValueError(f"ThroughputRecorder: window={window} must be >= 1 and skip_steps={skip_steps} >= 0")
         self.window, self.skip_steps, self.peak_tflops, self.clock = window, skip_steps, peak_tflops, clock
         self._reset_window()
         self._last_end: float | None = None

@@ -58,8 +58,9 @@ class LighthouseCLI(LightningCLI):
         return
 
     def add_arguments_to_parser(self, parser) -> None:
-        # The tokenizer decides the vocabulary; the model must not be configured with another one.
-        parser.link_arguments("data.vocab_size", "model.model.vocab_size", apply_on="instantiate")
+        # The tokenizer decides the vocabulary and the data the context length; neither is configured twice.
+        parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.seq_len", "model.arch.max_seq_len", apply_on="parse")
         parser.set_defaults({"trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true"})
 
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, lighthouse_geometry
 
+# How the CLI spells the model's fields (``--model.arch.dim``); error messages use it so they name the flag.
+PREFIX = "model.arch."
+
 ATTENTION_BACKENDS = ("sdpa", "lighthouse_naive", "lighthouse")
 """Inner attention implementations, chosen by name; never a silent fallback from one to another."""
 
@@ -35,15 +38,17 @@ class ModelConfig:
     n_heads: int = 8
     """Query heads."""
     n_kv_heads: int | None = None
-    """Key/value heads for grouped-query attention; None means n_heads (plain multi-head attention)."""
+    """Key/value heads for grouped-query attention; None means n_heads (plain multi-head attention). Resolved to
+    an integer when the config is built."""
     head_dim: int | None = None
-    """Width of one head; None means dim // n_heads."""
+    """Width of one head; None means dim // n_heads. Resolved to an integer when the config is built."""
     ffn_hidden: int = 1536
     """Hidden width of the SwiGLU feed-forward."""
     rope_theta: float = 500_000.0
     """RoPE base; long contexts want a large base."""
     max_seq_len: int = 65536
-    """Longest sequence the model is trained on; RoPE tables are built for it."""
+    """Training context length: RoPE tables are precomputed for it (longer inputs extend them) and Lighthouse
+    layers must accept it. The CLI sets it from data.seq_len, so it is never configured twice."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     attention: str = "sdpa"
@@ -65,58 +70,55 @@ class ModelConfig:
             self.lighthouse = LighthouseConfig(**self.lighthouse)
         self.dense_layers = list(self.dense_layers)
         self.validate()
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
-
-    @property
-    def head_width(self) -> int:
-        return self.head_dim if self.head_dim is not None else self.dim // self.n_heads
+        # One name per quantity: after validation the optional sizes hold their resolved values.
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            self.head_dim = self.dim // self.n_heads
 
     def uses_lighthouse(self) -> bool:
         return self.attention != "sdpa" and len(set(self.dense_layers)) < self.n_layers
 
     def validate(self) -> None:
-        """Raise ValueError naming the field, its value and the valid range."""
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "ffn_hidden", "max_seq_len"):
+        """Raise ValueError naming the field (as the CLI spells it), its value and the valid range."""
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "ffn_hidden"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{name}={value!r} is invalid: it must be an integer >= 1")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{PREFIX}{name}={value!r} is invalid: it must be an integer >= 1")
+        if not isinstance(self.max_seq_len, int) or self.max_seq_len < 1:
+            raise ValueError(f"data.seq_len (= {PREFIX}max_seq_len) = {self.max_seq_len!r} must be an integer >= 1")
         if self.head_dim is None and self.dim % self.n_heads:
             raise ValueError(
-                f"model.n_heads={self.n_heads} must divide model.dim={self.dim} (or set model.head_dim)"
+                f"{PREFIX}n_heads={self.n_heads} must divide {PREFIX}dim={self.dim} (or set {PREFIX}head_dim)"
             )
-        if self.head_width % 2 or self.head_width < 2:
-            raise ValueError(f"head width {self.head_width} must be even and >= 2 for RoPE (model.head_dim)")
-        if self.kv_heads < 1 or self.n_heads % self.kv_heads:
+        head_dim = self.head_dim if self.head_dim is not None else self.dim // self.n_heads
+        if head_dim % 2 or head_dim < 2:
+            raise ValueError(f"head width {head_dim} must be even and >= 2 for RoPE ({PREFIX}head_dim)")
+        kv_heads = self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+        if kv_heads < 1 or self.n_heads % kv_heads:
             raise ValueError(
-                f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads} (1..n_heads)"
+                f"{PREFIX}n_kv_heads={self.n_kv_heads} must divide {PREFIX}n_heads={self.n_heads} (1..n_heads)"
             )
         if self.rope_theta <= 0:
-            raise ValueError(f"model.rope_theta={self.rope_theta} must be > 0")
+            raise ValueError(f"{PREFIX}rope_theta={self.rope_theta} must be > 0")
         if self.attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"model.attention={self.attention!r} is not one of {ATTENTION_BACKENDS}")
+            raise ValueError(f"{PREFIX}attention={self.attention!r} is not one of {ATTENTION_BACKENDS}")
         bad = [i for i in self.dense_layers if not 0 <= i < self.n_layers]
         if bad:
             raise ValueError(
-                f"model.dense_layers has {bad}: layer indices must lie in [0, n_layers-1] = [0, {self.n_layers - 1}]"
+                f"{PREFIX}dense_layers has {bad}: layer indices must lie in [0, n_layers-1] = "
+                f"[0, {self.n_layers - 1}]"
             )
+        lh = self.lighthouse
         try:
-            check_lighthouse_params(self.lighthouse.levels, self.lighthouse.pooling_factor, self.lighthouse.topk)
+            check_lighthouse_params(lh.levels, lh.pooling_factor, lh.topk)
         except ValueError as err:
-            raise ValueError(f"model.lighthouse.{err}") from None
-
-    def check_seq_len(self, seq_len: int) -> None:
-        """Fail before training if ``seq_len`` does not fit this model (max_seq_len, Lighthouse length rule)."""
-        if seq_len > self.max_seq_len:
-            raise ValueError(f"data.seq_len={seq_len} exceeds model.max_seq_len={self.max_seq_len}")
+            raise ValueError(f"{PREFIX}lighthouse.{err}") from None
         if self.uses_lighthouse():
-            lh = self.lighthouse
             try:
-                lighthouse_geometry(seq_len, lh.levels, lh.pooling_factor, lh.topk)
+                lighthouse_geometry(self.max_seq_len, lh.levels, lh.pooling_factor, lh.topk)
             except ValueError as err:
-                raise ValueError(f"data.seq_len does not fit model.lighthouse: {err}") from None
+                raise ValueError(f"data.seq_len does not fit {PREFIX}lighthouse: {err}") from None
 
 
 FLAVORS: dict[str, dict] = {

@@ -23,8 +23,8 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 
 def matmul_params(config: ModelConfig) -> int:
     """Weights that every token multiplies: attention and MLP projections of all blocks and the output layer."""
-    d, hd = config.dim, config.head_width
-    attn = d * config.n_heads * hd * 2 + d * config.kv_heads * hd * 2  # wq, wo, wk, wv
+    d, hd = config.dim, config.head_dim
+    attn = d * config.n_heads * hd * 2 + d * config.n_kv_heads * hd * 2  # wq, wo, wk, wv
     mlp = 3 * d * config.ffn_hidden
     return config.n_layers * (attn + mlp) + d * config.vocab_size
 
@@ -32,7 +32,7 @@ def matmul_params(config: ModelConfig) -> int:
 def flops_per_token(config: ModelConfig, seq_len: int, backends: Sequence[str]) -> tuple[float, float]:
     """Training FLOPs per token: (dense-equivalent, actual). ``backends`` is each layer's attention backend."""
     weights = 6.0 * matmul_params(config)
-    per_layer_dense = 6.0 * seq_len * config.n_heads * config.head_width
+    per_layer_dense = 6.0 * seq_len * config.n_heads * config.head_dim
     dense = weights + config.n_layers * per_layer_dense
     actual = weights
     for backend in backends:
@@ -41,7 +41,7 @@ def flops_per_token(config: ModelConfig, seq_len: int, backends: Sequence[str]) 
         else:
             lh = config.lighthouse
             s_sel = lighthouse_geometry(seq_len, lh.levels, lh.pooling_factor, lh.topk).selected_len
-            actual += 6.0 * s_sel * s_sel / seq_len * config.n_heads * config.head_width
+            actual += 6.0 * s_sel * s_sel / seq_len * config.n_heads * config.head_dim
     return dense, actual
 
 

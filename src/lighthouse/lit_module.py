@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lighthouse.config import ModelConfig
+from lighthouse.config import PREFIX, ModelConfig
 from lighthouse.model import Transformer
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
@@ -53,7 +53,7 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str,
 class LitLM(L.LightningModule):
     def __init__(
         self,
-        model: ModelConfig,
+        arch: ModelConfig,
         optimizer: OptimizerFactory | None = None,
         warmup_steps: int = 100,
         lr_schedule: str = "cosine",
@@ -63,7 +63,7 @@ class LitLM(L.LightningModule):
     ):
         """
         Args:
-            model: Model architecture and attention backend.
+            arch: Model architecture and attention backend.
             optimizer: Optimizer class and arguments (``class_path``/``init_args``); None means AdamW with the
                 paper's settings (lr 2e-3, betas 0.9/0.95, weight decay 0.1). Weight decay applies to
                 matrices only.
@@ -75,6 +75,8 @@ class LitLM(L.LightningModule):
             compile: torch.compile every transformer block (the Lighthouse ops are custom ops, no graph breaks).
         """
         super().__init__()
+        if isinstance(arch, dict):  # the hyperparameters stored in a checkpoint
+            arch = ModelConfig(**arch)
         if warmup_steps < 0:
             raise ValueError(f"model.warmup_steps={warmup_steps} must be >= 0")
         if lr_schedule not in LR_SCHEDULES:
@@ -83,21 +85,21 @@ class LitLM(L.LightningModule):
             raise ValueError(f"model.min_lr_ratio={min_lr_ratio} must lie in [0, 1]")
         if schedule_steps is not None and schedule_steps < 1:
             raise ValueError(f"model.schedule_steps={schedule_steps} must be >= 1 or null")
-        self.config = model
+        self.config = arch
         self.optimizer_factory = optimizer
         self.warmup_steps, self.lr_schedule, self.min_lr_ratio = warmup_steps, lr_schedule, min_lr_ratio
         self.schedule_steps = schedule_steps
         # Plain dicts only: checkpoints then load with torch.load(weights_only=True).
-        self.save_hyperparameters({"model": dataclasses.asdict(model), "warmup_steps": warmup_steps,
+        self.save_hyperparameters({"arch": dataclasses.asdict(arch), "warmup_steps": warmup_steps,
                                    "lr_schedule": lr_schedule, "min_lr_ratio": min_lr_ratio,
                                    "schedule_steps": schedule_steps})
-        self.model = Transformer(model)
+        self.model = Transformer(arch)
         # Read off the eager model now; FSDP later flattens and shards the parameters (see parameter_groups).
         self.no_decay_names = frozenset(name for name, p in self.model.named_parameters() if p.dim() < 2)
         if compile:
             self.model.compile_blocks()
         self.val_loss = MeanMetric()
-        self.buckets = position_buckets(model.max_seq_len)
+        self.buckets = position_buckets(arch.max_seq_len)
         self.val_loss_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)
 
     # ---- stages -------------------------------------------------------------------------------------------
@@ -106,12 +108,6 @@ class LitLM(L.LightningModule):
         self.model.set_attention_backend(name)
 
     # ---- steps --------------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        seq_len = getattr(datamodule, "seq_len", None)
-        if seq_len is not None:
-            self.config.check_seq_len(seq_len)
-
     def token_losses(self, tokens: Tensor) -> Tensor:
         """Per-token next-token cross-entropy ``[B, N]`` for a window ``tokens`` ``[B, N + 1]``."""
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -203,8 +199,9 @@ class LitLM(L.LightningModule):
         saved = checkpoint.get("lighthouse_model")
         if saved is None:
             return
+        saved = dataclasses.asdict(ModelConfig(**saved))  # resolves sizes older checkpoints stored as None
         current = dataclasses.asdict(self.config)
         changed = {f: (saved.get(f), current[f]) for f in SHAPE_FIELDS if saved.get(f) != current[f]}
         if changed:
-            detail = ", ".join(f"model.{f}: checkpoint {a!r} vs config {b!r}" for f, (a, b) in changed.items())
+            detail = ", ".join(f"{PREFIX}{f}: checkpoint {a!r} vs config {b!r}" for f, (a, b) in changed.items())
             raise ValueError(f"checkpoint does not fit this config (parameter shapes differ): {detail}")

@@ -61,7 +61,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(config.head_width, config.max_seq_len, config.rope_theta)
+        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
         # Not persistent: derived from the config, so checkpoints stay small and shape-independent.
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -92,14 +92,23 @@ class Transformer(nn.Module):
             if i not in self.dense_layers:
                 layer.attention.backend = name
 
+    def rope(self, seq_len: int) -> tuple[Tensor, Tensor]:
+        """RoPE tables covering ``seq_len`` positions; inputs longer than the training length (evaluation,
+        generation) extend them once, the same formula at more positions."""
+        if seq_len > self.rope_cos.shape[0]:
+            cos, sin = rope_tables(self.config.head_dim, seq_len, self.config.rope_theta)
+            self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
+        return self.rope_cos, self.rope_sin
+
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens ``[B, N]`` -> logits ``[B, N, vocab_size]``."""
         x = self.tok_embeddings(tokens)
+        cos, sin = self.rope(tokens.shape[1])
         for layer in self.layers:
             if self.config.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, self.rope_cos, self.rope_sin, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
-                x = layer(x, self.rope_cos, self.rope_sin)
+                x = layer(x, cos, sin)
         return self.output(self.norm(x))
 
     def num_params(self, exclude_embeddings: bool = True) -> int:
