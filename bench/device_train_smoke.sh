@@ -12,7 +12,7 @@ fi
 rm -rf "/tmp/smoke_logs/$name"
 python3 src/train.py fit --config "$config" --trainer.max_steps "$steps" --trainer.val_check_interval 100000 \
   --trainer.num_sanity_val_steps 0 \
-  --trainer.logger.init_args.save_dir /tmp/smoke_logs "$@" > "$out/$name.log" 2>&1
+  --trainer.logger.init_args.save_dir /tmp/smoke_logs --trainer.logger.init_args.version "" "$@" > "$out/$name.log" 2>&1
 rc=$?
 tail -n 5 "$out/$name.log"
 cp "/tmp/smoke_logs/$name/throughput.jsonl" "$out/$name.throughput.jsonl" 2>/dev/null

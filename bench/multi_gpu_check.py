@@ -31,7 +31,8 @@ FSDP = ["--config", "configs/strategy/fsdp.yaml"]
 def train(out: Path, name: str, args: list[str], devices: int) -> tuple[int, float]:
     """Run one training job; returns (exit code, seconds)."""
     cmd = [sys.executable, "src/train.py", "fit", *args, "--trainer.devices", str(devices),
-           "--trainer.logger.init_args.save_dir", str(out / "logs"), "--trainer.logger.init_args.name", name]
+           "--trainer.logger.init_args.save_dir", str(out / "logs"), "--trainer.logger.init_args.name", name,
+           "--trainer.logger.init_args.version", ""]  # one folder per name: <out>/logs/<name>/
     start = time.time()
     with open(out / f"{name}.log", "a") as log:
         code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode

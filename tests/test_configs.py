@@ -17,21 +17,22 @@ def test_config_parses_without_running(path, capsys):
         main(["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["arch"]["dim"] > 0 and printed["data"]["seq_len"] > 0
-    # The same validation as training, at the context length the CLI links in from the data.
-    ModelConfig(**printed["model"]["arch"], max_seq_len=printed["data"]["seq_len"])
+    # The same validation as training, at the context length the CLI links in from the data (sizes a flavor
+    # fills in are null in the printed config and resolved here).
+    arch = ModelConfig(**printed["model"]["arch"], max_seq_len=printed["data"]["seq_len"])
+    assert arch.dim > 0 and printed["data"]["seq_len"] > 0
 
 
 @pytest.mark.parametrize("name", ["lh_64k", "recover_64k", "dense_64k"])
 def test_64k_configs_are_the_paper_model(name):
     config = yaml.safe_load((CONFIGS[0].parent / f"{name}.yaml").read_text())
-    model = config["model"]["arch"]
+    model = ModelConfig(**config["model"]["arch"], max_seq_len=config["data"]["seq_len"])
     paper = model_flavor("paper")
     for field in ("dim", "n_layers", "n_heads", "ffn_hidden", "dense_layers"):
-        assert model[field] == getattr(paper, field), field
+        assert getattr(model, field) == getattr(paper, field), field
     assert config["data"]["seq_len"] == 65536 and config["data"]["tokenizer"] == "byte"
     if name == "lh_64k":
-        assert model["lighthouse"] == {"levels": 3, "pooling_factor": 4, "topk": 2048}
+        assert config["model"]["arch"]["lighthouse"] == {"levels": 3, "pooling_factor": 4, "topk": 2048}
 
 
 def changed_lines(a: str, b: str) -> int:
@@ -43,7 +44,7 @@ def changed_lines(a: str, b: str) -> int:
 
 @pytest.mark.parametrize("stage1, stage2", [("demo.yaml", "demo_recover.yaml"), ("lh_64k.yaml", "recover_64k.yaml")])
 def test_recovery_twin_differs_in_few_lines(stage1, stage2):
-    assert changed_lines(stage1, stage2) == 3  # max_steps, model.attention, StageSwitch.switch_step
+    assert changed_lines(stage1, stage2) == 3  # max_steps, model.arch.attention, stage.switch_step
 
 
 STRATEGIES = sorted((CONFIGS[0].parent / "strategy").glob("*.yaml"))
@@ -55,4 +56,5 @@ def test_strategy_snippet_composes_with_run_config(strategy, capsys):
         main(["fit", "--config", str(CONFIGS[0].parent / "lh_64k.yaml"), "--config", str(strategy), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["trainer"]["devices"] == -1 and printed["model"]["arch"]["n_layers"] == 30
+    arch = ModelConfig(**printed["model"]["arch"], max_seq_len=printed["data"]["seq_len"])
+    assert printed["trainer"]["devices"] == -1 and arch.n_layers == 30

@@ -136,7 +136,8 @@ def test_flavor_sizes():
 def test_debug_flavor_learns_with_lighthouse_naive():
     """The debug model with the reference Lighthouse layer in its middle layers trains on CPU."""
     torch.manual_seed(0)
-    config = model_flavor("debug", attention="lighthouse_naive", vocab_size=32, max_seq_len=512)
+    config = model_flavor("debug", attention="lighthouse_naive", vocab_size=32, max_seq_len=512,
+                          lighthouse=dict(levels=2, pooling_factor=4, topk=128))
     model = Transformer(config)
     assert model.attention_backends == ["sdpa", "lighthouse_naive", "lighthouse_naive", "sdpa"]
     # A learnable stream: a random period-16 pattern repeated, so later tokens are predictable from earlier ones.

@@ -61,7 +61,7 @@ def test_one_job_switches_exactly_once(tmp_path):
     switch = stage_switch(cli)
     assert (switch.stage, switch.switched_at) == (2, 3)
     assert cli.model.model.attention_backends == ["sdpa"] * 3
-    stages = logged_scalars(tmp_path / "logs" / "onejob", "stage")
+    stages = logged_scalars(tmp_path / "logs" / "onejob", "train/stage")
     # Logged after each step's optimizer update; global step k+1 belongs to batch k.
     assert [stages[s] for s in sorted(stages)] == [1, 1, 1, 2, 2, 2]
     losses = logged_scalars(tmp_path / "logs" / "onejob", "train/loss")

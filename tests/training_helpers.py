@@ -36,28 +36,23 @@ def write_text_corpus(folder: Path, n_docs: int = 12, seed: int = 0) -> Path:
 
 def tiny_config(tmp_path: Path, name: str, base: str = "demo.yaml", *, max_steps: int = 8,
                 attention: str = "lighthouse_naive", switch_step: int | None = None, every_n: int = 4,
-                seq_len: int = 512) -> dict:
-    """A CPU-second version of a shipped config: same structure, tiny model and corpus, all paths in tmp_path."""
+                seq_len: int = 512, version: str | None = "") -> dict:
+    """A CPU-second version of a shipped config: same structure, tiny model and corpus, all paths in tmp_path.
+
+    ``version`` "" keeps every launch of ``name`` in ``tmp_path/logs/<name>/`` (what most tests read back);
+    None gives each launch its own run directory, as the shipped configs do."""
     config = copy.deepcopy(yaml.safe_load((REPO / "configs" / base).read_text()))
     logs = tmp_path / "logs"
     trainer = config["trainer"]
     # CPU even on a GPU box: these runs test training logic (bitwise resume, stages), not kernels.
     trainer.update(max_steps=max_steps, val_check_interval=every_n, log_every_n_steps=1, accelerator="cpu",
                    precision="32-true", enable_model_summary=False, enable_progress_bar=False)
-    trainer["logger"]["init_args"].update(save_dir=str(logs), name=name)
-    callbacks = []
+    trainer["logger"]["init_args"].update(save_dir=str(logs), name=name, version=version)
     for cb in trainer["callbacks"]:
-        kind = cb["class_path"].rsplit(".", 1)[-1]
-        if kind == "RichProgressBar":
-            continue
-        if kind == "ModelCheckpoint":
-            cb["init_args"].update(dirpath=str(logs / name / "checkpoints"), every_n_train_steps=every_n)
-        if kind == "StageSwitch":
-            cb["init_args"]["switch_step"] = switch_step
-        if kind == "ThroughputRecorder":
-            cb["init_args"].update(window=2, skip_steps=1)
-        callbacks.append(cb)
-    trainer["callbacks"] = callbacks
+        if cb["class_path"].endswith("ModelCheckpoint"):
+            cb["init_args"].update(every_n_train_steps=every_n)
+    config["stage"]["switch_step"] = switch_step
+    config["throughput"].update(window=2, skip_steps=1)
     config["model"]["arch"].update(dim=32, n_layers=3, n_heads=2, ffn_hidden=64,
                                     attention=attention, dense_layers=[0],
                                     lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128})

@@ -1,4 +1,7 @@
-"""Training callbacks: the Lighthouse -> dense stage switch, and an honest throughput recorder."""
+"""Training callbacks: the Lighthouse -> dense stage switch, and an honest throughput recorder.
+
+The CLI always adds both and configures each through its own argument group (``--stage.*``, ``--throughput.*``).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lighthouse.attention import INNER_ATTENTION
-from lighthouse.flops import flops_per_token, peak_flops_per_device
+from lighthouse.flops import compute_dtype, flops_per_token, peak_flops_per_device
+from lighthouse.logger import write_note
 
 
 class StageSwitch(Callback):
@@ -33,11 +37,11 @@ class StageSwitch(Callback):
             rewarmup_steps: Steps over which the LR ramps linearly back up after the switch (0 = none).
         """
         if switch_step is not None and switch_step < 0:
-            raise ValueError(f"StageSwitch.switch_step={switch_step} must be >= 0 or null")
+            raise ValueError(f"stage.switch_step={switch_step} must be >= 0 or null")
         if stage2_backend not in INNER_ATTENTION:
-            raise ValueError(f"StageSwitch.stage2_backend={stage2_backend!r} is not one of {tuple(INNER_ATTENTION)}")
+            raise ValueError(f"stage.stage2_backend={stage2_backend!r} is not one of {tuple(INNER_ATTENTION)}")
         if rewarmup_steps < 0:
-            raise ValueError(f"StageSwitch.rewarmup_steps={rewarmup_steps} must be >= 0")
+            raise ValueError(f"stage.rewarmup_steps={rewarmup_steps} must be >= 0")
         self.switch_step, self.stage2_backend, self.rewarmup_steps = switch_step, stage2_backend, rewarmup_steps
         self.stage = 1
         self.switched_at: int | None = None
@@ -68,17 +72,44 @@ class StageSwitch(Callback):
                     group["lr"] *= ramp
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        pl_module.log("stage", float(self.stage), prog_bar=True)
+        pl_module.log("train/stage", float(self.stage), prog_bar=True)
 
     def _maybe_switch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.stage == 1 and self.switch_step is not None and trainer.global_step >= self.switch_step:
+            before = pl_module.model.attention_backends
             pl_module.set_attention_backend(self.stage2_backend)
             self.stage, self.switched_at = 2, trainer.global_step
             rank_zero_info(f"stage 2 from step {trainer.global_step}: attention -> {self.stage2_backend}")
+            self._mark_switch(trainer, before, pl_module.model.attention_backends)
+
+    def _mark_switch(self, trainer: L.Trainer, before: list[str], after: list[str]) -> None:
+        """Show the switch where people look: a note in TensorBoard's text tab, and two points of the stage
+        curve on consecutive steps, so it steps from 1 to 2 there whatever the logging interval."""
+        step = trainer.global_step  # Lightning logs batch k's values at step k: this batch is the first dense one
+        changed = [f"{i}: {a} -> {b}" for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+        rewarmup = f", LR re-warm-up over {self.rewarmup_steps} steps" if self.rewarmup_steps else ""
+        write_note(trainer, "train/stage", f"**Stage 2 (dense recovery) from step {step}**{rewarmup}. "
+                   f"Attention per layer: {'; '.join(changed) or 'unchanged'}.", step)
+        for logger in trainer.loggers:
+            if step > 0:
+                logger.log_metrics({"train/stage": 1.0}, step=step - 1)
+            logger.log_metrics({"train/stage": 2.0}, step=step)
+
+
+# Record fields that become ``perf/*`` TensorBoard scalars (step, stage, time and tokens_seen are bookkeeping).
+PERF_KEYS = ("tokens_per_sec", "tokens_per_sec_per_device", "tflops_per_device", "step_time_s", "data_wait_share",
+             "mfu", "mfu_actual", "max_memory_gib")
+
+
+def stage_of(trainer: L.Trainer) -> int:
+    """The training stage from the run's StageSwitch (1 where there is none)."""
+    return next((cb.stage for cb in trainer.callbacks if isinstance(cb, StageSwitch)), 1)
 
 
 class ThroughputRecorder(Callback):
-    """Tokens/s, step time, MFU, peak memory and data-wait share, to TensorBoard and ``throughput.jsonl``.
+    """Tokens/s, TFLOP/s, step time, MFU, peak memory and data-wait share, to TensorBoard (``perf/*``) and
+    ``throughput.jsonl`` (one record per window, with its stage and wall-clock time); and the tokens seen so far
+    (``train/tokens_seen``, kept in checkpoints so it continues across resumes and stages).
 
     Not Lightning's ``ThroughputMonitor``: this one knows the stage and counts Lighthouse FLOPs.
 
@@ -87,24 +118,41 @@ class ThroughputRecorder(Callback):
     validation are left out. Averages are taken over ``window`` timed steps.
     """
 
-    def __init__(self, window: int = 10, skip_steps: int = 3, peak_tflops: float | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+    clock: Callable[[], float] = staticmethod(time.perf_counter)  # seconds; tests put a fake clock here
+
+    def __init__(self, window: int = 10, skip_steps: int = 3, peak_tflops: float | None = None):
         """
         Args:
-            window: Timed steps averaged per logged value.
-            skip_steps: Steps left out after the start of a job and after a stage switch.
-            peak_tflops: Peak bf16 TFLOP/s of one device for MFU; None detects H100/H200/A100 and skips others.
-            clock: Time source (seconds); tests inject a fake one.
+            window: Timed steps averaged per logged value (>= 1).
+            skip_steps: Steps left out after the start of a job and after a stage switch (>= 0).
+            peak_tflops: Peak TFLOP/s of one device for MFU; null looks the GPU up (Lightning's table with
+                corrections in lighthouse.flops) and reports no MFU where it is unknown (e.g. on CPUs).
         """
-        if window < 1 or skip_steps < 0:
-            raise ValueError(f"ThroughputRecorder: window={window} must be >= 1 and skip_steps={skip_steps} >= 0")
-        self.window, self.skip_steps, self.peak_tflops, self.clock = window, skip_steps, peak_tflops, clock
+        if window < 1:
+            raise ValueError(f"throughput.window={window} must be >= 1")
+        if skip_steps < 0:
+            raise ValueError(f"throughput.skip_steps={skip_steps} must be >= 0")
+        if peak_tflops is not None and peak_tflops <= 0:
+            raise ValueError(f"throughput.peak_tflops={peak_tflops} must be > 0 or null")
+        self.window, self.skip_steps, self.peak_tflops = window, skip_steps, peak_tflops
         self._reset_window()
         self._last_end: float | None = None
         self._skip_left = skip_steps
         self._backends: list[str] | None = None
         self._log_dir: str | None = None
+        self._peak: float | None = None
+        self.tokens_seen = 0
         self.records: list[dict] = []
+
+    @property
+    def state_key(self) -> str:
+        return "ThroughputRecorder"  # fixed, like StageSwitch's, so the recovery config finds it
+
+    def state_dict(self) -> dict:
+        return {"tokens_seen": self.tokens_seen}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.tokens_seen = int(state_dict.get("tokens_seen", 0))
 
     def _reset_window(self) -> None:
         self._tokens = 0
@@ -121,6 +169,7 @@ class ThroughputRecorder(Callback):
         self._last_end = None
         self._skip_left = self.skip_steps
         self._log_dir = trainer.log_dir  # a collective in DDP: read it here, where every rank passes
+        self._peak = peak_flops_per_device(self.peak_tflops, compute_dtype(trainer.precision))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         backends = pl_module.model.attention_backends
@@ -134,6 +183,8 @@ class ThroughputRecorder(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         end = self._now()
         tokens = batch["tokens"][:, 1:].numel()
+        self.tokens_seen += tokens * trainer.world_size  # every rank reads a batch of the same shape
+        pl_module.log("train/tokens_seen", float(self.tokens_seen))
         previous, self._last_end = self._last_end, end
         if self._skip_left > 0 or previous is None:
             self._skip_left = max(0, self._skip_left - 1)
@@ -156,23 +207,26 @@ class ThroughputRecorder(Callback):
         elapsed = self._busy + self._wait
         world = trainer.world_size
         per_device = self._tokens / elapsed
+        dense, actual = flops_per_token(pl_module.config, seq_len, self._backends)
         record = {
             "step": trainer.global_step,
+            "stage": stage_of(trainer),
+            "time": time.time(),  # wall clock (Unix seconds) at the end of the window
+            "tokens_seen": self.tokens_seen,
             "tokens_per_sec": per_device * world,
             "tokens_per_sec_per_device": per_device,
+            "tflops_per_device": per_device * dense / 1e12,  # dense-equivalent, the same count as mfu
             "step_time_s": elapsed / self._steps,
             "data_wait_share": self._wait / elapsed,
         }
-        dense, actual = flops_per_token(pl_module.config, seq_len, self._backends)
-        peak = peak_flops_per_device(self.peak_tflops)
-        if peak is not None:
-            record["mfu"] = per_device * dense / peak
-            record["mfu_actual"] = per_device * actual / peak
+        if self._peak is not None:
+            record["mfu"] = per_device * dense / self._peak
+            record["mfu_actual"] = per_device * actual / self._peak
         if torch.cuda.is_available():
             record["max_memory_gib"] = torch.cuda.max_memory_reserved() / 2**30
         self.records.append(record)
         for key, value in record.items():
-            if key != "step":
+            if key in PERF_KEYS:
                 pl_module.log(f"perf/{key}", float(value), prog_bar=key == "tokens_per_sec")
         if trainer.is_global_zero and self._log_dir is not None:
             os.makedirs(self._log_dir, exist_ok=True)

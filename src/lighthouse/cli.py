@@ -1,14 +1,23 @@
-"""LightningCLI wiring: argument links, device-dependent defaults, config saving that never blocks a resume."""
+"""LightningCLI wiring: argument groups and links, the run directory, defaults, quiet output, config saving."""
 
 from __future__ import annotations
 
 import os
 
 import torch
+from jsonargparse import set_parsing_settings
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
+from lighthouse.callbacks import StageSwitch, ThroughputRecorder
 from lighthouse.data import LMDataModule
 from lighthouse.lit_module import LitLM
+from lighthouse.progress import StepProgressBar, describe_model, quiet_lightning
+from lighthouse.run_dir import RunPlacement, place_run
+
+# Callbacks the CLI always adds, each configured through its own argument group (``--stage.switch_step 10``).
+CALLBACK_GROUPS = {"stage": StageSwitch, "throughput": ThroughputRecorder}
 
 
 class KeepEveryConfig(SaveConfigCallback):
@@ -45,10 +54,49 @@ def check_trainer_args(trainer: dict) -> None:
         raise ValueError(f"trainer.gradient_clip_val={clip!r} is invalid: it must be >= 0 (or null for no clipping)")
 
 
+def refuse_grouped_callbacks(trainer: dict) -> None:
+    """A StageSwitch or ThroughputRecorder in trainer.callbacks would run twice and fight over one state key."""
+    callbacks = trainer.get("callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        class_path = str(callback.get("class_path", "")) if hasattr(callback, "get") else ""
+        for group, kind in CALLBACK_GROUPS.items():
+            if class_path.rsplit(".", 1)[-1] == kind.__name__:
+                raise ValueError(f"trainer.callbacks lists {kind.__name__}, which the CLI always adds: set its "
+                                 f"arguments under {group}.* instead (e.g. --{group}.{next(iter(_args(kind)))} ...)")
+
+
+def _args(kind: type) -> list[str]:
+    import inspect
+
+    return [name for name in inspect.signature(kind.__init__).parameters if name != "self"]
+
+
 class LighthouseCLI(LightningCLI):
+    run_placement: RunPlacement | None = None
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_args(config["trainer"])
+        refuse_grouped_callbacks(config["trainer"])
+        self.run_placement = place_run(config, self.subcommand)
+        if self.run_placement.note:
+            rank_zero_info(self.run_placement.note)
+
+    def instantiate_trainer(self, **kwargs):
+        # Everything Lightning writes without a logger (fast_dev_run checkpoints, profiles) lands in the run too.
+        kwargs.setdefault("default_root_dir", str(self.run_placement.path))
+        trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
+        callbacks = trainer.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, StepProgressBar()])
+        return super().instantiate_trainer(**kwargs)
+
+    def after_instantiate_classes(self) -> None:
+        self.run_placement.restore_requested_values()
+        if self.subcommand is not None:
+            rank_zero_info(f"run directory: {self.run_placement.path}")
+            rank_zero_info(describe_model(self.model))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would overwrite the model config with the checkpoint's hyperparameters. Here the config on
@@ -62,12 +110,24 @@ class LighthouseCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.seq_len", "model.arch.max_seq_len", apply_on="parse")
         parser.set_defaults({"trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true"})
+        # Lightning's summary table has a FLOPs column that is always 0 here; the run start prints one line instead.
+        parser.set_defaults({"trainer.enable_model_summary": False})
+        for group, kind in CALLBACK_GROUPS.items():
+            parser.add_lightning_class_args(kind, group)
 
 
 def main(args: list[str] | None = None) -> LighthouseCLI:
+    # Field documentation (attribute docstrings of the config dataclasses) in --help and --print_config=comments.
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    quiet_lightning()
     return LighthouseCLI(
         LitLM,
         LMDataModule,
         save_config_callback=KeepEveryConfig,
         args=args,
     )
+
+
+def entry_point() -> None:
+    """The ``lighthouse`` console script: ``lighthouse fit --config configs/demo.yaml``."""
+    main()

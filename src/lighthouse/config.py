@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, lighthouse_geometry
@@ -29,33 +30,38 @@ class LighthouseConfig:
 class ModelConfig:
     """Decoder-only LM: RMSNorm, RoPE, SwiGLU, causal attention with an inner backend chosen by name."""
 
+    flavor: str | None = None
+    """Named model size ('debug', 'small' or 'paper'): it fills every size field left null (dim, n_layers,
+    n_heads, ffn_hidden, dense_layers, max_seq_len); a field given explicitly wins. None: the sizes below."""
     vocab_size: int = 257
     """Vocabulary size; LightningCLI links it from the data module's tokenizer."""
-    dim: int = 1024
-    """Model (residual stream) width."""
-    n_layers: int = 30
-    """Number of transformer blocks."""
-    n_heads: int = 8
-    """Query heads."""
+    dim: int | None = None
+    """Model (residual stream) width; null: the flavor's (1024 without one)."""
+    n_layers: int | None = None
+    """Number of transformer blocks; null: the flavor's (30 without one)."""
+    n_heads: int | None = None
+    """Query heads; null: the flavor's (8 without one)."""
     n_kv_heads: int | None = None
     """Key/value heads for grouped-query attention; None means n_heads (plain multi-head attention). Resolved to
     an integer when the config is built."""
     head_dim: int | None = None
     """Width of one head; None means dim // n_heads. Resolved to an integer when the config is built."""
-    ffn_hidden: int = 1536
-    """Hidden width of the SwiGLU feed-forward."""
+    ffn_hidden: int | None = None
+    """Hidden width of the SwiGLU feed-forward; null: the flavor's (1536 without one)."""
     rope_theta: float = 500_000.0
     """RoPE base; long contexts want a large base."""
-    max_seq_len: int = 65536
+    max_seq_len: int | None = None
     """Training context length: RoPE tables are precomputed for it (longer inputs extend them) and Lighthouse
-    layers must accept it. The CLI sets it from data.seq_len, so it is never configured twice."""
+    layers must accept it. The CLI sets it from data.seq_len, so it is never configured twice; in Python, null
+    means the flavor's (65536 without one)."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     attention: str = "sdpa"
     """Attention backend of the non-dense layers: 'sdpa', 'lighthouse_naive' (reference, CPU/GPU) or 'lighthouse'
     (Triton kernels)."""
-    dense_layers: list[int] = field(default_factory=list)
-    """Layer indices that always use dense SDPA (the paper keeps the first two and last two dense)."""
+    dense_layers: list[int] | None = None
+    """Layer indices that always use dense SDPA (the paper keeps the first two and last two dense); null: the
+    flavor's (none without one)."""
     lighthouse: LighthouseConfig = field(default_factory=LighthouseConfig)
     """Lighthouse parameters, used by layers whose backend is a Lighthouse one."""
     activation_checkpointing: bool = False
@@ -68,6 +74,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.lighthouse, dict):  # plain dicts arrive from YAML/kwargs
             self.lighthouse = LighthouseConfig(**self.lighthouse)
+        self._fill_sizes()
         self.dense_layers = list(self.dense_layers)
         self.validate()
         # One name per quantity: after validation the optional sizes hold their resolved values.
@@ -75,6 +82,15 @@ class ModelConfig:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
             self.head_dim = self.dim // self.n_heads
+
+    def _fill_sizes(self) -> None:
+        """Fields left None take the flavor's value, else the base size; explicit values are kept."""
+        if self.flavor is not None and self.flavor not in FLAVORS:
+            raise ValueError(f"{PREFIX}flavor={self.flavor!r} is not one of {sorted(FLAVORS)} (or null)")
+        sizes = {**BASE_SIZES, **FLAVORS.get(self.flavor, {})}
+        for name, value in sizes.items():
+            if getattr(self, name) is None:
+                setattr(self, name, copy.deepcopy(value))
 
     def uses_lighthouse(self) -> bool:
         return self.attention != "sdpa" and len(set(self.dense_layers)) < self.n_layers
@@ -121,10 +137,12 @@ class ModelConfig:
                 raise ValueError(f"data.seq_len does not fit {PREFIX}lighthouse: {err}") from None
 
 
+# The sizes a flavor decides. Without a flavor: the paper's widths and depth, no dense layers (the plain default).
+BASE_SIZES: dict = dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, max_seq_len=65536, dense_layers=[])
+
 FLAVORS: dict[str, dict] = {
     # Trains on a 2-core CPU in seconds; used by tests.
-    "debug": dict(dim=64, n_layers=4, n_heads=4, ffn_hidden=192, max_seq_len=4096, dense_layers=[0, 3],
-                  lighthouse=dict(levels=2, pooling_factor=4, topk=128)),
+    "debug": dict(dim=64, n_layers=4, n_heads=4, ffn_hidden=192, max_seq_len=4096, dense_layers=[0, 3]),
     # About 50M parameters: a real model for single-GPU experiments.
     "small": dict(dim=640, n_layers=10, n_heads=10, ffn_hidden=1792, max_seq_len=65536, dense_layers=[0, 9]),
     # The paper's model: dim 1024, 30 layers, 8 heads x 128, SwiGLU 1536, bytes, layers 0,1,28,29 dense.
@@ -135,6 +153,4 @@ FLAVORS: dict[str, dict] = {
 
 def model_flavor(name: str, **overrides) -> ModelConfig:
     """A named model size with optional field overrides, e.g. ``model_flavor("paper", attention="lighthouse")``."""
-    if name not in FLAVORS:
-        raise ValueError(f"unknown model flavor {name!r}; choose one of {sorted(FLAVORS)}")
-    return ModelConfig(**{**FLAVORS[name], **overrides})
+    return ModelConfig(flavor=name, **overrides)

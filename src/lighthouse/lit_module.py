@@ -38,6 +38,20 @@ def bucket_name(lo: int, hi: int) -> str:
     return f"{_short(lo)}-{_short(hi)}"
 
 
+def gradient_norm(root: torch.nn.Module, parameters: Iterable[torch.nn.Parameter]) -> Tensor:
+    """Total 2-norm of the gradients. Under FSDP each rank holds a disjoint shard of every gradient, so the squared
+    norms are summed over ranks; under DDP every rank already holds the full, averaged gradient."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    squared = torch.stack([g.detach().float().pow(2).sum() for g in grads]).sum()
+    if isinstance(root, FullyShardedDataParallel) and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(squared)
+    return squared.sqrt()
+
+
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
     """LR factor at ``step``: linear warm-up, then constant, cosine or linear decay to ``min_ratio``."""
     if step < warmup_steps:
@@ -120,8 +134,13 @@ class LitLM(L.LightningModule):
         self.stop_on_non_finite(loss)
         # sync_dist: the curve is the loss of the global batch, comparable across world sizes.
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Before clipping, on the steps whose values reach the logger (the norm costs a pass over the gradients).
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            self.log("train/grad_norm", gradient_norm(self.trainer.strategy.model, self.parameters()))
 
     def stop_on_non_finite(self, loss: Tensor) -> None:
         """Raise before the optimizer step so a NaN/inf never reaches the weights or a checkpoint."""
@@ -144,7 +163,8 @@ class LitLM(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
         self.val_loss.reset()
-        self.log_dict({"val/loss": loss, "val/ppl": loss.exp()}, prog_bar=True, sync_dist=False)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", loss.exp(), sync_dist=False)
         for (lo, hi), metric in zip(self.buckets, self.val_loss_by_pos, strict=True):
             if metric.update_called:
                 self.log(f"val/loss_pos/{bucket_name(lo, hi)}", metric.compute())

@@ -1,0 +1,41 @@
+"""The TensorBoard logger of a run: a page without placeholder charts, and markdown notes at given steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+class RunLogger(TensorBoardLogger):
+    """TensorBoard events of one run in ``<save_dir>/<name>/<version>/``.
+
+    Unlike Lightning's logger it writes no ``hp_metric`` placeholder (a constant -1) and drops the ``epoch``
+    value Lightning adds to every record (training here is one endless epoch, so that chart is a flat 0). Tags
+    keep their group prefix (``train/``, ``val/``, ``perf/``), which TensorBoard turns into one section each.
+    """
+
+    def __init__(self, save_dir: str | None = None, name: str = "run", version: int | str | None = None):
+        """
+        Args:
+            save_dir: Folder that holds every run; null means trainer.default_root_dir ('logs' unless set).
+            name: Run name: all launches of one recipe (and its recovery stage) share it.
+            version: Folder of this run under ``<save_dir>/<name>``; null gives each launch a fresh one (named
+                by its start time) and a resume the folder of its checkpoint. "" means ``<save_dir>/<name>``.
+        """
+        super().__init__(save_dir if save_dir is not None else "logs", name=name, version=version,
+                         default_hp_metric=False)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        metrics = {key: value for key, value in metrics.items() if key != "epoch"}
+        if metrics:
+            super().log_metrics(metrics, step)
+
+
+def write_note(trainer: L.Trainer, tag: str, markdown: str, step: int) -> None:
+    """A markdown note in TensorBoard's text tab at ``step``, for every TensorBoard logger of the run (on ranks
+    other than zero their ``experiment`` is a dummy, so only rank zero writes)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text(tag, markdown, global_step=step)
