@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from training_helpers import REPO, fit, logged_scalars, tiny_config
+from training_helpers import REPO, fit, logged_scalars, only_run_dir, tiny_config
 
 
 def stage_switch(cli):
@@ -80,13 +80,17 @@ def test_resume_inside_stage_two_stays_dense(tmp_path):
 
 
 def test_two_job_flow_continues_step_and_optimizer(tmp_path):
-    stage1 = tiny_config(tmp_path, "twojob", "demo.yaml", max_steps=4)
+    # version=None: each launch places itself as the shipped configs do; the recovery job continues the run dir
+    # of the checkpoint it resumes.
+    stage1 = tiny_config(tmp_path, "twojob", "demo.yaml", max_steps=4, version=None)
     fit(tmp_path, stage1, tag="stage1")
-    ckpt = tmp_path / "logs" / "twojob" / "checkpoints" / "last.ckpt"
+    run = only_run_dir(tmp_path / "logs" / "twojob")
+    ckpt = run / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 4 and saved["callbacks"]["StageSwitch"]["stage"] == 1
 
-    stage2 = tiny_config(tmp_path, "twojob", "demo_recover.yaml", max_steps=8, attention="sdpa", switch_step=0)
+    stage2 = tiny_config(tmp_path, "twojob", "demo_recover.yaml", max_steps=8, attention="sdpa", switch_step=0,
+                         version=None)
     cli = fit(tmp_path, stage2, ckpt_path=str(ckpt), tag="stage2")
     assert cli.trainer.global_step == 8
     switch = stage_switch(cli)
@@ -94,15 +98,18 @@ def test_two_job_flow_continues_step_and_optimizer(tmp_path):
     # AdamW counts its own steps: 8 means the stage-1 state was loaded, not restarted.
     optimizer = cli.trainer.optimizers[0]
     assert all(float(optimizer.state[p]["step"]) == 8 for p in cli.model.parameters())
-    losses = logged_scalars(tmp_path / "logs" / "twojob", "train/loss")
+    assert only_run_dir(tmp_path / "logs" / "twojob") == run
+    losses = logged_scalars(run, "train/loss")
     assert sorted(losses) == list(range(8))  # one run directory, one continuous curve
-    assert (tmp_path / "logs" / "twojob" / "config.yaml").exists()
-    assert (tmp_path / "logs" / "twojob" / "config.1.yaml").exists()
+    assert (run / "config.yaml").exists()
+    assert (run / "config.1.yaml").exists()
 
     # Stopped inside stage 2 and resumed with the recovery config again: still stage 2, switched at step 4.
-    again = tiny_config(tmp_path, "twojob", "demo_recover.yaml", max_steps=10, attention="sdpa", switch_step=0)
-    cli = fit(tmp_path, again, ckpt_path=str(ckpt.parent / "last.ckpt"), tag="again")
+    again = tiny_config(tmp_path, "twojob", "demo_recover.yaml", max_steps=10, attention="sdpa", switch_step=0,
+                        version=None)
+    cli = fit(tmp_path, again, ckpt_path="last", tag="again")
     assert (stage_switch(cli).stage, stage_switch(cli).switched_at, cli.trainer.global_step) == (2, 4, 10)
+    assert only_run_dir(tmp_path / "logs" / "twojob") == run
 
 
 def test_checkpoint_that_does_not_fit_is_refused(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import random
 import sys
@@ -72,6 +73,26 @@ def fit(tmp_path: Path, config: dict, ckpt_path: str | None = None, tag: str = "
     if ckpt_path is not None:
         args += ["--ckpt_path", ckpt_path]
     return main(args)
+
+
+@functools.cache
+def two_stage_run(base: Path) -> Path:
+    """The run directory of one finished tiny run in ``base`` (12 steps, dense from step 6, validation and
+    checkpoints every 4 steps), built once per test session for the tests that only read a run back."""
+    config = tiny_config(base, "two_stage", max_steps=12, switch_step=6, every_n=4, version=None)
+    fit(base, config)
+    return only_run_dir(base / "logs" / "two_stage")
+
+
+def run_dirs(group: Path) -> list[Path]:
+    """The run directories of one run name (``<root>/<name>/<version>/``), oldest first."""
+    return sorted(p for p in group.iterdir() if p.is_dir()) if group.is_dir() else []
+
+
+def only_run_dir(group: Path) -> Path:
+    runs = run_dirs(group)
+    assert len(runs) == 1, f"expected one run directory in {group}, found {[p.name for p in runs]}"
+    return runs[0]
 
 
 def logged_scalars(log_dir: Path, tag: str) -> dict[int, float]:

@@ -1,0 +1,148 @@
+"""Read a run directory back: TensorBoard scalars with steps and wall times, notes, throughput records, configs.
+
+``read_run(path)`` returns a ``Run``; ``find_runs(path)`` lists the run directories under a folder (``logs/demo``
+holds one per launch series). Used by ``python -m lighthouse.plot`` and by comparison reports; it needs only
+TensorBoard's event reader and PyYAML, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+EVENTS_GLOB = "events.out.tfevents.*"
+TEXT_SUFFIX = "/text_summary"  # TensorBoard stores add_text(tag) under this tag
+
+
+@dataclass
+class Series:
+    """One scalar tag: points in step order, one per step (where launches overlap, the later launch wins)."""
+
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    wall_times: list[float] = field(default_factory=list)  # Unix seconds when the point was written
+    launches: list[int] = field(default_factory=list)  # index of the launch (events file) that wrote it
+
+    def as_dict(self) -> dict[int, float]:
+        return dict(zip(self.steps, self.values, strict=True))
+
+    def last(self) -> float:
+        return self.values[-1]
+
+
+@dataclass
+class Run:
+    """Everything a run directory records, across all its launches (first stage, resumes, recovery stage)."""
+
+    path: Path
+    scalars: dict[str, Series]
+    notes: dict[str, list[tuple[int, str]]]  # tag -> [(step, markdown)]
+    throughput: list[dict]  # throughput.jsonl records: step, stage, time, tokens_seen, tokens_per_sec, ...
+    configs: list[dict]  # config.yaml, config.1.yaml, ...: the config of each launch, in order
+    launch_spans: list[tuple[float, float]]  # (first, last) wall time of each launch's events
+
+    @property
+    def label(self) -> str:
+        """``<name>/<version>`` for runs in the usual layout, else the folder name."""
+        return f"{self.path.parent.name}/{self.path.name}" if self.path.parent.name else self.path.name
+
+    def series(self, tag: str) -> Series:
+        return self.scalars.get(tag, Series())
+
+    def stage_switch_step(self) -> int | None:
+        """First step logged in stage 2 (the first batch trained densely), or None for a single-stage run."""
+        stage = self.series("train/stage")
+        return next((s for s, v in zip(stage.steps, stage.values, strict=True) if v >= 2), None)
+
+    def training_time(self, series: Series) -> list[float]:
+        """Seconds of training at each point of ``series``, from the first point of the run, with the idle time
+        between launches removed (each launch continues the clock where the previous one stopped)."""
+        offsets, total = [], 0.0
+        for first, last in self.launch_spans:
+            offsets.append(total - first)
+            total += last - first
+        return [wall + offsets[launch] for wall, launch in zip(series.wall_times, series.launches, strict=True)]
+
+    def position_buckets(self) -> list[str]:
+        """The ``val/loss_pos/<range>`` ranges, ordered by position."""
+        names = [tag.rsplit("/", 1)[-1] for tag in self.scalars if tag.startswith("val/loss_pos/")]
+        return sorted(names, key=_bucket_start)
+
+
+def _bucket_start(name: str) -> int:
+    start = name.split("-", 1)[0]
+    return int(start[:-1]) * 1024 if start.endswith("k") else int(start)
+
+
+def _launch_order(path: Path) -> tuple[int, str]:
+    # events.out.tfevents.<unix time>.<host>.<pid>.<n>: the time orders the launches
+    match = re.match(r"events\.out\.tfevents\.(\d+)", path.name)
+    return (int(match.group(1)) if match else 0, path.name)
+
+
+def _read_events(path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def _text(event) -> str:
+    from tensorboard.util import tensor_util
+
+    value = tensor_util.make_ndarray(event.tensor_proto).reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def read_run(path: str | Path) -> Run:
+    """Read one run directory (the folder holding ``events.out.tfevents.*``)."""
+    path = Path(path)
+    files = sorted(path.glob(EVENTS_GLOB), key=_launch_order)
+    if not files:
+        raise FileNotFoundError(f"{path} holds no TensorBoard event files: not a run directory")
+    points: dict[str, dict[int, tuple[float, float, int]]] = {}
+    notes: dict[str, dict[int, str]] = {}
+    spans = []
+    for launch, events in enumerate(files):
+        accumulator = _read_events(events)
+        tags = accumulator.Tags()
+        times = []
+        for tag in tags.get("scalars", []):
+            for event in accumulator.Scalars(tag):
+                points.setdefault(tag, {})[event.step] = (event.value, event.wall_time, launch)
+                times.append(event.wall_time)
+        for tag in tags.get("tensors", []):
+            if tag.endswith(TEXT_SUFFIX):
+                for event in accumulator.Tensors(tag):
+                    notes.setdefault(tag[: -len(TEXT_SUFFIX)], {})[event.step] = _text(event)
+        spans.append((min(times), max(times)) if times else (0.0, 0.0))
+    scalars = {}
+    for tag, by_step in points.items():
+        series = Series()
+        for step in sorted(by_step):
+            value, wall, launch = by_step[step]
+            series.steps.append(step)
+            series.values.append(value)
+            series.wall_times.append(wall)
+            series.launches.append(launch)
+        scalars[tag] = series
+    throughput_file = path / "throughput.jsonl"
+    throughput = [json.loads(line) for line in throughput_file.read_text().splitlines() if line.strip()] \
+        if throughput_file.exists() else []
+    config_files = sorted(path.glob("config*.yaml"), key=lambda p: int(p.suffixes[0][1:]) if len(p.suffixes) > 1 else 0)
+    configs = [yaml.safe_load(p.read_text()) for p in config_files]
+    return Run(path, scalars, {tag: sorted(by_step.items()) for tag, by_step in notes.items()}, throughput, configs,
+               spans)
+
+
+def find_runs(path: str | Path) -> list[Path]:
+    """Run directories at or under ``path``: the folders holding event files, oldest first by name."""
+    path = Path(path)
+    if any(path.glob(EVENTS_GLOB)):
+        return [path]
+    return sorted({events.parent for events in path.rglob(EVENTS_GLOB)})
