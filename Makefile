@@ -2,29 +2,42 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TORCH_VERSION ?= 2.13.0
+# The torch pin lives in pyproject.toml (dependencies); the install below reads it from there.
+TORCH_VERSION := $(shell sed -n 's/^[[:space:]]*"torch==\([^"]*\)".*/\1/p' pyproject.toml)
+ifeq ($(TORCH_VERSION),)
+$(error no "torch==X.Y.Z" line in pyproject.toml)
+endif
 # A GPU box gets PyPI's CUDA build of torch; a CPU box the small CPU build (PyTorch's CPU index, which
 # wins on the +cpu local version; where that index is unreachable pip falls back to what it finds).
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 ifeq ($(HAS_GPU),1)
 TORCH_INDEX :=
+TORCH_BUILD := cuda
 else
 TORCH_INDEX := --retries 0 --extra-index-url https://download.pytorch.org/whl/cpu
+TORCH_BUILD := cpu
 # No GPU: Triton kernels run in Triton's interpreter so the kernel tests still exercise them.
 export TRITON_INTERPRET ?= 1
 endif
+# One stamp per torch version and build: changing the pin (or moving the checkout to a GPU box) reinstalls.
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-$(TORCH_BUILD)
 
 .PHONY: setup demo test lint bench clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(TORCH_STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install $(TORCH_INDEX) "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install -e ".[dev,kernels]"
+	rm -f $(VENV)/.torch-*
 	touch $@
 
-demo: setup  ## the main job: a small Lighthouse LM on the embedded corpus, curves in logs/demo
+# The project and its extras, as pyproject.toml declares them (torch is already there, so pip keeps it).
+$(VENV)/.installed: pyproject.toml $(TORCH_STAMP)
+	$(BIN)/python -m pip install $(TORCH_INDEX) -e ".[dev,kernels]"
+	touch $@
+
+demo: setup  ## the main job: a small Lighthouse LM on the embedded corpus, curves in logs/demo/<start time>/
 	$(BIN)/python src/train.py fit --config configs/demo.yaml
 
 test: setup  ## the whole test suite (GPU tests are skipped without CUDA)

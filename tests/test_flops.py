@@ -31,3 +31,37 @@ def test_lighthouse_layer_counts_selected_length():
     # S_sel = N/p + (L-1)*p*K = 512 + 512 = 1024 entries; 6 * S_sel^2 / N * H * D per token.
     assert dense == weights + 2 * per_layer_dense
     assert actual == pytest.approx(weights + per_layer_dense + 6 * 1024 * 1024 / n * 8)
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989.4),  # SXM: Lightning's figure
+    ("NVIDIA H100 PCIe", 756.0),  # not the SXM figure
+    ("NVIDIA H100 NVL", 835.0),  # Lightning lists the sparse figure
+    ("NVIDIA H200", 989.0),  # Lightning finds no row for this name
+    ("NVIDIA H200 NVL", 835.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0),
+    ("NVIDIA L40S", 362.0),  # Lightning reads it as an L4
+    ("Some Future GPU", None),
+], ids=lambda x: str(x).replace(" ", "_"))
+def test_dense_bf16_peak_per_device(monkeypatch, name, tflops):
+    import torch
+
+    from lighthouse.flops import peak_flops_per_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    peak = peak_flops_per_device(dtype=torch.bfloat16)
+    assert (peak is None) if tflops is None else peak == pytest.approx(tflops * 1e12)
+
+
+def test_peak_override_and_cpu(monkeypatch):
+    import torch
+
+    from lighthouse.flops import compute_dtype, peak_flops_per_device
+
+    assert peak_flops_per_device(override_tflops=100.0) == 100e12
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert peak_flops_per_device() is None
+    assert [compute_dtype(p) for p in ("bf16-mixed", "16-mixed", "32-true", "64")] == [
+        torch.bfloat16, torch.float16, torch.float32, torch.float64]

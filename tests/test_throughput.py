@@ -1,11 +1,13 @@
 """Throughput arithmetic with a fake clock: which intervals are timed, and what is reported."""
 
 import json
+import time
 from types import SimpleNamespace
 
+import pytest
 import torch
 
-from lighthouse.callbacks import ThroughputRecorder
+from lighthouse.callbacks import StageSwitch, ThroughputRecorder
 from lighthouse.config import ModelConfig
 
 
@@ -23,8 +25,15 @@ def fake_run(tmp_path, world_size=1):
                          lighthouse=dict(levels=2, pooling_factor=4, topk=128))
     pl_module = SimpleNamespace(config=config, model=SimpleNamespace(attention_backends=["sdpa"]),
                                 log=lambda name, value, **kw: logged.__setitem__(name, value))
-    trainer = SimpleNamespace(global_step=0, world_size=world_size, is_global_zero=True, log_dir=str(tmp_path))
+    trainer = SimpleNamespace(global_step=0, world_size=world_size, is_global_zero=True, log_dir=str(tmp_path),
+                              precision="32-true", callbacks=[StageSwitch(switch_step=None)])
     return trainer, pl_module, logged
+
+
+def recorder(times, **kwargs) -> ThroughputRecorder:
+    monitor = ThroughputRecorder(**kwargs)
+    monitor.clock = FakeClock(times)
+    return monitor
 
 
 def step(monitor, trainer, pl_module, batch):
@@ -38,7 +47,7 @@ def test_tokens_per_sec_skips_warmup_and_validation(tmp_path):
     # (busy 1 s + wait 0.5 s each); step 3 follows validation and is dropped; steps 4-5 form the second
     # window with 2 s busy and no wait.
     times = [0, 1, 1.5, 2.5, 3, 4, 10, 11, 11, 13, 13, 15]
-    monitor = ThroughputRecorder(window=2, skip_steps=1, clock=FakeClock(times))
+    monitor = recorder(times, window=2, skip_steps=1)
     trainer, pl_module, logged = fake_run(tmp_path, world_size=2)
     batch = {"tokens": torch.zeros(4, 17, dtype=torch.long)}  # 4 * 16 = 64 predicted tokens per step
     monitor.on_train_start(trainer, pl_module)
@@ -58,11 +67,13 @@ def test_tokens_per_sec_skips_warmup_and_validation(tmp_path):
     assert logged["perf/tokens_per_sec"] == 2 * 128 / 4.0
     lines = [json.loads(x) for x in (tmp_path / "throughput.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [3, 6]
+    assert [r["stage"] for r in lines] == [1, 1] and [r["tokens_seen"] for r in lines] == [3 * 128, 6 * 128]
+    assert all(abs(r["time"] - time.time()) < 60 for r in lines)  # wall-clock Unix time, not the fake clock
 
 
 def test_stage_switch_restarts_warmup(tmp_path):
     times = list(range(40))
-    monitor = ThroughputRecorder(window=1, skip_steps=2, clock=FakeClock(times))
+    monitor = recorder(times, window=1, skip_steps=2)
     trainer, pl_module, _ = fake_run(tmp_path)
     batch = {"tokens": torch.zeros(1, 2049, dtype=torch.long)}
     monitor.on_train_start(trainer, pl_module)
@@ -77,7 +88,7 @@ def test_stage_switch_restarts_warmup(tmp_path):
 
 def test_mfu_from_peak(tmp_path):
     times = [0, 1, 1, 2]
-    monitor = ThroughputRecorder(window=1, skip_steps=1, peak_tflops=1e-9, clock=FakeClock(times))  # 1000 FLOP/s
+    monitor = recorder(times, window=1, skip_steps=1, peak_tflops=1e-9)  # 1000 FLOP/s
     trainer, pl_module, _ = fake_run(tmp_path)
     batch = {"tokens": torch.zeros(1, 17, dtype=torch.long)}
     monitor.on_train_start(trainer, pl_module)
@@ -87,3 +98,32 @@ def test_mfu_from_peak(tmp_path):
     # 16 tokens/s; 6*720 + 6*16*8 = 5088 FLOPs per token (see test_flops.py).
     assert abs(record["mfu"] - 16 * 5088 / 1000) < 1e-9
     assert record["mfu"] == record["mfu_actual"]
+    assert record["tflops_per_device"] == 16 * 5088 / 1e12
+
+
+def test_records_carry_the_stage_and_tokens_seen_survives_a_resume(tmp_path):
+    monitor = recorder(list(range(40)), window=1, skip_steps=0)
+    trainer, pl_module, logged = fake_run(tmp_path)
+    batch = {"tokens": torch.zeros(1, 17, dtype=torch.long)}
+    monitor.on_train_start(trainer, pl_module)
+    for _ in range(2):  # the first step of a job has no previous end to time from
+        step(monitor, trainer, pl_module, batch)
+    trainer.callbacks[0].stage = 2
+    step(monitor, trainer, pl_module, batch)
+    assert [(r["step"], r["stage"]) for r in monitor.records] == [(2, 1), (3, 2)]
+    assert logged["train/tokens_seen"] == 3 * 16
+
+    resumed = recorder(list(range(40, 80)), window=1, skip_steps=0)
+    resumed.load_state_dict(monitor.state_dict())
+    resumed.on_train_start(trainer, pl_module)
+    for _ in range(2):
+        step(resumed, trainer, pl_module, batch)
+    assert resumed.records[0]["tokens_seen"] == 5 * 16 and logged["train/tokens_seen"] == 5 * 16
+
+
+@pytest.mark.parametrize("bad, message", [({"window": 0}, "throughput.window=0 must be >= 1"),
+                                          ({"skip_steps": -1}, "throughput.skip_steps=-1 must be >= 0"),
+                                          ({"peak_tflops": 0.0}, "throughput.peak_tflops=0.0 must be > 0")])
+def test_bad_settings_name_the_flag(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ThroughputRecorder(**bad)

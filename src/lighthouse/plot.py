@@ -36,8 +36,8 @@ def _mark_switch(ax, x: float | None, color: str, text: bool) -> None:
     if x is None:
         return
     ax.axvline(x, color=color, linestyle="--", linewidth=1, alpha=0.8)
-    if text:
-        ax.annotate("stage 2 (dense)", xy=(x, 1), xycoords=("data", "axes fraction"), xytext=(4, -14),
+    if text:  # at the bottom, clear of the legends in the upper corners
+        ax.annotate("stage 2 (dense) →", xy=(x, 0), xycoords=("data", "axes fraction"), xytext=(4, 6),
                     textcoords="offset points", fontsize=8, color=color)
 
 
@@ -101,7 +101,9 @@ def plot_throughput(runs: list[Run], labels: list[str], out: Path) -> Path:
         for stage, marker in ((1, "o"), (2, "s")):
             records = [r for r in run.throughput if int(r.get("stage", 1)) == stage]
             if records:
-                over_steps.plot([r["step"] for r in records], [r["tokens_per_sec"] for r in records], color=color,
+                # A record's step counts the optimizer steps done; TensorBoard (and the other plots) put step k's
+                # values at k - 1, the index of the batch.
+                over_steps.plot([r["step"] - 1 for r in records], [r["tokens_per_sec"] for r in records], color=color,
                                 marker=marker, markersize=4, linewidth=1, label=f"{label} {STAGE_NAMES[stage]}")
         _mark_switch(over_steps, run.stage_switch_step(), color, text=i == 0)
         rates = _stage_rates(run)

@@ -13,9 +13,10 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
 # How the progress line names the metrics logged with prog_bar=True; others show under their last path part.
-SHORT_NAMES = {"train/loss": "loss", "val/loss": "val loss", "perf/tokens_per_sec": "tok/s", "train/stage": "stage"}
+SHORT_NAMES = {"train/loss": "loss", "val/loss": "val", "perf/tokens_per_sec": "tok/s", "train/stage": "stage"}
 
 
 def format_value(name: str, value: float) -> str:
@@ -27,9 +28,13 @@ def format_value(name: str, value: float) -> str:
 
 
 def metrics_line(metrics: dict[str, float]) -> str:
-    """``loss 2.314 · val loss 2.401 · tok/s 1.2K · stage 1``: every progress-bar metric on one line."""
+    """``loss 2.314 · val 2.401 · tok/s 1.2K · stage 1``: every progress-bar metric on one line, the usual
+    ones first in that order."""
+    order = list(SHORT_NAMES)
+    names = sorted(metrics, key=lambda name: order.index(name) if name in order else len(order))
     parts = []
-    for name, value in metrics.items():
+    for name in names:
+        value = metrics[name]
         if isinstance(value, (int, float)) and math.isfinite(value):
             parts.append(f"{SHORT_NAMES.get(name, name.rsplit('/', 1)[-1])} {format_value(name, value)}")
     return " · ".join(parts)
@@ -164,9 +169,12 @@ class StepProgressBar(ProgressBar):
 
     # ---- helpers -----------------------------------------------------------------------------------------------
     def _start_bar(self) -> None:
+        # The metrics column never wraps (Lightning's bar put each metric on its own line): too narrow a terminal
+        # cuts it short with an ellipsis instead.
+        metrics = TextColumn("{task.fields[metrics]}", table_column=Column(no_wrap=True, overflow="ellipsis"))
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(compact=True), metrics,
             console=Console(force_terminal=self.force_terminal), transient=False,
         )
         self.progress.start()

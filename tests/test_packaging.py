@@ -1,0 +1,63 @@
+"""One source of truth for dependencies: pyproject.toml pins torch once; the Makefile, environment.yml and the
+console script follow it."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from training_helpers import REPO
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def torch_pin() -> str:
+    (torch,) = [d for d in PROJECT["dependencies"] if re.match(r"torch\b", d)]
+    match = re.fullmatch(r"torch==(\d+\.\d+\.\d+)", torch)
+    assert match, f"torch must be pinned to one version, got {torch!r}"
+    return match.group(1)
+
+
+def test_pyproject_declares_the_extras_and_the_console_script():
+    assert set(PROJECT["optional-dependencies"]) >= {"dev", "kernels", "data", "report", "hf"}
+    assert any(d.startswith("safetensors") for d in PROJECT["dependencies"])
+    assert PROJECT["scripts"] == {"lighthouse": "lighthouse.cli:entry_point"}
+    assert PROJECT["license"] == "Apache-2.0"  # an SPDX string, not the deprecated table
+
+
+def test_makefile_installs_the_pinned_torch_and_reinstalls_when_it_changes(tmp_path):
+    plan = subprocess.run(["make", "-n", "setup", f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert plan.returncode == 0, plan.stderr
+    assert f'"torch=={torch_pin()}"' in plan.stdout
+    assert f".torch-{torch_pin()}-" in plan.stdout  # the stamp .installed depends on carries the version
+    assert torch_pin() not in (REPO / "Makefile").read_text()  # read from pyproject.toml, not repeated
+
+
+def test_environment_yml_installs_the_project_after_the_pinned_torch():
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    (pip,) = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    assert f"pytorch={torch_pin()}" in conda
+    assert pip == ["-e .[dev,kernels]"]  # no hand-kept copy of the dependency list
+
+
+def test_console_script_shows_field_documentation():
+    """What `lighthouse fit --help` prints: the dataclass field docs and the stage switch's own group."""
+    code = "import sys; from lighthouse.cli import entry_point; sys.argv = ['lighthouse', *sys.argv[1:]]; entry_point()"
+    result = subprocess.run([sys.executable, "-c", code, "fit", "--config", "configs/demo.yaml", "--help"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    help_text = " ".join(result.stdout.split())
+    assert "--model.arch.dim DIM Model (residual stream) width" in help_text
+    assert "--model.arch.flavor FLAVOR Named model size" in help_text
+    assert "--stage.switch_step SWITCH_STEP Global step at which stage 2 starts" in help_text
+    assert "--throughput.window WINDOW Timed steps averaged per logged value" in help_text

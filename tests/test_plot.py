@@ -1,0 +1,53 @@
+"""The run reader and the plot command on a finished tiny run: what is read back, and that the PNGs are written."""
+
+import struct
+
+import pytest
+from training_helpers import two_stage_run
+
+from lighthouse.plot import main as plot_main
+from lighthouse.plot import smooth
+from lighthouse.run_reader import find_runs, read_run
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    return two_stage_run(tmp_path_factory.getbasetemp() / "shared_two_stage")
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])  # IHDR width, height
+
+
+def test_reader_gives_curves_stages_throughput_and_configs(run):
+    logged = read_run(run)
+    loss = logged.series("train/loss")
+    assert loss.steps == list(range(12)) and set(loss.launches) == {0}
+    assert logged.series("val/loss").steps == [3, 7, 11]  # validation after steps 4, 8, 12
+    assert logged.stage_switch_step() == 6
+    assert logged.position_buckets() == ["0-256", "256-512"]
+    times = logged.training_time(loss)
+    assert times[0] == 0.0 and times == sorted(times)
+    assert logged.throughput and {r["stage"] for r in logged.throughput} == {1, 2}
+    assert all({"step", "time", "tokens_per_sec", "tokens_seen"} <= set(r) for r in logged.throughput)
+    assert len(logged.configs) == 1 and logged.configs[0]["stage"]["switch_step"] == 6
+    assert find_runs(run.parent) == [run] and find_runs(run) == [run]
+
+
+def test_plot_command_writes_readable_pngs(run, tmp_path, capsys):
+    plot_main([str(run.parent), "--out", str(tmp_path)])
+    written = capsys.readouterr().out.split()
+    names = ["loss.png", "throughput.png", "loss_by_position.png"]
+    assert written == [str(tmp_path / name) for name in names]
+    for name in names:
+        width, height = png_size(tmp_path / name)
+        assert width >= 800 and height >= 400, name
+
+
+def test_smoothing_is_debiased():
+    assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert smooth([1.0, 3.0], weight=0.5) == pytest.approx([1.0, (0.25 + 0.75 * 2) / 0.75])

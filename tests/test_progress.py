@@ -1,0 +1,52 @@
+"""The progress display counts optimizer steps up to max_steps, also after a resume, with metrics on one line."""
+
+import re
+
+import pytest
+from training_helpers import fit, tiny_config
+
+from lighthouse.progress import StepProgressBar, metrics_line
+
+
+@pytest.fixture(scope="module")
+def stopped_at_4(tmp_path_factory):
+    """A run stopped at step 4 of 8 (checkpoint step000004.ckpt) to resume from."""
+    tmp_path = tmp_path_factory.mktemp("progress")
+    fit(tmp_path, tiny_config(tmp_path, "bar", max_steps=4, every_n=4))
+    return tmp_path
+
+
+def resume_with_bar(tmp_path, tag: str, **bar_args) -> StepProgressBar:
+    config = tiny_config(tmp_path, "bar", max_steps=8, every_n=4)
+    config["trainer"]["enable_progress_bar"] = True
+    config["trainer"]["callbacks"].append({"class_path": "lighthouse.progress.StepProgressBar", "init_args": bar_args})
+    ckpt = tmp_path / "logs" / "bar" / "checkpoints" / "step000004.ckpt"
+    cli = fit(tmp_path, config, ckpt_path=str(ckpt), tag=tag)
+    return cli.trainer.progress_bar_callback
+
+
+def test_plain_lines_after_a_resume(stopped_at_4, capsys):
+    resume_with_bar(stopped_at_4, "plain", force_terminal=False, plain_every_s=0.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert "training from step 4 to 8" in lines
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split(" |")[0] for line in steps] == [f"step {n}/8 ({100 * n // 8}%)" for n in range(5, 9)]
+    assert all(re.search(r"\| loss \d\.\d{3}", line) for line in steps)
+    assert any(line.startswith("validation at step 8 | val ") for line in lines)
+    assert not any("Epoch" in line for line in lines)
+
+
+def test_terminal_bar_totals_after_a_resume(stopped_at_4, capsys):
+    bar = resume_with_bar(stopped_at_4, "terminal", force_terminal=True)
+    (train,) = [task for task in bar.progress.tasks if task.description == "train"]
+    assert (train.completed, train.total) == (8, 8)
+    drawn = capsys.readouterr().out
+    assert "4/8" in drawn and "8/8" in drawn  # starts at the checkpoint's step, not at 0 of an epoch
+    metrics = train.fields["metrics"]
+    assert "\n" not in metrics and metrics.startswith("loss ") and len(metrics) < 80
+
+
+def test_metrics_line_order_and_format():
+    line = metrics_line({"train/stage": 2.0, "perf/tokens_per_sec": 12345.6, "val/loss": 2.40123, "train/loss": 2.3,
+                         "custom/thing": 0.5, "bad": float("nan")})
+    assert line == "loss 2.300 · val 2.401 · tok/s 12.3K · stage 2 · thing 0.500"
