@@ -20,8 +20,7 @@ BAD_SETTINGS = {
     "accumulation": (["--trainer.accumulate_grad_batches", "0"], "accumulate_grad_batches=0 is invalid"),
     "devices": (["--trainer.accelerator", "cuda", "--trainer.devices", "2"], "not available|only has|CUDA"),
     "missing-data-path": (["--data.corpus", "/no/such/corpus"], "corpus='/no/such/corpus': no such file"),
-    "stage2-backend": (["--trainer.callbacks+=lighthouse.callbacks.StageSwitch", "--trainer.callbacks.stage2_backend",
-                        "flash"], "stage2_backend='flash' is not one of"),
+    "stage2-backend": (["--stage.stage2_backend", "flash"], "stage2_backend='flash' is not one of"),
 }
 
 

@@ -32,7 +32,7 @@ class ModelConfig:
 
     flavor: str | None = None
     """Named model size ('debug', 'small' or 'paper'): it fills every size field left null (dim, n_layers,
-    n_heads, ffn_hidden, dense_layers, max_seq_len); a field given explicitly wins. None: the sizes below."""
+    n_heads, ffn_hidden, dense_layers); a field given explicitly wins. Null: the defaults named below."""
     vocab_size: int = 257
     """Vocabulary size; LightningCLI links it from the data module's tokenizer."""
     dim: int | None = None
@@ -50,10 +50,9 @@ class ModelConfig:
     """Hidden width of the SwiGLU feed-forward; null: the flavor's (1536 without one)."""
     rope_theta: float = 500_000.0
     """RoPE base; long contexts want a large base."""
-    max_seq_len: int | None = None
+    max_seq_len: int = 65536
     """Training context length: RoPE tables are precomputed for it (longer inputs extend them) and Lighthouse
-    layers must accept it. The CLI sets it from data.seq_len, so it is never configured twice; in Python, null
-    means the flavor's (65536 without one)."""
+    layers must accept it. The CLI sets it from data.seq_len, so it is never configured twice."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     attention: str = "sdpa"
@@ -138,16 +137,15 @@ class ModelConfig:
 
 
 # The sizes a flavor decides. Without a flavor: the paper's widths and depth, no dense layers (the plain default).
-BASE_SIZES: dict = dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, max_seq_len=65536, dense_layers=[])
+BASE_SIZES: dict = dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, dense_layers=[])
 
 FLAVORS: dict[str, dict] = {
     # Trains on a 2-core CPU in seconds; used by tests.
-    "debug": dict(dim=64, n_layers=4, n_heads=4, ffn_hidden=192, max_seq_len=4096, dense_layers=[0, 3]),
+    "debug": dict(dim=64, n_layers=4, n_heads=4, ffn_hidden=192, dense_layers=[0, 3]),
     # About 50M parameters: a real model for single-GPU experiments.
-    "small": dict(dim=640, n_layers=10, n_heads=10, ffn_hidden=1792, max_seq_len=65536, dense_layers=[0, 9]),
+    "small": dict(dim=640, n_layers=10, n_heads=10, ffn_hidden=1792, dense_layers=[0, 9]),
     # The paper's model: dim 1024, 30 layers, 8 heads x 128, SwiGLU 1536, bytes, layers 0,1,28,29 dense.
-    "paper": dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, max_seq_len=65536,
-                  dense_layers=[0, 1, 28, 29]),
+    "paper": dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, dense_layers=[0, 1, 28, 29]),
 }
 
 
