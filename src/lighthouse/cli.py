@@ -62,13 +62,7 @@ def refuse_grouped_callbacks(trainer: dict) -> None:
         for group, kind in CALLBACK_GROUPS.items():
             if class_path.rsplit(".", 1)[-1] == kind.__name__:
                 raise ValueError(f"trainer.callbacks lists {kind.__name__}, which the CLI always adds: set its "
-                                 f"arguments under {group}.* instead (e.g. --{group}.{next(iter(_args(kind)))} ...)")
-
-
-def _args(kind: type) -> list[str]:
-    import inspect
-
-    return [name for name in inspect.signature(kind.__init__).parameters if name != "self"]
+                                 f"arguments as {group}.* instead (listed by --help)")
 
 
 class LighthouseCLI(LightningCLI):
