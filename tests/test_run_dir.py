@@ -33,10 +33,10 @@ def test_two_launches_two_run_dirs_and_resumes_continue_their_own(tmp_path):
 
 
 def test_default_root_dir_is_the_root_of_runs(tmp_path):
-    config = tiny_config(tmp_path, "rooted", max_steps=1, every_n=1, version=None)
-    del config["trainer"]["logger"]["init_args"]["save_dir"]
+    config = tiny_config(tmp_path, "unused", max_steps=1, every_n=1, version=None)
+    config["trainer"]["logger"] = True  # Lightning's default logger becomes a RunLogger named "run"
     cli = fit(tmp_path, config, extra=["--trainer.default_root_dir", str(tmp_path / "elsewhere")])
-    (run,) = run_dirs(tmp_path / "elsewhere" / "rooted")
+    (run,) = run_dirs(tmp_path / "elsewhere" / "run")
     assert cli.trainer.log_dir == str(run) and (run / "checkpoints" / "last.ckpt").exists()
     assert not (tmp_path / "logs").exists()
 

@@ -133,7 +133,8 @@ class RunPlacement:
 def loggers_of(trainer: Namespace) -> list[Namespace]:
     logger = trainer.get("logger")
     if logger is None or logger is True:  # Lightning's default logger: make it ours, in the same layout
-        logger = trainer["logger"] = Namespace(class_path=RUN_LOGGER, init_args=Namespace(name="run"))
+        logger = trainer["logger"] = Namespace(class_path=RUN_LOGGER,
+                                               init_args=Namespace(save_dir=None, name="run", version=None))
     if logger is False:
         return []
     return [lg for lg in (logger if isinstance(logger, list) else [logger]) if isinstance(lg, Namespace)]
