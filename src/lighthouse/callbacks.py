@@ -21,12 +21,12 @@ from lighthouse.logger import write_note
 
 
 class StageSwitch(Callback):
-    """Owns the training stage: 1 = Lighthouse pre-training, 2 = dense recovery (spec §9).
+    """Owns the training stage: 1 = Lighthouse pre-training, 2 = dense recovery (README, "Two-stage training").
 
-    One job: set ``switch_step`` and the switch happens once, at that global step. Two jobs: the recovery
+    One job: set ``stage.switch_step`` and the switch happens once, at that global step. Two jobs: the recovery
     config resumes a stage-1 checkpoint with ``switch_step`` at or below the resumed step (0 is simplest),
     so the switch happens at the first step of the new job. The stage is stored in checkpoints under a
-    fixed key, so resuming either flow keeps it.
+    fixed key, so resuming either flow keeps it. Logged as ``train/stage``; the switch also leaves a note.
     """
 
     def __init__(self, switch_step: int | None = None, stage2_backend: str = "sdpa", rewarmup_steps: int = 0):
