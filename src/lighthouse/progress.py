@@ -208,11 +208,13 @@ _TIP_FILTER = _DropTips()
 
 
 def quiet_lightning() -> None:
-    """Drop the advertising tips Lightning prints on every run and a deprecation notice that torch raises inside
-    Lightning (neither is actionable here). Called by the CLI, never at import time."""
+    """Drop what Lightning prints on every run that asks nothing of the user: advertising tips, a deprecation
+    notice torch raises inside Lightning, and the "checkpoint directory is not empty" warning on every resume
+    (a fresh launch always gets an empty run directory, see run_dir.py). Called by the CLI, not at import time."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if _TIP_FILTER not in logger.filters:
             logger.addFilter(_TIP_FILTER)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
