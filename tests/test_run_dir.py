@@ -10,6 +10,7 @@ from lighthouse.cli import main
 from lighthouse.run_dir import claim_new_version, latest_version_with_checkpoint, version_of_checkpoint
 
 
+@pytest.mark.slow
 def test_two_launches_two_run_dirs_and_resumes_continue_their_own(tmp_path):
     group = tmp_path / "logs" / "runs"
     fit(tmp_path, tiny_config(tmp_path, "runs", max_steps=2, every_n=2, version=None), tag="a")
