@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lighthouse.attention import Attention, rope_tables
 from lighthouse.config import ModelConfig
+from lighthouse.kv_cache import KVCache, LayerCache
 
 
 class RMSNorm(nn.Module):
@@ -43,8 +44,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = SwiGLU(config.dim, config.ffn_hidden)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -94,14 +95,26 @@ class Transformer(nn.Module):
 
     def rope(self, seq_len: int) -> tuple[Tensor, Tensor]:
         """RoPE tables covering ``seq_len`` positions; inputs longer than the training length (evaluation,
-        generation) extend them once, the same formula at more positions."""
-        if seq_len > self.rope_cos.shape[0]:
-            cos, sin = rope_tables(self.config.head_dim, seq_len, self.config.rope_theta)
+        generation) extend them once, the same formula at more positions. Tables of a model cast to a low
+        precision (``model.bfloat16()`` for inference) are recomputed in fp32, as RoPE's fp32 math expects."""
+        if seq_len > self.rope_cos.shape[0] or self.rope_cos.dtype != torch.float32:
+            n = max(seq_len, self.rope_cos.shape[0])
+            cos, sin = rope_tables(self.config.head_dim, n, self.config.rope_theta)
             self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
         return self.rope_cos, self.rope_sin
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """tokens ``[B, N]`` -> logits ``[B, N, vocab_size]``."""
+    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        """tokens ``[B, N]`` -> logits ``[B, N, vocab_size]``; with a cache, see :meth:`features`."""
+        return self.output(self.features(tokens, cache))
+
+    def features(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        """tokens ``[B, N]`` -> final normalised hidden states ``[B, N, dim]`` (logits are ``output`` of them).
+
+        With a cache (generation), the tokens continue the cached positions, every layer attends densely, and
+        their keys and values are appended to the cache.
+        """
+        if cache is not None:
+            return self._cached_features(tokens, cache)
         x = self.tok_embeddings(tokens)
         cos, sin = self.rope(tokens.shape[1])
         for layer in self.layers:
@@ -109,7 +122,18 @@ class Transformer(nn.Module):
                 x = checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
                 x = layer(x, cos, sin)
-        return self.output(self.norm(x))
+        return self.norm(x)
+
+    def _cached_features(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        start, n = cache.length, tokens.shape[1]
+        cache.reserve(n)
+        cos, sin = self.rope(start + n)
+        cos, sin = cos[start:], sin[start:]  # RoPE at the tokens' own positions
+        x = self.tok_embeddings(tokens)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache.layer(i))
+        cache.advance(n)
+        return self.norm(x)
 
     def num_params(self, exclude_embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
