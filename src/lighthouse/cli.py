@@ -46,6 +46,12 @@ def check_trainer_args(trainer: dict) -> None:
 
 
 class LighthouseCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Only the subcommands this LightningModule implements: no test_step (there is no test split) and no
+        # predict_step; sampling is src/generate.py, evaluation by other tools goes through src/export.py.
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_args(config["trainer"])

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from lighthouse.checkpoint_read import TOKENIZER_KEY, read_checkpoint, saved_model_config, training_stage
 from lighthouse.config import PREFIX, ModelConfig
+from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.model import Transformer
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
@@ -192,8 +194,28 @@ class LitLM(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---- checkpoints --------------------------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's ``load_from_checkpoint`` for every checkpoint this project writes: loaded with
+        weights_only=True, the model config read from the checkpoint (also from checkpoints written before the
+        ``model`` -> ``arch`` rename), a sharded FSDP folder refused with the command that consolidates it, and a
+        stage-2 (recovered) checkpoint dense again. Keyword arguments override hyperparameters, as in Lightning.
+        """
+        metadata = read_checkpoint(checkpoint_path, mmap=True)  # mmap: the tensors are not read twice
+        kwargs.setdefault("arch", saved_model_config(metadata))
+        module = super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                              strict=strict, weights_only=True, **kwargs)
+        if training_stage(metadata) == 2:
+            module.set_attention_backend("sdpa")  # what StageSwitch does when training resumes in stage 2
+        return module
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lighthouse_model"] = dataclasses.asdict(self.config)
+        # The tokenizer's JSON travels with the weights (tens of kB for bytes, about 1 MB for a 32k BPE), so
+        # export and generation need nothing but the checkpoint.
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        if isinstance(tokenizer, TextTokenizer):
+            checkpoint[TOKENIZER_KEY] = tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("lighthouse_model")
