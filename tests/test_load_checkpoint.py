@@ -3,6 +3,7 @@ found for old checkpoints, and a CLI that lists only the subcommands that work."
 
 from __future__ import annotations
 
+import json
 import math
 
 import lightning as L
@@ -12,10 +13,11 @@ import yaml
 from trained_models import two_stage_checkpoints
 from training_helpers import REPO, tiny_config
 
-from lighthouse.checkpoint_read import TOKENIZER_KEY, read_checkpoint, saved_tokenizer
+from lighthouse.checkpoint_read import TOKENIZER_KEY, NotRecoveredWarning, read_checkpoint, saved_tokenizer
 from lighthouse.cli import main
 from lighthouse.config import ModelConfig
 from lighthouse.data.tokenizer import byte_tokenizer, train_bpe
+from lighthouse.export import export_llama
 from lighthouse.lit_module import LitLM
 
 RUN_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
@@ -55,6 +57,20 @@ def test_checkpoint_from_before_the_arch_rename_loads(tmp_path_factory, tmp_path
     assert_same_weights(module, checkpoint)
     # The byte tokenizer is recognised by the fingerprint the data module stored.
     assert saved_tokenizer(checkpoint).fingerprint == byte_tokenizer().fingerprint
+
+
+def test_checkpoint_written_at_e81b2e8_loads_and_exports(tmp_path):
+    """The issue's failing case, on a real old checkpoint: hyperparameters 'model' with unresolved head sizes."""
+    old = REPO / "tests" / "fixtures" / "tiny_e81b2e8_step4.ckpt"
+    checkpoint = read_checkpoint(old)
+    assert "arch" not in checkpoint["hyper_parameters"] and TOKENIZER_KEY not in checkpoint
+    module = LitLM.load_from_checkpoint(old)
+    assert (module.config.n_kv_heads, module.config.head_dim) == (2, 16)
+    assert module.model.attention_backends == ["sdpa", "lighthouse_naive", "lighthouse_naive"]  # stage 1
+    assert_same_weights(module, checkpoint)
+    with pytest.warns(NotRecoveredWarning):
+        folder = export_llama(old, tmp_path / "hf")  # byte tokenizer recognised by its stored fingerprint
+    assert json.loads((folder / "lighthouse.json").read_text())["tokenizer_fingerprint"] == "604310a2abe28614"
 
 
 @pytest.mark.parametrize("config_file", RUN_CONFIGS)
