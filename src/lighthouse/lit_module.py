@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -112,10 +111,7 @@ class LitLM(L.LightningModule):
     # ---- steps --------------------------------------------------------------------------------------------
     def token_losses(self, tokens: Tensor) -> Tensor:
         """Per-token next-token cross-entropy ``[B, N]`` for a window ``tokens`` ``[B, N + 1]``."""
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        logits = self.model(inputs)
-        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        return losses.view_as(targets)
+        return self.model.token_losses(tokens)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.token_losses(batch["tokens"]).mean()
