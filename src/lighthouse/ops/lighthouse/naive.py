@@ -115,7 +115,7 @@ def position_key(level: Tensor, index: Tensor, refined: Tensor, levels: int, poo
     """README §4 ordering key times ``2^(L-1)``, so it is an exact int64.
 
     Leaf ``(l, i)``: ``c_l * i``; refined ``(l, i)``: ``c_l * (i + 1) - 2^(1-l)``, with ``c_l = p^(l-1)``.
-    Among the emitted entries of one (batch, head) these keys are all distinct (README, "Invariants").
+    Among the emitted entries of one (batch, head) these keys are all distinct (README §4).
     """
     span = pooling_factor ** (level - 1)  # c_l, int64 tensor
     scale = 2 ** (levels - 1)
