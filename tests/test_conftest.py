@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-PROBE = '''
+PROBE = """
 import os
 
 import pytest
@@ -27,7 +27,7 @@ def test_interpreter_was_on_before_this_module_was_imported():
 @pytest.mark.gpu
 def test_marked_gpu():
     raise AssertionError("a gpu test ran without CUDA")
-'''
+"""
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens without CUDA")
