@@ -179,6 +179,28 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-4)
 
 
+def test_torch_compile_dynamic_lengths_trace_once():
+    """The fake implementations size their outputs with geometry.py's formulas, which hold for symbolic lengths:
+    under ``dynamic=True`` two lengths with different ``S_sel`` (640 and 768) share one compiled graph, and both
+    match eager, forward and backward."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    def layer(q, k, v):
+        return lighthouse_attention(q, k, v, levels=2, pooling_factor=4, topk=128)
+
+    counter = CompileCounterWithBackend("inductor" if HAS_CUDA else "aot_eager")
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend=counter)
+    for seq_len in (512, 1024):
+        q, k, v = _inputs(1, seq_len, 1, 16, torch.float32)
+        grad_out = _quantized(q.shape, torch.float32, DEVICE, torch.Generator().manual_seed(1))
+        got, got_grads = _forward_backward(compiled, q, k, v, grad_out)
+        want, want_grads = _forward_backward(layer, q, k, v, grad_out)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    assert counter.frame_count == 1, "a second length recompiled: a size formula specialised on N"
+
+
 # ---------------------------------------------------------------- GPU only: bf16, awkward shapes, determinism
 
 # D 64 and 128; L 2/3/4; p 2/4/8; K 128..2048; B > 1; H = 3; a non-power-of-two tile (Nc = 192); a short
