@@ -111,6 +111,24 @@ def test_too_short_sequence_is_rejected():
         lighthouse_attention(q, k, v, levels=2, pooling_factor=4, topk=128)
 
 
+@pytest.mark.parametrize("layer", [naive_lighthouse_attention, lighthouse_attention], ids=["naive", "triton"])
+def test_inputs_and_geometry_are_validated_once_per_call(layer, monkeypatch):
+    from lighthouse.ops.lighthouse import geometry
+
+    calls = {"check_inputs": 0, "lighthouse_geometry": 0}
+    for name in calls:
+        original = getattr(geometry, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(geometry, name, counted)
+    q, k, v = (x.detach() for x in _inputs(1, 512, 1, 16, torch.float32))
+    layer(q, k, v, levels=2, pooling_factor=4, topk=128)
+    assert calls == {"check_inputs": 1, "lighthouse_geometry": 1}
+
+
 def _saved_for_backward(fn, *inputs) -> list[torch.Tensor]:
     """Every tensor autograd keeps between ``fn``'s forward and its backward."""
     saved = []
