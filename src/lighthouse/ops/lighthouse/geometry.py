@@ -23,12 +23,12 @@ def min_seq_len(levels: int, pooling_factor: int) -> int:
     return REFINED_PER_TILE * pooling_factor ** (levels - 1)
 
 
-def level_sizes(seq_len, levels: int, pooling_factor: int) -> list:
+def level_sizes(seq_len: int, levels: int, pooling_factor: int) -> list[int]:
     """Entries per level, base first: ``[N, N/p, ..., N/p^(L-1)]``."""
     return [seq_len // pooling_factor ** (level - 1) for level in range(1, levels + 1)]
 
 
-def total_entries(seq_len, levels: int, pooling_factor: int):
+def total_entries(seq_len: int, levels: int, pooling_factor: int) -> int:
     """``N_tot = N + N/p + ... + N/p^(L-1)``: entries of all levels, laid end to end base first (scores, ``inv``)."""
     return sum(level_sizes(seq_len, levels, pooling_factor))
 
