@@ -1,7 +1,7 @@
 """Whole-model training throughput on one GPU: tokens/s of a full training step, Lighthouse vs dense.
 
-    python bench/bench_model.py                          # paper-shaped model at 65536 and 131072
-    python bench/bench_model.py --flavor small --seq-lens 16384 --backends sdpa lighthouse_naive
+    PYTHONPATH=src python bench/bench_model.py           # paper-shaped model at 65536 and 131072
+    PYTHONPATH=src python bench/bench_model.py --flavor small --seq-lens 16384 --backends sdpa lighthouse_naive
 
 One step = forward, backward and a fused AdamW update under bf16 autocast, batch 1. Each (N, backend) is
 timed with CUDA events after warm-up, median of --steps, with per-block activation checkpointing unless
@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 
 import torch
+from timing import cuda_time_ms
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "src"), HERE]
-
-from timing import cuda_time_ms  # noqa: E402
-
-from lighthouse.config import model_flavor  # noqa: E402
-from lighthouse.model import Transformer  # noqa: E402
+from lighthouse.config import model_flavor
+from lighthouse.model import Transformer
 
 
 def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: int) -> tuple[float, float, float, float]:
