@@ -1,7 +1,7 @@
 """Generation speed on one GPU: prefill time of a long prompt and decode tokens/s with the KV cache.
 
-    python bench/bench_generate.py                       # paper-shaped model, 65536-token prompt, 256 new tokens
-    python bench/bench_generate.py --prompt-len 16384 --new-tokens 128 --flavor small
+    PYTHONPATH=src python bench/bench_generate.py        # paper-shaped model, 65536-token prompt, 256 new tokens
+    PYTHONPATH=src python bench/bench_generate.py --prompt-len 16384 --new-tokens 128 --flavor small
 
 Runs ``lighthouse.generate.generate_tokens`` exactly as src/generate.py does (bf16 weights, dense attention,
 default sampling, one host sync per token for streaming), on random weights: speed does not depend on them.
@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import sys
 
 import torch
+from timing import cuda_time_ms
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "src"), HERE]
-
-from timing import cuda_time_ms  # noqa: E402
-
-from lighthouse.config import model_flavor  # noqa: E402
-from lighthouse.generate import Sampling, generate_tokens  # noqa: E402
-from lighthouse.model import Transformer  # noqa: E402
+from lighthouse.config import model_flavor
+from lighthouse.generate import Sampling, generate_tokens
+from lighthouse.model import Transformer
 
 
 def main() -> None:
