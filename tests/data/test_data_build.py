@@ -6,9 +6,11 @@ import gzip
 import json
 import logging
 import os
+import subprocess
 import sys
 import types
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +130,16 @@ def test_one_document_tail_changes_no_other_fingerprint(corpus_dir, tmp_path):
     assert p.manifest["split"]["val_tail"] is None
     two = write_corpus(tmp_path / "two", [300, 300])
     assert build(two, tmp_path / "data2", val_fraction=0.1).manifest["split"]["val_tail"] is None
+
+
+def test_tokenization_workers_import_no_torch():
+    """Workers import build.py (and what it imports): starting one must not pay for torch and Lightning."""
+    code = "import sys, lighthouse.data.build; print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": src}, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
 def test_parallel_build_equals_serial(corpus_dir, tmp_path, monkeypatch):

@@ -180,8 +180,14 @@ class _Outcome:
 
 
 def _file_entry(chunk: Chunk, keep: int) -> dict:
-    entry = {"path": chunk.rel, "sha256": chunk.sha256, "bytes": chunk.nbytes, "documents": keep}
-    entry.update(val_documents=0, tokens=0)
+    entry = {
+        "path": chunk.rel,
+        "sha256": chunk.sha256,
+        "bytes": chunk.nbytes,
+        "documents": keep,
+        "val_documents": 0,  # counted as the documents are split
+        "tokens": 0,
+    }
     if chunk.skipped:
         entry["skipped"] = chunk.skipped
     if chunk.record_skips:
@@ -205,9 +211,15 @@ def _documents(chunks, corpus: CorpusSpec, out: _Outcome, advance) -> Iterator[t
 
 
 def _write_splits(
-    corpus: CorpusSpec, tokenizer: TextTokenizer, folder: Path, selection: Selection, num_proc: int, **kw
+    corpus: CorpusSpec,
+    tokenizer: TextTokenizer,
+    folder: Path,
+    selection: Selection,
+    *,
+    num_proc: int,
+    shard_tokens: int,
+    progress: bool,
 ) -> _Outcome:
-    shard_tokens, progress = kw["shard_tokens"], kw["progress"]
     writers = {s: ShardWriter(folder, s, tokenizer.dtype, shard_tokens) for s in SPLITS}
     out = _Outcome()
     bar, task = _progress(progress, _total_bytes(corpus), f"tokenizing {corpus.name}")
@@ -365,7 +377,9 @@ def build_shards(
     tmp.mkdir(parents=True)
     try:
         num_proc = useful_processes(num_proc, _total_bytes(corpus), fast=tokenizer.is_byte)
-        out = _write_splits(corpus, tokenizer, tmp, selection, num_proc, shard_tokens=shard_tokens, progress=progress)
+        out = _write_splits(
+            corpus, tokenizer, tmp, selection, num_proc=num_proc, shard_tokens=shard_tokens, progress=progress
+        )
         _check_not_empty(corpus, out)
         _ensure_validation(tmp, out, tokenizer, shard_tokens)
         _log_skips(corpus, out, folder / MANIFEST)

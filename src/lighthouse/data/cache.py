@@ -88,16 +88,20 @@ def shard_folder(
     return data_dir / "shards" / f"{corpus.name}-{label}-{key}"
 
 
-def _problems(folder: Path, checksums: bool) -> list[str]:
+def _verified(folder: Path, checksums: bool) -> tuple[dict | None, list[str]]:
+    """(manifest, []) when the folder is intact (by sha256 with ``checksums``), else (None, the problems)."""
     try:
         manifest = load_manifest(folder)
     except ValueError as e:
-        return [str(e)]
-    return verify(folder, manifest) if checksums else []
+        return None, [str(e)]
+    problems = verify(folder, manifest) if checksums else []
+    return (None, problems) if problems else (manifest, [])
 
 
 def _set_aside(folder: Path) -> None:
-    """Move a damaged folder out of the way atomically (another node may be doing the same), then delete it."""
+    """Move a damaged folder out of the way atomically, then delete it. Nodes that share a disk should prepare
+    on one of them (Lightning's prepare_data_per_node=False): two that rebuild at once stay consistent (the
+    first rename wins, the other build is dropped), but one could set aside a folder the other just rebuilt."""
     aside = folder.parent / f".{folder.name}.damaged-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         os.rename(folder, aside)
@@ -125,9 +129,9 @@ def prepare(
     tokenizer = resolve_tokenizer(spec, corpus, data_dir, selection, num_proc)
     folder = shard_folder(corpus, spec, tokenizer, data_dir, selection, shard_tokens)
     if (folder / MANIFEST).is_file():
-        problems = _problems(folder, checksums)
+        manifest, problems = _verified(folder, checksums)
         if not problems:
-            return Prepared(folder, load_manifest(folder), tokenizer, built=False)
+            return Prepared(folder, manifest, tokenizer, built=False)
         if not build:
             raise DamagedShards(damaged_message(folder, problems) + "; delete the folder and run prepare_data()")
         log.warning("%s; rebuilding it from the corpus", damaged_message(folder, problems))

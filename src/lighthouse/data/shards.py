@@ -216,10 +216,21 @@ def verify(folder: str | os.PathLike, manifest: dict, threads: int | None = None
     files = _files(manifest)
     threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads) as pool:
-        digests = dict(zip(files, pool.map(_sha256_file, [Path(folder) / n for n in files]), strict=True))
-    return [
-        f"{n} does not match its sha256 (overwritten or corrupted)" for n in files if digests[n] != files[n]["sha256"]
-    ]
+        digests = dict(zip(files, pool.map(_digest_or_error, [Path(folder) / n for n in files]), strict=True))
+    return [_mismatch(name, digests[name]) for name in files if digests[name] != files[name]["sha256"]]
+
+
+def _digest_or_error(path: Path) -> str:
+    try:
+        return _sha256_file(path)
+    except OSError as e:  # removed or unreadable while hashing (another process set the folder aside)
+        return f"unreadable ({type(e).__name__})"
+
+
+def _mismatch(name: str, digest: str) -> str:
+    if digest.startswith("unreadable"):
+        return f"{name} is {digest}"
+    return f"{name} does not match its sha256 (overwritten or corrupted)"
 
 
 def damaged_message(folder: str | os.PathLike, problems: list[str]) -> str:
