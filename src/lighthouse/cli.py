@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 import torch
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from lighthouse.data import LMDataModule
+from lighthouse.data.datamodule import LMDataModule
 from lighthouse.lit_module import LitLM
 
 
@@ -71,6 +72,8 @@ class LighthouseCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> LighthouseCLI:
+    # Config dataclasses (ModelConfig, DataSettings) document their fields in attribute docstrings; --help shows them.
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     return LighthouseCLI(
         LitLM,
         LMDataModule,
