@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from .corpus import check_corpus_arg, resolve_corpus
 from .packing import evenly_spaced, num_windows
+from .passkey_mix import check_fraction, training_windows
 from .shards import Prepared, SplitReader, open_split, prepare, resolve_tokenizer
 from .stream import PackedWindows
 from .tokenizer import TextTokenizer, byte_tokenizer, parse_tokenizer_spec
@@ -68,6 +69,8 @@ class LMDataModule(L.LightningDataModule):
         progress: Show a progress bar while tokenizing.
         strict_resume: On resume, refuse a checkpoint whose data (seed, seq_len, data or tokenizer
             fingerprint) differs from this configuration; if False, warn and continue at the same position.
+        passkey_fraction: Share of training windows replaced by synthetic passkey documents (training keys,
+            train-split filler; see lighthouse/data/passkey_mix.py), in [0, 1]. Validation is never mixed.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class LMDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         progress: bool = True,
         strict_resume: bool = True,
+        passkey_fraction: float = 0.0,
     ):
         super().__init__()
         _require(_is_int(seq_len) and seq_len >= 1, "seq_len", seq_len, "must be an integer >= 1")
@@ -138,6 +142,7 @@ class LMDataModule(L.LightningDataModule):
             data_dir,
             "must be a folder path",
         )
+        check_fraction(passkey_fraction)
         check_corpus_arg(corpus)  # a missing path, an empty directory or a bad 'hf:' spec fails here
         self._tok_spec = parse_tokenizer_spec(tokenizer)
         self.save_hyperparameters()
@@ -160,6 +165,7 @@ class LMDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.progress = progress
         self.strict_resume = strict_resume
+        self.passkey_fraction = passkey_fraction
 
         self._tokenizer: TextTokenizer | None = byte_tokenizer() if self._tok_spec.kind == "byte" else None
         self._prepared: Prepared | None = None
@@ -283,7 +289,8 @@ class LMDataModule(L.LightningDataModule):
         """The unbounded training stream of ``rank``, starting after the windows already consumed."""
         r, w = self._rank_world()
         split = self._train_split or self._setup_and_get("_train_split")
-        return PackedWindows(
+        windows = training_windows(self.passkey_fraction, self.tokenizer, self.seq_len, self.seed)
+        return windows(
             split,
             seq_len=self.seq_len,
             batch_size=self.batch_size,
