@@ -188,12 +188,23 @@ def test_a_copy_off_by_one_position_scores_zero():
     assert scores.accuracy()[0] == 0.0
 
 
-def test_prompts_split_over_ranks_sum_to_the_whole():
-    evaluator = small_eval(samples=3)
-    whole = evaluator.run(InductionCopy(257, shift=1), torch.device("cpu")).counts
-    parts = [evaluator.run(InductionCopy(257, shift=1), torch.device("cpu"), rank=r, world_size=2).counts
-             for r in range(2)]
+def test_prompts_split_over_ranks_sum_to_the_whole_with_equal_forwards():
+    evaluator = small_eval(samples=3)  # 9 prompts per length: 5 and 4 on two ranks
+    evaluator.config.batch_tokens = 1402  # two prompts of 700 (+ 1) or four of 300 per forward
+    copy = InductionCopy(257, shift=1)
+    whole = evaluator.run(copy, torch.device("cpu")).counts
+    parts, forwards = [], []
+    for rank in range(2):
+        shapes = []
+
+        def counting(tokens, shapes=shapes):
+            shapes.append(tuple(tokens.shape))
+            return copy(tokens)
+
+        parts.append(evaluator.run(counting, torch.device("cpu"), rank=rank, world_size=2).counts)
+        forwards.append(shapes)
     np.testing.assert_array_equal(parts[0] + parts[1], whole)
+    assert forwards[0] == forwards[1] == [(4, 300), (1, 300), (2, 700), (2, 700), (1, 700)]
 
 
 def test_an_untrained_model_scores_at_chance():

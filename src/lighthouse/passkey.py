@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -208,30 +209,39 @@ def score_answers(logits: Tensor, targets: Tensor, digit_ids: Tensor) -> tuple[T
     return exact, (best_digit == targets).sum(-1)
 
 
-def _batches(prompts: list[Prompt], batch_tokens: int) -> Iterator[list[Prompt]]:
+def _rank_batches(prompts: list[Prompt], batch_tokens: int, rank: int,
+                  world_size: int) -> Iterator[tuple[list[Prompt], list[bool]]]:
+    """This rank's batches of same-length prompts (prompt i of a length goes to rank i % world_size) and which of
+    their rows count. Every rank runs the same number of forwards, padding with uncounted rows where the prompts
+    do not divide evenly: a sharded model gathers its weights inside each forward, on all ranks together."""
     by_length: dict[int, list[Prompt]] = {}
     for p in prompts:
         by_length.setdefault(len(p.tokens), []).append(p)
     for length, group in by_length.items():
+        share = -(-len(group) // world_size)
+        mine = group[rank::world_size]
+        rows, counted = mine + [group[0]] * (share - len(mine)), [True] * len(mine) + [False] * (share - len(mine))
         size = max(1, batch_tokens // length)
-        for i in range(0, len(group), size):
-            yield group[i : i + size]
+        for i in range(0, share, size):
+            yield rows[i : i + size], counted[i : i + size]
 
 
 @torch.no_grad()
 def evaluate(logits_fn: LogitsFn, prompts: list[Prompt], n_cells: int, fmt: PromptFormat, device: torch.device,
              batch_tokens: int = 65536, rank: int = 0, world_size: int = 1) -> Tensor:
-    """Counts ``[n_cells, 3]`` (exact hits, digit hits, prompts) over this rank's share of the prompts
-    (prompt i goes to rank i % world_size); sum them over ranks for the totals."""
+    """Counts ``[n_cells, 3]`` (exact hits, digit hits, prompts) over this rank's share of the prompts; sum them
+    over ranks for the totals."""
     counts = torch.zeros(n_cells, 3, dtype=torch.float64, device=device)
     digit_ids = torch.as_tensor(fmt.digit_ids, device=device)
     k = fmt.key_digits
-    for batch in _batches(prompts[rank::world_size], batch_tokens):
+    for batch, counted in _rank_batches(prompts, batch_tokens, rank, world_size):
         tokens = torch.as_tensor(np.stack([p.tokens for p in batch]), device=device)  # [B, length + 1]
         logits = logits_fn(tokens[:, :-1])  # [B, length, V]; position t predicts token t + 1
         exact, digits = score_answers(logits[:, -k:].float(), tokens[:, -k:], digit_ids)
+        weight = torch.as_tensor(counted, dtype=torch.float64, device=device)
         cells = torch.as_tensor([p.cell for p in batch], device=device)
-        counts.index_add_(0, cells, torch.stack([exact.double(), digits.double(), torch.ones_like(exact).double()], 1))
+        counts.index_add_(0, cells, torch.stack([exact.double(), digits.double(), torch.ones_like(weight)], 1)
+                          * weight[:, None])
     return counts
 
 
@@ -359,7 +369,10 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
 
     device = torch.device(args.device)
     model, ckpt = load_model(args.ckpt, device)
-    data_args = dict(ckpt["datamodule_hyper_parameters"], progress=False)
+    # The run's data settings (Lightning also stores its own keys there, e.g. _instantiator: not arguments).
+    accepted = inspect.signature(LMDataModule).parameters
+    data_args = {k: v for k, v in ckpt["datamodule_hyper_parameters"].items() if k in accepted}
+    data_args["progress"] = False
     if args.data_dir:
         data_args["data_dir"] = args.data_dir
     datamodule = LMDataModule(**data_args)
