@@ -263,7 +263,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     go.add_argument("--max-minutes", type=float, default=9.0, help="wall-clock budget of this invocation")
     go.add_argument("--reserve-s", type=float, default=60.0, help="kept per job for its checkpoint and exit")
     go.add_argument("--exit-margin-s", type=float, default=15.0, help="kept for this script after the last job")
-    go.add_argument("--min-launch-minutes", type=float, default=3.0, help="do not start training with less left")
+    go.add_argument("--min-launch-minutes", type=float, default=4.0, help="do not start training with less left")
     go.add_argument("--min-eval-minutes", type=float, default=1.5, help="do not start a final evaluation with less")
     ex = sub.add_parser("export", help="copy a comparison without its checkpoints")
     ex.add_argument("--out", required=True)

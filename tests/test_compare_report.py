@@ -2,6 +2,7 @@
 time-limited calls, the final evaluation, and a report whose numbers are the logged ones."""
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -53,20 +54,27 @@ def in_process(args: list[str], log: Path) -> int:
         return 1
 
 
-def run_compare(config: Path, out: Path, *extra: str) -> int:
+def run_compare(config: Path, out: Path, *extra: str, runner=in_process) -> int:
     return compare.main(["run", "--config", str(config), "--out", str(out), "--seeds", "0", "--steps", str(STEPS),
                          "--share", str(SWITCH / STEPS), "--val-every", "4", "--eval-samples", "2",
-                         "--min-launch-minutes", "0", "--min-eval-minutes", "0", *extra], runner=in_process)
+                         "--min-launch-minutes", "0", "--min-eval-minutes", "0", *extra], runner=runner)
 
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small runs fastest on one thread, and a busy machine stays usable
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    # A model this small runs fastest on one thread (in this process and in train.py's), and a busy machine
+    # stays usable.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     try:
         yield make_comparison(tmp_path_factory.mktemp("compare"))
     finally:
         torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
 
 
 def make_comparison(folder: Path) -> SimpleNamespace:
@@ -76,7 +84,8 @@ def make_comparison(folder: Path) -> SimpleNamespace:
     first = run_compare(config, out, "--reserve-s", "1e9")
     # ... and the same command continues it, then runs the Lighthouse arm and both final evaluations.
     second = run_compare(config, out, "--reserve-s", "0")
-    straight = run_compare(config, folder / "straight", "--arms", "dense")
+    # The uninterrupted twin runs through real `python src/train.py` processes, as on the GPU.
+    straight = run_compare(config, folder / "straight", "--arms", "dense", runner=compare.subprocess_runner)
     report_dir = folder / "report"
     markdown = report.build_report([out], report_dir)
     return SimpleNamespace(out=out, first=first, second=second, straight=straight, folder=folder,
@@ -95,6 +104,7 @@ def test_an_arm_stopped_for_time_resumes_with_the_same_losses(comparison):
     resumed = scalars(comparison, "dense-seed0", "train/loss")
     straight = scalars(comparison, "dense-seed0", "train/loss", out="straight")
     assert sorted(resumed) == list(range(STEPS)) and resumed == straight  # bitwise
+    assert "max_steps=8` reached" in (comparison.folder / "straight" / "dense-seed0" / "launch-0.log").read_text()
     # Only the newest checkpoint is kept, and it is the final one.
     assert [p.name for p in (comparison.out / "dense-seed0" / "checkpoints").iterdir()] == ["step000008.ckpt"]
 

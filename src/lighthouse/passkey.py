@@ -39,6 +39,7 @@ VALIDATION_KEY_SHARE = 0.1
 NEEDLE = ("\nThe pass key is ", ". Remember it. ", " is the pass key.\n")  # text around the key's two copies
 QUESTION = "\nWhat is the pass key? The pass key is "
 DIGIT_CHANCE = 0.1
+KEY_DIGITS = 5  # evaluation default, and the key length of the training mix (data/passkey_mix.py)
 
 LogitsFn = Callable[[Tensor], Tensor]  # inputs [B, N] -> logits [B, N, V]
 
@@ -143,8 +144,8 @@ class PasskeyConfig:
     """Position of the key sentence as a fraction of the filler before it (0: start, 1: right before the question)."""
     samples: int = 2
     """Prompts per (length, depth) cell, each with its own key and filler."""
-    key_digits: int = 5
-    """Digits per key (training documents use the data module's key length, also 5 by default)."""
+    key_digits: int = KEY_DIGITS
+    """Digits per key (the training mix always uses KEY_DIGITS = 5)."""
     seed: int = 0
     """Chooses the keys and filler spans: the same prompts at every validation and in every run."""
     batch_tokens: int = 65536

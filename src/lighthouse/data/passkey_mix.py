@@ -15,11 +15,9 @@ from functools import partial
 import numpy as np
 import torch
 
-from lighthouse.passkey import Encoder, PromptFormat, TokenSource, draw_key, read_cyclic, rng_for
+from lighthouse.passkey import KEY_DIGITS, Encoder, PromptFormat, TokenSource, draw_key, read_cyclic, rng_for
 
 from .stream import PackedWindows
-
-KEY_DIGITS = 5  # the evaluation's default (PasskeyConfig.key_digits)
 
 
 def check_fraction(fraction: float) -> None:
