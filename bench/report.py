@@ -205,6 +205,10 @@ def f(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
 def minutes(x: float | None) -> str:
     return "-" if x is None else f"{x / 60:.2f}"
 
@@ -225,13 +229,13 @@ def paired_table(plan: dict, by: dict, seeds: list[int]) -> list[str]:
         trained = None if None in (d.total_train_s, lh.total_train_s) else d.total_train_s / lh.total_train_s
         speed_train.append(trained)
         rows.append(f"| {s} | {f(d.final_loss)} | {f(lh.final_loss)} | {diffs[-1]:+.4f} | {minutes(d.total_wall_s)} "
-                    f"| {minutes(lh.total_wall_s)} | {speed[-1]:.2f}x | {f(trained, 2)}x |")
+                    f"| {minutes(lh.total_wall_s)} | {ratio(speed[-1])} | {ratio(trained)} |")
     mean, spread = mean_spread(diffs)
     known = [x for x in speed_train if x is not None]
     rows.append(f"| mean | {f(statistics.fmean(by[('dense', s)].final_loss for s in seeds))} | "
                 f"{f(statistics.fmean(by[('lighthouse', s)].final_loss for s in seeds))} | {mean:+.4f} "
-                f"(spread {f(spread)}) | | | {statistics.fmean(speed):.2f}x | "
-                f"{f(statistics.fmean(known), 2) if known else '-'}x |")
+                f"(spread {f(spread)}) | | | {ratio(statistics.fmean(speed))} | "
+                f"{ratio(statistics.fmean(known) if known else None)} |")
     if spread is None:
         call = "one seed: no spread to compare the difference with, so no call is made."
     elif abs(mean) > spread:
@@ -422,7 +426,7 @@ def section(out: Path, report_dir: Path) -> list[str]:
         lines += ["### Final validation loss (dense attention), paired by seed", ""] + paired_table(plan, by, paired)
     lines += ["", "### Wall clock and throughput per phase", ""] + phase_tables(runs_by_arm)
     lines += ["", "### Passkey retrieval after training (final checkpoint, dense attention)", ""]
-    lines += passkey_tables(runs_by_arm, config["model"].get("passkey", {}).get("key_digits", 5))
+    lines += passkey_tables(runs_by_arm, (config["model"].get("passkey") or {}).get("key_digits", 5))
     lines += ["", "### Loss by position after recovery (final validation, dense)", ""] + bucket_table(runs_by_arm)
     if "lighthouse" in runs_by_arm:
         lines += ["", "### Look-ahead of Lighthouse validation", ""] + lookahead_table(runs_by_arm["lighthouse"])
