@@ -12,7 +12,7 @@ once more (``final_eval/``): the arm's own stage-1 attention and dense, and a la
 ``run`` is resumable: it stops every job cleanly before ``--max-minutes`` (lighthouse.time_budget), and the same
 command later continues each arm from its newest checkpoint. Exit code 0: every arm and final evaluation of the
 plan is done; 3: time ran out, run the same command again. Nothing is installed here: the environment (e.g.
-PYTHONPATH with jsonargparse) comes from the caller.
+PYTHONPATH with jsonargparse, and src for ``--steps pass``) comes from the caller.
 """
 
 from __future__ import annotations
@@ -74,8 +74,7 @@ def make_plan(args: argparse.Namespace) -> dict:
 
 def one_pass_steps(config_path: str, extra: list[str]) -> int:
     """Steps for one pass over the training split (rounded down to a multiple of 8), from the prepared data."""
-    sys.path.insert(0, str(REPO / "src"))
-    from lighthouse.data.datamodule import LMDataModule
+    from lighthouse.data.datamodule import LMDataModule  # PYTHONPATH=src, as for every benchmark
     from lighthouse.data.packing import num_windows
 
     if extra:
@@ -285,8 +284,7 @@ def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> i
     if args.command == "export":
         export(Path(args.out), Path(args.to))
         return 0
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from report import build_report
+    from report import build_report  # bench/ is this script's folder, first on sys.path
 
     print(build_report([Path(p) for p in args.out], Path(args.report_dir)))
     return 0
