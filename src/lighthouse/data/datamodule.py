@@ -17,6 +17,7 @@ from .build import Selection
 from .cache import Prepared, prepare, resolve_tokenizer
 from .corpus import CorpusSpec, resolve_corpus
 from .packing import evenly_spaced, num_windows
+from .passkey_mix import passkey_mix
 from .settings import DataSettings
 from .shards import SplitReader, open_split
 from .stream import PackedWindows, WindowMix
@@ -171,8 +172,11 @@ class LMDataModule(L.LightningDataModule):
     # Datasets (usable without a Trainer)
 
     def training_mix(self) -> WindowMix | None:
-        """The seam for replacing training windows (e.g. a passkey mix): None serves the corpus unchanged."""
-        return None
+        """What replaces some training windows: the passkey mix when ``passkey_fraction`` > 0, else None (the
+        corpus unchanged)."""
+        s = self.settings
+        split = self._train_split or self._setup_and_get("_train_split")
+        return passkey_mix(s.passkey_fraction, self.tokenizer, s.seq_len, s.seed, split)
 
     def train_dataset(self, rank: int | None = None, world_size: int | None = None) -> PackedWindows:
         """The unbounded training stream of ``rank``, starting after the windows already consumed."""

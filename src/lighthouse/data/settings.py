@@ -45,6 +45,10 @@ FRACTION = Rule(
     lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
     "must be a number with 0 < value < 1",
 )
+SHARE = Rule(
+    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+    "must be a number in [0, 1]",
+)
 LIMIT = _positive_or_none("no limit")
 NAME = Rule(lambda v: isinstance(v, str) and v != "", "must be a non-empty string")
 TEXT = Rule(lambda v: isinstance(v, str), "must be a string")
@@ -101,6 +105,9 @@ class DataSettings:
     strict_resume: Annotated[bool, SWITCH] = True
     """On resume, refuse a checkpoint whose data (seed, seq_len, data or tokenizer fingerprint) differs from this
     configuration; if False, warn and continue at the same position."""
+    passkey_fraction: Annotated[float, SHARE] = 0.0
+    """Share of training windows replaced by synthetic passkey documents (training keys, train-split filler; see
+    lighthouse/data/passkey_mix.py), in [0, 1]. Validation is never mixed."""
 
     def __post_init__(self) -> None:
         self.validate()
