@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lighthouse.callbacks import StageSwitch, ThroughputRecorder
-from lighthouse.data import LMDataModule
+from lighthouse.data.datamodule import LMDataModule
 from lighthouse.lit_module import LitLM
 from lighthouse.progress import StepProgressBar, describe_model, quiet_lightning
 from lighthouse.run_dir import RunPlacement, place_run
@@ -68,6 +68,12 @@ def refuse_grouped_callbacks(trainer: dict) -> None:
 class LighthouseCLI(LightningCLI):
     run_placement: RunPlacement | None = None
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Only the subcommands this LightningModule implements: no test_step (there is no test split) and no
+        # predict_step; sampling is src/generate.py, evaluation by other tools goes through src/export.py.
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_args(config["trainer"])
@@ -111,7 +117,8 @@ class LighthouseCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> LighthouseCLI:
-    # Field documentation (attribute docstrings of the config dataclasses) in --help and --print_config=comments.
+    # Config dataclasses (ModelConfig, DataSettings) document their fields in attribute docstrings: --help and
+    # --print_config=comments show them.
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     quiet_lightning()
     return LighthouseCLI(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, lighthouse_geometry
 
@@ -11,6 +11,7 @@ from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, lighthou
 PREFIX = "model.arch."
 
 ATTENTION_BACKENDS = ("sdpa", "lighthouse_naive", "lighthouse")
+CHECKPOINT_DTYPES = ("float32", "bfloat16")
 """Inner attention implementations, chosen by name; never a silent fallback from one to another."""
 
 
@@ -31,8 +32,9 @@ class ModelConfig:
     """Decoder-only LM: RMSNorm, RoPE, SwiGLU, causal attention with an inner backend chosen by name."""
 
     flavor: str | None = None
-    """Named model size ('debug', 'small' or 'paper'): it fills every size field left null (dim, n_layers,
-    n_heads, ffn_hidden, dense_layers); a field given explicitly wins. Null: the defaults named below."""
+    """Named model size ('debug', 'small', 'paper', 'paper_1m'): it fills every field left null below (dim,
+    n_layers, n_heads, ffn_hidden, dense_layers, lighthouse); a field given explicitly wins. Null: the defaults
+    named with each field."""
     vocab_size: int = 257
     """Vocabulary size; LightningCLI links it from the data module's tokenizer."""
     dim: int | None = None
@@ -61,19 +63,34 @@ class ModelConfig:
     dense_layers: list[int] | None = None
     """Layer indices that always use dense SDPA (the paper keeps the first two and last two dense); null: the
     flavor's (none without one)."""
-    lighthouse: LighthouseConfig = field(default_factory=LighthouseConfig)
-    """Lighthouse parameters, used by layers whose backend is a Lighthouse one."""
+    lighthouse: LighthouseConfig | None = None
+    """Lighthouse parameters, used by layers whose backend is a Lighthouse one; null: the flavor's (debug:
+    L=2, p=4, K=128; paper_1m: L=4, p=4, K=4096), else L=3, p=4, K=2048. Giving any of them sets all three
+    (those not given take the defaults shown)."""
     activation_checkpointing: bool = False
-    """Recompute each block in the backward pass: less activation memory for very long contexts."""
+    """Recompute each block in the backward pass: between forward and backward only each block's input is kept."""
+    checkpoint_dtype: str = "float32"
+    """With activation_checkpointing: the dtype of the kept block inputs. 'bfloat16' halves that memory; the
+    residual stream is then rounded to bf16 at every block boundary, in the forward too, so the recompute is
+    exact (the block computes in fp32 inside, as always)."""
+    checkpoint_offload: bool = False
+    """With activation_checkpointing: keep the block inputs in pinned host memory instead of on the GPU, copied
+    on a side stream that overlaps compute and fetched back one block ahead in the backward."""
+    mlp_chunk_tokens: int | None = None
+    """Run the SwiGLU feed-forward over chunks of this many positions, each recomputed in the backward, so its
+    [N, ffn_hidden] intermediates never exist for the whole sequence at once. None: one piece."""
+    loss_chunk_tokens: int | None = None
+    """Compute the output projection and the cross-entropy over chunks of this many positions, recomputed in
+    the backward, so the [N, vocab] fp32 logits are never materialised. None: one piece."""
     tie_embeddings: bool = False
     """Share the input embedding and output projection weights."""
     init_std: float = 0.02
     """Standard deviation of the normal weight init; output projections are scaled by 1/sqrt(2*n_layers)."""
 
     def __post_init__(self) -> None:
+        self._fill_from_flavor()
         if isinstance(self.lighthouse, dict):  # plain dicts arrive from YAML/kwargs
             self.lighthouse = LighthouseConfig(**self.lighthouse)
-        self._fill_sizes()
         self.dense_layers = list(self.dense_layers)
         self.validate()
         # One name per quantity: after validation the optional sizes hold their resolved values.
@@ -82,12 +99,11 @@ class ModelConfig:
         if self.head_dim is None:
             self.head_dim = self.dim // self.n_heads
 
-    def _fill_sizes(self) -> None:
-        """Fields left None take the flavor's value, else the base size; explicit values are kept."""
+    def _fill_from_flavor(self) -> None:
+        """Fields left None take the flavor's value, else the base default; explicit values are kept."""
         if self.flavor is not None and self.flavor not in FLAVORS:
             raise ValueError(f"{PREFIX}flavor={self.flavor!r} is not one of {sorted(FLAVORS)} (or null)")
-        sizes = {**BASE_SIZES, **FLAVORS.get(self.flavor, {})}
-        for name, value in sizes.items():
+        for name, value in {**FLAVOR_FIELDS, **FLAVORS.get(self.flavor, {})}.items():
             if getattr(self, name) is None:
                 setattr(self, name, copy.deepcopy(value))
 
@@ -114,6 +130,17 @@ class ModelConfig:
             raise ValueError(
                 f"{PREFIX}n_kv_heads={self.n_kv_heads} must divide {PREFIX}n_heads={self.n_heads} (1..n_heads)"
             )
+        if self.checkpoint_dtype not in CHECKPOINT_DTYPES:
+            raise ValueError(f"{PREFIX}checkpoint_dtype={self.checkpoint_dtype!r} is not one of {CHECKPOINT_DTYPES}")
+        if (self.checkpoint_dtype != "float32" or self.checkpoint_offload) and not self.activation_checkpointing:
+            raise ValueError(
+                f"{PREFIX}checkpoint_dtype / checkpoint_offload choose what activation checkpointing keeps: set "
+                f"{PREFIX}activation_checkpointing=true, or leave them at 'float32' / false"
+            )
+        for name in ("mlp_chunk_tokens", "loss_chunk_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{PREFIX}{name}={value!r} is invalid: it must be an integer >= 1 or null")
         if self.rope_theta <= 0:
             raise ValueError(f"{PREFIX}rope_theta={self.rope_theta} must be > 0")
         if self.attention not in ATTENTION_BACKENDS:
@@ -136,17 +163,22 @@ class ModelConfig:
                 raise ValueError(f"data.seq_len does not fit {PREFIX}lighthouse: {err}") from None
 
 
-# The sizes a flavor decides. Without a flavor: the paper's widths and depth, no dense layers (the plain default).
-BASE_SIZES: dict = dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, dense_layers=[])
+# What a flavor decides, and each field's value without one: the paper's widths and depth, no dense layers.
+FLAVOR_FIELDS: dict = dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, dense_layers=[], lighthouse={})
 
 FLAVORS: dict[str, dict] = {
     # Trains on a 2-core CPU in seconds; used by tests.
-    "debug": dict(dim=64, n_layers=4, n_heads=4, ffn_hidden=192, dense_layers=[0, 3]),
+    "debug": dict(dim=64, n_layers=4, n_heads=4, ffn_hidden=192, dense_layers=[0, 3],
+                  lighthouse=dict(levels=2, pooling_factor=4, topk=128)),
     # About 50M parameters: a real model for single-GPU experiments.
     "small": dict(dim=640, n_layers=10, n_heads=10, ffn_hidden=1792, dense_layers=[0, 9]),
     # The paper's model: dim 1024, 30 layers, 8 heads x 128, SwiGLU 1536, bytes, layers 0,1,28,29 dense.
     "paper": dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, dense_layers=[0, 1, 28, 29]),
+    # The authors' 1M-token flavour of it (for data.seq_len 1048576): no dense layers, L=4, p=4, K=4096.
+    "paper_1m": dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, dense_layers=[],
+                     lighthouse=dict(levels=4, pooling_factor=4, topk=4096)),
 }
+# The context length is not part of a flavor: the CLI links it from data.seq_len, in Python it is max_seq_len.
 
 
 def model_flavor(name: str, **overrides) -> ModelConfig:
