@@ -34,7 +34,7 @@ def test_flavor_by_name_and_explicit_fields_win(capsys):
     assert (arch.dim, arch.n_heads, arch.ffn_hidden, arch.dense_layers) == (small.dim, small.n_heads,
                                                                            small.ffn_hidden, small.dense_layers)
     assert arch.n_layers == 12
-    with pytest.raises(ValueError, match=r"model.arch.flavor='huge' is not one of \['debug', 'paper', 'small'\]"):
+    with pytest.raises(ValueError, match=r"flavor='huge' is not one of \['debug', 'paper', 'paper_1m', 'small'\]"):
         ModelConfig(flavor="huge")
 
 

@@ -19,7 +19,8 @@ from lighthouse.flops import peak_flops_per_device
 from lighthouse.run_reader import read_run
 
 TRAIN = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_seen", "train/stage"}
-VAL = {"val/loss", "val/ppl", "val/loss_pos/0-256", "val/loss_pos/256-512"}  # seq_len 512
+VAL = {"val/loss", "val/ppl", "val/loss_pos/0-256", "val/loss_pos/256-512",  # seq_len 512
+       "val/loss_dense", "val/loss_dense_pos/0-256", "val/loss_dense_pos/256-512"}
 PERF = {"perf/tokens_per_sec", "perf/tokens_per_sec_per_device", "perf/tflops_per_device", "perf/step_time_s",
         "perf/data_wait_share"}
 
