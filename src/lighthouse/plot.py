@@ -32,13 +32,14 @@ def _time_axis(runs: list[Run]) -> tuple[float, str]:
     return (3600.0, "training time (hours)") if longest > 2 * 3600 else (60.0, "training time (minutes)")
 
 
-def _mark_switch(ax, x: float | None, color: str, text: bool) -> None:
+def _mark_switch(ax, x: float | None, color: str, text: bool, top: bool = False) -> None:
+    """A dashed line at the switch, labelled at the bottom (or the top) of the axes, clear of the legend."""
     if x is None:
         return
     ax.axvline(x, color=color, linestyle="--", linewidth=1, alpha=0.8)
-    if text:  # at the bottom, clear of the legends in the upper corners
-        ax.annotate("stage 2 (dense) →", xy=(x, 0), xycoords=("data", "axes fraction"), xytext=(4, 6),
-                    textcoords="offset points", fontsize=8, color=color)
+    if text:
+        ax.annotate("stage 2 (dense) →", xy=(x, 1 if top else 0), xycoords=("data", "axes fraction"),
+                    xytext=(4, -12 if top else 6), textcoords="offset points", fontsize=8, color=color)
 
 
 def _switch_time(run: Run, step: int | None, scale: float) -> float | None:
@@ -112,7 +113,7 @@ def plot_throughput(runs: list[Run], labels: list[str], out: Path) -> Path:
                 # values at k - 1, the index of the batch.
                 over_steps.plot([r["step"] - 1 for r in records], [r["tokens_per_sec"] for r in records], color=color,
                                 marker=marker, markersize=4, linewidth=1, label=f"{label} {STAGE_NAMES[stage]}")
-        _mark_switch(over_steps, run.stage_switch_step(), color, text=i == 0)
+        _mark_switch(over_steps, run.stage_switch_step(), color, text=i == 0, top=True)
         rates = _stage_rates(run)
         stages = sorted(rates)
         medians = [statistics.median(rates[s]) for s in stages]
@@ -121,7 +122,7 @@ def plot_throughput(runs: list[Run], labels: list[str], out: Path) -> Path:
         per_stage.bar_label(bars, labels=[f"{m:,.0f}" for m in medians], fontsize=8)
     over_steps.set_xlabel("optimizer step")
     over_steps.set_ylabel("tokens / s (all devices)")
-    over_steps.legend(fontsize=8)
+    over_steps.legend(fontsize=8, loc="best")
     per_stage.set_xticks([0, 1], [STAGE_NAMES[1], STAGE_NAMES[2]])
     per_stage.set_ylabel("median tokens / s")
     per_stage.legend(fontsize=8)
