@@ -49,7 +49,7 @@ def test_context_length_is_configured_once(tmp_path, capsys):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     config = tiny_config(tmp_path, "nan", max_steps=8, every_n=2)
-    config["trainer"]["callbacks"].append({"class_path": "training_helpers.PoisonWeights", "init_args": {"at_step": 5}})
+    config["trainer"]["callbacks"].append({"class_path": "plugins.PoisonWeights", "init_args": {"at_step": 5}})
     with pytest.raises(FloatingPointError, match="training loss is nan at global step 5") as info:
         fit(tmp_path, config)
     assert "last.ckpt" in str(info.value)
@@ -102,7 +102,7 @@ def resume_last(tmp_path, name):
 @pytest.mark.slow
 def test_sigkill_during_training_resumes_exactly(tmp_path, uninterrupted):
     config = tiny_config(tmp_path, "killed", max_steps=12, every_n=4)
-    config["trainer"]["callbacks"].append({"class_path": "training_helpers.SlowSteps", "init_args": {"seconds": 0.5}})
+    config["trainer"]["callbacks"].append({"class_path": "plugins.SlowSteps", "init_args": {"seconds": 0.5}})
     process = start_training(tmp_path, config, "killed")
     wait_for(tmp_path / "logs" / "killed" / "checkpoints" / "step000008.ckpt", process)
     time.sleep(0.7)  # into step 9 or 10
@@ -117,7 +117,7 @@ def test_sigkill_while_writing_checkpoint_never_leaves_a_truncated_one(tmp_path,
 
     marker = tmp_path / "writing"
     config = tiny_config(tmp_path, "torn", max_steps=12, every_n=4)
-    config["trainer"]["plugins"] = [{"class_path": "training_helpers.SlowCheckpointIO",
+    config["trainer"]["plugins"] = [{"class_path": "plugins.SlowCheckpointIO",
                                      "init_args": {"slow_from_step": 8, "marker": str(marker)}}]
     process = start_training(tmp_path, config, "torn")
     wait_for(marker, process)

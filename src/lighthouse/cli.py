@@ -7,8 +7,12 @@ import os
 import torch
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from lighthouse import exits
 from lighthouse.data import LMDataModule
 from lighthouse.lit_module import LitLM
+from lighthouse.preflight import check_backend_runs_here, check_trainer_args
+from lighthouse.resume import check_override_names
+from lighthouse.safety import prepare_fit, safety_trainer_kwargs
 
 
 class KeepEveryConfig(SaveConfigCallback):
@@ -28,27 +32,23 @@ class KeepEveryConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
-def check_trainer_args(trainer: dict) -> None:
-    """Reject trainer settings that Lightning would only trip over later (or with an unrelated error)."""
-    def at_least(name: str, lowest: int, allow_none: bool = False, allow: tuple = ()) -> None:
-        value = trainer.get(name)
-        if (value is None and allow_none) or value in allow:
-            return
-        if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
-            raise ValueError(f"trainer.{name}={value!r} is invalid: it must be an integer >= {lowest}")
-
-    at_least("accumulate_grad_batches", 1)
-    at_least("max_steps", 1, allow=(-1,))
-    at_least("log_every_n_steps", 1, allow_none=True)
-    clip = trainer.get("gradient_clip_val")
-    if clip is not None and clip < 0:
-        raise ValueError(f"trainer.gradient_clip_val={clip!r} is invalid: it must be >= 0 (or null for no clipping)")
-
-
 class LighthouseCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_args(config["trainer"])
+        check_backend_runs_here(config)
+        check_override_names(config.get("resume_overrides") or [])
+
+    def instantiate_trainer(self, **kwargs):
+        # Reliability never depends on a config line: the checkpoint IO and the guard callbacks are always there.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        safety = safety_trainer_kwargs(trainer_config, config.get("resume_overrides") or [])
+        return super().instantiate_trainer(**{**safety, **kwargs})
+
+    def before_fit(self) -> None:
+        fit_args = self.config_init[self.subcommand]
+        fit_args["ckpt_path"] = prepare_fit(self.trainer, fit_args.get("ckpt_path"))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would overwrite the model config with the checkpoint's hyperparameters. Here the config on
@@ -62,6 +62,11 @@ class LighthouseCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.seq_len", "model.arch.max_seq_len", apply_on="parse")
         parser.set_defaults({"trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true"})
+        parser.add_argument(
+            "--resume_overrides", type=list[str], default=[],
+            help="Model fields whose change on resume is accepted although it alters what the trained weights "
+                 "compute (norm_eps, rope_theta); any other such change is refused.",
+        )
 
 
 def main(args: list[str] | None = None) -> LighthouseCLI:
@@ -71,3 +76,8 @@ def main(args: list[str] | None = None) -> LighthouseCLI:
         save_config_callback=KeepEveryConfig,
         args=args,
     )
+
+
+def run(args: list[str] | None = None) -> int:
+    """The command-line entry point: ``main`` with exit codes, and user errors as messages (lighthouse.exits)."""
+    return exits.run(main, args)

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lighthouse.config import PREFIX, ModelConfig
+from lighthouse.config import ModelConfig
+from lighthouse.guards import StepGuard, grad_norm
 from lighthouse.model import Transformer
+from lighthouse.resume import refuse_shape_changes, saved_model_fields
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 LR_SCHEDULES = ("constant", "cosine", "linear")
-# Model fields that change parameter shapes: a checkpoint only loads into a model that agrees on all of them.
-SHAPE_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "tie_embeddings")
 
 
 def position_buckets(max_len: int, first: int = 256, ratio: int = 4) -> list[tuple[int, int]]:
@@ -98,6 +98,7 @@ class LitLM(L.LightningModule):
         self.no_decay_names = frozenset(name for name, p in self.model.named_parameters() if p.dim() < 2)
         if compile:
             self.model.compile_blocks()
+        self.step_guard = StepGuard()
         self.val_loss = MeanMetric()
         self.buckets = position_buckets(arch.max_seq_len)
         self.val_loss_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)
@@ -117,22 +118,11 @@ class LitLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.token_losses(batch["tokens"]).mean()
-        self.stop_on_non_finite(loss)
+        self.step_guard.observe(loss)  # checked with the gradient norm before the optimizer step
         # sync_dist: the curve is the loss of the global batch, comparable across world sizes.
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return loss
-
-    def stop_on_non_finite(self, loss: Tensor) -> None:
-        """Raise before the optimizer step so a NaN/inf never reaches the weights or a checkpoint."""
-        bad = not bool(torch.isfinite(loss))
-        # Every rank must stop together, or the healthy ones would wait forever in the gradient all-reduce.
-        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
-            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at global step {self.global_step}: stopping before the optimizer "
-                f"step. Last good checkpoint: {last}. Lower the LR or check the data, then resume with --ckpt_path."
-            )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         losses = self.token_losses(batch["tokens"])
@@ -182,26 +172,17 @@ class LitLM(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        root = self.trainer.strategy.model
-        if gradient_clip_val and isinstance(root, FullyShardedDataParallel):
-            # Lightning cannot clip by norm under FSDP; the root FSDP unit computes the norm over all shards.
-            root.clip_grad_norm_(gradient_clip_val)
-        else:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        # The one point after backward and before the optimizer step: a NaN/inf loss or gradient stops the run
+        # here, so it never reaches the weights or a checkpoint.
+        self.step_guard.check(self.trainer, grad_norm(self, optimizer, gradient_clip_val, gradient_clip_algorithm))
 
     # ---- checkpoints --------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lighthouse_model"] = dataclasses.asdict(self.config)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("lighthouse_model")
-        if saved is None:
-            return
-        saved = dataclasses.asdict(ModelConfig(**saved))  # resolves sizes older checkpoints stored as None
-        current = dataclasses.asdict(self.config)
-        changed = {f: (saved.get(f), current[f]) for f in SHAPE_FIELDS if saved.get(f) != current[f]}
-        if changed:
-            detail = ", ".join(f"{PREFIX}{f}: checkpoint {a!r} vs config {b!r}" for f, (a, b) in changed.items())
-            raise ValueError(f"checkpoint does not fit this config (parameter shapes differ): {detail}")
+        # Before the weights load, so a shape change is named instead of failing inside load_state_dict; the
+        # other resume rules (lighthouse.resume.ResumeCheck) need the optimizer and the CLI's overrides.
+        saved = saved_model_fields(checkpoint)
+        if saved is not None:
+            refuse_shape_changes(saved, self.config)
