@@ -15,12 +15,23 @@ from lighthouse.checkpoint_io import AtomicCheckpointIO
 class SlowCheckpointIO(AtomicCheckpointIO):
     """Writes half of a checkpoint, drops a marker file, then stalls: a window to SIGKILL the writer in."""
 
-    def __init__(self, slow_from_step: int, marker: str):
+    def __init__(self, slow_from_step: int, marker: str, only_name: str | None = None):
+        """
+        Args:
+            slow_from_step: Stall in the saves of this global step and later ones.
+            marker: File written once the first half is on disk.
+            only_name: Stall only in saves to this file name (e.g. 'last.ckpt'); None stalls in every save.
+        """
         super().__init__()
-        self.slow_from_step, self.marker = slow_from_step, marker
+        self.slow_from_step, self.marker, self.only_name = slow_from_step, marker, only_name
+        self._name = ""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        self._name = Path(path).name
+        super().save_checkpoint(checkpoint, path, storage_options)
 
     def write(self, checkpoint, f) -> None:
-        if checkpoint["global_step"] < self.slow_from_step:
+        if checkpoint["global_step"] < self.slow_from_step or self.only_name not in (None, self._name):
             return super().write(checkpoint, f)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
@@ -46,13 +57,32 @@ class FullDiskCheckpointIO(AtomicCheckpointIO):
         raise OSError(28, "No space left on device")
 
 
+class RequireNoOrphans(L.Callback):
+    """Fails the run at setup if a temporary file of an interrupted save is still in ``folder``: the start of a
+    run must clean them before anything is written (a full disk would block everything else)."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        left = sorted(p.name for p in self.folder.glob("*.tmp-*"))
+        assert not left, f"orphaned temporary files at setup: {left}"
+
+
 class SlowSteps(L.Callback):
     """Sleeps after every step so a test can signal or kill the process between two checkpoints."""
 
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    def __init__(self, seconds: float, progress: str | None = None):
+        """
+        Args:
+            seconds: Sleep after each step.
+            progress: File that holds the global step reached, rewritten after each step (before the sleep).
+        """
+        self.seconds, self.progress = seconds, progress
 
-    def on_train_batch_end(self, *args) -> None:
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if self.progress:
+            Path(self.progress).write_text(str(trainer.global_step))
         time.sleep(self.seconds)
 
 

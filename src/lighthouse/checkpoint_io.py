@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lighthouse.checkpoint_files import Verdict, describe_last_good, sidecar, sidecar_text, verify
+from lighthouse.checkpoint_files import SUFFIX, Verdict, describe_last_good, sidecar, sidecar_text, verify
 from lighthouse.guards import checkpoint_state, non_finite_names
 
 REMOTE_TIMEOUT_S = 120
@@ -79,14 +79,15 @@ def _fetch(url: str) -> bytes:
 
 
 def _remote_verdict(url: str, data: bytes) -> Verdict:
+    checksum_url = url + SUFFIX  # not a Path: that would fold the '//' of the scheme
     try:
-        recorded = _read_remote(str(sidecar(url))).decode("utf-8", errors="replace").split()
-    except (FileNotFoundError, urllib.error.HTTPError, OSError):
-        return Verdict("unverified", f"no readable {sidecar(url).name} beside it")
+        recorded = _read_remote(checksum_url).decode("utf-8", errors="replace").split()
+    except (OSError, ValueError):
+        return Verdict("unverified", f"no readable {checksum_url}")
     actual = hashlib.sha256(data).hexdigest()
     if recorded and recorded[0].lower() == actual:
         return Verdict("ok")
-    return Verdict("damaged", f"its sha256 is {actual[:16]}..., {sidecar(url).name} disagrees")
+    return Verdict("damaged", f"its sha256 is {actual[:16]}..., {checksum_url} disagrees")
 
 
 def _unpickle(source, name: str, map_location, weights_only: bool, folder: Path | None) -> Any:
