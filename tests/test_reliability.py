@@ -162,9 +162,14 @@ def uninterrupted(tmp_path_factory):
     return logged_scalars(tmp_path / "logs" / "straight", "train/loss")
 
 
-def resume_last(tmp_path, name):
+def resume_last(tmp_path, name, expect_from=None):
+    """Losses logged in ``name``'s run dir after ``--ckpt_path last`` trained it to step 12."""
     config = tiny_config(tmp_path, name, max_steps=12, every_n=4)
-    fit(tmp_path, config, ckpt_path="last", tag="resume")
+    cli = fit(tmp_path, config, ckpt_path="last", tag="resume")
+    # It resumed rather than started over (which would repeat the same losses from step 0).
+    assert cli.trainer.ckpt_path is not None
+    if expect_from is not None:
+        assert cli.trainer.ckpt_path == str(expect_from)
     return logged_scalars(tmp_path / "logs" / name, "train/loss")
 
 
@@ -212,7 +217,9 @@ def test_sigkill_while_writing_the_first_last_ckpt_resumes_from_the_periodic_one
     process.wait()
     folder = tmp_path / "logs" / "first" / "checkpoints"
     assert not (folder / "last.ckpt").exists() and verify(folder / "step000004.ckpt").status == "ok"
-    assert resume_last(tmp_path, "first") == uninterrupted
+    got = resume_last(tmp_path, "first", expect_from=folder / "step000004.ckpt")
+    # Steps 4-11 come from the resumed run (the killed one's last events may not have reached the disk).
+    assert {k: v for k, v in got.items() if k >= 4} == {k: v for k, v in uninterrupted.items() if k >= 4}
 
 
 @pytest.mark.slow
@@ -234,9 +241,10 @@ def test_sigterm_saves_the_step_reached_and_exits_143(tmp_path, uninterrupted):
     assert 5 <= reached < 8 and verify(folder / "last.ckpt").status == "ok"  # a save of its own, not step 4's
     assert max(logged_scalars(tmp_path / "logs" / "term", "train/loss")) == reached - 1  # the step it stopped at
     assert "stopped by SIGTERM" in (tmp_path / "term.stderr").read_text()
-    assert resume_last(tmp_path, "term") == uninterrupted
+    assert resume_last(tmp_path, "term", expect_from=folder / "last.ckpt") == uninterrupted
 
 
+@pytest.mark.slow
 def test_full_disk_leaves_no_orphan_in_the_way_of_the_resume(tmp_path, uninterrupted):
     config = tiny_config(tmp_path, "full", max_steps=12, every_n=4)
     config["trainer"]["plugins"] = [{"class_path": "plugins.FullDiskCheckpointIO", "init_args": {"from_step": 8}}]
@@ -247,24 +255,27 @@ def test_full_disk_leaves_no_orphan_in_the_way_of_the_resume(tmp_path, uninterru
     resume = tiny_config(tmp_path, "full", max_steps=12, every_n=4)
     resume["trainer"]["callbacks"].append({"class_path": "plugins.RequireNoOrphans",
                                            "init_args": {"folder": str(folder)}})
-    fit(tmp_path, resume, ckpt_path="last", tag="resume")
+    cli = fit(tmp_path, resume, ckpt_path="last", tag="resume")
+    assert cli.trainer.ckpt_path == str(folder / "last.ckpt")  # step 4's, the newest that was written
     assert logged_scalars(tmp_path / "logs" / "full", "train/loss") == uninterrupted
 
 
+@pytest.mark.slow
 def test_final_steps_are_saved_when_max_steps_is_not_a_multiple_of_the_interval(tmp_path, uninterrupted):
     """Before, max_steps 6 with checkpoints every 4 left last.ckpt at step 4: a resume repeated two steps."""
     fit(tmp_path, tiny_config(tmp_path, "tail", max_steps=6, every_n=4))
     last = tmp_path / "logs" / "tail" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 6 and verify(last).status == "ok"
-    assert resume_last(tmp_path, "tail") == uninterrupted
+    assert resume_last(tmp_path, "tail", expect_from=last) == uninterrupted
 
 
+@pytest.mark.slow
 def test_bit_flipped_checkpoints_fall_back_to_the_newest_that_verifies(tmp_path, uninterrupted, caplog):
     """Before, a bit-flipped last.ckpt loaded and trained to NaN."""
     fit(tmp_path, tiny_config(tmp_path, "flip", max_steps=8, every_n=4))
     folder = tmp_path / "logs" / "flip" / "checkpoints"
     flip_bit(folder / "last.ckpt")
     flip_bit(folder / "step000008.ckpt")
-    assert resume_last(tmp_path, "flip") == uninterrupted
+    assert resume_last(tmp_path, "flip", expect_from=folder / "step000004.ckpt") == uninterrupted
     assert "last.ckpt: its sha256 is" in caplog.text and "step000008.ckpt: its sha256 is" in caplog.text
     assert f"Resuming from {folder / 'step000004.ckpt'}, the newest checkpoint that verifies" in caplog.text
