@@ -142,3 +142,35 @@ def test_removing_a_checkpoint_removes_its_checksum(tmp_path):
     path = save(tmp_path, "step000002.ckpt", 2)
     AtomicCheckpointIO().remove_checkpoint(path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sharded_checkpoint_metadata_that_would_run_code_is_refused(tmp_path):
+    """torch.distributed.checkpoint reads a sharded (FSDP) checkpoint's .metadata with a plain pickle.load."""
+    import pickle
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from lighthouse.checkpoint_io import check_sharded_checkpoint
+
+    folder = tmp_path / "last.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is not initialized": a one-process save
+        dcp.save({"model": {"w": torch.randn(4, 4), "b": torch.zeros(3, dtype=torch.bfloat16)}}, checkpoint_id=folder)
+    check_sharded_checkpoint(folder)  # what torch writes passes
+    marker = tmp_path / "code-ran"
+    (folder / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    with pytest.raises(CheckpointError, match=r"would run code when unpickled .*posix.system"):
+        check_sharded_checkpoint(folder)
+    assert not marker.exists()
+
+
+def test_fsdp_strategy_checks_a_checkpoint_before_lightnings_own_loader(tmp_path):
+    """Lightning's FSDP loader unpickles a single-file checkpoint without weights_only."""
+    from lighthouse.distributed import BlockFSDP
+
+    marker = tmp_path / "code-ran"
+    torch.save({"state_dict": {}, "payload": RunsCode(marker)}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match="could run code"):
+        BlockFSDP().load_checkpoint(tmp_path / "evil.ckpt")
+    assert not marker.exists()

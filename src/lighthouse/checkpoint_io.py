@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -90,9 +91,9 @@ def _remote_verdict(url: str, data: bytes) -> Verdict:
     return Verdict("damaged", f"its sha256 is {actual[:16]}..., {checksum_url} disagrees")
 
 
-def _unpickle(source, name: str, map_location, weights_only: bool, folder: Path | None) -> Any:
+def _unpickle(source, name: str, map_location, weights_only: bool, folder: Path | None, mmap: bool = False) -> Any:
     try:
-        return torch.load(source, map_location=map_location, weights_only=weights_only)
+        return torch.load(source, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except Exception as err:
         # torch's own message suggests weights_only=False, which is the one thing not to do with a bad file:
         # say what is wrong instead.
@@ -144,27 +145,68 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         sidecar(path).unlink(missing_ok=True)
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None):
-        weights_only = True if weights_only is None else weights_only
-        name = str(path)
-        if is_remote(path):
-            data = _fetch(name)
-            verdict, source, folder = _remote_verdict(name, data), io.BytesIO(data), None
-        else:
-            local = Path(path)
-            if not local.is_file():
-                raise FileNotFoundError(f"checkpoint file not found: {local}")
-            verdict, source, folder = verify(local), local, local.parent
-        if not verdict.usable:
-            hint = f" Newest usable checkpoint in that folder: {describe_last_good(folder)}." if folder else ""
-            raise CheckpointError(f"checkpoint {name} is damaged: {verdict.detail}.{hint}")
-        checkpoint = _unpickle(source, name, map_location, weights_only, folder)
-        if not isinstance(checkpoint, dict):
-            raise CheckpointError(f"cannot load checkpoint {name}: it holds a {type(checkpoint).__name__}, not a dict")
-        bad = non_finite_names(checkpoint_state(checkpoint))
-        if bad:
-            raise CheckpointError(
-                f"checkpoint {name} holds non-finite values ({', '.join(bad)}): it cannot be trained from. "
-                f"It predates the checks that keep NaN out of checkpoints; use an older one."
-            )
-        return checkpoint
+        return load_verified(path, map_location, weights_only)
 
+
+def load_verified(path, map_location=lambda storage, loc: storage, weights_only: bool | None = None,
+                  mmap: bool = False) -> dict:
+    """A checkpoint from a local path or URL: checksum checked, weights-only unless ``weights_only=False`` is passed
+    explicitly, weights and optimizer state finite. ``mmap`` maps a local file's tensors instead of reading them."""
+    weights_only = True if weights_only is None else weights_only
+    name = str(path)
+    if is_remote(path):
+        data = _fetch(name)
+        verdict, source, folder = _remote_verdict(name, data), io.BytesIO(data), None
+    else:
+        local = Path(path)
+        if not local.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {local}")
+        verdict, source, folder = verify(local), local, local.parent
+    if not verdict.usable:
+        hint = f" Newest usable checkpoint in that folder: {describe_last_good(folder)}." if folder else ""
+        raise CheckpointError(f"checkpoint {name} is damaged: {verdict.detail}.{hint}")
+    checkpoint = _unpickle(source, name, map_location, weights_only, folder, mmap and folder is not None)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"cannot load checkpoint {name}: it holds a {type(checkpoint).__name__}, not a dict")
+    bad = non_finite_names(checkpoint_state(checkpoint))
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {name} holds non-finite values ({', '.join(bad)}): it cannot be trained from. "
+            f"It predates the checks that keep NaN out of checkpoints; use an older one."
+        )
+    return checkpoint
+
+
+# What the metadata of a torch.distributed.checkpoint folder (a sharded FSDP checkpoint) may name: its own
+# dataclasses and enums, tensor sizes, dtypes, layouts and paths. DCP reads it with a plain pickle.load.
+_DCP_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": None,  # None: any name defined there (all plain data)
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        allowed = _DCP_GLOBALS.get(module, set())
+        is_dtype = module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype))
+        if not is_dtype and not (allowed is None or name in allowed):
+            raise pickle.UnpicklingError(f"GLOBAL {module}.{name} is not sharded-checkpoint metadata")
+        return super().find_class(module, name)
+
+
+def check_sharded_checkpoint(folder: str | Path) -> None:
+    """Refuse a sharded (DCP) checkpoint folder whose ``.metadata`` would run code when torch unpickles it."""
+    metadata = Path(folder) / ".metadata"
+    if not metadata.is_file():
+        return  # not a DCP folder: Lightning's own loader says what it is missing
+    try:
+        with open(metadata, "rb") as f:
+            _MetadataUnpickler(f).load()
+    except Exception as err:
+        raise CheckpointError(
+            f"cannot load sharded checkpoint {folder}: its .metadata is damaged or would run code when unpickled "
+            f"({type(err).__name__}: {str(err)[:160]})"
+        ) from None
