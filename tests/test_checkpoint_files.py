@@ -174,3 +174,16 @@ def test_fsdp_strategy_checks_a_checkpoint_before_lightnings_own_loader(tmp_path
     with pytest.raises(CheckpointError, match="could run code"):
         BlockFSDP().load_checkpoint(tmp_path / "evil.ckpt")
     assert not marker.exists()
+
+
+def test_last_is_looked_for_where_model_checkpoint_will_write(tmp_path):
+    """No dirpath in the config (demo.yaml): the folder follows the logger's run dir, as ModelCheckpoint's does."""
+    from lightning import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lighthouse.safety import checkpoint_folders
+
+    logger = TensorBoardLogger(save_dir=tmp_path, name="demo", version="")
+    trainer = Trainer(logger=logger, callbacks=[ModelCheckpoint()], accelerator="cpu", enable_progress_bar=False)
+    assert checkpoint_folders(trainer) == [str(tmp_path / "demo" / "checkpoints")]

@@ -53,7 +53,7 @@ def test_change_to_what_the_weights_compute_is_refused(base, field, value):
 
 def test_override_accepts_the_named_change(base):
     with pytest.warns(UserWarning, match=r"model.arch.norm_eps 1e-05 -> 0.5, accepted by --resume_overrides"):
-        resume(base, "override", edit=arch(norm_eps=0.5), extra=["--resume_overrides", "[norm_eps]"])
+        resume(base, "override", edit=arch(norm_eps=0.5), extra=["--resume_overrides", "norm_eps"])
     assert trained(base, "override")
 
 

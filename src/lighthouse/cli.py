@@ -11,7 +11,7 @@ from lighthouse import exits
 from lighthouse.data import LMDataModule
 from lighthouse.lit_module import LitLM
 from lighthouse.preflight import check_backend_runs_here, check_trainer_args
-from lighthouse.resume import check_override_names
+from lighthouse.resume import check_override_names, override_names
 from lighthouse.safety import prepare_fit, safety_trainer_kwargs
 
 
@@ -37,13 +37,13 @@ class LighthouseCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_args(config["trainer"])
         check_backend_runs_here(config)
-        check_override_names(config.get("resume_overrides") or [])
+        check_override_names(override_names(config.get("resume_overrides")))
 
     def instantiate_trainer(self, **kwargs):
         # Reliability never depends on a config line: the checkpoint IO and the guard callbacks are always there.
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer_config = self._get(self.config_init, "trainer", default={})
-        safety = safety_trainer_kwargs(trainer_config, config.get("resume_overrides") or [])
+        safety = safety_trainer_kwargs(trainer_config, override_names(config.get("resume_overrides")))
         return super().instantiate_trainer(**{**safety, **kwargs})
 
     def before_fit(self) -> None:
@@ -63,7 +63,7 @@ class LighthouseCLI(LightningCLI):
         parser.link_arguments("data.seq_len", "model.arch.max_seq_len", apply_on="parse")
         parser.set_defaults({"trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true"})
         parser.add_argument(
-            "--resume_overrides", type=list[str], default=[],
+            "--resume_overrides", type=list[str] | str, default=[],
             help="Model fields whose change on resume is accepted although it alters what the trained weights "
                  "compute (norm_eps, rope_theta); any other such change is refused.",
         )

@@ -56,6 +56,14 @@ def refuse_shape_changes(saved: dict, current: ModelConfig) -> None:
         raise ValueError(f"checkpoint does not fit this config (parameter shapes differ): {_listing(changed)}")
 
 
+def override_names(value: str | list[str] | None) -> list[str]:
+    """``--resume_overrides`` as given: ``norm_eps``, ``norm_eps,rope_theta`` or ``[norm_eps, rope_theta]``."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    return [item.strip() for item in items if item.strip()]
+
+
 def check_override_names(names: list[str]) -> None:
     """``--resume_overrides`` may only name COMPUTE fields; anything else is a typo or cannot work."""
     for name in names:
