@@ -161,7 +161,8 @@ class ResumeCheck(Callback):
                 for key, value in new.items():
                     if _plain(old[key]) != _plain(value):
                         notes.append(f"model.optimizer.init_args.{key} {old[key]!r} -> {value!r}")
-                        group["initial_lr" if key == "lr" else key] = value
+                        # With a scheduler, initial_lr is the base it scales (the LR itself is recomputed below).
+                        group["initial_lr" if key == "lr" and "initial_lr" in group else key] = value
         return list(dict.fromkeys(notes))
 
     @staticmethod
