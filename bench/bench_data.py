@@ -2,12 +2,13 @@
 
     python bench/bench_data.py                        # stdlib, byte, seq_len 65536, batch 1, 0 and 4 workers
     python bench/bench_data.py --fresh                # also time tokenization from scratch (temp data dir)
-    python bench/bench_data.py --tokenizer bpe:8192 --doc-ids   # BPE shards, with document ids
+    python bench/bench_data.py --tokenizer bpe:8192   # BPE shards
 
 Per worker count it times --batches consecutive batches from the training DataLoader after a warm-up of a
 few batches per worker (worker start-up stays out of the figure) and prints tokens/s (seq_len * batch per
 batch) beside --consumption, the rate the paper-shaped model trains at seq_len 65536 on one H100 (about
-50k tokens/s); the ratio must stay well above 1 for the data pipeline never to be the bottleneck.
+50k tokens/s); the ratio must stay well above 1 for the data pipeline never to be the bottleneck. It also
+times the integrity check that prepare_data runs on a found cache (sha256 of every shard file), in s per GB.
 The clock is time.perf_counter: this is CPU work, bench/timing.py's CUDA events do not apply.
 """
 
@@ -18,17 +19,15 @@ import datetime
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import warnings
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from lighthouse.data import LMDataModule  # noqa: E402
+from lighthouse.data.datamodule import LMDataModule
+from lighthouse.data.shards import verify
 
 
 def delivered_tokens_per_s(dm: LMDataModule, batches: int, warmup: int) -> tuple[float, float]:
@@ -53,7 +52,6 @@ def main() -> None:
     ap.add_argument("--corpus", default="stdlib")
     ap.add_argument("--tokenizer", default="byte")
     ap.add_argument("--data-dir", default="data")
-    ap.add_argument("--doc-ids", action="store_true", help="also build doc_ids for every batch")
     ap.add_argument("--fresh", action="store_true", help="tokenize into a temporary data dir (times a cold build)")
     ap.add_argument(
         "--consumption",
@@ -74,7 +72,6 @@ def main() -> None:
         corpus=args.corpus,
         tokenizer=args.tokenizer,
         data_dir=data_dir,
-        return_doc_ids=args.doc_ids,
     )
     env = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -100,6 +97,12 @@ def main() -> None:
         f"this run's prepare_data {prep_s:.2f} s]"
     )
     print(f"shards: {dm.shard_dir}")
+    shard_bytes = sum(e["bytes"] for split in m["splits"].values() for e in split["checksums"].values())
+    t0 = time.perf_counter()
+    assert verify(dm.shard_dir, m) == []
+    verify_s = time.perf_counter() - t0
+    per_gb = verify_s / shard_bytes * 1e9
+    print(f"integrity check: {shard_bytes / 1e6:.1f} MB hashed in {verify_s:.2f} s ({per_gb:.2f} s/GB)")
 
     rows = []
     print(
@@ -120,6 +123,7 @@ def main() -> None:
                     "env": env,
                     "args": vars(args),
                     "tokenization_s": m["build"]["seconds"],
+                    "verify_s_per_gb": per_gb,
                     "tokens": tokens,
                     "results": rows,
                 },

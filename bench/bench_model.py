@@ -1,7 +1,7 @@
 """Whole-model training throughput on one GPU: tokens/s of a full training step, Lighthouse vs dense.
 
-    python bench/bench_model.py                          # paper-shaped model at 65536 and 131072
-    python bench/bench_model.py --flavor small --seq-lens 16384 --backends sdpa lighthouse_naive
+    PYTHONPATH=src python bench/bench_model.py           # paper-shaped model at 65536 and 131072
+    PYTHONPATH=src python bench/bench_model.py --flavor small --seq-lens 16384 --backends sdpa lighthouse_naive
 
 One step = forward, backward and a fused AdamW update under bf16 autocast, batch 1. Each (N, backend) is
 timed with CUDA events after warm-up, median of --steps, with per-block activation checkpointing unless
@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 
 import torch
-import torch.nn.functional as F
+from timing import cuda_time_ms
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "src"), HERE]
-
-from timing import cuda_time_ms  # noqa: E402
-
-from lighthouse.config import model_flavor  # noqa: E402
-from lighthouse.model import Transformer  # noqa: E402
+from lighthouse.config import model_flavor
+from lighthouse.model import Transformer
 
 
 def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: int) -> tuple[float, float, float, float]:
@@ -36,8 +30,7 @@ def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: in
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(tokens[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+            loss = model.token_losses(tokens).mean()  # the training loss, chunked or not as configured
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -53,8 +46,10 @@ def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: in
     return ms, peak / 2**30, torch.cuda.max_memory_reserved() / 2**30, (peak - resident) / 2**30
 
 
-def run_one(flavor: str, backend: str, seq_len: int, steps: int, warmup: int, checkpointing: bool, compile: bool):
-    config = model_flavor(flavor, attention=backend, max_seq_len=seq_len, activation_checkpointing=checkpointing)
+def run_one(flavor: str, backend: str, seq_len: int, steps: int, warmup: int, checkpointing: bool, compile: bool,
+            memory: dict):
+    config = model_flavor(flavor, attention=backend, max_seq_len=seq_len, activation_checkpointing=checkpointing,
+                          **memory)
     model = Transformer(config).cuda()
     if compile:
         model.compile_blocks()
@@ -80,13 +75,20 @@ def main() -> None:
     # without it the dense model runs out of memory in the backward).
     parser.add_argument("--checkpointing", choices=["on", "off"], default="on")
     parser.add_argument("--compile", action="store_true", help="torch.compile every block (LitLM compile=true)")
+    # Memory options (ModelConfig fields of the same names).
+    parser.add_argument("--checkpoint-dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--offload", action="store_true", help="checkpoint_offload: block inputs in host memory")
+    parser.add_argument("--mlp-chunk", type=int, default=None, help="mlp_chunk_tokens")
+    parser.add_argument("--loss-chunk", type=int, default=None, help="loss_chunk_tokens")
     args = parser.parse_args()
+    memory = dict(checkpoint_dtype=args.checkpoint_dtype, checkpoint_offload=args.offload,
+                  mlp_chunk_tokens=args.mlp_chunk, loss_chunk_tokens=args.loss_chunk)
     if not torch.cuda.is_available():
         sys.exit("bench_model.py needs a CUDA GPU")
 
     print(
         f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, flavor {args.flavor}, "
-        f"activation checkpointing {args.checkpointing}, compile {args.compile}"
+        f"activation checkpointing {args.checkpointing}, compile {args.compile}, memory options {memory}"
     )
     rows = []
     for seq_len in args.seq_lens:
@@ -95,10 +97,10 @@ def main() -> None:
             checkpointing = args.checkpointing == "on"
             try:
                 ms, allocated, reserved, activations = run_one(
-                    args.flavor, backend, seq_len, args.steps, args.warmup, checkpointing, args.compile
+                    args.flavor, backend, seq_len, args.steps, args.warmup, checkpointing, args.compile, memory
                 )
             except torch.OutOfMemoryError:
-                rows.append((seq_len, backend, "OOM", "", "", "", "", "", args.checkpointing))
+                rows.append((seq_len, backend, "OOM", "", "", "", "", "", "", args.checkpointing))
                 continue
             tps = seq_len / (ms / 1e3)
             if backend == "sdpa":
@@ -113,6 +115,7 @@ def main() -> None:
                     ratio,
                     f"{allocated:.2f}",
                     f"{activations:.2f}",
+                    f"{activations * 2**30 / seq_len / 1024:.1f}",
                     f"{reserved:.2f}",
                     args.checkpointing,
                 )
@@ -127,6 +130,7 @@ def main() -> None:
         "vs sdpa",
         "peak alloc GiB",
         "above weights+optimizer GiB",
+        "KiB/token above weights",
         "peak reserved GiB",
         "act. ckpt",
     )

@@ -18,10 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "src")]
+from tensorboard_scalars import logged_scalars
 
-from training_helpers import logged_scalars  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SMALL = ["--config", "configs/demo.yaml", "--trainer.val_check_interval", "1000", "--trainer.num_sanity_val_steps",
          "0", "--trainer.log_every_n_steps", "1"]

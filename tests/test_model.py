@@ -38,6 +38,7 @@ def test_initial_loss_is_uniform():
     assert abs(loss.item() - math.log(vocab)) < 0.05
 
 
+@pytest.mark.slow
 def test_overfits_one_batch():
     torch.manual_seed(0)
     model = Transformer(tiny())
@@ -133,6 +134,7 @@ def test_flavor_sizes():
     assert paper.dense_layers == [0, 1, 28, 29]
 
 
+@pytest.mark.slow
 def test_debug_flavor_learns_with_lighthouse_naive():
     """The debug model with the reference Lighthouse layer in its middle layers trains on CPU."""
     torch.manual_seed(0)

@@ -27,6 +27,7 @@ def test_demo_config_fast_dev_run_exits_zero(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_lighthouse_model_learns(tmp_path):
     config = tiny_config(tmp_path, "learn", max_steps=30, every_n=30)
     fit(tmp_path, config)
@@ -39,6 +40,7 @@ def test_lighthouse_model_learns(tmp_path):
     assert logged_scalars(tmp_path / "logs" / "learn", "perf/tokens_per_sec")
 
 
+@pytest.mark.slow
 def test_resume_gives_identical_losses(tmp_path):
     straight = tiny_config(tmp_path / "a", "straight", max_steps=8)
     fit(tmp_path / "a", straight)

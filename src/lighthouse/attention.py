@@ -7,12 +7,16 @@ Lighthouse layers and dense SDPA are interchangeable per layer and per training 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lighthouse.config import ATTENTION_BACKENDS, LighthouseConfig, ModelConfig
+
+if TYPE_CHECKING:
+    from lighthouse.kv_cache import LayerCache
 
 
 def sdpa_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
@@ -90,10 +94,15 @@ class Attention(nn.Module):
             raise ValueError(f"attention backend {name!r} is not one of {tuple(INNER_ATTENTION)}")
         self._backend = name
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
+        """x ``[B, N, dim]``; cos/sin start at the position of x's first token. With a cache (generation), the
+        attention is dense over the cached positions and these, whatever the layer's backend."""
         B, N, _ = x.shape
         q = apply_rope(self.wq(x).view(B, N, self.n_heads, self.head_dim), cos, sin)
         k = apply_rope(self.wk(x).view(B, N, self.n_kv_heads, self.head_dim), cos, sin)
         v = self.wv(x).view(B, N, self.n_kv_heads, self.head_dim)
-        out = INNER_ATTENTION[self._backend](q, k, v, self.lighthouse)  # [B, N, H, D]
+        if cache is None:
+            out = INNER_ATTENTION[self._backend](q, k, v, self.lighthouse)  # [B, N, H, D]
+        else:
+            out = cache.attend(q, k, v)
         return self.wo(out.reshape(B, N, self.n_heads * self.head_dim))

@@ -149,9 +149,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def load_verified(path, map_location=lambda storage, loc: storage, weights_only: bool | None = None,
-                  mmap: bool = False) -> dict:
+                  mmap: bool = False, check_finite: bool = True) -> dict:
     """A checkpoint from a local path or URL: checksum checked, weights-only unless ``weights_only=False`` is passed
-    explicitly, weights and optimizer state finite. ``mmap`` maps a local file's tensors instead of reading them."""
+    explicitly, weights and optimizer state finite (``check_finite``). ``mmap`` maps a local file's tensors instead
+    of reading them."""
     weights_only = True if weights_only is None else weights_only
     name = str(path)
     if is_remote(path):
@@ -168,7 +169,7 @@ def load_verified(path, map_location=lambda storage, loc: storage, weights_only:
     checkpoint = _unpickle(source, name, map_location, weights_only, folder, mmap and folder is not None)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"cannot load checkpoint {name}: it holds a {type(checkpoint).__name__}, not a dict")
-    bad = non_finite_names(checkpoint_state(checkpoint))
+    bad = non_finite_names(checkpoint_state(checkpoint)) if check_finite else []
     if bad:
         raise CheckpointError(
             f"checkpoint {name} holds non-finite values ({', '.join(bad)}): it cannot be trained from. "

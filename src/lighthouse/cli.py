@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import torch
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lighthouse import exits
-from lighthouse.data import LMDataModule
+from lighthouse.data.datamodule import LMDataModule
 from lighthouse.lit_module import LitLM
 from lighthouse.preflight import check_backend_runs_here, check_trainer_args
 from lighthouse.resume import check_override_names, override_names
@@ -33,6 +34,12 @@ class KeepEveryConfig(SaveConfigCallback):
 
 
 class LighthouseCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Only the subcommands this LightningModule implements: no test_step (there is no test split) and no
+        # predict_step; sampling is src/generate.py, evaluation by other tools goes through src/export.py.
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_args(config["trainer"])
@@ -70,6 +77,8 @@ class LighthouseCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> LighthouseCLI:
+    # Config dataclasses (ModelConfig, DataSettings) document their fields in attribute docstrings; --help shows them.
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     return LighthouseCLI(
         LitLM,
         LMDataModule,

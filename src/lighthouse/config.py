@@ -10,6 +10,7 @@ from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, lighthou
 PREFIX = "model.arch."
 
 ATTENTION_BACKENDS = ("sdpa", "lighthouse_naive", "lighthouse")
+CHECKPOINT_DTYPES = ("float32", "bfloat16")
 """Inner attention implementations, chosen by name; never a silent fallback from one to another."""
 
 
@@ -59,7 +60,20 @@ class ModelConfig:
     lighthouse: LighthouseConfig = field(default_factory=LighthouseConfig)
     """Lighthouse parameters, used by layers whose backend is a Lighthouse one."""
     activation_checkpointing: bool = False
-    """Recompute each block in the backward pass: less activation memory for very long contexts."""
+    """Recompute each block in the backward pass: between forward and backward only each block's input is kept."""
+    checkpoint_dtype: str = "float32"
+    """With activation_checkpointing: the dtype of the kept block inputs. 'bfloat16' halves that memory; the
+    residual stream is then rounded to bf16 at every block boundary, in the forward too, so the recompute is
+    exact (the block computes in fp32 inside, as always)."""
+    checkpoint_offload: bool = False
+    """With activation_checkpointing: keep the block inputs in pinned host memory instead of on the GPU, copied
+    on a side stream that overlaps compute and fetched back one block ahead in the backward."""
+    mlp_chunk_tokens: int | None = None
+    """Run the SwiGLU feed-forward over chunks of this many positions, each recomputed in the backward, so its
+    [N, ffn_hidden] intermediates never exist for the whole sequence at once. None: one piece."""
+    loss_chunk_tokens: int | None = None
+    """Compute the output projection and the cross-entropy over chunks of this many positions, recomputed in
+    the backward, so the [N, vocab] fp32 logits are never materialised. None: one piece."""
     tie_embeddings: bool = False
     """Share the input embedding and output projection weights."""
     init_std: float = 0.02
@@ -99,6 +113,17 @@ class ModelConfig:
             raise ValueError(
                 f"{PREFIX}n_kv_heads={self.n_kv_heads} must divide {PREFIX}n_heads={self.n_heads} (1..n_heads)"
             )
+        if self.checkpoint_dtype not in CHECKPOINT_DTYPES:
+            raise ValueError(f"{PREFIX}checkpoint_dtype={self.checkpoint_dtype!r} is not one of {CHECKPOINT_DTYPES}")
+        if (self.checkpoint_dtype != "float32" or self.checkpoint_offload) and not self.activation_checkpointing:
+            raise ValueError(
+                f"{PREFIX}checkpoint_dtype / checkpoint_offload choose what activation checkpointing keeps: set "
+                f"{PREFIX}activation_checkpointing=true, or leave them at 'float32' / false"
+            )
+        for name in ("mlp_chunk_tokens", "loss_chunk_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{PREFIX}{name}={value!r} is invalid: it must be an integer >= 1 or null")
         if self.rope_theta <= 0:
             raise ValueError(f"{PREFIX}rope_theta={self.rope_theta} must be > 0")
         if self.attention not in ATTENTION_BACKENDS:
@@ -130,6 +155,9 @@ FLAVORS: dict[str, dict] = {
     # The paper's model: dim 1024, 30 layers, 8 heads x 128, SwiGLU 1536, bytes, layers 0,1,28,29 dense.
     "paper": dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, max_seq_len=65536,
                   dense_layers=[0, 1, 28, 29]),
+    # The authors' 1M-token flavour of it: no dense layers, L=4, p=4, K=4096.
+    "paper_1m": dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, max_seq_len=1048576, dense_layers=[],
+                     lighthouse=dict(levels=4, pooling_factor=4, topk=4096)),
 }
 
 

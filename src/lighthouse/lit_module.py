@@ -8,13 +8,15 @@ from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from lighthouse.checkpoint_read import TOKENIZER_KEY, read_checkpoint, saved_model_config, training_stage
 from lighthouse.config import ModelConfig
+from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.guards import StepGuard, grad_norm
 from lighthouse.model import Transformer
+from lighthouse.passkey import PasskeyConfig, PasskeyEval, dense_eager, split_reader
 from lighthouse.resume import refuse_shape_changes, saved_model_fields
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
@@ -60,6 +62,7 @@ class LitLM(L.LightningModule):
         min_lr_ratio: float = 0.1,
         schedule_steps: int | None = None,
         compile: bool = False,
+        passkey: PasskeyConfig | None = None,
     ):
         """
         Args:
@@ -73,6 +76,9 @@ class LitLM(L.LightningModule):
             schedule_steps: Length of the LR schedule in optimizer steps; None means trainer.max_steps. Set it
                 to the total of both stages so a two-job run (stage 1, then recovery) follows one schedule.
             compile: torch.compile every transformer block (the Lighthouse ops are custom ops, no graph breaks).
+            passkey: Passkey retrieval test at every validation, with dense attention, filler from the
+                validation split (``val/passkey_acc``, ``val/passkey_digit_acc``, per length and cell); None
+                turns it off, ``{}`` runs the default grid (see lighthouse/passkey.py).
         """
         super().__init__()
         if isinstance(arch, dict):  # the hyperparameters stored in a checkpoint
@@ -85,6 +91,10 @@ class LitLM(L.LightningModule):
             raise ValueError(f"model.min_lr_ratio={min_lr_ratio} must lie in [0, 1]")
         if schedule_steps is not None and schedule_steps < 1:
             raise ValueError(f"model.schedule_steps={schedule_steps} must be >= 1 or null")
+        if isinstance(passkey, dict):
+            passkey = PasskeyConfig(**passkey)
+        if passkey is not None:
+            passkey.validate(arch.max_seq_len)
         self.config = arch
         self.optimizer_factory = optimizer
         self.warmup_steps, self.lr_schedule, self.min_lr_ratio = warmup_steps, lr_schedule, min_lr_ratio
@@ -92,7 +102,8 @@ class LitLM(L.LightningModule):
         # Plain dicts only: checkpoints then load with torch.load(weights_only=True).
         self.save_hyperparameters({"arch": dataclasses.asdict(arch), "warmup_steps": warmup_steps,
                                    "lr_schedule": lr_schedule, "min_lr_ratio": min_lr_ratio,
-                                   "schedule_steps": schedule_steps})
+                                   "schedule_steps": schedule_steps,
+                                   "passkey": None if passkey is None else dataclasses.asdict(passkey)})
         self.model = Transformer(arch)
         # Read off the eager model now; FSDP later flattens and shards the parameters (see parameter_groups).
         self.no_decay_names = frozenset(name for name, p in self.model.named_parameters() if p.dim() < 2)
@@ -102,6 +113,11 @@ class LitLM(L.LightningModule):
         self.val_loss = MeanMetric()
         self.buckets = position_buckets(arch.max_seq_len)
         self.val_loss_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)
+        # The same weights with every layer dense (val/loss runs the model as it trains).
+        self.val_loss_dense = MeanMetric()
+        self.val_loss_dense_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)
+        self.passkey_config = passkey
+        self._passkey_eval: PasskeyEval | None = None  # built at the first validation, from the data module
 
     # ---- stages -------------------------------------------------------------------------------------------
     def set_attention_backend(self, name: str) -> None:
@@ -111,10 +127,7 @@ class LitLM(L.LightningModule):
     # ---- steps --------------------------------------------------------------------------------------------
     def token_losses(self, tokens: Tensor) -> Tensor:
         """Per-token next-token cross-entropy ``[B, N]`` for a window ``tokens`` ``[B, N + 1]``."""
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        logits = self.model(inputs)
-        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        return losses.view_as(targets)
+        return self.model.token_losses(tokens)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.token_losses(batch["tokens"]).mean()
@@ -125,20 +138,55 @@ class LitLM(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        losses = self.token_losses(batch["tokens"])
-        self.val_loss.update(losses)
-        for (lo, hi), metric in zip(self.buckets, self.val_loss_by_pos, strict=True):
-            if lo < losses.shape[1]:
-                metric.update(losses[:, lo:hi])
+        tokens = batch["tokens"]
+        # Eager: a handful of forwards per validation would not repay compiling a no-grad variant of the blocks.
+        with torch.compiler.set_stance("force_eager"):
+            losses = self.token_losses(tokens)
+        if self.model.attention_backends == ["sdpa"] * self.config.n_layers:
+            dense = losses  # already the dense model: the same number, not computed twice
+        else:
+            # Lighthouse selection inside a tile sees later tokens of the tile (op README, causality), which
+            # lowers val/loss; the dense loss of the same weights is the number to compare runs on.
+            with dense_eager(self.model):
+                dense = self.token_losses(tokens)
+        for total, by_pos, values in ((self.val_loss, self.val_loss_by_pos, losses),
+                                      (self.val_loss_dense, self.val_loss_dense_by_pos, dense)):
+            total.update(values)
+            for (lo, hi), metric in zip(self.buckets, by_pos, strict=True):
+                if lo < values.shape[1]:
+                    metric.update(values[:, lo:hi])
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
-        self.val_loss.reset()
         self.log_dict({"val/loss": loss, "val/ppl": loss.exp()}, prog_bar=True, sync_dist=False)
-        for (lo, hi), metric in zip(self.buckets, self.val_loss_by_pos, strict=True):
-            if metric.update_called:
-                self.log(f"val/loss_pos/{bucket_name(lo, hi)}", metric.compute())
+        self.log("val/loss_dense", self.val_loss_dense.compute(), sync_dist=False)
+        for metric in (self.val_loss, self.val_loss_dense):
             metric.reset()
+        for name, by_pos in (("val/loss_pos", self.val_loss_by_pos),
+                             ("val/loss_dense_pos", self.val_loss_dense_by_pos)):
+            for (lo, hi), metric in zip(self.buckets, by_pos, strict=True):
+                if metric.update_called:
+                    self.log(f"{name}/{bucket_name(lo, hi)}", metric.compute())
+                metric.reset()
+        if self.passkey_config is not None and not self.trainer.sanity_checking:
+            self.log_dict(self.run_passkey().metrics("val/"), sync_dist=False)  # already summed over ranks
+
+    def run_passkey(self):
+        """The passkey grid on the current weights, dense, prompts split over ranks and the counts summed."""
+        if self._passkey_eval is None:
+            datamodule = self.trainer.datamodule
+            if datamodule is None:
+                raise ValueError("model.passkey needs the data module (its tokenizer and validation split)")
+            self._passkey_eval = PasskeyEval(self.passkey_config, datamodule.tokenizer,
+                                             split_reader(datamodule, "val"), self.config.max_seq_len)
+
+        def logits(inputs: Tensor) -> Tensor:
+            with dense_eager(self.model), self.trainer.precision_plugin.forward_context():
+                return self.model(inputs)
+
+        strategy = self.trainer.strategy
+        return self._passkey_eval.run(logits, self.device, self.global_rank, self.trainer.world_size,
+                                      reduce_sum=lambda t: strategy.reduce(t, reduce_op="sum"))
 
     # ---- optimisation -------------------------------------------------------------------------------------
     def parameter_groups(self) -> tuple[list, list]:
@@ -177,12 +225,30 @@ class LitLM(L.LightningModule):
         self.step_guard.check(self.trainer, grad_norm(self, optimizer, gradient_clip_val, gradient_clip_algorithm))
 
     # ---- checkpoints --------------------------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's ``load_from_checkpoint`` for every checkpoint this project writes: loaded with
+        weights_only=True, the model config read from the checkpoint (also from checkpoints written before the
+        ``model`` -> ``arch`` rename), a sharded FSDP folder refused with the command that consolidates it, and a
+        stage-2 (recovered) checkpoint dense again. Keyword arguments override hyperparameters, as in Lightning.
+        """
+        metadata = read_checkpoint(checkpoint_path, mmap=True)  # mmap: the tensors are not read twice
+        kwargs.setdefault("arch", saved_model_config(metadata))
+        module = super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                              strict=strict, weights_only=True, **kwargs)
+        if training_stage(metadata) == 2:
+            module.set_attention_backend("sdpa")  # what StageSwitch does when training resumes in stage 2
+        return module
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lighthouse_model"] = dataclasses.asdict(self.config)
+        # The tokenizer's JSON travels with the weights (tens of kB for bytes, about 1 MB for a 32k BPE), so
+        # export and generation need nothing but the checkpoint.
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        if isinstance(tokenizer, TextTokenizer):
+            checkpoint[TOKENIZER_KEY] = tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Before the weights load, so a shape change is named instead of failing inside load_state_dict; the
         # other resume rules (lighthouse.resume.ResumeCheck) need the optimizer and the CLI's overrides.
-        saved = saved_model_fields(checkpoint)
-        if saved is not None:
-            refuse_shape_changes(saved, self.config)
+        refuse_shape_changes(saved_model_fields(checkpoint), self.config)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lighthouse.attention import Attention, rope_tables
-from lighthouse.config import ModelConfig
+from lighthouse.config import PREFIX, ModelConfig
+from lighthouse.kv_cache import KVCache, LayerCache
+from lighthouse.memory import HostOffload, chunked_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -25,14 +29,24 @@ class RMSNorm(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, chunk_tokens: int | None = None):
         super().__init__()
         self.w_gate = nn.Linear(dim, hidden, bias=False)
         self.w_up = nn.Linear(dim, hidden, bias=False)
         self.w_down = nn.Linear(hidden, dim, bias=False)
+        self.chunk_tokens = chunk_tokens
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+        if self.chunk_tokens is None or x.shape[1] <= self.chunk_tokens:
+            return self.feed_forward(x)
+        pieces = x.split(self.chunk_tokens, dim=1)  # [B, chunk, dim] views
+        if not torch.is_grad_enabled():
+            return torch.cat([self.feed_forward(piece) for piece in pieces], dim=1)
+        # Each piece recomputed in the backward: only one piece's [B, chunk, hidden] intermediates are alive.
+        return torch.cat([checkpoint(self.feed_forward, piece, use_reentrant=False) for piece in pieces], dim=1)
 
 
 class Block(nn.Module):
@@ -41,11 +55,32 @@ class Block(nn.Module):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.attention = Attention(config, backend)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
-        self.feed_forward = SwiGLU(config.dim, config.ffn_hidden)
+        self.feed_forward = SwiGLU(config.dim, config.ffn_hidden, config.mlp_chunk_tokens)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
+        # A block input kept in bf16 (checkpoint_dtype) joins the residual stream in the parameters' dtype again.
+        x = x.to(self.ffn_norm.weight.dtype)
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache)
         return x + self.feed_forward(self.ffn_norm(x))
+
+
+def warn_if_topk_shrinks(config: ModelConfig) -> None:
+    """Say so when the context is too short for the configured top-k (fewer tiles, a smaller effective K)."""
+    if not config.uses_lighthouse():
+        return
+    from lighthouse.ops.lighthouse import lighthouse_geometry
+
+    lh = config.lighthouse
+    geometry = lighthouse_geometry(config.max_seq_len, lh.levels, lh.pooling_factor, lh.topk)
+    if geometry.effective_topk < lh.topk:
+        warnings.warn(
+            f"{PREFIX}lighthouse.topk={lh.topk} does not fit {config.max_seq_len} positions: every tile needs "
+            f"{128 * geometry.coarse_span} of them, so the layers use {geometry.num_tiles} tiles and an effective "
+            f"top-k of {geometry.effective_topk} (S_sel = {geometry.selected_len}, "
+            f"{geometry.selected_len / config.max_seq_len:.0%} of the context). Set topk to "
+            f"{geometry.effective_topk} or less to make that explicit.",
+            stacklevel=3,
+        )
 
 
 class Transformer(nn.Module):
@@ -66,6 +101,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
+        warn_if_topk_shrinks(config)
 
     def reset_parameters(self) -> None:
         std = self.config.init_std
@@ -94,22 +130,66 @@ class Transformer(nn.Module):
 
     def rope(self, seq_len: int) -> tuple[Tensor, Tensor]:
         """RoPE tables covering ``seq_len`` positions; inputs longer than the training length (evaluation,
-        generation) extend them once, the same formula at more positions."""
-        if seq_len > self.rope_cos.shape[0]:
-            cos, sin = rope_tables(self.config.head_dim, seq_len, self.config.rope_theta)
+        generation) extend them once, the same formula at more positions. Tables of a model cast to a low
+        precision (``model.bfloat16()`` for inference) are recomputed in fp32, as RoPE's fp32 math expects."""
+        if seq_len > self.rope_cos.shape[0] or self.rope_cos.dtype != torch.float32:
+            n = max(seq_len, self.rope_cos.shape[0])
+            cos, sin = rope_tables(self.config.head_dim, n, self.config.rope_theta)
             self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
         return self.rope_cos, self.rope_sin
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """tokens ``[B, N]`` -> logits ``[B, N, vocab_size]``."""
+    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        """tokens ``[B, N]`` -> logits ``[B, N, vocab_size]``; with a cache, see :meth:`features`."""
+        return self.output(self.features(tokens, cache))
+
+    def features(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        """tokens ``[B, N]`` -> final normalised hidden states ``[B, N, dim]`` (logits are ``output`` of them).
+
+        With a cache (generation), the tokens continue the cached positions, every layer attends densely, and
+        their keys and values are appended to the cache.
+        """
+        if cache is not None:
+            return self._cached_features(tokens, cache)
         x = self.tok_embeddings(tokens)
         cos, sin = self.rope(tokens.shape[1])
-        for layer in self.layers:
-            if self.config.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
-            else:
+        config = self.config
+        checkpointing = config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        if not checkpointing:
+            for layer in self.layers:
                 x = layer(x, cos, sin)
-        return self.output(self.norm(x))
+            return self.norm(x)
+        keep_dtype = torch.bfloat16 if config.checkpoint_dtype == "bfloat16" else None
+        # What checkpointing keeps per block is its input; HostOffload moves exactly those to the host.
+        with HostOffload(keep=(cos, sin)) if config.checkpoint_offload else nullcontext():
+            for layer in self.layers:
+                if keep_dtype is not None:
+                    x = x.to(keep_dtype)
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+        return self.norm(x)
+
+    def _cached_features(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        start, n = cache.length, tokens.shape[1]
+        cache.reserve(n)
+        cos, sin = self.rope(start + n)
+        cos, sin = cos[start:], sin[start:]  # RoPE at the tokens' own positions
+        x = self.tok_embeddings(tokens)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache.layer(i))
+        cache.advance(n)
+        return self.norm(x)
+
+    def token_losses(self, tokens: Tensor) -> Tensor:
+        """Per-token next-token cross-entropy ``[B, N]`` (fp32) for a window ``tokens`` ``[B, N + 1]``; with
+        ``loss_chunk_tokens`` the logits are made and consumed in chunks, never for the whole window."""
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        chunk = self.config.loss_chunk_tokens
+        if chunk is None:
+            logits = self(inputs)
+            losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        else:
+            hidden = self.features(inputs)  # [B, N, dim]
+            losses = chunked_cross_entropy(hidden.flatten(0, 1), self.output.weight, targets.flatten(), chunk)
+        return losses.view_as(targets)
 
     def num_params(self, exclude_embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -5,7 +5,7 @@ Every model field is in exactly one class (a test pins it, so a new field cannot
 - COMPUTE: same parameters, different function (norm_eps, rope_theta): the trained weights would compute something
   else and the loss jumps. Refused unless named in ``--resume_overrides``.
 - RECIPE: how the same function is computed or trained (attention backend, Lighthouse settings, dense layers,
-  activation checkpointing, context length, init): the two-stage recipe changes these on purpose. Allowed.
+  activation checkpointing and chunking, context length, init): recipes change these on purpose. Allowed.
 
 Optimizer settings (lr, betas, weight_decay, eps, ...) and the LR schedule (warmup_steps, lr_schedule,
 min_lr_ratio, schedule_steps) only shape the steps still to come, so the config wins: a changed value is applied
@@ -21,24 +21,26 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lighthouse.checkpoint_read import saved_model_config
 from lighthouse.config import PREFIX, ModelConfig
 
 SHAPE = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "tie_embeddings")
 COMPUTE = ("norm_eps", "rope_theta")
-RECIPE = ("attention", "dense_layers", "lighthouse", "activation_checkpointing", "max_seq_len", "init_std")
+# checkpoint_dtype rounds the residual stream to bf16 between blocks: a precision choice like trainer.precision.
+RECIPE = ("attention", "dense_layers", "lighthouse", "activation_checkpointing", "checkpoint_dtype",
+          "checkpoint_offload", "mlp_chunk_tokens", "loss_chunk_tokens", "max_seq_len", "init_std")
 SCHEDULE = ("warmup_steps", "lr_schedule", "min_lr_ratio", "schedule_steps")
 # Optimizer param-group keys that are bookkeeping, not settings: the parameters, and the LR the scheduler owns.
 _NOT_SETTINGS = ("params", "lr", "initial_lr")
 
 
-def saved_model_fields(checkpoint: dict) -> dict | None:
-    """The checkpoint's model config as a dict with sizes resolved; None for a checkpoint that has none."""
-    saved = checkpoint.get("lighthouse_model")
-    if saved is None:
-        saved = checkpoint.get("hyper_parameters", {}).get("arch")
-    if not isinstance(saved, dict):
-        return None
-    return dataclasses.asdict(ModelConfig(**saved))  # resolves sizes older checkpoints stored as None
+def saved_model_fields(checkpoint: dict) -> dict:
+    """The checkpoint's model config as a dict with sizes resolved (refused if the checkpoint has none)."""
+    arch = checkpoint.get("hyper_parameters", {}).get("arch")
+    if "lighthouse_model" not in checkpoint and isinstance(arch, ModelConfig):
+        # LitLM.load_from_checkpoint hands Lightning the config it read (an old checkpoint's) as hyperparameter.
+        return dataclasses.asdict(arch)
+    return dataclasses.asdict(saved_model_config(checkpoint))
 
 
 def _changes(saved: dict, current: ModelConfig, fields: tuple[str, ...]) -> dict[str, tuple]:
@@ -122,9 +124,7 @@ class ResumeCheck(Callback):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._resumed = True
-        saved = saved_model_fields(checkpoint)
-        if saved is not None:
-            refuse_compute_changes(saved, pl_module.config, self.overrides)
+        refuse_compute_changes(saved_model_fields(checkpoint), pl_module.config, self.overrides)
         hparams = checkpoint.get("hyper_parameters", {})
         self._saved_schedule = {k: hparams[k] for k in SCHEDULE if k in hparams}
 

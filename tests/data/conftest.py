@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from datagen import SIZES, write_corpus
 
-from lighthouse.data import LMDataModule
+from lighthouse.data.datamodule import LMDataModule
 
 
 @pytest.fixture

@@ -1,10 +1,19 @@
-"""Small generated corpora for the data tests: unique windows, some multi-byte characters, long documents."""
+"""Helpers for the data tests: small generated corpora (unique windows, multi-byte characters, long documents),
+a quiet byte-tokenizer build, and a loader reader that shuts its workers down."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 from pathlib import Path
+
+from lighthouse.data.build import Selection
+from lighthouse.data.cache import prepare
+from lighthouse.data.corpus import resolve_corpus
+from lighthouse.data.tokenizer import parse_tokenizer_spec
+
+BYTE = parse_tokenizer_spec("byte")
 
 _SYLLABLES = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "ve", "zu", "ha", "jo", "é", "ß", "中", "🙂"]
 
@@ -78,3 +87,13 @@ def take(loader, n):
     finally:
         if hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
+
+
+def build(corpus, data_dir, val_fraction=0.2, max_documents=None, max_bytes=None, **kw):
+    """prepare() of a local corpus with the byte tokenizer, in-process, without a progress bar."""
+    kw = {"num_proc": 1, "progress": False, **kw}
+    return prepare(resolve_corpus(str(corpus)), BYTE, data_dir, Selection(val_fraction, max_documents, max_bytes), **kw)
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,4 +1,4 @@
-"""The pure functions that specify the stream: packing, windows, document ids, order, sharding."""
+"""The pure functions that specify the stream: the split rule, packing, windows, order, sharding."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lighthouse.data.packing import (
-    doc_ids_for_span,
+    TAIL_SUFFIX,
+    assign_splits,
     epoch_permutation,
     evenly_spaced,
+    is_val,
     local_batches,
     num_windows,
     pack_documents,
+    split_value,
+    tail_length,
     window_span,
 )
 
@@ -40,13 +44,31 @@ def test_windows_make_every_token_a_target_once(n_tokens, seq_len):
 
 
 @settings(max_examples=100, deadline=None)
-@given(lengths=st.lists(st.integers(0, 40), min_size=1, max_size=12), data=st.data())
-def test_doc_ids_match_brute_force(lengths, data):
-    stream, starts = pack_documents([[1] * n for n in lengths], eos_id=0)
-    expected = np.concatenate([np.full(n + 1, i) for i, n in enumerate(lengths)])
-    lo = data.draw(st.integers(0, len(stream)))
-    hi = data.draw(st.integers(lo, len(stream)))
-    assert doc_ids_for_span(starts, lo, hi).tolist() == expected[lo:hi].tolist()
+@given(keys=st.lists(st.text(min_size=1, max_size=8), min_size=2, max_size=30, unique=True), f=st.floats(0.01, 0.99))
+def test_split_assignment_is_per_key_for_two_or_more_documents(keys, f):
+    docs = [(k, k * 3, i) for i, k in enumerate(keys)]
+    out = list(assign_splits(docs, f))
+    assert [(key, content, tag) for _, key, content, tag in out] == docs  # order and content untouched
+    assert [split for split, *_ in out] == ["val" if is_val(k, f) else "train" for k in keys]
+    assert all((split == "val") == (split_value(k) < f) for split, k, _, _ in out)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(0, 5000), f=st.floats(0.001, 0.999))
+def test_one_document_is_cut_into_a_train_head_and_a_val_tail(n, f):
+    content = list(range(n))
+    out = list(assign_splits([("doc", content, "tag")], f))
+    tail = tail_length(n, f)
+    if n < 2:
+        assert tail == 0 and out == [("val" if is_val("doc", f) else "train", "doc", content, "tag")]
+        return
+    assert 1 <= tail <= n - 1
+    if 1 <= f * n <= n - 1:  # otherwise clamped to leave both pieces non-empty
+        assert abs(tail - f * n) <= 0.5
+    assert out == [
+        ("train", "doc", content[: n - tail], "tag"),
+        ("val", "doc" + TAIL_SUFFIX, content[n - tail :], "tag"),
+    ]
 
 
 @pytest.mark.parametrize("world,workers", [(1, 1), (2, 1), (4, 3), (3, 2)], ids=lambda v: str(v))

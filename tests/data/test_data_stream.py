@@ -1,4 +1,5 @@
-"""Window stream: nothing lost or repeated over ranks/workers, seeded order, resume, doc ids, validation."""
+"""Window stream: nothing lost or repeated over ranks/workers, seeded order, resume, long documents, validation,
+the window-mix seam."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from datagen import take
 from torch.utils.data import DataLoader
 
-from lighthouse.data.packing import doc_ids_for_span
+from lighthouse.data.stream import PackedWindows
 
 L, B = 64, 3
 
@@ -141,41 +142,35 @@ def test_resume_on_different_data_is_refused_or_warned(corpus_dir, make_dm, capl
         bad.load_state_dict({**state, "tokenizer_fingerprint": "0123456789abcdef"})
 
 
-def test_doc_ids_and_long_documents(corpus_dir, make_dm):
-    d = make_dm(corpus_dir, seq_len=L, batch_size=B, return_doc_ids=True)
-    ds = d.train_dataset()
+def test_long_documents_are_cut_across_consecutive_windows(dm, corpus_dir):
+    ds = dm.train_dataset()
     t, ref = stream_and_index(ds)
     w = len(ref)
     starts = np.asarray(ds.split.doc_starts)
     keys = ds.split.keys()
-    pieces: dict[int, dict[int, int]] = {}  # doc -> {stream position: token}, from the windows alone
+    pieces: dict[int, dict[int, int]] = {}  # doc -> {stream position: token}, from the served windows alone
     for batch in batches(ds, -(-w // B)):
-        for row, ids in zip(batch["tokens"].numpy(), batch["doc_ids"].numpy(), strict=True):
-            k = ref[row.tobytes()]
-            lo = k * L
-            assert ids.tolist() == doc_ids_for_span(starts, lo, lo + L + 1).tolist()
-            change = np.flatnonzero(np.diff(ids)) + 1
-            assert (row[change - 1] == d.eos_id).all()  # a new document starts right after an EOS
-            for p, (tok, doc) in enumerate(zip(row, ids, strict=True)):
+        for row in batch["tokens"].numpy():
+            lo = ref[row.tobytes()] * L
+            docs = np.searchsorted(starts, np.arange(lo, lo + L + 1), side="right") - 1  # document of each token
+            change = np.flatnonzero(np.diff(docs)) + 1
+            assert (row[change - 1] == dm.eos_id).all()  # a new document starts right after an EOS
+            for p, (tok, doc) in enumerate(zip(row, docs, strict=True)):
                 pieces.setdefault(int(doc), {})[lo + p] = int(tok)
     ends = np.append(starts[1:], len(t))
     assert ((ends - starts) > 2 * L).sum() >= 2  # the corpus has documents split over 3+ windows
     complete = [doc for doc in range(len(keys)) if ends[doc] <= w * L + 1]  # not in the untrained tail
     for doc in complete:
         text = (corpus_dir / keys[doc]).read_bytes()  # byte tokenizer: ids are the file's bytes
-        assert [pieces[doc][p] for p in range(starts[doc], ends[doc])] == [*text, d.eos_id], keys[doc]
+        assert [pieces[doc][p] for p in range(starts[doc], ends[doc])] == [*text, dm.eos_id], keys[doc]
     assert len(complete) >= len(keys) - 2
 
 
 def test_validation_windows_are_fixed_and_from_val_documents(corpus_dir, make_dm):
-    d = make_dm(corpus_dir, seq_len=L, batch_size=B, val_batches=4, return_doc_ids=True)
+    d = make_dm(corpus_dir, seq_len=L, batch_size=B, val_batches=4)
     d.setup("fit")
     first = list(d.val_dataloader())
-    again = list(
-        make_dm(
-            corpus_dir, seq_len=L, batch_size=B, val_batches=4, seed=7, num_workers=2, return_doc_ids=True
-        ).val_dataloader()
-    )
+    again = list(make_dm(corpus_dir, seq_len=L, batch_size=B, val_batches=4, seed=7, num_workers=2).val_dataloader())
     assert len(first) == 4
     assert all(torch.equal(a["tokens"], b["tokens"]) for a, b in zip(first, again, strict=True))
     val_ds = d.val_dataset()
@@ -183,11 +178,9 @@ def test_validation_windows_are_fixed_and_from_val_documents(corpus_dir, make_dm
     val_keys = set(val_ds.split.keys())
     assert val_keys and not val_keys & set(d.train_dataset().split.keys())
     rows = torch.cat([b["tokens"] for b in first]).numpy()
-    ids = torch.cat([b["doc_ids"] for b in first]).numpy()
     assert len(set(val_ds.windows.tolist())) == len(rows) == 4 * B
-    for row, doc_ids, k in zip(rows, ids, val_ds.windows, strict=True):
+    for row, k in zip(rows, val_ds.windows, strict=True):
         assert np.array_equal(row, v[k * L : k * L + L + 1])
-        assert doc_ids.tolist() == doc_ids_for_span(np.asarray(val_ds.split.doc_starts), k * L, k * L + L + 1).tolist()
 
 
 def test_validation_is_split_evenly_over_ranks(corpus_dir, make_dm):
@@ -199,3 +192,46 @@ def test_validation_is_split_evenly_over_ranks(corpus_dir, make_dm):
     assert all(torch.equal(x, y) for x, y in zip([per_rank[g % 2][g // 2] for g in range(4)], whole, strict=True))
     three = [d.val_dataset(r, 3).num_local_batches() for r in range(3)]
     assert three == [2, 2, 2]  # equal step counts: no rank waits in a collective
+
+
+class EveryThirdIsConstant:
+    """A stand-in passkey mix: every third global position becomes a constant window (picklable, position-only)."""
+
+    def __call__(self, position: int, window: np.ndarray) -> np.ndarray:
+        return np.full_like(window, position % 250) if position % 3 == 0 else window
+
+
+def test_a_window_mix_replaces_by_global_position_on_any_rank_worker_and_resume(dm):
+    plain = dm.train_dataset(0, 1)
+    mixed = dm.train_dataset(0, 1)
+    mixed.mix = EveryThirdIsConstant()
+    ref = torch.cat([b["tokens"] for b in batches(plain, 8)])  # positions 0 .. 8B-1
+    got = torch.cat([b["tokens"] for b in batches(mixed, 8, workers=2)])
+    for p in range(8 * B):
+        expected = torch.full((L + 1,), p % 250) if p % 3 == 0 else ref[p]
+        assert torch.equal(got[p], expected), p
+    # Two ranks see exactly the positions of the one-rank stream; a stream resumed at 2B continues them.
+    same = dict(seq_len=L, batch_size=B, seed=plain.seed, mix=EveryThirdIsConstant())
+    ranks = [PackedWindows(plain.split, rank=r, world_size=2, **same) for r in range(2)]
+    for r, ds in enumerate(ranks):
+        for j, batch in enumerate(batches(ds, 2)):
+            g = j * 2 + r
+            assert torch.equal(batch["tokens"], got[g * B : (g + 1) * B])
+    resumed = PackedWindows(plain.split, start_window=2 * B, **same)
+    assert torch.equal(torch.cat([b["tokens"] for b in batches(resumed, 6)]), got[2 * B :])
+
+
+def test_a_window_mix_of_the_wrong_length_is_an_error(dm):
+    ds = dm.train_dataset()
+    ds.mix = lambda position, window: window[:-1]
+    with pytest.raises(ValueError, match=r"window mix returned shape \(64,\) at position 0, not \(65,\)"):
+        ds.batch(0)
+
+
+def test_the_datamodule_passes_its_training_mix_to_training_only(corpus_dir, make_dm, monkeypatch):
+    d = make_dm(corpus_dir, seq_len=L, batch_size=B)
+    d.setup("fit")
+    assert d.train_dataset().mix is None  # the default: the corpus unchanged
+    mix = EveryThirdIsConstant()
+    monkeypatch.setattr(d, "training_mix", lambda: mix)
+    assert d.train_dataset().mix is mix and d.val_dataset().mix is None

@@ -12,8 +12,8 @@ import pytest
 import torch
 from datagen import take, write_corpus
 
-from lighthouse.data import LMDataModule
 from lighthouse.data.corpus import stdlib_root
+from lighthouse.data.datamodule import LMDataModule
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,6 @@ def test_stdlib_corpus_small(tmp_path):
         val_fraction=0.2,
         val_batches=1,
         progress=False,
-        return_doc_ids=True,
     )
     dm.setup("fit")
     m = dm.manifest
@@ -105,7 +104,7 @@ def test_stdlib_corpus_small(tmp_path):
     n_tokens = sum(s["tokens"] for s in m["splits"].values())
     assert n_tokens == sum((root / f["path"]).stat().st_size + 1 for f in used)  # bytes + one EOS each
     (batch,) = take(dm.train_dataloader(), 1)
-    assert batch["tokens"].shape == batch["doc_ids"].shape == (2, 513)
+    assert batch["tokens"].shape == (2, 513) and list(batch) == ["tokens"]
     text = dm.decode(batch["tokens"][0])
     assert any(word in text for word in ("def ", "import ", "class ", "return", "#"))
     assert len(list(dm.val_dataloader())) == 1
@@ -135,6 +134,52 @@ def test_validation_split_too_small(corpus_dir, make_dm):
     take(dm.train_dataloader(), 1)  # training works; only validation cannot
     with pytest.raises(ValueError, match=r"validation split .* fewer than batch_size=2; raise val_fraction"):
         dm.val_dataloader()
+
+
+def test_a_corpus_of_one_long_document_trains_and_validates(tmp_path, make_dm):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "book.txt").write_text("".join(f"sentence {i} of a long book. " for i in range(3000)))
+    dm = make_dm(tmp_path / "one", seq_len=256, batch_size=2, val_fraction=0.05, val_batches=2)
+    dm.setup("fit")
+    assert dm.manifest["split"]["val_tail"]["key"] == "book.txt"
+    train, val = take(dm.train_dataloader(), 3), list(dm.val_dataloader())
+    assert len(train) == 3 and len(val) == 2
+    held_out = {row.numpy().tobytes() for b in val for row in b["tokens"]}
+    assert not held_out & {row.numpy().tobytes() for b in train for row in b["tokens"]}
+    # Too small a tail: the message says what helps, and why val_fraction does.
+    small = make_dm(tmp_path / "one", seq_len=256, batch_size=2, val_fraction=0.001, data_dir=str(tmp_path / "d2"))
+    small.setup("fit")
+    with pytest.raises(ValueError, match=r"raise val_fraction \(now 0.001; the corpus is one document, whose last"):
+        small.val_dataloader()
+
+
+def test_every_setting_has_a_docstring_and_a_check():
+    import ast
+    import inspect
+    from dataclasses import fields
+
+    from lighthouse.data.settings import DataSettings, _rules
+
+    tree = ast.parse(inspect.getsource(DataSettings))
+    body = tree.body[0].body
+    documented = {
+        node.target.id
+        for node, after in zip(body, body[1:], strict=False)
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+    }
+    names = [f.name for f in fields(DataSettings)]
+    assert documented == set(names) and all(_rules(DataSettings)[n] for n in names)
+    assert "return_doc_ids" not in names  # removed: nothing consumed document ids
+
+
+def test_cli_help_shows_each_data_setting_with_its_documentation(capsys):
+    from lighthouse.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert "--data.seq_len SEQ_LEN Tokens per training sequence; each window holds seq_len + 1 tokens" in text
+    assert "--data.strict_resume {true,false} On resume, refuse a checkpoint whose data" in text
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Tests of the plain-PyTorch Lighthouse reference (src/lighthouse/ops/lighthouse/naive.py).
 
 The reference is the specification the kernels are tested against, so these tests check it against
-independent, deliberately plain re-implementations of the spec (python loops, dense matrices) rather than
-against itself. Spec sections are cited as in /work/shared/lighthouse-spec.md and the op README.
+independent, deliberately plain re-implementations of the contract (python loops, dense matrices) rather than
+against itself. Sections (§) are those of the op's contract, src/lighthouse/ops/lighthouse/README.md.
 """
 
 from __future__ import annotations
@@ -86,19 +86,17 @@ DENSE_CASES = params(
 
 
 def emitted_per_head(sel: Selection, b: int, h: int) -> list[tuple[int, int, bool]]:
-    return list(
-        zip(sel.level[b, h].tolist(), sel.index[b, h].tolist(), sel.refined[b, h].tolist(), strict=True)
-    )
+    return list(zip(sel.level[b, h].tolist(), sel.index[b, h].tolist(), sel.refined[b, h].tolist(), strict=True))
 
 
 def plain_key(level: int, index: int, refined: bool, p: int) -> Fraction:
-    """Spec §4, literally: leaf c*i, refined c*(i+1) - 2^(1-l)."""
+    """README §4, literally: leaf c*i, refined c*(i+1) - 2^(1-l)."""
     c = p ** (level - 1)
     return Fraction(c * (index + 1)) - Fraction(1, 2 ** (level - 1)) if refined else Fraction(c * index)
 
 
 def brute_force_selection(score_q: torch.Tensor, score_k: torch.Tensor, case: Case) -> list[list[list]]:
-    """Spec §3 in python loops. ``score_*``: base scores [B, H, N]. Returns entries [b][h] (unordered)."""
+    """README §3 in python loops. ``score_*``: base scores [B, H, N]. Returns entries [b][h] (unordered)."""
     L, p = case.L, case.p
     tiles = case.effective_topk() // 128
     coarse_len = case.N // p ** (L - 1)
@@ -131,7 +129,7 @@ def brute_force_selection(score_q: torch.Tensor, score_k: torch.Tensor, case: Ca
 
 
 def plain_counts(sel: Selection, case: Case) -> torch.Tensor:
-    """Contributions per base position [B, H, N] from the Selection, by the rule of spec §6:
+    """Contributions per base position [B, H, N] from the Selection, by the rule of README §6:
     position n gets one from level l iff entry (n+1)//c_l - 1 >= 0 is emitted at level l."""
     counts = torch.zeros(case.B, case.H, case.N, dtype=torch.long)
     n = torch.arange(case.N)
@@ -147,7 +145,7 @@ def plain_counts(sel: Selection, case: Case) -> torch.Tensor:
 
 
 def dense_reference(q, k, v, sel: Selection, case: Case) -> torch.Tensor:
-    """Spec §1, §5, §6 with dense matrices in float64: pooling as a [S, N] averaging matrix, attention as
+    """README §1, §5, §6 with dense matrices in float64: pooling as a [S, N] averaging matrix, attention as
     matmul + explicit causal mask + softmax, scatter as a [N, S] 0/1 matrix."""
     out = torch.zeros(case.B, case.N, case.H, case.D, dtype=torch.float64)
     for b in range(case.B):
@@ -214,7 +212,7 @@ def check_against_brute_force(q, k, case: Case):
             got = emitted_per_head(sel, b, h)
             assert set(got) == set(expected[b][h]), f"selection sets differ at b={b} h={h}"
             keys = [plain_key(level, i, r, case.p) for level, i, r in got]
-            assert len(set(keys)) == len(keys), "spec §4 keys are distinct among emitted entries"
+            assert len(set(keys)) == len(keys), "README §4 keys are distinct among emitted entries"
             assert got == sorted(expected[b][h], key=lambda e: plain_key(*e, case.p)), f"order b={b} h={h}"
 
 
@@ -246,7 +244,7 @@ def test_position_key_matches_spec():
     assert got.dtype == torch.long and got.tolist() == expected
 
 
-# ---------------------------------------------------------------- 3. causality (spec §8)
+# ---------------------------------------------------------------- 3. causality (README §8)
 
 
 @pytest.mark.parametrize(
@@ -269,7 +267,7 @@ def test_strict_causality_across_tiles(case: Case):
 
 
 def test_within_tile_look_ahead_exists():
-    # Spec §8: the paper's selection ranks all entries of a tile together, so scores of positions after t
+    # README §8: the paper's selection ranks all entries of a tile together, so scores of positions after t
     # decide which entries before t are refined. Here t is in the middle of the second tile and every query
     # after t is scaled up: they take all 64 query-score refinement slots at level 2, so some earlier entries
     # lose theirs and outputs before t change. Outputs before the tile start must not change.
@@ -415,9 +413,7 @@ def test_short_sequence_uses_fewer_tiles():
         pytest.param({"pooling_factor": 1}, r"pooling_factor=1 is invalid", id="p1"),
         pytest.param({"topk": 100}, r"topk=100 is invalid: .*multiple of 128", id="k100"),
         pytest.param({"topk": 0}, r"topk=0 is invalid", id="k0"),
-        pytest.param(
-            {"seq_len": 1024}, r"sequence length 1024 is too short.* >= .* = 2048", id="N1024-too-short"
-        ),
+        pytest.param({"seq_len": 1024}, r"sequence length 1024 is too short.* >= .* = 2048", id="N1024-too-short"),
         pytest.param({"seq_len": 2064 + 16 * 128}, r"must be a multiple of .* = 32", id="N4112-uneven-tiles"),
     ],
 )
@@ -467,9 +463,7 @@ def test_low_precision_close_to_fp32(dtype: torch.dtype, atol: float):
     torch.testing.assert_close(out.float(), expected, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "dtype", [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
-)
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")])
 def test_stages_accumulate_in_fp32(dtype: torch.dtype):
     # Means and the scatter's sums run in fp32 and are rounded to the input dtype once, at the end.
     case = Case(1, 512, 2, 8, 3, 2, 128)
@@ -507,9 +501,7 @@ def test_float64_runs():
     heads=st.integers(1, 3),
     seed=st.integers(0, 2**16),
 )
-def test_selection_invariants_random_geometry(
-    levels, log_p, tiles, extra_tiles, per_tile_extra, batch, heads, seed
-):
+def test_selection_invariants_random_geometry(levels, log_p, tiles, extra_tiles, per_tile_extra, batch, heads, seed):
     p = 2**log_p
     if p ** (levels - 1) > 64:  # keep N small enough for a 2-core CPU
         p = 2
@@ -524,6 +516,6 @@ def test_selection_invariants_random_geometry(
     sel = select_entries(q, k, levels=levels, pooling_factor=p, topk=topk)
     assert sel.level.shape[-1] == n // span + (levels - 1) * p * geometry.effective_topk
     keys = position_key(sel.level, sel.index, sel.refined, levels, p)
-    assert torch.all(keys[..., 1:] > keys[..., :-1]), "compacted order is strictly increasing in the spec key"
+    assert torch.all(keys[..., 1:] > keys[..., :-1]), "compacted order is strictly increasing in the README §4 key"
     counts = plain_counts(sel, case)
     assert counts.max() <= levels and torch.all(counts[:, :, span - 1 :] >= 1)

@@ -18,16 +18,23 @@ def valid_cases(draw):
     tiles = draw(st.integers(1, 2))
     n = tiles * (128 + draw(st.integers(0, 8))) * span
     topk = 128 * (tiles + draw(st.integers(0, 1)))
-    return dict(batch=draw(st.integers(1, 2)), n=n, heads=draw(st.integers(1, 3)), dim=draw(st.sampled_from([4, 8])),
-                levels=levels, p=p, topk=topk, dtype=draw(st.sampled_from(sorted(DTYPES))),
-                seed=draw(st.integers(0, 2**16)))
+    return dict(
+        batch=draw(st.integers(1, 2)),
+        n=n,
+        heads=draw(st.integers(1, 3)),
+        dim=draw(st.sampled_from([4, 8])),
+        levels=levels,
+        p=p,
+        topk=topk,
+        dtype=draw(st.sampled_from(sorted(DTYPES))),
+        seed=draw(st.integers(0, 2**16)),
+    )
 
 
 def inputs(case, requires_grad=False):
     gen = torch.Generator().manual_seed(case["seed"])
     shape = (case["batch"], case["n"], case["heads"], case["dim"])
-    return [torch.randn(shape, generator=gen).to(DTYPES[case["dtype"]]).requires_grad_(requires_grad)
-            for _ in range(3)]
+    return [torch.randn(shape, generator=gen).to(DTYPES[case["dtype"]]).requires_grad_(requires_grad) for _ in range(3)]
 
 
 def run(q, k, v, case):

@@ -10,35 +10,30 @@ and the selections can be compared exactly; ties in the scores are common, which
 (With arbitrary floats, a score that differs in the last bit between two summation orders can flip a
 near-tie, a legitimate difference that would make the outputs incomparable.)
 
-CPU (CI): kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set here before the first kernel
-import), fp32, small shapes; tolerance rtol = atol = 1e-5 (fp32 sums in a different order than torch's).
-Every kernel runs there, none is skipped. GPU (``-m gpu``): bf16, awkward shapes, the flash-attention
-rule: error against an fp32 reference at most 2x the error of the reference run in bf16.
+CPU (CI): kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by tests/conftest.py before the
+first kernel import), fp32, small shapes; tolerance rtol = atol = 1e-5 (fp32 sums in a different order than
+torch's). Every kernel runs there, none is skipped. GPU (``-m gpu``; skipped without CUDA by the conftest): bf16,
+awkward shapes, the flash-attention rule: error against an fp32 reference at most 2x the error of the reference
+run in bf16. Kernel outputs are NaN-poisoned (the conftest's ``poisoned_empty``), so an unwritten element fails.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first imported (interface imports lazily)
-pytest.importorskip("triton")
-
-from lighthouse.ops.lighthouse import (  # noqa: E402
+from lighthouse.ops.lighthouse import (
     lighthouse_attention,
     lighthouse_geometry,
     naive_lighthouse_attention,
     select_entries,
+    triton_select_entries,
 )
-from lighthouse.ops.lighthouse.interface import lighthouse_selection  # noqa: E402
 
+pytest.importorskip("triton")  # the kernels' only extra dependency (lighthouse imports it on first call)
+
+HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-gpu = pytest.mark.gpu
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 
 
 def _quantized(shape, dtype, device, generator) -> torch.Tensor:
@@ -64,22 +59,9 @@ def _case_inputs(case, dtype):
     return dict(levels=levels, pooling_factor=p, topk=topk), q, k, v, grad_out
 
 
-@pytest.fixture
-def poisoned_empty(monkeypatch):
-    """Every ``torch.empty`` the kernels allocate starts as NaN (floats) or a bogus value (ints), so an
-    element a kernel never writes fails loudly instead of passing by luck."""
-    original = torch.empty
-
-    def empty(*args, **kwargs):
-        out = original(*args, **kwargs)
-        return out.fill_(float("nan") if out.is_floating_point() else -12345)
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
 def assert_same_selection(q, k, params) -> None:
     """The kernels' (level, index, refined) per compacted slot equal the reference's, slot by slot."""
-    got, want = lighthouse_selection(q, k, **params), select_entries(q, k, **params)
+    got, want = triton_select_entries(q, k, **params), select_entries(q, k, **params)
     for name, a, b in zip(("level", "index", "refined"), got, want, strict=True):
         assert torch.equal(a.cpu(), b.cpu()), f"selection field {name} differs"
 
@@ -127,6 +109,24 @@ def test_too_short_sequence_is_rejected():
     q, k, v = (x.detach() for x in _inputs(1, 256, 1, 16, torch.float32))
     with pytest.raises(ValueError, match=">= 128"):
         lighthouse_attention(q, k, v, levels=2, pooling_factor=4, topk=128)
+
+
+@pytest.mark.parametrize("layer", [naive_lighthouse_attention, lighthouse_attention], ids=["naive", "triton"])
+def test_inputs_and_geometry_are_validated_once_per_call(layer, monkeypatch):
+    from lighthouse.ops.lighthouse import geometry
+
+    calls = {"check_inputs": 0, "lighthouse_geometry": 0}
+    for name in calls:
+        original = getattr(geometry, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(geometry, name, counted)
+    q, k, v = (x.detach() for x in _inputs(1, 512, 1, 16, torch.float32))
+    layer(q, k, v, levels=2, pooling_factor=4, topk=128)
+    assert calls == {"check_inputs": 1, "lighthouse_geometry": 1}
 
 
 def _saved_for_backward(fn, *inputs) -> list[torch.Tensor]:
@@ -197,6 +197,28 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-4)
 
 
+def test_torch_compile_dynamic_lengths_trace_once():
+    """The fake implementations size their outputs with geometry.py's formulas, which hold for symbolic lengths:
+    under ``dynamic=True`` two lengths with different ``S_sel`` (640 and 768) share one compiled graph, and both
+    match eager, forward and backward."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    def layer(q, k, v):
+        return lighthouse_attention(q, k, v, levels=2, pooling_factor=4, topk=128)
+
+    counter = CompileCounterWithBackend("inductor" if HAS_CUDA else "aot_eager")
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend=counter)
+    for seq_len in (512, 1024):
+        q, k, v = _inputs(1, seq_len, 1, 16, torch.float32)
+        grad_out = _quantized(q.shape, torch.float32, DEVICE, torch.Generator().manual_seed(1))
+        got, got_grads = _forward_backward(compiled, q, k, v, grad_out)
+        want, want_grads = _forward_backward(layer, q, k, v, grad_out)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    assert counter.frame_count == 1, "a second length recompiled: a size formula specialised on N"
+
+
 # ---------------------------------------------------------------- GPU only: bf16, awkward shapes, determinism
 
 # D 64 and 128; L 2/3/4; p 2/4/8; K 128..2048; B > 1; H = 3; a non-power-of-two tile (Nc = 192); a short
@@ -216,8 +238,7 @@ def _max_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return (x.float() - ref.float()).abs().max().item()
 
 
-@gpu
-@needs_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
 def test_matches_reference_bf16_flash_rule(case, poisoned_empty):
     params, q, k, v, grad_out = _case_inputs(case, torch.bfloat16)
@@ -234,8 +255,7 @@ def test_matches_reference_bf16_flash_rule(case, poisoned_empty):
         assert _max_err(g, g_ref) <= 2 * _max_err(g_low, g_ref) + 1e-6, f"d{name}"
 
 
-@gpu
-@needs_cuda
+@pytest.mark.gpu
 def test_bitwise_deterministic():
     """Our kernels have no atomics: two runs give identical bits. With torch's deterministic algorithms on,
     the SDPA backward is deterministic too, so the whole forward+backward is."""

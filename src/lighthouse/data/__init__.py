@@ -1,31 +1,12 @@
 """Data pipeline: corpus -> tokenizer -> binary shards -> packed, sharded, resumable window stream.
 
-Attributes load on first use (PEP 562) so that tokenization worker processes, which import
-``lighthouse.data.shards``, do not pay for importing torch and Lightning.
+Import from the modules (``from lighthouse.data.datamodule import LMDataModule``): this package imports nothing, so
+tokenization worker processes, which import only the torch-free modules, never pay for torch and Lightning.
+
+    corpus.py      which files make up a corpus (safe walk)     documents.py  reading files into documents
+    tokenizer.py   byte / BPE / file tokenizers, BPE training   packing.py    split rule, packing, order (the spec)
+    shards.py      on-disk format: manifest, writer, reader     pool.py       ordered map over worker processes
+    build.py       tokenize a corpus into one shard folder      cache.py      find / verify / (re)build the cache
+    settings.py    the data module's settings and checks        stream.py     packed windows per rank and worker
+    datamodule.py  the LightningDataModule (torch, Lightning)
 """
-
-from importlib import import_module
-
-_EXPORTS = {
-    "LMDataModule": "datamodule",
-    "PackedWindows": "stream",
-    "SplitReader": "shards",
-    "TextTokenizer": "tokenizer",
-    "byte_tokenizer": "tokenizer",
-    "load_manifest": "shards",
-    "pack_documents": "packing",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)

@@ -1,28 +1,30 @@
-"""Where documents come from: the embedded stdlib corpus, user files, Hugging Face streaming.
+"""Which files make up a corpus (the stdlib, a directory, a file, a glob, or a Hugging Face dataset): listed, not read.
 
-This module reads text and nothing else: no tokenizer, no torch. It is imported by the tokenization
-worker processes, so it stays light (the standard library only; pyarrow, zstandard and datasets are
-imported when a corpus needs them).
+The standard library only, no torch: tokenization worker processes import this module.
 
-A *document* is one unit of the train/validation split and one EOS-terminated run of the packed
-stream: a whole file for ``.py``/``.txt`` files, one record for ``.jsonl``/``.parquet``/HF datasets.
-Every document has a stable key (``relpath`` or ``relpath#record``); the split hashes that key.
+The walk cannot hang or abort on what it meets in a folder: it never follows a directory symlink (so no loop can
+trap it), takes a symlinked file only when the link resolves to a regular file, and skips everything that is not
+a regular file (FIFOs, sockets, devices) and broken or looping links. Each skip is counted by reason, logged once
+and recorded in the manifest. Opening a file is guarded as well (documents.py): a file that turns into a FIFO
+after the listing is skipped, not waited on.
 """
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import glob
-import gzip
-import hashlib
-import io
-import json
+import logging
 import os
+import stat
 import sys
 import sysconfig
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 STDLIB = "stdlib"
 HF_PREFIX = "hf:"
@@ -31,6 +33,7 @@ _STDLIB_EXCLUDE = frozenset({"site-packages", "dist-packages", "__pycache__"})
 _COMPRESSIONS = {".gz": "gz", ".zst": "zst", ".bz2": "bz2", ".xz": "xz"}
 _DIR_FORMATS = {".txt": "text", ".jsonl": "jsonl", ".parquet": "parquet"}
 SUPPORTED_IN_DIRECTORY = ".txt, .jsonl (each optionally .gz/.zst/.bz2/.xz) and .parquet"
+_EXAMPLES = 5  # skipped paths named in the log line; the counts are complete
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class HFSource:
 
 @dataclass
 class CorpusSpec:
-    """A resolved corpus: what will be read, and a cache key that changes when any of it changes."""
+    """A resolved corpus: what will be read, what the listing skipped, and a cache key that changes with the input."""
 
     spec: str
     kind: str  # "stdlib" | "files" | "hf"
@@ -62,6 +65,7 @@ class CorpusSpec:
     text_field: str
     files: list[SourceFile] = field(default_factory=list)
     hf: HFSource | None = None
+    skipped: dict[str, int] = field(default_factory=dict)  # entries the listing passed over, by reason
 
     @property
     def name(self) -> str:
@@ -96,12 +100,7 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _stat(path: Path, rel: str, fmt: str, compression: str | None) -> SourceFile:
-    st = path.stat()
-    return SourceFile(str(path), rel, st.st_size, st.st_mtime_ns, fmt, compression)
-
-
-def _format_of(name: str) -> tuple[str | None, str | None]:
+def format_of(name: str) -> tuple[str | None, str | None]:
     """('text'|'jsonl'|'parquet'|None, compression) from a file name, by its suffixes."""
     lower = name.lower()
     compression = None
@@ -117,20 +116,142 @@ def _format_of(name: str) -> tuple[str | None, str | None]:
     return None, compression
 
 
-def _has_magic(s: str) -> bool:
-    return glob.has_magic(s)
+# ----------------------------------------------------------------------------------------------------------
+# The walk
+
+
+class Skips:
+    """What a walk passed over: counts by reason, and the first few paths for the log line."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.examples: list[str] = []
+
+    def add(self, rel: str, reason: str) -> None:
+        self.counts[reason] += 1
+        if len(self.examples) < _EXAMPLES:
+            self.examples.append(f"{rel} ({reason})")
+
+
+DIRECTORY_LINK = "directory link (not followed)"
+
+
+def _usable_link(path: str) -> tuple[os.stat_result | None, str | None]:
+    """(stat of the regular file a symlink points to, None), or (None, why the link cannot be used)."""
+    try:
+        st = os.stat(path)  # follows the link
+    except OSError as e:
+        return None, "looping link" if e.errno == errno.ELOOP else "broken link"
+    if stat.S_ISDIR(st.st_mode):
+        return None, DIRECTORY_LINK
+    return (st, None) if stat.S_ISREG(st.st_mode) else (None, "link to a non-regular file")
+
+
+def _regular(entry: os.DirEntry) -> tuple[os.stat_result | None, str | None]:
+    """(stat, None) for a regular file or a link to one, else (None, why not)."""
+    if entry.is_symlink():
+        return _usable_link(entry.path)
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError as e:  # removed since the folder was listed
+        return None, f"unreadable ({type(e).__name__})"
+    return (st, None) if stat.S_ISREG(st.st_mode) else (None, "not a regular file")
+
+
+def walk_files(
+    root: Path,
+    *,
+    descend: Callable[[tuple[str, ...]], bool],
+    want: Callable[[tuple[str, ...]], bool],
+    skips: Skips,
+    parts: tuple[str, ...] = (),
+) -> Iterator[tuple[Path, str, os.stat_result]]:
+    """(path, '/'-joined relative path, stat) of each regular file below ``root`` whose relative path parts pass
+    ``want``, entering the real folders whose parts pass ``descend``. A directory link is never entered; a
+    name ``want`` takes that is not a regular file (or a link to one) is counted in ``skips``, as is a directory
+    link that ``descend`` would have entered."""
+    try:
+        with os.scandir(root.joinpath(*parts)) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        skips.add("/".join(parts) or ".", f"unreadable directory ({type(e).__name__})")
+        return
+    for entry in entries:
+        child = (*parts, entry.name)
+        if entry.is_dir(follow_symlinks=False):
+            if descend(child):
+                yield from walk_files(root, descend=descend, want=want, skips=skips, parts=child)
+            continue
+        is_candidate = want(child)
+        if not (is_candidate or (entry.is_symlink() and descend(child))):
+            continue
+        st, reason = _regular(entry)
+        if reason == DIRECTORY_LINK:
+            if descend(child):
+                skips.add("/".join(child), reason)
+        elif is_candidate and reason is not None:
+            skips.add("/".join(child), reason)
+        elif is_candidate:
+            yield Path(entry.path), "/".join(child), st
+
+
+def _glob_root_and_pattern(pattern: str) -> tuple[Path, tuple[str, ...]]:
+    """The literal folder a glob starts from and the pattern parts below it (document keys are relative to it)."""
+    parts = Path(pattern).parts
+    n = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return (Path(*parts[:n]) if n else Path(".")), tuple(parts[n:])
+
+
+def _part_matches(pattern: str, name: str) -> bool:
+    # As glob: wildcards do not match a leading dot.
+    return (pattern.startswith(".") or not name.startswith(".")) and fnmatch.fnmatch(name, pattern)
+
+
+def glob_match(pattern: tuple[str, ...], parts: tuple[str, ...], prefix: bool = False) -> bool:
+    """Whether path ``parts`` match glob ``pattern`` parts ('**' = any number of folders); with ``prefix``,
+    whether something below folder ``parts`` could still match."""
+    if not parts:
+        return bool(pattern) if prefix else all(p == "**" for p in pattern)
+    if not pattern:
+        return False
+    if pattern[0] == "**":
+        return glob_match(pattern[1:], parts, prefix) or (
+            not parts[0].startswith(".") and glob_match(pattern, parts[1:], prefix)
+        )
+    return _part_matches(pattern[0], parts[0]) and glob_match(pattern[1:], parts[1:], prefix)
+
+
+def _glob_walk(pattern: str, skips: Skips) -> tuple[Path, Iterator[tuple[Path, str, os.stat_result]]]:
+    root, pat = _glob_root_and_pattern(pattern)
+    files = walk_files(
+        root, descend=lambda parts: glob_match(pat, parts, prefix=True), want=lambda p: glob_match(pat, p), skips=skips
+    )
+    return root, files
+
+
+def _directory_walk(root: Path, skips: Skips) -> Iterator[tuple[Path, str, os.stat_result]]:
+    return walk_files(
+        root,
+        descend=lambda parts: not parts[-1].startswith("."),
+        want=lambda parts: format_of(parts[-1])[0] is not None,
+        skips=skips,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checking and resolving a corpus argument
 
 
 def check_corpus_arg(corpus: str) -> None:
-    """Cheap validation for ``__init__``: the path or glob exists and holds a readable file."""
+    """Cheap validation for the constructor: the path or glob exists and holds a readable file."""
     if corpus == STDLIB:
         return
     if corpus.startswith(HF_PREFIX):
         _parse_hf(corpus)
         return
-    if _has_magic(corpus):
-        if not any(os.path.isfile(p) for p in glob.iglob(corpus, recursive=True)):
-            raise ValueError(f"corpus={corpus!r}: the glob matches no files")
+    if glob.has_magic(corpus):
+        if next(_glob_walk(corpus, Skips())[1], None) is None:
+            raise ValueError(f"corpus={corpus!r}: the glob matches no files (regular files or links to them)")
         return
     path = Path(corpus)
     if not path.exists():
@@ -138,8 +259,12 @@ def check_corpus_arg(corpus: str) -> None:
             f"corpus={corpus!r}: no such file or directory (valid: 'stdlib', a directory, a file, "
             f"a glob such as 'texts/**/*.jsonl', or 'hf:NAME[:CONFIG[:SPLIT]]')"
         )
-    if path.is_dir() and not any(_format_of(f)[0] for _, _, fs in os.walk(path) for f in fs):
-        raise ValueError(f"corpus={corpus!r}: the directory holds no {SUPPORTED_IN_DIRECTORY} files")
+    if not (path.is_dir() or path.is_file()):
+        raise ValueError(f"corpus={corpus!r}: not a regular file or a directory (a FIFO, socket or device?)")
+    if path.is_dir() and next(_directory_walk(path, Skips()), None) is None:
+        raise ValueError(
+            f"corpus={corpus!r}: the directory holds no {SUPPORTED_IN_DIRECTORY} files (regular files or links to them)"
+        )
 
 
 def _parse_hf(corpus: str) -> HFSource:
@@ -152,104 +277,57 @@ def _parse_hf(corpus: str) -> HFSource:
     return HFSource(name, config, split)
 
 
+def _source(path: Path, rel: str, st: os.stat_result, fmt: str, compression: str | None) -> SourceFile:
+    return SourceFile(str(path), rel, st.st_size, st.st_mtime_ns, fmt, compression)
+
+
+def _glob_format(name: str) -> tuple[str, str | None]:
+    """A glob or a single file names its files explicitly: anything not .jsonl/.parquet is read as text."""
+    fmt, compression = format_of(name)
+    return fmt or "text", compression
+
+
 def resolve_corpus(corpus: str, text_field: str = "text") -> CorpusSpec:
-    """List the files of ``corpus`` (sorted by relative path) without reading them."""
-    if corpus == STDLIB:
-        root = stdlib_root()
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_EXCLUDE)
-            for name in filenames:
-                if name.endswith(".py"):
-                    path = Path(dirpath) / name
-                    files.append(_stat(path, path.relative_to(root).as_posix(), "text", None))
-        files.sort(key=lambda f: f.rel)
-        return CorpusSpec(corpus, STDLIB, str(root), text_field, files)
+    """List the files of ``corpus`` (sorted by relative path) without reading them; log what was skipped."""
     if corpus.startswith(HF_PREFIX):
         return CorpusSpec(corpus, "hf", None, text_field, hf=_parse_hf(corpus))
-
-    check_corpus_arg(corpus)
-    files = []
-    if _has_magic(corpus):
-        # The root is the glob's literal prefix, so relative paths (document keys) do not depend on cwd.
-        literal = []
-        for part in Path(corpus).parts:
-            if _has_magic(part):
-                break
-            literal.append(part)
-        root = Path(*literal) if literal else Path(".")
-        for p in sorted(glob.glob(corpus, recursive=True)):
-            path = Path(p)
-            if path.is_file():
-                fmt, comp = _format_of(path.name)
-                # A glob names its files explicitly: anything not .jsonl/.parquet is read as text.
-                files.append(_stat(path, os.path.relpath(path, root).replace(os.sep, "/"), fmt or "text", comp))
+    skips = Skips()
+    if corpus == STDLIB:
+        kind, root = STDLIB, stdlib_root()
+        found = walk_files(
+            root,
+            descend=lambda parts: parts[-1] not in _STDLIB_EXCLUDE,
+            want=lambda parts: parts[-1].endswith(".py"),
+            skips=skips,
+        )
+        files = [_source(path, rel, st, "text", None) for path, rel, st in found]
     else:
-        path = Path(corpus)
-        if path.is_file():
+        check_corpus_arg(corpus)
+        kind = "files"
+        if glob.has_magic(corpus):
+            root, found = _glob_walk(corpus, skips)
+            files = [_source(p, rel, st, *_glob_format(p.name)) for p, rel, st in found]
+        elif Path(corpus).is_file():
+            path = Path(corpus)
             root = path.parent
-            fmt, comp = _format_of(path.name)
-            files.append(_stat(path, path.name, fmt or "text", comp))
+            files = [_source(path, path.name, path.stat(), *_glob_format(path.name))]
         else:
-            root = path
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in filenames:
-                    fmt, comp = _format_of(name)
-                    if fmt:
-                        p = Path(dirpath) / name
-                        files.append(_stat(p, p.relative_to(path).as_posix(), fmt, comp))
+            root = Path(corpus)
+            files = [_source(p, rel, st, *format_of(p.name)) for p, rel, st in _directory_walk(root, skips)]
     files.sort(key=lambda f: f.rel)
+    if skips.counts:
+        log.warning(
+            "corpus=%r: skipped %d entries that are not regular files %s, e.g. %s",
+            corpus,
+            sum(skips.counts.values()),
+            dict(skips.counts),
+            skips.examples,
+        )
     if any(f.fmt == "parquet" for f in files):
         require_pyarrow()
     if any(f.compression == "zst" for f in files):
-        _zstd_reader_factory()
-    return CorpusSpec(corpus, "files", str(root.resolve()), text_field, files)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Split
-
-
-def split_value(key: str) -> float:
-    """Uniform in [0, 1), a pure function of the document key (stable across runs, machines, corpora)."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def is_val(key: str, val_fraction: float) -> bool:
-    return split_value(key) < val_fraction
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading
-
-
-class _HashingReader(io.RawIOBase):
-    """Raw file wrapper that hashes every byte read, so a file is read (and hashed) exactly once."""
-
-    def __init__(self, f):
-        self._f = f
-        self.sha = hashlib.sha256()
-        self.nbytes = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        n = self._f.readinto(b)
-        if n:
-            self.sha.update(memoryview(b)[:n])
-            self.nbytes += n
-        return n or 0
-
-    def drain(self) -> None:
-        while self._f.readable():
-            chunk = self._f.read(1 << 20)
-            if not chunk:
-                break
-            self.sha.update(chunk)
-            self.nbytes += len(chunk)
+        zstd_reader_factory()
+    return CorpusSpec(corpus, kind, str(root.resolve()), text_field, files, skipped=dict(skips.counts))
 
 
 def require_pyarrow():
@@ -260,7 +338,7 @@ def require_pyarrow():
     return pq
 
 
-def _zstd_reader_factory():
+def zstd_reader_factory():
     try:
         import zstandard
 
@@ -275,140 +353,3 @@ def _zstd_reader_factory():
         raise ImportError(
             "reading .zst files needs the zstandard package (pip install zstandard) or Python >= 3.14"
         ) from e
-
-
-def _decompressed(raw, compression: str | None):
-    if compression is None:
-        return raw
-    if compression == "gz":
-        return gzip.GzipFile(fileobj=raw)
-    if compression == "bz2":
-        import bz2
-
-        return bz2.BZ2File(raw)
-    if compression == "xz":
-        import lzma
-
-        return lzma.LZMAFile(raw)
-    if compression == "zst":
-        return io.BufferedReader(_zstd_reader_factory()(raw))
-    raise ValueError(f"unknown compression {compression!r}")
-
-
-@dataclass
-class FileRead:
-    """What reading one file produced: its hash, its documents (key, text), and what was skipped."""
-
-    rel: str
-    sha256: str
-    nbytes: int
-    docs: list[tuple[str, str]]
-    skipped: str | None = None  # reason the whole file was skipped
-    record_skips: Counter = field(default_factory=Counter)
-
-
-def _valid_text(text, skips: Counter) -> bool:
-    if not isinstance(text, str):
-        skips["non_string_field" if text is not None else "missing_field"] += 1
-        return False
-    if not text:
-        skips["empty_document"] += 1
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates from JSON escapes
-        skips["invalid_unicode"] += 1
-        return False
-    return True
-
-
-def read_file(
-    src: SourceFile, text_field: str = "text", max_docs: int | None = None, max_bytes: int | None = None
-) -> FileRead:
-    """Read one file completely (for its hash); return at most ``max_docs``/about ``max_bytes`` documents."""
-    if src.fmt == "parquet":
-        return _read_parquet(src, text_field, max_docs, max_bytes)
-    skips: Counter = Counter()
-    docs: list[tuple[str, str]] = []
-    with open(src.path, "rb", buffering=0) as f:
-        raw = _HashingReader(f)
-        buffered = io.BufferedReader(raw, 1 << 20)
-        stream = _decompressed(buffered, src.compression)
-        skipped = None
-        try:
-            if src.fmt == "text":
-                data = stream.read()
-                if b"\x00" in data:
-                    skipped = "binary (contains NUL bytes)"
-                else:
-                    try:
-                        text = data.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        skipped = f"not UTF-8 (invalid byte at offset {e.start})"
-                    else:
-                        if text:
-                            docs.append((src.rel, text))
-                        else:
-                            skips["empty_document"] += 1
-            else:
-                nbytes = 0
-                for i, line in enumerate(stream):
-                    if (max_docs is not None and len(docs) >= max_docs) or (
-                        max_bytes is not None and nbytes >= max_bytes
-                    ):
-                        break
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except ValueError:  # bad JSON or bad UTF-8
-                        skips["bad_json_line"] += 1
-                        continue
-                    text = record.get(text_field) if isinstance(record, dict) else None
-                    if _valid_text(text, skips):
-                        docs.append((f"{src.rel}#{i}", text))
-                        nbytes += len(text.encode("utf-8"))
-        except Exception as e:  # corrupt compressed data: gzip, lzma and zstd raise different types
-            skipped = f"unreadable ({type(e).__name__}: {e})"
-            docs = []
-        raw.drain()
-    return FileRead(src.rel, raw.sha.hexdigest(), raw.nbytes, docs, skipped, skips)
-
-
-def _read_parquet(src: SourceFile, text_field: str, max_docs: int | None, max_bytes: int | None) -> FileRead:
-    pq = require_pyarrow()
-    sha = hashlib.sha256()
-    with open(src.path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-    skips: Counter = Counter()
-    docs: list[tuple[str, str]] = []
-    pf = pq.ParquetFile(src.path)
-    if text_field not in pf.schema_arrow.names:
-        raise ValueError(f"text_field={text_field!r}: column not found in {src.rel} (columns: {pf.schema_arrow.names})")
-    row, nbytes = 0, 0
-    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            if (max_docs is not None and len(docs) >= max_docs) or (max_bytes is not None and nbytes >= max_bytes):
-                break
-            if _valid_text(text, skips):
-                docs.append((f"{src.rel}#{row}", text))
-                nbytes += len(text.encode("utf-8"))
-            row += 1
-    return FileRead(src.rel, sha.hexdigest(), src.size, docs, None, skips)
-
-
-def iter_hf_documents(hf: HFSource, text_field: str) -> Iterator[tuple[str, str | None]]:
-    """(key, text) for each record of a streamed Hugging Face dataset, in the dataset's order."""
-    try:
-        import datasets
-    except ImportError as e:
-        raise ImportError(
-            "corpus='hf:...' needs the Hugging Face datasets package, which is not installed: "
-            "pip install datasets (or point corpus at local .txt/.jsonl/.parquet files)"
-        ) from e
-    ds = datasets.load_dataset(hf.name, hf.config, split=hf.split, streaming=True)
-    for i, record in enumerate(ds):
-        if i == 0 and text_field not in record:
-            raise ValueError(f"text_field={text_field!r}: not a field of {hf.name} (fields: {sorted(record)})")
-        yield f"{i}", record.get(text_field)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,156 +13,38 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from .corpus import check_corpus_arg, resolve_corpus
+from .build import Selection
+from .cache import Prepared, prepare, resolve_tokenizer
+from .corpus import CorpusSpec, resolve_corpus
 from .packing import evenly_spaced, num_windows
-from .shards import Prepared, SplitReader, open_split, prepare, resolve_tokenizer
-from .stream import PackedWindows
-from .tokenizer import TextTokenizer, byte_tokenizer, parse_tokenizer_spec
+from .passkey_mix import passkey_mix
+from .settings import DataSettings
+from .shards import SplitReader, open_split
+from .stream import PackedWindows, WindowMix
+from .tokenizer import TextTokenizer, byte_tokenizer
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _require(ok: bool, name: str, value: Any, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is invalid: {valid}")
-
-
 class LMDataModule(L.LightningDataModule):
     """Packed language-model windows from a tokenized corpus, for long-context pre-training.
 
     Batches are dicts with ``"tokens"``: LongTensor [batch_size, seq_len + 1] (inputs ``tokens[:, :-1]``,
-    targets ``tokens[:, 1:]``) and, with ``return_doc_ids``, ``"doc_ids"`` of the same shape. The training
-    stream is unbounded (bound runs with ``max_steps``), reshuffled every pass, split over DDP ranks and
-    workers without overlap, and resumes from a checkpoint at the first batch not yet trained on.
-
-    Args:
-        seq_len: Tokens per training sequence; each window holds seq_len + 1 tokens (consecutive windows
-            share one token, so every token is a target once per pass).
-        batch_size: Sequences per batch, per rank.
-        corpus: 'stdlib' (this Python's standard library sources, offline everywhere), a directory, file or
-            glob of .txt/.jsonl/.parquet files (.txt and .jsonl may be .gz/.zst/.bz2/.xz), or
-            'hf:NAME[:CONFIG[:SPLIT]]' to stream a Hugging Face dataset (needs `datasets`).
-        tokenizer: 'byte' (256 bytes + EOS), 'bpe:N' (byte-level BPE of N tokens trained on the train split,
-            saved under data_dir/tokenizers), or the path of a tokenizers .json file.
-        data_dir: Folder for tokenizers, shards and manifests (created if missing).
-        num_workers: DataLoader worker processes per rank (0 reads in the main process).
-        seed: Fixes the order of training windows; the same seed gives the same batches.
-        val_fraction: Fraction of documents (not windows) held out for validation, chosen by a hash of each
-            document's key, so the split is stable as the corpus grows.
-        val_batches: Validation batches per evaluation, over all ranks: a fixed set of windows spread evenly
-            over the validation documents, the same every time.
-        return_doc_ids: Also return 'doc_ids', the document index of every token (for document masks).
-        text_field: Field holding the text in .jsonl/.parquet records and HF datasets.
-        max_documents: Use at most this many documents (in corpus order), for tests and quick demos.
-        max_bytes: Stop adding documents once their UTF-8 bytes reach this (the crossing document is kept).
-        tokenize_workers: Processes for tokenization (default: all CPUs).
-        shard_tokens: Tokens per shard file.
-        vocab_multiple_of: Round vocab_size up to a multiple of this (64 helps GPU matmuls); the extra ids
-            never occur in the data.
-        pin_memory: Pin batches in page-locked memory when CUDA is available.
-        progress: Show a progress bar while tokenizing.
-        strict_resume: On resume, refuse a checkpoint whose data (seed, seq_len, data or tokenizer
-            fingerprint) differs from this configuration; if False, warn and continue at the same position.
+    targets ``tokens[:, 1:]``). The training stream is unbounded (bound runs with ``max_steps``), reshuffled
+    every pass, split over DDP ranks and workers without overlap, and resumes from a checkpoint at the first
+    batch not yet trained on. The keyword arguments are the fields of ``DataSettings`` (documented there).
     """
 
-    def __init__(
-        self,
-        seq_len: int = 1024,
-        batch_size: int = 8,
-        corpus: str = "stdlib",
-        tokenizer: str = "byte",
-        data_dir: str = "data",
-        num_workers: int = 0,
-        seed: int = 1234,
-        val_fraction: float = 0.05,
-        val_batches: int = 16,
-        return_doc_ids: bool = False,
-        text_field: str = "text",
-        max_documents: int | None = None,
-        max_bytes: int | None = None,
-        tokenize_workers: int | None = None,
-        shard_tokens: int = 2**28,
-        vocab_multiple_of: int = 1,
-        pin_memory: bool = True,
-        progress: bool = True,
-        strict_resume: bool = True,
-    ):
+    def __init__(self, **settings: Any):
         super().__init__()
-        _require(_is_int(seq_len) and seq_len >= 1, "seq_len", seq_len, "must be an integer >= 1")
-        _require(_is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "must be an integer >= 1")
-        _require(_is_int(num_workers) and num_workers >= 0, "num_workers", num_workers, "must be an integer >= 0")
-        _require(_is_int(seed), "seed", seed, "must be an integer")
-        _require(
-            isinstance(val_fraction, (int, float)) and not isinstance(val_fraction, bool) and 0 < val_fraction < 1,
-            "val_fraction",
-            val_fraction,
-            "must be a number with 0 < val_fraction < 1",
-        )
-        _require(_is_int(val_batches) and val_batches >= 1, "val_batches", val_batches, "must be an integer >= 1")
-        for name, v in (("max_documents", max_documents), ("max_bytes", max_bytes)):
-            _require(v is None or (_is_int(v) and v >= 1), name, v, "must be None (no limit) or an integer >= 1")
-        _require(
-            tokenize_workers is None or (_is_int(tokenize_workers) and tokenize_workers >= 1),
-            "tokenize_workers",
-            tokenize_workers,
-            "must be None (all CPUs) or an integer >= 1",
-        )
-        _require(
-            _is_int(shard_tokens) and shard_tokens >= 1,
-            "shard_tokens",
-            shard_tokens,
-            "must be an integer >= 1",
-        )
-        _require(
-            _is_int(vocab_multiple_of) and vocab_multiple_of >= 1,
-            "vocab_multiple_of",
-            vocab_multiple_of,
-            "must be an integer >= 1",
-        )
-        _require(
-            isinstance(text_field, str) and text_field != "",
-            "text_field",
-            text_field,
-            "must be a non-empty string",
-        )
-        _require(isinstance(corpus, str) and corpus != "", "corpus", corpus, "must be a non-empty string")
-        _require(isinstance(tokenizer, str), "tokenizer", tokenizer, "must be a string")
-        _require(
-            isinstance(data_dir, (str, os.PathLike)) and str(data_dir) != "",
-            "data_dir",
-            data_dir,
-            "must be a folder path",
-        )
-        check_corpus_arg(corpus)  # a missing path, an empty directory or a bad 'hf:' spec fails here
-        self._tok_spec = parse_tokenizer_spec(tokenizer)
-        self.save_hyperparameters()
-
-        self.seq_len = seq_len
-        self.batch_size = batch_size
-        self.corpus = corpus
-        self.data_dir = Path(data_dir)
-        self.num_workers = num_workers
-        self.seed = seed
-        self.val_fraction = float(val_fraction)
-        self.val_batches = val_batches
-        self.return_doc_ids = return_doc_ids
-        self.text_field = text_field
-        self.max_documents = max_documents
-        self.max_bytes = max_bytes
-        self.tokenize_workers = tokenize_workers
-        self.shard_tokens = shard_tokens
-        self.vocab_multiple_of = vocab_multiple_of
-        self.pin_memory = pin_memory
-        self.progress = progress
-        self.strict_resume = strict_resume
-
+        # LightningCLI (jsonargparse) follows **settings into this call: each DataSettings field is a data.* flag.
+        self.settings = DataSettings(**settings)
+        self.save_hyperparameters(asdict(self.settings))
+        self._tok_spec = self.settings.tokenizer_spec()
         self._tokenizer: TextTokenizer | None = byte_tokenizer() if self._tok_spec.kind == "byte" else None
+        self._corpus: CorpusSpec | None = None
         self._prepared: Prepared | None = None
         self._train_split: SplitReader | None = None
         self._val_split: SplitReader | None = None
@@ -175,7 +58,7 @@ class LMDataModule(L.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         """Embedding rows the model needs: the tokenizer's vocabulary, rounded up to vocab_multiple_of."""
-        m = self.vocab_multiple_of
+        m = self.settings.vocab_multiple_of
         return -(-self._tok_spec.vocab_size // m) * m
 
     @property
@@ -186,16 +69,22 @@ class LMDataModule(L.LightningDataModule):
     def tokenizer(self) -> TextTokenizer:
         """The tokenizer (a BPE one is trained on first access if not saved yet)."""
         if self._tokenizer is None:
+            s = self.settings
             self._tokenizer = resolve_tokenizer(
                 self._tok_spec,
-                resolve_corpus(self.corpus, self.text_field),
-                self.data_dir,
-                val_fraction=self.val_fraction,
-                max_documents=self.max_documents,
-                max_bytes=self.max_bytes,
-                num_proc=self.tokenize_workers or os.cpu_count() or 1,
+                self.corpus,
+                Path(s.data_dir),
+                self._selection(),
+                s.tokenize_workers or os.cpu_count() or 1,
             )
         return self._tokenizer
+
+    @property
+    def corpus(self) -> CorpusSpec:
+        """The corpus listing (made once: it walks the folders and logs what it skipped)."""
+        if self._corpus is None:
+            self._corpus = resolve_corpus(self.settings.corpus, self.settings.text_field)
+        return self._corpus
 
     @property
     def tokenizer_fingerprint(self) -> str:
@@ -222,19 +111,22 @@ class LMDataModule(L.LightningDataModule):
     # Lightning hooks
 
     def prepare_data(self) -> None:
-        """Tokenize into shards once (Lightning calls this on one process per node)."""
-        self._prepare()
+        """Tokenize into shards once, or verify the cached ones (Lightning calls this on one process per node)."""
+        self._prepare(checksums=True)
 
     def setup(self, stage: str | None = None) -> None:
-        prepared = self._prepare()  # finds the cache that prepare_data() built (builds it without a Trainer)
+        # With a Trainer, prepare_data() has verified (or rebuilt) the cache on this node: the other ranks only
+        # find it. Without one, nothing did, so setup() verifies.
+        prepared = self._prepare(checksums=self.trainer is None)
         self._train_split = open_split(prepared.folder, "train", prepared.tokenizer)
         self._val_split = open_split(prepared.folder, "val", prepared.tokenizer)
-        if stage in (None, "fit") and num_windows(self._train_split.n_tokens, self.seq_len) == 0:
+        seq_len = self.settings.seq_len
+        if stage in (None, "fit") and num_windows(self._train_split.n_tokens, seq_len) == 0:
             raise ValueError(
-                f"the train split of corpus={self.corpus!r} has {self._train_split.n_tokens} tokens "
-                f"({self._train_split.n_documents} documents), fewer than seq_len + 1 = {self.seq_len + 1}: "
+                f"the train split of corpus={self.settings.corpus!r} has {self._train_split.n_tokens} tokens "
+                f"({self._train_split.n_documents} documents), fewer than seq_len + 1 = {seq_len + 1}: "
                 f"lower seq_len or use more data "
-                f"(max_documents={self.max_documents}, max_bytes={self.max_bytes})"
+                f"(max_documents={self.settings.max_documents}, max_bytes={self.settings.max_bytes})"
             )
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
@@ -261,9 +153,9 @@ class LMDataModule(L.LightningDataModule):
         return {
             "version": STATE_VERSION,
             "windows_consumed": self._windows_consumed,
-            "seed": self.seed,
-            "seq_len": self.seq_len,
-            "batch_size": self.batch_size,
+            "seed": self.settings.seed,
+            "seq_len": self.settings.seq_len,
+            "batch_size": self.settings.batch_size,
             "world_size": self._rank_world()[1],
             "data_fingerprint": prepared.manifest["data_fingerprint"] if prepared else None,
             "tokenizer_fingerprint": prepared.tokenizer.fingerprint if prepared else None,
@@ -279,60 +171,46 @@ class LMDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------------------------------------------
     # Datasets (usable without a Trainer)
 
+    def training_mix(self) -> WindowMix | None:
+        """What replaces some training windows: the passkey mix when ``passkey_fraction`` > 0, else None (the
+        corpus unchanged)."""
+        s = self.settings
+        split = self._train_split or self._setup_and_get("_train_split")
+        return passkey_mix(s.passkey_fraction, self.tokenizer, s.seq_len, s.seed, split)
+
     def train_dataset(self, rank: int | None = None, world_size: int | None = None) -> PackedWindows:
         """The unbounded training stream of ``rank``, starting after the windows already consumed."""
-        r, w = self._rank_world()
         split = self._train_split or self._setup_and_get("_train_split")
-        return PackedWindows(
-            split,
-            seq_len=self.seq_len,
-            batch_size=self.batch_size,
-            rank=r if rank is None else rank,
-            world_size=w if world_size is None else world_size,
-            seed=self.seed,
-            start_window=self._windows_consumed,
-            return_doc_ids=self.return_doc_ids,
-        )
+        return self._windows(split, rank, world_size, start_window=self._windows_consumed, mix=self.training_mix())
 
     def val_dataset(self, rank: int | None = None, world_size: int | None = None) -> PackedWindows:
         """The fixed validation windows: val_batches * batch_size windows spread evenly over the val split."""
-        r, w = self._rank_world()
+        s = self.settings
         split = self._val_split or self._setup_and_get("_val_split")
-        available = num_windows(split.n_tokens, self.seq_len)
-        n_batches = min(self.val_batches, available // self.batch_size)
+        available = num_windows(split.n_tokens, s.seq_len)
+        n_batches = min(s.val_batches, available // s.batch_size)
         if n_batches == 0:
             raise ValueError(
                 f"the validation split has {split.n_tokens} tokens ({split.n_documents} documents): "
-                f"{available} windows of seq_len + 1 = {self.seq_len + 1} tokens, "
-                f"fewer than batch_size={self.batch_size}; "
-                f"raise val_fraction (now {self.val_fraction}) or lower seq_len/batch_size"
+                f"{available} windows of seq_len + 1 = {s.seq_len + 1} tokens, fewer than batch_size={s.batch_size}; "
+                f"raise val_fraction (now {s.val_fraction}; {self._how_val_grows()}) or lower seq_len/batch_size"
             )
-        if n_batches < self.val_batches:
+        if n_batches < s.val_batches:
             log.warning(
                 "validation split holds %d batches of %d x %d tokens; using %d, not val_batches=%d",
                 n_batches,
-                self.batch_size,
-                self.seq_len + 1,
+                s.batch_size,
+                s.seq_len + 1,
                 n_batches,
-                self.val_batches,
+                s.val_batches,
             )
-        windows = evenly_spaced(available, n_batches * self.batch_size)
-        return PackedWindows(
-            split,
-            seq_len=self.seq_len,
-            batch_size=self.batch_size,
-            rank=r if rank is None else rank,
-            world_size=w if world_size is None else world_size,
-            seed=self.seed,
-            windows=windows,
-            return_doc_ids=self.return_doc_ids,
-        )
+        return self._windows(split, rank, world_size, windows=evenly_spaced(available, n_batches * s.batch_size))
 
     def mark_consumed(self, n: int = 1) -> None:
         """Record that ``n`` training batches (per rank) were used; the next iteration starts after them."""
         ds = self._train_ds
         world = ds.world_size if ds is not None else self._rank_world()[1]
-        self._windows_consumed += n * world * self.batch_size
+        self._windows_consumed += n * world * self.settings.batch_size
         if ds is not None:
             ds.start_window = self._windows_consumed  # for a re-iteration (new epoch of the DataLoader)
 
@@ -342,19 +220,22 @@ class LMDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------------------
 
-    def _prepare(self) -> Prepared:
+    def _selection(self) -> Selection:
+        s = self.settings
+        return Selection(float(s.val_fraction), s.max_documents, s.max_bytes)
+
+    def _prepare(self, checksums: bool = True) -> Prepared:
         if self._prepared is None:
-            corpus = resolve_corpus(self.corpus, self.text_field)
+            s = self.settings
             self._prepared = prepare(
-                corpus,
+                self.corpus,
                 self._tok_spec,
-                self.data_dir,
-                val_fraction=self.val_fraction,
-                max_documents=self.max_documents,
-                max_bytes=self.max_bytes,
-                num_proc=self.tokenize_workers,
-                shard_tokens=self.shard_tokens,
-                progress=self.progress and self._is_global_zero(),
+                s.data_dir,
+                self._selection(),
+                num_proc=s.tokenize_workers,
+                shard_tokens=s.shard_tokens,
+                progress=s.progress and self._is_global_zero(),
+                checksums=checksums,
             )
             self._tokenizer = self._prepared.tokenizer
         return self._prepared
@@ -367,6 +248,19 @@ class LMDataModule(L.LightningDataModule):
     def _setup_and_get(self, attr: str) -> SplitReader:
         self.setup()
         return getattr(self, attr)
+
+    def _windows(self, split: SplitReader, rank: int | None, world_size: int | None, **kw) -> PackedWindows:
+        r, w = self._rank_world()
+        s = self.settings
+        rank, world_size = (r if rank is None else rank), (w if world_size is None else world_size)
+        return PackedWindows(
+            split, seq_len=s.seq_len, batch_size=s.batch_size, rank=rank, world_size=world_size, seed=s.seed, **kw
+        )
+
+    def _how_val_grows(self) -> str:
+        if self._prepared is not None and self._prepared.manifest["split"].get("val_tail"):
+            return "the corpus is one document, whose last val_fraction of tokens is the validation split"
+        return "validation takes whole documents, chosen by a hash of their keys"
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -383,8 +277,8 @@ class LMDataModule(L.LightningDataModule):
         return DataLoader(
             ds,
             batch_size=None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            num_workers=self.settings.num_workers,
+            pin_memory=self.settings.pin_memory and torch.cuda.is_available(),
             persistent_workers=False,
         )  # workers must re-read start_window on re-iteration
 
@@ -400,7 +294,7 @@ class LMDataModule(L.LightningDataModule):
         ]
         if mismatches:
             msg = "resuming on different data: " + "; ".join(mismatches)
-            if self.strict_resume:
+            if self.settings.strict_resume:
                 raise ValueError(msg + " (set strict_resume=False to continue at the same stream position anyway)")
             log.warning("%s; continuing at window %d", msg, state["windows_consumed"])
         self._windows_consumed = int(state["windows_consumed"])

@@ -1,4 +1,11 @@
-"""Packing and ordering as pure functions: the executable specification of the training stream.
+"""The split rule, packing and ordering as pure functions: the executable specification of the training stream.
+
+Split: a document goes to validation iff ``split_value(key) < val_fraction``, a hash of its key alone, so adding
+or removing other documents never moves it. Two fallbacks keep small corpora usable (applied by build.py and
+recorded in the manifest): when no document lands in validation, the train document with the smallest split
+value moves there (the first to turn val as val_fraction grows); a corpus of ONE document is split by position
+instead, its last ``tail_length(n, val_fraction)`` tokens becoming the validation document ``key@tail`` (a BPE tokenizer
+is trained on the first ``len(text) - tail_length(len(text), val_fraction)`` characters of its text).
 
 The packed stream of a split is its documents in corpus order, each followed by EOS::
 
@@ -8,7 +15,7 @@ Windows hold ``seq_len + 1`` tokens and overlap by one token: window k is ``T[k*
 (L = seq_len), so inputs ``w[:-1]`` and targets ``w[1:]`` make every token ``T[1 .. W*L]`` a target
 exactly once per epoch, with W = (N - 1) // L windows. The last (N - 1) % L tokens are not targets.
 Long documents are split across windows; a window may hold the end of one document and the start of
-the next (``doc_ids`` tells them apart).
+the next.
 
 Order: the stream of windows is unbounded. Global position p (0, 1, 2, ...) holds window
 ``perm_e[p % W]`` with epoch e = p // W and ``perm_e`` a permutation seeded by (seed, e). Global batch g
@@ -21,9 +28,50 @@ order 0, 1, 2, ... for any K, and resuming is a matter of moving ``start`` (in w
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
+
+SPLIT_RULE = "val iff int.from_bytes(sha256(key)[:8], 'big') / 2**64 < val_fraction; key = relpath or relpath#record"
+TAIL_SUFFIX = "@tail"  # key of the validation piece of a one-document corpus
+
+
+def split_value(key: str) -> float:
+    """Uniform in [0, 1), a pure function of the document key (stable across runs, machines, corpora)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def is_val(key: str, val_fraction: float) -> bool:
+    return split_value(key) < val_fraction
+
+
+def tail_length(n: int, val_fraction: float) -> int:
+    """How much of the end of a one-document corpus's document (n tokens, or characters) is validation:
+    val_fraction of it, rounded, at least 1 and leaving at least 1 for training (0 when n < 2: no cut)."""
+    if n < 2:
+        return 0
+    return min(n - 1, max(1, round(val_fraction * n)))
+
+
+def assign_splits(
+    docs: Iterable[tuple[str, Sequence, Any]], val_fraction: float
+) -> Iterator[tuple[str, str, Sequence, Any]]:
+    """(split, key, content, tag) for each (key, content, tag) of ``docs``, in order, by the split rule. A stream of
+    exactly one document yields its two pieces instead (content: tokens or text, sliced; tag: passed through)."""
+    docs = iter(docs)
+    first = list(itertools.islice(docs, 2))  # one document or more decides the rule
+    if len(first) == 1:
+        key, content, tag = first[0]
+        n_tail = tail_length(len(content), val_fraction)
+        if n_tail:
+            yield "train", key, content[: len(content) - n_tail], tag
+            yield "val", key + TAIL_SUFFIX, content[len(content) - n_tail :], tag
+            return
+    for key, content, tag in itertools.chain(first, docs):
+        yield ("val" if is_val(key, val_fraction) else "train"), key, content, tag
 
 
 def pack_documents(docs: Sequence[Sequence[int]], eos_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,16 +95,6 @@ def window_span(index: int, seq_len: int) -> tuple[int, int]:
     """[start, stop) of window ``index`` in the packed stream."""
     start = index * seq_len
     return start, start + seq_len + 1
-
-
-def doc_ids_for_span(doc_starts: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Index of the document each stream position in [start, stop) belongs to (int64 [stop - start])."""
-    if stop <= start:
-        return np.zeros(0, dtype=np.int64)
-    first = int(np.searchsorted(doc_starts, start, side="right")) - 1
-    end = int(np.searchsorted(doc_starts, stop - 1, side="right"))  # one past the last document in the span
-    edges = np.concatenate([[start], np.asarray(doc_starts[first + 1 : end], dtype=np.int64), [stop]])
-    return np.repeat(np.arange(first, end, dtype=np.int64), np.diff(edges))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

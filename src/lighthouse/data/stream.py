@@ -3,22 +3,36 @@
 The order is specified in packing.py. The dataset yields whole batches (use ``DataLoader(batch_size=None)``)
 so that a batch is the unit of sharding: local batch j of a rank comes from worker j % num_workers, and
 the DataLoader's round-robin over workers returns batches in the same order for any worker count.
+
+A ``WindowMix`` may replace training windows (e.g. by synthetic documents): it is called with each window's
+global stream position, which does not depend on ranks, workers or restarts, so a mix that decides from the
+position alone (and a seed) keeps every rank in agreement and a resume bitwise exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .packing import doc_ids_for_span, epoch_permutation, local_batches, num_windows, window_span
+from .packing import epoch_permutation, local_batches, num_windows, window_span
 from .shards import SplitReader
 
 
+class WindowMix(Protocol):
+    """Replaces some windows of the training stream. Must be picklable (DataLoader workers get a copy)."""
+
+    def __call__(self, position: int, window: np.ndarray) -> np.ndarray:
+        """The window to train on at global stream ``position``, given the one read there (int64 [seq_len + 1]);
+        return it unchanged, or another int64 array of the same length."""
+        ...
+
+
 class PackedWindows(IterableDataset):
-    """Batches ``{"tokens": LongTensor[B, seq_len + 1]}`` (+ ``"doc_ids"``) from one split.
+    """Batches ``{"tokens": LongTensor[B, seq_len + 1]}`` from one split.
 
     Args:
         split: the packed stream to read.
@@ -29,7 +43,7 @@ class PackedWindows(IterableDataset):
         windows: a fixed list of window indices to serve in order, once (validation); ``None`` serves the
             unbounded shuffled stream (training).
         start_window: global stream position to start from (resume); windows before it are skipped.
-        return_doc_ids: also yield the document index of each token.
+        mix: replaces windows by position (training only; see WindowMix).
     """
 
     def __init__(
@@ -43,7 +57,7 @@ class PackedWindows(IterableDataset):
         seed: int = 0,
         windows: Sequence[int] | None = None,
         start_window: int = 0,
-        return_doc_ids: bool = False,
+        mix: WindowMix | None = None,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
@@ -55,7 +69,7 @@ class PackedWindows(IterableDataset):
         self.seed = seed
         self.windows = None if windows is None else np.asarray(windows, dtype=np.int64)
         self.start_window = start_window
-        self.return_doc_ids = return_doc_ids
+        self.mix = mix
         self.num_windows = num_windows(split.n_tokens, seq_len)
         if self.num_windows == 0:
             raise ValueError(
@@ -90,16 +104,19 @@ class PackedWindows(IterableDataset):
         start = self.start_window if start_window is None else start_window
         first = start + global_batch * self.batch_size
         tokens = np.empty((self.batch_size, self.seq_len + 1), dtype=np.int64)  # [B, L + 1]
-        doc_ids = np.empty_like(tokens) if self.return_doc_ids else None
         for b in range(self.batch_size):
-            lo, hi = window_span(self.window_at(first + b), self.seq_len)
-            tokens[b] = self.split.read(lo, hi)
-            if doc_ids is not None:
-                doc_ids[b] = doc_ids_for_span(self.split.doc_starts, lo, hi)
-        out = {"tokens": torch.from_numpy(tokens)}
-        if doc_ids is not None:
-            out["doc_ids"] = torch.from_numpy(doc_ids)
-        return out
+            tokens[b] = self.window(first + b)
+        return {"tokens": torch.from_numpy(tokens)}
+
+    def window(self, position: int) -> np.ndarray:
+        """The tokens (int64 [seq_len + 1]) served at global stream ``position``, after the mix if any."""
+        window = self.split.read(*window_span(self.window_at(position), self.seq_len))
+        if self.mix is None:
+            return window
+        mixed = self.mix(position, window)
+        if mixed.shape != window.shape:
+            raise ValueError(f"the window mix returned shape {mixed.shape} at position {position}, not {window.shape}")
+        return mixed
 
     def iter_batches(self, worker: int = 0, num_workers: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         # start is read now, not at the first next(): the datamodule moves it for the *next* iteration.

@@ -1,8 +1,8 @@
 """Lighthouse Attention ops: geometry, the plain-PyTorch reference and the Triton kernels."""
 
-from .geometry import LighthouseGeometry, check_lighthouse_params, lighthouse_geometry, min_seq_len
-from .interface import lighthouse_attention  # Triton path; kernels load on first call
-from .naive import Selection, naive_lighthouse_attention, select_entries
+from .geometry import LighthouseGeometry, Selection, check_lighthouse_params, lighthouse_geometry, min_seq_len
+from .interface import lighthouse_attention, triton_select_entries  # Triton path; kernels load on first call
+from .naive import naive_lighthouse_attention, select_entries
 
 __all__ = [
     "LighthouseGeometry",
@@ -13,4 +13,5 @@ __all__ = [
     "min_seq_len",
     "naive_lighthouse_attention",
     "select_entries",
+    "triton_select_entries",
 ]

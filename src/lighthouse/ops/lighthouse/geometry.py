@@ -1,28 +1,55 @@
-"""Shape arithmetic of a Lighthouse layer: tiles, budget and the sequence-length rule.
+"""The shape contract of a Lighthouse layer: valid (N, L, p, K), every derived size, the input checks, `Selection`.
 
-One place decides which (N, L, p, K) are valid, so the reference layer, the kernels and the
-config validation can never disagree. The math behind the numbers is in README.md beside this file.
+One place decides which (N, L, p, K) are valid and how long everything is, so the reference, the kernels, the
+fake implementations of the torch.library ops and the config validation cannot disagree. The size formulas are
+plain integer arithmetic (``//``, ``*``, ``min``), so they hold for the symbolic lengths (SymInts) that
+torch.compile traces with as well as for ints. The math behind the numbers is in README.md beside this file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from torch import Tensor
 
 # Every tile refines exactly this many entries per level: 64 picked by the query score and 64 by the key score.
 REFINED_PER_TILE = 128
 PICKED_PER_SCORE = REFINED_PER_TILE // 2
 
 
+def min_seq_len(levels: int, pooling_factor: int) -> int:
+    """Shortest sequence a Lighthouse layer accepts: one tile of 128 coarsest entries."""
+    return REFINED_PER_TILE * pooling_factor ** (levels - 1)
+
+
+def level_sizes(seq_len: int, levels: int, pooling_factor: int) -> list[int]:
+    """Entries per level, base first: ``[N, N/p, ..., N/p^(L-1)]``."""
+    return [seq_len // pooling_factor ** (level - 1) for level in range(1, levels + 1)]
+
+
+def total_entries(seq_len: int, levels: int, pooling_factor: int) -> int:
+    """``N_tot = N + N/p + ... + N/p^(L-1)``: entries of all levels, laid end to end base first (scores, ``inv``)."""
+    return sum(level_sizes(seq_len, levels, pooling_factor))
+
+
 @dataclass(frozen=True)
 class LighthouseGeometry:
-    """Derived sizes of one Lighthouse layer for a sequence of ``seq_len`` base positions."""
+    """Derived sizes of one Lighthouse layer for a sequence of ``seq_len`` base positions.
+
+    ``lighthouse_geometry`` validates and builds one; building it directly checks nothing (the torch.library
+    ops do that on parameters their caller has validated, and fake implementations on SymInt lengths).
+    """
 
     seq_len: int
     levels: int
     pooling_factor: int
     topk: int
-    num_tiles: int
-    """Tiles actually used: ``topk // 128``, or fewer for short sequences (then ``effective_topk < topk``)."""
+
+    @property
+    def num_tiles(self) -> int:
+        """Tiles actually used: ``topk // 128``, or fewer for short sequences (then ``effective_topk < topk``)."""
+        return min(self.topk // REFINED_PER_TILE, self.seq_len // min_seq_len(self.levels, self.pooling_factor))
 
     @property
     def effective_topk(self) -> int:
@@ -40,7 +67,7 @@ class LighthouseGeometry:
 
     @property
     def coarse_per_tile(self) -> int:
-        """Coarsest entries owned by one tile (``Nc`` in the spec); always >= 128."""
+        """Coarsest entries owned by one tile (``Nc``); always >= 128."""
         return self.coarse_len // self.num_tiles
 
     @property
@@ -50,7 +77,7 @@ class LighthouseGeometry:
 
     @property
     def selected_per_tile(self) -> int:
-        """Entries one tile emits: ``Nc + (L-1) * p * 128``."""
+        """Entries one tile emits, ``S_tile = Nc + (L-1) * p * 128``."""
         return self.coarse_per_tile + (self.levels - 1) * self.pooling_factor * REFINED_PER_TILE
 
     @property
@@ -58,22 +85,20 @@ class LighthouseGeometry:
         """``S_sel = N / p^(L-1) + (L-1) * p * K_eff``: the length SDPA runs on."""
         return self.num_tiles * self.selected_per_tile
 
+    @property
+    def total_entries(self) -> int:
+        """``N_tot``, see ``total_entries``."""
+        return total_entries(self.seq_len, self.levels, self.pooling_factor)
+
 
 def check_lighthouse_params(levels: int, pooling_factor: int, topk: int) -> None:
     """Raise ValueError naming the field and its valid range if a Lighthouse parameter is invalid."""
     if not isinstance(levels, int) or levels < 2:
         raise ValueError(f"levels={levels!r} is invalid: it must be an integer >= 2")
     if not isinstance(pooling_factor, int) or pooling_factor < 2 or pooling_factor & (pooling_factor - 1):
-        raise ValueError(
-            f"pooling_factor={pooling_factor!r} is invalid: it must be a power of two >= 2 (2, 4, 8, ...)"
-        )
+        raise ValueError(f"pooling_factor={pooling_factor!r} is invalid: it must be a power of two >= 2 (2, 4, 8, ...)")
     if not isinstance(topk, int) or topk < REFINED_PER_TILE or topk % REFINED_PER_TILE:
         raise ValueError(f"topk={topk!r} is invalid: it must be a positive multiple of {REFINED_PER_TILE}")
-
-
-def min_seq_len(levels: int, pooling_factor: int) -> int:
-    """Shortest sequence a Lighthouse layer accepts: one tile of 128 coarsest entries."""
-    return REFINED_PER_TILE * pooling_factor ** (levels - 1)
 
 
 def lighthouse_geometry(seq_len: int, levels: int, pooling_factor: int, topk: int) -> LighthouseGeometry:
@@ -90,11 +115,44 @@ def lighthouse_geometry(seq_len: int, levels: int, pooling_factor: int, topk: in
             f"sequence length {seq_len!r} is too short for levels={levels}, pooling_factor={pooling_factor}: "
             f"it must be >= 128 * pooling_factor**(levels-1) = {shortest}"
         )
-    span = pooling_factor ** (levels - 1)
-    num_tiles = min(topk // REFINED_PER_TILE, seq_len // shortest)
-    if seq_len % (span * num_tiles):
+    geometry = LighthouseGeometry(seq_len, levels, pooling_factor, topk)
+    span, tiles = geometry.coarse_span, geometry.num_tiles
+    if seq_len % (span * tiles):
         raise ValueError(
             f"sequence length {seq_len} must be a multiple of pooling_factor**(levels-1) * tiles = "
-            f"{span} * {num_tiles} = {span * num_tiles} (tiles = min(topk/128, N // {shortest}))"
+            f"{span} * {tiles} = {span * tiles} (tiles = min(topk/128, N // {shortest}))"
         )
-    return LighthouseGeometry(seq_len, levels, pooling_factor, topk, num_tiles)
+    return geometry
+
+
+def check_inputs(*tensors: Tensor) -> None:
+    """``q, k`` (and ``v``) must be ``[B, N, H, D]`` of one shape and one floating point dtype."""
+    first = tensors[0]
+    for name, x in zip("qkv", tensors, strict=False):
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be [B, N, H, D], got shape {tuple(x.shape)}")
+        if x.shape != first.shape:
+            raise ValueError(
+                f"q, k, v must have the same shape [B, N, H, D], got {tuple(first.shape)} and {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating point tensor, got {x.dtype}")
+        if x.dtype != first.dtype:
+            raise ValueError(f"q, k, v must share one dtype, got {first.dtype} and {x.dtype}")
+
+
+def checked_geometry(*tensors: Tensor, levels: int, pooling_factor: int, topk: int) -> LighthouseGeometry:
+    """The one validation of a layer call: the inputs (``check_inputs``), then (N, L, p, K)."""
+    check_inputs(*tensors)
+    return lighthouse_geometry(tensors[0].shape[1], levels, pooling_factor, topk)
+
+
+class Selection(NamedTuple):
+    """The emitted entries of every (batch, head), in compacted order (sorted by the README §4 key)."""
+
+    level: Tensor
+    """``[B, H, S_sel]`` int64: 1 = base level ... L = coarsest."""
+    index: Tensor
+    """``[B, H, S_sel]`` int64: index of the entry within its level."""
+    refined: Tensor
+    """``[B, H, S_sel]`` bool: True for a refined entry (its children were emitted too), False for a leaf."""

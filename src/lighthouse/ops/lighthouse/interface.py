@@ -12,8 +12,11 @@ mode and nothing to pay). Whether a whole forward+backward is bitwise reproducib
 the SDPA backward: under ``torch.use_deterministic_algorithms(True)`` PyTorch uses its deterministic Flash
 backward (and never cuDNN); see bench/RESULTS.md for what that costs.
 
-The kernels are imported on first use, so ``TRITON_INTERPRET=1`` (CPU tests) only has to be set before the
-first call, not before ``import lighthouse``.
+Validation happens once per call, in the functionals (``checked_geometry``); the ops trust their parameters and
+derive every size from ``LighthouseGeometry`` / ``geometry.total_entries``, which also work on SymInts.
+
+The kernel modules are imported inside the ops, on first use, so ``TRITON_INTERPRET=1`` (CPU tests) only has to
+be set before the first call, not before ``import lighthouse``.
 """
 
 from __future__ import annotations
@@ -25,14 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import REFINED_PER_TILE, lighthouse_geometry
-from .naive import Selection
-
-
-def _kernels():
-    from . import gather, scatter, select
-
-    return select, gather, scatter
+from .geometry import LighthouseGeometry, Selection, checked_geometry
 
 
 def _interpreting() -> bool:
@@ -49,21 +45,13 @@ def _check_device(x: Tensor) -> None:
             "(naive_lighthouse_attention). (Tests may run the kernels in Triton's interpreter by setting "
             "TRITON_INTERPRET=1 before the first call.)"
         )
-    select, _, _ = _kernels()
-    if type(select._select_kernel).__name__ != "InterpretedFunction":
+    from .select import _select_kernel
+
+    if type(_select_kernel).__name__ != "InterpretedFunction":
         raise RuntimeError(
             "TRITON_INTERPRET=1 was set after the Lighthouse kernels were first imported; "
             "set it before the first call to lighthouse_attention"
         )
-
-
-def _sizes(seq_len, levels: int, pooling_factor: int, topk: int):
-    """(S_sel, N_tot) by plain arithmetic, so fake implementations also work on symbolic lengths."""
-    span = pooling_factor ** (levels - 1)
-    tiles = min(topk // REFINED_PER_TILE, seq_len // (REFINED_PER_TILE * span))
-    s_sel = seq_len // span + (levels - 1) * pooling_factor * REFINED_PER_TILE * tiles
-    n_tot = sum(seq_len // pooling_factor ** (level - 1) for level in range(1, levels + 1))
-    return s_sel, n_tot
 
 
 def _last_dim_contiguous(x: Tensor) -> Tensor:
@@ -75,18 +63,20 @@ def _last_dim_contiguous(x: Tensor) -> Tensor:
 
 @torch.library.custom_op("lighthouse::select", mutates_args=())
 def _select_op(q: Tensor, k: Tensor, levels: int, pooling_factor: int, topk: int) -> tuple[Tensor, Tensor]:
-    """``q, k [B, N, H, D]`` -> ``codes [B, H, S_sel]`` int32, ``inv [B, H, N_tot]`` int32 (select.py)."""
+    """``q, k [B, N, H, D]`` -> ``codes [B, H, S_sel]`` int32, ``inv [B, H, N_tot]`` int32 (common.py)."""
     _check_device(q)
-    select, _, _ = _kernels()
-    geometry = lighthouse_geometry(q.shape[1], levels, pooling_factor, topk)
-    return select.select_launch(_last_dim_contiguous(q), _last_dim_contiguous(k), geometry)
+    from .select import select_launch
+
+    geometry = LighthouseGeometry(q.shape[1], levels, pooling_factor, topk)
+    return select_launch(_last_dim_contiguous(q), _last_dim_contiguous(k), geometry)
 
 
 @_select_op.register_fake
 def _(q, k, levels, pooling_factor, topk):
     batch, seq_len, heads, _ = q.shape
-    s_sel, n_tot = _sizes(seq_len, levels, pooling_factor, topk)
-    return q.new_empty(batch, heads, s_sel, dtype=torch.int32), q.new_empty(batch, heads, n_tot, dtype=torch.int32)
+    geometry = LighthouseGeometry(seq_len, levels, pooling_factor, topk)
+    codes = q.new_empty(batch, heads, geometry.selected_len, dtype=torch.int32)
+    return codes, q.new_empty(batch, heads, geometry.total_entries, dtype=torch.int32)
 
 
 # ---------------------------------------------------------------- gather (pool + pick) and its backward
@@ -97,10 +87,11 @@ def _gather_op(
     q: Tensor, k: Tensor, v: Tensor, codes: Tensor, inv: Tensor, levels: int, pooling_factor: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """3 x ``[B, N, H, D]`` -> 3 x ``[B, S_sel, H, D]``: the (pooled) rows of the emitted entries."""
-    _, gather, _ = _kernels()
+    from .gather import gather_fwd_launch
+
     if not (q.stride() == k.stride() == v.stride() and q.stride(-1) == 1):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return gather.gather_fwd_launch(q, k, v, inv, levels, pooling_factor, codes.shape[-1])
+    return gather_fwd_launch(q, k, v, inv, levels, pooling_factor, codes.shape[-1])
 
 
 @_gather_op.register_fake
@@ -120,9 +111,10 @@ def _gather_bwd_op(
     pooling_factor: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """3 x ``[B, S_sel, H, D]`` -> dq, dk, dv ``[B, N, H, D]``."""
-    _, gather, _ = _kernels()
+    from .gather import gather_bwd_launch
+
     grads = tuple(_last_dim_contiguous(g) for g in (dq_sel, dk_sel, dv_sel))
-    return gather.gather_bwd_launch(grads, inv, seq_len, levels, pooling_factor)
+    return gather_bwd_launch(grads, inv, seq_len, levels, pooling_factor)
 
 
 @_gather_bwd_op.register_fake
@@ -155,8 +147,9 @@ _gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
 @torch.library.custom_op("lighthouse::scatter", mutates_args=())
 def _scatter_op(o_sel: Tensor, inv: Tensor, codes: Tensor, seq_len: int, levels: int, pooling_factor: int) -> Tensor:
     """``o_sel [B, H, S_sel, D]`` -> ``out [B, N, H, D]``: causal, summed scatter to base positions."""
-    _, _, scatter = _kernels()
-    return scatter.scatter_fwd_launch(_last_dim_contiguous(o_sel), inv, seq_len, levels, pooling_factor)
+    from .scatter import scatter_fwd_launch
+
+    return scatter_fwd_launch(_last_dim_contiguous(o_sel), inv, seq_len, levels, pooling_factor)
 
 
 @_scatter_op.register_fake
@@ -168,8 +161,9 @@ def _(o_sel, inv, codes, seq_len, levels, pooling_factor):
 @torch.library.custom_op("lighthouse::scatter_bwd", mutates_args=())
 def _scatter_bwd_op(grad: Tensor, inv: Tensor, levels: int, pooling_factor: int, selected_len: int) -> Tensor:
     """``grad [B, N, H, D]`` -> ``[B, S_sel, H, D]`` (the caller views it as ``[B, H, S_sel, D]``)."""
-    _, _, scatter = _kernels()
-    return scatter.scatter_bwd_launch(_last_dim_contiguous(grad), inv, levels, pooling_factor, selected_len)
+    from .scatter import scatter_bwd_launch
+
+    return scatter_bwd_launch(_last_dim_contiguous(grad), inv, levels, pooling_factor, selected_len)
 
 
 @_scatter_bwd_op.register_fake
@@ -196,22 +190,13 @@ _scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 # ---------------------------------------------------------------- public functionals
 
 
-def _check_inputs(*tensors: Tensor) -> None:
-    shape, dtype = tensors[0].shape, tensors[0].dtype
-    for name, x in zip("qkv", tensors, strict=False):
-        if x.dim() != 4 or x.shape != shape:
-            raise ValueError(f"q, k, v must all be [B, N, H, D] of one shape; {name} is {tuple(x.shape)}")
-        if x.dtype != dtype or not x.is_floating_point():
-            raise ValueError(f"q, k, v must share one floating point dtype; {name} is {x.dtype}")
+def triton_select_entries(q: Tensor, k: Tensor, *, levels: int, pooling_factor: int, topk: int) -> Selection:
+    """The kernels' selection for ``q, k [B, N, H, D]``, decoded: the Triton twin of ``naive.select_entries``."""
+    from .common import decode_codes
 
-
-def lighthouse_selection(q: Tensor, k: Tensor, *, levels: int, pooling_factor: int, topk: int) -> Selection:
-    """The kernels' selection for ``q, k [B, N, H, D]``, decoded like ``naive.select_entries`` returns it."""
-    _check_inputs(q, k)
-    lighthouse_geometry(q.shape[1], levels, pooling_factor, topk)
+    checked_geometry(q, k, levels=levels, pooling_factor=pooling_factor, topk=topk)
     codes, _ = torch.ops.lighthouse.select(q.detach(), k.detach(), levels, pooling_factor, topk)
-    select, _, _ = _kernels()
-    return Selection(*select.decode_codes(codes))
+    return Selection(*decode_codes(codes))
 
 
 def lighthouse_attention(q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int) -> Tensor:
@@ -221,9 +206,7 @@ def lighthouse_attention(q: Tensor, k: Tensor, v: Tensor, *, levels: int, poolin
     ``N`` must satisfy ``lighthouse_geometry`` (short sequences use fewer tiles). Selection carries no
     gradient; gradients flow through scatter, SDPA and gather to q, k, v.
     """
-    _check_inputs(q, k, v)
-    seq_len, dim = q.shape[1], q.shape[3]
-    lighthouse_geometry(seq_len, levels, pooling_factor, topk)
+    geometry = checked_geometry(q, k, v, levels=levels, pooling_factor=pooling_factor, topk=topk)
     codes, inv = torch.ops.lighthouse.select(q.detach(), k.detach(), levels, pooling_factor, topk)
     q_sel, k_sel, v_sel = torch.ops.lighthouse.gather(q, k, v, codes, inv, levels, pooling_factor)  # [B, S, H, D]
     o_sel = F.scaled_dot_product_attention(
@@ -231,6 +214,6 @@ def lighthouse_attention(q: Tensor, k: Tensor, v: Tensor, *, levels: int, poolin
         k_sel.transpose(1, 2),
         v_sel.transpose(1, 2),
         is_causal=True,
-        scale=1.0 / math.sqrt(dim),
+        scale=1.0 / math.sqrt(q.shape[3]),
     )  # [B, H, S_sel, D]
-    return torch.ops.lighthouse.scatter(o_sel, inv, codes, seq_len, levels, pooling_factor)
+    return torch.ops.lighthouse.scatter(o_sel, inv, codes, geometry.seq_len, levels, pooling_factor)

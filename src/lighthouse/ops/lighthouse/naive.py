@@ -19,34 +19,25 @@ Stages, in order:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import PICKED_PER_SCORE, REFINED_PER_TILE, LighthouseGeometry, lighthouse_geometry
-
-
-class Selection(NamedTuple):
-    """The emitted entries of every (batch, head), in compacted order (sorted by ``position_key``)."""
-
-    level: Tensor
-    """``[B, H, S_sel]`` int64: 1 = base level ... L = coarsest."""
-    index: Tensor
-    """``[B, H, S_sel]`` int64: index of the entry within its level."""
-    refined: Tensor
-    """``[B, H, S_sel]`` bool: True for a refined entry (its children were emitted too), False for a leaf."""
+from .geometry import (
+    PICKED_PER_SCORE,
+    REFINED_PER_TILE,
+    LighthouseGeometry,
+    Selection,
+    check_inputs,
+    checked_geometry,
+    level_sizes,
+)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Sums and means run in fp32, or in fp64 for fp64 inputs (so gradcheck sees no fp32 rounding)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def level_sizes(seq_len: int, levels: int, pooling_factor: int) -> list[int]:
-    """Entries per level, base first: ``[N, N/p, ..., N/p^(L-1)]``."""
-    return [seq_len // pooling_factor ** (level - 1) for level in range(1, levels + 1)]
 
 
 def _level_offsets(sizes: list[int], device: torch.device) -> Tensor:
@@ -57,7 +48,7 @@ def _level_offsets(sizes: list[int], device: torch.device) -> Tensor:
     return torch.tensor(starts, dtype=torch.long, device=device)
 
 
-# ---------------------------------------------------------------- pyramid and scores (spec §1, §2)
+# ---------------------------------------------------------------- pyramid and scores (README §1, §2)
 
 
 def pool_pyramid(x: Tensor, levels: int, pooling_factor: int) -> list[Tensor]:
@@ -96,7 +87,7 @@ def entry_scores(q: Tensor, k: Tensor, levels: int, pooling_factor: int) -> tupl
     return per_level(q), per_level(k)
 
 
-# ---------------------------------------------------------------- selection and ordering (spec §3, §4)
+# ---------------------------------------------------------------- selection and ordering (README §3, §4)
 
 
 def _top_mask(scores: Tensor, count: int) -> Tensor:
@@ -110,7 +101,7 @@ def _top_mask(scores: Tensor, count: int) -> Tensor:
 
 
 def refine_mask(score_q: Tensor, score_k: Tensor) -> Tensor:
-    """``A ∪ B`` of spec §3 for candidate rows ``[..., M]`` (ascending index): the refined candidates.
+    """``A ∪ B`` of README §3 for candidate rows ``[..., M]`` (ascending index): the refined candidates.
 
     ``A``: the 64 largest query scores. ``B``: the 64 largest key scores among the rest. Norms are >= 0,
     so masking ``A`` with -inf takes it out of the key ranking without touching the order of the rest.
@@ -121,10 +112,10 @@ def refine_mask(score_q: Tensor, score_k: Tensor) -> Tensor:
 
 
 def position_key(level: Tensor, index: Tensor, refined: Tensor, levels: int, pooling_factor: int) -> Tensor:
-    """Spec §4 ordering key times ``2^(L-1)``, so it is an exact int64.
+    """README §4 ordering key times ``2^(L-1)``, so it is an exact int64.
 
     Leaf ``(l, i)``: ``c_l * i``; refined ``(l, i)``: ``c_l * (i + 1) - 2^(1-l)``, with ``c_l = p^(l-1)``.
-    Among the emitted entries of one (batch, head) these keys are all distinct (README, "Invariants").
+    Among the emitted entries of one (batch, head) these keys are all distinct (README §4).
     """
     span = pooling_factor ** (level - 1)  # c_l, int64 tensor
     scale = 2 ** (levels - 1)
@@ -139,10 +130,8 @@ def _take(scores: Tensor, candidates: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def select_from_scores(
-    score_q: list[Tensor], score_k: list[Tensor], geometry: LighthouseGeometry
-) -> Selection:
-    """Hierarchical top-k selection (spec §3) and the compacted order (spec §4) from given scores.
+def select_from_scores(score_q: list[Tensor], score_k: list[Tensor], geometry: LighthouseGeometry) -> Selection:
+    """Hierarchical top-k selection (README §3) and the compacted order (README §4) from given scores.
 
     ``score_q`` / ``score_k``: per level ``[B, H, N_l]``, base first (as ``entry_scores`` returns them).
     Kernel tests can feed the same scores to both paths and compare the selections exactly.
@@ -180,13 +169,16 @@ def select_from_scores(
 
 def select_entries(q: Tensor, k: Tensor, *, levels: int, pooling_factor: int, topk: int) -> Selection:
     """Scores + selection for ``q, k`` ``[B, N, H, D]``; the result's fields are ``[B, H, S_sel]``."""
-    _check_inputs(q, k)
-    geometry = lighthouse_geometry(q.shape[1], levels, pooling_factor, topk)
-    score_q, score_k = entry_scores(q.transpose(1, 2), k.transpose(1, 2), levels, pooling_factor)
+    geometry = checked_geometry(q, k, levels=levels, pooling_factor=pooling_factor, topk=topk)
+    return _select(q, k, geometry)
+
+
+def _select(q: Tensor, k: Tensor, geometry: LighthouseGeometry) -> Selection:
+    score_q, score_k = entry_scores(q.transpose(1, 2), k.transpose(1, 2), geometry.levels, geometry.pooling_factor)
     return select_from_scores(score_q, score_k, geometry)
 
 
-# ---------------------------------------------------------------- gather, attention, scatter (spec §5, §6)
+# ---------------------------------------------------------------- gather, attention, scatter (README §5, §6)
 
 
 def gather_selected(pyramid: list[Tensor], selection: Selection) -> Tensor:
@@ -207,10 +199,8 @@ def compacted_attention(q_sel: Tensor, k_sel: Tensor, v_sel: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q_sel, k_sel, v_sel, is_causal=True, scale=scale)
 
 
-def scatter_back(
-    o_sel: Tensor, selection: Selection, seq_len: int, levels: int, pooling_factor: int
-) -> Tensor:
-    """Add each compacted output row to the base positions its entry covers, shifted right (spec §6).
+def scatter_back(o_sel: Tensor, selection: Selection, seq_len: int, levels: int, pooling_factor: int) -> Tensor:
+    """Add each compacted output row to the base positions its entry covers, shifted right (README §6).
 
     Entry ``(l, i)`` with span ``c = p^(l-1)`` writes to positions ``i*c + c - 1 + j``, ``j = 0 .. c-1``,
     clipped to ``< N``. Equivalently, position ``n`` receives from level ``l`` the row of entry
@@ -228,27 +218,12 @@ def scatter_back(
     out = o_sel.new_zeros(batch, heads, seq_len, dim, dtype=acc_dtype)
     for level, entries in enumerate(per_entry.split(sizes, dim=2), start=1):
         span = pooling_factor ** (level - 1)
-        spread = entries.repeat_interleave(span, dim=2)[
-            :, :, : seq_len - span + 1
-        ]  # entry j -> j*c + (0..c-1)
+        spread = entries.repeat_interleave(span, dim=2)[:, :, : seq_len - span + 1]  # entry j -> j*c + (0..c-1)
         out = out + F.pad(spread, (0, 0, span - 1, 0))  # shift by c - 1: start at the span's last position
     return out.to(o_sel.dtype)
 
 
 # ---------------------------------------------------------------- the layer
-
-
-def _check_inputs(*tensors: Tensor) -> None:
-    shape = tensors[0].shape
-    for name, x in zip("qkv", tensors, strict=False):
-        if x.dim() != 4:
-            raise ValueError(f"{name} must be [B, N, H, D], got shape {tuple(x.shape)}")
-        if x.shape != shape:
-            raise ValueError(
-                f"q, k, v must have the same shape [B, N, H, D], got {tuple(shape)} and {tuple(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating point tensor, got {x.dtype}")
 
 
 def lighthouse_from_selection(
@@ -257,10 +232,10 @@ def lighthouse_from_selection(
     """The differentiable part of the layer for a given ``selection``: pool, gather, SDPA, scatter.
 
     ``q, k, v``: ``[B, N, H, D]``; returns ``[B, N, H, D]`` in the input dtype. Gradients flow to
-    ``q, k, v``; the selection is a constant (spec §7).
+    ``q, k, v``; the selection is a constant (README §7).
     """
-    _check_inputs(q, k, v)
-    batch, seq_len, heads, _ = q.shape
+    check_inputs(q, k, v)
+    batch, _, heads, _ = q.shape
     if selection.level.shape[:2] != (batch, heads) or not (
         selection.level.shape == selection.index.shape == selection.refined.shape
     ):
@@ -268,11 +243,15 @@ def lighthouse_from_selection(
             f"selection fields must all be [B, H, S_sel] with B={batch}, H={heads}, got "
             f"{[tuple(f.shape) for f in selection]}"
         )
+    return _attend(q, k, v, selection, levels, pooling_factor)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, selection: Selection, levels: int, pooling_factor: int) -> Tensor:
     picked = [
         gather_selected(pool_pyramid(x.transpose(1, 2), levels, pooling_factor), selection) for x in (q, k, v)
     ]  # 3 x [B, H, S_sel, D]
     o_sel = compacted_attention(*picked)
-    return scatter_back(o_sel, selection, seq_len, levels, pooling_factor).transpose(1, 2)  # [B, N, H, D]
+    return scatter_back(o_sel, selection, q.shape[1], levels, pooling_factor).transpose(1, 2)  # [B, N, H, D]
 
 
 def naive_lighthouse_attention(
@@ -283,5 +262,5 @@ def naive_lighthouse_attention(
     ``q, k, v``: ``[B, N, H, D]``, any float dtype, any strides; returns ``[B, N, H, D]`` in the input dtype.
     ``N`` must satisfy ``lighthouse_geometry`` (short sequences use fewer tiles; see README.md).
     """
-    selection = select_entries(q, k, levels=levels, pooling_factor=pooling_factor, topk=topk)
-    return lighthouse_from_selection(q, k, v, selection, levels=levels, pooling_factor=pooling_factor)
+    geometry = checked_geometry(q, k, v, levels=levels, pooling_factor=pooling_factor, topk=topk)
+    return _attend(q, k, v, _select(q, k, geometry), levels, pooling_factor)

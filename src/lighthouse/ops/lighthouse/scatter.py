@@ -1,4 +1,4 @@
-"""Triton kernels for the causal scatter back to base positions (spec §6) and its backward.
+"""Triton kernels for the causal scatter back to base positions (README §6) and its backward.
 
 Entry (level l, index i), span ``c_l = p^(l-1)``, adds its output row to base positions
 ``[(i+1) c_l - 1, (i+2) c_l - 1)`` (clipped to N). Read the other way round, position ``n`` receives from
@@ -8,7 +8,7 @@ level ``l`` exactly the entry ``(n + 1) // c_l - 1``, if that entry was emitted.
                          writes each output element once (0 where nothing arrives). No atomics.
 ``_scatter_bwd_kernel``  one program per (block of base rows, batch*head, chunk of D): the gradient of an
                          entry is the sum of the output gradient over its target positions, pooled from the
-                         rows in order like the forward gather (gather.pool_to_slots).
+                         rows in order like the forward gather (common.pool_to_slots).
 """
 
 from __future__ import annotations
@@ -17,8 +17,18 @@ import torch
 import triton
 import triton.language as tl
 
-from .gather import base_row_block, pool_blocking, pool_to_slots, store_base_rows
-from .select import level_sizes, rows_per_program
+from .common import (
+    base_row_block,
+    compacted_head,
+    inverse_map_row,
+    level_constexprs,
+    pool_blocking,
+    pool_to_slots,
+    pooling_block,
+    rows_per_program,
+    store_base_rows,
+)
+from .geometry import total_entries
 
 
 @triton.jit
@@ -30,7 +40,7 @@ def _scatter_fwd_kernel(
     LEVELS: tl.constexpr, LOG2P: tl.constexpr,
 ):  # fmt: skip
     b, h, n, live, d, dmask = base_row_block(N, H, BLOCK_N, BLOCK_D, D)
-    inv_row = inv_ptr + (b * H + h).to(tl.int64) * N_TOT
+    inv_row = inverse_map_row(inv_ptr, b, h, H, N_TOT)
     base = b.to(tl.int64) * so_b + h * so_h
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     off = N * 0
@@ -57,21 +67,14 @@ def _scatter_bwd_kernel(
     # Entry (l, i) receives the sum of grad over rows [(i+1) c_l - 1, (i+2) c_l - 1): the aligned span of
     # entry i + 1 shifted back by one row. So pool grad[m - 1] over aligned spans and hand span e to entry
     # e - 1. Rows m run over [0, N + c_L): one block more than N / SUB.
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    m0 = pid_n * SUB
+    b, h, m0, d, dmask = pooling_block(H, SUB, BLOCK_D, D)
     rows = m0 + tl.arange(0, SUB) - 1
-    d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = d < D
     live = (rows >= 0) & (rows < N)
     src = b.to(tl.int64) * sg_b + h * sg_h + rows.to(tl.int64)[:, None] * sg_n + d[None, :]
     x = tl.load(g_ptr + src, mask=live[:, None] & dmask[None, :], other=0.0)
-    inv_row = inv_ptr + pid_bh.to(tl.int64) * N_TOT
-    # Output [B, S_sel, H, D] contiguous (seen by SDPA's backward as [B, H, S_sel, D] through a transpose).
-    dst = (b.to(tl.int64) * S_SEL * H + h) * D
-    pool_to_slots(x, m0, dsel_ptr + dst, inv_row, N, H * D, d, dmask, SUB, POOL_ROWS, LEVELS, LOG2P, 1, False)
+    dst = dsel_ptr + compacted_head(b, h, S_SEL, H, D)  # output [B, S_sel, H, D], contiguous
+    inv_row = inverse_map_row(inv_ptr, b, h, H, N_TOT)
+    pool_to_slots(x, m0, dst, inv_row, N, H * D, d, dmask, SUB, POOL_ROWS, LEVELS, LOG2P, 1, False)
 
 
 def scatter_fwd_launch(
@@ -80,7 +83,7 @@ def scatter_fwd_launch(
     """``o_sel [B, H, S_sel, D]`` (any strides, last dim contiguous) -> ``out [B, N, H, D]`` contiguous."""
     batch, heads, _, dim = o_sel.shape
     assert o_sel.stride(-1) == 1
-    n_tot = sum(level_sizes(seq_len, levels, pooling_factor))
+    n_tot = total_entries(seq_len, levels, pooling_factor)
     out = torch.empty(batch, seq_len, heads, dim, device=o_sel.device, dtype=o_sel.dtype)
     block_n = rows_per_program(o_sel, 64 if dim <= 64 else 32)
     _scatter_fwd_kernel[(triton.cdiv(seq_len, block_n), batch * heads)](
@@ -88,7 +91,7 @@ def scatter_fwd_launch(
         seq_len, n_tot, heads,
         o_sel.stride(0), o_sel.stride(1), o_sel.stride(2),
         D=dim, BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n,
-        LEVELS=levels, LOG2P=pooling_factor.bit_length() - 1, num_warps=4,
+        **level_constexprs(levels, pooling_factor), num_warps=4,
     )  # fmt: skip
     return out
 
@@ -99,14 +102,14 @@ def scatter_bwd_launch(
     """``grad [B, N, H, D]`` (any strides, last dim contiguous) -> ``d_o_sel [B, S_sel, H, D]`` contiguous."""
     batch, seq_len, heads, dim = grad.shape
     assert grad.stride(-1) == 1
-    n_tot = sum(level_sizes(seq_len, levels, pooling_factor))
+    n_tot = total_entries(seq_len, levels, pooling_factor)
     d_sel = torch.empty(batch, s_sel, heads, dim, device=grad.device, dtype=grad.dtype)
     sub, block_d, pool_rows = pool_blocking(grad, dim, levels, pooling_factor)
     _scatter_bwd_kernel[(seq_len // sub + 1, batch * heads, triton.cdiv(dim, block_d))](
         grad, d_sel, inv,
         seq_len, n_tot, s_sel, heads,
         grad.stride(0), grad.stride(1), grad.stride(2),
-        D=dim, BLOCK_D=block_d, SUB=sub, POOL_ROWS=pool_rows, LEVELS=levels,
-        LOG2P=pooling_factor.bit_length() - 1, num_warps=4,
+        D=dim, BLOCK_D=block_d, SUB=sub, POOL_ROWS=pool_rows,
+        **level_constexprs(levels, pooling_factor), num_warps=4,
     )  # fmt: skip
     return d_sel

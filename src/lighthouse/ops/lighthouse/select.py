@@ -1,4 +1,4 @@
-"""Triton kernels for the scores (spec §2) and the tiled hierarchical top-k selection (spec §3, §4).
+"""Triton kernels for the scores (README §2) and the tiled hierarchical top-k selection (README §3, §4).
 
 Two launches per layer:
 
@@ -7,16 +7,12 @@ Two launches per layer:
                     first (``N_tot = N + N/p + ... + N/p^(L-1)``).
 ``_select_kernel``  one program per (batch*head, tile): top-k by query then by key score at each level,
                     refining 128 entries per level, then places the tile's emitted entries, ordered by
-                    the spec §4 key, in the tile's run of compacted slots.
+                    the README §4 key, in the tile's run of compacted slots.
 
 Every tile emits exactly ``selected_per_tile`` entries and tiles are contiguous in position, so tile ``t``
 owns compacted slots ``[t * S_tile, (t + 1) * S_tile)`` and no program needs another's result.
 
-Outputs (the contract with gather.py and scatter.py):
-    codes ``[B, H, S_sel]`` int32, one per compacted slot: ``index | refined << 24 | level << 25``
-          (level 1 = base .. L = coarsest, index within the level);
-    inv   ``[B, H, N_tot]`` int32, the inverse map: compacted slot of entry (level, index) at
-          ``level_offset(level) + index``, or -1 where the entry was not emitted.
+Outputs: ``codes [B, H, S_sel]`` and ``inv [B, H, N_tot]``, both int32, in the formats of common.py.
 No atomics: each output element is written by exactly one program, so results are bitwise reproducible.
 """
 
@@ -26,47 +22,18 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import (
+    CODE_INDEX_BITS,
+    code_index,
+    code_level,
+    encode_code,
+    level_constexprs,
+    level_offset,
+    level_offset_vec,
+    rows_per_program,
+    span_block,
+)
 from .geometry import PICKED_PER_SCORE, REFINED_PER_TILE, LighthouseGeometry
-
-INDEX_BITS = 24  # entry index within its level; N < 2^24
-REFINED_BIT = 24
-LEVEL_SHIFT = 25
-
-
-def level_sizes(seq_len: int, levels: int, pooling_factor: int) -> list[int]:
-    """Entries per level, base first; works on SymInts too (used by the fake implementations)."""
-    return [seq_len // pooling_factor ** (level - 1) for level in range(1, levels + 1)]
-
-
-def decode_codes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``codes`` -> (level int64, index int64, refined bool), each shaped like ``codes``."""
-    codes = codes.long()
-    index = codes & ((1 << INDEX_BITS) - 1)
-    refined = ((codes >> REFINED_BIT) & 1).bool()
-    level = codes >> LEVEL_SHIFT
-    return level, index, refined
-
-
-# ---------------------------------------------------------------- shared device helpers
-
-
-@triton.jit
-def level_offset(n, LEVEL: tl.constexpr, LOG2P: tl.constexpr):
-    """Start of level ``LEVEL`` (1-based, constexpr) in the concatenated ``[N_tot]`` layout."""
-    off = n * 0
-    for m in tl.static_range(1, LEVEL):
-        off += n >> (LOG2P * (m - 1))
-    return off
-
-
-@triton.jit
-def level_offset_vec(n, level, LEVELS: tl.constexpr, LOG2P: tl.constexpr):
-    """Like ``level_offset`` for a tensor of run-time levels."""
-    off = level * 0
-    for m in tl.static_range(1, LEVELS):
-        off += tl.where(level > m, n >> (LOG2P * (m - 1)), 0)
-    return off
-
 
 # ---------------------------------------------------------------- scores
 
@@ -148,7 +115,7 @@ def _kth_largest(keys, K: tl.constexpr):
 
 @triton.jit
 def _refine(sq, sk, index, valid, parents_ptr, PICK: tl.constexpr):
-    """Spec §3 steps 1-4 on one candidate set, lanes in ascending entry index: returns the refined mask and
+    """README §3 steps 1-4 on one candidate set, lanes in ascending entry index: returns the refined mask and
     writes the refined entry indices, ascending, to ``parents_ptr[0 : 2 * PICK]``.
 
     Ranking key = fp32 score bits (scores are >= 0, so their bit patterns order like the values) in the
@@ -202,19 +169,18 @@ def _place(
     slot = tile * S_TILE + rank
     code = (word & 0xFFFFFFFF).to(tl.int32)
     tl.store(codes_row + slot, code, mask=live)
-    tl.store(inv_row + level_offset_vec(N, code >> 25, LEVELS, LOG2P) + (code & 0xFFFFFF), slot, mask=live)
+    tl.store(inv_row + level_offset_vec(N, code_level(code), LEVELS, LOG2P) + code_index(code), slot, mask=live)
 
 
 @triton.jit
 def _pack(index, refined, LEVEL: tl.constexpr, LEVELS: tl.constexpr, LOG2P: tl.constexpr):
-    """Order word: spec §4 key * 2^(L-1) in the high 32 bits, the code (level, refined, index) in the low."""
+    """Order word: README §4 key * 2^(L-1) in the high 32 bits, the code (level, refined, index) in the low."""
     shift: tl.constexpr = LOG2P * (LEVEL - 1) + LEVELS - 1
     idx = index.to(tl.int64)
     leaf_key = idx << shift
     refined_key = ((idx + 1) << shift) - (1 << (LEVELS - LEVEL))
     key = tl.where(refined, refined_key, leaf_key)
-    code = idx | (refined.to(tl.int64) << 24) | (LEVEL << 25)
-    return (key << 32) | code
+    return (key << 32) | encode_code(idx, refined, LEVEL)
 
 
 @triton.jit
@@ -276,21 +242,6 @@ def _select_kernel(
 # ---------------------------------------------------------------- launcher
 
 
-def rows_per_program(x: torch.Tensor, gpu_rows: int) -> int:
-    """Block of rows per program: ``gpu_rows`` on the GPU; on CPU (Triton's interpreter, tests only) 16x
-    larger, since the interpreter pays per program and per op, not per element."""
-    return gpu_rows if x.is_cuda else 16 * gpu_rows
-
-
-def span_block(seq_len: int, span: int, target: int) -> int:
-    """Power-of-two block of base rows that holds whole spans of ``span`` rows, divides ``seq_len`` (a
-    multiple of 128 coarsest spans) and is as close to ``target`` as that allows."""
-    block = span
-    while block < target and seq_len % (2 * block) == 0:
-        block *= 2
-    return block
-
-
 def select_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores + selection for ``q, k`` ``[B, N, H, D]`` (last dim contiguous).
 
@@ -298,10 +249,9 @@ def select_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry
     """
     batch, seq_len, heads, dim = q.shape
     levels, p = geometry.levels, geometry.pooling_factor
-    log2p = p.bit_length() - 1
-    sizes = level_sizes(seq_len, levels, p)
-    n_tot = sum(sizes)
-    if seq_len >= 1 << INDEX_BITS or seq_len << (levels - 1) >= 1 << 31:
+    n_tot = geometry.total_entries
+    # Indices must fit the code's index field, and position keys (times 2^(L-1)) the order word's high half.
+    if seq_len >= 1 << CODE_INDEX_BITS.value or seq_len << (levels - 1) >= 1 << 31:
         raise ValueError(f"sequence length {seq_len} too long for the 32-bit selection codes")
     assert q.stride(-1) == 1 and k.stride(-1) == 1
 
@@ -318,7 +268,7 @@ def select_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         D=dim, BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n, SUB_N=sub_n,
-        LEVELS=levels, LOG2P=log2p, num_warps=4,
+        **level_constexprs(levels, p), num_warps=4,
     )  # fmt: skip
 
     tiles, s_tile = geometry.num_tiles, geometry.selected_per_tile
@@ -335,6 +285,6 @@ def select_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry
         scores_q, scores_k, codes, inv, scratch,
         seq_len, n_tot, geometry.selected_len, geometry.coarse_per_tile, s_tile, tiles,
         NC_BLOCK=nc_block, NC_STEPS=geometry.coarse_per_tile.bit_length(), S_BLOCK=s_block,
-        LEVELS=levels, LOG2P=log2p, REF=REFINED_PER_TILE, PICK=PICKED_PER_SCORE, num_warps=warps,
+        **level_constexprs(levels, p), REF=REFINED_PER_TILE, PICK=PICKED_PER_SCORE, num_warps=warps,
     )  # fmt: skip
     return codes, inv

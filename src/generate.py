@@ -1,0 +1,11 @@
+"""Entry point: ``python src/generate.py --help`` (see README.md, "After training")."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from a checkout without installing
+
+from lighthouse.generate import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()

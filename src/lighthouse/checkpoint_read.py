@@ -1,0 +1,150 @@
+"""Read a training checkpoint for use after training: model config, dense model, stage and tokenizer.
+
+Every path here loads with ``torch.load(weights_only=True)``: a checkpoint is data, never code. It knows the
+checkpoints of every version of this project: the model config under ``lighthouse_model`` (always written) or
+the hyperparameters ``arch`` (today) or ``model`` (before the ``model.arch.*`` rename).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from lighthouse.checkpoint_io import load_verified
+from lighthouse.config import ModelConfig
+from lighthouse.data.tokenizer import TextTokenizer, byte_tokenizer
+from lighthouse.model import Transformer
+
+CONSOLIDATE = "python -m lightning.pytorch.utilities.consolidate_checkpoint"
+TOKENIZER_KEY = "lighthouse_tokenizer"  # the tokenizer's JSON, written by LitLM.on_save_checkpoint
+# Wrappers whose names FSDP or activation checkpointing may leave in parameter names.
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+class NotRecoveredWarning(UserWarning):
+    """The checkpoint was trained with sparse attention and has not been through the dense recovery stage."""
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """The checkpoint dict at ``path`` (one file; a sharded FSDP folder is refused with the consolidation command).
+
+    ``mmap=True`` maps the tensors instead of reading them, for a quick look at the metadata.
+    """
+    path = Path(path)
+    if path.is_dir():
+        sharded = any(path.glob("*.distcp")) or (path / ".metadata").exists() or (path / "meta.pt").exists()
+        kind = "a sharded (FSDP) checkpoint folder" if sharded else "a folder, not a checkpoint file"
+        raise ValueError(
+            f"{path} is {kind}. Consolidate it into one file first:\n"
+            f"    {CONSOLIDATE} {path} --output_file {path}.consolidated\n"
+            f"then pass {path}.consolidated"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    # Checksum checked where there is one; a damaged or unsafe file is refused with a message that says so.
+    return load_verified(path, map_location="cpu", mmap=mmap, check_finite=False)
+
+
+def saved_model_config(checkpoint: dict) -> ModelConfig:
+    """The model config the checkpoint was trained with (sizes resolved, backends as configured)."""
+    saved = checkpoint.get("lighthouse_model")
+    if saved is None:
+        hparams = checkpoint.get("hyper_parameters", {})
+        saved = hparams.get("arch", hparams.get("model"))
+    if not isinstance(saved, dict):
+        raise ValueError("checkpoint holds no model config (neither 'lighthouse_model' nor hyper_parameters "
+                         "'arch'/'model'): it was not written by this project's LitLM")
+    return ModelConfig(**saved)
+
+
+def training_stage(checkpoint: dict) -> int | None:
+    """StageSwitch's stage at the checkpoint (1 = Lighthouse, 2 = dense recovery), None if it has none."""
+    state = checkpoint.get("callbacks", {}).get("StageSwitch")
+    return None if state is None else int(state["stage"])
+
+
+def trained_sparse(checkpoint: dict) -> bool:
+    """True if the weights come from sparse (Lighthouse) training without the dense recovery stage after it.
+
+    A dense baseline (backend 'sdpa' everywhere) is stage 1 too but was trained dense, so it counts as recovered.
+    """
+    return saved_model_config(checkpoint).uses_lighthouse() and training_stage(checkpoint) != 2
+
+
+def warn_if_not_recovered(checkpoint: dict, path: str | Path) -> None:
+    if trained_sparse(checkpoint):
+        warnings.warn(
+            f"{path} is a stage-1 checkpoint: the model was trained with Lighthouse (sparse) attention and has not "
+            f"been recovered. Its weights are valid for dense attention, but expect worse quality than after the "
+            f"dense recovery stage (configs/*recover*.yaml).",
+            NotRecoveredWarning,
+            stacklevel=2,
+        )
+
+
+def model_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The Transformer's parameters: LitLM's ``model.`` prefix and any wrapper names removed."""
+    out = {}
+    for name, tensor in checkpoint["state_dict"].items():
+        for prefix in WRAPPER_PREFIXES:
+            name = name.replace(prefix, "")
+        if name.startswith("model."):
+            out[name[len("model."):]] = tensor
+    return out
+
+
+def dense_model(checkpoint: dict) -> Transformer:
+    """The trained Transformer in eval mode on the CPU, every layer on dense SDPA."""
+    config = saved_model_config(checkpoint)
+    model = Transformer(config)
+    model.set_attention_backend("sdpa")
+    model.load_state_dict(model_state_dict(checkpoint), strict=True)
+    return model.eval()
+
+
+def saved_tokenizer(checkpoint: dict, override: str | None = None) -> TextTokenizer:
+    """The tokenizer the checkpoint was trained with, checked against its fingerprint when one was stored.
+
+    Looked for in order: ``override`` ('byte' or a tokenizer .json), the JSON the checkpoint carries, the byte
+    tokenizer when the fingerprint or data config says bytes, the configured tokenizer file, the BPE files
+    under the data config's ``data_dir/tokenizers/``.
+    """
+    data_state = checkpoint.get("LMDataModule", {})
+    fingerprint = data_state.get("tokenizer_fingerprint")
+    data_hparams = checkpoint.get("datamodule_hyper_parameters", {})
+    if override is not None:
+        tok = byte_tokenizer() if override == "byte" else TextTokenizer.from_file(override)
+        if fingerprint is not None and tok.fingerprint != fingerprint:
+            raise ValueError(f"tokenizer {override!r} has fingerprint {tok.fingerprint}, but the checkpoint was "
+                             f"trained with tokenizer fingerprint {fingerprint}")
+        return tok
+    if TOKENIZER_KEY in checkpoint:
+        return TextTokenizer.from_str(checkpoint[TOKENIZER_KEY])
+    if fingerprint == byte_tokenizer().fingerprint or (fingerprint is None and data_hparams.get("tokenizer") == "byte"):
+        return byte_tokenizer()
+    candidates = [Path(data_hparams["tokenizer"])] if str(data_hparams.get("tokenizer", "")).endswith(".json") else []
+    if data_hparams.get("data_dir"):
+        candidates += sorted((Path(data_hparams["data_dir"]) / "tokenizers").glob("*.json"))
+    for path in candidates:
+        if fingerprint is not None and path.is_file():
+            tok = TextTokenizer.from_file(path)
+            if tok.fingerprint == fingerprint:
+                return tok
+    raise ValueError(
+        f"the checkpoint does not carry its tokenizer (tokenizer {data_hparams.get('tokenizer')!r}, fingerprint "
+        f"{fingerprint}) and no matching file was found; pass the tokenizer .json it was trained with (--tokenizer)"
+    )
+
+
+def load_trained(path: str | Path, tokenizer: str | None = None) -> tuple[dict, Transformer, TextTokenizer]:
+    """The checkpoint, its dense model (CPU, fp32, eval) and its tokenizer; warns if it was not recovered."""
+    checkpoint = read_checkpoint(path)
+    warn_if_not_recovered(checkpoint, path)
+    model = dense_model(checkpoint)
+    tok = saved_tokenizer(checkpoint, tokenizer)
+    if tok.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size} "
+                         f"embedding rows: it is not the tokenizer this model was trained with")
+    return checkpoint, model, tok

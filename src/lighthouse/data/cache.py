@@ -1,0 +1,151 @@
+"""The prepare/cache layer: find or make the tokenizer and shard folder of a configuration, verified before use.
+
+A folder is found by a key hashing the corpus listing (paths, sizes, mtimes), the tokenizer fingerprint, the
+selection (split fraction, caps), ``shard_tokens`` and the format version: a second run with the same inputs
+reuses it. A found folder is checked against its manifest first (``verify``: sizes and sha256). A damaged one is
+rebuilt with a warning: that is safe because its key says the corpus listing is the one it was built from, so
+the rebuild reproduces the same tokens (a corpus edited without a size or mtime change would show up as another
+data_fingerprint, which a resume refuses). With ``build=False`` it is an error naming the files instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .build import Selection, build_shards, content_key, read_train_texts
+from .corpus import CorpusSpec
+from .shards import FORMAT_VERSION, MANIFEST, DamagedShards, damaged_message, load_manifest, verify
+from .tokenizer import TextTokenizer, TokenizerSpec, byte_tokenizer, train_bpe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    folder: Path
+    manifest: dict
+    tokenizer: TextTokenizer
+    built: bool  # False when an existing cache folder was reused
+
+
+def resolve_tokenizer(spec: TokenizerSpec, corpus: CorpusSpec, data_dir: Path, selection: Selection, num_proc: int):
+    """The tokenizer for ``spec``: built in (byte), loaded (file), or loaded/trained and saved (bpe)."""
+    if spec.kind == "byte":
+        return byte_tokenizer()
+    if spec.kind == "file":
+        return TextTokenizer.from_file(spec.path)
+    s = selection
+    key = content_key(
+        {
+            "corpus": corpus.listing_key(),
+            "val_fraction": s.val_fraction,
+            "limits": [s.max_documents, s.max_bytes],
+            "vocab": spec.vocab_size,
+        }
+    )
+    path = data_dir / "tokenizers" / f"bpe{spec.vocab_size}-{corpus.name}-{key}.json"
+    if path.is_file():
+        return TextTokenizer.from_file(path)
+    t0 = time.perf_counter()
+    tok = train_bpe(read_train_texts(corpus, selection, num_proc), spec.vocab_size)
+    tok.save(path)
+    log.info(
+        "trained %s on %s in %.1f s -> %s (fingerprint %s)",
+        spec.spec,
+        corpus.spec,
+        time.perf_counter() - t0,
+        path,
+        tok.fingerprint,
+    )
+    return tok
+
+
+def shard_folder(
+    corpus: CorpusSpec,
+    spec: TokenizerSpec,
+    tokenizer: TextTokenizer,
+    data_dir: Path,
+    selection: Selection,
+    shard_tokens: int,
+) -> Path:
+    """Where the shards of this configuration live (whether or not they exist yet)."""
+    key = content_key(
+        {
+            "format": FORMAT_VERSION,
+            "corpus": corpus.listing_key(),
+            "tokenizer": tokenizer.fingerprint,
+            "shard_tokens": shard_tokens,
+            **asdict(selection),
+        }
+    )
+    label = spec.kind if spec.kind == "byte" else f"{spec.kind}{tokenizer.vocab_size}"
+    return data_dir / "shards" / f"{corpus.name}-{label}-{key}"
+
+
+def _verified(folder: Path, checksums: bool) -> tuple[dict | None, list[str]]:
+    """(manifest, []) when the folder is intact (by sha256 with ``checksums``), else (None, the problems)."""
+    try:
+        manifest = load_manifest(folder)
+    except ValueError as e:
+        return None, [str(e)]
+    problems = verify(folder, manifest) if checksums else []
+    return (None, problems) if problems else (manifest, [])
+
+
+def _set_aside(folder: Path) -> None:
+    """Move a damaged folder out of the way atomically, then delete it. Nodes that share a disk should prepare
+    on one of them (Lightning's prepare_data_per_node=False): two that rebuild at once stay consistent (the
+    first rename wins, the other build is dropped), but one could set aside a folder the other just rebuilt."""
+    aside = folder.parent / f".{folder.name}.damaged-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:  # someone else moved it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def prepare(
+    corpus: CorpusSpec,
+    spec: TokenizerSpec,
+    data_dir: str | os.PathLike,
+    selection: Selection,
+    *,
+    num_proc: int | None = None,
+    shard_tokens: int = 2**28,
+    progress: bool = True,
+    build: bool = True,
+    checksums: bool = True,
+) -> Prepared:
+    """Find (verified) or build the shards of (corpus, tokenizer, selection). ``checksums=False`` checks only
+    that the manifest loads (open_split checks sizes); ``build=False`` raises instead of building or rebuilding."""
+    data_dir = Path(data_dir)
+    num_proc = num_proc or os.cpu_count() or 1
+    tokenizer = resolve_tokenizer(spec, corpus, data_dir, selection, num_proc)
+    folder = shard_folder(corpus, spec, tokenizer, data_dir, selection, shard_tokens)
+    if (folder / MANIFEST).is_file():
+        manifest, problems = _verified(folder, checksums)
+        if not problems:
+            return Prepared(folder, manifest, tokenizer, built=False)
+        if not build:
+            raise DamagedShards(damaged_message(folder, problems) + "; delete the folder and run prepare_data()")
+        log.warning("%s; rebuilding it from the corpus", damaged_message(folder, problems))
+        _set_aside(folder)
+    elif not build:
+        raise FileNotFoundError(f"no shards at {folder}; call prepare_data() first")
+    manifest = build_shards(
+        corpus,
+        tokenizer,
+        folder,
+        tokenizer_spec=spec.spec,
+        selection=selection,
+        num_proc=num_proc,
+        shard_tokens=shard_tokens,
+        progress=progress,
+    )
+    return Prepared(folder, manifest, tokenizer, built=True)

@@ -1,0 +1,136 @@
+"""The data module's settings, each declared once: its type, default, documentation and check.
+
+LightningCLI shows every field as a ``data.*`` flag with its docstring (the CLI parses attribute docstrings),
+because LMDataModule's constructor passes its keyword arguments straight to DataSettings. A check is the
+``Rule`` in the field's ``Annotated`` type; ``validate`` runs all of them, so a bad value fails at construction
+with the field's name, its value and the valid range.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Annotated, Any, get_type_hints
+
+from .corpus import check_corpus_arg
+from .tokenizer import TokenizerSpec, parse_tokenizer_spec
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A condition a setting's value must meet, and how an error message states it."""
+
+    holds: Callable[[Any], bool]
+    text: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_at_least(lowest: int) -> Rule:
+    return Rule(lambda v: _is_int(v) and v >= lowest, f"must be an integer >= {lowest}")
+
+
+def _positive_or_none(none_means: str) -> Rule:
+    return Rule(lambda v: v is None or (_is_int(v) and v >= 1), f"must be None ({none_means}) or an integer >= 1")
+
+
+POSITIVE = _int_at_least(1)
+NON_NEGATIVE = _int_at_least(0)
+INTEGER = Rule(_is_int, "must be an integer")
+FRACTION = Rule(
+    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+    "must be a number with 0 < value < 1",
+)
+SHARE = Rule(
+    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+    "must be a number in [0, 1]",
+)
+LIMIT = _positive_or_none("no limit")
+NAME = Rule(lambda v: isinstance(v, str) and v != "", "must be a non-empty string")
+TEXT = Rule(lambda v: isinstance(v, str), "must be a string")
+FOLDER = Rule(lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "", "must be a folder path")
+SWITCH = Rule(lambda v: isinstance(v, bool), "must be true or false")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """What the data module reads, how it tokenizes and splits it, and how it serves the windows."""
+
+    seq_len: Annotated[int, POSITIVE] = 1024
+    """Tokens per training sequence; each window holds seq_len + 1 tokens (consecutive windows share one token,
+    so every token is a target once per pass)."""
+    batch_size: Annotated[int, POSITIVE] = 8
+    """Sequences per batch, per rank."""
+    corpus: Annotated[str, NAME] = "stdlib"
+    """'stdlib' (this Python's standard library sources, offline everywhere), a directory, file or glob of
+    .txt/.jsonl/.parquet files (.txt and .jsonl may be .gz/.zst/.bz2/.xz), or 'hf:NAME[:CONFIG[:SPLIT]]' to stream
+    a Hugging Face dataset (needs `datasets`). Directory symlinks are not followed; FIFOs, sockets, devices and
+    broken or looping links are skipped and counted."""
+    tokenizer: Annotated[str, TEXT] = "byte"
+    """'byte' (256 bytes + EOS), 'bpe:N' (byte-level BPE of N tokens trained on the train split, saved under
+    data_dir/tokenizers), or the path of a tokenizers .json file."""
+    data_dir: Annotated[str, FOLDER] = "data"
+    """Folder for tokenizers, shards and manifests (created if missing)."""
+    num_workers: Annotated[int, NON_NEGATIVE] = 0
+    """DataLoader worker processes per rank (0 reads in the main process)."""
+    seed: Annotated[int, INTEGER] = 1234
+    """Fixes the order of training windows; the same seed gives the same batches."""
+    val_fraction: Annotated[float, FRACTION] = 0.05
+    """Fraction of documents (not windows) held out for validation, chosen by a hash of each document's key, so
+    the split is stable as the corpus grows. A corpus of one document holds out this fraction of its tokens, at
+    its end."""
+    val_batches: Annotated[int, POSITIVE] = 16
+    """Validation batches per evaluation, over all ranks: a fixed set of windows spread evenly over the
+    validation documents, the same every time."""
+    text_field: Annotated[str, NAME] = "text"
+    """Field holding the text in .jsonl/.parquet records and HF datasets."""
+    max_documents: Annotated[int | None, LIMIT] = None
+    """Use at most this many documents (in corpus order), for tests and quick demos."""
+    max_bytes: Annotated[int | None, LIMIT] = None
+    """Stop adding documents once their UTF-8 bytes reach this (the crossing document is kept)."""
+    tokenize_workers: Annotated[int | None, _positive_or_none("all CPUs")] = None
+    """Processes for tokenization (default: all CPUs)."""
+    shard_tokens: Annotated[int, POSITIVE] = 2**28
+    """Tokens per shard file."""
+    vocab_multiple_of: Annotated[int, POSITIVE] = 1
+    """Round vocab_size up to a multiple of this (64 helps GPU matmuls); the extra ids never occur in the data."""
+    pin_memory: Annotated[bool, SWITCH] = True
+    """Pin batches in page-locked memory when CUDA is available."""
+    progress: Annotated[bool, SWITCH] = True
+    """Show a progress bar while tokenizing."""
+    strict_resume: Annotated[bool, SWITCH] = True
+    """On resume, refuse a checkpoint whose data (seed, seq_len, data or tokenizer fingerprint) differs from this
+    configuration; if False, warn and continue at the same position."""
+    passkey_fraction: Annotated[float, SHARE] = 0.0
+    """Share of training windows replaced by synthetic passkey documents (training keys, train-split filler; see
+    lighthouse/data/passkey_mix.py), in [0, 1]. Validation is never mixed."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid field, its value and the valid range."""
+        for name, rules in _rules(type(self)).items():
+            value = getattr(self, name)
+            for rule in rules:
+                if not rule.holds(value):
+                    raise ValueError(f"{name}={value!r} is invalid: {rule.text}")
+        check_corpus_arg(self.corpus)  # a missing path, an empty directory or a bad 'hf:' spec fails here
+        self.tokenizer_spec()
+
+    def tokenizer_spec(self) -> TokenizerSpec:
+        """The parsed ``tokenizer`` setting: vocab_size and eos_id, known before any data is read."""
+        return parse_tokenizer_spec(self.tokenizer)
+
+
+@cache
+def _rules(cls: type) -> dict[str, tuple[Rule, ...]]:
+    """{field: its Rules}, from the fields' Annotated types, in declaration order."""
+    hints = get_type_hints(cls, include_extras=True)
+    return {
+        f.name: tuple(m for m in getattr(hints[f.name], "__metadata__", ()) if isinstance(m, Rule)) for f in fields(cls)
+    }

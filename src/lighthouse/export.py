@@ -1,0 +1,160 @@
+"""Export a training checkpoint as a Hugging Face ``LlamaForCausalLM`` folder (config, safetensors, tokenizer).
+
+    python src/export.py --ckpt logs/demo/checkpoints/last.ckpt --out exported/demo
+
+The architecture is Llama's exactly: pre-norm blocks with RMSNorm (normalised in fp32, cast back, then scaled),
+SwiGLU, GQA and RoPE on the halves of each head (x_i with x_{i+D/2}, Llama's ``rotate_half``), so the weights
+are only renamed, never permuted; tests/test_export.py pins equal logits. Needs ``safetensors`` only;
+``transformers`` is what reads the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from lighthouse.checkpoint_read import load_trained, trained_sparse, training_stage
+from lighthouse.config import ModelConfig
+from lighthouse.data.tokenizer import TextTokenizer
+from lighthouse.generate import Sampling
+from lighthouse.model import Transformer
+
+# This project's parameter names -> Llama's, per block and outside the blocks.
+BLOCK_NAMES = {
+    "attention_norm.weight": "input_layernorm.weight",
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "feed_forward.w_gate.weight": "mlp.gate_proj.weight",
+    "feed_forward.w_up.weight": "mlp.up_proj.weight",
+    "feed_forward.w_down.weight": "mlp.down_proj.weight",
+}
+TOP_NAMES = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+             "output.weight": "lm_head.weight"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def llama_name(name: str) -> str:
+    if name in TOP_NAMES:
+        return TOP_NAMES[name]
+    _, index, rest = name.split(".", 2)  # "layers.<i>.<rest>"
+    return f"model.layers.{index}.{BLOCK_NAMES[rest]}"
+
+
+def llama_state_dict(model: Transformer, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Llama-named copies of the weights; a tied output projection is left out (Llama re-ties it on load)."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name == "output.weight" and model.config.tie_embeddings:
+            continue
+        out[llama_name(name)] = tensor.detach().to(dtype).contiguous()
+    return out
+
+
+def llama_config(config: ModelConfig, tokenizer: TextTokenizer, dtype: torch.dtype) -> dict:
+    """config.json of a LlamaConfig with this model's sizes (read by transformers 4.4x and 5.x alike)."""
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,  # embedding rows; may exceed the tokenizer's size (vocab_multiple_of)
+        "hidden_size": config.dim,
+        "intermediate_size": config.ffn_hidden,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,  # transformers 4.x
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},  # transformers 5.x
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": config.init_std,
+        # Training saw every document right after an EOS: it is also the natural start-of-text token.
+        "bos_token_id": tokenizer.eos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.eos_id,
+        "torch_dtype": dtype_name,  # transformers 4.x
+        "dtype": dtype_name,  # transformers 5.x
+        "use_cache": True,
+    }
+
+
+def generation_config(tokenizer: TextTokenizer, sampling: Sampling) -> dict:
+    return {
+        "bos_token_id": tokenizer.eos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.eos_id,
+        "do_sample": sampling.temperature > 0,
+        "temperature": sampling.temperature if sampling.temperature > 0 else 1.0,
+        "top_k": sampling.top_k or 0,  # 0 turns transformers' default top_k=50 off
+        "top_p": sampling.top_p,
+    }
+
+
+def tokenizer_files(tokenizer: TextTokenizer, max_len: int) -> dict[str, dict | str]:
+    """tokenizer.json and the small files that make AutoTokenizer load it as a PreTrainedTokenizerFast."""
+    eos = tokenizer.eos_token
+    return {
+        "tokenizer.json": tokenizer.to_str(),
+        "tokenizer_config.json": {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": eos, "bos_token": eos, "pad_token": eos,
+            "add_bos_token": False, "add_eos_token": False,
+            "model_max_length": max_len,
+            "clean_up_tokenization_spaces": False,
+            # As in training: "<|eos|>" written inside a text is text, only the id itself ends a document.
+            "split_special_tokens": True,
+        },
+        "special_tokens_map.json": {"eos_token": eos, "bos_token": eos, "pad_token": eos},
+    }
+
+
+def export_llama(ckpt: str | Path, out: str | Path, dtype: torch.dtype = torch.float32,
+                 tokenizer: str | None = None) -> Path:
+    """Write the Llama folder for checkpoint ``ckpt`` into ``out`` (created; files there are overwritten)."""
+    checkpoint, model, tok = load_trained(ckpt, tokenizer)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(llama_state_dict(model, dtype), str(out / "model.safetensors"), metadata={"format": "pt"})
+    files = {
+        "config.json": llama_config(model.config, tok, dtype),
+        "generation_config.json": generation_config(tok, Sampling()),
+        **tokenizer_files(tok, model.config.max_seq_len),
+        # Where the weights came from, for whoever finds the folder later.
+        "lighthouse.json": {
+            "checkpoint": str(Path(ckpt).resolve()),
+            "global_step": checkpoint.get("global_step"),
+            "stage": training_stage(checkpoint),
+            "recovered": not trained_sparse(checkpoint),
+            "tokenizer_fingerprint": tok.fingerprint,
+            "model_config": dataclasses.asdict(model.config),
+        },
+    }
+    for name, content in files.items():
+        text = content if isinstance(content, str) else json.dumps(content, indent=2) + "\n"
+        (out / name).write_text(text, encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="a .ckpt written by src/train.py (a sharded folder is refused)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the saved weights")
+    p.add_argument("--tokenizer", default=None,
+                   help="'byte' or a tokenizer .json, for checkpoints that do not carry their tokenizer")
+    args = p.parse_args(argv)
+    out = export_llama(args.ckpt, args.out, DTYPES[args.dtype], args.tokenizer)
+    print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")

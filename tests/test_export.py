@@ -1,0 +1,163 @@
+"""Export to the Hugging Face Llama layout: transformers loads it and computes this project's logits and tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from trained_models import ARCH_CASES, arch_checkpoint, two_stage_checkpoints
+from training_helpers import REPO
+
+from lighthouse.checkpoint_read import NotRecoveredWarning, dense_model, read_checkpoint
+from lighthouse.data.tokenizer import EOS_TOKEN, byte_tokenizer, bytes_to_unicode, train_bpe
+from lighthouse.export import export_llama, tokenizer_files
+from lighthouse.generate import generate_tokens
+
+transformers = pytest.importorskip("transformers")
+
+
+def load_hf(folder):
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def prompt_batch(vocab: int, n: int = 48) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab, (2, n), generator=generator)
+
+
+@pytest.fixture(params=sorted(ARCH_CASES))
+def exported(request, tmp_path_factory, tmp_path):
+    ckpt = arch_checkpoint(tmp_path_factory, request.param)
+    return request.param, ckpt, export_llama(ckpt, tmp_path / "hf", tokenizer="byte")
+
+
+def test_folder_is_a_llama_with_our_sizes(exported):
+    case, ckpt, folder = exported
+    ours = dense_model(read_checkpoint(ckpt)).config
+    hf, tok = load_hf(folder)
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    c = hf.config
+    got = (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
+           c.num_key_value_heads, c.head_dim, c.max_position_embeddings, c.rms_norm_eps, c.tie_word_embeddings)
+    assert got == (ours.vocab_size, ours.dim, ours.ffn_hidden, ours.n_layers, ours.n_heads, ours.n_kv_heads,
+                   ours.head_dim, ours.max_seq_len, ours.norm_eps, ours.tie_embeddings)
+    theta = c.rope_parameters["rope_theta"] if hasattr(c, "rope_parameters") else c.rope_theta
+    assert theta == ours.rope_theta == 1000.0
+    weights = load_file(folder / "model.safetensors")
+    assert ("lm_head.weight" in weights) == (not ours.tie_embeddings)
+    assert len(weights) == 2 + 9 * ours.n_layers + (not ours.tie_embeddings)
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == tok.eos_token_id == 256
+
+
+def test_logits_equal_ours_in_fp32(exported):
+    case, ckpt, folder = exported
+    ours = dense_model(read_checkpoint(ckpt))
+    hf, _ = load_hf(folder)
+    tokens = prompt_batch(ours.config.vocab_size)
+    with torch.no_grad():
+        expected, got = ours(tokens), hf(tokens).logits
+    assert expected.abs().max() > 0.1  # trained: the comparison is not between two near-zero tensors
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_generation_equals_transformers(exported):
+    case, ckpt, folder = exported
+    ours = dense_model(read_checkpoint(ckpt))
+    hf, tok = load_hf(folder)
+    prompt = [256, *b"def main("]
+    with torch.no_grad():
+        hf_out = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)
+    expected = hf_out[0, len(prompt):].tolist()
+    assert len(expected) >= 10  # both stop at EOS; a model that stops at once would make the test vacuous
+    assert list(generate_tokens(ours, prompt, 20, eos_id=tok.eos_token_id, use_cache=True)) == expected
+    assert list(generate_tokens(ours, prompt, 20, eos_id=tok.eos_token_id, use_cache=False)) == expected
+
+
+def test_byte_tokenizer_round_trips_bytes_and_eos(tmp_path):
+    ours = byte_tokenizer()
+    for name, content in tokenizer_files(ours, max_len=4096).items():
+        (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    # Every byte value is its own token, with the id of its value.
+    to_char = bytes_to_unicode()
+    assert tok.convert_tokens_to_ids([to_char[b] for b in range(256)]) == list(range(256))
+    text = "def main(\x00\t\n): é€😀 \u0301 <|eos|> tail"
+    ids = tok(text)["input_ids"]
+    assert ids == list(text.encode("utf-8")) == ours.encode(text).tolist()  # "<|eos|>" in a text is text
+    assert (tok.eos_token, tok.eos_token_id, tok.pad_token_id) == (EOS_TOKEN, 256, 256)
+    assert tok.decode(ids + [256]) == text + EOS_TOKEN
+    assert tok.decode(ids + [256], skip_special_tokens=True) == text
+
+
+def test_bpe_tokenizer_round_trips(tmp_path):
+    texts = ["def main(argv):\n    return argv  # déjà vu\n" * 20, "the lighthouse keeps a pyramid of views\n" * 20]
+    ours = train_bpe(texts, vocab_size=300)
+    for name, content in tokenizer_files(ours, max_len=4096).items():
+        (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    text = "def main(argv):  # déjà <|eos|> vu, unseen: Ω"
+    ids = tok(text)["input_ids"]
+    assert ids == ours.encode(text).tolist()
+    assert len(ids) < len(text.encode("utf-8"))  # merges were used
+    assert tok.eos_token_id == ours.eos_id == 0
+    assert tok.decode([*ids, 0], skip_special_tokens=True) == text
+    assert tok.decode([*ids, 0]) == text + EOS_TOKEN
+
+
+def test_cli_checkpoint_exports_with_its_own_tokenizer(tmp_path_factory, tmp_path):
+    """A checkpoint written by src/train.py carries its tokenizer; src/export.py needs nothing else."""
+    stage2 = two_stage_checkpoints(tmp_path_factory)[2]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, str(REPO / "src" / "export.py"), "--ckpt", str(stage2), "--out", str(tmp_path / "hf")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not been recovered" not in result.stderr
+    hf, tok = load_hf(tmp_path / "hf")
+    assert tok("é")["input_ids"] == [0xC3, 0xA9]
+    provenance = json.loads((tmp_path / "hf" / "lighthouse.json").read_text())
+    assert (provenance["stage"], provenance["recovered"], provenance["global_step"]) == (2, True, 4)
+    tokens = prompt_batch(257)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, dense_model(read_checkpoint(stage2))(tokens),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_stage1_checkpoint_exports_with_a_warning(tmp_path_factory, tmp_path):
+    stage1 = two_stage_checkpoints(tmp_path_factory)[1]
+    with pytest.warns(NotRecoveredWarning, match="stage-1 checkpoint.*not been recovered"):
+        folder = export_llama(stage1, tmp_path / "hf")
+    assert json.loads((folder / "lighthouse.json").read_text())["recovered"] is False
+    hf, _ = load_hf(folder)
+    tokens = prompt_batch(257)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, dense_model(read_checkpoint(stage1))(tokens),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_dense_and_recovered_checkpoints_export_without_warning(tmp_path_factory, tmp_path):
+    dense_baseline = arch_checkpoint(tmp_path_factory, "mha-untied")  # stage 1, but trained dense
+    recovered = two_stage_checkpoints(tmp_path_factory)[2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotRecoveredWarning)
+        export_llama(dense_baseline, tmp_path / "a", tokenizer="byte")
+        export_llama(recovered, tmp_path / "b")
+
+
+def test_sharded_checkpoint_folder_is_refused_with_the_command(tmp_path):
+    folder = tmp_path / "last.ckpt"  # what FSDP's sharded state_dict_type writes: a folder
+    folder.mkdir()
+    for name in (".metadata", "__0_0.distcp", "meta.pt"):
+        (folder / name).write_bytes(b"")
+    with pytest.raises(ValueError, match="sharded") as err:
+        export_llama(folder, tmp_path / "hf")
+    command = f"python -m lightning.pytorch.utilities.consolidate_checkpoint {folder} --output_file {folder}"
+    assert command in str(err.value)
+    assert not (tmp_path / "hf").exists()

@@ -1,0 +1,134 @@
+"""Checkpoints in Python after training: LitLM.load_from_checkpoint on every kind the project writes, the tokenizer
+found for old checkpoints, and a CLI that lists only the subcommands that work."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from trained_models import two_stage_checkpoints
+from training_helpers import REPO, tiny_config
+
+from lighthouse.checkpoint_read import TOKENIZER_KEY, NotRecoveredWarning, read_checkpoint, saved_tokenizer
+from lighthouse.cli import main
+from lighthouse.config import ModelConfig
+from lighthouse.data.tokenizer import byte_tokenizer, train_bpe
+from lighthouse.export import export_llama
+from lighthouse.lit_module import LitLM
+
+RUN_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+
+
+def assert_same_weights(module: LitLM, checkpoint: dict) -> None:
+    state = module.state_dict()
+    assert state.keys() == checkpoint["state_dict"].keys()
+    assert all(torch.equal(state[k], v) for k, v in checkpoint["state_dict"].items())
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_load_from_checkpoint_on_both_stages(tmp_path_factory, stage):
+    path = two_stage_checkpoints(tmp_path_factory)[stage]
+    module = LitLM.load_from_checkpoint(path)
+    assert_same_weights(module, read_checkpoint(path))
+    # One job: both checkpoints name the Lighthouse backend; only the stage tells that stage 2 is dense.
+    assert module.config.attention == "lighthouse_naive"
+    sparse = "lighthouse_naive" if stage == 1 else "sdpa"
+    assert module.model.attention_backends == ["sdpa", sparse, sparse]
+    tokens = torch.randint(0, 257, (1, 513), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        loss = module.token_losses(tokens).mean()
+    assert math.isfinite(loss.item())
+
+
+def test_checkpoint_from_before_the_arch_rename_loads(tmp_path_factory, tmp_path):
+    """Old checkpoints: hyperparameters under 'model', no 'lighthouse_model', no tokenizer JSON."""
+    checkpoint = read_checkpoint(two_stage_checkpoints(tmp_path_factory)[2])
+    hparams = checkpoint["hyper_parameters"]
+    hparams["model"] = hparams.pop("arch")
+    del checkpoint["lighthouse_model"], checkpoint[TOKENIZER_KEY]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    module = LitLM.load_from_checkpoint(old)
+    assert module.config == ModelConfig(**hparams["model"])
+    assert_same_weights(module, checkpoint)
+    # The byte tokenizer is recognised by the fingerprint the data module stored.
+    assert saved_tokenizer(checkpoint).fingerprint == byte_tokenizer().fingerprint
+
+
+def test_checkpoint_written_at_e81b2e8_loads_and_exports(tmp_path):
+    """The issue's failing case, on a real old checkpoint: hyperparameters 'model' with unresolved head sizes."""
+    old = REPO / "tests" / "fixtures" / "tiny_e81b2e8_step4.ckpt"
+    checkpoint = read_checkpoint(old)
+    assert "arch" not in checkpoint["hyper_parameters"] and TOKENIZER_KEY not in checkpoint
+    module = LitLM.load_from_checkpoint(old)
+    assert (module.config.n_kv_heads, module.config.head_dim) == (2, 16)
+    assert module.model.attention_backends == ["sdpa", "lighthouse_naive", "lighthouse_naive"]  # stage 1
+    assert_same_weights(module, checkpoint)
+    with pytest.warns(NotRecoveredWarning):
+        folder = export_llama(old, tmp_path / "hf")  # byte tokenizer recognised by its stored fingerprint
+    assert json.loads((folder / "lighthouse.json").read_text())["tokenizer_fingerprint"] == "604310a2abe28614"
+
+
+@pytest.mark.parametrize("config_file", RUN_CONFIGS)
+def test_load_from_checkpoint_on_every_shipped_config(tmp_path, config_file):
+    """The model section of each run config as written, shrunk to a few thousand parameters: backends
+    (Triton included, never run here), activation checkpointing, compile and 65536 contexts all load."""
+    config = yaml.safe_load((REPO / "configs" / config_file).read_text())
+    model_args = dict(config["model"])
+    arch = {**model_args.pop("arch"), "dim": 32, "n_heads": 2, "n_kv_heads": None, "head_dim": None,
+            "ffn_hidden": 64, "n_layers": 4, "max_seq_len": config["data"]["seq_len"]}
+    arch["dense_layers"] = [i for i in (0, 3) if arch.get("dense_layers")]
+    model_args.pop("optimizer", None)
+    module = LitLM(ModelConfig(**arch), **model_args)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    module.trainer = trainer
+    trainer.save_checkpoint(tmp_path / "x.ckpt", weights_only=True)
+    loaded = LitLM.load_from_checkpoint(tmp_path / "x.ckpt")
+    assert loaded.config == module.config
+    assert loaded.model.attention_backends == module.model.attention_backends
+    assert_same_weights(loaded, read_checkpoint(tmp_path / "x.ckpt"))
+
+
+def test_sharded_folder_is_refused_by_load_from_checkpoint(tmp_path):
+    (tmp_path / "last.ckpt").mkdir()
+    (tmp_path / "last.ckpt" / "__0_0.distcp").write_bytes(b"")
+    with pytest.raises(ValueError, match="consolidate_checkpoint"):
+        LitLM.load_from_checkpoint(tmp_path / "last.ckpt")
+
+
+def test_tokenizer_of_an_old_bpe_checkpoint_is_found_by_fingerprint(tmp_path):
+    tok = train_bpe(["def main(argv): return argv\n" * 50], vocab_size=280)
+    (tmp_path / "tokenizers").mkdir()
+    byte_tokenizer().save(tmp_path / "tokenizers" / "decoy.json")
+    tok.save(tmp_path / "tokenizers" / "bpe280-corpus-abc.json")
+    checkpoint = {"LMDataModule": {"tokenizer_fingerprint": tok.fingerprint},
+                  "datamodule_hyper_parameters": {"tokenizer": "bpe:280", "data_dir": str(tmp_path)}}
+    assert saved_tokenizer(checkpoint).fingerprint == tok.fingerprint
+    with pytest.raises(ValueError, match="fingerprint"):
+        saved_tokenizer(checkpoint, override="byte")  # the wrong tokenizer is refused
+    checkpoint["datamodule_hyper_parameters"]["data_dir"] = str(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="--tokenizer"):
+        saved_tokenizer(checkpoint)
+
+
+def test_train_help_lists_only_working_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    usage = capsys.readouterr().out
+    assert "{fit,validate}" in usage
+    assert "test" not in usage.split("subcommands:")[1] and "predict" not in usage
+
+
+def test_validate_subcommand_runs_on_a_checkpoint(tmp_path_factory, tmp_path):
+    ckpt = two_stage_checkpoints(tmp_path_factory)[2]
+    config = tiny_config(tmp_path, "validate", attention="sdpa")
+    path = tmp_path / "validate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = main(["validate", "--config", str(path), "--ckpt_path", str(ckpt)])
+    assert math.isfinite(float(cli.trainer.callback_metrics["val/loss"]))
