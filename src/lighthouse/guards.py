@@ -22,20 +22,21 @@ class NonFiniteError(FloatingPointError):
     """Training stopped on a NaN or inf; no checkpoint was written with it."""
 
 
-def _local(t: Tensor) -> Tensor:
-    """The part of a tensor this rank holds (DTensor / ShardedTensor from sharded state dicts)."""
+def _local_parts(t: Tensor) -> list[Tensor]:
+    """The parts of a tensor this rank holds: its local shards (ShardedTensor, DTensor of sharded state dicts)."""
+    if hasattr(t, "local_shards"):
+        return [shard.tensor for shard in t.local_shards()]
     if hasattr(t, "to_local"):
-        return t.to_local()
-    if hasattr(t, "local_tensor"):
-        return t.local_tensor()
-    return t
+        return [t.to_local()]
+    return [t]
 
 
 def float_tensors(tree, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-    """(dotted name, tensor) for every floating-point tensor in nested dicts/lists/tuples."""
+    """(dotted name, tensor) for every floating-point tensor (this rank's part of it) in nested dicts/lists."""
     if isinstance(tree, Tensor):
-        if tree.is_floating_point() or tree.is_complex():
-            yield prefix, _local(tree)
+        for part in _local_parts(tree):
+            if part.is_floating_point() or part.is_complex():
+                yield prefix, part
     elif isinstance(tree, dict):
         for key, value in tree.items():
             yield from float_tensors(value, f"{prefix}.{key}" if prefix else str(key))
