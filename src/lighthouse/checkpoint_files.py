@@ -33,6 +33,12 @@ def sidecar(path: str | Path) -> Path:
     return Path(f"{path}{SUFFIX}")
 
 
+def remove_checkpoint_file(path: str | Path) -> None:
+    """Delete a checkpoint file and its checksum (a checksum without its file would only confuse)."""
+    Path(path).unlink(missing_ok=True)
+    sidecar(path).unlink(missing_ok=True)
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -45,11 +45,19 @@ def save_step_reached(trainer: L.Trainer, reason: str) -> list[str]:
 
 
 class LastCheckpoint(Callback):
-    """Saves the step reached at the end of fit and when SIGTERM stops it (added by LighthouseCLI)."""
+    """Saves the step reached at the end of fit and when SIGTERM stops it (added by LighthouseCLI), unless some
+    save of that step already happened (a periodic one, or lighthouse.time_budget's stop checkpoint)."""
+
+    def __init__(self) -> None:
+        self._saved_step: int | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._saved_step = trainer.global_step  # every save passes here, whoever asked for it
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        save_step_reached(trainer, "end of training")
+        if self._saved_step != trainer.global_step:
+            save_step_reached(trainer, "end of training")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
+        if isinstance(exception, SIGTERMException) and self._saved_step != trainer.global_step:
             save_step_reached(trainer, "SIGTERM")
