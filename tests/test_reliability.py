@@ -74,6 +74,12 @@ def test_cuda_only_backend_fails_before_any_data_or_model_work(tmp_path, monkeyp
     with pytest.raises(ValueError, match="attention='lighthouse' runs Triton kernels, which need a CUDA GPU"):
         fit(tmp_path, config)
     assert not (tmp_path / "data").exists()  # nothing tokenized, nothing built
+    config = tiny_config(tmp_path, "cuda", max_steps=2)
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("StageSwitch"):
+            callback["init_args"]["stage2_backend"] = "lighthouse"
+    with pytest.raises(ValueError, match="StageSwitch.stage2_backend='lighthouse' runs Triton kernels"):
+        fit(tmp_path, config)
 
 
 def all_checkpoints_are_finite_and_verify(folder) -> list:

@@ -13,7 +13,7 @@ from lighthouse.data.datamodule import LMDataModule
 from lighthouse.lit_module import LitLM
 from lighthouse.preflight import check_backend_runs_here, check_trainer_args
 from lighthouse.resume import check_override_names, override_names
-from lighthouse.safety import prepare_fit, safety_trainer_kwargs
+from lighthouse.safety import prepare_fit, with_safety
 
 
 class KeepEveryConfig(SaveConfigCallback):
@@ -50,8 +50,8 @@ class LighthouseCLI(LightningCLI):
         # Reliability never depends on a config line: the checkpoint IO and the guard callbacks are always there.
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer_config = self._get(self.config_init, "trainer", default={})
-        safety = safety_trainer_kwargs(trainer_config, override_names(config.get("resume_overrides")))
-        return super().instantiate_trainer(**{**safety, **kwargs})
+        kwargs = with_safety(kwargs, trainer_config, override_names(config.get("resume_overrides")))
+        return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
         fit_args = self.config_init[self.subcommand]

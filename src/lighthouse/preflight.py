@@ -66,13 +66,17 @@ def check_trainer_args(trainer) -> None:
         fail("gradient_clip_algorithm", "'norm', 'value' or null")
 
 
-def _stage_backends(callbacks) -> list[str]:
-    backends = []
-    for callback in callbacks or []:
-        if str(callback.get("class_path", "")).endswith("StageSwitch"):
-            args = callback.get("init_args") or {}
-            backends.append(args.get("stage2_backend", "sdpa"))
-    return backends
+def _stage_backends(config) -> list[tuple[str, str]]:
+    """(flag, backend) of every StageSwitch's stage-2 backend: in trainer.callbacks, or a ``stage`` group."""
+    found = []
+    callbacks = config["trainer"].get("callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if hasattr(callback, "get") and str(callback.get("class_path", "")).endswith("StageSwitch"):
+            found.append(("StageSwitch.stage2_backend", (callback.get("init_args") or {}).get("stage2_backend")))
+    stage = config.get("stage") if hasattr(config, "get") else None
+    if stage is not None and hasattr(stage, "get"):
+        found.append(("stage.stage2_backend", stage.get("stage2_backend")))
+    return found
 
 
 def check_backend_runs_here(config) -> None:
@@ -81,9 +85,8 @@ def check_backend_runs_here(config) -> None:
     kernels in Triton's interpreter on the CPU instead (slow; for tests)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return
-    uses = [f"model.arch.attention={config['model']['arch']['attention']!r}"]
-    uses += [f"StageSwitch.stage2_backend={b!r}" for b in _stage_backends(config["trainer"].get("callbacks"))]
-    cuda_only = [u for u in uses if u.split("=", 1)[1].strip("'") in CUDA_ONLY_BACKENDS]
+    uses = [("model.arch.attention", config["model"]["arch"]["attention"]), *_stage_backends(config)]
+    cuda_only = [f"{flag}={backend!r}" for flag, backend in uses if backend in CUDA_ONLY_BACKENDS]
     if not cuda_only:
         return
     accelerator = str(config["trainer"].get("accelerator") or "auto")

@@ -1,6 +1,6 @@
 """The reliability parts every training run gets, whatever its config names: LighthouseCLI calls these two.
 
-- ``safety_trainer_kwargs``: the checkpoint IO plugin (atomic, checksummed, safe loads) unless the config brings
+- ``with_safety``: the checkpoint IO plugin (atomic, checksummed, safe loads) unless the config brings
   its own, and the callbacks that keep NaN out of checkpoints, save the step reached at the end and on SIGTERM,
   check what a resume changes, and mark when training starts (for ``lighthouse.exits``).
 - ``prepare_fit``: before anything is written, remove temporary files of interrupted saves, and turn
@@ -28,18 +28,19 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def safety_trainer_kwargs(trainer_config: dict, resume_overrides: list[str]) -> dict:
-    """``plugins`` and ``callbacks`` for the Trainer: the config's own, plus what reliability needs."""
-    plugins = _as_list(trainer_config.get("plugins"))
+def with_safety(kwargs: dict, trainer_config: dict, resume_overrides: list[str]) -> dict:
+    """Trainer kwargs with the checkpoint IO and the reliability callbacks added to the ``plugins`` and
+    ``callbacks`` that ``kwargs`` (else the trainer config) already has."""
+    plugins = _as_list(kwargs.get("plugins", trainer_config.get("plugins")))
     io = [p for p in plugins if isinstance(p, CheckpointIO)]
     if not io:
         plugins.append(AtomicCheckpointIO())
     elif not any(isinstance(p, AtomicCheckpointIO) for p in io):
         rank_zero_warn(f"trainer.plugins has {type(io[0]).__name__}, not lighthouse.checkpoint_io.AtomicCheckpointIO: "
                        "checkpoints are then not checksummed and may not be written atomically")
-    callbacks = _as_list(trainer_config.get("callbacks"))
+    callbacks = _as_list(kwargs.get("callbacks", trainer_config.get("callbacks")))
     callbacks += [FiniteCheckpoints(), LastCheckpoint(), ResumeCheck(resume_overrides), MarkTrainingStarted()]
-    return {"plugins": plugins, "callbacks": callbacks}
+    return {**kwargs, "plugins": plugins, "callbacks": callbacks}
 
 
 def checkpoint_folders(trainer) -> list[str]:
