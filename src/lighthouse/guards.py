@@ -50,7 +50,9 @@ def non_finite_names(tree, limit: int = 5) -> list[str]:
     named = [(name, t) for name, t in float_tensors(tree) if t.numel()]
     if not named:
         return []
-    flags = torch.stack([torch.isfinite(t).all().to(named[0][1].device) for _, t in named])
+    # Flags gather on the accelerator (optimizer step counters live on the CPU): a copy to it does not wait.
+    device = next((t.device for _, t in named if t.device.type != "cpu"), torch.device("cpu"))
+    flags = torch.stack([torch.isfinite(t).all().to(device) for _, t in named])
     if bool(flags.all()):
         return []
     return [name for (name, _), ok in zip(named, flags.tolist(), strict=True) if not ok][:limit]
