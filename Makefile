@@ -2,10 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The torch pin lives in pyproject.toml (dependencies); the install below reads it from there.
-TORCH_VERSION := $(shell sed -n 's/^[[:space:]]*"torch==\([^"]*\)".*/\1/p' pyproject.toml)
+# The tested torch lives in pyproject.toml ([tool.lighthouse] torch = "X.Y.Z"); the install below reads it.
+TORCH_VERSION := $(shell sed -n 's/^torch = "\([0-9.]*\)".*/\1/p' pyproject.toml)
 ifeq ($(TORCH_VERSION),)
-$(error no "torch==X.Y.Z" line in pyproject.toml)
+$(error no 'torch = "X.Y.Z"' line under [tool.lighthouse] in pyproject.toml)
 endif
 # A GPU box gets PyPI's CUDA build of torch; a CPU box the small CPU build (PyTorch's CPU index, which
 # wins on the +cpu local version; where that index is unreachable pip falls back to what it finds).

@@ -130,9 +130,11 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def keep_newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    from lighthouse.checkpoint_files import remove_checkpoint_file  # with its checksum file
+
     found = checkpoints(run_dir)
     for _, path in found[:-1]:
-        path.unlink()  # checkpoints of the paper model are 3 GB each; only the newest is resumed from
+        remove_checkpoint_file(path)  # checkpoints of the paper model are 3 GB each; only the newest is resumed from
     return found[-1] if found else None
 
 

@@ -15,14 +15,22 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+PROJECT = PYPROJECT["project"]
 
 
 def torch_pin() -> str:
+    pin = PYPROJECT["tool"]["lighthouse"]["torch"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pin), f"the tested torch must be one version, got {pin!r}"
+    return pin
+
+
+def test_torch_dependency_is_a_range_that_admits_the_tested_version():
+    """Installing the project must not replace a CUDA torch an environment already has."""
     (torch,) = [d for d in PROJECT["dependencies"] if re.match(r"torch\b", d)]
-    match = re.fullmatch(r"torch==(\d+\.\d+\.\d+)", torch)
-    assert match, f"torch must be pinned to one version, got {torch!r}"
-    return match.group(1)
+    match = re.fullmatch(r"torch>=(\d+)\.(\d+)", torch)
+    assert match, f"torch should be a lower bound, got {torch!r}"
+    assert tuple(int(x) for x in torch_pin().split(".")[:2]) >= tuple(int(x) for x in match.groups())
 
 
 def test_pyproject_declares_the_extras_and_the_console_script():

@@ -17,7 +17,7 @@ def test_two_launches_two_run_dirs_and_resumes_continue_their_own(tmp_path):
     fit(tmp_path, tiny_config(tmp_path, "runs", max_steps=2, every_n=2, version=None), tag="b")
     first, second = run_dirs(group)
     for run in (first, second):
-        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step000002.ckpt"]
+        assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["last.ckpt", "step000002.ckpt"]
         assert sorted(logged_scalars(run, "train/loss")) == [0, 1]
 
     # --ckpt_path last continues the run whose checkpoint was written last ...

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli_subprocess_args(folder: Path, config: dict, tag: str, extra: list[str] = ()) -> tuple[list[str], dict]:
     """Command and environment that run ``src/train.py fit`` on ``config`` (written to ``folder/<tag>.yaml``) in a
-    separate process, with tests/ importable for the test-only callbacks and plugins below."""
+    separate process, with tests/ importable for the test-only callbacks and plugins in plugins.py."""
     path = folder / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])}
@@ -106,57 +106,3 @@ def logged_scalars(log_dir: Path, tag: str) -> dict[int, float]:
         if tag in acc.Tags()["scalars"]:
             values.update({e.step: e.value for e in acc.Scalars(tag)})
     return values
-
-
-# ---- test-only plugins and callbacks, referenced by class path from configs written by the tests ----------
-
-import time  # noqa: E402
-
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-
-from lighthouse.checkpoint_io import AtomicCheckpointIO  # noqa: E402
-
-
-class SlowCheckpointIO(AtomicCheckpointIO):
-    """Writes half of a checkpoint, drops a marker file, then stalls: a window to SIGKILL the writer in."""
-
-    def __init__(self, slow_from_step: int, marker: str):
-        super().__init__()
-        self.slow_from_step, self.marker = slow_from_step, marker
-
-    def write(self, checkpoint, f) -> None:
-        if checkpoint["global_step"] < self.slow_from_step:
-            return super().write(checkpoint, f)
-        import io
-
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        data = buffer.getvalue()
-        f.write(data[: len(data) // 2])
-        f.flush()
-        Path(self.marker).write_text(str(checkpoint["global_step"]))
-        time.sleep(60)
-        f.write(data[len(data) // 2 :])
-
-
-class SlowSteps(L.Callback):
-    """Sleeps after every step so a test can kill the process between two checkpoints."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def on_train_batch_end(self, *args) -> None:
-        time.sleep(self.seconds)
-
-
-class PoisonWeights(L.Callback):
-    """Turns one weight into NaN before the given global step, as a diverging run would."""
-
-    def __init__(self, at_step: int):
-        self.at_step = at_step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.at_step:
-            with torch.no_grad():
-                pl_module.model.output.weight[0, 0] = float("nan")

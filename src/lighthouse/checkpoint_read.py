@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from lighthouse.checkpoint_io import load_verified
 from lighthouse.config import ModelConfig
 from lighthouse.data.tokenizer import TextTokenizer, byte_tokenizer
 from lighthouse.model import Transformer
@@ -42,7 +43,8 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
         )
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    # Checksum checked where there is one; a damaged or unsafe file is refused with a message that says so.
+    return load_verified(path, map_location="cpu", mmap=mmap, check_finite=False)
 
 
 def saved_model_config(checkpoint: dict) -> ModelConfig:

@@ -10,11 +10,15 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from lighthouse import exits
 from lighthouse.callbacks import StageSwitch, ThroughputRecorder
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.lit_module import LitLM
+from lighthouse.preflight import check_backend_runs_here, check_trainer_args
 from lighthouse.progress import StepProgressBar, describe_model, quiet_lightning
+from lighthouse.resume import check_override_names, override_names
 from lighthouse.run_dir import RunPlacement, place_run
+from lighthouse.safety import prepare_fit, with_safety
 
 # Callbacks the CLI always adds, each configured through its own argument group (``--stage.switch_step 10``).
 CALLBACK_GROUPS = {"stage": StageSwitch, "throughput": ThroughputRecorder}
@@ -35,23 +39,6 @@ class KeepEveryConfig(SaveConfigCallback):
                     name = f"config.{n}.yaml"
             self.config_filename = trainer.strategy.broadcast(name)
         super().setup(trainer, pl_module, stage)
-
-
-def check_trainer_args(trainer: dict) -> None:
-    """Reject trainer settings that Lightning would only trip over later (or with an unrelated error)."""
-    def at_least(name: str, lowest: int, allow_none: bool = False, allow: tuple = ()) -> None:
-        value = trainer.get(name)
-        if (value is None and allow_none) or value in allow:
-            return
-        if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
-            raise ValueError(f"trainer.{name}={value!r} is invalid: it must be an integer >= {lowest}")
-
-    at_least("accumulate_grad_batches", 1)
-    at_least("max_steps", 1, allow=(-1,))
-    at_least("log_every_n_steps", 1, allow_none=True)
-    clip = trainer.get("gradient_clip_val")
-    if clip is not None and clip < 0:
-        raise ValueError(f"trainer.gradient_clip_val={clip!r} is invalid: it must be >= 0 (or null for no clipping)")
 
 
 def refuse_grouped_callbacks(trainer: dict) -> None:
@@ -78,11 +65,14 @@ class LighthouseCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_args(config["trainer"])
         refuse_grouped_callbacks(config["trainer"])
+        check_backend_runs_here(config)
+        check_override_names(override_names(config.get("resume_overrides")))
         self.run_placement = place_run(config, self.subcommand)
         if self.run_placement.note:
             rank_zero_info(self.run_placement.note)
 
     def instantiate_trainer(self, **kwargs):
+        config = self.config[self.subcommand] if self.subcommand else self.config
         # Everything Lightning writes without a logger (fast_dev_run checkpoints, profiles) lands in the run too.
         kwargs.setdefault("default_root_dir", str(self.run_placement.path))
         trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
@@ -90,6 +80,8 @@ class LighthouseCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs.setdefault("callbacks", [*callbacks, StepProgressBar()])
+        # Reliability never depends on a config line: the checkpoint IO and the guard callbacks are always there.
+        kwargs = with_safety(kwargs, trainer, override_names(config.get("resume_overrides")))
         return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:
@@ -97,6 +89,10 @@ class LighthouseCLI(LightningCLI):
         if self.subcommand is not None:
             rank_zero_info(f"run directory: {self.run_placement.path}")
             rank_zero_info(describe_model(self.model))
+
+    def before_fit(self) -> None:
+        fit_args = self.config_init[self.subcommand]
+        fit_args["ckpt_path"] = prepare_fit(self.trainer, fit_args.get("ckpt_path"))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would overwrite the model config with the checkpoint's hyperparameters. Here the config on
@@ -114,6 +110,11 @@ class LighthouseCLI(LightningCLI):
         parser.set_defaults({"trainer.enable_model_summary": False})
         for group, kind in CALLBACK_GROUPS.items():
             parser.add_lightning_class_args(kind, group)
+        parser.add_argument(
+            "--resume_overrides", type=list[str] | str, default=[],
+            help="Model fields whose change on resume is accepted although it alters what the trained weights "
+                 "compute (norm_eps, rope_theta); any other such change is refused.",
+        )
 
 
 def main(args: list[str] | None = None) -> LighthouseCLI:
@@ -129,6 +130,11 @@ def main(args: list[str] | None = None) -> LighthouseCLI:
     )
 
 
+def run(args: list[str] | None = None) -> int:
+    """The command-line entry point: ``main`` with exit codes, and user errors as messages (lighthouse.exits)."""
+    return exits.run(main, args)
+
+
 def entry_point() -> None:
-    """The ``lighthouse`` console script: ``lighthouse fit --config configs/demo.yaml``."""
-    main()
+    """The ``lighthouse`` console script: ``lighthouse fit --config configs/demo.yaml``, with train.py's exit codes."""
+    raise SystemExit(run())

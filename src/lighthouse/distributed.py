@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch.strategies import FSDPStrategy
 
+from lighthouse.checkpoint_io import check_sharded_checkpoint, load_verified
 from lighthouse.model import Block
 
 
@@ -40,3 +42,13 @@ class BlockFSDP(FSDPStrategy):
             state_dict_type=state_dict_type,
             **kwargs,
         )
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None):
+        # Lightning's FSDP loader unpickles a single-file checkpoint with a plain Unpickler, and torch's sharded
+        # reader its .metadata with pickle.load: either would run code from the file. Check first, the safe way.
+        weights_only = True if weights_only is None else weights_only
+        if weights_only and Path(checkpoint_path).is_dir():
+            check_sharded_checkpoint(checkpoint_path)
+        elif weights_only:
+            load_verified(checkpoint_path, map_location="cpu", mmap=True)  # tensors mapped, not read
+        return super().load_checkpoint(checkpoint_path, weights_only=weights_only)

@@ -12,15 +12,15 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lighthouse.checkpoint_read import TOKENIZER_KEY, read_checkpoint, saved_model_config, training_stage
-from lighthouse.config import PREFIX, ModelConfig
+from lighthouse.config import ModelConfig
 from lighthouse.data.tokenizer import TextTokenizer
+from lighthouse.guards import StepGuard, grad_norm
 from lighthouse.model import Transformer
 from lighthouse.passkey import PasskeyConfig, PasskeyEval, dense_eager, split_reader
+from lighthouse.resume import refuse_shape_changes, saved_model_fields
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 LR_SCHEDULES = ("constant", "cosine", "linear")
-# Model fields that change parameter shapes: a checkpoint only loads into a model that agrees on all of them.
-SHAPE_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "tie_embeddings")
 
 
 def position_buckets(max_len: int, first: int = 256, ratio: int = 4) -> list[tuple[int, int]]:
@@ -38,20 +38,6 @@ def _short(n: int) -> str:
 
 def bucket_name(lo: int, hi: int) -> str:
     return f"{_short(lo)}-{_short(hi)}"
-
-
-def gradient_norm(root: torch.nn.Module, parameters: Iterable[torch.nn.Parameter]) -> Tensor:
-    """Total 2-norm of the gradients. Under FSDP each rank holds a disjoint shard of every gradient, so the squared
-    norms are summed over ranks; under DDP every rank already holds the full, averaged gradient."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    squared = torch.stack([g.detach().float().pow(2).sum() for g in grads]).sum()
-    if isinstance(root, FullyShardedDataParallel) and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(squared)
-    return squared.sqrt()
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
@@ -123,6 +109,7 @@ class LitLM(L.LightningModule):
         self.no_decay_names = frozenset(name for name, p in self.model.named_parameters() if p.dim() < 2)
         if compile:
             self.model.compile_blocks()
+        self.step_guard = StepGuard()
         self.val_loss = MeanMetric()
         self.buckets = position_buckets(arch.max_seq_len)
         self.val_loss_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)
@@ -144,27 +131,11 @@ class LitLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.token_losses(batch["tokens"]).mean()
-        self.stop_on_non_finite(loss)
+        self.step_guard.observe(loss)  # checked with the gradient norm before the optimizer step
         # sync_dist: the curve is the loss of the global batch, comparable across world sizes.
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        # Before clipping, on the steps whose values reach the logger (the norm costs a pass over the gradients).
-        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
-            self.log("train/grad_norm", gradient_norm(self.trainer.strategy.model, self.parameters()))
-
-    def stop_on_non_finite(self, loss: Tensor) -> None:
-        """Raise before the optimizer step so a NaN/inf never reaches the weights or a checkpoint."""
-        bad = not bool(torch.isfinite(loss))
-        # Every rank must stop together, or the healthy ones would wait forever in the gradient all-reduce.
-        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
-            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at global step {self.global_step}: stopping before the optimizer "
-                f"step. Last good checkpoint: {last}. Lower the LR or check the data, then resume with --ckpt_path."
-            )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         tokens = batch["tokens"]
@@ -250,14 +221,12 @@ class LitLM(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        root = self.trainer.strategy.model
-        if gradient_clip_val and isinstance(root, FullyShardedDataParallel):
-            # Lightning cannot clip by norm under FSDP; the root FSDP unit computes the norm over all shards.
-            root.clip_grad_norm_(gradient_clip_val)
-        else:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        # The one point after backward and before the optimizer step: a NaN/inf loss or gradient stops the run
+        # here, so it never reaches the weights or a checkpoint.
+        norm = grad_norm(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # before clipping
+        self.step_guard.check(self.trainer, norm)
+        if norm is not None:  # the norm the guard and the clipping use anyway: logging it costs nothing more
+            self.log("train/grad_norm", norm)
 
     # ---- checkpoints --------------------------------------------------------------------------------------
     @classmethod
@@ -284,12 +253,6 @@ class LitLM(L.LightningModule):
             checkpoint[TOKENIZER_KEY] = tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("lighthouse_model")
-        if saved is None:
-            return
-        saved = dataclasses.asdict(ModelConfig(**saved))  # resolves sizes older checkpoints stored as None
-        current = dataclasses.asdict(self.config)
-        changed = {f: (saved.get(f), current[f]) for f in SHAPE_FIELDS if saved.get(f) != current[f]}
-        if changed:
-            detail = ", ".join(f"{PREFIX}{f}: checkpoint {a!r} vs config {b!r}" for f, (a, b) in changed.items())
-            raise ValueError(f"checkpoint does not fit this config (parameter shapes differ): {detail}")
+        # Before the weights load, so a shape change is named instead of failing inside load_state_dict; the
+        # other resume rules (lighthouse.resume.ResumeCheck) need the optimizer and the CLI's overrides.
+        refuse_shape_changes(saved_model_fields(checkpoint), self.config)

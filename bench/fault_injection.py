@@ -1,0 +1,275 @@
+"""Fault injection against the real ``train.py``: random SIGKILLs (at random steps and mid-save), SIGTERMs, a
+diverging LR, and damaged checkpoint files; prints each input's outcome and the totals.
+
+    PYTHONPATH=src python bench/fault_injection.py --kills 10 --sigterms 3 --seed 0
+
+Every run is a subprocess with a timeout on a tiny CPU config (tests/training_helpers.tiny_config). Outcomes:
+- recovered: the killed/stopped run resumed with ``--ckpt_path last`` from the newest checkpoint that verifies and
+  its losses equal an uninterrupted run's, bit for bit;
+- clear error: a bad input was refused with exit code 1/2 and a message, no traceback;
+- hang: a run did not finish within the timeout;
+- silent failure: exit 0 with the wrong result (other losses, a damaged file loaded, a NaN in a checkpoint);
+- checkpoints lost: a resume started before the newest checkpoint that verified after the fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
+
+import torch  # noqa: E402
+from training_helpers import cli_subprocess_args, logged_scalars, tiny_config  # noqa: E402
+
+from lighthouse.checkpoint_files import candidates, verify  # noqa: E402
+
+MAX_STEPS, EVERY_N, STEP_SLEEP = 12, 4, 0.3
+RESTORED = re.compile(r"Restoring states from the checkpoint path at (\S+)")
+
+
+class Hang(Exception):
+    pass
+
+
+def run(folder: Path, tag: str, config: dict, extra=(), timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd, env = cli_subprocess_args(folder, config, tag, list(extra))
+    try:
+        return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise Hang(f"{tag} did not finish in {timeout:.0f} s") from err
+
+
+def start(folder: Path, tag: str, config: dict) -> subprocess.Popen:
+    cmd, env = cli_subprocess_args(folder, config, tag)
+    return subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_until(condition, process: subprocess.Popen, timeout: float = 600) -> bool:
+    """True once ``condition()`` holds; False if the process exited first; Hang after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            process.kill()
+            raise Hang("the trigger never came")
+        time.sleep(0.02)
+    return True
+
+
+def config_for(folder: Path, name: str, callbacks=(), plugins=None, every_n: int = EVERY_N) -> dict:
+    config = tiny_config(folder, name, max_steps=MAX_STEPS, every_n=every_n)
+    config["trainer"]["callbacks"] += list(callbacks)
+    if plugins is not None:
+        config["trainer"]["plugins"] = plugins
+    return config
+
+
+def usable_steps(ckpt_dir: Path, verified_only: bool = False) -> dict[str, int]:
+    """name -> global step of every checkpoint in the folder that is intact (checksum ok, or none when not
+    ``verified_only``) and holds only finite values."""
+    found = {}
+    for path in candidates(ckpt_dir):
+        verdict = verify(path)
+        if verdict.status != "ok" and (verified_only or not verdict.usable):
+            continue
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception:
+            continue
+        if all(torch.isfinite(t).all() for t in state["state_dict"].values()):
+            found[path.name] = state["global_step"]
+    return found
+
+
+def resume_and_judge(folder: Path, name: str, reference: dict, notes: list[str]) -> tuple[str, int]:
+    """Resume ``name`` with --ckpt_path last; (outcome, checkpoints lost)."""
+    before = usable_steps(folder / "logs" / name / "checkpoints")
+    result = run(folder, f"resume-{name}", config_for(folder, name), ["--ckpt_path", "last"])
+    if result.returncode != 0:
+        notes.append(result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else "no output")
+        return "failed resume", 0
+    match = RESTORED.search(result.stdout + result.stderr)
+    source = Path(match.group(1)).name if match else None
+    if source is not None and source not in before:
+        notes.append(f"resumed from {source}, which was not intact")
+        return "silent failure", 0
+    start_step = before[source] if source else 0
+    notes.append(f"resumed from {source or 'scratch'} (step {start_step})")
+    lost = int(bool(before) and start_step < max(before.values()))
+    got = logged_scalars(folder / "logs" / name, "train/loss")
+    resumed = {k: v for k, v in got.items() if k >= start_step}
+    same = resumed == {k: v for k, v in reference.items() if k >= start_step} and max(got) == MAX_STEPS - 1
+    return ("recovered" if same else "silent failure"), lost
+
+
+def kill_trial(root: Path, i: int, rng: random.Random, reference: dict) -> tuple[str, str, int, list[str]]:
+    folder = root / f"kill{i}"
+    name = "run"
+    if rng.random() < 0.5:  # at a random step, at a random moment within it
+        step = rng.randint(1, MAX_STEPS - 1)
+        progress = folder / "progress"
+        folder.mkdir(parents=True)
+        config = config_for(folder, name, [{"class_path": "plugins.SlowSteps",
+                                            "init_args": {"seconds": STEP_SLEEP, "progress": str(progress)}}])
+        what = f"SIGKILL in step {step}"
+        process = start(folder, name, config)
+        reached = wait_until(lambda: progress.exists() and int(progress.read_text() or 0) >= step, process)
+        time.sleep(rng.uniform(0, 1.5 * STEP_SLEEP))  # in the pause, the next step, or a save
+    else:  # mid-save: the first half of a checkpoint is on disk
+        step = rng.choice(range(EVERY_N, MAX_STEPS, EVERY_N))
+        only = rng.choice([None, "last.ckpt"])
+        marker = folder / "writing"
+        folder.mkdir(parents=True)
+        config = config_for(folder, name, plugins=[{"class_path": "plugins.SlowCheckpointIO", "init_args": {
+            "slow_from_step": step, "marker": str(marker), "only_name": only}}])
+        what = f"SIGKILL mid-save of {only or f'step{step:06d}.ckpt'} at step {step}"
+        process = start(folder, name, config)
+        reached = wait_until(marker.exists, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if not reached:
+        return what, "silent failure", 0, [f"training exited ({process.returncode}) before the kill"]
+    notes: list[str] = []
+    outcome, lost = resume_and_judge(folder, name, reference, notes)
+    return what, outcome, lost, notes
+
+
+def sigterm_trial(root: Path, i: int, rng: random.Random, reference: dict) -> tuple[str, str, int, list[str]]:
+    folder = root / f"term{i}"
+    folder.mkdir(parents=True)
+    step = rng.randint(1, MAX_STEPS - 2)
+    progress = folder / "progress"
+    config = config_for(folder, "run", [{"class_path": "plugins.SlowSteps",
+                                         "init_args": {"seconds": STEP_SLEEP, "progress": str(progress)}}])
+    process = start(folder, "run", config)
+    wait_until(lambda: progress.exists() and int(progress.read_text() or 0) >= step, process)
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return f"SIGTERM in step {step}", "hang", 0, []
+    saved = usable_steps(folder / "logs" / "run" / "checkpoints", verified_only=True).get("last.ckpt")
+    notes = [f"exit {code}, last.ckpt at step {saved}"]
+    if code != 143 or saved is None or saved < step:
+        return f"SIGTERM in step {step}", "silent failure", 0, notes
+    outcome, lost = resume_and_judge(folder, "run", reference, notes)
+    return f"SIGTERM in step {step}", outcome, lost, notes
+
+
+def corrupt(path: Path, kind: str, rng: random.Random) -> None:
+    data = bytearray(path.read_bytes())
+    if kind == "bit flip in tensor data":
+        data[rng.randrange(len(data) // 4, len(data) * 3 // 4)] ^= 1 << rng.randrange(8)
+    elif kind == "bit flip in the header":
+        data[rng.randrange(0, 512)] ^= 1 << rng.randrange(8)
+    elif kind == "truncated":
+        data = data[: rng.randrange(1, len(data))]
+    elif kind == "garbage":
+        data = bytearray(rng.randbytes(len(data)))
+    elif kind == "empty":
+        data = bytearray()
+    path.write_bytes(bytes(data))
+
+
+CORRUPTIONS = ("bit flip in tensor data", "bit flip in the header", "truncated", "garbage", "empty")
+
+
+def explicit_load(folder: Path, path: Path, what: str):
+    """``--ckpt_path <damaged file>`` must be refused: exit 1 or 2, a message, no traceback."""
+    result = run(folder, "explicit", config_for(folder, "run"), ["--ckpt_path", str(path)])
+    clear = result.returncode in (1, 2) and "Traceback" not in result.stderr and "error:" in result.stderr
+    outcome = "clear error" if clear else ("silent failure" if result.returncode == 0 else "unclear error")
+    message = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return what, outcome, 0, [message[0][:170] if message else result.stderr.strip()[-170:]]
+
+
+def corrupt_trials(root: Path, finished: Path, rng: random.Random, reference: dict):
+    """Each corruption of last.ckpt (and its same-step twin), loaded explicitly (must be a clear error) and through
+    --ckpt_path last (must fall back to the newest intact checkpoint); without the checksum file too, where the
+    damage is detectable at all."""
+    for kind in CORRUPTIONS:
+        folder = root / f"corrupt-{kind.replace(' ', '-')}"
+        shutil.copytree(finished, folder, ignore=shutil.ignore_patterns("*.yaml"))
+        ckpt_dir = folder / "logs" / "run" / "checkpoints"
+        corrupt(ckpt_dir / "last.ckpt", kind, rng)
+        corrupt(ckpt_dir / f"step{MAX_STEPS:06d}.ckpt", kind, rng)  # the fallback must go further back
+        yield explicit_load(folder, ckpt_dir / "last.ckpt", f"{kind}, --ckpt_path last.ckpt")
+        notes: list[str] = []
+        outcome, lost = resume_and_judge(folder, "run", reference, notes)
+        yield f"{kind}, --ckpt_path last", outcome, lost, notes
+        if kind in ("truncated", "garbage", "empty"):  # a bit flip without a checksum is undetectable by design
+            (ckpt_dir / "bare.ckpt").write_bytes((ckpt_dir / "last.ckpt").read_bytes())
+            yield explicit_load(folder, ckpt_dir / "bare.ckpt", f"{kind}, no checksum, --ckpt_path bare.ckpt")
+
+
+def diverging_trial(root: Path) -> tuple[str, str, int, list[str]]:
+    folder = root / "diverge"
+    folder.mkdir(parents=True)
+    result = run(folder, "run", config_for(folder, "run", every_n=1), ["--model.optimizer.init_args.lr", "1e6"])
+    ckpt_dir = folder / "logs" / "run" / "checkpoints"
+    every = list(candidates(ckpt_dir))
+    poisoned = len(every) - len(usable_steps(ckpt_dir, verified_only=True))
+    clear = result.returncode == 1 and "Traceback" not in result.stderr and "Last good checkpoint" in result.stderr
+    outcome = "clear error" if clear and not poisoned else "silent failure"
+    return "lr 1e6 (diverges)", outcome, 0, [f"exit {result.returncode}, {poisoned} of {len(every)} checkpoints bad"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--sigterms", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    root = Path(tempfile.mkdtemp(prefix="fault_injection_"))
+    began = time.monotonic()
+    finished = root / "reference"
+    finished.mkdir()
+    result = run(finished, "run", config_for(finished, "run"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    reference = logged_scalars(finished / "logs" / "run", "train/loss")
+
+    def trials():
+        for i in range(args.kills):
+            yield lambda i=i: kill_trial(root, i, rng, reference)
+        for i in range(args.sigterms):
+            yield lambda i=i: sigterm_trial(root, i, rng, reference)
+        yield lambda: diverging_trial(root)
+
+    rows = []
+    for trial in trials():
+        try:
+            rows.append(trial())
+        except Hang as err:
+            rows.append(("(see note)", "hang", 0, [str(err)]))
+        print(f"{rows[-1][1]:>15} | {rows[-1][0]:<45} | lost {rows[-1][2]} | {'; '.join(rows[-1][3])}", flush=True)
+    for row in corrupt_trials(root, finished, rng, reference):
+        rows.append(row)
+        print(f"{row[1]:>15} | {row[0]:<45} | lost {row[2]} | {'; '.join(row[3])}", flush=True)
+    count = {k: sum(r[1] == k for r in rows) for k in ("recovered", "clear error", "hang", "silent failure")}
+    other = len(rows) - sum(count.values())
+    print(f"\ninputs tried: {len(rows)}, recovered exactly: {count['recovered']}, clear errors: "
+          f"{count['clear error']}, hangs: {count['hang']}, silent failures: {count['silent failure']}, "
+          f"other failures: {other}, checkpoints lost: {sum(r[2] for r in rows)} "
+          f"({time.monotonic() - began:.0f} s, seed {args.seed})")
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"work folder: {root}")
+
+
+if __name__ == "__main__":
+    main()

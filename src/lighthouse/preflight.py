@@ -1,0 +1,103 @@
+"""Checks on the parsed config before anything is built: what Lightning would only trip over later, or deep in
+training with an unrelated error (``val_check_interval: 0`` was a ZeroDivisionError after the first step)."""
+
+from __future__ import annotations
+
+import os
+from numbers import Real
+
+import torch
+
+CUDA_ONLY_BACKENDS = ("lighthouse",)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def check_trainer_args(trainer) -> None:
+    """Raise ValueError naming the trainer setting, its value and the valid range."""
+
+    def fail(name: str, valid: str) -> None:
+        raise ValueError(f"trainer.{name}={trainer.get(name)!r} is invalid: it must be {valid}")
+
+    def integer(name: str, lowest: int, allow_none: bool = False, allow: tuple = ()) -> None:
+        value = trainer.get(name)
+        if (value is None and allow_none) or (value in allow and not isinstance(value, bool)):
+            return
+        if not _is_int(value) or value < lowest:
+            fail(name, f"an integer >= {lowest}" + (" or null" if allow_none else "")
+                 + "".join(f" or {a}" for a in allow))
+
+    def count_or_fraction(name: str, lowest_int: int, fraction: str) -> None:
+        """An int >= lowest_int (a count), a float in the given range (a fraction) or null; leaves other types
+        (time intervals, strings) to Lightning."""
+        value = trainer.get(name)
+        if value is None or not _is_number(value):
+            return
+        if _is_int(value):
+            if value < lowest_int:
+                fail(name, f"an integer >= {lowest_int} (a count of batches) or a float in {fraction}")
+        elif not (0.0 < value <= 1.0 if fraction == "(0, 1]" else 0.0 <= value <= 1.0):
+            fail(name, f"a float in {fraction} (a fraction) or an integer >= {lowest_int}")
+
+    integer("accumulate_grad_batches", 1)
+    integer("max_steps", 1, allow=(-1,))
+    integer("min_steps", 0, allow_none=True)
+    integer("max_epochs", 0, allow_none=True, allow=(-1,))
+    integer("min_epochs", 0, allow_none=True)
+    integer("log_every_n_steps", 1, allow_none=True)
+    integer("check_val_every_n_epoch", 1, allow_none=True)
+    integer("num_sanity_val_steps", 0, allow_none=True, allow=(-1,))
+    integer("num_nodes", 1, allow_none=True)
+    count_or_fraction("val_check_interval", 1, "(0, 1]")
+    for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                 "overfit_batches"):
+        count_or_fraction(name, 0, "[0, 1]")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (not _is_number(clip) or clip < 0 or clip != clip):
+        raise ValueError(f"trainer.gradient_clip_val={clip!r} is invalid: it must be >= 0 (or null for no clipping)")
+    algorithm = trainer.get("gradient_clip_algorithm")
+    if algorithm is not None and str(algorithm) not in ("norm", "value"):
+        fail("gradient_clip_algorithm", "'norm', 'value' or null")
+
+
+def _stage_backends(config) -> list[tuple[str, str]]:
+    """(flag, backend) of every StageSwitch's stage-2 backend: in trainer.callbacks, or a ``stage`` group."""
+    found = []
+    callbacks = config["trainer"].get("callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if hasattr(callback, "get") and str(callback.get("class_path", "")).endswith("StageSwitch"):
+            found.append(("StageSwitch.stage2_backend", (callback.get("init_args") or {}).get("stage2_backend")))
+    stage = config.get("stage") if hasattr(config, "get") else None
+    if stage is not None and hasattr(stage, "get"):
+        found.append(("stage.stage2_backend", stage.get("stage2_backend")))
+    return found
+
+
+def check_backend_runs_here(config) -> None:
+    """The Triton backend needs CUDA tensors: refuse it before any data or model work on a machine (or with
+    ``trainer.accelerator: cpu``) where it could only fail at the first forward. TRITON_INTERPRET=1 runs the
+    kernels in Triton's interpreter on the CPU instead (slow; for tests)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    uses = [("model.arch.attention", config["model"]["arch"]["attention"]), *_stage_backends(config)]
+    cuda_only = [f"{flag}={backend!r}" for flag, backend in uses if backend in CUDA_ONLY_BACKENDS]
+    if not cuda_only:
+        return
+    accelerator = str(config["trainer"].get("accelerator") or "auto")
+    if not torch.cuda.is_available():
+        why = "no CUDA GPU is visible"
+    elif accelerator == "cpu":
+        why = "trainer.accelerator is 'cpu'"
+    else:
+        return
+    raise ValueError(
+        f"{cuda_only[0]} runs Triton kernels, which need a CUDA GPU, but {why}. Use 'lighthouse_naive' (the same "
+        "attention in plain PyTorch) on a CPU, or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter "
+        "(slow; meant for tests)"
+    )

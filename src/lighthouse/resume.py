@@ -1,0 +1,182 @@
+"""What may change when a run resumes: model fields refused or allowed, optimizer and LR schedule changes applied.
+
+Every model field is in exactly one class (a test pins it, so a new field cannot slip through unclassified):
+- SHAPE: changes parameter shapes; the checkpoint cannot load. Always refused.
+- COMPUTE: same parameters, different function (norm_eps, rope_theta): the trained weights would compute something
+  else and the loss jumps. Refused unless named in ``--resume_overrides``.
+- RECIPE: how the same function is computed or trained (attention backend, Lighthouse settings, dense layers,
+  activation checkpointing and chunking, context length, init): recipes change these on purpose. Allowed.
+
+Optimizer settings (lr, betas, weight_decay, eps, ...) and the LR schedule (warmup_steps, lr_schedule,
+min_lr_ratio, schedule_steps) only shape the steps still to come, so the config wins: a changed value is applied
+and announced, never ignored. (Lightning would restore the optimizer's saved hyperparameters over the config's.)
+The moment estimates in the optimizer state are kept. A different optimizer class is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lighthouse.checkpoint_read import saved_model_config
+from lighthouse.config import PREFIX, ModelConfig
+
+SHAPE = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "tie_embeddings")
+COMPUTE = ("norm_eps", "rope_theta")
+# checkpoint_dtype rounds the residual stream to bf16 between blocks: a precision choice like trainer.precision.
+# flavor only fills sizes left unset; what it filled is compared field by field (SHAPE, COMPUTE, RECIPE).
+RECIPE = ("attention", "dense_layers", "lighthouse", "activation_checkpointing", "checkpoint_dtype",
+          "checkpoint_offload", "mlp_chunk_tokens", "loss_chunk_tokens", "max_seq_len", "init_std", "flavor")
+SCHEDULE = ("warmup_steps", "lr_schedule", "min_lr_ratio", "schedule_steps")
+# Optimizer param-group keys that are bookkeeping, not settings: the parameters, and the LR the scheduler owns.
+_NOT_SETTINGS = ("params", "lr", "initial_lr")
+
+
+def saved_model_fields(checkpoint: dict) -> dict:
+    """The checkpoint's model config as a dict with sizes resolved (refused if the checkpoint has none)."""
+    arch = checkpoint.get("hyper_parameters", {}).get("arch")
+    if "lighthouse_model" not in checkpoint and isinstance(arch, ModelConfig):
+        # LitLM.load_from_checkpoint hands Lightning the config it read (an old checkpoint's) as hyperparameter.
+        return dataclasses.asdict(arch)
+    return dataclasses.asdict(saved_model_config(checkpoint))
+
+
+def _changes(saved: dict, current: ModelConfig, fields: tuple[str, ...]) -> dict[str, tuple]:
+    now = dataclasses.asdict(current)
+    return {f: (saved.get(f), now[f]) for f in fields if f in saved and saved[f] != now[f]}
+
+
+def _listing(changes: dict[str, tuple]) -> str:
+    return ", ".join(f"{PREFIX}{f}: checkpoint {a!r} vs config {b!r}" for f, (a, b) in changes.items())
+
+
+def refuse_shape_changes(saved: dict, current: ModelConfig) -> None:
+    changed = _changes(saved, current, SHAPE)
+    if changed:
+        raise ValueError(f"checkpoint does not fit this config (parameter shapes differ): {_listing(changed)}")
+
+
+def override_names(value: str | list[str] | None) -> list[str]:
+    """``--resume_overrides`` as given: ``norm_eps``, ``norm_eps,rope_theta`` or ``[norm_eps, rope_theta]``."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    return [item.strip() for item in items if item.strip()]
+
+
+def check_override_names(names: list[str]) -> None:
+    """``--resume_overrides`` may only name COMPUTE fields; anything else is a typo or cannot work."""
+    for name in names:
+        if name in SHAPE:
+            raise ValueError(f"--resume_overrides {name}: {PREFIX}{name} changes parameter shapes, so a checkpoint "
+                             f"with another value cannot load at all")
+        if name not in COMPUTE:
+            raise ValueError(f"--resume_overrides {name!r} is not a model field that resuming refuses; "
+                             f"the fields it may name are {list(COMPUTE)}")
+
+
+def refuse_compute_changes(saved: dict, current: ModelConfig, overrides: list[str]) -> None:
+    changed = _changes(saved, current, COMPUTE)
+    refused = {f: v for f, v in changed.items() if f not in overrides}
+    if refused:
+        names = ",".join(refused)
+        raise ValueError(
+            f"resuming would change what the trained weights compute: {_listing(refused)}. Keep the checkpoint's "
+            f"values, or accept the change with --resume_overrides [{names}] (the loss will jump)"
+        )
+    for f, (a, b) in changed.items():
+        rank_zero_warn(f"resume: {PREFIX}{f} {a!r} -> {b!r}, accepted by --resume_overrides")
+
+
+def _plain(value):
+    """Comparable form of a setting: tensors as numbers, lists and tuples alike (betas come as either)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _settings(optimizer) -> list[dict]:
+    """Each param group's settings, with the base LR (``initial_lr``, what the schedule scales) as ``lr``."""
+    return [{k: v for k, v in group.items() if k not in _NOT_SETTINGS} | {"lr": group.get("initial_lr", group["lr"])}
+            for group in optimizer.param_groups]
+
+
+def _lrs(trainer: L.Trainer) -> list[float]:
+    return [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
+
+
+class ResumeCheck(Callback):
+    """Refuses model changes that alter what the weights compute; applies changed optimizer and LR-schedule
+    settings (announcing each) instead of letting the checkpoint's values win silently."""
+
+    def __init__(self, overrides: list[str] | tuple[str, ...] = ()):
+        check_override_names(list(overrides))
+        self.overrides = list(overrides)
+        self._configured: list[list[dict]] | None = None
+        self._saved_schedule: dict | None = None
+        self._resumed = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The optimizers exist (built from the config) and the checkpoint's state is not loaded into them yet.
+        self._configured = [_settings(opt) for opt in trainer.optimizers]
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._resumed = True
+        refuse_compute_changes(saved_model_fields(checkpoint), pl_module.config, self.overrides)
+        hparams = checkpoint.get("hyper_parameters", {})
+        self._saved_schedule = {k: hparams[k] for k in SCHEDULE if k in hparams}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning has now loaded the checkpoint's optimizer and scheduler state over the config's.
+        if not self._resumed or self._configured is None:
+            return
+        notes = self._apply_optimizer_settings(trainer)
+        now = {k: getattr(pl_module, k) for k in SCHEDULE}
+        notes += [f"model.{k} {v!r} -> {now[k]!r}" for k, v in (self._saved_schedule or {}).items() if v != now[k]]
+        before = _lrs(trainer)
+        self._recompute_lr(trainer)  # what the scheduler computes anyway: bitwise the same when nothing changed
+        after = _lrs(trainer)
+        if before != after and not notes:
+            notes.append("the schedule's length (model.schedule_steps is null, so it follows trainer.max_steps)")
+        if notes:
+            rank_zero_warn(
+                "resume: the config changes " + "; ".join(notes) + f". Applied from step {trainer.global_step} on "
+                f"(LR {before[0]:.6g} -> {after[0]:.6g}): optimizer and schedule settings only shape the steps still "
+                "to come, so the config wins over the checkpoint; the optimizer's moment estimates are kept."
+            )
+
+    def _apply_optimizer_settings(self, trainer: L.Trainer) -> list[str]:
+        notes = []
+        for i, (optimizer, wanted) in enumerate(zip(trainer.optimizers, self._configured, strict=True)):
+            loaded = _settings(optimizer)
+            if [sorted(g) for g in loaded] != [sorted(g) for g in wanted]:
+                raise ValueError(
+                    f"the checkpoint's optimizer {i} has other settings ({sorted(loaded[0])}) than model.optimizer "
+                    f"({type(optimizer).__name__}: {sorted(wanted[0])}): a different optimizer class cannot continue "
+                    "its state. Resume with the optimizer it was trained with"
+                )
+            for group, old, new in zip(optimizer.param_groups, loaded, wanted, strict=True):
+                for key, value in new.items():
+                    if _plain(old[key]) != _plain(value):
+                        notes.append(f"model.optimizer.init_args.{key} {old[key]!r} -> {value!r}")
+                        # With a scheduler, initial_lr is the base it scales (the LR itself is recomputed below).
+                        group["initial_lr" if key == "lr" and "initial_lr" in group else key] = value
+        return list(dict.fromkeys(notes))
+
+    @staticmethod
+    def _recompute_lr(trainer: L.Trainer) -> None:
+        """Set each group's LR to base LR x the (new) schedule at the resumed step, as the scheduler would."""
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            groups = scheduler.optimizer.param_groups
+            scheduler.base_lrs = [group["initial_lr"] for group in groups]
+            lambdas = getattr(scheduler, "lr_lambdas", None)
+            if lambdas is None:
+                continue
+            for group, base, fn in zip(groups, scheduler.base_lrs, lambdas, strict=True):
+                group["lr"] = base * fn(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in groups]
+
