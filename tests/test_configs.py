@@ -42,9 +42,28 @@ def changed_lines(a: str, b: str) -> int:
     return sum(x != y for x, y in zip(body(a), body(b), strict=True))
 
 
-@pytest.mark.parametrize("stage1, stage2", [("demo.yaml", "demo_recover.yaml"), ("lh_64k.yaml", "recover_64k.yaml")])
+TWINS = [("demo", "demo_recover"), *((f"lh_{n}", f"recover_{n}") for n in ("16k", "64k", "128k", "256k"))]
+
+
+@pytest.mark.parametrize("stage1, stage2", [(f"{a}.yaml", f"{b}.yaml") for a, b in TWINS], ids=[a for a, _ in TWINS])
 def test_recovery_twin_differs_in_few_lines(stage1, stage2):
     assert changed_lines(stage1, stage2) == 3  # max_steps, model.arch.attention, stage.switch_step
+
+
+@pytest.mark.parametrize("name, seq_len", [("lh_16k", 16384), ("lh_128k", 131072), ("lh_256k", 262144),
+                                           ("lh_1m", 1048576)])
+def test_long_context_configs_use_their_whole_top_k(name, seq_len, recwarn):
+    """Each config picks a K its context can use whole (the model warns when tiles shrink it)."""
+    from lighthouse.model import warn_if_topk_shrinks
+
+    config = yaml.safe_load((CONFIGS[0].parent / f"{name}.yaml").read_text())
+    assert config["data"]["seq_len"] == seq_len
+    arch = ModelConfig(**config["model"]["arch"], max_seq_len=seq_len)
+    assert arch.uses_lighthouse() and (arch.dim, arch.n_layers, arch.n_heads) == (1024, 30, 8)
+    warn_if_topk_shrinks(arch)
+    assert not [w for w in recwarn if "does not fit" in str(w.message)]
+    if name == "lh_1m":  # the authors' 1M flavour
+        assert arch.dense_layers == [] and (arch.lighthouse.levels, arch.lighthouse.topk) == (4, 4096)
 
 
 STRATEGIES = sorted((CONFIGS[0].parent / "strategy").glob("*.yaml"))

@@ -63,6 +63,7 @@ class LitLM(L.LightningModule):
         schedule_steps: int | None = None,
         compile: bool = False,
         passkey: PasskeyConfig | None = None,
+        dense_validation: bool = True,
     ):
         """
         Args:
@@ -79,6 +80,9 @@ class LitLM(L.LightningModule):
             passkey: Passkey retrieval test at every validation, with dense attention, filler from the
                 validation split (``val/passkey_acc``, ``val/passkey_digit_acc``, per length and cell); None
                 turns it off, ``{}`` runs the default grid (see lighthouse/passkey.py).
+            dense_validation: While Lighthouse layers are active, also compute every validation loss with all
+                layers dense (``val/loss_dense``, the number to compare runs on). Off where dense attention at the
+                context length is too slow (at 1M tokens a dense forward takes minutes).
         """
         super().__init__()
         if isinstance(arch, dict):  # the hyperparameters stored in a checkpoint
@@ -103,7 +107,9 @@ class LitLM(L.LightningModule):
         self.save_hyperparameters({"arch": dataclasses.asdict(arch), "warmup_steps": warmup_steps,
                                    "lr_schedule": lr_schedule, "min_lr_ratio": min_lr_ratio,
                                    "schedule_steps": schedule_steps,
-                                   "passkey": None if passkey is None else dataclasses.asdict(passkey)})
+                                   "passkey": None if passkey is None else dataclasses.asdict(passkey),
+                                   "dense_validation": dense_validation})
+        self.dense_validation = dense_validation
         self.model = Transformer(arch)
         # Read off the eager model now; FSDP later flattens and shards the parameters (see parameter_groups).
         self.no_decay_names = frozenset(name for name, p in self.model.named_parameters() if p.dim() < 2)
@@ -144,6 +150,8 @@ class LitLM(L.LightningModule):
             losses = self.token_losses(tokens)
         if self.model.attention_backends == ["sdpa"] * self.config.n_layers:
             dense = losses  # already the dense model: the same number, not computed twice
+        elif not self.dense_validation:
+            dense = None
         else:
             # Lighthouse selection inside a tile sees later tokens of the tile (op README, causality), which
             # lowers val/loss; the dense loss of the same weights is the number to compare runs on.
@@ -151,6 +159,8 @@ class LitLM(L.LightningModule):
                 dense = self.token_losses(tokens)
         for total, by_pos, values in ((self.val_loss, self.val_loss_by_pos, losses),
                                       (self.val_loss_dense, self.val_loss_dense_by_pos, dense)):
+            if values is None:
+                continue
             total.update(values)
             for (lo, hi), metric in zip(self.buckets, by_pos, strict=True):
                 if lo < values.shape[1]:
@@ -160,7 +170,8 @@ class LitLM(L.LightningModule):
         loss = self.val_loss.compute()
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", loss.exp(), sync_dist=False)
-        self.log("val/loss_dense", self.val_loss_dense.compute(), sync_dist=False)
+        if self.val_loss_dense.update_called:
+            self.log("val/loss_dense", self.val_loss_dense.compute(), sync_dist=False)
         for metric in (self.val_loss, self.val_loss_dense):
             metric.reset()
         for name, by_pos in (("val/loss_pos", self.val_loss_by_pos),

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The H200 measurements behind bench/RESULTS.md, in parts that each fit one 10-minute device call:
+#   bash bench/device_round.sh kernels   # GPU tests, layer timings (now and, if .devold/ holds an older
+#                                        # checkout's src+bench, before), generation speed, 262144 memory rows
+#   bash bench/device_round.sh tests     # the GPU-marked tests alone
+#   bash bench/device_round.sh long      # lh_1m through the CLI, model rows at 524288 and 1048576
+# Everything goes to one log, $OUT/<part>.log (the device tool brings back few files). Each step has its own
+# time limit, cut to what is left of DEADLINE_S (default 570 s from the start), so that one slow step cannot take
+# the others' results with it and the call ends inside the tool's 10 minutes.
+set -uo pipefail
+part=${1:?usage: device_round.sh kernels|tests|long}
+out=${OUT:-/tmp/device_round}
+mkdir -p "$out"
+log="$out/$part.log"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ] && ! python3 -c "import jsonargparse" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl && export PYTHONPATH=$PWD/.site
+fi
+site=${PYTHONPATH:-}
+deadline=$(($(date +%s) + ${DEADLINE_S:-570}))
+
+step() {  # step NAME SECONDS PYTHONPATH_SRC COMMAND...
+  local name=$1 limit=$2 src=$3 start rc
+  shift 3
+  start=$(date +%s)
+  if ((deadline - start < limit)); then limit=$((deadline - start)); fi
+  if ((limit < 20)); then echo "$name skipped: no time left" | tee -a "$log"; return; fi
+  echo "=== $name (limit ${limit}s)" >>"$log"
+  PYTHONPATH=${site:+$site:}$PWD/$src timeout "$limit" "$@" >>"$log" 2>&1
+  rc=$?
+  echo "=== $name rc=$rc $(($(date +%s) - start))s" >>"$log"
+  echo "$name rc=$rc $(($(date +%s) - start))s"
+}
+
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -c "import torch, triton, lightning; print('torch', torch.__version__, 'triton', triton.__version__,
+  'lightning', lightning.__version__)"; git log -1 --format='commit %h %s' 2>/dev/null; } >>"$log" 2>&1
+
+case $part in
+kernels)
+  if [ -d .devold/src ]; then
+    step layer_before 70 .devold/src python3 .devold/bench/bench_attention.py --ns 32768 65536 131072 262144 \
+      --max-dense-n 0 --detail-n 0
+  fi
+  step layer_after 70 src python3 bench/bench_attention.py --ns 32768 65536 131072 262144 --max-dense-n 0 --detail-n 0
+  step generate 90 src python3 bench/bench_generate.py --prompt-len 65536 --new-tokens 128
+  step model_262k 170 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --seq-lens 262144 \
+    --backends lighthouse
+  step model_262k_options 170 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --seq-lens 262144 \
+    --backends lighthouse --checkpoint-dtype bfloat16 --mlp-chunk 65536 --loss-chunk 65536
+  step gpu_tests 240 src python3 -m pytest -q -m gpu tests -rs -p no:cacheprovider
+  ;;
+tests)
+  step gpu_tests 540 src python3 -m pytest -q -m gpu tests -rs -p no:cacheprovider
+  ;;
+long)
+  step lh_1m_cli 300 src bash bench/device_train_smoke.sh configs/lh_1m.yaml 12 --throughput.window 4 \
+    --throughput.skip_steps 3 --trainer.log_every_n_steps 1
+  step model_1m_options 240 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --flavor paper_1m \
+    --seq-lens 524288 1048576 --backends lighthouse --checkpoint-dtype bfloat16 --mlp-chunk 65536 --loss-chunk 65536
+  ;;
+*)
+  echo "unknown part $part (kernels|tests|long)" >&2
+  exit 2
+  ;;
+esac
