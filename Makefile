@@ -40,16 +40,18 @@ $(VENV)/.installed: pyproject.toml $(TORCH_STAMP)
 demo: setup  ## the main job: a small Lighthouse LM on the embedded corpus, curves in logs/demo/<start time>/
 	$(BIN)/python src/train.py fit --config configs/demo.yaml
 
-test: setup  ## the whole test suite (GPU tests are skipped without CUDA)
+test: setup  ## the whole test suite (GPU tests are skipped without CUDA), after lint and format checks
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest -q
 
 .PHONY: test-fast
 test-fast: setup  ## the edit-test loop: every test not marked slow, kernels included (~1.5 min on a 2-core CPU; `test`: ~5.5)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: setup
+lint: setup  ## ruff's checks and its formatting (`ruff format src tests bench` applies it)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 bench: setup  ## layer benchmark; needs a CUDA GPU. Without make, from a checkout: PYTHONPATH=src python bench/X.py
 	PYTHONPATH=src $(BIN)/python bench/bench_attention.py

@@ -48,12 +48,18 @@ def main() -> None:
     total_ms = cuda_time_ms(lambda: run(1 + args.new_tokens), warmup=args.warmup, reps=args.reps)
     decode_s = (total_ms - prefill_ms) / 1000
     cache_gib = 2 * config.n_layers * (args.prompt_len + args.new_tokens) * config.n_kv_heads * config.head_dim * 2
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {datetime.date.today()} | "
-          f"flavor {args.flavor} ({model.num_params() / 1e6:.0f}M non-embedding params), bf16, batch 1")
-    print(f"prompt {args.prompt_len} tokens: prefill {prefill_ms:.1f} ms ({args.prompt_len / prefill_ms * 1e3:,.0f} "
-          f"tokens/s); KV cache {cache_gib / 2**30:.2f} GiB")
-    print(f"decode {args.new_tokens} tokens after it: {decode_s * 1e3:.1f} ms, {args.new_tokens / decode_s:.1f} "
-          f"tokens/s ({decode_s * 1e3 / args.new_tokens:.2f} ms/token)")
+    print(
+        f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {datetime.date.today()} | "
+        f"flavor {args.flavor} ({model.num_params() / 1e6:.0f}M non-embedding params), bf16, batch 1"
+    )
+    print(
+        f"prompt {args.prompt_len} tokens: prefill {prefill_ms:.1f} ms ({args.prompt_len / prefill_ms * 1e3:,.0f} "
+        f"tokens/s); KV cache {cache_gib / 2**30:.2f} GiB"
+    )
+    print(
+        f"decode {args.new_tokens} tokens after it: {decode_s * 1e3:.1f} ms, {args.new_tokens / decode_s:.1f} "
+        f"tokens/s ({decode_s * 1e3 / args.new_tokens:.2f} ms/token)"
+    )
     print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 

@@ -46,10 +46,12 @@ def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: in
     return ms, peak / 2**30, torch.cuda.max_memory_reserved() / 2**30, (peak - resident) / 2**30
 
 
-def run_one(flavor: str, backend: str, seq_len: int, steps: int, warmup: int, checkpointing: bool, compile: bool,
-            memory: dict):
-    config = model_flavor(flavor, attention=backend, max_seq_len=seq_len, activation_checkpointing=checkpointing,
-                          **memory)
+def run_one(
+    flavor: str, backend: str, seq_len: int, steps: int, warmup: int, checkpointing: bool, compile: bool, memory: dict
+):
+    config = model_flavor(
+        flavor, attention=backend, max_seq_len=seq_len, activation_checkpointing=checkpointing, **memory
+    )
     model = Transformer(config).cuda()
     if compile:
         model.compile_blocks()
@@ -81,8 +83,12 @@ def main() -> None:
     parser.add_argument("--mlp-chunk", type=int, default=None, help="mlp_chunk_tokens")
     parser.add_argument("--loss-chunk", type=int, default=None, help="loss_chunk_tokens")
     args = parser.parse_args()
-    memory = dict(checkpoint_dtype=args.checkpoint_dtype, checkpoint_offload=args.offload,
-                  mlp_chunk_tokens=args.mlp_chunk, loss_chunk_tokens=args.loss_chunk)
+    memory = dict(
+        checkpoint_dtype=args.checkpoint_dtype,
+        checkpoint_offload=args.offload,
+        mlp_chunk_tokens=args.mlp_chunk,
+        loss_chunk_tokens=args.loss_chunk,
+    )
     if not torch.cuda.is_available():
         sys.exit("bench_model.py needs a CUDA GPU")
 

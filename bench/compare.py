@@ -50,9 +50,11 @@ def cadence(steps: int, switch: int) -> int:
     common = math.gcd(steps, switch)
     fitting = [d for d in range(1, common + 1) if common % d == 0 and steps // d <= MAX_VALIDATIONS]
     if not fitting:
-        raise ValueError(f"--steps {steps} with the switch at step {switch} (share {switch / steps:.4f}) has no "
-                         f"validation interval dividing both with at most {MAX_VALIDATIONS} validations; pick "
-                         f"--steps as a multiple of 8 (e.g. 320) or pass --val-every")
+        raise ValueError(
+            f"--steps {steps} with the switch at step {switch} (share {switch / steps:.4f}) has no "
+            f"validation interval dividing both with at most {MAX_VALIDATIONS} validations; pick "
+            f"--steps as a multiple of 8 (e.g. 320) or pass --val-every"
+        )
     return fitting[0]
 
 
@@ -60,16 +62,26 @@ def make_plan(args: argparse.Namespace) -> dict:
     steps = one_pass_steps(args.config, args.extra) if args.steps == "pass" else int(args.steps)
     switch = round(args.share * steps)
     if not 0 < switch < steps:
-        raise ValueError(f"--share {args.share} of --steps {steps} puts the switch at step {switch}: it must lie "
-                         f"strictly inside the run")
+        raise ValueError(
+            f"--share {args.share} of --steps {steps} puts the switch at step {switch}: it must lie "
+            f"strictly inside the run"
+        )
     val_every = args.val_every or cadence(steps, switch)
     if steps % val_every or switch % val_every:
         raise ValueError(f"--val-every {val_every} must divide --steps {steps} and the switch step {switch}")
     n_val = steps // val_every
     ckpt_every = val_every * (n_val // 2 if n_val % 2 == 0 else n_val)  # mid-run and at the end (divides S)
-    return {"config": str(args.config), "steps": steps, "share": args.share, "switch_step": switch,
-            "val_every": val_every, "ckpt_every": ckpt_every, "eval_samples": args.eval_samples,
-            "extra": list(args.extra), "arms": list(args.arms)}
+    return {
+        "config": str(args.config),
+        "steps": steps,
+        "share": args.share,
+        "switch_step": switch,
+        "val_every": val_every,
+        "ckpt_every": ckpt_every,
+        "eval_samples": args.eval_samples,
+        "extra": list(args.extra),
+        "arms": list(args.arms),
+    }
 
 
 def one_pass_steps(config_path: str, extra: list[str]) -> int:
@@ -113,8 +125,9 @@ def arm_config(base: dict, plan: dict, arm: str, seed: int, out: Path, deadline:
     for cb in trainer["callbacks"]:
         if cb["class_path"].endswith("ModelCheckpoint"):
             cb["init_args"]["every_n_train_steps"] = plan["ckpt_every"]
-    trainer["callbacks"].append({"class_path": "lighthouse.time_budget.TimeBudget",
-                                 "init_args": {"deadline": deadline, "reserve_s": reserve_s}})
+    trainer["callbacks"].append(
+        {"class_path": "lighthouse.time_budget.TimeBudget", "init_args": {"deadline": deadline, "reserve_s": reserve_s}}
+    )
     return config
 
 
@@ -145,8 +158,13 @@ def final_eval_done(run_dir: Path) -> bool:
 def subprocess_runner(args: list[str], log: Path) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as f:
-        return subprocess.run([sys.executable, str(REPO / "src" / "train.py"), *args], cwd=REPO, env=env,
-                              stdout=f, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(
+            [sys.executable, str(REPO / "src" / "train.py"), *args],
+            cwd=REPO,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        ).returncode
 
 
 def record_launch(run_dir: Path, record: dict) -> None:
@@ -162,9 +180,11 @@ def write_meta(out: Path, plan: dict) -> None:
         previous = json.loads(stored.read_text())
         changed = [k for k in plan if k != "arms" and previous.get(k) != plan[k]]
         if changed:
-            raise ValueError(f"{out} holds a comparison with other settings ({', '.join(changed)}: "
-                             f"{[previous.get(k) for k in changed]} vs {[plan[k] for k in changed]}); "
-                             f"use another --out")
+            raise ValueError(
+                f"{out} holds a comparison with other settings ({', '.join(changed)}: "
+                f"{[previous.get(k) for k in changed]} vs {[plan[k] for k in changed]}); "
+                f"use another --out"
+            )
         return
     out.mkdir(parents=True, exist_ok=True)
     meta = {**plan, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **device_info()}
@@ -206,8 +226,10 @@ def run_arm(base: dict, plan: dict, arm: str, seed: int, out: Path, deadline: fl
         newest = keep_newest_checkpoint(run_dir)
         trained = newest is not None and newest[0] >= plan["steps"]
         if left < 60 * (args.min_eval_minutes if trained else args.min_launch_minutes):
-            print(f"compare: {left:.0f} s left, not enough to {'evaluate' if trained else 'train'} "
-                  f"{run_dir.name}; run the same command again")
+            print(
+                f"compare: {left:.0f} s left, not enough to {'evaluate' if trained else 'train'} "
+                f"{run_dir.name}; run the same command again"
+            )
             return MORE_TO_DO
         config = arm_config(base, plan, arm, seed, out, deadline - args.exit_margin_s, args.reserve_s)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -215,18 +237,38 @@ def run_arm(base: dict, plan: dict, arm: str, seed: int, out: Path, deadline: fl
         launches = run_dir / "launches.jsonl"
         launch = len(launches.read_text().splitlines()) if launches.exists() else 0
         if trained:
-            cmd = ["validate", "--config", str(config_path), "--ckpt_path", str(newest[1]),
-                   "--trainer.logger.init_args.save_dir", str(run_dir),
-                   "--trainer.logger.init_args.name", "final_eval", "--model.compile", "false",
-                   "--model.passkey.samples", str(plan["eval_samples"]), *plan["extra"]]
+            cmd = [
+                "validate",
+                "--config",
+                str(config_path),
+                "--ckpt_path",
+                str(newest[1]),
+                "--trainer.logger.init_args.save_dir",
+                str(run_dir),
+                "--trainer.logger.init_args.name",
+                "final_eval",
+                "--model.compile",
+                "false",
+                "--model.passkey.samples",
+                str(plan["eval_samples"]),
+                *plan["extra"],
+            ]
         else:
             cmd = ["fit", "--config", str(config_path), *plan["extra"]]
             if newest is not None:
                 cmd += ["--ckpt_path", str(newest[1])]
         started = time.time()
         rc = runner(cmd, run_dir / f"launch-{launch}.log")
-        record_launch(run_dir, {"kind": cmd[0], "start": started, "end": time.time(), "rc": rc,
-                                "resumed_from": None if newest is None else newest[0]})
+        record_launch(
+            run_dir,
+            {
+                "kind": cmd[0],
+                "start": started,
+                "end": time.time(),
+                "rc": rc,
+                "resumed_from": None if newest is None else newest[0],
+            },
+        )
         if rc != 0:
             print(f"compare: {run_dir.name} {cmd[0]} failed (exit code {rc}); see {run_dir}/launch-{launch}.log")
             return rc
@@ -256,8 +298,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     go.add_argument("--out", help="comparison folder (default logs/compare_<config name>)")
     go.add_argument("--seeds", type=int, nargs="+", default=[0])
     go.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    go.add_argument("--steps", default="320", help="optimizer steps S per arm, or 'pass' for one pass over the "
-                    "training split")
+    go.add_argument(
+        "--steps", default="320", help="optimizer steps S per arm, or 'pass' for one pass over the training split"
+    )
     go.add_argument("--share", type=float, default=0.625, help="Lighthouse share of S (paper: 10k of 16k)")
     go.add_argument("--val-every", type=int, help="validation interval (default: divides S and the switch step)")
     go.add_argument("--eval-samples", type=int, default=8, help="passkey prompts per cell in the final evaluation")

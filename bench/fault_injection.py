@@ -120,8 +120,11 @@ def kill_trial(root: Path, i: int, rng: random.Random, reference: dict) -> tuple
         step = rng.randint(1, MAX_STEPS - 1)
         progress = folder / "progress"
         folder.mkdir(parents=True)
-        config = config_for(folder, name, [{"class_path": "plugins.SlowSteps",
-                                            "init_args": {"seconds": STEP_SLEEP, "progress": str(progress)}}])
+        config = config_for(
+            folder,
+            name,
+            [{"class_path": "plugins.SlowSteps", "init_args": {"seconds": STEP_SLEEP, "progress": str(progress)}}],
+        )
         what = f"SIGKILL in step {step}"
         process = start(folder, name, config)
         reached = wait_until(lambda: progress.exists() and int(progress.read_text() or 0) >= step, process)
@@ -131,8 +134,16 @@ def kill_trial(root: Path, i: int, rng: random.Random, reference: dict) -> tuple
         only = rng.choice([None, "last.ckpt"])
         marker = folder / "writing"
         folder.mkdir(parents=True)
-        config = config_for(folder, name, plugins=[{"class_path": "plugins.SlowCheckpointIO", "init_args": {
-            "slow_from_step": step, "marker": str(marker), "only_name": only}}])
+        config = config_for(
+            folder,
+            name,
+            plugins=[
+                {
+                    "class_path": "plugins.SlowCheckpointIO",
+                    "init_args": {"slow_from_step": step, "marker": str(marker), "only_name": only},
+                }
+            ],
+        )
         what = f"SIGKILL mid-save of {only or f'step{step:06d}.ckpt'} at step {step}"
         process = start(folder, name, config)
         reached = wait_until(marker.exists, process)
@@ -150,8 +161,11 @@ def sigterm_trial(root: Path, i: int, rng: random.Random, reference: dict) -> tu
     folder.mkdir(parents=True)
     step = rng.randint(1, MAX_STEPS - 2)
     progress = folder / "progress"
-    config = config_for(folder, "run", [{"class_path": "plugins.SlowSteps",
-                                         "init_args": {"seconds": STEP_SLEEP, "progress": str(progress)}}])
+    config = config_for(
+        folder,
+        "run",
+        [{"class_path": "plugins.SlowSteps", "init_args": {"seconds": STEP_SLEEP, "progress": str(progress)}}],
+    )
     process = start(folder, "run", config)
     wait_until(lambda: progress.exists() and int(progress.read_text() or 0) >= step, process)
     process.send_signal(signal.SIGTERM)
@@ -261,10 +275,12 @@ def main() -> None:
         print(f"{row[1]:>15} | {row[0]:<45} | lost {row[2]} | {'; '.join(row[3])}", flush=True)
     count = {k: sum(r[1] == k for r in rows) for k in ("recovered", "clear error", "hang", "silent failure")}
     other = len(rows) - sum(count.values())
-    print(f"\ninputs tried: {len(rows)}, recovered exactly: {count['recovered']}, clear errors: "
-          f"{count['clear error']}, hangs: {count['hang']}, silent failures: {count['silent failure']}, "
-          f"other failures: {other}, checkpoints lost: {sum(r[2] for r in rows)} "
-          f"({time.monotonic() - began:.0f} s, seed {args.seed})")
+    print(
+        f"\ninputs tried: {len(rows)}, recovered exactly: {count['recovered']}, clear errors: "
+        f"{count['clear error']}, hangs: {count['hang']}, silent failures: {count['silent failure']}, "
+        f"other failures: {other}, checkpoints lost: {sum(r[2] for r in rows)} "
+        f"({time.monotonic() - began:.0f} s, seed {args.seed})"
+    )
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     else:

@@ -55,15 +55,19 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.flavor:
         overrides = {"attention": args.backend} if args.backend else {}
-        config = model_flavor(args.flavor, max_seq_len=args.seq_len or 65536, activation_checkpointing=True,
-                              **overrides)
+        config = model_flavor(
+            args.flavor, max_seq_len=args.seq_len or 65536, activation_checkpointing=True, **overrides
+        )
     else:
         config = demo_model_config(args.seq_len, args.backend)
     model = Transformer(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, config.vocab_size, (1, config.max_seq_len + 1), device=device)
-    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=device, reduce=lambda t, reduce_op: t),
-                              global_step=0, checkpoint_callback=None)
+    trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=device, reduce=lambda t, reduce_op: t),
+        global_step=0,
+        checkpoint_callback=None,
+    )
     guard = StepGuard()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -105,10 +109,14 @@ def main() -> None:
     assert non_finite_names(checkpoint_state(state)) == []
     save_check = (time.perf_counter() - start) * 1e3
     a, b = statistics.median(plain), statistics.median(guarded)
-    print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-          f"model dim {config.dim} x {config.n_layers} layers, seq {config.max_seq_len}, {config.attention}")
-    print(f"step without the guard: {a:.1f} ms   with it: {b:.1f} ms   difference: {b - a:+.2f} ms "
-          f"({(b - a) / a * 100:+.2f}%; medians of {args.repeats} x {args.steps} steps)")
+    print(
+        f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+        f"model dim {config.dim} x {config.n_layers} layers, seq {config.max_seq_len}, {config.attention}"
+    )
+    print(
+        f"step without the guard: {a:.1f} ms   with it: {b:.1f} ms   difference: {b - a:+.2f} ms "
+        f"({(b - a) / a * 100:+.2f}%; medians of {args.repeats} x {args.steps} steps)"
+    )
     print(f"the guard's own work (isfinite x2, one sync, on an idle queue): {own:.0f} us per step")
     print(f"pre-save check of weights + optimizer state: {save_check:.1f} ms (once per checkpoint)")
 

@@ -22,16 +22,35 @@ from tensorboard_scalars import logged_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 
-SMALL = ["--config", "configs/demo.yaml", "--trainer.val_check_interval", "1000", "--trainer.num_sanity_val_steps",
-         "0", "--trainer.log_every_n_steps", "1"]
+SMALL = [
+    "--config",
+    "configs/demo.yaml",
+    "--trainer.val_check_interval",
+    "1000",
+    "--trainer.num_sanity_val_steps",
+    "0",
+    "--trainer.log_every_n_steps",
+    "1",
+]
 FSDP = ["--config", "configs/strategy/fsdp.yaml"]
 
 
 def train(out: Path, name: str, args: list[str], devices: int) -> tuple[int, float]:
     """Run one training job; returns (exit code, seconds)."""
-    cmd = [sys.executable, "src/train.py", "fit", *args, "--trainer.devices", str(devices),
-           "--trainer.logger.init_args.save_dir", str(out / "logs"), "--trainer.logger.init_args.name", name,
-           "--trainer.logger.init_args.version", ""]  # one folder per name: <out>/logs/<name>/
+    cmd = [
+        sys.executable,
+        "src/train.py",
+        "fit",
+        *args,
+        "--trainer.devices",
+        str(devices),
+        "--trainer.logger.init_args.save_dir",
+        str(out / "logs"),
+        "--trainer.logger.init_args.name",
+        name,
+        "--trainer.logger.init_args.version",
+        "",
+    ]  # one folder per name: <out>/logs/<name>/
     start = time.time()
     with open(out / f"{name}.log", "a") as log:
         code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -54,13 +73,28 @@ def curves(out: Path, rows: list, label: str) -> None:
     code1, _ = train(out, f"{label}_1gpu", [*SMALL, *steps, "--data.batch_size", "2", *one_gpu], 1)
     code2, _ = train(out, f"{label}_2gpu", [*SMALL, *steps, "--data.batch_size", "1", *two_gpus], 2)
     a, b = losses(out, f"{label}_1gpu"), losses(out, f"{label}_2gpu")
-    rows.append({"check": f"{label} curves 1 vs 2 GPUs", "exit": [code1, code2], "steps": len(set(a) & set(b)),
-                 "max_abs_diff": max_diff(a, b), "loss_first_last": [a.get(0), a.get(19)]})
+    rows.append(
+        {
+            "check": f"{label} curves 1 vs 2 GPUs",
+            "exit": [code1, code2],
+            "steps": len(set(a) & set(b)),
+            "max_abs_diff": max_diff(a, b),
+            "loss_first_last": [a.get(0), a.get(19)],
+        }
+    )
 
 
 def scaling(out: Path, rows: list) -> None:
-    args = ["--config", "configs/lh_64k.yaml", "--config", "bench/configs/two_stage_smoke.yaml",
-            "--trainer.max_steps", "14", "--model.compile", "false"]
+    args = [
+        "--config",
+        "configs/lh_64k.yaml",
+        "--config",
+        "bench/configs/two_stage_smoke.yaml",
+        "--trainer.max_steps",
+        "14",
+        "--model.compile",
+        "false",
+    ]
     rates = {}
     for devices in (1, 2):
         name = f"scaling_{devices}gpu"
@@ -78,8 +112,14 @@ def fsdp_resume(out: Path, rows: list) -> None:
         ckpt = out / "logs" / name / "checkpoints" / "last.ckpt"
         code2, _ = train(out, name, [*SMALL, *FSDP, "--trainer.max_steps", "10", "--ckpt_path", str(ckpt)], second)
         steps = sorted(losses(out, name))
-        rows.append({"check": f"FSDP checkpoint {first} GPU(s) -> {second}", "exit": [code1, code2],
-                     "sharded_dir": ckpt.is_dir(), "steps_logged": [steps[0], steps[-1]] if steps else None})
+        rows.append(
+            {
+                "check": f"FSDP checkpoint {first} GPU(s) -> {second}",
+                "exit": [code1, code2],
+                "sharded_dir": ckpt.is_dir(),
+                "steps_logged": [steps[0], steps[-1]] if steps else None,
+            }
+        )
 
 
 def main() -> None:
@@ -89,9 +129,12 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list = []
-    groups = {"ddp-curves": lambda out, rows: curves(out, rows, "ddp"),
-              "fsdp-curves": lambda out, rows: curves(out, rows, "fsdp"),
-              "scaling": scaling, "fsdp-resume": fsdp_resume}
+    groups = {
+        "ddp-curves": lambda out, rows: curves(out, rows, "ddp"),
+        "fsdp-curves": lambda out, rows: curves(out, rows, "fsdp"),
+        "scaling": scaling,
+        "fsdp-resume": fsdp_resume,
+    }
     for name, fn in groups.items():
         if args.only is None or name in args.only:
             try:

@@ -143,15 +143,22 @@ def load_run(run_dir: Path, arm: str, seed: int, plan: dict) -> Run:
     data = config["data"]
     tokens_per_step = data["seq_len"] * data.get("batch_size", 1) * config["trainer"].get("accumulate_grad_batches", 1)
     return Run(
-        arm=arm, seed=seed, steps=steps, switch_step=switch, tokens_per_step=tokens_per_step,
+        arm=arm,
+        seed=seed,
+        steps=steps,
+        switch_step=switch,
+        tokens_per_step=tokens_per_step,
         curve=[(s, elapsed(w, spans), v) for s, (w, v) in sorted(dense.items())],
         last={t: series[last][1] for t, series in val.items() if last in series},
         at_switch={t: val[t][max(before)][1] for t in ("val/loss", "val/loss_dense")} if before else {},
         final_eval={t: v for t, series in read_scalars(run_dir / "final_eval").items() for _, (_, v) in series.items()},
-        wall_s=split_wall_by_phase(spans, points), train_s=train_s, tokens_per_s=tokens_per_s,
+        wall_s=split_wall_by_phase(spans, points),
+        train_s=train_s,
+        tokens_per_s=tokens_per_s,
         validation_s=sum(w - step_walls[s] for s, (w, _) in dense.items() if step_walls.get(s, w) <= w),
         startup_s=sum(min((w for w in step_walls.values() if a <= w <= b), default=a) - a for a, b in spans),
-        recompile_s=recompile(step_walls, switch, tokens_per_step, tokens_per_s), jobs=len(spans),
+        recompile_s=recompile(step_walls, switch, tokens_per_step, tokens_per_s),
+        jobs=len(spans),
         switch_elapsed_s=elapsed(step_walls[switch], spans) if switch in step_walls else None,
         passkey_curve=[(s, elapsed(w, spans), v) for s, (w, v) in sorted(val.get("val/passkey_acc", {}).items())],
     )
@@ -166,14 +173,21 @@ def recompile(step_walls: dict[int, float], switch: int | None, tokens_per_step:
 
 def steady_state(records: list[dict], arm: str, steps: int, switch: int | None):
     """Per phase: steps x mean step time of the ThroughputRecorder windows, and tokens/s; None if unmeasured."""
-    step_counts = {"lighthouse": switch or 0, "dense": steps - (switch or 0)} if arm == "lighthouse" else \
-        {"lighthouse": 0, "dense": steps}
+    step_counts = (
+        {"lighthouse": switch or 0, "dense": steps - (switch or 0)}
+        if arm == "lighthouse"
+        else {"lighthouse": 0, "dense": steps}
+    )
     train_s, tokens_per_s = {}, {}
     for ph in PHASES:
         if step_counts[ph] == 0:
             continue
-        mine = [r for r in records if ("stage" in r and phase_of(arm, r["stage"]) == ph)
-                or ("stage" not in r and phase_of(arm, 1.0 if switch is None or r["step"] <= switch else 2.0) == ph)]
+        mine = [
+            r
+            for r in records
+            if ("stage" in r and phase_of(arm, r["stage"]) == ph)
+            or ("stage" not in r and phase_of(arm, 1.0 if switch is None or r["step"] <= switch else 2.0) == ph)
+        ]
         if not mine:
             train_s[ph] = tokens_per_s[ph] = None
             continue
@@ -219,8 +233,11 @@ def bucket_start(name: str) -> int:
 
 
 def paired_table(plan: dict, by: dict, seeds: list[int]) -> list[str]:
-    rows = ["| seed | dense | Lighthouse + recovery | paired difference (LH - dense) | wall min, dense | "
-            "wall min, LH | speed-up, measured | speed-up, training only |", "|---" * 8 + "|"]
+    rows = [
+        "| seed | dense | Lighthouse + recovery | paired difference (LH - dense) | wall min, dense | "
+        "wall min, LH | speed-up, measured | speed-up, training only |",
+        "|---" * 8 + "|",
+    ]
     diffs, speed, speed_train = [], [], []
     for s in seeds:
         d, lh = by[("dense", s)], by[("lighthouse", s)]
@@ -228,24 +245,32 @@ def paired_table(plan: dict, by: dict, seeds: list[int]) -> list[str]:
         speed.append(d.total_wall_s / lh.total_wall_s)
         trained = None if None in (d.total_train_s, lh.total_train_s) else d.total_train_s / lh.total_train_s
         speed_train.append(trained)
-        rows.append(f"| {s} | {f(d.final_loss)} | {f(lh.final_loss)} | {diffs[-1]:+.4f} | {minutes(d.total_wall_s)} "
-                    f"| {minutes(lh.total_wall_s)} | {ratio(speed[-1])} | {ratio(trained)} |")
+        rows.append(
+            f"| {s} | {f(d.final_loss)} | {f(lh.final_loss)} | {diffs[-1]:+.4f} | {minutes(d.total_wall_s)} "
+            f"| {minutes(lh.total_wall_s)} | {ratio(speed[-1])} | {ratio(trained)} |"
+        )
     mean, spread = mean_spread(diffs)
     known = [x for x in speed_train if x is not None]
-    rows.append(f"| mean | {f(statistics.fmean(by[('dense', s)].final_loss for s in seeds))} | "
-                f"{f(statistics.fmean(by[('lighthouse', s)].final_loss for s in seeds))} | {mean:+.4f} "
-                f"(spread {f(spread)}) | | | {ratio(statistics.fmean(speed))} | "
-                f"{ratio(statistics.fmean(known) if known else None)} |")
+    rows.append(
+        f"| mean | {f(statistics.fmean(by[('dense', s)].final_loss for s in seeds))} | "
+        f"{f(statistics.fmean(by[('lighthouse', s)].final_loss for s in seeds))} | {mean:+.4f} "
+        f"(spread {f(spread)}) | | | {ratio(statistics.fmean(speed))} | "
+        f"{ratio(statistics.fmean(known) if known else None)} |"
+    )
     if spread is None:
         call = "one seed: no spread to compare the difference with, so no call is made."
     elif abs(mean) > spread:
-        call = (f"the mean paired difference {mean:+.4f} exceeds the seed spread {spread:.4f}: Lighthouse + "
-                f"recovery is {'better' if mean < 0 else 'worse'} than dense at {plan['steps']} steps.")
+        call = (
+            f"the mean paired difference {mean:+.4f} exceeds the seed spread {spread:.4f}: Lighthouse + "
+            f"recovery is {'better' if mean < 0 else 'worse'} than dense at {plan['steps']} steps."
+        )
     else:
-        call = (f"the mean paired difference {mean:+.4f} lies within the seed spread {spread:.4f}: no call "
-                f"either way.")
-    return rows + ["", f"Final `val/loss_dense` at step {plan['steps']}; spread = sample standard deviation of "
-                   f"the paired differences over {len(seeds)} seed(s). Result: {call}"]
+        call = f"the mean paired difference {mean:+.4f} lies within the seed spread {spread:.4f}: no call either way."
+    return rows + [
+        "",
+        f"Final `val/loss_dense` at step {plan['steps']}; spread = sample standard deviation of "
+        f"the paired differences over {len(seeds)} seed(s). Result: {call}",
+    ]
 
 
 def mean_or_none(values: list[float | None]) -> float | None:
@@ -253,9 +278,12 @@ def mean_or_none(values: list[float | None]) -> float | None:
 
 
 def phase_tables(runs_by_arm: dict[str, list[Run]]) -> list[str]:
-    rows = ["| arm | Lighthouse phase, min | dense phase, min | total, min | of which validation | start-up and first "
-            "step | recompilation at the switch | jobs | training only: Lighthouse, min | dense, min | total, min | "
-            "tokens/s: Lighthouse | tokens/s: dense |", "|---" * 13 + "|"]
+    rows = [
+        "| arm | Lighthouse phase, min | dense phase, min | total, min | of which validation | start-up and first "
+        "step | recompilation at the switch | jobs | training only: Lighthouse, min | dense, min | total, min | "
+        "tokens/s: Lighthouse | tokens/s: dense |",
+        "|---" * 13 + "|",
+    ]
     for arm, runs in runs_by_arm.items():
         wall = [mean_or_none([r.wall_s[ph] for r in runs]) if ph in runs[0].train_s else None for ph in PHASES]
         train = [mean_or_none([r.train_s.get(ph) for r in runs]) for ph in PHASES]
@@ -263,58 +291,92 @@ def phase_tables(runs_by_arm: dict[str, list[Run]]) -> list[str]:
         total = mean_or_none([r.total_wall_s for r in runs])
         validation = mean_or_none([r.validation_s / r.total_wall_s for r in runs])
         startup, switch = (mean_or_none([getattr(r, k) for r in runs]) for k in ("startup_s", "recompile_s"))
-        cells = [ARM_LABEL[arm], minutes(wall[0]), minutes(wall[1]), minutes(total), f"{100 * validation:.1f} %",
-                 f"{startup:.0f} s", "-" if switch is None else f"{switch:.0f} s",
-                 f"{statistics.fmean(r.jobs for r in runs):.1f}", minutes(train[0]), minutes(train[1]),
-                 minutes(mean_or_none([r.total_train_s for r in runs])), f(tps[0], 0), f(tps[1], 0)]
+        cells = [
+            ARM_LABEL[arm],
+            minutes(wall[0]),
+            minutes(wall[1]),
+            minutes(total),
+            f"{100 * validation:.1f} %",
+            f"{startup:.0f} s",
+            "-" if switch is None else f"{switch:.0f} s",
+            f"{statistics.fmean(r.jobs for r in runs):.1f}",
+            minutes(train[0]),
+            minutes(train[1]),
+            minutes(mean_or_none([r.total_train_s for r in runs])),
+            f(tps[0], 0),
+            f(tps[1], 0),
+        ]
         rows.append("| " + " | ".join(cells) + " |")
-    return rows + ["", "Means over seeds. Measured wall clock runs from each job's start to its exit (start-up, "
-                   "compilation, validation, checkpoints; the gaps between time-limited jobs are left out). "
-                   "Training only = steps x steady-state step time (ThroughputRecorder: no warm-up, validation, "
-                   "checkpointing or steps right after the switch)."]
+    return rows + [
+        "",
+        "Means over seeds. Measured wall clock runs from each job's start to its exit (start-up, "
+        "compilation, validation, checkpoints; the gaps between time-limited jobs are left out). "
+        "Training only = steps x steady-state step time (ThroughputRecorder: no warm-up, validation, "
+        "checkpointing or steps right after the switch).",
+    ]
 
 
 def passkey_tables(runs_by_arm: dict[str, list[Run]], digits: int) -> list[str]:
     out = []
     for arm, runs in runs_by_arm.items():
-        cells = sorted({t for r in runs for t in r.final_eval if t.startswith("val/passkey_cell/")},
-                       key=lambda t: (bucket_start(t.rsplit("/", 1)[1].split("_d")[0] + "-"), int(t.split("_d")[-1])))
+        cells = sorted(
+            {t for r in runs for t in r.final_eval if t.startswith("val/passkey_cell/")},
+            key=lambda t: (bucket_start(t.rsplit("/", 1)[1].split("_d")[0] + "-"), int(t.split("_d")[-1])),
+        )
         if not cells:
             continue
         lengths = sorted({t.rsplit("/", 1)[1].split("_d")[0] for t in cells}, key=lambda n: bucket_start(n + "-"))
         depths = sorted({int(t.split("_d")[-1]) for t in cells})
         mean = {t: statistics.fmean(r.final_eval[t] for r in runs if t in r.final_eval) for t in cells}
-        out += [f"**{ARM_LABEL[arm]}** (exact match per depth; last column exact / digit accuracy):", "",
-                "| length | " + " | ".join(f"depth {d} %" for d in depths) + " | all |",
-                "|---" * (len(depths) + 2) + "|"]
+        out += [
+            f"**{ARM_LABEL[arm]}** (exact match per depth; last column exact / digit accuracy):",
+            "",
+            "| length | " + " | ".join(f"depth {d} %" for d in depths) + " | all |",
+            "|---" * (len(depths) + 2) + "|",
+        ]
         for n in lengths:
-            per_length = [statistics.fmean(r.final_eval.get(f"val/passkey{k}/{n}", float("nan")) for r in runs)
-                          for k in ("_acc", "_digit_acc")]
-            out.append(f"| {n} | " + " | ".join(f(mean.get(f"val/passkey_cell/{n}_d{d:02d}"), 2) for d in depths)
-                       + f" | {per_length[0]:.2f} / {per_length[1]:.2f} |")
+            per_length = [
+                statistics.fmean(r.final_eval.get(f"val/passkey{k}/{n}", float("nan")) for r in runs)
+                for k in ("_acc", "_digit_acc")
+            ]
+            out.append(
+                f"| {n} | "
+                + " | ".join(f(mean.get(f"val/passkey_cell/{n}_d{d:02d}"), 2) for d in depths)
+                + f" | {per_length[0]:.2f} / {per_length[1]:.2f} |"
+            )
         exact = statistics.fmean(r.final_eval.get("val/passkey_acc", float("nan")) for r in runs)
         digit = statistics.fmean(r.final_eval.get("val/passkey_digit_acc", float("nan")) for r in runs)
         out += ["", f"All cells: exact {exact:.3f}, digit accuracy {digit:.3f}.", ""]
     if out:
-        out.append(f"Chance: digit accuracy 0.1, exact match 1e-{digits} ({digits}-digit keys). Greedy exact match "
-                   f"over the full vocabulary, scored in one teacher-forced forward (lighthouse/passkey.py).")
+        out.append(
+            f"Chance: digit accuracy 0.1, exact match 1e-{digits} ({digits}-digit keys). Greedy exact match "
+            f"over the full vocabulary, scored in one teacher-forced forward (lighthouse/passkey.py)."
+        )
     return out
 
 
 def bucket_table(runs_by_arm: dict[str, list[Run]]) -> list[str]:
-    tags = sorted({t for runs in runs_by_arm.values() for r in runs for t in r.last
-                   if t.startswith("val/loss_dense_pos/")}, key=bucket_start)
+    tags = sorted(
+        {t for runs in runs_by_arm.values() for r in runs for t in r.last if t.startswith("val/loss_dense_pos/")},
+        key=bucket_start,
+    )
     arms = list(runs_by_arm)
     rows = ["| positions | " + " | ".join(ARM_LABEL[a] for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
     for t in tags:
-        rows.append(f"| {t.rsplit('/', 1)[1]} | "
-                    + " | ".join(f(statistics.fmean(r.last[t] for r in runs_by_arm[a])) for a in arms) + " |")
+        rows.append(
+            f"| {t.rsplit('/', 1)[1]} | "
+            + " | ".join(f(statistics.fmean(r.last[t] for r in runs_by_arm[a])) for a in arms)
+            + " |"
+        )
     return rows
 
 
 def lookahead_table(runs: list[Run]) -> list[str]:
-    rows = ["| seed | at the switch: Lighthouse attention | dense | difference | at the end: Lighthouse attention | "
-            "dense | difference |", "|---" * 7 + "|"]
+    rows = [
+        "| seed | at the switch: Lighthouse attention | dense | difference | at the end: Lighthouse attention | "
+        "dense | difference |",
+        "|---" * 7 + "|",
+    ]
     for r in runs:
         sw, end = r.at_switch, r.final_eval
         cells = []
@@ -322,17 +384,27 @@ def lookahead_table(runs: list[Run]) -> list[str]:
             lh, dense = part.get("val/loss"), part.get("val/loss_dense")
             cells += [f(lh), f(dense), "-" if None in (lh, dense) else f"{lh - dense:+.4f}"]
         rows.append(f"| {r.seed} | " + " | ".join(cells) + " |")
-    return rows + ["", "The same weights validated with Lighthouse attention in the non-dense layers and with every "
-                   "layer dense: at the last validation at or before the switch, and for the final checkpoint "
-                   "(`final_eval/`). A negative difference is the look-ahead lowering the Lighthouse loss."]
+    return rows + [
+        "",
+        "The same weights validated with Lighthouse attention in the non-dense layers and with every "
+        "layer dense: at the last validation at or before the switch, and for the final checkpoint "
+        "(`final_eval/`). A negative difference is the look-ahead lowering the Lighthouse loss.",
+    ]
 
 
 # ---- plots ------------------------------------------------------------------------------------------------------
 COLORS = {"dense": "tab:blue", "lighthouse": "tab:orange"}
 
 
-def plot_curves(runs: list[Run], path: Path, x_of, xlabel: str, switch_x, curve=lambda r: r.curve,
-                ylabel: str = "validation loss, dense attention (nats/token)") -> None:
+def plot_curves(
+    runs: list[Run],
+    path: Path,
+    x_of,
+    xlabel: str,
+    switch_x,
+    curve=lambda r: r.curve,
+    ylabel: str = "validation loss, dense attention (nats/token)",
+) -> None:
     """``curve(run)`` of every run against ``x_of(run, step, elapsed)``, the switch of each Lighthouse run marked."""
     import matplotlib.pyplot as plt
 
@@ -345,8 +417,9 @@ def plot_curves(runs: list[Run], path: Path, x_of, xlabel: str, switch_x, curve=
         ax.plot(xs, [v for *_, v in curve(r)], marker="o", ms=3, color=COLORS[r.arm], alpha=0.85, label=label)
         x = switch_x(r)
         if x is not None:
-            ax.axvline(x, color=COLORS[r.arm], ls=":", lw=1,
-                       label="switch to dense" if "switch" not in labelled else None)
+            ax.axvline(
+                x, color=COLORS[r.arm], ls=":", lw=1, label="switch to dense" if "switch" not in labelled else None
+            )
             labelled.add("switch")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -366,8 +439,11 @@ def plot_throughput(runs_by_arm: dict[str, list[Run]], path: Path) -> None:
         for ph in PHASES:
             known = [r.tokens_per_s[ph] for r in runs if r.tokens_per_s.get(ph) is not None]
             if known:
-                names.append("dense arm" if arm == "dense" else
-                              f"Lighthouse arm, stage {1 if ph == 'lighthouse' else 2}\n({ph} attention)")
+                names.append(
+                    "dense arm"
+                    if arm == "dense"
+                    else f"Lighthouse arm, stage {1 if ph == 'lighthouse' else 2}\n({ph} attention)"
+                )
                 values.append(statistics.fmean(known))
                 colors.append(COLORS[ph])
     if not values:
@@ -388,8 +464,13 @@ def plot_buckets(runs_by_arm: dict[str, list[Run]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for arm, runs in runs_by_arm.items():
         tags = sorted({t for r in runs for t in r.last if t.startswith("val/loss_dense_pos/")}, key=bucket_start)
-        ax.plot(range(len(tags)), [statistics.fmean(r.last[t] for r in runs) for t in tags], marker="o",
-                color=COLORS[arm], label=ARM_LABEL[arm])
+        ax.plot(
+            range(len(tags)),
+            [statistics.fmean(r.last[t] for r in runs) for t in tags],
+            marker="o",
+            color=COLORS[arm],
+            label=ARM_LABEL[arm],
+        )
         ax.set_xticks(range(len(tags)), [t.rsplit("/", 1)[1] for t in tags])
     ax.set_xlabel("token positions in the window")
     ax.set_ylabel("final validation loss, dense")
@@ -411,7 +492,8 @@ def section(out: Path, report_dir: Path) -> list[str]:
     arch, data = config["model"]["arch"], config["data"]
     lh = arch["lighthouse"]
     lines = [
-        f"## {tag}", "",
+        f"## {tag}",
+        "",
         f"- Model: dim {arch['dim']}, {arch['n_layers']} layers, {arch['n_heads']} heads, SwiGLU {arch['ffn_hidden']}, "
         f"{data['tokenizer']} tokens, dense layers {arch['dense_layers']}; Lighthouse L={lh['levels']}, "
         f"p={lh['pooling_factor']}, K={lh['topk']}.",
@@ -420,7 +502,8 @@ def section(out: Path, report_dir: Path) -> list[str]:
         f"{plan['steps']} steps. Seeds {sorted({r.seed for r in runs})} (init and data order, paired). Passkey "
         f"documents: {data.get('passkey_fraction', 0.0):.0%} of training windows.",
         f"- Device: {plan.get('device', '?')}, torch {plan.get('torch', '?')}; started {plan.get('started', '?')}. "
-        f"Config `{plan['config']}`, validation every {plan['val_every']} steps.", "",
+        f"Config `{plan['config']}`, validation every {plan['val_every']} steps.",
+        "",
     ]
     if paired:
         lines += ["### Final validation loss (dense attention), paired by seed", ""] + paired_table(plan, by, paired)
@@ -432,16 +515,27 @@ def section(out: Path, report_dir: Path) -> list[str]:
         lines += ["", "### Look-ahead of Lighthouse validation", ""] + lookahead_table(runs_by_arm["lighthouse"])
     tokens = {r.arm: r.tokens_per_step for r in runs}
     plots = {
-        "val_loss_time": (lambda r, s, t: t / 60, "wall clock, minutes (jobs back to back)",
-                          lambda r: None if r.switch_elapsed_s is None else r.switch_elapsed_s / 60),
-        "val_loss_tokens": (lambda r, s, t: s * tokens[r.arm] / 1e6, "training tokens, millions",
-                            lambda r: None if r.switch_step is None else r.switch_step * tokens[r.arm] / 1e6),
+        "val_loss_time": (
+            lambda r, s, t: t / 60,
+            "wall clock, minutes (jobs back to back)",
+            lambda r: None if r.switch_elapsed_s is None else r.switch_elapsed_s / 60,
+        ),
+        "val_loss_tokens": (
+            lambda r, s, t: s * tokens[r.arm] / 1e6,
+            "training tokens, millions",
+            lambda r: None if r.switch_step is None else r.switch_step * tokens[r.arm] / 1e6,
+        ),
     }
     lines += ["", "### Plots", ""]
     for name, (x_of, label, switch_x) in plots.items():
         plot_curves(runs, report_dir / f"{tag}_{name}.png", x_of, label, switch_x)
-    plot_curves(runs, report_dir / f"{tag}_passkey.png", *plots["val_loss_tokens"], curve=lambda r: r.passkey_curve,
-                ylabel="passkey exact match at validation (dense)")
+    plot_curves(
+        runs,
+        report_dir / f"{tag}_passkey.png",
+        *plots["val_loss_tokens"],
+        curve=lambda r: r.passkey_curve,
+        ylabel="passkey exact match at validation (dense)",
+    )
     plot_throughput(runs_by_arm, report_dir / f"{tag}_tokens_per_sec.png")
     plot_buckets(runs_by_arm, report_dir / f"{tag}_loss_by_position.png")
     for name in ("val_loss_time", "val_loss_tokens", "tokens_per_sec", "loss_by_position", "passkey"):
@@ -455,8 +549,13 @@ def build_report(outs: list[Path], report_dir: Path) -> Path:
 
     matplotlib.use("Agg")
     report_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["# Lighthouse + recovery vs dense", "", "Built by `python bench/compare.py report` from the run "
-             "directories of `bench/compare.py run`. Arms are compared on the dense validation loss.", ""]
+    lines = [
+        "# Lighthouse + recovery vs dense",
+        "",
+        "Built by `python bench/compare.py report` from the run "
+        "directories of `bench/compare.py run`. Arms are compared on the dense validation loss.",
+        "",
+    ]
     for out in outs:
         lines += section(out, report_dir) + [""]
     path = report_dir / "README.md"

@@ -13,8 +13,11 @@ from lighthouse.checkpoint_io import AtomicCheckpointIO, CheckpointError
 
 
 def checkpoint(step: int, value: float = 1.0) -> dict:
-    return {"global_step": step, "state_dict": {"w": torch.full((64, 64), value)},
-            "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(64, 64)}}}]}
+    return {
+        "global_step": step,
+        "state_dict": {"w": torch.full((64, 64), value)},
+        "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(64, 64)}}}],
+    }
 
 
 def save(folder, name: str, step: int, value: float = 1.0):
@@ -55,8 +58,11 @@ def test_damaged_checkpoint_is_refused_on_load(tmp_path, damage):
 
 
 def test_garbage_error_names_the_file_and_never_suggests_weights_only_false(tmp_path):
-    for name, content in [("garbage.ckpt", os.urandom(4096)), ("text.ckpt", b"not a checkpoint\n"),
-                          ("empty.ckpt", b"")]:
+    for name, content in [
+        ("garbage.ckpt", os.urandom(4096)),
+        ("text.ckpt", b"not a checkpoint\n"),
+        ("empty.ckpt", b""),
+    ]:
         (tmp_path / name).write_bytes(content)
         with pytest.raises(CheckpointError, match=f"cannot load checkpoint .*{name}: it is damaged") as info:
             AtomicCheckpointIO().load_checkpoint(tmp_path / name)
@@ -132,8 +138,11 @@ def test_orphaned_temporary_files_are_removed(tmp_path):
         (tmp_path / name).write_bytes(b"\0" * 1000)
     (tmp_path / "notes.txt").write_text("not ours")
     removed = remove_orphans(tmp_path)
-    assert sorted(p.name for p in removed) == ["last.ckpt.sha256.tmp-4242", "last.ckpt.tmp-4242",
-                                               "step000004.ckpt.tmp-77"]
+    assert sorted(p.name for p in removed) == [
+        "last.ckpt.sha256.tmp-4242",
+        "last.ckpt.tmp-4242",
+        "step000004.ckpt.tmp-77",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256", "notes.txt"]
     assert verify(keep).status == "ok"
 

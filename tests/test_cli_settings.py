@@ -19,20 +19,31 @@ def printed_config(capsys, *args: str, config: str = DEMO) -> dict:
 
 
 def test_stage_switch_and_throughput_settings_are_flags(capsys):
-    printed = printed_config(capsys, "--stage.switch_step", "10", "--stage.rewarmup_steps", "5",
-                             "--throughput.window", "3")
+    printed = printed_config(
+        capsys, "--stage.switch_step", "10", "--stage.rewarmup_steps", "5", "--throughput.window", "3"
+    )
     assert printed["stage"] == {"switch_step": 10, "stage2_backend": "sdpa", "rewarmup_steps": 5}
     assert printed["throughput"] == {"window": 3, "skip_steps": 3, "peak_tflops": None}
 
 
 def test_flavor_by_name_and_explicit_fields_win(capsys):
     # lh_64k.yaml names the paper flavor and leaves the sizes null
-    printed = printed_config(capsys, "--model.arch.flavor", "small", "--model.arch.n_layers", "12",
-                             config=str(REPO / "configs" / "lh_64k.yaml"))
+    printed = printed_config(
+        capsys,
+        "--model.arch.flavor",
+        "small",
+        "--model.arch.n_layers",
+        "12",
+        config=str(REPO / "configs" / "lh_64k.yaml"),
+    )
     arch = ModelConfig(**printed["model"]["arch"], max_seq_len=printed["data"]["seq_len"])
     small = model_flavor("small")
-    assert (arch.dim, arch.n_heads, arch.ffn_hidden, arch.dense_layers) == (small.dim, small.n_heads,
-                                                                           small.ffn_hidden, small.dense_layers)
+    assert (arch.dim, arch.n_heads, arch.ffn_hidden, arch.dense_layers) == (
+        small.dim,
+        small.n_heads,
+        small.ffn_hidden,
+        small.dense_layers,
+    )
     assert arch.n_layers == 12
     with pytest.raises(ValueError, match=r"flavor='huge' is not one of \['debug', 'paper', 'paper_1m', 'small'\]"):
         ModelConfig(flavor="huge")
@@ -50,5 +61,16 @@ def test_grouped_callbacks_are_refused_in_trainer_callbacks(tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "lighthouse.callbacks.StageSwitch"}]}}))
     with pytest.raises(ValueError, match="StageSwitch, which the CLI always adds: set its arguments as stage"):
-        main(["fit", "--config", DEMO, "--config", str(extra), "--trainer.logger", "false",
-              "--trainer.default_root_dir", str(tmp_path / "runs")])
+        main(
+            [
+                "fit",
+                "--config",
+                DEMO,
+                "--config",
+                str(extra),
+                "--trainer.logger",
+                "false",
+                "--trainer.default_root_dir",
+                str(tmp_path / "runs"),
+            ]
+        )

@@ -30,13 +30,28 @@ def tiny_compare_config(folder: Path) -> Path:
     config = yaml.safe_load(CONFIGS[0].read_text())
     config["trainer"].update(accelerator="cpu", precision="32-true", enable_model_summary=False)
     config["throughput"].update(window=1, skip_steps=1)
-    config["model"]["arch"].update(dim=32, n_layers=3, n_heads=2, ffn_hidden=64, attention="lighthouse_naive",
-                                   dense_layers=[0], lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128},
-                                   activation_checkpointing=False)
-    config["model"].update(warmup_steps=2, compile=False,
-                           passkey={"lengths": [256, 512], "depths": [0.25, 0.75], "samples": 1})
-    config["data"].update(corpus=str(write_text_corpus(folder / "corpus")), data_dir=str(folder / "data"),
-                          seq_len=512, batch_size=2, num_workers=0, val_batches=1, progress=False)
+    config["model"]["arch"].update(
+        dim=32,
+        n_layers=3,
+        n_heads=2,
+        ffn_hidden=64,
+        attention="lighthouse_naive",
+        dense_layers=[0],
+        lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128},
+        activation_checkpointing=False,
+    )
+    config["model"].update(
+        warmup_steps=2, compile=False, passkey={"lengths": [256, 512], "depths": [0.25, 0.75], "samples": 1}
+    )
+    config["data"].update(
+        corpus=str(write_text_corpus(folder / "corpus")),
+        data_dir=str(folder / "data"),
+        seq_len=512,
+        batch_size=2,
+        num_workers=0,
+        val_batches=1,
+        progress=False,
+    )
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -53,9 +68,31 @@ def in_process(args: list[str], log: Path) -> int:
 
 
 def run_compare(config: Path, out: Path, *extra: str, runner=in_process) -> int:
-    return compare.main(["run", "--config", str(config), "--out", str(out), "--seeds", "0", "--steps", str(STEPS),
-                         "--share", str(SWITCH / STEPS), "--val-every", "4", "--eval-samples", "2",
-                         "--min-launch-minutes", "0", "--min-eval-minutes", "0", *extra], runner=runner)
+    return compare.main(
+        [
+            "run",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--seeds",
+            "0",
+            "--steps",
+            str(STEPS),
+            "--share",
+            str(SWITCH / STEPS),
+            "--val-every",
+            "4",
+            "--eval-samples",
+            "2",
+            "--min-launch-minutes",
+            "0",
+            "--min-eval-minutes",
+            "0",
+            *extra,
+        ],
+        runner=runner,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +123,15 @@ def make_comparison(folder: Path) -> SimpleNamespace:
     straight = run_compare(config, folder / "straight", "--arms", "dense", runner=compare.subprocess_runner)
     report_dir = folder / "report"
     markdown = report.build_report([out], report_dir)
-    return SimpleNamespace(out=out, first=first, second=second, straight=straight, folder=folder,
-                           report_dir=report_dir, markdown=markdown.read_text())
+    return SimpleNamespace(
+        out=out,
+        first=first,
+        second=second,
+        straight=straight,
+        folder=folder,
+        report_dir=report_dir,
+        markdown=markdown.read_text(),
+    )
 
 
 def scalars(comparison, run: str, tag: str, out: str = "out") -> dict[int, float]:
@@ -105,7 +149,9 @@ def test_an_arm_stopped_for_time_resumes_with_the_same_losses(comparison):
     assert "max_steps=8` reached" in (comparison.folder / "straight" / "dense-seed0" / "launch-0.log").read_text()
     # Only the newest checkpoint is kept, and it is the final one.
     assert sorted(p.name for p in (comparison.out / "dense-seed0" / "checkpoints").iterdir()) == [
-        "step000008.ckpt", "step000008.ckpt.sha256"]  # and its checksum (lighthouse.checkpoint_files)
+        "step000008.ckpt",
+        "step000008.ckpt.sha256",
+    ]  # and its checksum (lighthouse.checkpoint_files)
 
 
 def flatten(tree, prefix=""):
@@ -118,11 +164,15 @@ def flatten(tree, prefix=""):
 
 @pytest.mark.slow
 def test_the_arms_are_paired_and_the_lighthouse_arm_switches_once(comparison):
-    dense, lighthouse = (flatten(yaml.safe_load((comparison.out / "configs" / f"{arm}-seed0.yaml").read_text()))
-                         for arm in compare.ARMS)
+    dense, lighthouse = (
+        flatten(yaml.safe_load((comparison.out / "configs" / f"{arm}-seed0.yaml").read_text())) for arm in compare.ARMS
+    )
     # Same seed (init and data order), data, schedule and steps: only the attention and the switch differ.
     assert {k for k in dense if dense[k] != lighthouse.get(k)} == {
-        "model.arch.attention", "stage.switch_step", "trainer.logger.init_args.name"}
+        "model.arch.attention",
+        "stage.switch_step",
+        "trainer.logger.init_args.name",
+    }
     stages = scalars(comparison, "lighthouse-seed0", "train/stage")
     assert [stages[s] for s in sorted(stages)] == [1.0] * SWITCH + [2.0] * (STEPS - SWITCH)
     assert set(scalars(comparison, "dense-seed0", "train/stage").values()) == {1.0}  # no switch in the dense arm
@@ -143,10 +193,11 @@ def test_dense_validation_loss_is_computed_only_where_it_differs(comparison):
 @pytest.mark.slow
 def test_final_evaluation_reproduces_the_last_validation(comparison):
     for run in ("dense-seed0", "lighthouse-seed0"):
-        final = {t: next(iter(logged_scalars(comparison.out / run / "final_eval", t).values()))
-                 for t in ("val/loss", "val/loss_dense", "val/passkey_digit_acc")}
-        assert final["val/loss_dense"] == pytest.approx(scalars(comparison, run, "val/loss_dense")[STEPS - 1],
-                                                        abs=1e-6)
+        final = {
+            t: next(iter(logged_scalars(comparison.out / run / "final_eval", t).values()))
+            for t in ("val/loss", "val/loss_dense", "val/passkey_digit_acc")
+        }
+        assert final["val/loss_dense"] == pytest.approx(scalars(comparison, run, "val/loss_dense")[STEPS - 1], abs=1e-6)
         if run.startswith("lighthouse"):  # evaluated with its stage-1 attention too: the look-ahead at the end
             assert final["val/loss"] != final["val/loss_dense"]
         assert (comparison.out / run / "final_eval" / "DONE").exists()
@@ -155,8 +206,24 @@ def test_final_evaluation_reproduces_the_last_validation(comparison):
 @pytest.mark.slow
 def test_passkey_command_scores_a_checkpoint_like_the_final_evaluation(comparison, capsys):
     ckpt = comparison.out / "dense-seed0" / "checkpoints" / "step000008.ckpt"
-    scores = passkey_main(["--ckpt", str(ckpt), "--lengths", "256", "512", "--depths", "0.25", "0.75",
-                           "--samples", "2", "--device", "cpu", "--json", str(comparison.folder / "pk.json")])
+    scores = passkey_main(
+        [
+            "--ckpt",
+            str(ckpt),
+            "--lengths",
+            "256",
+            "512",
+            "--depths",
+            "0.25",
+            "0.75",
+            "--samples",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            str(comparison.folder / "pk.json"),
+        ]
+    )
     final = comparison.out / "dense-seed0" / "final_eval"
     assert scores.accuracy()[1] == pytest.approx(next(iter(logged_scalars(final, "val/passkey_digit_acc").values())))
     assert "| 256 |" in capsys.readouterr().out
@@ -170,8 +237,12 @@ def test_report_holds_the_logged_numbers(comparison):
     lh_final = scalars(comparison, "lighthouse-seed0", "val/loss_dense")[STEPS - 1]
     assert f"| 0 | {d_final:.4f} | {lh_final:.4f} | {lh_final - d_final:+.4f} |" in md
     assert "one seed: no spread" in md
-    for section in ("Wall clock and throughput per phase", "Passkey retrieval", "Loss by position after recovery",
-                    "Look-ahead of Lighthouse validation"):
+    for section in (
+        "Wall clock and throughput per phase",
+        "Passkey retrieval",
+        "Loss by position after recovery",
+        "Look-ahead of Lighthouse validation",
+    ):
         assert section in md
     for name in ("val_loss_time", "val_loss_tokens", "tokens_per_sec", "loss_by_position", "passkey"):
         png = comparison.report_dir / f"cmp_{name}.png"
@@ -198,8 +269,9 @@ def test_report_splits_each_jobs_wall_clock_over_the_phases(comparison):
 @pytest.mark.parametrize("arm", compare.ARMS)
 def test_shipped_configs_make_paper_model_arms(path, arm, tmp_path, capsys):
     base = yaml.safe_load(path.read_text())
-    plan = compare.make_plan(compare.parse_args(["run", "--config", str(path), "--steps", str(base["trainer"]
-                                                                                            ["max_steps"])]))
+    plan = compare.make_plan(
+        compare.parse_args(["run", "--config", str(path), "--steps", str(base["trainer"]["max_steps"])])
+    )
     arm_path = tmp_path / "arm.yaml"
     arm_path.write_text(yaml.safe_dump(compare.arm_config(base, plan, arm, 1, tmp_path, deadline=0, reserve_s=60)))
     with pytest.raises(SystemExit) as info:
@@ -208,8 +280,11 @@ def test_shipped_configs_make_paper_model_arms(path, arm, tmp_path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     model = printed["model"]["arch"]
     assert (model["dim"], model["n_layers"], model["n_heads"], model["ffn_hidden"]) == (1024, 30, 8, 1536)
-    assert model["dense_layers"] == [0, 1, 28, 29] and model["lighthouse"] == {"levels": 3, "pooling_factor": 4,
-                                                                               "topk": 2048}
+    assert model["dense_layers"] == [0, 1, 28, 29] and model["lighthouse"] == {
+        "levels": 3,
+        "pooling_factor": 4,
+        "topk": 2048,
+    }
     assert model["attention"] == ("sdpa" if arm == "dense" else "lighthouse")
     assert printed["stage"]["switch_step"] == (None if arm == "dense" else round(0.625 * plan["steps"]))
     assert printed["seed_everything"] == printed["data"]["seed"] == 1
@@ -226,9 +301,13 @@ def test_validation_cadence_hits_the_switch_and_the_end():
 def test_time_budget_stops_before_the_deadline_with_a_checkpoint(tmp_path):
     saved = []
     now = [100.0]
-    trainer = SimpleNamespace(global_step=0, should_stop=False, save_checkpoint=saved.append,
-                              checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path)),
-                              strategy=SimpleNamespace(reduce_boolean_decision=lambda x, all: x))
+    trainer = SimpleNamespace(
+        global_step=0,
+        should_stop=False,
+        save_checkpoint=saved.append,
+        checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path)),
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda x, all: x),
+    )
     budget = TimeBudget(deadline=130.0, reserve_s=5.0, clock=lambda: now[0])
     budget.on_train_batch_start(trainer, None, None, 0)
     for step in range(1, 10):  # 4 s steps; at t=124 (step 6) the next would end at 128, + 5 s reserve > 130
@@ -245,9 +324,24 @@ def test_time_budget_stops_before_the_deadline_with_a_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_a_comparison_folder_refuses_other_settings(comparison):
-    args = ["run", "--config", str(comparison.folder / "tiny.yaml"), "--out", str(comparison.out), "--steps", "16",
-            "--share", "0.5", "--val-every", "4"]
+    args = [
+        "run",
+        "--config",
+        str(comparison.folder / "tiny.yaml"),
+        "--out",
+        str(comparison.out),
+        "--steps",
+        "16",
+        "--share",
+        "0.5",
+        "--val-every",
+        "4",
+    ]
     with pytest.raises(ValueError, match="holds a comparison with other settings \\(steps"):
         compare.main(args, runner=in_process)
-    assert torch.load(comparison.out / "lighthouse-seed0" / "checkpoints" / "step000008.ckpt",
-                      weights_only=True)["global_step"] == STEPS
+    assert (
+        torch.load(comparison.out / "lighthouse-seed0" / "checkpoints" / "step000008.ckpt", weights_only=True)[
+            "global_step"
+        ]
+        == STEPS
+    )

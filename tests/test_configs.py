@@ -50,8 +50,9 @@ def test_recovery_twin_differs_in_few_lines(stage1, stage2):
     assert changed_lines(stage1, stage2) == 3  # max_steps, model.arch.attention, stage.switch_step
 
 
-@pytest.mark.parametrize("name, seq_len", [("lh_16k", 16384), ("lh_128k", 131072), ("lh_256k", 262144),
-                                           ("lh_1m", 1048576)])
+@pytest.mark.parametrize(
+    "name, seq_len", [("lh_16k", 16384), ("lh_128k", 131072), ("lh_256k", 262144), ("lh_1m", 1048576)]
+)
 def test_long_context_configs_use_their_whole_top_k(name, seq_len, recwarn):
     """Each config picks a K its context can use whole (the model warns when tiles shrink it)."""
     from lighthouse.model import warn_if_topk_shrinks

@@ -21,8 +21,12 @@ def test_ddp_two_processes_match_one_process_with_same_global_batch(tmp_path):
 
     two = tiny_config(tmp_path / "two", "two", max_steps=6, every_n=6)
     two["data"]["batch_size"] = 1  # per rank: the global batch is 2 windows, as above
-    run_cli(tmp_path / "two", two, ["--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                                    "--trainer.strategy", "ddp"], "two")
+    run_cli(
+        tmp_path / "two",
+        two,
+        ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+        "two",
+    )
 
     a = logged_scalars(tmp_path / "one" / "logs" / "one", "train/loss")
     b = logged_scalars(tmp_path / "two" / "logs" / "two", "train/loss")

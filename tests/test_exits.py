@@ -19,8 +19,15 @@ def raising(error, after_start: bool = False):
     return fake_main
 
 
-@pytest.mark.parametrize("error, code", [(ValueError("bad value"), 2), (FileNotFoundError("no file"), 2),
-                                         (NonFiniteError("loss is nan"), 1), (SIGTERMException(), 143)])
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (ValueError("bad value"), 2),
+        (FileNotFoundError("no file"), 2),
+        (NonFiniteError("loss is nan"), 1),
+        (SIGTERMException(), 143),
+    ],
+)
 def test_exit_code_says_what_happened(error, code, capsys, monkeypatch):
     monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
     assert exits.run(raising(error)) == code
@@ -47,6 +54,7 @@ def test_train_py_prints_a_user_error_without_traceback(tmp_path):
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "batch_size=0 is invalid" in result.stderr and "Traceback" not in result.stderr
-    debug = subprocess.run(cmd, cwd=tmp_path, env={**env, "LIGHTHOUSE_DEBUG": "1"}, capture_output=True, text=True,
-                           timeout=300)
+    debug = subprocess.run(
+        cmd, cwd=tmp_path, env={**env, "LIGHTHOUSE_DEBUG": "1"}, capture_output=True, text=True, timeout=300
+    )
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "batch_size=0 is invalid" in debug.stderr

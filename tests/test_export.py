@@ -44,10 +44,30 @@ def test_folder_is_a_llama_with_our_sizes(exported):
     hf, tok = load_hf(folder)
     assert type(hf).__name__ == "LlamaForCausalLM"
     c = hf.config
-    got = (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
-           c.num_key_value_heads, c.head_dim, c.max_position_embeddings, c.rms_norm_eps, c.tie_word_embeddings)
-    assert got == (ours.vocab_size, ours.dim, ours.ffn_hidden, ours.n_layers, ours.n_heads, ours.n_kv_heads,
-                   ours.head_dim, ours.max_seq_len, ours.norm_eps, ours.tie_embeddings)
+    got = (
+        c.vocab_size,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.max_position_embeddings,
+        c.rms_norm_eps,
+        c.tie_word_embeddings,
+    )
+    assert got == (
+        ours.vocab_size,
+        ours.dim,
+        ours.ffn_hidden,
+        ours.n_layers,
+        ours.n_heads,
+        ours.n_kv_heads,
+        ours.head_dim,
+        ours.max_seq_len,
+        ours.norm_eps,
+        ours.tie_embeddings,
+    )
     theta = c.rope_parameters["rope_theta"] if hasattr(c, "rope_parameters") else c.rope_theta
     assert theta == ours.rope_theta == 1000.0
     weights = load_file(folder / "model.safetensors")
@@ -75,7 +95,7 @@ def test_greedy_generation_equals_transformers(exported):
     prompt = [256, *b"def main("]
     with torch.no_grad():
         hf_out = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)
-    expected = hf_out[0, len(prompt):].tolist()
+    expected = hf_out[0, len(prompt) :].tolist()
     assert len(expected) >= 10  # both stop at EOS; a model that stops at once would make the test vacuous
     assert list(generate_tokens(ours, prompt, 20, eos_id=tok.eos_token_id, use_cache=True)) == expected
     assert list(generate_tokens(ours, prompt, 20, eos_id=tok.eos_token_id, use_cache=False)) == expected
@@ -126,8 +146,9 @@ def test_cli_checkpoint_exports_with_its_own_tokenizer(tmp_path_factory, tmp_pat
     assert (provenance["stage"], provenance["recovered"], provenance["global_step"]) == (2, True, 4)
     tokens = prompt_batch(257)
     with torch.no_grad():
-        torch.testing.assert_close(hf(tokens).logits, dense_model(read_checkpoint(stage2))(tokens),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            hf(tokens).logits, dense_model(read_checkpoint(stage2))(tokens), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_stage1_checkpoint_exports_with_a_warning(tmp_path_factory, tmp_path):
@@ -138,8 +159,9 @@ def test_stage1_checkpoint_exports_with_a_warning(tmp_path_factory, tmp_path):
     hf, _ = load_hf(folder)
     tokens = prompt_batch(257)
     with torch.no_grad():
-        torch.testing.assert_close(hf(tokens).logits, dense_model(read_checkpoint(stage1))(tokens),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            hf(tokens).logits, dense_model(read_checkpoint(stage1))(tokens), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_dense_and_recovered_checkpoints_export_without_warning(tmp_path_factory, tmp_path):

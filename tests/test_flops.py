@@ -21,9 +21,17 @@ def test_gqa_counts_fewer_kv_weights():
 
 
 def test_lighthouse_layer_counts_selected_length():
-    config = ModelConfig(vocab_size=10, dim=8, n_layers=2, n_heads=2, ffn_hidden=16, max_seq_len=4096,
-                         attention="lighthouse_naive", dense_layers=[0],
-                         lighthouse=dict(levels=2, pooling_factor=4, topk=128))
+    config = ModelConfig(
+        vocab_size=10,
+        dim=8,
+        n_layers=2,
+        n_heads=2,
+        ffn_hidden=16,
+        max_seq_len=4096,
+        attention="lighthouse_naive",
+        dense_layers=[0],
+        lighthouse=dict(levels=2, pooling_factor=4, topk=128),
+    )
     n = 2048
     dense, actual = flops_per_token(config, seq_len=n, backends=["sdpa", "lighthouse_naive"])
     weights = 6 * matmul_params(config)
@@ -33,16 +41,20 @@ def test_lighthouse_layer_counts_selected_length():
     assert actual == pytest.approx(weights + per_layer_dense + 6 * 1024 * 1024 / n * 8)
 
 
-@pytest.mark.parametrize("name, tflops", [
-    ("NVIDIA H100 80GB HBM3", 989.4),  # SXM: Lightning's figure
-    ("NVIDIA H100 PCIe", 756.0),  # not the SXM figure
-    ("NVIDIA H100 NVL", 835.0),  # Lightning lists the sparse figure
-    ("NVIDIA H200", 989.0),  # Lightning finds no row for this name
-    ("NVIDIA H200 NVL", 835.0),
-    ("NVIDIA A100-SXM4-80GB", 312.0),
-    ("NVIDIA L40S", 362.0),  # Lightning reads it as an L4
-    ("Some Future GPU", None),
-], ids=lambda x: str(x).replace(" ", "_"))
+@pytest.mark.parametrize(
+    "name, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4),  # SXM: Lightning's figure
+        ("NVIDIA H100 PCIe", 756.0),  # not the SXM figure
+        ("NVIDIA H100 NVL", 835.0),  # Lightning lists the sparse figure
+        ("NVIDIA H200", 989.0),  # Lightning finds no row for this name
+        ("NVIDIA H200 NVL", 835.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA L40S", 362.0),  # Lightning reads it as an L4
+        ("Some Future GPU", None),
+    ],
+    ids=lambda x: str(x).replace(" ", "_"),
+)
 def test_dense_bf16_peak_per_device(monkeypatch, name, tflops):
     import torch
 
@@ -64,4 +76,8 @@ def test_peak_override_and_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert peak_flops_per_device() is None
     assert [compute_dtype(p) for p in ("bf16-mixed", "16-mixed", "32-true", "64")] == [
-        torch.bfloat16, torch.float16, torch.float32, torch.float64]
+        torch.bfloat16,
+        torch.float16,
+        torch.float32,
+        torch.float64,
+    ]

@@ -15,8 +15,19 @@ from lighthouse.model import Transformer
 
 def tiny_model(**overrides) -> Transformer:
     torch.manual_seed(0)
-    config = ModelConfig(**{"vocab_size": 257, "dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
-                            "ffn_hidden": 64, "max_seq_len": 16, "rope_theta": 100.0, **overrides})
+    config = ModelConfig(
+        **{
+            "vocab_size": 257,
+            "dim": 32,
+            "n_layers": 2,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "ffn_hidden": 64,
+            "max_seq_len": 16,
+            "rope_theta": 100.0,
+            **overrides,
+        }
+    )
     return Transformer(config).eval()
 
 
@@ -39,8 +50,12 @@ def test_cached_logits_equal_full_recompute(chunks, kv_heads):
 
 
 def test_cache_is_dense_whatever_the_training_backend():
-    sparse = tiny_model(attention="lighthouse_naive", max_seq_len=512, dense_layers=[0],
-                        lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128})
+    sparse = tiny_model(
+        attention="lighthouse_naive",
+        max_seq_len=512,
+        dense_layers=[0],
+        lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128},
+    )
     dense = tiny_model(max_seq_len=512, dense_layers=[0])  # same seed: same weights
     tokens = torch.randint(0, 257, (1, 20), generator=torch.Generator().manual_seed(2))
     cache = KVCache(sparse.config, 1, 20, "cpu", torch.float32)

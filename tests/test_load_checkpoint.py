@@ -79,8 +79,16 @@ def test_load_from_checkpoint_on_every_shipped_config(tmp_path, config_file):
     (Triton included, never run here), activation checkpointing, compile and 65536 contexts all load."""
     config = yaml.safe_load((REPO / "configs" / config_file).read_text())
     model_args = dict(config["model"])
-    arch = {**model_args.pop("arch"), "dim": 32, "n_heads": 2, "n_kv_heads": None, "head_dim": None,
-            "ffn_hidden": 64, "n_layers": 4, "max_seq_len": config["data"]["seq_len"]}
+    arch = {
+        **model_args.pop("arch"),
+        "dim": 32,
+        "n_heads": 2,
+        "n_kv_heads": None,
+        "head_dim": None,
+        "ffn_hidden": 64,
+        "n_layers": 4,
+        "max_seq_len": config["data"]["seq_len"],
+    }
     arch["dense_layers"] = [i for i in (0, 3) if arch.get("dense_layers")]
     model_args.pop("optimizer", None)
     module = LitLM(ModelConfig(**arch), **model_args)
@@ -106,8 +114,10 @@ def test_tokenizer_of_an_old_bpe_checkpoint_is_found_by_fingerprint(tmp_path):
     (tmp_path / "tokenizers").mkdir()
     byte_tokenizer().save(tmp_path / "tokenizers" / "decoy.json")
     tok.save(tmp_path / "tokenizers" / "bpe280-corpus-abc.json")
-    checkpoint = {"LMDataModule": {"tokenizer_fingerprint": tok.fingerprint},
-                  "datamodule_hyper_parameters": {"tokenizer": "bpe:280", "data_dir": str(tmp_path)}}
+    checkpoint = {
+        "LMDataModule": {"tokenizer_fingerprint": tok.fingerprint},
+        "datamodule_hyper_parameters": {"tokenizer": "bpe:280", "data_dir": str(tmp_path)},
+    }
     assert saved_tokenizer(checkpoint).fingerprint == tok.fingerprint
     with pytest.raises(ValueError, match="fingerprint"):
         saved_tokenizer(checkpoint, override="byte")  # the wrong tokenizer is refused

@@ -12,8 +12,16 @@ from lighthouse.model import Transformer
 
 
 def tiny(**overrides) -> ModelConfig:
-    base = dict(vocab_size=61, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden=80, max_seq_len=64,
-                activation_checkpointing=True)
+    base = dict(
+        vocab_size=61,
+        dim=32,
+        n_layers=3,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_hidden=80,
+        max_seq_len=64,
+        activation_checkpointing=True,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
@@ -37,9 +45,15 @@ def twins(**options) -> tuple[Transformer, Transformer]:
 TOKENS = torch.randint(0, 61, (2, 47), generator=torch.Generator().manual_seed(1))  # N=46: no chunk divides it
 
 
-@pytest.mark.parametrize("options", [dict(checkpoint_offload=True), dict(mlp_chunk_tokens=7),
-                                     dict(activation_checkpointing=False, mlp_chunk_tokens=16)],
-                         ids=["offload", "mlp-chunk7", "mlp-chunk16-no-ac"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(checkpoint_offload=True),
+        dict(mlp_chunk_tokens=7),
+        dict(activation_checkpointing=False, mlp_chunk_tokens=16),
+    ],
+    ids=["offload", "mlp-chunk7", "mlp-chunk16-no-ac"],
+)
 def test_option_gives_the_plain_loss_and_gradients(options):
     plain, other = twins(**options)
     loss, grads = loss_and_grads(plain, TOKENS)
@@ -55,8 +69,9 @@ def test_bf16_block_inputs_recompute_exactly_and_stay_within_bf16_noise():
     loss, _ = loss_and_grads(plain, TOKENS)
     loss_b, grads_b = loss_and_grads(other, TOKENS)
     # The same function without checkpointing: round the residual to bf16 at every block boundary by hand.
-    reference = Transformer(dataclasses.replace(other.config, activation_checkpointing=False,
-                                                checkpoint_dtype="float32"))
+    reference = Transformer(
+        dataclasses.replace(other.config, activation_checkpointing=False, checkpoint_dtype="float32")
+    )
     reference.load_state_dict(other.state_dict())
     reference.zero_grad(set_to_none=True)
     x = reference.tok_embeddings(TOKENS[:, :-1])
@@ -136,13 +151,17 @@ def test_lit_module_loss_chunking_gives_the_same_losses():
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(activation_checkpointing=False, checkpoint_dtype="bfloat16"), "set model.arch.activation_checkpointing"),
-    (dict(checkpoint_offload=True, activation_checkpointing=False), "set model.arch.activation_checkpointing"),
-    (dict(checkpoint_dtype="float16"), "checkpoint_dtype='float16' is not one of"),
-    (dict(mlp_chunk_tokens=0), "mlp_chunk_tokens=0 is invalid"),
-    (dict(loss_chunk_tokens=-4), "loss_chunk_tokens=-4 is invalid"),
-], ids=["dtype-without-ac", "offload-without-ac", "dtype", "mlp-chunk", "loss-chunk"])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(activation_checkpointing=False, checkpoint_dtype="bfloat16"), "set model.arch.activation_checkpointing"),
+        (dict(checkpoint_offload=True, activation_checkpointing=False), "set model.arch.activation_checkpointing"),
+        (dict(checkpoint_dtype="float16"), "checkpoint_dtype='float16' is not one of"),
+        (dict(mlp_chunk_tokens=0), "mlp_chunk_tokens=0 is invalid"),
+        (dict(loss_chunk_tokens=-4), "loss_chunk_tokens=-4 is invalid"),
+    ],
+    ids=["dtype-without-ac", "offload-without-ac", "dtype", "mlp-chunk", "loss-chunk"],
+)
 def test_invalid_memory_options_name_the_field(overrides, match):
     with pytest.raises(ValueError, match=match):
         tiny(**overrides)
@@ -151,8 +170,12 @@ def test_invalid_memory_options_name_the_field(overrides, match):
 def test_model_warns_once_when_the_context_shrinks_the_top_k():
     import warnings
 
-    config = tiny(attention="lighthouse_naive", activation_checkpointing=False, max_seq_len=4096,
-                  lighthouse=dict(levels=3, pooling_factor=4, topk=1024))
+    config = tiny(
+        attention="lighthouse_naive",
+        activation_checkpointing=False,
+        max_seq_len=4096,
+        lighthouse=dict(levels=3, pooling_factor=4, topk=1024),
+    )
     with pytest.warns(UserWarning, match=r"topk=1024 does not fit 4096 positions.*effective top-k of 256"):
         Transformer(config)
     with warnings.catch_warnings():

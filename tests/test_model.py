@@ -78,8 +78,15 @@ def test_rope_preserves_norm_and_relative_position():
 
 
 def test_set_attention_backend_keeps_dense_layers():
-    model = Transformer(tiny(n_layers=4, dense_layers=[0, 3], attention="lighthouse_naive", max_seq_len=512,
-                             lighthouse=dict(levels=2, pooling_factor=4, topk=128)))
+    model = Transformer(
+        tiny(
+            n_layers=4,
+            dense_layers=[0, 3],
+            attention="lighthouse_naive",
+            max_seq_len=512,
+            lighthouse=dict(levels=2, pooling_factor=4, topk=128),
+        )
+    )
     assert model.attention_backends == ["sdpa", "lighthouse_naive", "lighthouse_naive", "sdpa"]
     model.set_attention_backend("sdpa")
     assert model.attention_backends == ["sdpa"] * 4
@@ -162,8 +169,14 @@ def test_weight_decay_groups_by_name():
     decay, keep = module.parameter_groups()
     names = {id(p): n for n, p in module.model.named_parameters()}
     assert sorted(names[id(p)] for p in keep) == sorted(
-        ["layers.0.attention_norm.weight", "layers.0.ffn_norm.weight", "layers.1.attention_norm.weight",
-         "layers.1.ffn_norm.weight", "norm.weight"])
+        [
+            "layers.0.attention_norm.weight",
+            "layers.0.ffn_norm.weight",
+            "layers.1.attention_norm.weight",
+            "layers.1.ffn_norm.weight",
+            "norm.weight",
+        ]
+    )
     assert len(decay) + len(keep) == len(list(module.model.parameters()))
     # A sharded rank sees empty 1-D views of parameters it does not own: the groups must not change.
     with torch.no_grad():

@@ -41,8 +41,9 @@ def test_pyproject_declares_the_extras_and_the_console_script():
 
 
 def test_makefile_installs_the_pinned_torch_and_reinstalls_when_it_changes(tmp_path):
-    plan = subprocess.run(["make", "-n", "setup", f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    plan = subprocess.run(
+        ["make", "-n", "setup", f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert plan.returncode == 0, plan.stderr
     assert f'"torch=={torch_pin()}"' in plan.stdout
     assert f".torch-{torch_pin()}-" in plan.stdout  # the stamp .installed depends on carries the version
@@ -60,9 +61,14 @@ def test_environment_yml_installs_the_project_after_the_pinned_torch():
 def test_console_script_shows_field_documentation():
     """What `lighthouse fit --help` prints: the dataclass field docs and the stage switch's own group."""
     code = "import sys; from lighthouse.cli import entry_point; sys.argv = ['lighthouse', *sys.argv[1:]]; entry_point()"
-    result = subprocess.run([sys.executable, "-c", code, "fit", "--config", "configs/demo.yaml", "--help"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200"})
+    result = subprocess.run(
+        [sys.executable, "-c", code, "fit", "--config", "configs/demo.yaml", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     help_text = " ".join(result.stdout.split())
     assert "--model.arch.dim DIM Model (residual stream) width" in help_text

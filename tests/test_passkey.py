@@ -71,8 +71,9 @@ def test_document_has_exact_length_and_key_at_depth(length, depth):
     assert BYTES.decode(doc).endswith("What is the pass key? The pass key is 07310")
     # The filler is kept whole and in order around the needle.
     needle_len = sum(map(len, fmt.needle)) + 2 * 5
-    np.testing.assert_array_equal(np.concatenate([doc[:start], doc[start + needle_len : start + needle_len
-                                                                     + filler_len - start]]), filler)
+    np.testing.assert_array_equal(
+        np.concatenate([doc[:start], doc[start + needle_len : start + needle_len + filler_len - start]]), filler
+    )
 
 
 def test_eval_prompts_cover_the_grid_with_validation_keys():
@@ -133,13 +134,16 @@ def test_tokenizer_that_splits_a_digit_is_refused():
         PromptFormat.from_tokenizer(TwoTokenSeven(), 5)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(lengths=[50]), "lengths=\\[50\\] must be a non-empty list of integers in \\[1"),
-    (dict(lengths=[8192]), "lengths=\\[8192\\] must be .* 4096\\]"),
-    (dict(depths=[1.5]), "depths=\\[1.5\\] must be a non-empty list of fractions in \\[0, 1\\]"),
-    (dict(samples=0), "samples=0 must be an integer >= 1"),
-    (dict(key_digits=0), "key_digits=0 must be an integer in \\[1, 18\\]"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(lengths=[50]), "lengths=\\[50\\] must be a non-empty list of integers in \\[1"),
+        (dict(lengths=[8192]), "lengths=\\[8192\\] must be .* 4096\\]"),
+        (dict(depths=[1.5]), "depths=\\[1.5\\] must be a non-empty list of fractions in \\[0, 1\\]"),
+        (dict(samples=0), "samples=0 must be an integer >= 1"),
+        (dict(key_digits=0), "key_digits=0 must be an integer in \\[1, 18\\]"),
+    ],
+)
 def test_bad_passkey_settings_are_refused_by_the_module(bad, message):
     arch = ModelConfig(vocab_size=257, dim=32, n_layers=2, n_heads=2, ffn_hidden=64, max_seq_len=4096)
     with pytest.raises(ValueError, match="model.passkey." + message):
@@ -170,8 +174,12 @@ class InductionCopy(torch.nn.Module):
 
 
 def small_eval(samples=2, lengths=(300, 700)):
-    return PasskeyEval(PasskeyConfig(lengths=list(lengths), depths=[0.0, 0.5, 1.0], samples=samples), BYTES,
-                       filler_source(), max_len=1024)
+    return PasskeyEval(
+        PasskeyConfig(lengths=list(lengths), depths=[0.0, 0.5, 1.0], samples=samples),
+        BYTES,
+        filler_source(),
+        max_len=1024,
+    )
 
 
 def test_a_model_that_copies_the_key_scores_one():
@@ -210,8 +218,12 @@ def test_prompts_split_over_ranks_sum_to_the_whole_with_equal_forwards():
 def test_an_untrained_model_scores_at_chance():
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=257, dim=32, n_layers=2, n_heads=2, ffn_hidden=64, max_seq_len=512))
-    evaluator = PasskeyEval(PasskeyConfig(lengths=[160, 256], depths=[0.0, 0.25, 0.5, 0.75, 1.0], samples=20), BYTES,
-                            filler_source(), max_len=512)
+    evaluator = PasskeyEval(
+        PasskeyConfig(lengths=[160, 256], depths=[0.0, 0.25, 0.5, 0.75, 1.0], samples=20),
+        BYTES,
+        filler_source(),
+        max_len=512,
+    )
     scores = evaluator.run(model.eval(), torch.device("cpu"))
     trials = len(evaluator.prompts) * 5
     exact, digit = scores.accuracy()
@@ -240,9 +252,17 @@ def test_mixed_training_stream_resumes_exactly_and_leaves_validation_alone(tmp_p
     corpus = write_text_corpus(tmp_path / "corpus", n_docs=8)
 
     def datamodule(fraction):
-        return LMDataModule(seq_len=256, batch_size=2, corpus=str(corpus), data_dir=str(tmp_path / "data"),
-                            progress=False, val_fraction=0.25, val_batches=2, tokenize_workers=1,
-                            passkey_fraction=fraction)
+        return LMDataModule(
+            seq_len=256,
+            batch_size=2,
+            corpus=str(corpus),
+            data_dir=str(tmp_path / "data"),
+            progress=False,
+            val_fraction=0.25,
+            val_batches=2,
+            tokenize_workers=1,
+            passkey_fraction=fraction,
+        )
 
     mixed, plain = datamodule(0.5), datamodule(0.0)
     batches = [mixed.train_dataset().batch(g)["tokens"] for g in range(6)]
@@ -260,8 +280,9 @@ def test_mixed_training_stream_resumes_exactly_and_leaves_validation_alone(tmp_p
     resumed = mixed.train_dataset()
     resumed.start_window = 4
     assert all(torch.equal(resumed.batch(g)["tokens"], batches[g + 2]) for g in range(4))
-    assert all(torch.equal(a["tokens"], b["tokens"]) for a, b in zip(mixed.val_dataset(), plain.val_dataset(),
-                                                                     strict=True))
+    assert all(
+        torch.equal(a["tokens"], b["tokens"]) for a, b in zip(mixed.val_dataset(), plain.val_dataset(), strict=True)
+    )
 
 
 def test_bad_passkey_fraction_is_refused(tmp_path):

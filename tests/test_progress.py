@@ -47,6 +47,14 @@ def test_terminal_bar_totals_after_a_resume(stopped_at_4, capsys):
 
 
 def test_metrics_line_order_and_format():
-    line = metrics_line({"train/stage": 2.0, "perf/tokens_per_sec": 12345.6, "val/loss": 2.40123, "train/loss": 2.3,
-                         "custom/thing": 0.5, "bad": float("nan")})
+    line = metrics_line(
+        {
+            "train/stage": 2.0,
+            "perf/tokens_per_sec": 12345.6,
+            "val/loss": 2.40123,
+            "train/loss": 2.3,
+            "custom/thing": 0.5,
+            "bad": float("nan"),
+        }
+    )
     assert line == "loss 2.300 · val 2.401 · tok/s 12.3K · stage 2 · thing 0.500"

@@ -83,8 +83,10 @@ def all_checkpoints_are_finite_and_verify(folder) -> list:
     saved = sorted(folder.glob("*.ckpt"))
     for path in saved:
         state = torch.load(path, weights_only=True)
-        tensors = [*state["state_dict"].values(), *(t for s in state["optimizer_states"][0]["state"].values()
-                                                    for t in s.values() if torch.is_tensor(t))]
+        tensors = [
+            *state["state_dict"].values(),
+            *(t for s in state["optimizer_states"][0]["state"].values() for t in s.values() if torch.is_tensor(t)),
+        ]
         assert all(torch.isfinite(t).all() for t in tensors), path.name
         assert verify(path).status == "ok", path.name
     return saved
@@ -119,10 +121,12 @@ def test_diverging_lr_never_reaches_a_checkpoint(tmp_path):
 def test_weights_gone_non_finite_after_a_finite_step_are_never_saved(tmp_path):
     """The step check cannot see an update that overflows; the check inside every save refuses the file."""
     config = tiny_config(tmp_path, "poisoned", max_steps=8, every_n=2)
-    config["trainer"]["callbacks"].append({"class_path": "plugins.PoisonWeights",
-                                           "init_args": {"at_step": 4, "after_step": True}})
-    with pytest.raises(NonFiniteError, match=r"refusing to save a checkpoint at global step 4: .*output.weight"
-                       ) as info:
+    config["trainer"]["callbacks"].append(
+        {"class_path": "plugins.PoisonWeights", "init_args": {"at_step": 4, "after_step": True}}
+    )
+    with pytest.raises(
+        NonFiniteError, match=r"refusing to save a checkpoint at global step 4: .*output.weight"
+    ) as info:
         fit(tmp_path, config)
     folder = tmp_path / "logs" / "poisoned" / "checkpoints"
     assert [p.name for p in all_checkpoints_are_finite_and_verify(folder)] == ["last.ckpt", "step000002.ckpt"]
@@ -192,8 +196,9 @@ def test_sigkill_during_training_resumes_exactly(tmp_path, uninterrupted):
 def test_sigkill_while_writing_checkpoint_never_leaves_a_truncated_one(tmp_path, uninterrupted):
     marker = tmp_path / "writing"
     config = tiny_config(tmp_path, "torn", max_steps=12, every_n=4)
-    config["trainer"]["plugins"] = [{"class_path": "plugins.SlowCheckpointIO",
-                                     "init_args": {"slow_from_step": 8, "marker": str(marker)}}]
+    config["trainer"]["plugins"] = [
+        {"class_path": "plugins.SlowCheckpointIO", "init_args": {"slow_from_step": 8, "marker": str(marker)}}
+    ]
     process = start_training(tmp_path, config, "torn")
     wait_for(marker, process)
     process.send_signal(signal.SIGKILL)
@@ -211,9 +216,12 @@ def test_sigkill_while_writing_the_first_last_ckpt_resumes_from_the_periodic_one
     """Before, no last.ckpt meant `--ckpt_path last` restarted from step 0 although step000004.ckpt was valid."""
     marker = tmp_path / "writing"
     config = tiny_config(tmp_path, "first", max_steps=12, every_n=4)
-    config["trainer"]["plugins"] = [{"class_path": "plugins.SlowCheckpointIO",
-                                     "init_args": {"slow_from_step": 4, "marker": str(marker),
-                                                   "only_name": "last.ckpt"}}]
+    config["trainer"]["plugins"] = [
+        {
+            "class_path": "plugins.SlowCheckpointIO",
+            "init_args": {"slow_from_step": 4, "marker": str(marker), "only_name": "last.ckpt"},
+        }
+    ]
     process = start_training(tmp_path, config, "first")
     wait_for(marker, process)
     process.send_signal(signal.SIGKILL)
@@ -230,8 +238,9 @@ def test_sigterm_saves_the_step_reached_and_exits_143(tmp_path, uninterrupted):
     """Before, SIGTERM (preemption) ended the run with exit code 0 and saved nothing."""
     progress = tmp_path / "progress"
     config = tiny_config(tmp_path, "term", max_steps=12, every_n=4)
-    config["trainer"]["callbacks"].append({"class_path": "plugins.SlowSteps",
-                                           "init_args": {"seconds": 0.5, "progress": str(progress)}})
+    config["trainer"]["callbacks"].append(
+        {"class_path": "plugins.SlowSteps", "init_args": {"seconds": 0.5, "progress": str(progress)}}
+    )
     process = start_training(tmp_path, config, "term")
     folder = tmp_path / "logs" / "term" / "checkpoints"
     wait_for(progress, process)
@@ -256,8 +265,9 @@ def test_full_disk_leaves_no_orphan_in_the_way_of_the_resume(tmp_path, uninterru
     folder = tmp_path / "logs" / "full" / "checkpoints"
     assert [p.name for p in folder.glob("*.tmp-*")] == [f"step000008.ckpt.tmp-{os.getpid()}"]
     resume = tiny_config(tmp_path, "full", max_steps=12, every_n=4)
-    resume["trainer"]["callbacks"].append({"class_path": "plugins.RequireNoOrphans",
-                                           "init_args": {"folder": str(folder)}})
+    resume["trainer"]["callbacks"].append(
+        {"class_path": "plugins.RequireNoOrphans", "init_args": {"folder": str(folder)}}
+    )
     cli = fit(tmp_path, resume, ckpt_path="last", tag="resume")
     assert cli.trainer.ckpt_path == str(folder / "last.ckpt")  # step 4's, the newest that was written
     assert logged_scalars(tmp_path / "logs" / "full", "train/loss") == uninterrupted

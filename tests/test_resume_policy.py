@@ -44,8 +44,10 @@ def arch(**fields):
 
 @pytest.mark.parametrize("field, value", [("norm_eps", 0.5), ("rope_theta", 100.0)])
 def test_change_to_what_the_weights_compute_is_refused(base, field, value):
-    pattern = (rf"would change what the trained weights compute: model.arch.{field}: checkpoint .* vs config "
-               rf"{value}.*--resume_overrides \[{field}\]")
+    pattern = (
+        rf"would change what the trained weights compute: model.arch.{field}: checkpoint .* vs config "
+        rf"{value}.*--resume_overrides \[{field}\]"
+    )
     with pytest.raises(ValueError, match=pattern):
         resume(base, f"refused-{field}", edit=arch(**{field: value}))
     assert not trained(base, f"refused-{field}")
@@ -78,8 +80,16 @@ def test_other_optimizer_class_is_refused(base):
 
 
 def test_recipe_changes_are_allowed(base, recwarn):
-    lrs = resume(base, "recipe", edit=arch(attention="sdpa", dense_layers=[0, 1], activation_checkpointing=True,
-                                           lighthouse={"levels": 2, "pooling_factor": 2, "topk": 128}))
+    lrs = resume(
+        base,
+        "recipe",
+        edit=arch(
+            attention="sdpa",
+            dense_layers=[0, 1],
+            activation_checkpointing=True,
+            lighthouse={"levels": 2, "pooling_factor": 2, "topk": 128},
+        ),
+    )
     assert sorted(lrs) == [2]  # trained on from the checkpoint's step (max_steps 3)
     assert not [w for w in recwarn if "resume:" in str(w.message)]
 
@@ -91,4 +101,3 @@ def test_changed_tokenizer_is_refused(base):
     with pytest.raises(ValueError, match=r"shapes differ\): model.arch.vocab_size: checkpoint 257 vs config 300"):
         resume(base, "bpe", edit=edit)
     assert not trained(base, "bpe")
-

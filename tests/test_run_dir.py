@@ -21,13 +21,16 @@ def test_two_launches_two_run_dirs_and_resumes_continue_their_own(tmp_path):
         assert sorted(logged_scalars(run, "train/loss")) == [0, 1]
 
     # --ckpt_path last continues the run whose checkpoint was written last ...
-    cli = fit(tmp_path, tiny_config(tmp_path, "runs", max_steps=4, every_n=2, version=None), ckpt_path="last",
-              tag="c")
+    cli = fit(tmp_path, tiny_config(tmp_path, "runs", max_steps=4, every_n=2, version=None), ckpt_path="last", tag="c")
     assert cli.trainer.global_step == 4 and run_dirs(group) == [first, second]
     assert sorted(logged_scalars(second, "train/loss")) == [0, 1, 2, 3]
     # ... and an explicit checkpoint continues the run it belongs to.
-    fit(tmp_path, tiny_config(tmp_path, "runs", max_steps=3, every_n=3, version=None),
-        ckpt_path=str(first / "checkpoints" / "last.ckpt"), tag="d")
+    fit(
+        tmp_path,
+        tiny_config(tmp_path, "runs", max_steps=3, every_n=3, version=None),
+        ckpt_path=str(first / "checkpoints" / "last.ckpt"),
+        tag="d",
+    )
     assert run_dirs(group) == [first, second]
     assert sorted(logged_scalars(first, "train/loss")) == [0, 1, 2]
     assert (first / "config.1.yaml").exists() and not (first / "config.2.yaml").exists()
@@ -65,8 +68,17 @@ def test_validate_without_logger_writes_only_into_its_run_dir(tmp_path, monkeypa
     import yaml
 
     path.write_text(yaml.safe_dump(config))
-    main(["validate", "--config", str(path), "--trainer.logger", "false",
-          "--trainer.default_root_dir", str(tmp_path / "runs")])
+    main(
+        [
+            "validate",
+            "--config",
+            str(path),
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert list(work.iterdir()) == []
     (run,) = run_dirs(tmp_path / "runs")
     assert {p.name for p in run.iterdir()} == {"config.yaml", "data_manifest.json"}

@@ -19,10 +19,22 @@ from lighthouse.flops import peak_flops_per_device
 from lighthouse.run_reader import read_run
 
 TRAIN = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_seen", "train/stage"}
-VAL = {"val/loss", "val/ppl", "val/loss_pos/0-256", "val/loss_pos/256-512",  # seq_len 512
-       "val/loss_dense", "val/loss_dense_pos/0-256", "val/loss_dense_pos/256-512"}
-PERF = {"perf/tokens_per_sec", "perf/tokens_per_sec_per_device", "perf/tflops_per_device", "perf/step_time_s",
-        "perf/data_wait_share"}
+VAL = {
+    "val/loss",
+    "val/ppl",
+    "val/loss_pos/0-256",
+    "val/loss_pos/256-512",  # seq_len 512
+    "val/loss_dense",
+    "val/loss_dense_pos/0-256",
+    "val/loss_dense_pos/256-512",
+}
+PERF = {
+    "perf/tokens_per_sec",
+    "perf/tokens_per_sec_per_device",
+    "perf/tflops_per_device",
+    "perf/step_time_s",
+    "perf/data_wait_share",
+}
 
 
 def expected_tags() -> set[str]:
@@ -85,9 +97,25 @@ def test_tensorboard_server_serves_the_groups(run):
     """A real TensorBoard on 127.0.0.1 (any free port), asked through its HTTP API what a browser would show."""
     logdir = run.parent.parent  # --logdir logs, as the README says
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0",
-         "--load_fast", "false", "--reload_interval", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--load_fast",
+            "false",
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         url = None

@@ -21,12 +21,28 @@ class FakeClock:
 
 def fake_run(tmp_path, world_size=1):
     logged = {}
-    config = ModelConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, ffn_hidden=16, max_seq_len=4096,
-                         lighthouse=dict(levels=2, pooling_factor=4, topk=128))
-    pl_module = SimpleNamespace(config=config, model=SimpleNamespace(attention_backends=["sdpa"]),
-                                log=lambda name, value, **kw: logged.__setitem__(name, value))
-    trainer = SimpleNamespace(global_step=0, world_size=world_size, is_global_zero=True, log_dir=str(tmp_path),
-                              precision="32-true", callbacks=[StageSwitch(switch_step=None)])
+    config = ModelConfig(
+        vocab_size=10,
+        dim=8,
+        n_layers=1,
+        n_heads=2,
+        ffn_hidden=16,
+        max_seq_len=4096,
+        lighthouse=dict(levels=2, pooling_factor=4, topk=128),
+    )
+    pl_module = SimpleNamespace(
+        config=config,
+        model=SimpleNamespace(attention_backends=["sdpa"]),
+        log=lambda name, value, **kw: logged.__setitem__(name, value),
+    )
+    trainer = SimpleNamespace(
+        global_step=0,
+        world_size=world_size,
+        is_global_zero=True,
+        log_dir=str(tmp_path),
+        precision="32-true",
+        callbacks=[StageSwitch(switch_step=None)],
+    )
     return trainer, pl_module, logged
 
 
@@ -121,9 +137,14 @@ def test_records_carry_the_stage_and_tokens_seen_survives_a_resume(tmp_path):
     assert resumed.records[0]["tokens_seen"] == 5 * 16 and logged["train/tokens_seen"] == 5 * 16
 
 
-@pytest.mark.parametrize("bad, message", [({"window": 0}, "throughput.window=0 must be >= 1"),
-                                          ({"skip_steps": -1}, "throughput.skip_steps=-1 must be >= 0"),
-                                          ({"peak_tflops": 0.0}, "throughput.peak_tflops=0.0 must be > 0")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"window": 0}, "throughput.window=0 must be >= 1"),
+        ({"skip_steps": -1}, "throughput.skip_steps=-1 must be >= 0"),
+        ({"peak_tflops": 0.0}, "throughput.peak_tflops=0.0 must be > 0"),
+    ],
+)
 def test_bad_settings_name_the_flag(bad, message):
     with pytest.raises(ValueError, match=message):
         ThroughputRecorder(**bad)

@@ -18,11 +18,18 @@ def stage_switch(cli):
 def test_demo_config_fast_dev_run_exits_zero(tmp_path):
     """The README's main job, as shipped, runs one train and one validation batch."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "src/train.py", "fit", "--config", "configs/demo.yaml", "--trainer.fast_dev_run=true",
-           f"--trainer.logger.init_args.save_dir={tmp_path}",
-           # Lightning 2.6 still writes save_last's last.ckpt at the end of a fast_dev_run, under default_root_dir
-           # (the working directory unless set); keep it out of the repository.
-           f"--trainer.default_root_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "src/train.py",
+        "fit",
+        "--config",
+        "configs/demo.yaml",
+        "--trainer.fast_dev_run=true",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        # Lightning 2.6 still writes save_last's last.ckpt at the end of a fast_dev_run, under default_root_dir
+        # (the working directory unless set); keep it out of the repository.
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -91,8 +98,9 @@ def test_two_job_flow_continues_step_and_optimizer(tmp_path):
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 4 and saved["callbacks"]["StageSwitch"]["stage"] == 1
 
-    stage2 = tiny_config(tmp_path, "twojob", "demo_recover.yaml", max_steps=8, attention="sdpa", switch_step=0,
-                         version=None)
+    stage2 = tiny_config(
+        tmp_path, "twojob", "demo_recover.yaml", max_steps=8, attention="sdpa", switch_step=0, version=None
+    )
     cli = fit(tmp_path, stage2, ckpt_path=str(ckpt), tag="stage2")
     assert cli.trainer.global_step == 8
     switch = stage_switch(cli)
@@ -107,8 +115,9 @@ def test_two_job_flow_continues_step_and_optimizer(tmp_path):
     assert (run / "config.1.yaml").exists()
 
     # Stopped inside stage 2 and resumed with the recovery config again: still stage 2, switched at step 4.
-    again = tiny_config(tmp_path, "twojob", "demo_recover.yaml", max_steps=10, attention="sdpa", switch_step=0,
-                        version=None)
+    again = tiny_config(
+        tmp_path, "twojob", "demo_recover.yaml", max_steps=10, attention="sdpa", switch_step=0, version=None
+    )
     cli = fit(tmp_path, again, ckpt_path="last", tag="again")
     assert (stage_switch(cli).stage, stage_switch(cli).switched_at, cli.trainer.global_step) == (2, 4, 10)
     assert only_run_dir(tmp_path / "logs" / "twojob") == run

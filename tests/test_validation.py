@@ -9,8 +9,16 @@ from lighthouse.lit_module import LitLM
 
 def lighthouse_module(**kwargs) -> LitLM:
     torch.manual_seed(0)
-    arch = ModelConfig(vocab_size=61, dim=32, n_layers=2, n_heads=2, ffn_hidden=64, max_seq_len=512,
-                       attention="lighthouse_naive", lighthouse=dict(levels=2, pooling_factor=4, topk=128))
+    arch = ModelConfig(
+        vocab_size=61,
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        ffn_hidden=64,
+        max_seq_len=512,
+        attention="lighthouse_naive",
+        lighthouse=dict(levels=2, pooling_factor=4, topk=128),
+    )
     return LitLM(arch, **kwargs).eval()
 
 

@@ -39,13 +39,29 @@ def arch_checkpoint(tmp_path_factory, case: str) -> Path:
 
     def build() -> Path:
         torch.manual_seed(0)
-        config = ModelConfig(**{"vocab_size": 257, "dim": 32, "n_layers": 2, "ffn_hidden": 64, "max_seq_len": 64,
-                                "rope_theta": 1000.0, **ARCH_CASES[case]})
+        config = ModelConfig(
+            **{
+                "vocab_size": 257,
+                "dim": 32,
+                "n_layers": 2,
+                "ffn_hidden": 64,
+                "max_seq_len": 64,
+                "rope_theta": 1000.0,
+                **ARCH_CASES[case],
+            }
+        )
         module = LitLM(config, warmup_steps=1)
         windows = torch.tensor(list(TEXT))[: 12 * 65].view(12, 65)
         loader = torch.utils.data.DataLoader([{"tokens": w} for w in windows], batch_size=2)
-        trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+        trainer = L.Trainer(
+            max_steps=6,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
         trainer.fit(module, loader)
         path = tmp_path_factory.mktemp(f"arch-{case}") / "last.ckpt"
         trainer.save_checkpoint(path, weights_only=False)

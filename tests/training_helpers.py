@@ -26,8 +26,10 @@ def cli_subprocess_args(folder: Path, config: dict, tag: str, extra: list[str] =
 def write_text_corpus(folder: Path, n_docs: int = 12, seed: int = 0) -> Path:
     """A small corpus of varied English-like documents, a few thousand bytes each."""
     rng = random.Random(seed)
-    words = ("the model reads long documents and attends to a compact summary of the past while the "
-             "pyramid keeps coarse views of distant tokens and fine views of salient ones").split()
+    words = (
+        "the model reads long documents and attends to a compact summary of the past while the "
+        "pyramid keeps coarse views of distant tokens and fine views of salient ones"
+    ).split()
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n_docs):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(300, 1500)))
@@ -35,9 +37,18 @@ def write_text_corpus(folder: Path, n_docs: int = 12, seed: int = 0) -> Path:
     return folder
 
 
-def tiny_config(tmp_path: Path, name: str, base: str = "demo.yaml", *, max_steps: int = 8,
-                attention: str = "lighthouse_naive", switch_step: int | None = None, every_n: int = 4,
-                seq_len: int = 512, version: str | None = "") -> dict:
+def tiny_config(
+    tmp_path: Path,
+    name: str,
+    base: str = "demo.yaml",
+    *,
+    max_steps: int = 8,
+    attention: str = "lighthouse_naive",
+    switch_step: int | None = None,
+    every_n: int = 4,
+    seq_len: int = 512,
+    version: str | None = "",
+) -> dict:
     """A CPU-second version of a shipped config: same structure, tiny model and corpus, all paths in tmp_path.
 
     ``version`` "" keeps every launch of ``name`` in ``tmp_path/logs/<name>/`` (what most tests read back);
@@ -46,21 +57,35 @@ def tiny_config(tmp_path: Path, name: str, base: str = "demo.yaml", *, max_steps
     logs = tmp_path / "logs"
     trainer = config["trainer"]
     # CPU even on a GPU box: these runs test training logic (bitwise resume, stages), not kernels.
-    trainer.update(max_steps=max_steps, val_check_interval=every_n, log_every_n_steps=1, accelerator="cpu",
-                   precision="32-true", enable_model_summary=False, enable_progress_bar=False)
+    trainer.update(
+        max_steps=max_steps,
+        val_check_interval=every_n,
+        log_every_n_steps=1,
+        accelerator="cpu",
+        precision="32-true",
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
     trainer["logger"]["init_args"].update(save_dir=str(logs), name=name, version=version)
     for cb in trainer["callbacks"]:
         if cb["class_path"].endswith("ModelCheckpoint"):
             cb["init_args"].update(every_n_train_steps=every_n)
     config["stage"]["switch_step"] = switch_step
     config["throughput"].update(window=2, skip_steps=1)
-    config["model"]["arch"].update(dim=32, n_layers=3, n_heads=2, ffn_hidden=64,
-                                    attention=attention, dense_layers=[0],
-                                    lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128})
+    config["model"]["arch"].update(
+        dim=32,
+        n_layers=3,
+        n_heads=2,
+        ffn_hidden=64,
+        attention=attention,
+        dense_layers=[0],
+        lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128},
+    )
     config["model"].update(warmup_steps=2, schedule_steps=20)
     corpus = write_text_corpus(tmp_path / "corpus")
-    config["data"].update(corpus=str(corpus), data_dir=str(tmp_path / "data"), seq_len=seq_len, batch_size=2,
-                          num_workers=0, val_batches=1)
+    config["data"].update(
+        corpus=str(corpus), data_dir=str(tmp_path / "data"), seq_len=seq_len, batch_size=2, num_workers=0, val_batches=1
+    )
     return config
 
 

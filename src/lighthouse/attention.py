@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 def sdpa_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
     # SDPA wants [B, H, N, D]; transposes are views, flash/cuDNN accept the strides.
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        is_causal=True,
         enable_gqa=q.shape[2] != k.shape[2],
     )
     return out.transpose(1, 2)

@@ -88,8 +88,13 @@ class StageSwitch(Callback):
         step = trainer.global_step  # Lightning logs batch k's values at step k: this batch is the first dense one
         changed = [f"{i}: {a} -> {b}" for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
         rewarmup = f", LR re-warm-up over {self.rewarmup_steps} steps" if self.rewarmup_steps else ""
-        write_note(trainer, "train/stage", f"**Stage 2 (dense recovery) from step {step}**{rewarmup}. "
-                   f"Attention per layer: {'; '.join(changed) or 'unchanged'}.", step)
+        write_note(
+            trainer,
+            "train/stage",
+            f"**Stage 2 (dense recovery) from step {step}**{rewarmup}. "
+            f"Attention per layer: {'; '.join(changed) or 'unchanged'}.",
+            step,
+        )
         for logger in trainer.loggers:
             if step > 0:
                 logger.log_metrics({"train/stage": 1.0}, step=step - 1)
@@ -97,8 +102,16 @@ class StageSwitch(Callback):
 
 
 # Record fields that become ``perf/*`` TensorBoard scalars (step, stage, time and tokens_seen are bookkeeping).
-PERF_KEYS = ("tokens_per_sec", "tokens_per_sec_per_device", "tflops_per_device", "step_time_s", "data_wait_share",
-             "mfu", "mfu_actual", "max_memory_gib")
+PERF_KEYS = (
+    "tokens_per_sec",
+    "tokens_per_sec_per_device",
+    "tflops_per_device",
+    "step_time_s",
+    "data_wait_share",
+    "mfu",
+    "mfu_actual",
+    "max_memory_gib",
+)
 
 
 def stage_of(trainer: L.Trainer) -> int:

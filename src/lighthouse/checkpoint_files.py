@@ -161,15 +161,15 @@ def resolve_last(folders: list[str | Path]) -> str | None:
     listing = "; ".join(f"{p.name}: {v.detail}" for p, v in skipped)
     where = ", ".join(str(f) for f in folders) or "(no checkpoint folder)"
     if chosen is None and skipped:
-        raise ValueError(f"--ckpt_path last: no checkpoint in {where} verifies ({listing}). Pass an intact one "
-                         "explicitly, or omit --ckpt_path to start from scratch")
+        raise ValueError(
+            f"--ckpt_path last: no checkpoint in {where} verifies ({listing}). Pass an intact one "
+            "explicitly, or omit --ckpt_path to start from scratch"
+        )
     if chosen is None:
         _warn("--ckpt_path last: no checkpoint in %s yet; training starts from scratch", where)
         return None
     if skipped:
-        _warn("--ckpt_path last: skipped %s. Resuming from %s, the newest checkpoint that verifies",
-                    listing, chosen)
+        _warn("--ckpt_path last: skipped %s. Resuming from %s, the newest checkpoint that verifies", listing, chosen)
     elif verify(chosen).status == "unverified":
-        _warn("--ckpt_path last: resuming from %s, which has no checksum to verify (%s)", chosen,
-                    verify(chosen).detail)
+        _warn("--ckpt_path last: resuming from %s, which has no checksum to verify (%s)", chosen, verify(chosen).detail)
     return str(chosen)

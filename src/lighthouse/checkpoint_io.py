@@ -101,9 +101,11 @@ def _unpickle(source, name: str, map_location, weights_only: bool, folder: Path 
         lines = str(cause).strip().splitlines()
         reason = f"{type(cause).__name__}: {lines[0][:160]}" if lines else type(cause).__name__
         if "GLOBAL" in reason:
-            detail = (f"unpickling it would import something other than tensors and plain data ({reason}); "
-                      "loading with weights_only=True refuses that because it could run code. A Lighthouse "
-                      "checkpoint never needs it: the file is damaged or was not written by Lighthouse")
+            detail = (
+                f"unpickling it would import something other than tensors and plain data ({reason}); "
+                "loading with weights_only=True refuses that because it could run code. A Lighthouse "
+                "checkpoint never needs it: the file is damaged or was not written by Lighthouse"
+            )
         else:
             detail = f"it is damaged (truncated or overwritten) or not a checkpoint ({reason})"
         hint = f" Newest usable checkpoint in that folder: {describe_last_good(folder)}." if folder else ""
@@ -148,8 +150,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_verified(path, map_location, weights_only)
 
 
-def load_verified(path, map_location=lambda storage, loc: storage, weights_only: bool | None = None,
-                  mmap: bool = False, check_finite: bool = True) -> dict:
+def load_verified(
+    path,
+    map_location=lambda storage, loc: storage,
+    weights_only: bool | None = None,
+    mmap: bool = False,
+    check_finite: bool = True,
+) -> dict:
     """A checkpoint from a local path or URL: checksum checked, weights-only unless ``weights_only=False`` is passed
     explicitly, weights and optimizer state finite (``check_finite``). ``mmap`` maps a local file's tensors instead
     of reading them."""

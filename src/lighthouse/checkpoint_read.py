@@ -54,8 +54,10 @@ def saved_model_config(checkpoint: dict) -> ModelConfig:
         hparams = checkpoint.get("hyper_parameters", {})
         saved = hparams.get("arch", hparams.get("model"))
     if not isinstance(saved, dict):
-        raise ValueError("checkpoint holds no model config (neither 'lighthouse_model' nor hyper_parameters "
-                         "'arch'/'model'): it was not written by this project's LitLM")
+        raise ValueError(
+            "checkpoint holds no model config (neither 'lighthouse_model' nor hyper_parameters "
+            "'arch'/'model'): it was not written by this project's LitLM"
+        )
     return ModelConfig(**saved)
 
 
@@ -91,7 +93,7 @@ def model_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
         for prefix in WRAPPER_PREFIXES:
             name = name.replace(prefix, "")
         if name.startswith("model."):
-            out[name[len("model."):]] = tensor
+            out[name[len("model.") :]] = tensor
     return out
 
 
@@ -117,8 +119,10 @@ def saved_tokenizer(checkpoint: dict, override: str | None = None) -> TextTokeni
     if override is not None:
         tok = byte_tokenizer() if override == "byte" else TextTokenizer.from_file(override)
         if fingerprint is not None and tok.fingerprint != fingerprint:
-            raise ValueError(f"tokenizer {override!r} has fingerprint {tok.fingerprint}, but the checkpoint was "
-                             f"trained with tokenizer fingerprint {fingerprint}")
+            raise ValueError(
+                f"tokenizer {override!r} has fingerprint {tok.fingerprint}, but the checkpoint was "
+                f"trained with tokenizer fingerprint {fingerprint}"
+            )
         return tok
     if TOKENIZER_KEY in checkpoint:
         return TextTokenizer.from_str(checkpoint[TOKENIZER_KEY])
@@ -145,6 +149,8 @@ def load_trained(path: str | Path, tokenizer: str | None = None) -> tuple[dict, 
     model = dense_model(checkpoint)
     tok = saved_tokenizer(checkpoint, tokenizer)
     if tok.vocab_size > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size} "
-                         f"embedding rows: it is not the tokenizer this model was trained with")
+        raise ValueError(
+            f"the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size} "
+            f"embedding rows: it is not the tokenizer this model was trained with"
+        )
     return checkpoint, model, tok

@@ -48,8 +48,10 @@ def refuse_grouped_callbacks(trainer: dict) -> None:
         class_path = str(callback.get("class_path", "")) if hasattr(callback, "get") else ""
         for group, kind in CALLBACK_GROUPS.items():
             if class_path.rsplit(".", 1)[-1] == kind.__name__:
-                raise ValueError(f"trainer.callbacks lists {kind.__name__}, which the CLI always adds: set its "
-                                 f"arguments as {group}.* instead (listed by --help)")
+                raise ValueError(
+                    f"trainer.callbacks lists {kind.__name__}, which the CLI always adds: set its "
+                    f"arguments as {group}.* instead (listed by --help)"
+                )
 
 
 class LighthouseCLI(LightningCLI):
@@ -111,9 +113,11 @@ class LighthouseCLI(LightningCLI):
         for group, kind in CALLBACK_GROUPS.items():
             parser.add_lightning_class_args(kind, group)
         parser.add_argument(
-            "--resume_overrides", type=list[str] | str, default=[],
+            "--resume_overrides",
+            type=list[str] | str,
+            default=[],
             help="Model fields whose change on resume is accepted although it alters what the trained weights "
-                 "compute (norm_eps, rope_theta); any other such change is refused.",
+            "compute (norm_eps, rope_theta); any other such change is refused.",
         )
 
 

@@ -148,8 +148,7 @@ class ModelConfig:
         bad = [i for i in self.dense_layers if not 0 <= i < self.n_layers]
         if bad:
             raise ValueError(
-                f"{PREFIX}dense_layers has {bad}: layer indices must lie in [0, n_layers-1] = "
-                f"[0, {self.n_layers - 1}]"
+                f"{PREFIX}dense_layers has {bad}: layer indices must lie in [0, n_layers-1] = [0, {self.n_layers - 1}]"
             )
         lh = self.lighthouse
         try:
@@ -168,15 +167,27 @@ FLAVOR_FIELDS: dict = dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, de
 
 FLAVORS: dict[str, dict] = {
     # Trains on a 2-core CPU in seconds; used by tests.
-    "debug": dict(dim=64, n_layers=4, n_heads=4, ffn_hidden=192, dense_layers=[0, 3],
-                  lighthouse=dict(levels=2, pooling_factor=4, topk=128)),
+    "debug": dict(
+        dim=64,
+        n_layers=4,
+        n_heads=4,
+        ffn_hidden=192,
+        dense_layers=[0, 3],
+        lighthouse=dict(levels=2, pooling_factor=4, topk=128),
+    ),
     # About 50M parameters: a real model for single-GPU experiments.
     "small": dict(dim=640, n_layers=10, n_heads=10, ffn_hidden=1792, dense_layers=[0, 9]),
     # The paper's model: dim 1024, 30 layers, 8 heads x 128, SwiGLU 1536, bytes, layers 0,1,28,29 dense.
     "paper": dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, dense_layers=[0, 1, 28, 29]),
     # The authors' 1M-token flavour of it (for data.seq_len 1048576): no dense layers, L=4, p=4, K=4096.
-    "paper_1m": dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, dense_layers=[],
-                     lighthouse=dict(levels=4, pooling_factor=4, topk=4096)),
+    "paper_1m": dict(
+        dim=1024,
+        n_layers=30,
+        n_heads=8,
+        ffn_hidden=1536,
+        dense_layers=[],
+        lighthouse=dict(levels=4, pooling_factor=4, topk=4096),
+    ),
 }
 # The context length is not part of a flavor: the CLI links it from data.seq_len, in Python it is max_seq_len.
 

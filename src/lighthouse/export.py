@@ -36,8 +36,11 @@ BLOCK_NAMES = {
     "feed_forward.w_up.weight": "mlp.up_proj.weight",
     "feed_forward.w_down.weight": "mlp.down_proj.weight",
 }
-TOP_NAMES = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-             "output.weight": "lm_head.weight"}
+TOP_NAMES = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -110,8 +113,11 @@ def tokenizer_files(tokenizer: TextTokenizer, max_len: int) -> dict[str, dict | 
         "tokenizer.json": tokenizer.to_str(),
         "tokenizer_config.json": {
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "eos_token": eos, "bos_token": eos, "pad_token": eos,
-            "add_bos_token": False, "add_eos_token": False,
+            "eos_token": eos,
+            "bos_token": eos,
+            "pad_token": eos,
+            "add_bos_token": False,
+            "add_eos_token": False,
             "model_max_length": max_len,
             "clean_up_tokenization_spaces": False,
             # As in training: "<|eos|>" written inside a text is text, only the id itself ends a document.
@@ -121,8 +127,9 @@ def tokenizer_files(tokenizer: TextTokenizer, max_len: int) -> dict[str, dict | 
     }
 
 
-def export_llama(ckpt: str | Path, out: str | Path, dtype: torch.dtype = torch.float32,
-                 tokenizer: str | None = None) -> Path:
+def export_llama(
+    ckpt: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, tokenizer: str | None = None
+) -> Path:
     """Write the Llama folder for checkpoint ``ckpt`` into ``out`` (created; files there are overwritten)."""
     checkpoint, model, tok = load_trained(ckpt, tokenizer)
     out = Path(out)
@@ -153,8 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ckpt", required=True, help="a .ckpt written by src/train.py (a sharded folder is refused)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the saved weights")
-    p.add_argument("--tokenizer", default=None,
-                   help="'byte' or a tokenizer .json, for checkpoints that do not carry their tokenizer")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="'byte' or a tokenizer .json, for checkpoints that do not carry their tokenizer",
+    )
     args = p.parse_args(argv)
     out = export_llama(args.ckpt, args.out, DTYPES[args.dtype], args.tokenizer)
     print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")

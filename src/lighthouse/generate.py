@@ -1,6 +1,6 @@
 """Text generation from a trained checkpoint: KV-cached dense decoding, temperature/top-k/top-p sampling, streaming.
 
-    python src/generate.py --ckpt logs/demo/checkpoints/last.ckpt --prompt "def main(" --max-new-tokens 200
+python src/generate.py --ckpt logs/demo/checkpoints/last.ckpt --prompt "def main(" --max-new-tokens 200
 """
 
 from __future__ import annotations
@@ -59,9 +59,17 @@ def sample_next(logits: Tensor, sampling: Sampling, generator: torch.Generator |
 
 
 @torch.inference_mode()
-def generate_tokens(model: Transformer, prompt: Sequence[int], max_new_tokens: int, sampling: Sampling = GREEDY, *,
-                    eos_id: int | None = None, n_valid_ids: int | None = None, use_cache: bool = True,
-                    generator: torch.Generator | None = None) -> Iterator[int]:
+def generate_tokens(
+    model: Transformer,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    sampling: Sampling = GREEDY,
+    *,
+    eos_id: int | None = None,
+    n_valid_ids: int | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` ids continuing ``prompt`` (stops after ``eos_id``), one at a time.
 
     ``n_valid_ids``: ids from it up (embedding rows added by rounding the vocabulary up) are never drawn.
@@ -124,12 +132,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=default.top_p, help="nucleus sampling mass, (0, 1]")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help="auto: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--tokenizer", default=None,
-                   help="'byte' or a tokenizer .json, for checkpoints that do not carry their tokenizer")
-    p.add_argument("--no-eos-prefix", action="store_true",
-                   help="do not start the prompt with EOS (training saw every document right after an EOS)")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="auto: bfloat16 on CUDA, float32 on CPU",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="'byte' or a tokenizer .json, for checkpoints that do not carry their tokenizer",
+    )
+    p.add_argument(
+        "--no-eos-prefix",
+        action="store_true",
+        help="do not start the prompt with EOS (training saw every document right after an EOS)",
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute every step instead of the KV cache (slow)")
     return p.parse_args(argv)
 
@@ -139,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
     device = torch.device(args.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
-        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
+    )
     _, model, tok = load_trained(args.ckpt, args.tokenizer)
     model.to(device=device, dtype=dtype)  # RoPE tables stay fp32 (Transformer.rope)
     prompt = ([] if args.no_eos_prefix else [tok.eos_id]) + [int(i) for i in tok.encode(args.prompt)]
@@ -148,12 +167,21 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     start, n = time.perf_counter(), 0
-    for token in generate_tokens(model, prompt, args.max_new_tokens, sampling, eos_id=tok.eos_id,
-                                 n_valid_ids=tok.vocab_size, use_cache=not args.no_cache, generator=generator):
+    for token in generate_tokens(
+        model,
+        prompt,
+        args.max_new_tokens,
+        sampling,
+        eos_id=tok.eos_id,
+        n_valid_ids=tok.vocab_size,
+        use_cache=not args.no_cache,
+        generator=generator,
+    ):
         n += 1
         sys.stdout.write(stream.push(token))
         sys.stdout.flush()
     sys.stdout.write(stream.flush() + "\n")
     seconds = time.perf_counter() - start
-    print(f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, {device.type} {str(dtype)[6:]}]",
-          file=sys.stderr)
+    print(
+        f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, {device.type} {str(dtype)[6:]}]", file=sys.stderr
+    )

@@ -24,8 +24,12 @@ def attend_from(q: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
         # SDPA's is_causal aligns the mask top-left (query i sees keys <= i), wrong once keys run ahead of queries.
         mask = torch.arange(total, device=q.device)[None, :] <= start + torch.arange(n, device=q.device)[:, None]
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-        is_causal=start == 0 and n > 1, enable_gqa=q.shape[2] != k.shape[2],
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        attn_mask=mask,
+        is_causal=start == 0 and n > 1,
+        enable_gqa=q.shape[2] != k.shape[2],
     )
     return out.transpose(1, 2)
 
@@ -47,8 +51,9 @@ class KVCache:
     """Keys (after RoPE) and values of positions ``[0, length)`` for every layer, preallocated for ``max_len``
     positions so that decoding writes in place instead of concatenating."""
 
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device | str,
-                 dtype: torch.dtype):
+    def __init__(
+        self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype
+    ):
         if max_len < 1:
             raise ValueError(f"KVCache max_len={max_len} must be >= 1")
         shape = (config.n_layers, batch_size, max_len, config.n_kv_heads, config.head_dim)

@@ -104,11 +104,17 @@ class LitLM(L.LightningModule):
         self.warmup_steps, self.lr_schedule, self.min_lr_ratio = warmup_steps, lr_schedule, min_lr_ratio
         self.schedule_steps = schedule_steps
         # Plain dicts only: checkpoints then load with torch.load(weights_only=True).
-        self.save_hyperparameters({"arch": dataclasses.asdict(arch), "warmup_steps": warmup_steps,
-                                   "lr_schedule": lr_schedule, "min_lr_ratio": min_lr_ratio,
-                                   "schedule_steps": schedule_steps,
-                                   "passkey": None if passkey is None else dataclasses.asdict(passkey),
-                                   "dense_validation": dense_validation})
+        self.save_hyperparameters(
+            {
+                "arch": dataclasses.asdict(arch),
+                "warmup_steps": warmup_steps,
+                "lr_schedule": lr_schedule,
+                "min_lr_ratio": min_lr_ratio,
+                "schedule_steps": schedule_steps,
+                "passkey": None if passkey is None else dataclasses.asdict(passkey),
+                "dense_validation": dense_validation,
+            }
+        )
         self.dense_validation = dense_validation
         self.model = Transformer(arch)
         # Read off the eager model now; FSDP later flattens and shards the parameters (see parameter_groups).
@@ -157,8 +163,10 @@ class LitLM(L.LightningModule):
             # lowers val/loss; the dense loss of the same weights is the number to compare runs on.
             with dense_eager(self.model):
                 dense = self.token_losses(tokens)
-        for total, by_pos, values in ((self.val_loss, self.val_loss_by_pos, losses),
-                                      (self.val_loss_dense, self.val_loss_dense_by_pos, dense)):
+        for total, by_pos, values in (
+            (self.val_loss, self.val_loss_by_pos, losses),
+            (self.val_loss_dense, self.val_loss_dense_by_pos, dense),
+        ):
             if values is None:
                 continue
             total.update(values)
@@ -174,8 +182,10 @@ class LitLM(L.LightningModule):
             self.log("val/loss_dense", self.val_loss_dense.compute(), sync_dist=False)
         for metric in (self.val_loss, self.val_loss_dense):
             metric.reset()
-        for name, by_pos in (("val/loss_pos", self.val_loss_by_pos),
-                             ("val/loss_dense_pos", self.val_loss_dense_by_pos)):
+        for name, by_pos in (
+            ("val/loss_pos", self.val_loss_by_pos),
+            ("val/loss_dense_pos", self.val_loss_dense_by_pos),
+        ):
             for (lo, hi), metric in zip(self.buckets, by_pos, strict=True):
                 if metric.update_called:
                     self.log(f"{name}/{bucket_name(lo, hi)}", metric.compute())
@@ -189,16 +199,22 @@ class LitLM(L.LightningModule):
             datamodule = self.trainer.datamodule
             if datamodule is None:
                 raise ValueError("model.passkey needs the data module (its tokenizer and validation split)")
-            self._passkey_eval = PasskeyEval(self.passkey_config, datamodule.tokenizer,
-                                             split_reader(datamodule, "val"), self.config.max_seq_len)
+            self._passkey_eval = PasskeyEval(
+                self.passkey_config, datamodule.tokenizer, split_reader(datamodule, "val"), self.config.max_seq_len
+            )
 
         def logits(inputs: Tensor) -> Tensor:
             with dense_eager(self.model), self.trainer.precision_plugin.forward_context():
                 return self.model(inputs)
 
         strategy = self.trainer.strategy
-        return self._passkey_eval.run(logits, self.device, self.global_rank, self.trainer.world_size,
-                                      reduce_sum=lambda t: strategy.reduce(t, reduce_op="sum"))
+        return self._passkey_eval.run(
+            logits,
+            self.device,
+            self.global_rank,
+            self.trainer.world_size,
+            reduce_sum=lambda t: strategy.reduce(t, reduce_op="sum"),
+        )
 
     # ---- optimisation -------------------------------------------------------------------------------------
     def parameter_groups(self) -> tuple[list, list]:
@@ -249,8 +265,14 @@ class LitLM(L.LightningModule):
         """
         metadata = read_checkpoint(checkpoint_path, mmap=True)  # mmap: the tensors are not read twice
         kwargs.setdefault("arch", saved_model_config(metadata))
-        module = super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                              strict=strict, weights_only=True, **kwargs)
+        module = super().load_from_checkpoint(
+            checkpoint_path,
+            map_location=map_location,
+            hparams_file=hparams_file,
+            strict=strict,
+            weights_only=True,
+            **kwargs,
+        )
         if training_stage(metadata) == 2:
             module.set_attention_backend("sdpa")  # what StageSwitch does when training resumes in stage 2
         return module

@@ -24,8 +24,9 @@ class RunLogger(TensorBoardLogger):
             version: Folder of this run under ``<save_dir>/<name>``; null gives each launch a fresh one (named
                 by its start time) and a resume the folder of its checkpoint. "" means ``<save_dir>/<name>``.
         """
-        super().__init__(save_dir if save_dir is not None else "logs", name=name, version=version,
-                         default_hp_metric=False)
+        super().__init__(
+            save_dir if save_dir is not None else "logs", name=name, version=version, default_hp_metric=False
+        )
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics = {key: value for key, value in metrics.items() if key != "epoch"}

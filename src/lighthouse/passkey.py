@@ -104,8 +104,10 @@ class PromptFormat:
         for d in range(10):
             ids = np.asarray(tokenizer.encode(str(d)), dtype=np.int64)
             if ids.shape != (1,):
-                raise ValueError(f"the tokenizer encodes the digit {d!r} as {len(ids)} tokens; the passkey test "
-                                 f"needs one token per digit")
+                raise ValueError(
+                    f"the tokenizer encodes the digit {d!r} as {len(ids)} tokens; the passkey test "
+                    f"needs one token per digit"
+                )
             digit_ids.append(int(ids[0]))
 
         def encode(text: str) -> np.ndarray:
@@ -168,8 +170,10 @@ class PasskeyConfig:
         highest = 2**31 if longer_ok else max_len
         lengths = self.resolved_lengths(max_len)
         if not lengths or any(not isinstance(n, int) or not lowest <= n <= highest for n in lengths):
-            raise ValueError(f"{prefix}lengths={lengths!r} must be a non-empty list of integers in "
-                             f"[{lowest}, {highest}] (a prompt needs {lowest} tokens; at most data.seq_len)")
+            raise ValueError(
+                f"{prefix}lengths={lengths!r} must be a non-empty list of integers in "
+                f"[{lowest}, {highest}] (a prompt needs {lowest} tokens; at most data.seq_len)"
+            )
 
 
 def min_length(key_digits: int) -> int:
@@ -184,8 +188,9 @@ class Prompt:
     tokens: np.ndarray  # int64 [length + 1]
 
 
-def make_prompts(config: PasskeyConfig, fmt: PromptFormat, filler: TokenSource,
-                 lengths: Sequence[int]) -> tuple[list[tuple[int, float]], list[Prompt]]:
+def make_prompts(
+    config: PasskeyConfig, fmt: PromptFormat, filler: TokenSource, lengths: Sequence[int]
+) -> tuple[list[tuple[int, float]], list[Prompt]]:
     """The evaluation cells (length, depth), length-major, and ``samples`` prompts per cell with validation keys."""
     cells = [(n, d) for n in lengths for d in config.depths]
     prompts = []
@@ -210,8 +215,9 @@ def score_answers(logits: Tensor, targets: Tensor, digit_ids: Tensor) -> tuple[T
     return exact, (best_digit == targets).sum(-1)
 
 
-def _rank_batches(prompts: list[Prompt], batch_tokens: int, rank: int,
-                  world_size: int) -> Iterator[tuple[list[Prompt], list[bool]]]:
+def _rank_batches(
+    prompts: list[Prompt], batch_tokens: int, rank: int, world_size: int
+) -> Iterator[tuple[list[Prompt], list[bool]]]:
     """This rank's batches of same-length prompts (prompt i of a length goes to rank i % world_size) and which of
     their rows count. Every rank runs the same number of forwards, padding with uncounted rows where the prompts
     do not divide evenly: a sharded model gathers its weights inside each forward, on all ranks together."""
@@ -228,8 +234,16 @@ def _rank_batches(prompts: list[Prompt], batch_tokens: int, rank: int,
 
 
 @torch.no_grad()
-def evaluate(logits_fn: LogitsFn, prompts: list[Prompt], n_cells: int, fmt: PromptFormat, device: torch.device,
-             batch_tokens: int = 65536, rank: int = 0, world_size: int = 1) -> Tensor:
+def evaluate(
+    logits_fn: LogitsFn,
+    prompts: list[Prompt],
+    n_cells: int,
+    fmt: PromptFormat,
+    device: torch.device,
+    batch_tokens: int = 65536,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Tensor:
     """Counts ``[n_cells, 3]`` (exact hits, digit hits, prompts) over this rank's share of the prompts; sum them
     over ranks for the totals."""
     counts = torch.zeros(n_cells, 3, dtype=torch.float64, device=device)
@@ -241,8 +255,9 @@ def evaluate(logits_fn: LogitsFn, prompts: list[Prompt], n_cells: int, fmt: Prom
         exact, digits = score_answers(logits[:, -k:].float(), tokens[:, -k:], digit_ids)
         weight = torch.as_tensor(counted, dtype=torch.float64, device=device)
         cells = torch.as_tensor([p.cell for p in batch], device=device)
-        counts.index_add_(0, cells, torch.stack([exact.double(), digits.double(), torch.ones_like(weight)], 1)
-                          * weight[:, None])
+        counts.index_add_(
+            0, cells, torch.stack([exact.double(), digits.double(), torch.ones_like(weight)], 1) * weight[:, None]
+        )
     return counts
 
 
@@ -285,15 +300,27 @@ class PasskeyScores:
 
     def as_dict(self) -> dict:
         exact, digit = self.accuracy()
-        grid = {f"{n}@{d}": dict(zip(("exact", "digit_acc"), self._acc(np.array([i])), strict=True))
-                for i, (n, d) in enumerate(self.cells)}
-        return {"exact": exact, "digit_acc": digit, "digit_chance": DIGIT_CHANCE, "key_digits": self.key_digits,
-                "prompts": int(self.counts[:, 2].sum()), "lengths": self.lengths, "depths": self.depths, "cells": grid}
+        grid = {
+            f"{n}@{d}": dict(zip(("exact", "digit_acc"), self._acc(np.array([i])), strict=True))
+            for i, (n, d) in enumerate(self.cells)
+        }
+        return {
+            "exact": exact,
+            "digit_acc": digit,
+            "digit_chance": DIGIT_CHANCE,
+            "key_digits": self.key_digits,
+            "prompts": int(self.counts[:, 2].sum()),
+            "lengths": self.lengths,
+            "depths": self.depths,
+            "cells": grid,
+        }
 
     def table(self) -> str:
         """Markdown: exact match (digit accuracy) per length (rows) and depth (columns)."""
-        lines = ["| length | " + " | ".join(f"depth {d:g}" for d in self.depths) + " | all |",
-                 "|---" * (len(self.depths) + 2) + "|"]
+        lines = [
+            "| length | " + " | ".join(f"depth {d:g}" for d in self.depths) + " | all |",
+            "|---" * (len(self.depths) + 2) + "|",
+        ]
         index = {cell: i for i, cell in enumerate(self.cells)}
         for n in self.lengths:
             row = ["{:.2f} ({:.2f})".format(*self._acc(np.array([index[(n, d)]]))) for d in self.depths]
@@ -326,10 +353,17 @@ class PasskeyEval:
         self.format = PromptFormat.from_tokenizer(tokenizer, config.key_digits)
         self.cells, self.prompts = make_prompts(config, self.format, filler, config.resolved_lengths(max_len))
 
-    def run(self, logits_fn: LogitsFn, device: torch.device, rank: int = 0, world_size: int = 1,
-            reduce_sum: Callable[[Tensor], Tensor] | None = None) -> PasskeyScores:
-        counts = evaluate(logits_fn, self.prompts, len(self.cells), self.format, device, self.config.batch_tokens,
-                          rank, world_size)
+    def run(
+        self,
+        logits_fn: LogitsFn,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        reduce_sum: Callable[[Tensor], Tensor] | None = None,
+    ) -> PasskeyScores:
+        counts = evaluate(
+            logits_fn, self.prompts, len(self.cells), self.format, device, self.config.batch_tokens, rank, world_size
+        )
         if reduce_sum is not None:
             counts = reduce_sum(counts)
         return PasskeyScores(self.cells, counts.cpu().numpy(), self.config.key_digits)
@@ -384,8 +418,10 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
     with dense_eager(model), autocast:
         scores = evaluator.run(model, device)
-    print(f"passkey, {args.ckpt} (step {ckpt.get('global_step')}), dense attention; "
-          f"exact match (digit accuracy, chance {DIGIT_CHANCE}):")
+    print(
+        f"passkey, {args.ckpt} (step {ckpt.get('global_step')}), dense attention; "
+        f"exact match (digit accuracy, chance {DIGIT_CHANCE}):"
+    )
     print(scores.table())
     print("all: exact {:.3f}, digit accuracy {:.3f}".format(*scores.accuracy()))
     if args.json:

@@ -38,8 +38,15 @@ def _mark_switch(ax, x: float | None, color: str, text: bool, top: bool = False)
         return
     ax.axvline(x, color=color, linestyle="--", linewidth=1, alpha=0.8)
     if text:
-        ax.annotate("stage 2 (dense) →", xy=(x, 1 if top else 0), xycoords=("data", "axes fraction"),
-                    xytext=(4, -12 if top else 6), textcoords="offset points", fontsize=8, color=color)
+        ax.annotate(
+            "stage 2 (dense) →",
+            xy=(x, 1 if top else 0),
+            xycoords=("data", "axes fraction"),
+            xytext=(4, -12 if top else 6),
+            textcoords="offset points",
+            fontsize=8,
+            color=color,
+        )
 
 
 def _switch_time(run: Run, step: int | None, scale: float) -> float | None:
@@ -64,8 +71,16 @@ def _loss_lines(ax, run: Run, color: str, xs_train, xs_val, label: str) -> None:
         ax.plot(xs_train, train.values, color=color, alpha=0.25, linewidth=0.8)
         ax.plot(xs_train, smooth(train.values), color=color, linewidth=1.6, label=f"{label} train")
     if val.steps:
-        ax.plot(xs_val, val.values, color=color, marker="o", markersize=4, linestyle=":", linewidth=1.2,
-                label=f"{label} val{' (dense)' if val_tag(run) != 'val/loss' else ''}")
+        ax.plot(
+            xs_val,
+            val.values,
+            color=color,
+            marker="o",
+            markersize=4,
+            linestyle=":",
+            linewidth=1.2,
+            label=f"{label} val{' (dense)' if val_tag(run) != 'val/loss' else ''}",
+        )
 
 
 def plot_loss(runs: list[Run], labels: list[str], out: Path) -> Path:
@@ -77,8 +92,14 @@ def plot_loss(runs: list[Run], labels: list[str], out: Path) -> Path:
         color = COLORS[i % len(COLORS)]
         train, val = run.series("train/loss"), run.series(val_tag(run))
         _loss_lines(by_step, run, color, train.steps, val.steps, label)
-        _loss_lines(by_time, run, color, [t / scale for t in run.training_time(train)],
-                    [t / scale for t in run.training_time(val)], label)
+        _loss_lines(
+            by_time,
+            run,
+            color,
+            [t / scale for t in run.training_time(train)],
+            [t / scale for t in run.training_time(val)],
+            label,
+        )
         switch = run.stage_switch_step()
         _mark_switch(by_step, switch, color, text=i == 0)
         _mark_switch(by_time, _switch_time(run, switch, scale), color, text=i == 0)
@@ -111,8 +132,15 @@ def plot_throughput(runs: list[Run], labels: list[str], out: Path) -> Path:
             if records:
                 # A record's step counts the optimizer steps done; TensorBoard (and the other plots) put step k's
                 # values at k - 1, the index of the batch.
-                over_steps.plot([r["step"] - 1 for r in records], [r["tokens_per_sec"] for r in records], color=color,
-                                marker=marker, markersize=4, linewidth=1, label=f"{label} {STAGE_NAMES[stage]}")
+                over_steps.plot(
+                    [r["step"] - 1 for r in records],
+                    [r["tokens_per_sec"] for r in records],
+                    color=color,
+                    marker=marker,
+                    markersize=4,
+                    linewidth=1,
+                    label=f"{label} {STAGE_NAMES[stage]}",
+                )
         _mark_switch(over_steps, run.stage_switch_step(), color, text=i == 0, top=True)
         rates = _stage_rates(run)
         stages = sorted(rates)
@@ -152,8 +180,15 @@ def plot_loss_by_position(runs: list[Run], labels: list[str], out: Path) -> Path
             points = [_value_before(run.series(f"{val_tag(run, 'val/loss_pos')}/{b}"), before) for b in buckets]
             if all(p is not None for p in points):
                 step = max(p[0] for p in points)
-                ax.plot(buckets, [p[1] for p in points], color=color, linestyle=style, marker="o", markersize=4,
-                        label=f"{label} {name} (step {step})")
+                ax.plot(
+                    buckets,
+                    [p[1] for p in points],
+                    color=color,
+                    linestyle=style,
+                    marker="o",
+                    markersize=4,
+                    label=f"{label} {name} (step {step})",
+                )
     ax.set_xlabel("token position in the window")
     ax.set_ylabel("validation loss (nats per token)")
     ax.grid(alpha=0.3)
@@ -189,8 +224,9 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None, labels: li
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lighthouse.plot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lighthouse.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", help="run directories, or folders of them (e.g. logs/demo)")
     parser.add_argument("--out", help="folder for the PNGs (default: RUN_DIR/plots for one run, else ./plots)")
     parser.add_argument("--labels", nargs="+", help="legend names, one per run (default: <name>/<version>)")

@@ -30,8 +30,10 @@ def check_trainer_args(trainer) -> None:
         if (value is None and allow_none) or (value in allow and not isinstance(value, bool)):
             return
         if not _is_int(value) or value < lowest:
-            fail(name, f"an integer >= {lowest}" + (" or null" if allow_none else "")
-                 + "".join(f" or {a}" for a in allow))
+            fail(
+                name,
+                f"an integer >= {lowest}" + (" or null" if allow_none else "") + "".join(f" or {a}" for a in allow),
+            )
 
     def count_or_fraction(name: str, lowest_int: int, fraction: str) -> None:
         """An int >= lowest_int (a count), a float in the given range (a fraction) or null; leaves other types
@@ -55,8 +57,13 @@ def check_trainer_args(trainer) -> None:
     integer("num_sanity_val_steps", 0, allow_none=True, allow=(-1,))
     integer("num_nodes", 1, allow_none=True)
     count_or_fraction("val_check_interval", 1, "(0, 1]")
-    for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
-                 "overfit_batches"):
+    for name in (
+        "limit_train_batches",
+        "limit_val_batches",
+        "limit_test_batches",
+        "limit_predict_batches",
+        "overfit_batches",
+    ):
         count_or_fraction(name, 0, "[0, 1]")
     clip = trainer.get("gradient_clip_val")
     if clip is not None and (not _is_number(clip) or clip < 0 or clip != clip):

@@ -97,8 +97,9 @@ class StepProgressBar(ProgressBar):
             return
         if self.is_terminal:
             self._start_bar()
-            self._train_task = self.progress.add_task("train", total=self.total_steps, completed=trainer.global_step,
-                                                      metrics="")
+            self._train_task = self.progress.add_task(
+                "train", total=self.total_steps, completed=trainer.global_step, metrics=""
+            )
         else:
             total = self.total_steps or "?"
             self.print(f"training from step {trainer.global_step} to {total}")
@@ -144,8 +145,9 @@ class StepProgressBar(ProgressBar):
         total = self.total_val_batches_of(trainer)
         self._val_task = self.progress.add_task(name, total=total, metrics="")
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if self._live() and self._val_task is not None:
             self.progress.advance(self._val_task)
 
@@ -173,9 +175,15 @@ class StepProgressBar(ProgressBar):
         # cuts it short with an ellipsis instead.
         metrics = TextColumn("{task.fields[metrics]}", table_column=Column(no_wrap=True, overflow="ellipsis"))
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(compact=True), metrics,
-            console=Console(force_terminal=self.force_terminal), transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=12),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("<"),
+            TimeRemainingColumn(compact=True),
+            metrics,
+            console=Console(force_terminal=self.force_terminal),
+            transient=False,
         )
         self.progress.start()
 
@@ -194,9 +202,11 @@ def describe_model(module) -> str:
     for i, name in enumerate(model.attention_backends):
         backends.setdefault(name, []).append(i)
     layers = "; ".join(f"{name} in layers {', '.join(map(str, idx))}" for name, idx in backends.items())
-    return (f"model: {get_human_readable_count(model.num_params())} parameters, {config.n_layers} layers x dim "
-            f"{config.dim} ({config.n_heads} heads x {config.head_dim}, SwiGLU {config.ffn_hidden}), context "
-            f"{config.max_seq_len}; attention: {layers}")
+    return (
+        f"model: {get_human_readable_count(model.num_params())} parameters, {config.n_layers} layers x dim "
+        f"{config.dim} ({config.n_heads} heads x {config.head_dim}, SwiGLU {config.ffn_hidden}), context "
+        f"{config.max_seq_len}; attention: {layers}"
+    )
 
 
 class _DropTips(logging.Filter):
@@ -215,6 +225,7 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         if _TIP_FILTER not in logger.filters:
             logger.addFilter(_TIP_FILTER)
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                            category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")

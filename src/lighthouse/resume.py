@@ -28,8 +28,19 @@ SHAPE = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "
 COMPUTE = ("norm_eps", "rope_theta")
 # checkpoint_dtype rounds the residual stream to bf16 between blocks: a precision choice like trainer.precision.
 # flavor only fills sizes left unset; what it filled is compared field by field (SHAPE, COMPUTE, RECIPE).
-RECIPE = ("attention", "dense_layers", "lighthouse", "activation_checkpointing", "checkpoint_dtype",
-          "checkpoint_offload", "mlp_chunk_tokens", "loss_chunk_tokens", "max_seq_len", "init_std", "flavor")
+RECIPE = (
+    "attention",
+    "dense_layers",
+    "lighthouse",
+    "activation_checkpointing",
+    "checkpoint_dtype",
+    "checkpoint_offload",
+    "mlp_chunk_tokens",
+    "loss_chunk_tokens",
+    "max_seq_len",
+    "init_std",
+    "flavor",
+)
 SCHEDULE = ("warmup_steps", "lr_schedule", "min_lr_ratio", "schedule_steps")
 # Optimizer param-group keys that are bookkeeping, not settings: the parameters, and the LR the scheduler owns.
 _NOT_SETTINGS = ("params", "lr", "initial_lr")
@@ -71,11 +82,15 @@ def check_override_names(names: list[str]) -> None:
     """``--resume_overrides`` may only name COMPUTE fields; anything else is a typo or cannot work."""
     for name in names:
         if name in SHAPE:
-            raise ValueError(f"--resume_overrides {name}: {PREFIX}{name} changes parameter shapes, so a checkpoint "
-                             f"with another value cannot load at all")
+            raise ValueError(
+                f"--resume_overrides {name}: {PREFIX}{name} changes parameter shapes, so a checkpoint "
+                f"with another value cannot load at all"
+            )
         if name not in COMPUTE:
-            raise ValueError(f"--resume_overrides {name!r} is not a model field that resuming refuses; "
-                             f"the fields it may name are {list(COMPUTE)}")
+            raise ValueError(
+                f"--resume_overrides {name!r} is not a model field that resuming refuses; "
+                f"the fields it may name are {list(COMPUTE)}"
+            )
 
 
 def refuse_compute_changes(saved: dict, current: ModelConfig, overrides: list[str]) -> None:
@@ -100,8 +115,10 @@ def _plain(value):
 
 def _settings(optimizer) -> list[dict]:
     """Each param group's settings, with the base LR (``initial_lr``, what the schedule scales) as ``lr``."""
-    return [{k: v for k, v in group.items() if k not in _NOT_SETTINGS} | {"lr": group.get("initial_lr", group["lr"])}
-            for group in optimizer.param_groups]
+    return [
+        {k: v for k, v in group.items() if k not in _NOT_SETTINGS} | {"lr": group.get("initial_lr", group["lr"])}
+        for group in optimizer.param_groups
+    ]
 
 
 def _lrs(trainer: L.Trainer) -> list[float]:
@@ -179,4 +196,3 @@ class ResumeCheck(Callback):
             for group, base, fn in zip(groups, scheduler.base_lrs, lambdas, strict=True):
                 group["lr"] = base * fn(scheduler.last_epoch)
             scheduler._last_lr = [group["lr"] for group in groups]
-

@@ -84,8 +84,9 @@ def holds_a_run(run: Path) -> bool:
     return any(run.glob("events.out.tfevents.*")) or newest_checkpoint_time(run) is not None
 
 
-def choose_version(group: Path, requested: int | str | None, ckpt_path: str | None, fit: bool,
-                   rank_zero: bool) -> tuple[int | str, str | None]:
+def choose_version(
+    group: Path, requested: int | str | None, ckpt_path: str | None, fit: bool, rank_zero: bool
+) -> tuple[int | str, str | None]:
     """The run's version and a line for the user (or None). ``fit``: the subcommand trains (and resumes when
     ``ckpt_path`` is set). Only rank zero checks and creates folders: the other ranks start later and would see
     rank zero's first files, and the names they pick are never used (see ``RunPlacement``)."""
@@ -133,8 +134,9 @@ class RunPlacement:
 def loggers_of(trainer: Namespace) -> list[Namespace]:
     logger = trainer.get("logger")
     if logger is None or logger is True:  # Lightning's default logger: make it ours, in the same layout
-        logger = trainer["logger"] = Namespace(class_path=RUN_LOGGER,
-                                               init_args=Namespace(save_dir=None, name="run", version=None))
+        logger = trainer["logger"] = Namespace(
+            class_path=RUN_LOGGER, init_args=Namespace(save_dir=None, name="run", version=None)
+        )
     if logger is False:
         return []
     return [lg for lg in (logger if isinstance(logger, list) else [logger]) if isinstance(lg, Namespace)]
@@ -157,8 +159,9 @@ def place_run(config: Namespace, subcommand: str | None) -> RunPlacement:
     group = root / name if name else root
     requested = loggers[0].init_args.get("version") if loggers else None
     ckpt_path = config.get("ckpt_path")
-    version, note = choose_version(group, requested, ckpt_path, fit=subcommand == "fit",
-                                   rank_zero=rank_zero_only.rank == 0)
+    version, note = choose_version(
+        group, requested, ckpt_path, fit=subcommand == "fit", rank_zero=rank_zero_only.rank == 0
+    )
     placement = RunPlacement(version_folder(group, version), note)
     for logger in loggers:
         for key, value in (("save_dir", str(root)), ("version", version)):

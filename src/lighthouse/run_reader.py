@@ -132,12 +132,16 @@ def read_run(path: str | Path) -> Run:
             series.launches.append(launch)
         scalars[tag] = series
     throughput_file = path / "throughput.jsonl"
-    throughput = [json.loads(line) for line in throughput_file.read_text().splitlines() if line.strip()] \
-        if throughput_file.exists() else []
+    throughput = (
+        [json.loads(line) for line in throughput_file.read_text().splitlines() if line.strip()]
+        if throughput_file.exists()
+        else []
+    )
     config_files = sorted(path.glob("config*.yaml"), key=lambda p: int(p.suffixes[0][1:]) if len(p.suffixes) > 1 else 0)
     configs = [yaml.safe_load(p.read_text()) for p in config_files]
-    return Run(path, scalars, {tag: sorted(by_step.items()) for tag, by_step in notes.items()}, throughput, configs,
-               spans)
+    return Run(
+        path, scalars, {tag: sorted(by_step.items()) for tag, by_step in notes.items()}, throughput, configs, spans
+    )
 
 
 def find_runs(path: str | Path) -> list[Path]:

@@ -36,8 +36,10 @@ def with_safety(kwargs: dict, trainer_config: dict, resume_overrides: list[str])
     if not io:
         plugins.append(AtomicCheckpointIO())
     elif not any(isinstance(p, AtomicCheckpointIO) for p in io):
-        rank_zero_warn(f"trainer.plugins has {type(io[0]).__name__}, not lighthouse.checkpoint_io.AtomicCheckpointIO: "
-                       "checkpoints are then not checksummed and may not be written atomically")
+        rank_zero_warn(
+            f"trainer.plugins has {type(io[0]).__name__}, not lighthouse.checkpoint_io.AtomicCheckpointIO: "
+            "checkpoints are then not checksummed and may not be written atomically"
+        )
     callbacks = _as_list(kwargs.get("callbacks", trainer_config.get("callbacks")))
     callbacks += [FiniteCheckpoints(), LastCheckpoint(), ResumeCheck(resume_overrides), MarkTrainingStarted()]
     return {**kwargs, "plugins": plugins, "callbacks": callbacks}

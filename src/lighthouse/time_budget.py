@@ -64,5 +64,7 @@ class TimeBudget(Callback):
             trainer.save_checkpoint(path)
             trainer.should_stop = True
             self.stopped_at = step
-            rank_zero_info(f"time budget: stopping after step {step}, {self.deadline - now:.0f} s before the "
-                           f"deadline; continue with --ckpt_path {path}")
+            rank_zero_info(
+                f"time budget: stopping after step {step}, {self.deadline - now:.0f} s before the "
+                f"deadline; continue with --ckpt_path {path}"
+            )

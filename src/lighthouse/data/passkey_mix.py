@@ -18,8 +18,9 @@ from lighthouse.passkey import KEY_DIGITS, Encoder, PromptFormat, TokenSource, d
 def check_fraction(fraction: float) -> None:
     ok = isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0.0 <= fraction <= 1.0
     if not ok:
-        raise ValueError(f"passkey_fraction={fraction!r} is invalid: it must be a number in [0, 1] (0 = no passkey "
-                         f"documents)")
+        raise ValueError(
+            f"passkey_fraction={fraction!r} is invalid: it must be a number in [0, 1] (0 = no passkey documents)"
+        )
 
 
 class PasskeyMix:
@@ -35,8 +36,10 @@ class PasskeyMix:
         self.filler = filler
         self.filler_len = seq_len + 1 - fmt.overhead
         if self.filler_len < 1:
-            raise ValueError(f"seq_len={seq_len} is too short for passkey documents (passkey_fraction="
-                             f"{fraction}): they need more than {fmt.overhead - 1} tokens")
+            raise ValueError(
+                f"seq_len={seq_len} is too short for passkey documents (passkey_fraction="
+                f"{fraction}): they need more than {fmt.overhead - 1} tokens"
+            )
 
     def document(self, position: int) -> np.ndarray | None:
         """The passkey document (int64 [seq_len + 1]) at global stream ``position``, or None for a normal window."""
