@@ -298,7 +298,7 @@ def phase_tables(runs_by_arm: dict[str, list[Run]]) -> list[str]:
             minutes(total),
             f"{100 * validation:.1f} %",
             f"{startup:.0f} s",
-            "-" if switch is None else f"{switch:.0f} s",
+            "-" if switch is None else f"{round(switch)} s",  # round(): no "-0 s" from timing noise
             f"{statistics.fmean(r.jobs for r in runs):.1f}",
             minutes(train[0]),
             minutes(train[1]),
