@@ -224,6 +224,8 @@ def main() -> None:
     parser.add_argument("--detail-n", type=int, default=65536, help="N for backend and determinism extras")
     parser.add_argument("--json", help="write all numbers and the environment here")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_attention.py needs a CUDA GPU (on a CPU, make test runs the kernels interpreted)")
     if args.debug:
         args.heads, args.dim, args.topk, args.detail_n = 2, 64, 256, 8192
     seq_lens = args.ns or (DEBUG_NS if args.debug else FULL_NS)

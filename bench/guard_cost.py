@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from types import SimpleNamespace
 
@@ -23,16 +22,14 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "src")]
-
-from lighthouse.config import ModelConfig, model_flavor  # noqa: E402
-from lighthouse.guards import StepGuard, checkpoint_state, non_finite_names  # noqa: E402
-from lighthouse.model import Transformer  # noqa: E402
+from lighthouse.config import ModelConfig, model_flavor
+from lighthouse.guards import StepGuard, checkpoint_state, non_finite_names
+from lighthouse.model import Transformer
 
 
 def demo_model_config(seq_len: int | None, backend: str | None) -> ModelConfig:
-    config = yaml.safe_load(open(os.path.join(HERE, "..", "configs", "demo.yaml")))
+    demo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.yaml")
+    config = yaml.safe_load(open(demo))
     arch = dict(config["model"]["arch"], max_seq_len=seq_len or config["data"]["seq_len"])
     if backend:
         arch["attention"] = backend

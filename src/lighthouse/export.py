@@ -1,6 +1,6 @@
 """Export a training checkpoint as a Hugging Face ``LlamaForCausalLM`` folder (config, safetensors, tokenizer).
 
-    python src/export.py --ckpt logs/demo/checkpoints/last.ckpt --out exported/demo
+    python src/export.py --ckpt logs/demo/<start time>/checkpoints/last.ckpt --out exported/demo
 
 The architecture is Llama's exactly: pre-norm blocks with RMSNorm (normalised in fp32, cast back, then scaled),
 SwiGLU, GQA and RoPE on the halves of each head (x_i with x_{i+D/2}, Llama's ``rotate_half``), so the weights

@@ -1,6 +1,6 @@
 """Text generation from a trained checkpoint: KV-cached dense decoding, temperature/top-k/top-p sampling, streaming.
 
-python src/generate.py --ckpt logs/demo/checkpoints/last.ckpt --prompt "def main(" --max-new-tokens 200
+python src/generate.py --ckpt logs/demo/<start time>/checkpoints/last.ckpt --prompt "def main(" --max-new-tokens 200
 """
 
 from __future__ import annotations

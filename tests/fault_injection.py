@@ -1,7 +1,10 @@
 """Fault injection against the real ``train.py``: random SIGKILLs (at random steps and mid-save), SIGTERMs, a
 diverging LR, and damaged checkpoint files; prints each input's outcome and the totals.
 
-    PYTHONPATH=src python bench/fault_injection.py --kills 10 --sigterms 3 --seed 0
+    PYTHONPATH=src python tests/fault_injection.py --kills 10 --sigterms 3 --seed 0
+
+(A script beside the tests, not a test: it takes minutes. It uses the tests' CLI helpers, found because Python puts
+this script's folder first on sys.path.)
 
 Every run is a subprocess with a timeout on a tiny CPU config (tests/training_helpers.tiny_config). Outcomes:
 - recovered: the killed/stopped run resumed with ``--ckpt_path last`` from the newest checkpoint that verifies and
@@ -20,18 +23,16 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+from training_helpers import cli_subprocess_args, logged_scalars, tiny_config
+
+from lighthouse.checkpoint_files import candidates, verify
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
-
-import torch  # noqa: E402
-from training_helpers import cli_subprocess_args, logged_scalars, tiny_config  # noqa: E402
-
-from lighthouse.checkpoint_files import candidates, verify  # noqa: E402
 
 MAX_STEPS, EVERY_N, STEP_SLEEP = 12, 4, 0.3
 RESTORED = re.compile(r"Restoring states from the checkpoint path at (\S+)")
