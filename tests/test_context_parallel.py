@@ -3,13 +3,18 @@ across cp degrees, and the config errors. Each spawned job checks several cases:
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+
 import pytest
 import torch
 from context_parallel_workers import exchange, launch, train, train_parallel
+from training_helpers import cli_subprocess_args, logged_scalars, tiny_config
 
 from lighthouse.context_parallel import check_divisible, shard_window
 
-SEQ_LEN, WINDOWS, STEPS = 256, 4, 3
+SEQ_LEN, WINDOWS, STEPS = 256, 2, 3
 BACKENDS = ("sdpa", "lighthouse_naive")
 # fp32 on the CPU: the parallel run sums the same products in another order (slices, gradient all-reduce).
 LOSS_RTOL, GRAD_RTOL, GRAD_ATOL = 1e-5, 1e-4, 1e-6
@@ -47,6 +52,7 @@ def test_check_divisible_names_field_and_valid_values(heads, kv_heads, seq_len, 
     assert "trainer.strategy.init_args.context_parallel_size" in str(err.value)
 
 
+@pytest.mark.slow
 def test_all_to_all_pair_exact_with_gradients(tmp_path):
     launch(exchange, 2, tmp_path)
 
@@ -55,6 +61,7 @@ def _jobs(steps: int = STEPS) -> list[dict]:
     return [dict(attention=a, seq_len=SEQ_LEN, windows=WINDOWS, steps=steps) for a in BACKENDS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world, cp", [(2, 2), (4, 2)], ids=["cp2", "cp2xdp2"])
 def test_context_parallel_training_matches_one_process(tmp_path, world, cp):
     out = tmp_path / "parallel.pt"
@@ -63,3 +70,68 @@ def test_context_parallel_training_matches_one_process(tmp_path, world, cp):
     for job, parallel in zip(_jobs(), results, strict=True):
         single = train(**job)
         assert_same_training(parallel, single, f"{job['attention']} world={world} cp={cp}")
+
+
+# ---------------------------------------------------------------- the real entry point (LightningCLI, 2 processes)
+
+CP2 = ["--trainer.strategy", "lighthouse.distributed.ContextParallelStrategy"]
+CP2 += ["--trainer.strategy.context_parallel_size", "2", "--trainer.devices", "2"]
+
+
+def run_cli(folder, config, tag, extra):
+    cmd, env = cli_subprocess_args(folder, config, tag, extra)
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_cli_cp2_matches_one_process_and_resumes_across_cp(tmp_path):
+    # Layer 0 is sdpa, layers 1-2 lighthouse_naive (tiny_config): both backends run through the exchange.
+    config = tiny_config(tmp_path, "run", max_steps=4, every_n=2)
+    config["data"]["batch_size"] = 2  # per data-parallel replica: with cp=2 on 2 processes, the same 2 windows
+    runs = {"one": ["--trainer.devices", "1"], "cp2": CP2}
+    for name, extra in runs.items():
+        config["trainer"]["logger"]["init_args"]["name"] = name
+        result = run_cli(tmp_path, config, name, extra)
+        assert result.returncode == 0, result.stderr[-4000:]
+    losses = {name: logged_scalars(tmp_path / "logs" / name, "train/loss") for name in runs}
+    assert sorted(losses["one"]) == sorted(losses["cp2"]) == [0, 1, 2, 3]
+    for step, loss in losses["one"].items():  # fp32; only the order of sums differs
+        assert losses["cp2"][step] == pytest.approx(loss, rel=1e-5), step
+    for tag in ("train/grad_norm", "val/loss"):
+        one, cp2 = (logged_scalars(tmp_path / "logs" / name, tag) for name in runs)
+        assert cp2 == pytest.approx(one, rel=1e-5), tag
+    records = [json.loads(line) for line in (tmp_path / "logs" / "cp2" / "throughput.jsonl").read_text().splitlines()]
+    # Both processes share each window: the run counts it once, a device its half.
+    assert records[0]["tokens_seen"] == 4 * 2 * 512
+    assert records[0]["tokens_per_sec"] == pytest.approx(2 * records[0]["tokens_per_sec_per_device"])
+
+    # Resume the step-2 checkpoint of each at the other cp: the same next losses as the uninterrupted run.
+    for source, name, extra in (("cp2", "cp2_to_1", runs["one"]), ("one", "one_to_cp2", CP2)):
+        config["trainer"]["logger"]["init_args"]["name"] = name
+        ckpt = tmp_path / "logs" / source / "checkpoints" / "step000002.ckpt"
+        result = run_cli(tmp_path, config, name, [*extra, "--ckpt_path", str(ckpt)])
+        assert result.returncode == 0, result.stderr[-4000:]
+        resumed = logged_scalars(tmp_path / "logs" / name, "train/loss")
+        assert sorted(resumed) == [2, 3], name
+        for step in (2, 3):
+            assert resumed[step] == pytest.approx(losses["one"][step], rel=1e-5), (name, step)
+
+
+@pytest.mark.parametrize(
+    "arch, devices, cp, match",
+    [
+        ({"n_heads": 4, "n_kv_heads": 2}, 4, 4, r"must divide model.arch.n_kv_heads=2 .*valid values are \[1, 2\]"),
+        ({}, 3, 2, r"must divide the number of processes \(3 .*valid values are \[1, 3\]"),
+    ],
+    ids=["kv_heads", "processes"],
+)
+def test_cli_refuses_a_cp_the_run_cannot_use(tmp_path, arch, devices, cp, match):
+    config = tiny_config(tmp_path, "bad", max_steps=1)
+    config["model"]["arch"].update(arch)
+    extra = ["--trainer.strategy", "lighthouse.distributed.ContextParallelStrategy"]
+    extra += ["--trainer.strategy.context_parallel_size", str(cp), "--trainer.devices", str(devices)]
+    result = run_cli(tmp_path, config, "bad", extra)
+    assert result.returncode == 2, result.stderr[-4000:]
+    assert re.search(match, result.stderr), result.stderr[-4000:]
+    assert "Traceback" not in result.stderr
+    assert "Initializing distributed" not in result.stderr  # refused before any process started
