@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 from context_parallel_workers import exchange, launch, train, train_parallel
 from training_helpers import cli_subprocess_args, logged_scalars, tiny_config
 
@@ -125,13 +126,17 @@ def test_cli_cp2_matches_one_process_and_resumes_across_cp(tmp_path):
     ],
     ids=["kv_heads", "processes"],
 )
-def test_cli_refuses_a_cp_the_run_cannot_use(tmp_path, arch, devices, cp, match):
+def test_cli_refuses_a_cp_the_run_cannot_use(tmp_path, arch, devices, cp, match, capsys, monkeypatch):
+    from lighthouse.cli import run
+
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
     config = tiny_config(tmp_path, "bad", max_steps=1)
     config["model"]["arch"].update(arch)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     extra = ["--trainer.strategy", "lighthouse.distributed.ContextParallelStrategy"]
     extra += ["--trainer.strategy.context_parallel_size", str(cp), "--trainer.devices", str(devices)]
-    result = run_cli(tmp_path, config, "bad", extra)
-    assert result.returncode == 2, result.stderr[-4000:]
-    assert re.search(match, result.stderr), result.stderr[-4000:]
-    assert "Traceback" not in result.stderr
-    assert "Initializing distributed" not in result.stderr  # refused before any process started
+    # In this process: the check runs once the trainer exists, before fit starts any other process. Exit 2 is
+    # exits.run's user-error path, the message without a traceback (tests/test_exits.py covers that path).
+    assert run(["fit", "--config", str(tmp_path / "bad.yaml"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: trainer.strategy.init_args.context_parallel_size=\d+ " + match, err), err[-4000:]
