@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -35,6 +36,23 @@ def test_shard_window_keeps_the_next_target():
     assert shard_window(tokens, 1, 2).tolist() == [[4, 5, 6, 7, 8], [13, 14, 15, 16, 17]]
     with pytest.raises(ValueError, match="3 equal"):
         shard_window(tokens, 0, 3)
+
+
+def test_throughput_counts_a_window_once_and_a_device_its_slice(tmp_path):
+    from test_throughput import fake_run, recorder, step
+
+    # 4 processes as dp=2 x cp=2; 2 steps of 1 s each, the second timed.
+    monitor = recorder([0, 1, 1, 2], window=1, skip_steps=1)
+    trainer, pl_module, _ = fake_run(tmp_path, world_size=4)
+    trainer.strategy = SimpleNamespace(context_parallel_size=2)
+    batch = {"tokens": torch.zeros(1, 65, dtype=torch.long)}  # one window of 64 predicted tokens per replica
+    monitor.on_train_start(trainer, pl_module)
+    for _ in range(2):
+        step(monitor, trainer, pl_module, batch)
+    record = monitor.records[0]
+    assert record["tokens_seen"] == 2 * 2 * 64  # steps x replicas x window
+    assert record["tokens_per_sec_per_device"] == 32  # this device's slice per second
+    assert record["tokens_per_sec"] == 4 * 32  # = 2 replicas x 64 tokens per second
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lighthouse.attention import INNER_ATTENTION
+from lighthouse.context_parallel import context_parallel_size
 from lighthouse.flops import compute_dtype, flops_per_token, peak_flops_per_device
 from lighthouse.logger import write_note
 
@@ -197,7 +198,7 @@ class ThroughputRecorder(Callback):
         end = self._now()
         # Every rank reads a batch of the same shape; with context parallelism cp ranks share each window and
         # each computes the positions of its slice: a device's tokens are its slice, the run's are per window.
-        cp = getattr(trainer.strategy, "context_parallel_size", 1)
+        cp = context_parallel_size(trainer)
         window_tokens = batch["tokens"][:, 1:].numel()
         tokens = window_tokens // cp
         self.tokens_seen += window_tokens * (trainer.world_size // cp)

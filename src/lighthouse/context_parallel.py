@@ -133,6 +133,11 @@ def head_to_seq(x: Tensor, cp: ContextParallelGroup) -> Tensor:
 # ---------------------------------------------------------------- installing a group on a model
 
 
+def context_parallel_size(trainer) -> int:
+    """The trainer's cp: its strategy's ``context_parallel_size`` (lighthouse.distributed), else 1."""
+    return getattr(getattr(trainer, "strategy", None), "context_parallel_size", 1)
+
+
 def set_context_parallel(model: torch.nn.Module, cp: ContextParallelGroup | None) -> None:
     """Make ``model`` (a Transformer) expect sequence slices and exchange heads around every attention layer;
     None (or a group of one) restores the single-process path."""
