@@ -94,23 +94,18 @@ def train(
     cp: ContextParallelGroup | None = None,
     dp_rank: int = 0,
     dp_size: int = 1,
-    state: dict | None = None,
-    first_step: int = 0,
 ) -> dict:
-    """``steps`` AdamW steps on the global batches ``first_step ...``; with ``cp``, this rank's slice of its
-    data-parallel share, gradients averaged over the world afterwards as DDP averages them. Returns the global
-    losses, the gradients of the first step and the final model and optimizer state."""
+    """``steps`` AdamW steps on the global batches 0, 1, ...; with ``cp``, this rank's slice of its data-parallel
+    share, gradients averaged over the world afterwards as DDP averages them. Returns the global losses and the
+    gradients of the first step."""
     torch.manual_seed(0)
     model = Transformer(tiny_config(attention, seq_len))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
     set_context_parallel(model, cp)
     distributed = dist.is_available() and dist.is_initialized()
     losses, first_grads = [], None
     per_replica = windows // dp_size
-    for step in range(first_step, first_step + steps):
+    for step in range(steps):
         tokens = global_batch(step, windows, seq_len)[dp_rank * per_replica : (dp_rank + 1) * per_replica]
         loss = model.token_losses(tokens if cp is None else cp.shard(tokens)).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -126,23 +121,19 @@ def train(
             first_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
         losses.append(loss.item())
         optimizer.step()
-    return {
-        "losses": losses,
-        "grads": first_grads,
-        "state": {"model": model.state_dict(), "optimizer": optimizer.state_dict()},
-    }
+    return {"losses": losses, "grads": first_grads}
 
 
 def train_parallel(rank: int, world: int, cp_size: int, jobs: list[dict], out: str) -> None:
-    """Each job's :func:`train` on a (world / cp_size) x cp_size mesh; rank 0 saves the results to ``out``."""
+    """Each job's :func:`train` on a (world / cp_size) x cp_size mesh; rank 0 saves the results to ``out``. With
+    one CP group over the world, the all-to-all pair is checked first (:func:`exchange`): one spawn for both."""
     from torch.distributed.device_mesh import init_device_mesh
 
+    if cp_size == world:
+        exchange(rank, world)
     mesh = init_device_mesh("cpu", (world // cp_size, cp_size), mesh_dim_names=("data_parallel", "context_parallel"))
     cp = ContextParallelGroup.of(mesh.get_group("context_parallel"))
     dp_rank, dp_size = mesh.get_local_rank("data_parallel"), mesh.size(0)
-    results = []
-    for job in jobs:
-        state = torch.load(job.pop("state_from"), weights_only=True) if "state_from" in job else None
-        results.append(train(**job, cp=cp, dp_rank=dp_rank, dp_size=dp_size, state=state))
+    results = [train(**job, cp=cp, dp_rank=dp_rank, dp_size=dp_size) for job in jobs]
     if rank == 0:
         torch.save(results, out)

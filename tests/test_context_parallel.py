@@ -3,6 +3,7 @@ across cp degrees, and the config errors. Each spawned job checks several cases:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from context_parallel_workers import exchange, launch, train, train_parallel
+from context_parallel_workers import launch, train, train_parallel
 from training_helpers import cli_subprocess_args, logged_scalars, tiny_config
 
 from lighthouse.context_parallel import check_divisible, shard_window
@@ -71,24 +72,24 @@ def test_check_divisible_names_field_and_valid_values(heads, kv_heads, seq_len, 
     assert "trainer.strategy.init_args.context_parallel_size" in str(err.value)
 
 
-@pytest.mark.slow
-def test_all_to_all_pair_exact_with_gradients(tmp_path):
-    launch(exchange, 2, tmp_path)
+def _jobs() -> list[dict]:
+    return [dict(attention=a, seq_len=SEQ_LEN, windows=WINDOWS, steps=STEPS) for a in BACKENDS]
 
 
-def _jobs(steps: int = STEPS) -> list[dict]:
-    return [dict(attention=a, seq_len=SEQ_LEN, windows=WINDOWS, steps=steps) for a in BACKENDS]
+@functools.cache
+def _one_process(attention: str) -> dict:
+    return train(attention=attention, seq_len=SEQ_LEN, windows=WINDOWS, steps=STEPS)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world, cp", [(2, 2), (4, 2)], ids=["cp2", "cp2xdp2"])
 def test_context_parallel_training_matches_one_process(tmp_path, world, cp):
+    # cp2 also checks the all-to-all pair bit for bit, forward and backward (workers.exchange), in the same spawn.
     out = tmp_path / "parallel.pt"
     launch(train_parallel, world, tmp_path, cp, _jobs(), str(out))
     results = torch.load(out, weights_only=True)
     for job, parallel in zip(_jobs(), results, strict=True):
-        single = train(**job)
-        assert_same_training(parallel, single, f"{job['attention']} world={world} cp={cp}")
+        assert_same_training(parallel, _one_process(job["attention"]), f"{job['attention']} world={world} cp={cp}")
 
 
 # ---------------------------------------------------------------- the real entry point (LightningCLI, 2 processes)
