@@ -64,9 +64,11 @@ def exchange(rank: int, world: int) -> None:
 # ---------------------------------------------------------------- training a tiny model
 
 
-def tiny_config(attention: str, seq_len: int) -> ModelConfig:
+def tiny_config(attention: str, seq_len: int, **memory) -> ModelConfig:
     # GQA (4 query heads, 2 KV heads) so both head counts go through the exchange; L=2, p=2 fits 256 positions.
+    # ``memory``: activation checkpointing and the chunk sizes (the long-context configs turn them on).
     return ModelConfig(
+        **memory,
         dim=64,
         n_layers=2,
         n_heads=4,
@@ -94,12 +96,13 @@ def train(
     cp: ContextParallelGroup | None = None,
     dp_rank: int = 0,
     dp_size: int = 1,
+    memory: dict | None = None,
 ) -> dict:
     """``steps`` AdamW steps on the global batches 0, 1, ...; with ``cp``, this rank's slice of its data-parallel
     share, gradients averaged over the world afterwards as DDP averages them. Returns the global losses and the
     gradients of the first step."""
     torch.manual_seed(0)
-    model = Transformer(tiny_config(attention, seq_len))
+    model = Transformer(tiny_config(attention, seq_len, **(memory or {})))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     set_context_parallel(model, cp)
     distributed = dist.is_available() and dist.is_initialized()

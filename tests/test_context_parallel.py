@@ -72,13 +72,21 @@ def test_check_divisible_names_field_and_valid_values(heads, kv_heads, seq_len, 
     assert "trainer.strategy.init_args.context_parallel_size" in str(err.value)
 
 
-def _jobs() -> list[dict]:
-    return [dict(attention=a, seq_len=SEQ_LEN, windows=WINDOWS, steps=STEPS) for a in BACKENDS]
+# What the long-context configs turn on: each block recomputed in the backward (so are its all-to-alls), the MLP
+# and the loss over chunks of positions (fp32 kept inputs: bf16 rounding would differ at rounding boundaries).
+MEMORY = {"activation_checkpointing": True, "mlp_chunk_tokens": 48, "loss_chunk_tokens": 40}
+
+
+def _jobs(world: int) -> list[dict]:
+    jobs = [dict(attention=a, seq_len=SEQ_LEN, windows=WINDOWS, steps=STEPS) for a in BACKENDS]
+    if world == 2:
+        jobs.append(dict(attention="lighthouse_naive", seq_len=SEQ_LEN, windows=WINDOWS, steps=STEPS, memory=MEMORY))
+    return jobs
 
 
 @functools.cache
-def _one_process(attention: str) -> dict:
-    return train(attention=attention, seq_len=SEQ_LEN, windows=WINDOWS, steps=STEPS)
+def _one_process(attention: str, memory: bool) -> dict:
+    return train(attention=attention, seq_len=SEQ_LEN, windows=WINDOWS, steps=STEPS, memory=MEMORY if memory else None)
 
 
 @pytest.mark.slow
@@ -86,10 +94,11 @@ def _one_process(attention: str) -> dict:
 def test_context_parallel_training_matches_one_process(tmp_path, world, cp):
     # cp2 also checks the all-to-all pair bit for bit, forward and backward (workers.exchange), in the same spawn.
     out = tmp_path / "parallel.pt"
-    launch(train_parallel, world, tmp_path, cp, _jobs(), str(out))
+    launch(train_parallel, world, tmp_path, cp, _jobs(world), str(out))
     results = torch.load(out, weights_only=True)
-    for job, parallel in zip(_jobs(), results, strict=True):
-        assert_same_training(parallel, _one_process(job["attention"]), f"{job['attention']} world={world} cp={cp}")
+    for job, parallel in zip(_jobs(world), results, strict=True):
+        single = _one_process(job["attention"], "memory" in job)
+        assert_same_training(parallel, single, f"{job['attention']} {job.get('memory', '')} world={world} cp={cp}")
 
 
 # ---------------------------------------------------------------- the real entry point (LightningCLI, 2 processes)
