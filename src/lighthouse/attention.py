@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lighthouse.config import ATTENTION_BACKENDS, LighthouseConfig, ModelConfig
+from lighthouse.context_parallel import ContextParallelGroup, head_to_seq, seq_to_head
 
 if TYPE_CHECKING:
     from lighthouse.kv_cache import LayerCache
@@ -86,6 +87,8 @@ class Attention(nn.Module):
         self.wv = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
         self.backend = backend
+        # Set by lighthouse.context_parallel.set_context_parallel: x is then this rank's slice of the sequence.
+        self.context_parallel: ContextParallelGroup | None = None
 
     @property
     def backend(self) -> str:
@@ -99,12 +102,19 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
         """x ``[B, N, dim]``; cos/sin start at the position of x's first token. With a cache (generation), the
-        attention is dense over the cached positions and these, whatever the layer's backend."""
+        attention is dense over the cached positions and these, whatever the layer's backend. With a context
+        parallel group, x is this rank's slice ``[B, N/cp, dim]`` and cos/sin start at the slice's first position."""
         B, N, _ = x.shape
         q = apply_rope(self.wq(x).view(B, N, self.n_heads, self.head_dim), cos, sin)
         k = apply_rope(self.wk(x).view(B, N, self.n_kv_heads, self.head_dim), cos, sin)
         v = self.wv(x).view(B, N, self.n_kv_heads, self.head_dim)
-        if cache is None:
+        cp = self.context_parallel
+        if cache is None and cp is not None:
+            # RoPE ran above on the slice, with the slice's global positions: the same work as after the
+            # exchange (N/cp positions x H heads either way), and no full-length table view is needed.
+            q, k, v = (seq_to_head(t, cp) for t in (q, k, v))  # [B, N, H/cp, D], KV heads [B, N, H_kv/cp, D]
+            out = head_to_seq(INNER_ATTENTION[self._backend](q, k, v, self.lighthouse), cp)  # [B, N/cp, H, D]
+        elif cache is None:
             out = INNER_ATTENTION[self._backend](q, k, v, self.lighthouse)  # [B, N, H, D]
         else:
             out = cache.attend(q, k, v)

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lighthouse.attention import INNER_ATTENTION
+from lighthouse.context_parallel import context_parallel_size
 from lighthouse.flops import compute_dtype, flops_per_token, peak_flops_per_device
 from lighthouse.logger import write_note
 
@@ -195,8 +196,12 @@ class ThroughputRecorder(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         end = self._now()
-        tokens = batch["tokens"][:, 1:].numel()
-        self.tokens_seen += tokens * trainer.world_size  # every rank reads a batch of the same shape
+        # Every rank reads a batch of the same shape; with context parallelism cp ranks share each window and
+        # each computes the positions of its slice: a device's tokens are its slice, the run's are per window.
+        cp = context_parallel_size(trainer)
+        window_tokens = batch["tokens"][:, 1:].numel()
+        tokens = window_tokens // cp
+        self.tokens_seen += window_tokens * (trainer.world_size // cp)
         pl_module.log("train/tokens_seen", float(self.tokens_seen))
         previous, self._last_end = self._last_end, end
         if self._skip_left > 0 or previous is None:

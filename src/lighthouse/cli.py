@@ -14,7 +14,7 @@ from lighthouse import exits
 from lighthouse.callbacks import StageSwitch, ThroughputRecorder
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.lit_module import LitLM
-from lighthouse.preflight import check_backend_runs_here, check_trainer_args
+from lighthouse.preflight import check_backend_runs_here, check_context_parallel, check_trainer_args
 from lighthouse.progress import StepProgressBar, describe_model, quiet_lightning
 from lighthouse.resume import check_override_names, override_names
 from lighthouse.run_dir import RunPlacement, place_run
@@ -87,6 +87,7 @@ class LighthouseCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:
+        check_context_parallel(self.trainer, self.model.config)
         self.run_placement.restore_requested_values()
         if self.subcommand is not None:
             rank_zero_info(f"run directory: {self.run_placement.path}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from lighthouse.checkpoint_io import check_sharded_checkpoint, load_verified
+from lighthouse.context_parallel import CP_FIELD, ContextParallelGroup, check_divisible, set_context_parallel
 from lighthouse.model import Block
 
 
@@ -52,3 +53,75 @@ class BlockFSDP(FSDPStrategy):
         elif weights_only:
             load_verified(checkpoint_path, map_location="cpu", mmap=True)  # tensors mapped, not read
         return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+
+
+class ContextParallelStrategy(DDPStrategy):
+    """Data parallel x context parallel on a 2-D device mesh ``(data_parallel, context_parallel)``: each sequence
+    is split over ``context_parallel_size`` consecutive ranks, heads are exchanged around every attention layer
+    (lighthouse/context_parallel.py), and the ``world / context_parallel_size`` groups read different windows.
+
+    Why DDP and not Lightning's ModelParallelStrategy: parameters are replicated over the whole mesh, so what the
+    gradient needs is exactly DDP's average over all ranks (each rank's loss is its slice's mean, the slices are
+    equal, so the average of the gradients is the one-process gradient of the global batch). ModelParallelStrategy
+    reduces nothing by itself (it expects FSDP2/DTensor applied in ``configure_model``) and saves full checkpoints
+    through torch.distributed.checkpoint's state-dict helpers, outside the checksummed CheckpointIO this project
+    writes every checkpoint with; with DDP a checkpoint is the same file at every cp and dp, written the same way,
+    so resuming at another cp needs nothing. Sharding parameters over the data-parallel dimension (FSDP2 on the
+    flattened dp x cp mesh, as torchtitan does) is the next step for models whose weights do not fit replicated.
+
+    Rank ``d * cp + c`` is slice ``c`` of data-parallel replica ``d``: a CP group is consecutive ranks, i.e. GPUs
+    of one node on NVLink, where the all-to-alls run.
+    """
+
+    def __init__(self, context_parallel_size: int = 1, **kwargs):
+        """
+        Args:
+            context_parallel_size: Ranks that share one sequence (cp). It must divide the number of processes,
+                model.arch.n_heads, model.arch.n_kv_heads and data.seq_len; data.batch_size stays per
+                data-parallel replica (the global batch is batch_size * world / cp windows). 1: plain DDP.
+            **kwargs: Lightning's DDPStrategy arguments.
+        """
+        if not isinstance(context_parallel_size, int) or isinstance(context_parallel_size, bool):
+            raise ValueError(f"{CP_FIELD}={context_parallel_size!r} is invalid: it must be an integer >= 1")
+        if context_parallel_size < 1:
+            raise ValueError(f"{CP_FIELD}={context_parallel_size} is invalid: it must be an integer >= 1")
+        super().__init__(**kwargs)
+        self.context_parallel_size = context_parallel_size
+        self.device_mesh = None
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.num_nodes * self.num_processes // self.context_parallel_size
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict:
+        # Every rank of a CP group reads the same windows: data is split over the data-parallel dimension only.
+        return {"num_replicas": self.data_parallel_size, "rank": self.global_rank // self.context_parallel_size}
+
+    def check_sizes(self, config, world_size: int) -> None:
+        """Refuse a cp the run cannot use (before any process group or step): the world and the model's heads
+        and sequence must split into cp equal parts."""
+        cp = self.context_parallel_size
+        if world_size % cp:
+            valid = [d for d in range(1, world_size + 1) if world_size % d == 0]
+            raise ValueError(
+                f"{CP_FIELD}={cp} must divide the number of processes ({world_size} = trainer.num_nodes x "
+                f"trainer.devices): valid values are {valid}"
+            )
+        check_divisible(config.n_heads, config.n_kv_heads, config.max_seq_len, cp)
+
+    def setup_distributed(self) -> None:
+        super().setup_distributed()
+        from torch.distributed.device_mesh import init_device_mesh
+
+        cp = self.context_parallel_size
+        self.check_sizes(self.lightning_module.config, self.world_size)
+        self.device_mesh = init_device_mesh(
+            self.root_device.type, (self.world_size // cp, cp), mesh_dim_names=("data_parallel", "context_parallel")
+        )
+
+    def setup(self, trainer) -> None:
+        # Before DDP wraps the module: from here on the Transformer expects sequence slices.
+        group = ContextParallelGroup.of(self.device_mesh.get_group("context_parallel"))
+        set_context_parallel(self.lightning_module.model, group)
+        super().setup(trainer)

@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 
 from lighthouse.checkpoint_read import TOKENIZER_KEY, read_checkpoint, saved_model_config, training_stage
 from lighthouse.config import ModelConfig
+from lighthouse.context_parallel import without_context_parallel
 from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.guards import StepGuard, grad_norm
 from lighthouse.model import Transformer
@@ -138,10 +139,20 @@ class LitLM(L.LightningModule):
 
     # ---- steps --------------------------------------------------------------------------------------------
     def token_losses(self, tokens: Tensor) -> Tensor:
-        """Per-token next-token cross-entropy ``[B, N]`` for a window ``tokens`` ``[B, N + 1]``."""
-        return self.model.token_losses(tokens)
+        """Per-token next-token cross-entropy ``[B, N]`` for a window ``tokens`` ``[B, N + 1]``; with context
+        parallelism (lighthouse.context_parallel), ``[B, N/cp]``: the losses of this rank's slice of the window."""
+        cp = self.model.context_parallel
+        return self.model.token_losses(tokens if cp is None else cp.shard(tokens))
+
+    def window_losses(self, tokens: Tensor) -> Tensor:
+        """``[B, N]`` losses of the whole window on every rank, also with context parallelism (no gradient)."""
+        losses = self.token_losses(tokens)
+        cp = self.model.context_parallel
+        return losses if cp is None else cp.gather_sequence(losses)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        # With context parallelism the mean of this rank's slice: slices are equal, so the gradient averaged over
+        # all ranks (DDP) is the gradient of the mean over every token of the global batch.
         loss = self.token_losses(batch["tokens"]).mean()
         self.step_guard.observe(loss)  # checked with the gradient norm before the optimizer step
         # sync_dist: the curve is the loss of the global batch, comparable across world sizes.
@@ -153,7 +164,7 @@ class LitLM(L.LightningModule):
         tokens = batch["tokens"]
         # Eager: a handful of forwards per validation would not repay compiling a no-grad variant of the blocks.
         with torch.compiler.set_stance("force_eager"):
-            losses = self.token_losses(tokens)
+            losses = self.window_losses(tokens)
         if self.model.attention_backends == ["sdpa"] * self.config.n_layers:
             dense = losses  # already the dense model: the same number, not computed twice
         elif not self.dense_validation:
@@ -162,7 +173,7 @@ class LitLM(L.LightningModule):
             # Lighthouse selection inside a tile sees later tokens of the tile (op README, causality), which
             # lowers val/loss; the dense loss of the same weights is the number to compare runs on.
             with dense_eager(self.model):
-                dense = self.token_losses(tokens)
+                dense = self.window_losses(tokens)
         for total, by_pos, values in (
             (self.val_loss, self.val_loss_by_pos, losses),
             (self.val_loss_dense, self.val_loss_dense_by_pos, dense),
@@ -204,8 +215,10 @@ class LitLM(L.LightningModule):
             )
 
         def logits(inputs: Tensor) -> Tensor:
-            with dense_eager(self.model), self.trainer.precision_plugin.forward_context():
-                return self.model(inputs)
+            # Prompts are split over all ranks, each scored whole on one rank: no context parallelism here.
+            with dense_eager(self.model), without_context_parallel(self.model):
+                with self.trainer.precision_plugin.forward_context():
+                    return self.model(inputs)
 
         strategy = self.trainer.strategy
         return self._passkey_eval.run(

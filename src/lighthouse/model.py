@@ -102,6 +102,8 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
         warn_if_topk_shrinks(config)
+        # Set by lighthouse.context_parallel.set_context_parallel: inputs are then this rank's sequence slice.
+        self.context_parallel = None
 
     def reset_parameters(self) -> None:
         std = self.config.init_std
@@ -145,13 +147,22 @@ class Transformer(nn.Module):
     def features(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
         """tokens ``[B, N]`` -> final normalised hidden states ``[B, N, dim]`` (logits are ``output`` of them).
 
+        With a context-parallel group set (lighthouse.context_parallel), tokens are this rank's slice
+        ``[B, N/cp]`` of the sequence and so are the hidden states.
+
         With a cache (generation), the tokens continue the cached positions, every layer attends densely, and
         their keys and values are appended to the cache.
         """
         if cache is not None:
             return self._cached_features(tokens, cache)
         x = self.tok_embeddings(tokens)
-        cos, sin = self.rope(tokens.shape[1])
+        cp = self.context_parallel
+        if cp is None:
+            cos, sin = self.rope(tokens.shape[1])
+        else:  # RoPE at the slice's global positions
+            cos, sin = self.rope(tokens.shape[1] * cp.size)
+            at = cp.positions(tokens.shape[1])
+            cos, sin = cos[at], sin[at]
         config = self.config
         checkpointing = config.activation_checkpointing and self.training and torch.is_grad_enabled()
         if not checkpointing:

@@ -108,3 +108,13 @@ def check_backend_runs_here(config) -> None:
         "attention in plain PyTorch) on a CPU, or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter "
         "(slow; meant for tests)"
     )
+
+
+def check_context_parallel(trainer, model_config) -> None:
+    """A context-parallel degree the run cannot use is refused once the trainer exists (its process count is known)
+    and before any process starts, naming the field and the values that would work."""
+    strategy = trainer.strategy
+    if getattr(strategy, "context_parallel_size", 1) == 1 or not hasattr(strategy, "check_sizes"):
+        return
+    world = trainer.num_nodes * trainer.num_devices
+    strategy.check_sizes(model_config, world)

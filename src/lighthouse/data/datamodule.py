@@ -263,14 +263,21 @@ class LMDataModule(L.LightningDataModule):
         return "validation takes whole documents, chosen by a hash of their keys"
 
     def _rank_world(self) -> tuple[int, int]:
+        """(data-parallel rank, data-parallel size): the ranks of one context-parallel group read one stream."""
         trainer = self.trainer
         if trainer is not None:
+            split = getattr(trainer.strategy, "distributed_sampler_kwargs", None)
+            if split is not None:
+                return split["rank"], split["num_replicas"]
             return trainer.global_rank, trainer.world_size
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
     def _is_global_zero(self) -> bool:
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.is_global_zero
         return self._rank_world()[0] == 0
 
     def _loader(self, ds: PackedWindows) -> DataLoader:
