@@ -97,37 +97,29 @@ def _all_to_all(x: Tensor, group, scatter_dim: int, gather_dim: int) -> Tensor:
     return torch.cat(recv.unbind(0), dim=gather_dim)
 
 
-class _SeqToHead(torch.autograd.Function):
+class _AllToAll(torch.autograd.Function):
+    """The differentiable exchange: the gradient of an all-to-all is the all-to-all with the two dims swapped."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, group) -> Tensor:
-        ctx.group = group
-        return _all_to_all(x, group, scatter_dim=2, gather_dim=1)
+    def forward(ctx, x: Tensor, group, scatter_dim: int, gather_dim: int) -> Tensor:
+        ctx.group, ctx.dims = group, (scatter_dim, gather_dim)
+        return _all_to_all(x, group, scatter_dim, gather_dim)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return _all_to_all(grad, ctx.group, scatter_dim=1, gather_dim=2), None
-
-
-class _HeadToSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, group) -> Tensor:
-        ctx.group = group
-        return _all_to_all(x, group, scatter_dim=1, gather_dim=2)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return _all_to_all(grad, ctx.group, scatter_dim=2, gather_dim=1), None
+        scatter_dim, gather_dim = ctx.dims
+        return _all_to_all(grad, ctx.group, scatter_dim=gather_dim, gather_dim=scatter_dim), None, None, None
 
 
 def seq_to_head(x: Tensor, cp: ContextParallelGroup) -> Tensor:
     """``[B, N/cp, H, D]`` (this rank's positions, all heads) -> ``[B, N, H/cp, D]`` (all positions, this rank's
     heads: ``[r*H/cp, (r+1)*H/cp)``). Differentiable; its backward is :func:`head_to_seq`."""
-    return _SeqToHead.apply(x, cp.group)
+    return _AllToAll.apply(x, cp.group, 2, 1)
 
 
 def head_to_seq(x: Tensor, cp: ContextParallelGroup) -> Tensor:
     """The inverse of :func:`seq_to_head`: ``[B, N, H/cp, D]`` -> ``[B, N/cp, H, D]``."""
-    return _HeadToSeq.apply(x, cp.group)
+    return _AllToAll.apply(x, cp.group, 1, 2)
 
 
 # ---------------------------------------------------------------- installing a group on a model
