@@ -11,6 +11,7 @@ timed with CUDA events after warm-up, median of --steps, with per-block activati
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 
@@ -47,10 +48,17 @@ def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: in
 
 
 def run_one(
-    flavor: str, backend: str, seq_len: int, steps: int, warmup: int, checkpointing: bool, compile: bool, memory: dict
+    flavor: str,
+    backend: str,
+    seq_len: int,
+    steps: int,
+    warmup: int,
+    checkpointing: bool,
+    compile: bool,
+    overrides: dict,
 ):
     config = model_flavor(
-        flavor, attention=backend, max_seq_len=seq_len, activation_checkpointing=checkpointing, **memory
+        flavor, attention=backend, max_seq_len=seq_len, activation_checkpointing=checkpointing, **overrides
     )
     model = Transformer(config).cuda()
     if compile:
@@ -82,19 +90,23 @@ def main() -> None:
     parser.add_argument("--offload", action="store_true", help="checkpoint_offload: block inputs in host memory")
     parser.add_argument("--mlp-chunk", type=int, default=None, help="mlp_chunk_tokens")
     parser.add_argument("--loss-chunk", type=int, default=None, help="loss_chunk_tokens")
+    # configs/lh_16k.yaml sets K=512: the flavor's K=2048 would shrink to fit the tiles at 16384.
+    parser.add_argument("--topk", type=int, default=None, help="Lighthouse top-k K (default: the flavor's)")
     args = parser.parse_args()
-    memory = dict(
+    overrides = dict(  # ModelConfig fields beyond the flavor
         checkpoint_dtype=args.checkpoint_dtype,
         checkpoint_offload=args.offload,
         mlp_chunk_tokens=args.mlp_chunk,
         loss_chunk_tokens=args.loss_chunk,
     )
+    if args.topk is not None:
+        overrides["lighthouse"] = dataclasses.replace(model_flavor(args.flavor).lighthouse, topk=args.topk)
     if not torch.cuda.is_available():
         sys.exit("bench_model.py needs a CUDA GPU")
 
     print(
         f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, flavor {args.flavor}, "
-        f"activation checkpointing {args.checkpointing}, compile {args.compile}, memory options {memory}"
+        f"activation checkpointing {args.checkpointing}, compile {args.compile}, config overrides {overrides}"
     )
     rows = []
     for seq_len in args.seq_lens:
@@ -103,7 +115,7 @@ def main() -> None:
             checkpointing = args.checkpointing == "on"
             try:
                 ms, allocated, reserved, activations = run_one(
-                    args.flavor, backend, seq_len, args.steps, args.warmup, checkpointing, args.compile, memory
+                    args.flavor, backend, seq_len, args.steps, args.warmup, checkpointing, args.compile, overrides
                 )
             except torch.OutOfMemoryError:
                 rows.append((seq_len, backend, "OOM", "", "", "", "", "", "", args.checkpointing))
