@@ -4,17 +4,21 @@
 #                                        # checkout's src+bench, before), generation speed, 262144 memory rows
 #   bash bench/device_round.sh tests     # the GPU-marked tests alone
 #   bash bench/device_round.sh long      # lh_1m through the CLI, model rows at 524288 and 1048576
+#   bash bench/device_round.sh table     # the paper model, dense and Lighthouse, at 16384 (K=512), 65536, 131072
+#   bash bench/device_round.sh compare bench/configs/compare_32k.yaml --seeds 1 2 --steps 320
+#       # as much of a comparison as fits the call (exit code 3: not done; call again at once, while the machine
+#       # is warm, since the comparison folder lives on its disk); every call exports it to $OUT/<name>.tgz
 # Everything goes to one log, $OUT/<part>.log (the device tool brings back few files). Each step has its own
 # time limit, cut to what is left of DEADLINE_S (default 570 s from the start), so that one slow step cannot take
 # the others' results with it and the call ends inside the tool's 10 minutes.
 set -uo pipefail
-part=${1:?usage: device_round.sh kernels|tests|long}
+part=${1:?usage: device_round.sh kernels|tests|long|table|compare CONFIG [compare.py run args]}
 out=${OUT:-/tmp/device_round}
 mkdir -p "$out"
 log="$out/$part.log"
 export PYTHONUNBUFFERED=1
 if [ -d .whl ] && ! python3 -c "import jsonargparse" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl && export PYTHONPATH=$PWD/.site
+  python3 -m pip install -q --no-index --no-deps --upgrade --target .site .whl/*.whl && export PYTHONPATH=$PWD/.site
 fi
 site=${PYTHONPATH:-}
 deadline=$(($(date +%s) + ${DEADLINE_S:-570}))
@@ -59,8 +63,26 @@ long)
   step model_1m_options 240 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --flavor paper_1m \
     --seq-lens 524288 1048576 --backends lighthouse --checkpoint-dtype bfloat16 --mlp-chunk 65536 --loss-chunk 65536
   ;;
+table)
+  step model_64k_128k 330 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --seq-lens 65536 131072
+  step model_16k 150 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --seq-lens 16384 --topk 512
+  ;;
+compare)
+  config=${2:?usage: device_round.sh compare CONFIG [compare.py run args]}
+  shift 2
+  name=compare_$(basename "$config" .yaml | sed 's/^compare_//')
+  # compare.py keeps its own time budget (it stops its jobs with a checkpoint before it runs out); leave a
+  # minute for the export.
+  minutes=$(((deadline - $(date +%s) - 60) / 60))
+  PYTHONPATH=${site:+$site:}$PWD/src python3 bench/compare.py run --config "$config" --max-minutes "$minutes" "$@" \
+    >>"$log" 2>&1
+  rc=$?
+  tar czf "$out/$name.tgz" --exclude='*.ckpt' --exclude='*.tmp-*' -C logs "$name"
+  tail -n 3 "$log"
+  exit $rc
+  ;;
 *)
-  echo "unknown part $part (kernels|tests|long)" >&2
+  echo "unknown part $part (kernels|tests|long|table|compare)" >&2
   exit 2
   ;;
 esac
