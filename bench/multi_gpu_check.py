@@ -1,7 +1,8 @@
 """Multi-GPU checks through the real entry point (run on a machine with 2 GPUs):
 
-    python bench/multi_gpu_check.py --out results/       # all checks, table printed last
-    python bench/multi_gpu_check.py --only fsdp-curves   # some groups: ddp-curves fsdp-curves scaling fsdp-resume
+    PYTHONPATH=src python bench/multi_gpu_check.py --out results/       # all checks, table printed last
+    PYTHONPATH=src python bench/multi_gpu_check.py --only fsdp-curves   # some groups: ddp-curves fsdp-curves
+                                                                        # scaling fsdp-resume
 
 *-curves     same global batch on 1 and on 2 GPUs (DDP and FSDP): train/loss of the first 20 steps, max difference
 scaling      tokens/s of configs/lh_64k.yaml on 2 GPUs (DDP) over 1 GPU
@@ -18,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from tensorboard_scalars import logged_scalars
+from lighthouse.run_reader import read_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def train(out: Path, name: str, args: list[str], devices: int) -> tuple[int, flo
 
 
 def losses(out: Path, name: str) -> dict[int, float]:
-    return logged_scalars(out / "logs" / name, "train/loss")
+    return read_run(out / "logs" / name).series("train/loss").as_dict()
 
 
 def max_diff(a: dict[int, float], b: dict[int, float]) -> float:

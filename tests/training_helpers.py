@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from lighthouse.run_reader import EVENTS_GLOB, read_run
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -121,13 +123,8 @@ def only_run_dir(group: Path) -> Path:
 
 
 def logged_scalars(log_dir: Path, tag: str) -> dict[int, float]:
-    """step -> value of a TensorBoard scalar, over all event files in ``log_dir`` (later files win)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values: dict[int, float] = {}
-    for events in sorted(log_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            values.update({e.step: e.value for e in acc.Scalars(tag)})
-    return values
+    """step -> value of a TensorBoard scalar over all launches in ``log_dir`` (later launches win, as
+    lighthouse.run_reader reads them); {} where no run has logged yet."""
+    if not any(log_dir.glob(EVENTS_GLOB)):
+        return {}
+    return read_run(log_dir).series(tag).as_dict()

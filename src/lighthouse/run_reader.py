@@ -78,10 +78,11 @@ def _bucket_start(name: str) -> int:
     return int(start[:-1]) * 1024 if start.endswith("k") else int(start)
 
 
-def _launch_order(path: Path) -> tuple[int, str]:
-    # events.out.tfevents.<unix time>.<host>.<pid>.<n>: the time orders the launches
+def _launch_order(path: Path) -> tuple[int, float, str]:
+    # events.out.tfevents.<unix time>.<host>.<pid>.<n>: the time orders the launches; two launches started in the
+    # same second are ordered by when each last wrote (a later launch starts after the earlier one ended).
     match = re.match(r"events\.out\.tfevents\.(\d+)", path.name)
-    return (int(match.group(1)) if match else 0, path.name)
+    return (int(match.group(1)) if match else 0, path.stat().st_mtime, path.name)
 
 
 def _read_events(path: Path):
