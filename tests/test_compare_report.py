@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from training_helpers import REPO, logged_scalars, write_text_corpus
+from training_helpers import REPO, logged_scalars, tiny_arch, write_text_corpus
 
 from lighthouse.cli import main as cli_main
 from lighthouse.passkey import main as passkey_main
@@ -30,16 +30,7 @@ def tiny_compare_config(folder: Path) -> Path:
     config = yaml.safe_load(CONFIGS[0].read_text())
     config["trainer"].update(accelerator="cpu", precision="32-true", enable_model_summary=False)
     config["throughput"].update(window=1, skip_steps=1)
-    config["model"]["arch"].update(
-        dim=32,
-        n_layers=3,
-        n_heads=2,
-        ffn_hidden=64,
-        attention="lighthouse_naive",
-        dense_layers=[0],
-        lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128},
-        activation_checkpointing=False,
-    )
+    config["model"]["arch"].update(tiny_arch(attention="lighthouse_naive", activation_checkpointing=False))
     config["model"].update(
         warmup_steps=2, compile=False, passkey={"lengths": [256, 512], "depths": [0.25, 0.75], "samples": 1}
     )

@@ -39,6 +39,20 @@ def write_text_corpus(folder: Path, n_docs: int = 12, seed: int = 0) -> Path:
     return folder
 
 
+def tiny_arch(**overrides) -> dict:
+    """``model.arch`` of the CPU-sized model the training tests run: 3 layers of width 32, layer 0 dense, the others
+    Lighthouse with L=2, p=4, K=128 (the smallest geometry a few-hundred-token window allows)."""
+    arch = dict(
+        dim=32,
+        n_layers=3,
+        n_heads=2,
+        ffn_hidden=64,
+        dense_layers=[0],
+        lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128},
+    )
+    return {**arch, **overrides}
+
+
 def tiny_config(
     tmp_path: Path,
     name: str,
@@ -74,15 +88,7 @@ def tiny_config(
             cb["init_args"].update(every_n_train_steps=every_n)
     config["stage"]["switch_step"] = switch_step
     config["throughput"].update(window=2, skip_steps=1)
-    config["model"]["arch"].update(
-        dim=32,
-        n_layers=3,
-        n_heads=2,
-        ffn_hidden=64,
-        attention=attention,
-        dense_layers=[0],
-        lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128},
-    )
+    config["model"]["arch"].update(tiny_arch(attention=attention))
     config["model"].update(warmup_steps=2, schedule_steps=20)
     corpus = write_text_corpus(tmp_path / "corpus")
     config["data"].update(
