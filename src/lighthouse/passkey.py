@@ -376,18 +376,6 @@ def split_reader(datamodule, split: str) -> TokenSource:
 
 
 # ---- command line: any checkpoint -----------------------------------------------------------------------------
-def load_model(path: str, device: torch.device):
-    """The Transformer of a Lightning checkpoint (a single file; consolidate sharded ones first)."""
-    from lighthouse.config import ModelConfig
-    from lighthouse.model import Transformer
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    model = Transformer(ModelConfig(**ckpt["lighthouse_model"]))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
-    return model.to(device).eval(), ckpt
-
-
 def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     parser = argparse.ArgumentParser(prog="python -m lighthouse.passkey", description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", required=True, help="a .ckpt written by training")
@@ -400,10 +388,12 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the scores to this file")
     args = parser.parse_args(argv)
+    from lighthouse.checkpoint_read import dense_model, read_checkpoint
     from lighthouse.data.datamodule import LMDataModule
 
     device = torch.device(args.device)
-    model, ckpt = load_model(args.ckpt, device)
+    ckpt = read_checkpoint(args.ckpt, mmap=True)  # verified, weights_only; a sharded folder gets the command
+    model = dense_model(ckpt).to(device)
     # The run's data settings (Lightning also stores its own keys there, e.g. _instantiator: not arguments).
     accepted = inspect.signature(LMDataModule).parameters
     data_args = {k: v for k, v in ckpt["datamodule_hyper_parameters"].items() if k in accepted}
