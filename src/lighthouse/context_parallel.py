@@ -65,10 +65,15 @@ def shard_window(tokens: Tensor, rank: int, size: int) -> Tensor:
     return tokens[:, rank * n : (rank + 1) * n + 1]
 
 
-def check_divisible(n_heads: int, n_kv_heads: int, seq_len: int, cp: int) -> None:
-    """Refuse a CP degree the model cannot use: heads (and KV heads) and the sequence must split evenly."""
+def check_degree(cp: object) -> None:
+    """Refuse a CP degree that is not a whole number of ranks."""
     if not isinstance(cp, int) or isinstance(cp, bool) or cp < 1:
         raise ValueError(f"{CP_FIELD}={cp!r} is invalid: it must be an integer >= 1")
+
+
+def check_divisible(n_heads: int, n_kv_heads: int, seq_len: int, cp: int) -> None:
+    """Refuse a CP degree the model cannot use: heads (and KV heads) and the sequence must split evenly."""
+    check_degree(cp)
     for field, value in (("model.arch.n_heads", n_heads), ("model.arch.n_kv_heads", n_kv_heads)):
         if value % cp:
             valid = [d for d in range(1, value + 1) if value % d == 0]

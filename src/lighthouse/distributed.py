@@ -8,7 +8,13 @@ from typing import Literal
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from lighthouse.checkpoint_io import check_sharded_checkpoint, load_verified
-from lighthouse.context_parallel import CP_FIELD, ContextParallelGroup, check_divisible, set_context_parallel
+from lighthouse.context_parallel import (
+    CP_FIELD,
+    ContextParallelGroup,
+    check_degree,
+    check_divisible,
+    set_context_parallel,
+)
 from lighthouse.model import Block
 
 
@@ -81,10 +87,7 @@ class ContextParallelStrategy(DDPStrategy):
                 data-parallel replica (the global batch is batch_size * world / cp windows). 1: plain DDP.
             **kwargs: Lightning's DDPStrategy arguments.
         """
-        if not isinstance(context_parallel_size, int) or isinstance(context_parallel_size, bool):
-            raise ValueError(f"{CP_FIELD}={context_parallel_size!r} is invalid: it must be an integer >= 1")
-        if context_parallel_size < 1:
-            raise ValueError(f"{CP_FIELD}={context_parallel_size} is invalid: it must be an integer >= 1")
+        check_degree(context_parallel_size)
         super().__init__(**kwargs)
         self.context_parallel_size = context_parallel_size
         self.device_mesh = None
