@@ -336,3 +336,18 @@ def test_a_comparison_folder_refuses_other_settings(comparison):
         ]
         == STEPS
     )
+
+
+@pytest.mark.parametrize("archive", sorted((REPO / "bench" / "report" / "runs").glob("*.tgz")), ids=lambda p: p.stem)
+def test_committed_report_is_what_the_archived_runs_give(archive, tmp_path):
+    """bench/report/README.md is built from bench/report/runs/, never edited by hand: rebuilding the section of
+    each archived comparison gives the committed text, line for line."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "runs", filter="data")
+    (tmp_path / "report").mkdir()
+    rebuilt = report.section(tmp_path / "runs" / archive.stem, tmp_path / "report")
+    committed = (REPO / "bench" / "report" / "README.md").read_text().splitlines()
+    start = committed.index(rebuilt[0])
+    assert committed[start : start + len(rebuilt)] == rebuilt
