@@ -6,6 +6,7 @@
 #   bash bench/device_round.sh long      # lh_1m through the CLI, model rows at 524288 and 1048576
 #   bash bench/device_round.sh table     # the paper model, dense and Lighthouse, at 16384 (K=512), 65536, 131072
 #   bash bench/device_round.sh compare bench/configs/compare_32k.yaml --seeds 1 2 --steps 320
+#   bash bench/device_round.sh compare bench/configs/compare_32k.yaml --out logs/compare_32k_pass --seeds 3 --steps pass
 #       # as much of a comparison as fits the call (exit code 3: not done; call again at once, while the machine
 #       # is warm, since the comparison folder lives on its disk); every call exports it to $OUT/<name>.tgz
 # Everything goes to one log, $OUT/<part>.log (the device tool brings back few files). Each step has its own
@@ -71,15 +72,26 @@ compare)
   config=${2:?usage: device_round.sh compare CONFIG [compare.py run args]}
   shift 2
   name=compare_$(basename "$config" .yaml | sed 's/^compare_//')
+  # An --out logs/NAME in the compare.py arguments (e.g. logs/compare_32k_pass for --steps pass: one folder holds
+  # one plan) names the folder instead.
+  args=("$@")
+  for i in "${!args[@]}"; do
+    if [ "${args[$i]}" = --out ]; then
+      case ${args[$((i + 1))]:-} in
+      logs/?*) name=${args[$((i + 1))]#logs/} ;;
+      *) echo "compare: --out must be logs/NAME (the folder this script unpacks and exports)" >&2; exit 2 ;;
+      esac
+    fi
+  done
   # A fresh machine starts from the comparison recorded in the repo (its finished seeds are kept, not rerun).
   if [ ! -d "logs/$name" ] && [ -f "bench/report/runs/$name.tgz" ]; then
     mkdir -p logs && tar xzf "bench/report/runs/$name.tgz" -C logs && echo "unpacked bench/report/runs/$name.tgz" >>"$log"
   fi
-  # compare.py keeps its own time budget (it stops its jobs with a checkpoint before it runs out); leave a
-  # minute for the export.
-  minutes=$(((deadline - $(date +%s) - 60) / 60))
-  PYTHONPATH=${site:+$site:}$PWD/src python3 bench/compare.py run --config "$config" --max-minutes "$minutes" "$@" \
-    >>"$log" 2>&1
+  # compare.py keeps its own time budget (it stops its jobs with a checkpoint before it runs out); leave half a
+  # minute for the export (a tar of a few MB).
+  minutes=$(awk -v s=$((deadline - $(date +%s) - 30)) 'BEGIN { printf "%.2f", s / 60 }')
+  PYTHONPATH=${site:+$site:}$PWD/src python3 bench/compare.py run --config "$config" --out "logs/$name" \
+    --max-minutes "$minutes" "$@" >>"$log" 2>&1
   rc=$?
   tar czf "$out/$name.tgz" --exclude='*.ckpt' --exclude='*.tmp-*' -C logs "$name"
   tail -n 3 "$log"

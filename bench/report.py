@@ -22,19 +22,18 @@ ARM_LABEL = {"dense": "dense", "lighthouse": "Lighthouse + recovery"}
 PHASES = ("lighthouse", "dense")  # what the non-dense layers run: stage 1 of the Lighthouse arm, or dense SDPA
 
 
-# ---- run-directory reader (minimal on purpose: lighthouse.plot's reader can replace this section) -----------
+# ---- run-directory reader -------------------------------------------------------------------------------------
 def read_scalars(folder: Path) -> dict[str, dict[int, tuple[float, float]]]:
-    """tag -> {step: (wall time, value)} over the TensorBoard event files directly in ``folder``; a later file
-    (a resumed job) wins at a step both hold."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """tag -> {step: (wall time, value)} over the TensorBoard event files directly in ``folder`` (none: empty); a
+    later launch wins at a step both hold (lighthouse.run_reader)."""
+    from lighthouse.run_reader import EVENTS_GLOB, read_run
 
-    out: dict[str, dict[int, tuple[float, float]]] = {}
-    for events in sorted(folder.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, {}).update({e.step: (e.wall_time, e.value) for e in acc.Scalars(tag)})
-    return out
+    if not any(folder.glob(EVENTS_GLOB)):
+        return {}
+    return {
+        tag: {step: (wall, value) for step, wall, value in zip(s.steps, s.wall_times, s.values, strict=True)}
+        for tag, s in read_run(folder).scalars.items()
+    }
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -482,6 +481,25 @@ def plot_buckets(runs_by_arm: dict[str, list[Run]], path: Path) -> None:
 
 
 # ---- the report --------------------------------------------------------------------------------------------------
+def data_line(manifest_path: Path, data: dict, steps: int) -> list[str]:
+    """What the runs trained on, and how many passes over the training split the steps make: the default corpus
+    is the interpreter's standard library, whose size depends on how Python was packaged on the machine."""
+    from lighthouse.data.packing import num_windows
+
+    if not manifest_path.exists():
+        return []
+    manifest = json.loads(manifest_path.read_text())
+    corpus, train = manifest["corpus"], manifest["splits"]["train"]
+    source = f"`{corpus['spec']}`" + (f" (Python {corpus['python']}, {corpus['root']})" if corpus.get("python") else "")
+    windows = num_windows(train["tokens"], data["seq_len"])
+    passes = steps * data.get("batch_size", 1) / windows if windows else float("nan")
+    return [
+        f"- Data: {source}, {manifest['tokenizer']['spec']} tokenizer; training split {train['documents']} documents, "
+        f"{train['tokens']:,} tokens = {windows} windows of {data['seq_len']}, so {steps} steps are {passes:.2f} "
+        f"passes over it (a window replaced by a passkey document counts; its filler is training text too)."
+    ]
+
+
 def section(out: Path, report_dir: Path) -> list[str]:
     plan, runs = load_comparison(out)
     tag = out.name
@@ -503,6 +521,7 @@ def section(out: Path, report_dir: Path) -> list[str]:
         f"documents: {data.get('passkey_fraction', 0.0):.0%} of training windows.",
         f"- Device: {plan.get('device', '?')}, torch {plan.get('torch', '?')}; started {plan.get('started', '?')}. "
         f"Config `{plan['config']}`, validation every {plan['val_every']} steps.",
+        *data_line(out / f"{runs[0].arm}-seed{runs[0].seed}" / "data_manifest.json", data, plan["steps"]),
         "",
     ]
     if paired:
