@@ -23,17 +23,19 @@ PHASES = ("lighthouse", "dense")  # what the non-dense layers run: stage 1 of th
 
 
 # ---- run-directory reader -------------------------------------------------------------------------------------
-def read_scalars(folder: Path) -> dict[str, dict[int, tuple[float, float]]]:
-    """tag -> {step: (wall time, value)} over the TensorBoard event files directly in ``folder`` (none: empty); a
-    later launch wins at a step both hold (lighthouse.run_reader)."""
+def read_logged(folder: Path) -> tuple[dict[str, dict[int, tuple[float, float]]], list[dict]]:
+    """(tag -> {step: (wall time, value)}, throughput.jsonl records) of the run directly in ``folder`` (no event
+    files: both empty); a later launch wins at a step both hold (lighthouse.run_reader)."""
     from lighthouse.run_reader import EVENTS_GLOB, read_run
 
     if not any(folder.glob(EVENTS_GLOB)):
-        return {}
-    return {
+        return {}, []
+    run = read_run(folder)
+    scalars = {
         tag: {step: (wall, value) for step, wall, value in zip(s.steps, s.wall_times, s.values, strict=True)}
-        for tag, s in read_run(folder).scalars.items()
+        for tag, s in run.scalars.items()
     }
+    return scalars, run.throughput
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -123,7 +125,8 @@ def global_steps(logged: dict, steps: int, run_dir: Path) -> dict[str, dict[int,
 
 
 def load_run(run_dir: Path, arm: str, seed: int, plan: dict) -> Run:
-    logged = read_scalars(run_dir)
+    logged, throughput = read_logged(run_dir)
+    final_logged, _ = read_logged(run_dir / "final_eval")
     steps, switch = plan["steps"], plan["switch_step"] if arm == "lighthouse" else None
     tags = global_steps(logged, steps, run_dir)
     spans = job_spans(run_dir, logged)
@@ -137,7 +140,7 @@ def load_run(run_dir: Path, arm: str, seed: int, plan: dict) -> Run:
         return "lighthouse" if switch is not None and step <= switch else "dense"
 
     points = sorted([(w, phase(s)) for s, w in step_walls.items()] + [(w, phase(s)) for s, (w, _) in dense.items()])
-    train_s, tokens_per_s = steady_state(read_jsonl(run_dir / "throughput.jsonl"), arm, steps, switch)
+    train_s, tokens_per_s = steady_state(throughput, arm, steps, switch)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     data = config["data"]
     tokens_per_step = data["seq_len"] * data.get("batch_size", 1) * config["trainer"].get("accumulate_grad_batches", 1)
@@ -150,7 +153,7 @@ def load_run(run_dir: Path, arm: str, seed: int, plan: dict) -> Run:
         curve=[(s, elapsed(w, spans), v) for s, (w, v) in sorted(dense.items())],
         last={t: series[last][1] for t, series in val.items() if last in series},
         at_switch={t: val[t][max(before)][1] for t in ("val/loss", "val/loss_dense")} if before else {},
-        final_eval={t: v for t, series in read_scalars(run_dir / "final_eval").items() for _, (_, v) in series.items()},
+        final_eval={t: v for t, series in final_logged.items() for _, (_, v) in series.items()},
         wall_s=split_wall_by_phase(spans, points),
         train_s=train_s,
         tokens_per_s=tokens_per_s,
