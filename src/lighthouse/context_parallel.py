@@ -140,9 +140,8 @@ def set_context_parallel(model: torch.nn.Module, cp: ContextParallelGroup | None
     None (or a group of one) restores the single-process path."""
     if cp is not None and cp.size == 1:
         cp = None
-    model.context_parallel = cp
-    for module in model.modules():
-        if hasattr(module, "context_parallel") and module is not model:
+    for module in model.modules():  # the Transformer itself and its attention layers
+        if hasattr(module, "context_parallel"):
             module.context_parallel = cp
 
 

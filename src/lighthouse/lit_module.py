@@ -141,8 +141,7 @@ class LitLM(L.LightningModule):
     def token_losses(self, tokens: Tensor) -> Tensor:
         """Per-token next-token cross-entropy ``[B, N]`` for a window ``tokens`` ``[B, N + 1]``; with context
         parallelism (lighthouse.context_parallel), ``[B, N/cp]``: the losses of this rank's slice of the window."""
-        cp = self.model.context_parallel
-        return self.model.token_losses(tokens if cp is None else cp.shard(tokens))
+        return self.model.token_losses(tokens)
 
     def window_losses(self, tokens: Tensor) -> Tensor:
         """``[B, N]`` losses of the whole window on every rank, also with context parallelism (no gradient)."""

@@ -191,7 +191,10 @@ class Transformer(nn.Module):
 
     def token_losses(self, tokens: Tensor) -> Tensor:
         """Per-token next-token cross-entropy ``[B, N]`` (fp32) for a window ``tokens`` ``[B, N + 1]``; with
-        ``loss_chunk_tokens`` the logits are made and consumed in chunks, never for the whole window."""
+        ``loss_chunk_tokens`` the logits are made and consumed in chunks, never for the whole window. With a
+        context-parallel group set, the losses ``[B, N/cp]`` of this rank's slice of the window."""
+        if self.context_parallel is not None:
+            tokens = self.context_parallel.shard(tokens)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         chunk = self.config.loss_chunk_tokens
         if chunk is None:
