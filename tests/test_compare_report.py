@@ -241,6 +241,27 @@ def test_report_holds_the_logged_numbers(comparison):
 
 
 @pytest.mark.slow
+def test_report_compares_at_equal_wall_clock(comparison):
+    plan, runs = report.load_comparison(comparison.out)
+    by = {(r.arm, r.seed): r for r in runs}
+    _, lh_t, lh_v = by[("lighthouse", 0)].curve[-1]
+    dense = report.loss_at(by[("dense", 0)].curve, lh_t)
+    row = f"| 0 | {lh_t / 60:.2f} | {lh_v:.4f} | " + (
+        "- | - |" if dense is None else f"{dense:.4f} | {lh_v - dense:+.4f} |"
+    )
+    assert row in comparison.markdown
+
+
+def test_loss_at_interpolates_between_validations_and_not_beyond():
+    curve = [(10, 60.0, 3.0), (20, 120.0, 2.0), (30, 180.0, 1.5)]
+    assert report.loss_at(curve, 90.0) == pytest.approx(2.5)
+    assert report.loss_at(curve, 120.0) == 2.0
+    assert report.loss_at(curve, 180.0) == 1.5
+    assert report.loss_at(curve, 59.0) is None and report.loss_at(curve, 181.0) is None
+    assert report.loss_at([], 1.0) is None
+
+
+@pytest.mark.slow
 def test_report_splits_each_jobs_wall_clock_over_the_phases(comparison):
     plan, runs = report.load_comparison(comparison.out)
     for run in runs:
