@@ -1,6 +1,8 @@
 """Memory options compute what the plain path computes: same losses and gradients, less kept memory."""
 
 import dataclasses
+import gc
+import weakref
 
 import pytest
 import torch
@@ -106,6 +108,32 @@ def test_host_offload_moves_exactly_the_block_inputs():
     assert len(offload._entries) == 3 and offload.offloaded_bytes == 3 * block_input
     logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_host_copies_are_freed_with_the_graph_without_the_cycle_collector():
+    """The host copies of a step (GiBs of pinned memory at long context) must go when the step's graph goes, by
+    reference counting alone: copies kept alive by a reference cycle wait for a full collection, and a few steps
+    of such garbage exhaust host memory."""
+    _, model = twins(checkpoint_offload=True)
+    copies: list[weakref.ref] = []
+    original_exit = HostOffload.__exit__
+
+    def spy(self, *exc):
+        copies.extend(weakref.ref(entry["host"]) for entry in self._entries)
+        return original_exit(self, *exc)
+
+    gc.collect()
+    gc.disable()
+    HostOffload.__exit__ = spy
+    try:
+        loss = model(TOKENS[:, :-1]).sum()
+        assert len(copies) == 3 and all(c() is not None for c in copies)  # the graph holds them
+        loss.backward()
+        del loss
+        assert [c() for c in copies] == [None] * 3
+    finally:
+        HostOffload.__exit__ = original_exit
+        gc.enable()
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 64])

@@ -28,16 +28,28 @@ class HostOffload(torch.autograd.graph.saved_tensors_hooks):
     """
 
     def __init__(self, keep: tuple[Tensor, ...] = ()):
-        self._keep = {id(t) for t in keep}
-        self._entries: list[dict] = []
-        self._stream = torch.cuda.Stream() if torch.cuda.is_available() else None
-        super().__init__(self._pack, self._unpack)
+        # The hooks are methods of a separate object: as this object's own methods they would make it refer to
+        # itself (through the hook attributes the base class keeps), and a step's host copies, GiBs of pinned
+        # memory at long context, would then outlive the step's graph until a full cycle collection.
+        self._copies = _HostCopies(keep)
+        self._entries = self._copies.entries
+        super().__init__(self._copies.pack, self._copies.unpack)
 
     @property
     def offloaded_bytes(self) -> int:
         return sum(e["host"].numel() * e["host"].element_size() for e in self._entries)
 
-    def _pack(self, tensor: Tensor):
+
+class _HostCopies:
+    """The host side of HostOffload: one entry per saved tensor, shared by its pack and unpack hooks and
+    freed with the autograd graph that holds them."""
+
+    def __init__(self, keep: tuple[Tensor, ...]):
+        self._keep = {id(t) for t in keep}
+        self.entries: list[dict] = []
+        self._stream = torch.cuda.Stream() if torch.cuda.is_available() else None
+
+    def pack(self, tensor: Tensor):
         if id(tensor) in self._keep:
             return tensor
         entry = {"device": tensor.device, "ready": None, "back": None}
@@ -54,11 +66,11 @@ class HostOffload(torch.autograd.graph.saved_tensors_hooks):
             tensor.record_stream(stream)
         else:
             entry["host"] = tensor.detach().clone()
-        self._entries.append(entry)
-        return len(self._entries) - 1
+        self.entries.append(entry)
+        return len(self.entries) - 1
 
     def _fetch(self, index: int) -> None:
-        entry = self._entries[index]
+        entry = self.entries[index]
         if entry["back"] is not None:
             return
         if entry["device"].type != "cuda":
@@ -70,13 +82,13 @@ class HostOffload(torch.autograd.graph.saved_tensors_hooks):
             entry["ready"] = torch.cuda.Event()
             entry["ready"].record(self._stream)
 
-    def _unpack(self, packed):
+    def unpack(self, packed):
         if isinstance(packed, Tensor):
             return packed
         self._fetch(packed)
         if packed > 0:
             self._fetch(packed - 1)  # prefetch: the backward visits the blocks in reverse order
-        entry = self._entries[packed]
+        entry = self.entries[packed]
         tensor = entry["back"]
         if entry["device"].type == "cuda":
             torch.cuda.current_stream(entry["device"]).wait_event(entry["ready"])
