@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import resource
 import sys
 
 import torch
@@ -155,6 +156,8 @@ def main() -> None:
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(str(x) for x in row) + " |")
+    # Host memory matters for checkpoint_offload (pinned copies of the block inputs); ru_maxrss is in KiB on Linux.
+    print(f"host peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 #   bash bench/device_round.sh tests     # the GPU-marked tests alone
 #   bash bench/device_round.sh long      # lh_1m through the CLI, model rows at 524288 and 1048576
 #   bash bench/device_round.sh table     # the paper model, dense and Lighthouse, at 16384 (K=512), 65536, 131072
+#   bash bench/device_round.sh offload   # checkpoint_offload at 262144 (with the host's peak memory)
 #   bash bench/device_round.sh compare bench/configs/compare_32k.yaml --seeds 1 2 --steps 320
 #   bash bench/device_round.sh compare bench/configs/compare_32k.yaml --out logs/compare_32k_pass --seeds 3 --steps pass
 #       # as much of a comparison as fits the call (exit code 3: not done; call again at once, while the machine
@@ -13,7 +14,7 @@
 # time limit, cut to what is left of DEADLINE_S (default 570 s from the start), so that one slow step cannot take
 # the others' results with it and the call ends inside the tool's 10 minutes.
 set -uo pipefail
-part=${1:?usage: device_round.sh kernels|tests|long|table|compare CONFIG [compare.py run args]}
+part=${1:?usage: device_round.sh kernels|tests|long|table|offload|compare CONFIG [compare.py run args]}
 out=${OUT:-/tmp/device_round}
 mkdir -p "$out"
 log="$out/$part.log"
@@ -64,6 +65,11 @@ long)
   step model_1m_options 240 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --flavor paper_1m \
     --seq-lens 524288 1048576 --backends lighthouse --checkpoint-dtype bfloat16 --mlp-chunk 65536 --loss-chunk 65536
   ;;
+offload)
+  # checkpoint_offload at 262144 with the other memory options (its first timing died; see bench/RESULTS.md).
+  step model_262k_offload 400 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --seq-lens 262144 \
+    --backends lighthouse --checkpoint-dtype bfloat16 --mlp-chunk 65536 --loss-chunk 65536 --offload
+  ;;
 table)
   step model_64k_128k 330 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --seq-lens 65536 131072
   step model_16k 150 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --seq-lens 16384 --topk 512
@@ -98,7 +104,7 @@ compare)
   exit $rc
   ;;
 *)
-  echo "unknown part $part (kernels|tests|long|table|compare)" >&2
+  echo "unknown part $part (kernels|tests|long|table|offload|compare)" >&2
   exit 2
   ;;
 esac
