@@ -31,9 +31,9 @@ class HostOffload(torch.autograd.graph.saved_tensors_hooks):
         # The hooks are methods of a separate object: as this object's own methods they would make it refer to
         # itself (through the hook attributes the base class keeps), and a step's host copies, GiBs of pinned
         # memory at long context, would then outlive the step's graph until a full cycle collection.
-        self._copies = _HostCopies(keep)
-        self._entries = self._copies.entries
-        super().__init__(self._copies.pack, self._copies.unpack)
+        copies = _HostCopies(keep)
+        self._entries = copies.entries  # for offloaded_bytes; the list does not refer back to this object
+        super().__init__(copies.pack, copies.unpack)
 
     @property
     def offloaded_bytes(self) -> int:
