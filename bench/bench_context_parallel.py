@@ -27,9 +27,9 @@ import torch.distributed as dist
 from timing import cuda_time_ms
 from torch.nn.parallel import DistributedDataParallel
 
-from lighthouse.config import model_flavor
-from lighthouse.context_parallel import ContextParallelGroup, check_divisible, set_context_parallel
-from lighthouse.model import Transformer
+from lighthouse.model.config import model_flavor
+from lighthouse.model.context_parallel import ContextParallelGroup, check_divisible, set_context_parallel
+from lighthouse.model.transformer import Transformer
 
 
 class WindowLoss(torch.nn.Module):

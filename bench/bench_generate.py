@@ -17,9 +17,9 @@ import datetime
 import torch
 from timing import cuda_time_ms
 
-from lighthouse.config import model_flavor
 from lighthouse.generate import Sampling, generate_tokens
-from lighthouse.model import Transformer
+from lighthouse.model.config import model_flavor
+from lighthouse.model.transformer import Transformer
 
 
 def main() -> None:

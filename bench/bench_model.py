@@ -19,8 +19,8 @@ import sys
 import torch
 from timing import cuda_time_ms
 
-from lighthouse.config import model_flavor
-from lighthouse.model import Transformer
+from lighthouse.model.config import model_flavor
+from lighthouse.model.transformer import Transformer
 
 
 def time_training_steps(model: Transformer, seq_len: int, steps: int, warmup: int) -> tuple[float, float, float, float]:

@@ -9,7 +9,7 @@ Per seed, two arms, both ``python src/train.py fit`` with the seed for the init 
 job, StageSwitch), with the same LR schedule over S. After training, each arm's last checkpoint is validated
 once more (``final_eval/``): the arm's own stage-1 attention and dense, and a larger passkey grid.
 
-``run`` is resumable: it stops every job cleanly before ``--max-minutes`` (lighthouse.time_budget), and the same
+``run`` is resumable: it stops every job cleanly before ``--max-minutes`` (lighthouse.train.time_budget), and the same
 command later continues each arm from its newest checkpoint. Exit code 0: every arm and final evaluation of the
 plan is done; 3: time ran out, run the same command again. Nothing is installed here: the environment (e.g.
 PYTHONPATH with jsonargparse, and src for ``--steps pass``) comes from the caller.
@@ -126,7 +126,10 @@ def arm_config(base: dict, plan: dict, arm: str, seed: int, out: Path, deadline:
         if cb["class_path"].endswith("ModelCheckpoint"):
             cb["init_args"]["every_n_train_steps"] = plan["ckpt_every"]
     trainer["callbacks"].append(
-        {"class_path": "lighthouse.time_budget.TimeBudget", "init_args": {"deadline": deadline, "reserve_s": reserve_s}}
+        {
+            "class_path": "lighthouse.train.time_budget.TimeBudget",
+            "init_args": {"deadline": deadline, "reserve_s": reserve_s},
+        }
     )
     return config
 
@@ -143,7 +146,7 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def keep_newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    from lighthouse.checkpoint_files import remove_checkpoint_file  # with its checksum file
+    from lighthouse.checkpoint.files import remove_checkpoint_file  # with its checksum file
 
     found = checkpoints(run_dir)
     for _, path in found[:-1]:

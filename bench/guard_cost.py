@@ -4,10 +4,10 @@
     PYTHONPATH=src python bench/guard_cost.py --flavor paper --seq-len 65536 --backend lighthouse   # on a GPU
 
 A step is forward, backward, clip_grad_norm_ (the demo clips at 1.0, so the norm exists anyway) and AdamW. The
-guarded step adds what ``lighthouse.guards.StepGuard`` does: an isfinite of the loss and of the norm and one host
-sync. Steps run back to back and the clock is read after the last one, so a sync that stalls the host's queue of
-kernels shows up in the time. On a CPU shared with other jobs, the A/B difference is noise; the line "the guard's
-own work" is the upper bound there (a host sync is free on a CPU).
+guarded step adds what ``lighthouse.checkpoint.guards.StepGuard`` does: an isfinite of the loss and of the norm
+and one host sync. Steps run back to back and the clock is read after the last one, so a sync that stalls the
+host's queue of kernels shows up in the time. On a CPU shared with other jobs, the A/B difference is noise; the
+line "the guard's own work" is the upper bound there (a host sync is free on a CPU).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from lighthouse.config import ModelConfig, model_flavor
-from lighthouse.guards import StepGuard, checkpoint_state, non_finite_names
-from lighthouse.model import Transformer
+from lighthouse.checkpoint.guards import StepGuard, checkpoint_state, non_finite_names
+from lighthouse.model.config import ModelConfig, model_flavor
+from lighthouse.model.transformer import Transformer
 
 
 def demo_model_config(seq_len: int | None, backend: str | None) -> ModelConfig:

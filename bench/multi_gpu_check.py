@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from lighthouse.run_reader import read_run
+from lighthouse.eval.run_logs import read_run
 
 REPO = Path(__file__).resolve().parents[1]
 

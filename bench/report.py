@@ -26,8 +26,8 @@ PHASES = ("lighthouse", "dense")  # what the non-dense layers run: stage 1 of th
 # ---- run-directory reader -------------------------------------------------------------------------------------
 def read_logged(folder: Path) -> tuple[dict[str, dict[int, tuple[float, float]]], list[dict]]:
     """(tag -> {step: (wall time, value)}, throughput.jsonl records) of the run directly in ``folder`` (no event
-    files: both empty); a later launch wins at a step both hold (lighthouse.run_reader)."""
-    from lighthouse.run_reader import EVENTS_GLOB, read_run
+    files: both empty); a later launch wins at a step both hold (lighthouse.eval.run_logs)."""
+    from lighthouse.eval.run_logs import EVENTS_GLOB, read_run
 
     if not any(folder.glob(EVENTS_GLOB)):
         return {}, []
@@ -391,7 +391,7 @@ def passkey_tables(runs_by_arm: dict[str, list[Run]], digits: int) -> list[str]:
     if out:
         out.append(
             f"Chance: digit accuracy 0.1, exact match 1e-{digits} ({digits}-digit keys). Greedy exact match "
-            f"over the full vocabulary, scored in one teacher-forced forward (lighthouse/passkey.py)."
+            f"over the full vocabulary, scored in one teacher-forced forward (lighthouse/eval/passkey.py)."
         )
     return out
 

@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from a checkout without installing
 
-from lighthouse.cli import run  # noqa: E402
+from lighthouse.train.cli import run  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run())

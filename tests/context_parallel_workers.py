@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lighthouse.config import ModelConfig
-from lighthouse.context_parallel import ContextParallelGroup, head_to_seq, seq_to_head, set_context_parallel
-from lighthouse.model import Transformer
+from lighthouse.model.config import ModelConfig
+from lighthouse.model.context_parallel import ContextParallelGroup, head_to_seq, seq_to_head, set_context_parallel
+from lighthouse.model.transformer import Transformer
 
 
 def launch(fn, world: int, folder: Path, *args) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from training_helpers import cli_subprocess_args, logged_scalars, tiny_config
 
-from lighthouse.checkpoint_files import candidates, verify
+from lighthouse.checkpoint.files import candidates, verify
 
 REPO = Path(__file__).resolve().parents[1]
 

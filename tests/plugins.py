@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lighthouse.checkpoint_io import AtomicCheckpointIO
+from lighthouse.checkpoint.io import AtomicCheckpointIO
 
 
 class SlowCheckpointIO(AtomicCheckpointIO):

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from lighthouse.checkpoint_files import remove_orphans, resolve_last, sidecar, verify
-from lighthouse.checkpoint_io import AtomicCheckpointIO, CheckpointError
+from lighthouse.checkpoint.files import remove_orphans, resolve_last, sidecar, verify
+from lighthouse.checkpoint.io import AtomicCheckpointIO, CheckpointError
 
 
 def checkpoint(step: int, value: float = 1.0) -> dict:
@@ -160,7 +160,7 @@ def test_sharded_checkpoint_metadata_that_would_run_code_is_refused(tmp_path):
 
     import torch.distributed.checkpoint as dcp
 
-    from lighthouse.checkpoint_io import check_sharded_checkpoint
+    from lighthouse.checkpoint.io import check_sharded_checkpoint
 
     folder = tmp_path / "last.ckpt"
     with warnings.catch_warnings():
@@ -176,7 +176,7 @@ def test_sharded_checkpoint_metadata_that_would_run_code_is_refused(tmp_path):
 
 def test_fsdp_strategy_checks_a_checkpoint_before_lightnings_own_loader(tmp_path):
     """Lightning's FSDP loader unpickles a single-file checkpoint without weights_only."""
-    from lighthouse.distributed import BlockFSDP
+    from lighthouse.train.distributed import BlockFSDP
 
     marker = tmp_path / "code-ran"
     torch.save({"state_dict": {}, "payload": RunsCode(marker)}, tmp_path / "evil.ckpt")
@@ -191,7 +191,7 @@ def test_last_is_looked_for_where_model_checkpoint_will_write(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lighthouse.safety import checkpoint_folders
+    from lighthouse.train.safety import checkpoint_folders
 
     logger = TensorBoardLogger(save_dir=tmp_path, name="demo", version="")
     trainer = Trainer(logger=logger, callbacks=[ModelCheckpoint()], accelerator="cpu", enable_progress_bar=False)

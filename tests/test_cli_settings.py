@@ -5,8 +5,8 @@ import pytest
 import yaml
 from training_helpers import REPO
 
-from lighthouse.cli import main
-from lighthouse.config import ModelConfig, model_flavor
+from lighthouse.model.config import ModelConfig, model_flavor
+from lighthouse.train.cli import main
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 
@@ -59,7 +59,9 @@ def test_print_config_comments_carry_field_docs(capsys):
 
 def test_grouped_callbacks_are_refused_in_trainer_callbacks(tmp_path):
     extra = tmp_path / "extra.yaml"
-    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "lighthouse.callbacks.StageSwitch"}]}}))
+    extra.write_text(
+        yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "lighthouse.train.callbacks.StageSwitch"}]}})
+    )
     with pytest.raises(ValueError, match="StageSwitch, which the CLI always adds: set its arguments as stage"):
         main(
             [

@@ -13,9 +13,9 @@ import torch
 import yaml
 from training_helpers import REPO, logged_scalars, tiny_arch, write_text_corpus
 
-from lighthouse.cli import main as cli_main
-from lighthouse.passkey import main as passkey_main
-from lighthouse.time_budget import TimeBudget
+from lighthouse.eval.passkey import main as passkey_main
+from lighthouse.train.cli import main as cli_main
+from lighthouse.train.time_budget import TimeBudget
 
 sys.path.insert(0, str(REPO / "bench"))
 import compare  # noqa: E402
@@ -142,7 +142,7 @@ def test_an_arm_stopped_for_time_resumes_with_the_same_losses(comparison):
     assert sorted(p.name for p in (comparison.out / "dense-seed0" / "checkpoints").iterdir()) == [
         "step000008.ckpt",
         "step000008.ckpt.sha256",
-    ]  # and its checksum (lighthouse.checkpoint_files)
+    ]  # and its checksum (lighthouse.checkpoint.files)
 
 
 def flatten(tree, prefix=""):

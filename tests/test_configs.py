@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lighthouse.cli import main
-from lighthouse.config import ModelConfig, model_flavor
+from lighthouse.model.config import ModelConfig, model_flavor
+from lighthouse.train.cli import main
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -55,7 +55,7 @@ def test_recovery_twin_differs_in_few_lines(stage1, stage2):
 )
 def test_long_context_configs_use_their_whole_top_k(name, seq_len, recwarn):
     """Each config picks a K its context can use whole (the model warns when tiles shrink it)."""
-    from lighthouse.model import warn_if_topk_shrinks
+    from lighthouse.model.transformer import warn_if_topk_shrinks
 
     config = yaml.safe_load((CONFIGS[0].parent / f"{name}.yaml").read_text())
     assert config["data"]["seq_len"] == seq_len

@@ -15,7 +15,7 @@ import yaml
 from context_parallel_workers import launch, train, train_parallel
 from training_helpers import cli_subprocess_args, logged_scalars, tiny_config
 
-from lighthouse.context_parallel import check_divisible, shard_window
+from lighthouse.model.context_parallel import check_divisible, shard_window
 
 SEQ_LEN, WINDOWS, STEPS = 256, 2, 3
 BACKENDS = ("sdpa", "lighthouse_naive")
@@ -103,7 +103,7 @@ def test_context_parallel_training_matches_one_process(tmp_path, world, cp):
 
 # ---------------------------------------------------------------- the real entry point (LightningCLI, 2 processes)
 
-CP2 = ["--trainer.strategy", "lighthouse.distributed.ContextParallelStrategy"]
+CP2 = ["--trainer.strategy", "lighthouse.train.distributed.ContextParallelStrategy"]
 CP2 += ["--trainer.strategy.context_parallel_size", "2", "--trainer.devices", "2"]
 
 
@@ -155,13 +155,13 @@ def test_cli_cp2_matches_one_process_and_resumes_across_cp(tmp_path):
     ids=["kv_heads", "processes"],
 )
 def test_cli_refuses_a_cp_the_run_cannot_use(tmp_path, arch, devices, cp, match, capsys, monkeypatch):
-    from lighthouse.cli import run
+    from lighthouse.train.cli import run
 
     monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
     config = tiny_config(tmp_path, "bad", max_steps=1)
     config["model"]["arch"].update(arch)
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
-    extra = ["--trainer.strategy", "lighthouse.distributed.ContextParallelStrategy"]
+    extra = ["--trainer.strategy", "lighthouse.train.distributed.ContextParallelStrategy"]
     extra += ["--trainer.strategy.context_parallel_size", str(cp), "--trainer.devices", str(devices)]
     # In this process: the check runs once the trainer exists, before fit starts any other process. Exit 2 is
     # exits.run's user-error path, the message without a traceback (tests/test_exits.py covers that path).

@@ -6,8 +6,8 @@ import pytest
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from training_helpers import cli_subprocess_args, tiny_config
 
-from lighthouse import exits
-from lighthouse.guards import NonFiniteError
+from lighthouse.checkpoint.guards import NonFiniteError
+from lighthouse.train import exits
 
 
 def raising(error, after_start: bool = False):

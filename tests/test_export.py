@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from trained_models import ARCH_CASES, arch_checkpoint, two_stage_checkpoints
 from training_helpers import REPO
 
-from lighthouse.checkpoint_read import NotRecoveredWarning, dense_model, read_checkpoint
+from lighthouse.checkpoint.read import NotRecoveredWarning, dense_model, read_checkpoint
 from lighthouse.data.tokenizer import EOS_TOKEN, byte_tokenizer, bytes_to_unicode, train_bpe
 from lighthouse.export import export_llama, tokenizer_files
 from lighthouse.generate import generate_tokens

@@ -6,11 +6,11 @@ import pytest
 import torch
 from trained_models import two_stage_checkpoints
 
-from lighthouse.config import ModelConfig
 from lighthouse.data.tokenizer import byte_tokenizer
 from lighthouse.generate import GREEDY, Sampling, StreamDecoder, generate_tokens, main, sample_next
-from lighthouse.kv_cache import KVCache
-from lighthouse.model import Transformer
+from lighthouse.model.config import ModelConfig
+from lighthouse.model.kv_cache import KVCache
+from lighthouse.model.transformer import Transformer
 
 
 def tiny_model(**overrides) -> Transformer:

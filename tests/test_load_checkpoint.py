@@ -13,12 +13,12 @@ import yaml
 from trained_models import two_stage_checkpoints
 from training_helpers import REPO, tiny_config
 
-from lighthouse.checkpoint_read import TOKENIZER_KEY, NotRecoveredWarning, read_checkpoint, saved_tokenizer
-from lighthouse.cli import main
-from lighthouse.config import ModelConfig
+from lighthouse.checkpoint.read import TOKENIZER_KEY, NotRecoveredWarning, read_checkpoint, saved_tokenizer
 from lighthouse.data.tokenizer import byte_tokenizer, train_bpe
 from lighthouse.export import export_llama
-from lighthouse.lit_module import LitLM
+from lighthouse.model.config import ModelConfig
+from lighthouse.train.cli import main
+from lighthouse.train.lit_module import LitLM
 
 RUN_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
 

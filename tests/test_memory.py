@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lighthouse.config import ModelConfig
-from lighthouse.memory import HostOffload, chunked_cross_entropy
-from lighthouse.model import Transformer
+from lighthouse.model.config import ModelConfig
+from lighthouse.model.memory import HostOffload, chunked_cross_entropy
+from lighthouse.model.transformer import Transformer
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -166,7 +166,7 @@ def test_chunked_cross_entropy_under_autocast_matches_the_plain_path():
 
 
 def test_lit_module_loss_chunking_gives_the_same_losses():
-    from lighthouse.lit_module import LitLM
+    from lighthouse.train.lit_module import LitLM
 
     torch.manual_seed(4)
     plain = LitLM(tiny(activation_checkpointing=False))

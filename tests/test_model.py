@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lighthouse.attention import apply_rope, rope_tables
-from lighthouse.config import ModelConfig, model_flavor
-from lighthouse.model import Transformer
+from lighthouse.model.attention import apply_rope, rope_tables
+from lighthouse.model.config import ModelConfig, model_flavor
+from lighthouse.model.transformer import Transformer
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -163,7 +163,7 @@ def test_debug_flavor_learns_with_lighthouse_naive():
 
 
 def test_weight_decay_groups_by_name():
-    from lighthouse.lit_module import LitLM
+    from lighthouse.train.lit_module import LitLM
 
     module = LitLM(tiny(n_layers=2))
     decay, keep = module.parameter_groups()

@@ -36,7 +36,7 @@ def test_torch_dependency_is_a_range_that_admits_the_tested_version():
 def test_pyproject_declares_the_extras_and_the_console_script():
     assert set(PROJECT["optional-dependencies"]) >= {"dev", "kernels", "data", "report", "hf"}
     assert any(d.startswith("safetensors") for d in PROJECT["dependencies"])
-    assert PROJECT["scripts"] == {"lighthouse": "lighthouse.cli:entry_point"}
+    assert PROJECT["scripts"] == {"lighthouse": "lighthouse.train.cli:entry_point"}
     assert PROJECT["license"] == "Apache-2.0"  # an SPDX string, not the deprecated table
 
 
@@ -60,7 +60,10 @@ def test_environment_yml_installs_the_project_after_the_pinned_torch():
 
 def test_console_script_shows_field_documentation():
     """What `lighthouse fit --help` prints: the dataclass field docs and the stage switch's own group."""
-    code = "import sys; from lighthouse.cli import entry_point; sys.argv = ['lighthouse', *sys.argv[1:]]; entry_point()"
+    code = (
+        "import sys; from lighthouse.train.cli import entry_point; "
+        "sys.argv = ['lighthouse', *sys.argv[1:]]; entry_point()"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code, "fit", "--config", "configs/demo.yaml", "--help"],
         cwd=REPO,

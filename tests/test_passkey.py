@@ -9,22 +9,16 @@ import pytest
 import torch
 from training_helpers import write_text_corpus
 
-from lighthouse.config import ModelConfig
+from lighthouse.checkpoint.read import read_checkpoint
 from lighthouse.data.datamodule import LMDataModule
+from lighthouse.data.passkey_format import PromptFormat, draw_key, is_validation_key, needle_offset, rng_for
 from lighthouse.data.passkey_mix import PasskeyMix
 from lighthouse.data.tokenizer import byte_tokenizer, train_bpe
-from lighthouse.lit_module import LitLM
-from lighthouse.model import Transformer
-from lighthouse.passkey import (
-    PasskeyConfig,
-    PasskeyEval,
-    PromptFormat,
-    draw_key,
-    is_validation_key,
-    make_prompts,
-    needle_offset,
-    rng_for,
-)
+from lighthouse.eval.passkey import PasskeyEval
+from lighthouse.eval.passkey_prompts import PasskeyConfig, make_prompts
+from lighthouse.model.config import ModelConfig
+from lighthouse.model.transformer import Transformer
+from lighthouse.train.lit_module import LitLM
 
 BYTES = byte_tokenizer()
 
@@ -183,7 +177,7 @@ def small_eval(samples=2, lengths=(300, 700)):
 
 
 def test_a_model_that_copies_the_key_scores_one():
-    scores = small_eval().run(InductionCopy(257), torch.device("cpu"))
+    scores = small_eval().score(InductionCopy(257), torch.device("cpu"))
     assert scores.accuracy() == (1.0, 1.0)
     assert scores.counts[:, 2].tolist() == [2] * 6
     metrics = scores.metrics()
@@ -192,7 +186,7 @@ def test_a_model_that_copies_the_key_scores_one():
 
 
 def test_a_copy_off_by_one_position_scores_zero():
-    scores = small_eval().run(InductionCopy(257, shift=1), torch.device("cpu"))
+    scores = small_eval().score(InductionCopy(257, shift=1), torch.device("cpu"))
     assert scores.accuracy()[0] == 0.0
 
 
@@ -200,7 +194,7 @@ def test_prompts_split_over_ranks_sum_to_the_whole_with_equal_forwards():
     evaluator = small_eval(samples=3)  # 9 prompts per length: 5 and 4 on two ranks
     evaluator.config.batch_tokens = 1402  # two prompts of 700 (+ 1) or four of 300 per forward
     copy = InductionCopy(257, shift=1)
-    whole = evaluator.run(copy, torch.device("cpu")).counts
+    whole = evaluator.score(copy, torch.device("cpu")).counts
     parts, forwards = [], []
     for rank in range(2):
         shapes = []
@@ -209,7 +203,7 @@ def test_prompts_split_over_ranks_sum_to_the_whole_with_equal_forwards():
             shapes.append(tuple(tokens.shape))
             return copy(tokens)
 
-        parts.append(evaluator.run(counting, torch.device("cpu"), rank=rank, world_size=2).counts)
+        parts.append(evaluator.score(counting, torch.device("cpu"), rank=rank, world_size=2).counts)
         forwards.append(shapes)
     np.testing.assert_array_equal(parts[0] + parts[1], whole)
     assert forwards[0] == forwards[1] == [(4, 300), (1, 300), (2, 700), (2, 700), (1, 700)]
@@ -224,7 +218,7 @@ def test_an_untrained_model_scores_at_chance():
         filler_source(),
         max_len=512,
     )
-    scores = evaluator.run(model.eval(), torch.device("cpu"))
+    scores = evaluator.score(model.eval(), torch.device("cpu"))
     trials = len(evaluator.prompts) * 5
     exact, digit = scores.accuracy()
     assert trials == 1000
@@ -290,3 +284,29 @@ def test_bad_passkey_fraction_is_refused(tmp_path):
         LMDataModule(corpus=str(write_text_corpus(tmp_path / "c", n_docs=2)), passkey_fraction=1.5)
     with pytest.raises(ValueError, match="seq_len=64 is too short for passkey documents"):
         PasskeyMix(0.5, PromptFormat.from_tokenizer(BYTES, 5), 64, 0, filler_source())
+
+
+@pytest.mark.slow
+def test_passkey_command_builds_the_data_module_the_run_trained_with(tmp_path_factory, monkeypatch, capsys):
+    """The command reads the checkpoint's saved data settings field by field (DataSettings), so the filler comes
+    from the run's own corpus and data folder, not from a default data module."""
+    from trained_models import two_stage_checkpoints
+
+    from lighthouse.data import datamodule as datamodule_module
+    from lighthouse.eval.passkey import main as passkey_main
+
+    ckpt = two_stage_checkpoints(tmp_path_factory)[2]
+    saved = read_checkpoint(ckpt)["datamodule_hyper_parameters"]
+    built = []
+    original = datamodule_module.LMDataModule.setup
+
+    def recording_setup(self, stage=None):
+        built.append(self.settings)
+        return original(self, stage)
+
+    monkeypatch.setattr(datamodule_module.LMDataModule, "setup", recording_setup)
+    passkey_main(["--ckpt", str(ckpt), "--lengths", "256", "--samples", "1", "--depths", "0.5", "--device", "cpu"])
+    assert len(built) == 1
+    for name in ("corpus", "data_dir", "seq_len", "seed", "batch_size"):
+        assert getattr(built[0], name) == saved[name], name
+    assert "| 256 |" in capsys.readouterr().out

@@ -5,9 +5,9 @@ import struct
 import pytest
 from training_helpers import two_stage_run
 
-from lighthouse.plot import main as plot_main
-from lighthouse.plot import smooth
-from lighthouse.run_reader import find_runs, read_run
+from lighthouse.eval.plot import main as plot_main
+from lighthouse.eval.plot import smooth
+from lighthouse.eval.run_logs import find_runs, read_run
 
 pytest.importorskip("matplotlib")
 

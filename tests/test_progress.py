@@ -5,7 +5,7 @@ import re
 import pytest
 from training_helpers import fit, tiny_config
 
-from lighthouse.progress import StepProgressBar, metrics_line
+from lighthouse.train.progress import StepProgressBar, metrics_line
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,9 @@ def stopped_at_4(tmp_path_factory):
 def resume_with_bar(tmp_path, tag: str, **bar_args) -> StepProgressBar:
     config = tiny_config(tmp_path, "bar", max_steps=8, every_n=4)
     config["trainer"]["enable_progress_bar"] = True
-    config["trainer"]["callbacks"].append({"class_path": "lighthouse.progress.StepProgressBar", "init_args": bar_args})
+    config["trainer"]["callbacks"].append(
+        {"class_path": "lighthouse.train.progress.StepProgressBar", "init_args": bar_args}
+    )
     ckpt = tmp_path / "logs" / "bar" / "checkpoints" / "step000004.ckpt"
     cli = fit(tmp_path, config, ckpt_path=str(ckpt), tag=tag)
     return cli.trainer.progress_bar_callback

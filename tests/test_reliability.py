@@ -12,9 +12,9 @@ import torch
 from test_checkpoint_files import flip_bit
 from training_helpers import cli_subprocess_args, fit, logged_scalars, tiny_config
 
-from lighthouse import exits
-from lighthouse.checkpoint_files import verify
-from lighthouse.guards import NonFiniteError
+from lighthouse.checkpoint.files import verify
+from lighthouse.checkpoint.guards import NonFiniteError
+from lighthouse.train import exits
 
 # Each override is applied to a tiny Lighthouse config; the error must name the field and the valid range.
 BAD_SETTINGS = {

@@ -10,7 +10,7 @@ import torch
 from test_checkpoint_files import RunsCode, checkpoint, flip_bit
 from training_helpers import fit, logged_scalars, tiny_config
 
-from lighthouse.checkpoint_io import AtomicCheckpointIO, CheckpointError
+from lighthouse.checkpoint.io import AtomicCheckpointIO, CheckpointError
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 from training_helpers import fit, logged_scalars, tiny_config
 
-from lighthouse.config import ModelConfig
-from lighthouse.lit_module import lr_multiplier
-from lighthouse.resume import COMPUTE, RECIPE, SHAPE
+from lighthouse.checkpoint.resume import COMPUTE, RECIPE, SHAPE
+from lighthouse.model.config import ModelConfig
+from lighthouse.train.lit_module import lr_multiplier
 
 TINY_LR, WARMUP, SCHEDULE_STEPS = 2e-3, 2, 20  # what tiny_config trains with (demo.yaml's optimizer)
 

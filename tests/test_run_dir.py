@@ -6,8 +6,8 @@ import pytest
 import torch
 from training_helpers import fit, logged_scalars, run_dirs, tiny_config
 
-from lighthouse.cli import main
-from lighthouse.run_dir import claim_new_version, latest_version_with_checkpoint, version_of_checkpoint
+from lighthouse.train.cli import main
+from lighthouse.train.run_dir import claim_new_version, latest_version_with_checkpoint, version_of_checkpoint
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lighthouse.callbacks import StageSwitch, ThroughputRecorder
-from lighthouse.config import ModelConfig
+from lighthouse.model.config import ModelConfig
+from lighthouse.train.callbacks import StageSwitch, ThroughputRecorder
 
 
 class FakeClock:

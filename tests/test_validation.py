@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lighthouse.config import ModelConfig
-from lighthouse.lit_module import LitLM
+from lighthouse.model.config import ModelConfig
+from lighthouse.train.lit_module import LitLM
 
 
 def lighthouse_module(**kwargs) -> LitLM:

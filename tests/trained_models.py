@@ -13,8 +13,8 @@ import lightning as L
 import torch
 from training_helpers import fit, tiny_config
 
-from lighthouse.config import ModelConfig
-from lighthouse.lit_module import LitLM
+from lighthouse.model.config import ModelConfig
+from lighthouse.train.lit_module import LitLM
 
 # Small but awkward: head_dim 8 and 16, 1 or 2 KV heads for 4 query heads, 320 embedding rows for 257 tokens.
 ARCH_CASES = {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from lighthouse.run_reader import EVENTS_GLOB, read_run
+from lighthouse.eval.run_logs import EVENTS_GLOB, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def tiny_config(
 
 
 def fit(tmp_path: Path, config: dict, ckpt_path: str | None = None, tag: str = "run", extra: list[str] = ()):
-    from lighthouse.cli import main
+    from lighthouse.train.cli import main
 
     path = tmp_path / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -130,7 +130,7 @@ def only_run_dir(group: Path) -> Path:
 
 def logged_scalars(log_dir: Path, tag: str) -> dict[int, float]:
     """step -> value of a TensorBoard scalar over all launches in ``log_dir`` (later launches win, as
-    lighthouse.run_reader reads them); {} where no run has logged yet."""
+    lighthouse.eval.run_logs reads them); {} where no run has logged yet."""
     if not any(log_dir.glob(EVENTS_GLOB)):
         return {}
     return read_run(log_dir).series(tag).as_dict()

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lighthouse.checkpoint_read import load_trained, trained_sparse, training_stage
-from lighthouse.config import ModelConfig
+from lighthouse.checkpoint.read import load_trained, trained_sparse, training_stage
 from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.generate import Sampling
-from lighthouse.model import Transformer
+from lighthouse.model.config import ModelConfig
+from lighthouse.model.transformer import Transformer
 
 # This project's parameter names -> Llama's, per block and outside the blocks.
 BLOCK_NAMES = {

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lighthouse.checkpoint_read import load_trained
+from lighthouse.checkpoint.read import load_trained
 from lighthouse.data.tokenizer import TextTokenizer
-from lighthouse.kv_cache import KVCache
-from lighthouse.model import Transformer
+from lighthouse.model.kv_cache import KVCache
+from lighthouse.model.transformer import Transformer
 
 
 @dataclass(frozen=True)

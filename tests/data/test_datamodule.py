@@ -173,7 +173,7 @@ def test_every_setting_has_a_docstring_and_a_check():
 
 
 def test_cli_help_shows_each_data_setting_with_its_documentation(capsys):
-    from lighthouse.cli import main
+    from lighthouse.train.cli import main
 
     with pytest.raises(SystemExit):
         main(["fit", "--help"])

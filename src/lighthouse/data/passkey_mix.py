@@ -4,7 +4,7 @@ Whether global stream position p holds a passkey document, and what the document
 depth, a span of train-split filler), follows from (seed, p) alone: every rank and dataloader worker agrees
 without communicating, and a resumed run, which restarts the stream at the first unseen position, sees exactly
 the windows an uninterrupted run would. A replaced window is ``seq_len + 1`` tokens, like the one it replaces,
-with the key's digits as its last tokens (lighthouse/passkey.py has the layout). Validation windows are never
+with the key's digits as its last tokens (lighthouse/eval/passkey.py has the layout). Validation windows are never
 replaced: the passkey test is evaluated on its own, with validation keys and filler.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lighthouse.passkey import KEY_DIGITS, Encoder, PromptFormat, TokenSource, draw_key, read_cyclic, rng_for
+from .passkey_format import KEY_DIGITS, Encoder, PromptFormat, TokenSource, draw_key, read_cyclic, rng_for
 
 
 def check_fraction(fraction: float) -> None:

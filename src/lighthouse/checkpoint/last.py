@@ -6,7 +6,7 @@ with checkpoints every 50 left ``last.ckpt`` at step 50, and a SIGTERM saved not
 SIGTERM follows Lightning's convention: its signal handler only sets ``trainer.received_sigterm`` (forwarding the
 signal to the other local ranks); the loop raises ``SIGTERMException`` at the end of the current step, every rank
 gets ``on_exception``, and this callback saves there, as Lightning's ``save_on_exception`` would, but for SIGTERM
-only (an arbitrary exception can leave a half-done step behind). ``lighthouse.exits`` then ends the process with
+only (an arbitrary exception can leave a half-done step behind). ``lighthouse.train.exits`` then ends the process with
 143, the status of a process terminated by SIGTERM, so SLURM, Kubernetes and torchrun see a job that did not
 finish and restart it; ``--ckpt_path last`` continues exactly.
 """
@@ -46,7 +46,7 @@ def save_step_reached(trainer: L.Trainer, reason: str) -> list[str]:
 
 class LastCheckpoint(Callback):
     """Saves the step reached at the end of fit and when SIGTERM stops it (added by LighthouseCLI), unless some
-    save of that step already happened (a periodic one, or lighthouse.time_budget's stop checkpoint)."""
+    save of that step already happened (a periodic one, or lighthouse.train.time_budget's stop checkpoint)."""
 
     def __init__(self) -> None:
         self._saved_step: int | None = None

@@ -2,7 +2,7 @@
 
 - ``with_safety``: the checkpoint IO plugin (atomic, checksummed, safe loads) unless the config brings
   its own, and the callbacks that keep NaN out of checkpoints, save the step reached at the end and on SIGTERM,
-  check what a resume changes, and mark when training starts (for ``lighthouse.exits``).
+  check what a resume changes, and mark when training starts (for ``lighthouse.train.exits``).
 - ``prepare_fit``: before anything is written, remove temporary files of interrupted saves, and turn
   ``--ckpt_path last`` into the newest checkpoint that verifies.
 """
@@ -14,12 +14,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lighthouse.checkpoint_files import remove_orphans, resolve_last
-from lighthouse.checkpoint_io import AtomicCheckpointIO, is_remote
-from lighthouse.exits import MarkTrainingStarted
-from lighthouse.guards import FiniteCheckpoints
-from lighthouse.last_checkpoint import LastCheckpoint
-from lighthouse.resume import ResumeCheck
+from lighthouse.checkpoint.files import remove_orphans, resolve_last
+from lighthouse.checkpoint.guards import FiniteCheckpoints
+from lighthouse.checkpoint.io import AtomicCheckpointIO, is_remote
+from lighthouse.checkpoint.last import LastCheckpoint
+from lighthouse.checkpoint.resume import ResumeCheck
+from lighthouse.train.exits import MarkTrainingStarted
 
 
 def _as_list(value) -> list:
@@ -37,7 +37,7 @@ def with_safety(kwargs: dict, trainer_config: dict, resume_overrides: list[str])
         plugins.append(AtomicCheckpointIO())
     elif not any(isinstance(p, AtomicCheckpointIO) for p in io):
         rank_zero_warn(
-            f"trainer.plugins has {type(io[0]).__name__}, not lighthouse.checkpoint_io.AtomicCheckpointIO: "
+            f"trainer.plugins has {type(io[0]).__name__}, not lighthouse.checkpoint.io.AtomicCheckpointIO: "
             "checkpoints are then not checksummed and may not be written atomically"
         )
     callbacks = _as_list(kwargs.get("callbacks", trainer_config.get("callbacks")))

@@ -11,34 +11,19 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lighthouse.checkpoint_read import TOKENIZER_KEY, read_checkpoint, saved_model_config, training_stage
-from lighthouse.config import ModelConfig
-from lighthouse.context_parallel import without_context_parallel
+from lighthouse.checkpoint.guards import StepGuard, grad_norm
+from lighthouse.checkpoint.read import TOKENIZER_KEY, read_checkpoint, saved_model_config, training_stage
+from lighthouse.checkpoint.resume import refuse_shape_changes, saved_model_fields
 from lighthouse.data.tokenizer import TextTokenizer
-from lighthouse.guards import StepGuard, grad_norm
-from lighthouse.model import Transformer
-from lighthouse.passkey import PasskeyConfig, PasskeyEval, dense_eager, split_reader
-from lighthouse.resume import refuse_shape_changes, saved_model_fields
+from lighthouse.eval.passkey import PasskeyEval, split_reader
+from lighthouse.eval.passkey_prompts import PasskeyConfig
+from lighthouse.eval.positions import bucket_name, position_buckets
+from lighthouse.model.config import ModelConfig
+from lighthouse.model.context_parallel import without_context_parallel
+from lighthouse.model.transformer import Transformer, dense_eager
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 LR_SCHEDULES = ("constant", "cosine", "linear")
-
-
-def position_buckets(max_len: int, first: int = 256, ratio: int = 4) -> list[tuple[int, int]]:
-    """Geometric position ranges [0, 256), [256, 1k), [1k, 4k), ... covering ``max_len``."""
-    edges = [0, first]
-    while edges[-1] < max_len:
-        edges.append(edges[-1] * ratio)
-    edges[-1] = max_len
-    return list(zip(edges[:-1], edges[1:], strict=True))
-
-
-def _short(n: int) -> str:
-    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
-
-
-def bucket_name(lo: int, hi: int) -> str:
-    return f"{_short(lo)}-{_short(hi)}"
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
@@ -80,7 +65,7 @@ class LitLM(L.LightningModule):
             compile: torch.compile every transformer block (the Lighthouse ops are custom ops, no graph breaks).
             passkey: Passkey retrieval test at every validation, with dense attention, filler from the
                 validation split (``val/passkey_acc``, ``val/passkey_digit_acc``, per length and cell); None
-                turns it off, ``{}`` runs the default grid (see lighthouse/passkey.py).
+                turns it off, ``{}`` runs the default grid (see lighthouse/eval/passkey.py).
             dense_validation: While Lighthouse layers are active, also compute every validation loss with all
                 layers dense (``val/loss_dense``, the number to compare runs on). Off where dense attention at the
                 context length is too slow (at 1M tokens a dense forward takes minutes).
@@ -140,7 +125,8 @@ class LitLM(L.LightningModule):
     # ---- steps --------------------------------------------------------------------------------------------
     def token_losses(self, tokens: Tensor) -> Tensor:
         """Per-token next-token cross-entropy ``[B, N]`` for a window ``tokens`` ``[B, N + 1]``; with context
-        parallelism (lighthouse.context_parallel), ``[B, N/cp]``: the losses of this rank's slice of the window."""
+        parallelism (lighthouse.model.context_parallel), ``[B, N/cp]``: the losses of this rank's slice of the
+        window."""
         return self.model.token_losses(tokens)
 
     def window_losses(self, tokens: Tensor) -> Tensor:
@@ -220,7 +206,7 @@ class LitLM(L.LightningModule):
                     return self.model(inputs)
 
         strategy = self.trainer.strategy
-        return self._passkey_eval.run(
+        return self._passkey_eval.score(
             logits,
             self.device,
             self.global_rank,
@@ -299,5 +285,5 @@ class LitLM(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Before the weights load, so a shape change is named instead of failing inside load_state_dict; the
-        # other resume rules (lighthouse.resume.ResumeCheck) need the optimizer and the CLI's overrides.
+        # other resume rules (lighthouse.checkpoint.resume.ResumeCheck) need the optimizer and the CLI's overrides.
         refuse_shape_changes(saved_model_fields(checkpoint), self.config)

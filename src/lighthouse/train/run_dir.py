@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 DEFAULT_ROOT = "logs"
 VERSION_FORMAT = "%Y-%m-%d_%H-%M-%S"  # sorts chronologically
-RUN_LOGGER = "lighthouse.logger.RunLogger"
+RUN_LOGGER = "lighthouse.train.logger.RunLogger"
 
 
 def version_folder(group: Path, version: int | str) -> Path:

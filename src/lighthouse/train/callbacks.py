@@ -15,10 +15,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lighthouse.attention import INNER_ATTENTION
-from lighthouse.context_parallel import context_parallel_size
-from lighthouse.flops import compute_dtype, flops_per_token, peak_flops_per_device
-from lighthouse.logger import write_note
+from lighthouse.model.attention import INNER_ATTENTION
+from lighthouse.model.context_parallel import context_parallel_size
+from lighthouse.model.flops import compute_dtype, flops_per_token, peak_flops_per_device
+from lighthouse.train.logger import write_note
 
 
 class StageSwitch(Callback):
@@ -140,7 +140,7 @@ class ThroughputRecorder(Callback):
             window: Timed steps averaged per logged value (>= 1).
             skip_steps: Steps left out after the start of a job and after a stage switch (>= 0).
             peak_tflops: Peak TFLOP/s of one device for MFU; null looks the GPU up (Lightning's table with
-                corrections in lighthouse.flops) and reports no MFU where it is unknown (e.g. on CPUs).
+                corrections in lighthouse.model.flops) and reports no MFU where it is unknown (e.g. on CPUs).
         """
         if window < 1:
             raise ValueError(f"throughput.window={window} must be >= 1")

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lighthouse.config import ATTENTION_BACKENDS, LighthouseConfig, ModelConfig
-from lighthouse.context_parallel import ContextParallelGroup, head_to_seq, seq_to_head
+from lighthouse.model.config import ATTENTION_BACKENDS, LighthouseConfig, ModelConfig
+from lighthouse.model.context_parallel import ContextParallelGroup, head_to_seq, seq_to_head
 
 if TYPE_CHECKING:
-    from lighthouse.kv_cache import LayerCache
+    from lighthouse.model.kv_cache import LayerCache
 
 
 def sdpa_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
@@ -87,7 +87,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
         self.backend = backend
-        # Set by lighthouse.context_parallel.set_context_parallel: x is then this rank's slice of the sequence.
+        # Set by lighthouse.model.context_parallel.set_context_parallel: x is then this rank's slice of the sequence.
         self.context_parallel: ContextParallelGroup | None = None
 
     @property

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lighthouse.attention import Attention, rope_tables
-from lighthouse.config import PREFIX, ModelConfig
-from lighthouse.kv_cache import KVCache, LayerCache
-from lighthouse.memory import HostOffload, chunked_cross_entropy
+from lighthouse.model.attention import Attention, rope_tables
+from lighthouse.model.config import PREFIX, ModelConfig
+from lighthouse.model.kv_cache import KVCache, LayerCache
+from lighthouse.model.memory import HostOffload, chunked_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -102,7 +103,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
         warn_if_topk_shrinks(config)
-        # Set by lighthouse.context_parallel.set_context_parallel: inputs are then this rank's sequence slice.
+        # Set by lighthouse.model.context_parallel.set_context_parallel: inputs are then this rank's sequence slice.
         self.context_parallel = None
 
     def reset_parameters(self) -> None:
@@ -147,7 +148,7 @@ class Transformer(nn.Module):
     def features(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
         """tokens ``[B, N]`` -> final normalised hidden states ``[B, N, dim]`` (logits are ``output`` of them).
 
-        With a context-parallel group set (lighthouse.context_parallel), tokens are this rank's slice
+        With a context-parallel group set (lighthouse.model.context_parallel), tokens are this rank's slice
         ``[B, N/cp]`` of the sequence and so are the hidden states.
 
         With a cache (generation), the tokens continue the cached positions, every layer attends densely, and
@@ -210,3 +211,19 @@ class Transformer(nn.Module):
         if exclude_embeddings:
             n -= self.tok_embeddings.weight.numel()
         return n
+
+
+@contextmanager
+def dense_eager(model: torch.nn.Module) -> Iterator[None]:
+    """Every layer dense SDPA and compiled blocks run eagerly, for evaluation forwards; restores the backends.
+
+    Eager because these forwards are few and change backend and shape: each variant would otherwise trigger a
+    recompilation of the blocks that costs more than the forwards themselves."""
+    saved = model.attention_backends
+    model.set_attention_backend("sdpa")
+    try:
+        with torch.compiler.set_stance("force_eager"):
+            yield
+    finally:
+        for layer, name in zip(model.layers, saved, strict=True):
+            layer.attention.backend = name

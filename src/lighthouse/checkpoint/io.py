@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lighthouse.checkpoint_files import SUFFIX, Verdict, describe_last_good, sidecar, sidecar_text, verify
-from lighthouse.guards import checkpoint_state, non_finite_names
+from lighthouse.checkpoint.files import SUFFIX, Verdict, describe_last_good, sidecar, sidecar_text, verify
+from lighthouse.checkpoint.guards import checkpoint_state, non_finite_names
 
 REMOTE_TIMEOUT_S = 120
 

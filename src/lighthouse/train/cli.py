@@ -10,15 +10,15 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lighthouse import exits
-from lighthouse.callbacks import StageSwitch, ThroughputRecorder
+from lighthouse.checkpoint.resume import check_override_names, override_names
 from lighthouse.data.datamodule import LMDataModule
-from lighthouse.lit_module import LitLM
-from lighthouse.preflight import check_backend_runs_here, check_context_parallel, check_trainer_args
-from lighthouse.progress import StepProgressBar, describe_model, quiet_lightning
-from lighthouse.resume import check_override_names, override_names
-from lighthouse.run_dir import RunPlacement, place_run
-from lighthouse.safety import prepare_fit, with_safety
+from lighthouse.train import exits
+from lighthouse.train.callbacks import StageSwitch, ThroughputRecorder
+from lighthouse.train.lit_module import LitLM
+from lighthouse.train.preflight import check_backend_runs_here, check_context_parallel, check_trainer_args
+from lighthouse.train.progress import StepProgressBar, describe_model, quiet_lightning
+from lighthouse.train.run_dir import RunPlacement, place_run
+from lighthouse.train.safety import prepare_fit, with_safety
 
 # Callbacks the CLI always adds, each configured through its own argument group (``--stage.switch_step 10``).
 CALLBACK_GROUPS = {"stage": StageSwitch, "throughput": ThroughputRecorder}
@@ -136,7 +136,7 @@ def main(args: list[str] | None = None) -> LighthouseCLI:
 
 
 def run(args: list[str] | None = None) -> int:
-    """The command-line entry point: ``main`` with exit codes, and user errors as messages (lighthouse.exits)."""
+    """The command-line entry point: ``main`` with exit codes, and user errors as messages (lighthouse.train.exits)."""
     return exits.run(main, args)
 
 

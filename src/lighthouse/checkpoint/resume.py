@@ -21,8 +21,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lighthouse.checkpoint_read import saved_model_config
-from lighthouse.config import PREFIX, ModelConfig
+from lighthouse.checkpoint.read import saved_model_config
+from lighthouse.model.config import PREFIX, ModelConfig
 
 SHAPE = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "tie_embeddings")
 COMPUTE = ("norm_eps", "rope_theta")

@@ -1,4 +1,4 @@
-"""Plot runs to PNG: ``python -m lighthouse.plot RUN_DIR [RUN_DIR ...] [--out DIR]``.
+"""Plot runs to PNG: ``python -m lighthouse.eval.plot RUN_DIR [RUN_DIR ...] [--out DIR]``.
 
 Writes ``loss.png`` (training and validation loss against steps and against training time, the stage switch
 marked), ``throughput.png`` (tokens/s over the run and per stage) and ``loss_by_position.png`` (validation loss
@@ -12,7 +12,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from lighthouse.run_reader import Run, Series, find_runs, read_run
+from lighthouse.eval.run_logs import Run, Series, find_runs, read_run
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 STAGE_NAMES = {1: "stage 1 (Lighthouse)", 2: "stage 2 (dense)"}
@@ -225,7 +225,7 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None, labels: li
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m lighthouse.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m lighthouse.eval.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="+", help="run directories, or folders of them (e.g. logs/demo)")
     parser.add_argument("--out", help="folder for the PNGs (default: RUN_DIR/plots for one run, else ./plots)")

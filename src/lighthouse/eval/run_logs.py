@@ -1,7 +1,7 @@
 """Read a run directory back: TensorBoard scalars with steps and wall times, notes, throughput records, configs.
 
 ``read_run(path)`` returns a ``Run``; ``find_runs(path)`` lists the run directories under a folder (``logs/demo``
-holds one per launch series). Used by ``python -m lighthouse.plot`` and by comparison reports; it needs only
+holds one per launch series). Used by ``python -m lighthouse.eval.plot`` and by comparison reports; it needs only
 TensorBoard's event reader and PyYAML, no torch.
 """
 
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from lighthouse.eval.positions import bucket_start
 
 EVENTS_GLOB = "events.out.tfevents.*"
 TEXT_SUFFIX = "/text_summary"  # TensorBoard stores add_text(tag) under this tag
@@ -70,12 +72,7 @@ class Run:
     def position_buckets(self) -> list[str]:
         """The ``val/loss_pos/<range>`` ranges, ordered by position."""
         names = [tag.rsplit("/", 1)[-1] for tag in self.scalars if tag.startswith("val/loss_pos/")]
-        return sorted(names, key=_bucket_start)
-
-
-def _bucket_start(name: str) -> int:
-    start = name.split("-", 1)[0]
-    return int(start[:-1]) * 1024 if start.endswith("k") else int(start)
+        return sorted(names, key=bucket_start)
 
 
 def _launch_order(path: Path) -> tuple[int, float, str]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lighthouse.config import ModelConfig
+from lighthouse.model.config import ModelConfig
 
 
 def attend_from(q: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:

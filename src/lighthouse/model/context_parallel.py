@@ -10,7 +10,7 @@ whole sequence computes exactly what one process computes for those heads.
 
 Gradients: each rank's loss is the mean over its own slice. Slices are equal in size, so the mean of those means
 over all dp*cp ranks is the mean over every token of the global batch, and averaging gradients over the whole
-world (what DDP and :class:`lighthouse.distributed.ContextParallelStrategy` do) gives the one-process gradient.
+world (what DDP and :class:`lighthouse.train.distributed.ContextParallelStrategy` do) gives the one-process gradient.
 The all-to-all's backward carries each rank's share of the other ranks' losses back to its activations.
 """
 
@@ -131,7 +131,7 @@ def head_to_seq(x: Tensor, cp: ContextParallelGroup) -> Tensor:
 
 
 def context_parallel_size(trainer) -> int:
-    """The trainer's cp: its strategy's ``context_parallel_size`` (lighthouse.distributed), else 1."""
+    """The trainer's cp: its strategy's ``context_parallel_size`` (lighthouse.train.distributed), else 1."""
     return getattr(getattr(trainer, "strategy", None), "context_parallel_size", 1)
 
 

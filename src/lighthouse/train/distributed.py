@@ -7,15 +7,15 @@ from typing import Literal
 
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-from lighthouse.checkpoint_io import check_sharded_checkpoint, load_verified
-from lighthouse.context_parallel import (
+from lighthouse.checkpoint.io import check_sharded_checkpoint, load_verified
+from lighthouse.model.context_parallel import (
     CP_FIELD,
     ContextParallelGroup,
     check_degree,
     check_divisible,
     set_context_parallel,
 )
-from lighthouse.model import Block
+from lighthouse.model.transformer import Block
 
 
 class BlockFSDP(FSDPStrategy):
@@ -64,7 +64,7 @@ class BlockFSDP(FSDPStrategy):
 class ContextParallelStrategy(DDPStrategy):
     """Data parallel x context parallel on a 2-D device mesh ``(data_parallel, context_parallel)``: each sequence
     is split over ``context_parallel_size`` consecutive ranks, heads are exchanged around every attention layer
-    (lighthouse/context_parallel.py), and the ``world / context_parallel_size`` groups read different windows.
+    (lighthouse/model/context_parallel.py), and the ``world / context_parallel_size`` groups read different windows.
 
     Why DDP and not Lightning's ModelParallelStrategy: parameters are replicated over the whole mesh, so what the
     gradient needs is exactly DDP's average over all ranks (each rank's loss is its slice's mean, the slices are

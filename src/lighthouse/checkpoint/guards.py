@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lighthouse.checkpoint_files import describe_last_good
+from lighthouse.checkpoint.files import describe_last_good
 
 
 class NonFiniteError(FloatingPointError):

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from lighthouse.guards import NonFiniteError
+from lighthouse.checkpoint.guards import NonFiniteError
 
 EXIT_STOPPED, EXIT_USAGE, EXIT_PREEMPTED = 1, 2, 143
 USER_ERRORS = (ValueError, TypeError, OSError, MisconfigurationException)

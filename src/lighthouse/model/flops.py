@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lighthouse.config import ModelConfig
+from lighthouse.model.config import ModelConfig
 from lighthouse.ops.lighthouse.geometry import lighthouse_geometry
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendor datasheets, for the GPUs where Lightning's table

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from lighthouse.checkpoint_io import load_verified
-from lighthouse.config import ModelConfig
+from lighthouse.checkpoint.io import load_verified
 from lighthouse.data.tokenizer import TextTokenizer, byte_tokenizer
-from lighthouse.model import Transformer
+from lighthouse.model.config import ModelConfig
+from lighthouse.model.transformer import Transformer
 
 CONSOLIDATE = "python -m lightning.pytorch.utilities.consolidate_checkpoint"
 TOKENIZER_KEY = "lighthouse_tokenizer"  # the tokenizer's JSON, written by LitLM.on_save_checkpoint

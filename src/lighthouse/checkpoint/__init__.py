@@ -1,0 +1,8 @@
+"""Checkpoints: written atomically with a checksum, verified on read, never holding non-finite weights.
+
+io.py       AtomicCheckpointIO (write, verify, weights-only load; local or remote)
+files.py    checksum sidecars, verdicts, the newest usable checkpoint of a folder
+read.py     reading a trained model, its config and tokenizer back (export, generate, eval)
+last.py     saving the step reached on a stop          resume.py   what may change when a run resumes
+guards.py   finite checks on losses, gradients and checkpoint state
+"""

@@ -1,0 +1,105 @@
+"""Passkey retrieval test: a key hidden at a chosen depth of real filler text, scored with one forward per prompt.
+
+The document format and keys are in data/passkey_format.py (the training mix writes the same documents), the
+settings and prompts in passkey_prompts.py, the scoring in passkey_scores.py. This module runs it on a model:
+at each validation (LitLM, ``model.passkey``) or on any checkpoint:
+
+    python -m lighthouse.eval.passkey --ckpt PATH [--lengths 8192 32768] [--depths 0.1 0.5 0.9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+
+import torch
+from torch import Tensor
+
+from lighthouse.data.passkey_format import Encoder, PromptFormat, TokenSource
+from lighthouse.eval.passkey_prompts import PasskeyConfig, make_prompts
+from lighthouse.eval.passkey_scores import DIGIT_CHANCE, LogitsFn, PasskeyScores, evaluate
+from lighthouse.model.transformer import dense_eager
+
+
+# ---- running on a model ---------------------------------------------------------------------------------------
+class PasskeyEval:
+    """The fixed prompt set of one configuration, and its evaluation on a model."""
+
+    def __init__(self, config: PasskeyConfig, tokenizer: Encoder, filler: TokenSource, max_len: int):
+        self.config = config
+        self.format = PromptFormat.from_tokenizer(tokenizer, config.key_digits)
+        self.cells, self.prompts = make_prompts(config, self.format, filler, config.resolved_lengths(max_len))
+
+    def score(
+        self,
+        logits_fn: LogitsFn,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        reduce_sum: Callable[[Tensor], Tensor] | None = None,
+    ) -> PasskeyScores:
+        counts = evaluate(
+            logits_fn, self.prompts, len(self.cells), self.format, device, self.config.batch_tokens, rank, world_size
+        )
+        if reduce_sum is not None:
+            counts = reduce_sum(counts)
+        return PasskeyScores(self.cells, counts.cpu().numpy(), self.config.key_digits)
+
+
+def split_reader(datamodule, split: str) -> TokenSource:
+    """The token stream of a data module's 'train' or 'val' split (the one place that knows the module's API)."""
+    dataset = datamodule.val_dataset() if split == "val" else datamodule.train_dataset()
+    return dataset.split
+
+
+# ---- command line: any checkpoint -----------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> PasskeyScores:
+    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.passkey", description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", required=True, help="a .ckpt written by training")
+    parser.add_argument("--lengths", type=int, nargs="+", help="default: the training seq_len /4, /2, /1")
+    parser.add_argument("--depths", type=float, nargs="+", default=PasskeyConfig().depths)
+    parser.add_argument("--samples", type=int, default=8, help="prompts per (length, depth) cell")
+    parser.add_argument("--key-digits", type=int, default=PasskeyConfig().key_digits)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", help="where the run's data module keeps its shards (default: as trained)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="also write the scores to this file")
+    args = parser.parse_args(argv)
+    from lighthouse.checkpoint.read import dense_model, read_checkpoint
+    from lighthouse.data.datamodule import LMDataModule
+    from lighthouse.data.settings import DataSettings
+
+    device = torch.device(args.device)
+    ckpt = read_checkpoint(args.ckpt, mmap=True)  # verified, weights_only; a sharded folder gets the command
+    model = dense_model(ckpt).to(device)
+    # The run's data settings, as DataSettings declares them (Lightning also stores its own keys there, e.g.
+    # _instantiator, which are not settings).
+    accepted = {f.name for f in fields(DataSettings)}
+    data_args = {k: v for k, v in ckpt["datamodule_hyper_parameters"].items() if k in accepted}
+    data_args["progress"] = False
+    if args.data_dir:
+        data_args["data_dir"] = args.data_dir
+    datamodule = LMDataModule(**data_args)
+    datamodule.setup("validate")
+    config = PasskeyConfig(args.lengths, args.depths, args.samples, args.key_digits, args.seed)
+    config.validate(model.config.max_seq_len, prefix="", longer_ok=True)  # RoPE extends past the training length
+    evaluator = PasskeyEval(config, datamodule.tokenizer, split_reader(datamodule, "val"), model.config.max_seq_len)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    with dense_eager(model), autocast:
+        scores = evaluator.score(model, device)
+    print(
+        f"passkey, {args.ckpt} (step {ckpt.get('global_step')}), dense attention; "
+        f"exact match (digit accuracy, chance {DIGIT_CHANCE}):"
+    )
+    print(scores.table())
+    print("all: exact {:.3f}, digit accuracy {:.3f}".format(*scores.accuracy()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"ckpt": args.ckpt, "global_step": ckpt.get("global_step"), **scores.as_dict()}, f, indent=1)
+    return scores
+
+
+if __name__ == "__main__":
+    main()

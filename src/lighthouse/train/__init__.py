@@ -1,0 +1,10 @@
+"""Training with Lightning: the LightningModule, its callbacks, the CLI and everything a launch needs.
+
+cli.py          LighthouseCLI: ``lighthouse fit --config ...``; adds the callbacks and safety below
+lit_module.py   LitLM: steps, loss, optimizer and LR schedule
+callbacks.py    StageSwitch (the attention backend per phase) and ThroughputRecorder
+run_dir.py      one folder per run under logs/          logger.py       the TensorBoard logger of that folder
+preflight.py    checks before the first step            safety.py       the callbacks every fit gets
+exits.py        exit codes and one-line user errors     time_budget.py  stop and save before a wall-clock limit
+progress.py     the console progress line               distributed.py  FSDP and context-parallel strategies
+"""
