@@ -109,3 +109,15 @@ class PoisonWeights(L.Callback):
     def _poison(pl_module) -> None:
         with torch.no_grad():
             pl_module.model.output.weight[0, 0] = float("nan")
+
+
+class RecordBackends(L.Callback):
+    """Records the attention backends every training step runs with (``backends[step]``)."""
+
+    def __init__(self):
+        self.backends: dict[int, list[str]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # At batch end, whatever the order of the callbacks' batch-start hooks; the optimizer has stepped, so
+        # the step that just ran is global_step - 1.
+        self.backends[trainer.global_step - 1] = list(pl_module.model.attention_backends)

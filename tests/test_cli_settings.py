@@ -22,8 +22,23 @@ def test_stage_switch_and_throughput_settings_are_flags(capsys):
     printed = printed_config(
         capsys, "--stage.switch_step", "10", "--stage.rewarmup_steps", "5", "--throughput.window", "3"
     )
-    assert printed["stage"] == {"switch_step": 10, "stage2_backend": "sdpa", "rewarmup_steps": 5}
+    assert printed["stage"] == {
+        "switch_step": 10,
+        "stage2_backend": "sdpa",
+        "rewarmup_steps": 5,
+        "schedule": None,
+        "min_start_step": 0,
+    }
     assert printed["throughput"] == {"window": 3, "skip_steps": 3, "peak_tflops": None}
+
+
+def test_schedule_is_a_flag_of_phases(capsys):
+    schedule = "[{start: 0, attention: sdpa}, {start: 200, attention: lighthouse_naive, rescale_lr: true}]"
+    printed = printed_config(capsys, "--stage.schedule", schedule)
+    assert printed["stage"]["schedule"] == [
+        {"start": 0, "attention": "sdpa", "rescale_lr": False},
+        {"start": 200, "attention": "lighthouse_naive", "rescale_lr": True},
+    ]
 
 
 def test_flavor_by_name_and_explicit_fields_win(capsys):
@@ -54,14 +69,13 @@ def test_print_config_comments_carry_field_docs(capsys):
         main(["fit", "--config", DEMO, "--print_config=comments"])
     text = capsys.readouterr().out
     assert "# Model (residual stream) width" in text
-    assert "# Global step at which stage 2 starts" in text
+    assert "# Shorthand for two phases" in text
+    assert "# Every phase, in order" in text
 
 
 def test_grouped_callbacks_are_refused_in_trainer_callbacks(tmp_path):
     extra = tmp_path / "extra.yaml"
-    extra.write_text(
-        yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "lighthouse.train.callbacks.StageSwitch"}]}})
-    )
+    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "lighthouse.train.stage.StageSwitch"}]}}))
     with pytest.raises(ValueError, match="StageSwitch, which the CLI always adds: set its arguments as stage"):
         main(
             [

@@ -47,7 +47,7 @@ TWINS = [("demo", "demo_recover"), *((f"lh_{n}", f"recover_{n}") for n in ("16k"
 
 @pytest.mark.parametrize("stage1, stage2", [(f"{a}.yaml", f"{b}.yaml") for a, b in TWINS], ids=[a for a, _ in TWINS])
 def test_recovery_twin_differs_in_few_lines(stage1, stage2):
-    assert changed_lines(stage1, stage2) == 3  # max_steps, model.arch.attention, stage.switch_step
+    assert changed_lines(stage1, stage2) == 4  # max_steps, model.arch.attention, stage.switch_step, min_start_step
 
 
 @pytest.mark.parametrize(

@@ -143,7 +143,9 @@ def test_cli_checkpoint_exports_with_its_own_tokenizer(tmp_path_factory, tmp_pat
     hf, tok = load_hf(tmp_path / "hf")
     assert tok("é")["input_ids"] == [0xC3, 0xA9]
     provenance = json.loads((tmp_path / "hf" / "lighthouse.json").read_text())
-    assert (provenance["stage"], provenance["recovered"], provenance["global_step"]) == (2, True, 4)
+    phase = provenance["phase"]
+    assert (phase["phase"], phase["attention"]) == (1, "sdpa")
+    assert (provenance["recovered"], provenance["global_step"]) == (True, 4)
     tokens = prompt_batch(257)
     with torch.no_grad():
         torch.testing.assert_close(

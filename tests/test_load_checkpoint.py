@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import lightning as L
 import pytest
@@ -32,12 +33,15 @@ def assert_same_weights(module: LitLM, checkpoint: dict) -> None:
 @pytest.mark.parametrize("stage", [1, 2])
 def test_load_from_checkpoint_on_both_stages(tmp_path_factory, stage):
     path = two_stage_checkpoints(tmp_path_factory)[stage]
-    module = LitLM.load_from_checkpoint(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = LitLM.load_from_checkpoint(path)
     assert_same_weights(module, read_checkpoint(path))
-    # One job: both checkpoints name the Lighthouse backend; only the stage tells that stage 2 is dense.
+    # One job: both checkpoints name the Lighthouse backend; only the phase record tells that stage 2 is dense.
     assert module.config.attention == "lighthouse_naive"
-    sparse = "lighthouse_naive" if stage == 1 else "sdpa"
-    assert module.model.attention_backends == ["sdpa", sparse, sparse]
+    # Loaded for inference: dense in every layer either way; the stage-1 weights are flagged as not recovered.
+    assert module.model.attention_backends == ["sdpa"] * 3
+    assert any(issubclass(w.category, NotRecoveredWarning) for w in caught) == (stage == 1)
     tokens = torch.randint(0, 257, (1, 513), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         loss = module.token_losses(tokens).mean()
@@ -66,7 +70,8 @@ def test_checkpoint_written_at_e81b2e8_loads_and_exports(tmp_path):
     assert "arch" not in checkpoint["hyper_parameters"] and TOKENIZER_KEY not in checkpoint
     module = LitLM.load_from_checkpoint(old)
     assert (module.config.n_kv_heads, module.config.head_dim) == (2, 16)
-    assert module.model.attention_backends == ["sdpa", "lighthouse_naive", "lighthouse_naive"]  # stage 1
+    assert module.config.attention == "lighthouse_naive"  # stage 1, loaded dense for inference (with a warning)
+    assert module.model.attention_backends == ["sdpa"] * 3
     assert_same_weights(module, checkpoint)
     with pytest.warns(NotRecoveredWarning):
         folder = export_llama(old, tmp_path / "hf")  # byte tokenizer recognised by its stored fingerprint
@@ -98,7 +103,7 @@ def test_load_from_checkpoint_on_every_shipped_config(tmp_path, config_file):
     trainer.save_checkpoint(tmp_path / "x.ckpt", weights_only=True)
     loaded = LitLM.load_from_checkpoint(tmp_path / "x.ckpt")
     assert loaded.config == module.config
-    assert loaded.model.attention_backends == module.model.attention_backends
+    assert loaded.model.attention_backends == ["sdpa"] * len(module.model.attention_backends)  # for inference
     assert_same_weights(loaded, read_checkpoint(tmp_path / "x.ckpt"))
 
 

@@ -76,5 +76,5 @@ def test_console_script_shows_field_documentation():
     help_text = " ".join(result.stdout.split())
     assert "--model.arch.dim DIM Model (residual stream) width" in help_text
     assert "--model.arch.flavor FLAVOR Named model size" in help_text
-    assert "--stage.switch_step SWITCH_STEP Global step at which stage 2 starts" in help_text
+    assert "--stage.switch_step SWITCH_STEP Shorthand for two phases" in help_text
     assert "--throughput.window WINDOW Timed steps averaged per logged value" in help_text

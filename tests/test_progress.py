@@ -60,3 +60,10 @@ def test_metrics_line_order_and_format():
         }
     )
     assert line == "loss 2.300 · val 2.401 · tok/s 12.3K · stage 2 · thing 0.500"
+
+
+def test_metrics_line_labels_both_validation_losses_and_the_phase():
+    both = {"val/loss": 2.1, "val/loss_dense": 2.5, "train/stage": 2.0}
+    assert metrics_line(both, "lighthouse 2/3") == "val lh 2.100 · val dense 2.500 · lighthouse 2/3"
+    dense = {"val/loss": 2.5, "val/loss_dense": 2.5, "train/stage": 3.0}
+    assert metrics_line(dense, "dense 3/3") == "val 2.500 · dense 3/3"

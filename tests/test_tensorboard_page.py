@@ -61,8 +61,8 @@ def test_stage_switch_is_a_step_and_a_note(run):
     logged = read_run(run)
     assert logged.series("train/stage").as_dict() == {s: (1.0 if s < 6 else 2.0) for s in range(12)}
     ((step, note),) = logged.notes["train/stage"]
-    assert step == 6 and "Stage 2 (dense recovery) from step 6" in note
-    assert "1: lighthouse_naive -> sdpa" in note and "2: lighthouse_naive -> sdpa" in note
+    assert step == 6 and "Phase 2 of 2 (dense) from step 6" in note
+    assert "Attention of layers 1-2: lighthouse_naive -> sdpa" in note
 
 
 def test_grad_norm_and_tokens_seen_every_step(run):

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from lighthouse.model.config import ModelConfig
-from lighthouse.train.callbacks import StageSwitch, ThroughputRecorder
+from lighthouse.train.schedule import Phase
+from lighthouse.train.stage import StageSwitch
+from lighthouse.train.throughput import ThroughputRecorder
 
 
 class FakeClock:
@@ -124,9 +126,10 @@ def test_records_carry_the_stage_and_tokens_seen_survives_a_resume(tmp_path):
     monitor.on_train_start(trainer, pl_module)
     for _ in range(2):  # the first step of a job has no previous end to time from
         step(monitor, trainer, pl_module, batch)
-    trainer.callbacks[0].stage = 2
+    switch = trainer.callbacks[0]  # the second phase starts: what StageSwitch's own hooks would set
+    switch.phases, switch.index = [Phase(0, "lighthouse_naive"), Phase(3, "sdpa")], 1
     step(monitor, trainer, pl_module, batch)
-    assert [(r["step"], r["stage"]) for r in monitor.records] == [(2, 1), (3, 2)]
+    assert [(r["step"], r["stage"], r["attention"]) for r in monitor.records] == [(2, 1, "sdpa"), (3, 2, "sdpa")]
     assert logged["train/tokens_seen"] == 3 * 16
 
     resumed = recorder(list(range(40, 80)), window=1, skip_steps=0)

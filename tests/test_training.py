@@ -68,7 +68,7 @@ def test_one_job_switches_exactly_once(tmp_path):
     config = tiny_config(tmp_path, "onejob", max_steps=6, switch_step=3)
     cli = fit(tmp_path, config)
     switch = stage_switch(cli)
-    assert (switch.stage, switch.switched_at) == (2, 3)
+    assert (switch.stage, switch.entered) == (2, 3)
     assert cli.model.model.attention_backends == ["sdpa"] * 3
     stages = logged_scalars(tmp_path / "logs" / "onejob", "train/stage")
     # Logged after each step's optimizer update; global step k+1 belongs to batch k.
@@ -84,7 +84,7 @@ def test_resume_inside_stage_two_stays_dense(tmp_path):
     more = tiny_config(tmp_path, "stay", max_steps=6, switch_step=2, every_n=2)
     cli = fit(tmp_path, more, ckpt_path=str(ckpt), tag="more")
     switch = stage_switch(cli)
-    assert (switch.stage, switch.switched_at) == (2, 2)
+    assert (switch.stage, switch.entered) == (2, 2)
     assert cli.model.model.attention_backends == ["sdpa"] * 3
 
 
@@ -101,10 +101,11 @@ def test_two_job_flow_continues_step_and_optimizer(tmp_path):
     stage2 = tiny_config(
         tmp_path, "twojob", "demo_recover.yaml", max_steps=8, attention="sdpa", switch_step=0, version=None
     )
+    stage2["stage"]["min_start_step"] = 4
     cli = fit(tmp_path, stage2, ckpt_path=str(ckpt), tag="stage2")
     assert cli.trainer.global_step == 8
     switch = stage_switch(cli)
-    assert (switch.stage, switch.switched_at) == (2, 4)
+    assert (switch.stage, switch.entered) == (2, 4)
     # AdamW counts its own steps: 8 means the stage-1 state was loaded, not restarted.
     optimizer = cli.trainer.optimizers[0]
     assert all(float(optimizer.state[p]["step"]) == 8 for p in cli.model.parameters())
@@ -118,8 +119,9 @@ def test_two_job_flow_continues_step_and_optimizer(tmp_path):
     again = tiny_config(
         tmp_path, "twojob", "demo_recover.yaml", max_steps=10, attention="sdpa", switch_step=0, version=None
     )
+    again["stage"]["min_start_step"] = 4
     cli = fit(tmp_path, again, ckpt_path="last", tag="again")
-    assert (stage_switch(cli).stage, stage_switch(cli).switched_at, cli.trainer.global_step) == (2, 4, 10)
+    assert (stage_switch(cli).stage, stage_switch(cli).entered, cli.trainer.global_step) == (2, 4, 10)
     assert only_run_dir(tmp_path / "logs" / "twojob") == run
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lighthouse.checkpoint.read import load_trained, trained_sparse, training_stage
+from lighthouse.checkpoint.read import load_trained, trained_sparse, training_phase
 from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.generate import Sampling
 from lighthouse.model.config import ModelConfig
@@ -143,7 +143,7 @@ def export_llama(
         "lighthouse.json": {
             "checkpoint": str(Path(ckpt).resolve()),
             "global_step": checkpoint.get("global_step"),
-            "stage": training_stage(checkpoint),
+            "phase": training_phase(checkpoint),
             "recovered": not trained_sparse(checkpoint),
             "tokenizer_fingerprint": tok.fingerprint,
             "model_config": dataclasses.asdict(model.config),

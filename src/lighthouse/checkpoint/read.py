@@ -1,4 +1,4 @@
-"""Read a training checkpoint for use after training: model config, dense model, stage and tokenizer.
+"""Read a training checkpoint for use after training: model config, dense model, training phase and tokenizer.
 
 Every path here loads with ``torch.load(weights_only=True)``: a checkpoint is data, never code. It knows the
 checkpoints of every version of this project: the model config under ``lighthouse_model`` (always written) or
@@ -61,18 +61,31 @@ def saved_model_config(checkpoint: dict) -> ModelConfig:
     return ModelConfig(**saved)
 
 
-def training_stage(checkpoint: dict) -> int | None:
-    """StageSwitch's stage at the checkpoint (1 = Lighthouse, 2 = dense recovery), None if it has none."""
+def training_phase(checkpoint: dict) -> dict | None:
+    """The phase the checkpoint was trained in, from StageSwitch's one record: ``{"phase": index, "start": step,
+    "attention": backend, "phases": [...]}`` (lighthouse.train.schedule.phase_record), or None for a checkpoint
+    without one. Two-stage records of earlier versions (``{"stage": 1 | 2, "switched_at": step}``) read as phase
+    0 with the model's own backend or phase 1 with dense attention."""
     state = checkpoint.get("callbacks", {}).get("StageSwitch")
-    return None if state is None else int(state["stage"])
+    if state is None:
+        return None
+    if "phase" in state:
+        return {k: state[k] for k in ("phase", "start", "attention", "phases")}
+    if int(state["stage"]) == 2:
+        return {"phase": 1, "start": state.get("switched_at") or 0, "attention": "sdpa", "phases": None}
+    return {"phase": 0, "start": 0, "attention": saved_model_config(checkpoint).attention, "phases": None}
 
 
 def trained_sparse(checkpoint: dict) -> bool:
-    """True if the weights come from sparse (Lighthouse) training without the dense recovery stage after it.
+    """True if the weights come from sparse (Lighthouse) training without a dense phase after it.
 
-    A dense baseline (backend 'sdpa' everywhere) is stage 1 too but was trained dense, so it counts as recovered.
+    A dense baseline (backend 'sdpa' everywhere) was trained dense, so it counts as recovered.
     """
-    return saved_model_config(checkpoint).uses_lighthouse() and training_stage(checkpoint) != 2
+    config = saved_model_config(checkpoint)
+    if len(set(config.dense_layers)) >= config.n_layers:
+        return False
+    phase = training_phase(checkpoint)
+    return (config.attention if phase is None else phase["attention"]) != "sdpa"
 
 
 def warn_if_not_recovered(checkpoint: dict, path: str | Path) -> None:

@@ -10,15 +10,18 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from lighthouse.checkpoint.io import is_remote
+from lighthouse.checkpoint.read import read_checkpoint
 from lighthouse.checkpoint.resume import check_override_names, override_names
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.train import exits
-from lighthouse.train.callbacks import StageSwitch, ThroughputRecorder
 from lighthouse.train.lit_module import LitLM
 from lighthouse.train.preflight import check_backend_runs_here, check_context_parallel, check_trainer_args
 from lighthouse.train.progress import StepProgressBar, describe_model, quiet_lightning
 from lighthouse.train.run_dir import RunPlacement, place_run
 from lighthouse.train.safety import prepare_fit, with_safety
+from lighthouse.train.stage import StageSwitch
+from lighthouse.train.throughput import ThroughputRecorder
 
 # Callbacks the CLI always adds, each configured through its own argument group (``--stage.switch_step 10``).
 CALLBACK_GROUPS = {"stage": StageSwitch, "throughput": ThroughputRecorder}
@@ -39,6 +42,19 @@ class KeepEveryConfig(SaveConfigCallback):
                     name = f"config.{n}.yaml"
             self.config_filename = trainer.strategy.broadcast(name)
         super().setup(trainer, pl_module, stage)
+
+
+def check_start_step(trainer, ckpt_path) -> None:
+    """A config that continues a run (stage.min_start_step > 0, e.g. a recovery config) refuses to start at an
+    earlier step, in particular from scratch when no checkpoint was found."""
+    switch = next((cb for cb in trainer.callbacks if isinstance(cb, StageSwitch)), None)
+    if switch is None or switch.min_start_step == 0:
+        return
+    if ckpt_path is None:
+        switch.check_start(0, "no checkpoint was found (--ckpt_path last looked in this run's checkpoint folder)")
+    elif not is_remote(ckpt_path):
+        step = int(read_checkpoint(ckpt_path, mmap=True).get("global_step", 0))
+        switch.check_start(step, f"the checkpoint {ckpt_path}")
 
 
 def refuse_grouped_callbacks(trainer: dict) -> None:
@@ -96,6 +112,7 @@ class LighthouseCLI(LightningCLI):
     def before_fit(self) -> None:
         fit_args = self.config_init[self.subcommand]
         fit_args["ckpt_path"] = prepare_fit(self.trainer, fit_args.get("ckpt_path"))
+        check_start_step(self.trainer, fit_args["ckpt_path"])
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would overwrite the model config with the checkpoint's hyperparameters. Here the config on

@@ -12,7 +12,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lighthouse.checkpoint.guards import StepGuard, grad_norm
-from lighthouse.checkpoint.read import TOKENIZER_KEY, read_checkpoint, saved_model_config, training_stage
+from lighthouse.checkpoint.read import TOKENIZER_KEY, read_checkpoint, saved_model_config, warn_if_not_recovered
 from lighthouse.checkpoint.resume import refuse_shape_changes, saved_model_fields
 from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.eval.passkey import PasskeyEval, split_reader
@@ -116,6 +116,9 @@ class LitLM(L.LightningModule):
         self.val_loss_dense_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)
         self.passkey_config = passkey
         self._passkey_eval: PasskeyEval | None = None  # built at the first validation, from the data module
+        # Where the LR schedule stands at a global step: the step itself unless a phase rescales the rest of the
+        # schedule (set by the StageSwitch callback; lighthouse.train.schedule.lr_clock).
+        self.lr_clock: Callable[[int, int, int | None], float] = lambda step, total, end: float(step)
 
     # ---- stages -------------------------------------------------------------------------------------------
     def set_attention_backend(self, name: str) -> None:
@@ -175,7 +178,7 @@ class LitLM(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", loss.exp(), sync_dist=False)
         if self.val_loss_dense.update_called:
-            self.log("val/loss_dense", self.val_loss_dense.compute(), sync_dist=False)
+            self.log("val/loss_dense", self.val_loss_dense.compute(), prog_bar=True, sync_dist=False)
         for metric in (self.val_loss, self.val_loss_dense):
             metric.reset()
         for name, by_pos in (
@@ -239,10 +242,13 @@ class LitLM(L.LightningModule):
         total = self.schedule_steps or self.trainer.max_steps
         if total is None or total < 1:
             total = int(self.trainer.estimated_stepping_batches)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: lr_multiplier(step, self.warmup_steps, total, self.lr_schedule, self.min_lr_ratio),
-        )
+        end = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+
+        def multiplier(step: int) -> float:
+            position = self.lr_clock(step, total, end)
+            return lr_multiplier(position, self.warmup_steps, total, self.lr_schedule, self.min_lr_ratio)
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
@@ -258,8 +264,13 @@ class LitLM(L.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
         """Lightning's ``load_from_checkpoint`` for every checkpoint this project writes: loaded with
         weights_only=True, the model config read from the checkpoint (also from checkpoints written before the
-        ``model`` -> ``arch`` rename), a sharded FSDP folder refused with the command that consolidates it, and a
-        stage-2 (recovered) checkpoint dense again. Keyword arguments override hyperparameters, as in Lightning.
+        ``model`` -> ``arch`` rename), a sharded FSDP folder refused with the command that consolidates it.
+
+        The model is loaded for inference, so every layer runs dense SDPA, whatever phase the checkpoint was
+        saved in: Lighthouse needs sequences of at least a few tiles, and a recovered model is a dense model.
+        A checkpoint saved in a Lighthouse phase (not recovered) loads too, with a NotRecoveredWarning. To train
+        on from a checkpoint, resume it (``--ckpt_path``): the schedule then sets the attention per phase.
+        Keyword arguments override hyperparameters, as in Lightning.
         """
         metadata = read_checkpoint(checkpoint_path, mmap=True)  # mmap: the tensors are not read twice
         kwargs.setdefault("arch", saved_model_config(metadata))
@@ -271,8 +282,8 @@ class LitLM(L.LightningModule):
             weights_only=True,
             **kwargs,
         )
-        if training_stage(metadata) == 2:
-            module.set_attention_backend("sdpa")  # what StageSwitch does when training resumes in stage 2
+        warn_if_not_recovered(metadata, checkpoint_path)
+        module.set_attention_backend("sdpa")
         return module
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -74,7 +74,8 @@ def check_trainer_args(trainer) -> None:
 
 
 def _stage_backends(config) -> list[tuple[str, str]]:
-    """(flag, backend) of every StageSwitch's stage-2 backend: in trainer.callbacks, or a ``stage`` group."""
+    """(flag, backend) of every attention a StageSwitch may switch to: in trainer.callbacks, or the ``stage``
+    group (its stage2_backend and every phase of its schedule)."""
     found = []
     callbacks = config["trainer"].get("callbacks") or []
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
@@ -83,6 +84,9 @@ def _stage_backends(config) -> list[tuple[str, str]]:
     stage = config.get("stage") if hasattr(config, "get") else None
     if stage is not None and hasattr(stage, "get"):
         found.append(("stage.stage2_backend", stage.get("stage2_backend")))
+        for i, phase in enumerate(stage.get("schedule") or []):
+            attention = phase.get("attention") if hasattr(phase, "get") else getattr(phase, "attention", None)
+            found.append((f"stage.schedule[{i}].attention", attention))
     return found
 
 

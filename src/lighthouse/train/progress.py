@@ -15,8 +15,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column
 
+from lighthouse.train.stage import current_phase
+
 # How the progress line names the metrics logged with prog_bar=True; others show under their last path part.
-SHORT_NAMES = {"train/loss": "loss", "val/loss": "val", "perf/tokens_per_sec": "tok/s", "train/stage": "stage"}
+SHORT_NAMES = {
+    "train/loss": "loss",
+    "val/loss": "val",
+    "val/loss_dense": "val dense",
+    "perf/tokens_per_sec": "tok/s",
+    "train/stage": "stage",
+}
 
 
 def format_value(name: str, value: float) -> str:
@@ -27,16 +35,32 @@ def format_value(name: str, value: float) -> str:
     return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
 
 
-def metrics_line(metrics: dict[str, float]) -> str:
+def metrics_line(metrics: dict[str, float], phase: str | None = None) -> str:
     """``loss 2.314 · val 2.401 · tok/s 1.2K · stage 1``: every progress-bar metric on one line, the usual
-    ones first in that order."""
+    ones first in that order.
+
+    Validation with Lighthouse layers reports two losses, labelled ``val lh`` (the model as it trains) and
+    ``val dense`` (the same weights, every layer dense: the number runs are compared on); where they are equal
+    (dense attention) one ``val``. ``phase`` (e.g. "lighthouse 2/3": the attention of the phase being trained
+    and its number) replaces the bare stage number."""
+    metrics = dict(metrics)
+    names = {"val/loss": "val"}
+    if "val/loss_dense" in metrics and "val/loss" in metrics:
+        if metrics["val/loss_dense"] == metrics["val/loss"]:
+            del metrics["val/loss_dense"]
+        else:
+            names["val/loss"] = "val lh"
+    if phase is not None and "train/stage" in metrics:
+        metrics["train/stage"] = phase
     order = list(SHORT_NAMES)
-    names = sorted(metrics, key=lambda name: order.index(name) if name in order else len(order))
     parts = []
-    for name in names:
+    for name in sorted(metrics, key=lambda name: order.index(name) if name in order else len(order)):
         value = metrics[name]
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            parts.append(f"{SHORT_NAMES.get(name, name.rsplit('/', 1)[-1])} {format_value(name, value)}")
+        label = names.get(name, SHORT_NAMES.get(name, name.rsplit("/", 1)[-1]))
+        if name == "train/stage" and isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, (int, float)) and math.isfinite(value):
+            parts.append(f"{label} {format_value(name, value)}")
     return " · ".join(parts)
 
 
@@ -192,7 +216,10 @@ class StepProgressBar(ProgressBar):
 
     def _metrics(self, prefix: str = "") -> str:
         metrics = self.get_metrics(self.trainer, self.trainer.lightning_module)
-        return metrics_line({k: v for k, v in metrics.items() if k.startswith(prefix) and k != "v_num"})
+        index, attention, count = current_phase(self.trainer)
+        kind = "dense" if attention == "sdpa" else "lighthouse"  # lighthouse_naive computes the same attention
+        phase = f"{kind} {index + 1}/{count}" if count > 1 else kind
+        return metrics_line({k: v for k, v in metrics.items() if k.startswith(prefix) and k != "v_num"}, phase)
 
 
 def describe_model(module) -> str:

@@ -1,6 +1,6 @@
-"""Training callbacks: the Lighthouse -> dense stage switch, and an honest throughput recorder.
+"""An honest throughput recorder: tokens/s, TFLOP/s, MFU and memory per timing window, per training phase.
 
-The CLI always adds both and configures each through its own argument group (``--stage.*``, ``--throughput.*``).
+The CLI always adds it and configures it through its own argument group (``--throughput.*``).
 """
 
 from __future__ import annotations
@@ -10,97 +10,12 @@ import os
 import time
 from collections.abc import Callable
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
 
-from lighthouse.model.attention import INNER_ATTENTION
 from lighthouse.model.context_parallel import context_parallel_size
 from lighthouse.model.flops import compute_dtype, flops_per_token, peak_flops_per_device
-from lighthouse.train.logger import write_note
-
-
-class StageSwitch(Callback):
-    """Owns the training stage: 1 = Lighthouse pre-training, 2 = dense recovery (README, "Two-stage training").
-
-    One job: set ``stage.switch_step`` and the switch happens once, at that global step. Two jobs: the recovery
-    config resumes a stage-1 checkpoint with ``switch_step`` at or below the resumed step (0 is simplest),
-    so the switch happens at the first step of the new job. The stage is stored in checkpoints under a
-    fixed key, so resuming either flow keeps it. Logged as ``train/stage``; the switch also leaves a note.
-    """
-
-    def __init__(self, switch_step: int | None = None, stage2_backend: str = "sdpa", rewarmup_steps: int = 0):
-        """
-        Args:
-            switch_step: Global step at which stage 2 starts; None keeps stage 1 for the whole run.
-            stage2_backend: Attention backend of the non-dense layers in stage 2 (normally 'sdpa').
-            rewarmup_steps: Steps over which the LR ramps linearly back up after the switch (0 = none).
-        """
-        if switch_step is not None and switch_step < 0:
-            raise ValueError(f"stage.switch_step={switch_step} must be >= 0 or null")
-        if stage2_backend not in INNER_ATTENTION:
-            raise ValueError(f"stage.stage2_backend={stage2_backend!r} is not one of {tuple(INNER_ATTENTION)}")
-        if rewarmup_steps < 0:
-            raise ValueError(f"stage.rewarmup_steps={rewarmup_steps} must be >= 0")
-        self.switch_step, self.stage2_backend, self.rewarmup_steps = switch_step, stage2_backend, rewarmup_steps
-        self.stage = 1
-        self.switched_at: int | None = None
-
-    @property
-    def state_key(self) -> str:
-        # Fixed, so a recovery config with other arguments still finds the stage-1 state.
-        return "StageSwitch"
-
-    def state_dict(self) -> dict:
-        return {"stage": self.stage, "switched_at": self.switched_at}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.stage, self.switched_at = state_dict["stage"], state_dict["switched_at"]
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.stage == 2:  # resumed inside stage 2: the model must run dense again
-            pl_module.set_attention_backend(self.stage2_backend)
-        self._maybe_switch(trainer, pl_module)
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self._maybe_switch(trainer, pl_module)
-        if self.stage == 2 and self.rewarmup_steps and self.switched_at is not None:
-            ramp = min(1.0, (trainer.global_step - self.switched_at + 1) / self.rewarmup_steps)
-            for optimizer in trainer.optimizers:
-                for group in optimizer.param_groups:
-                    # The scheduler resets the LR from its base every step, so this factor never compounds.
-                    group["lr"] *= ramp
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        pl_module.log("train/stage", float(self.stage), prog_bar=True)
-
-    def _maybe_switch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.stage == 1 and self.switch_step is not None and trainer.global_step >= self.switch_step:
-            before = pl_module.model.attention_backends
-            pl_module.set_attention_backend(self.stage2_backend)
-            self.stage, self.switched_at = 2, trainer.global_step
-            rank_zero_info(f"stage 2 from step {trainer.global_step}: attention -> {self.stage2_backend}")
-            self._mark_switch(trainer, before, pl_module.model.attention_backends)
-
-    def _mark_switch(self, trainer: L.Trainer, before: list[str], after: list[str]) -> None:
-        """Show the switch where people look: a note in TensorBoard's text tab, and two points of the stage
-        curve on consecutive steps, so it steps from 1 to 2 there whatever the logging interval."""
-        step = trainer.global_step  # Lightning logs batch k's values at step k: this batch is the first dense one
-        changed = [f"{i}: {a} -> {b}" for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
-        rewarmup = f", LR re-warm-up over {self.rewarmup_steps} steps" if self.rewarmup_steps else ""
-        write_note(
-            trainer,
-            "train/stage",
-            f"**Stage 2 (dense recovery) from step {step}**{rewarmup}. "
-            f"Attention per layer: {'; '.join(changed) or 'unchanged'}.",
-            step,
-        )
-        for logger in trainer.loggers:
-            if step > 0:
-                logger.log_metrics({"train/stage": 1.0}, step=step - 1)
-            logger.log_metrics({"train/stage": 2.0}, step=step)
-
+from lighthouse.train.stage import current_phase
 
 # Record fields that become ``perf/*`` TensorBoard scalars (step, stage, time and tokens_seen are bookkeeping).
 PERF_KEYS = (
@@ -115,17 +30,12 @@ PERF_KEYS = (
 )
 
 
-def stage_of(trainer: L.Trainer) -> int:
-    """The training stage from the run's StageSwitch (1 where there is none)."""
-    return next((cb.stage for cb in trainer.callbacks if isinstance(cb, StageSwitch)), 1)
-
-
 class ThroughputRecorder(Callback):
     """Tokens/s, TFLOP/s, step time, MFU, peak memory and data-wait share, to TensorBoard (``perf/*``) and
     ``throughput.jsonl`` (one record per window, with its stage and wall-clock time); and the tokens seen so far
     (``train/tokens_seen``, kept in checkpoints so it continues across resumes and stages).
 
-    Not Lightning's ``ThroughputMonitor``: this one knows the stage and counts Lighthouse FLOPs.
+    Not Lightning's ``ThroughputMonitor``: this one knows the phase and counts Lighthouse FLOPs.
 
     Honest timing: the device is synchronised before every clock read; the first ``skip_steps`` steps of a
     job and after a stage switch (compilation, autotuning, allocator warm-up) and any interval that contains
@@ -226,9 +136,12 @@ class ThroughputRecorder(Callback):
         world = trainer.world_size
         per_device = self._tokens / elapsed
         dense, actual = flops_per_token(pl_module.config, seq_len, self._backends)
+        phase, attention, _ = current_phase(trainer, pl_module)
         record = {
             "step": trainer.global_step,
-            "stage": stage_of(trainer),
+            # phase number from 1 (``stage`` for the readers of two-stage runs) and its attention backend
+            "stage": phase + 1,
+            "attention": attention,
             "time": time.time(),  # wall clock (Unix seconds) at the end of the window
             "tokens_seen": self.tokens_seen,
             "tokens_per_sec": per_device * world,
