@@ -66,7 +66,9 @@ class DataSettings:
     batch_size: Annotated[int, POSITIVE] = 8
     """Sequences per batch, per rank."""
     corpus: Annotated[str, NAME] = "stdlib"
-    """'stdlib' (this Python's standard library sources, offline everywhere), a directory, file or glob of
+    """'stdlib' (this Python's standard library sources, offline everywhere), 'python' (the standard library plus
+    every site-packages/dist-packages folder of this interpreter; the manifest names each package and version),
+    a directory, file or glob of
     .txt/.jsonl/.parquet files (.txt and .jsonl may be .gz/.zst/.bz2/.xz), or 'hf:NAME[:CONFIG[:SPLIT]]' to stream
     a Hugging Face dataset (needs `datasets`). Directory symlinks are not followed; FIFOs, sockets, devices and
     broken or looping links are skipped and counted."""
