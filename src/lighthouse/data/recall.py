@@ -30,9 +30,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cache
-from typing import Protocol
 
 import numpy as np
+
+from .passkey_format import Encoder, TokenSource, read_cyclic
 
 KEY_PREFIX = "KV_"
 KEY_HEX = 4  # 65536 keys: ~6.5k for evaluation, the rest for training
@@ -42,18 +43,6 @@ BIN_EDGES = (64, 1024, 4096, 16384)  # lower edges of the distance bins
 ASSIGN = ("\n" + KEY_PREFIX, ' = "', '"\n')  # text before the key, between key and value, after the value
 QUERY = ("\nassert " + KEY_PREFIX, ' == "', '"\n')
 _HEX = "0123456789abcdef"
-
-
-class Encoder(Protocol):
-    def encode(self, text: str) -> np.ndarray: ...
-
-
-class TokenSource(Protocol):
-    """A split's packed token stream (lighthouse.data's SplitReader is one)."""
-
-    n_tokens: int
-
-    def read(self, start: int, stop: int) -> np.ndarray: ...
 
 
 # ---- keys and randomness ----------------------------------------------------------------------------------
@@ -292,18 +281,6 @@ class RecallSet:
     value_digits: int
 
 
-def _read_wrapped(source: TokenSource, start: int, n: int) -> np.ndarray:
-    """``n`` tokens of the stream from ``start``, wrapping around at its end (int64 [n])."""
-    out = np.empty(n, dtype=np.int64)
-    done = 0
-    while done < n:
-        pos = (start + done) % source.n_tokens
-        take = min(n - done, source.n_tokens - pos)
-        out[done : done + take] = source.read(pos, pos + take)
-        done += take
-    return out
-
-
 def eval_windows(
     tokenizer: Encoder, filler: TokenSource, seq_len: int, n_windows: int, pairs: int, seed: int = 0
 ) -> RecallSet:
@@ -313,6 +290,6 @@ def eval_windows(
     windows = []
     for i in range(n_windows):
         rng = rng_for("eval", seed, seq_len, pairs, i)
-        text = _read_wrapped(filler, i * filler.n_tokens // n_windows, seq_len + 1)
+        text = read_cyclic(filler, i * filler.n_tokens // n_windows, seq_len + 1)
         windows.append(insert_pairs(fmt, text, rng, pairs, evaluation=True))
     return RecallSet(fmt.bins(seq_len + 1), windows, fmt.value_digits)
