@@ -111,3 +111,18 @@ def test_the_command_scores_a_trained_checkpoint(tmp_path_factory, tmp_path, cap
     scores = main(["--ckpt", str(ckpt), "--windows", "3", "--pairs", "2", "--json", str(out), "--device", "cpu"])
     assert scores.labels == ["64-512"] and scores.counts[0, 3] == 6
     assert "| 64-512 | 6 |" in capsys.readouterr().out and '"64-512"' in out.read_text()
+
+
+def test_training_with_recall_windows_logs_recall_per_bin_at_validation(tmp_path):
+    from training_helpers import fit, logged_scalars, tiny_config
+
+    config = tiny_config(tmp_path, "recall", max_steps=2, every_n=2, attention="sdpa")
+    config["data"].update(recall_fraction=0.5, recall_pairs=2)
+    config["model"]["recall"] = {"windows": 2, "pairs": 2}
+    fit(tmp_path, config)
+    log_dir = tmp_path / "logs" / "recall"
+    for name in ("digit_acc", "exact", "digit_logloss"):
+        (value,) = logged_scalars(log_dir, f"recall/64-512/{name}").values()
+        assert math.isfinite(value)
+    (loss,) = logged_scalars(log_dir, "recall/64-512/digit_logloss").values()
+    assert 1.0 < loss < 5.0  # an almost untrained model: near ln 10
