@@ -9,4 +9,5 @@ tokenization worker processes, which import only the torch-free modules, never p
     build.py       tokenize a corpus into one shard folder      cache.py      find / verify / (re)build the cache
     settings.py    the data module's settings and checks        stream.py     packed windows per rank and worker
     datamodule.py  the LightningDataModule (torch, Lightning)  installed.py  site folders, distributions, versions
+    recall.py      key-value recall windows (training mix, eval)
 """
