@@ -28,6 +28,7 @@ evaluation. The standard library and numpy only.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from functools import cache
 
@@ -214,10 +215,10 @@ def insert_pairs(
     return RecallWindow(tokens, tuple(chosen), values, bin_of, distances, starts[:, 0] + va, starts[:, 1] + vq, taken)
 
 
-def _free_starts(taken: np.ndarray, length: int) -> np.ndarray:
-    """bool [W - length + 1]: whether [s, s + length) holds no taken token."""
-    c = np.concatenate([[0], np.cumsum(taken)])
-    return c[length:] == c[:-length]
+def _free_starts(taken_before: np.ndarray, length: int) -> np.ndarray:
+    """bool [W - length + 1]: whether [s, s + length) holds no taken token (``taken_before``: int32 [W + 1], the
+    taken tokens before each position)."""
+    return taken_before[length:] == taken_before[:-length]
 
 
 def _place(
@@ -226,15 +227,17 @@ def _place(
     """(assignment start, distance): a start drawn uniformly among those where both lines land on free tokens.
     Where the drawn distance has none (a crowded window), other distances of the bin are drawn, then tried in
     order; check_room keeps half the window free, so that last resort is for tiny windows only."""
-    free_a, free_q = _free_starts(taken, la), _free_starts(taken, lq)
+    taken_before = np.zeros(len(taken) + 1, dtype=np.int32)
+    np.cumsum(taken, dtype=np.int32, out=taken_before[1:])
+    free_a, free_q = _free_starts(taken_before, la), _free_starts(taken_before, lq)
 
     def valid(d: int) -> np.ndarray:
         shift = offset + d
         last = len(taken) - lq - shift
         return np.flatnonzero(free_a[: last + 1] & free_q[shift : shift + last + 1])
 
-    tries = [distance, *(int(rng.integers(b.lo, b.hi)) for _ in range(16)), *range(b.lo, b.hi)]
-    for d in tries:
+    redraws = (int(rng.integers(b.lo, b.hi)) for _ in range(16))  # lazy: drawn only when needed
+    for d in itertools.chain([distance], redraws, range(b.lo, b.hi)):
         options = valid(d)
         if len(options):
             return int(options[rng.integers(len(options))]), d
