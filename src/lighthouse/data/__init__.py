@@ -8,5 +8,6 @@ tokenization worker processes, which import only the torch-free modules, never p
     shards.py      on-disk format: manifest, writer, reader     pool.py       ordered map over worker processes
     build.py       tokenize a corpus into one shard folder      cache.py      find / verify / (re)build the cache
     settings.py    the data module's settings and checks        stream.py     packed windows per rank and worker
-    datamodule.py  the LightningDataModule (torch, Lightning)
+    datamodule.py  the LightningDataModule (torch, Lightning)  installed.py  site folders, distributions, versions
+    recall.py      key-value recall windows (training mix, eval)
 """

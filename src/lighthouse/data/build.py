@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .corpus import STDLIB, CorpusSpec
+from .corpus import PYTHON, STDLIB, CorpusSpec
 from .documents import iter_hf_documents, read_file, read_records
 from .packing import SPLIT_RULE, assign_splits, split_value
 from .pool import ordered_map, useful_processes
@@ -323,7 +323,10 @@ def _manifest(corpus, tokenizer, tokenizer_spec: str, selection: Selection, out:
             "kind": corpus.kind,
             "root": corpus.root,
             "text_field": corpus.text_field,
-            "python": sys.version.split()[0] if corpus.kind == STDLIB else None,
+            "python": sys.version.split()[0] if corpus.kind in (STDLIB, PYTHON) else None,
+            # python: each site folder read, its top-level packages (files, bytes, owning distribution==version)
+            # and every distribution installed there, as listed (files[] says what the caps let through)
+            "sites": corpus.sites or None,
             "hf": content["corpus"]["hf"],
             "hf_tokens_sha256": content["corpus"]["hf_tokens_sha256"],
             "skipped": corpus.skipped,  # entries the listing passed over (links, FIFOs, ...), by reason

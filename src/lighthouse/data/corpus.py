@@ -1,4 +1,5 @@
-"""Which files make up a corpus (the stdlib, a directory, a file, a glob, or a Hugging Face dataset): listed, not read.
+"""Which files make up a corpus (the stdlib, the installed Python sources, a directory, a file, a glob, or a Hugging
+Face dataset): listed, not read.
 
 The standard library only, no torch: tokenization worker processes import this module.
 
@@ -24,9 +25,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import installed
+
 log = logging.getLogger(__name__)
 
 STDLIB = "stdlib"
+PYTHON = "python"  # the stdlib and every site-packages/dist-packages folder of the running interpreter
 HF_PREFIX = "hf:"
 # Folders under the stdlib root that are not the standard library (third-party packages, caches).
 _STDLIB_EXCLUDE = frozenset({"site-packages", "dist-packages", "__pycache__"})
@@ -60,18 +64,19 @@ class CorpusSpec:
     """A resolved corpus: what will be read, what the listing skipped, and a cache key that changes with the input."""
 
     spec: str
-    kind: str  # "stdlib" | "files" | "hf"
+    kind: str  # "stdlib" | "python" | "files" | "hf"
     root: str | None
     text_field: str
     files: list[SourceFile] = field(default_factory=list)
     hf: HFSource | None = None
     skipped: dict[str, int] = field(default_factory=dict)  # entries the listing passed over, by reason
+    sites: list[dict] = field(default_factory=list)  # python: each site folder, its packages and distributions
 
     @property
     def name(self) -> str:
         """Short, filesystem-safe name for cache folders."""
-        if self.kind == STDLIB:
-            return f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}"
+        if self.kind in (STDLIB, PYTHON):
+            return f"{self.kind}-py{sys.version_info.major}.{sys.version_info.minor}"
         if self.kind == "hf":
             return "hf-" + _safe(self.hf.name)
         return _safe(Path(self.root).name or "corpus")
@@ -84,7 +89,7 @@ class CorpusSpec:
             "text_field": self.text_field,
             "files": [(f.rel, f.size, f.mtime_ns, f.fmt, f.compression) for f in self.files],
             "hf": asdict(self.hf) if self.hf else None,
-            "python": list(sys.version_info[:3]) if self.kind == STDLIB else None,
+            "python": list(sys.version_info[:3]) if self.kind in (STDLIB, PYTHON) else None,
         }
 
     @property
@@ -244,7 +249,7 @@ def _directory_walk(root: Path, skips: Skips) -> Iterator[tuple[Path, str, os.st
 
 def check_corpus_arg(corpus: str) -> None:
     """Cheap validation for the constructor: the path or glob exists and holds a readable file."""
-    if corpus == STDLIB:
+    if corpus in (STDLIB, PYTHON):
         return
     if corpus.startswith(HF_PREFIX):
         _parse_hf(corpus)
@@ -256,7 +261,7 @@ def check_corpus_arg(corpus: str) -> None:
     path = Path(corpus)
     if not path.exists():
         raise ValueError(
-            f"corpus={corpus!r}: no such file or directory (valid: 'stdlib', a directory, a file, "
+            f"corpus={corpus!r}: no such file or directory (valid: 'stdlib', 'python', a directory, a file, "
             f"a glob such as 'texts/**/*.jsonl', or 'hf:NAME[:CONFIG[:SPLIT]]')"
         )
     if not (path.is_dir() or path.is_file()):
@@ -292,15 +297,13 @@ def resolve_corpus(corpus: str, text_field: str = "text") -> CorpusSpec:
     if corpus.startswith(HF_PREFIX):
         return CorpusSpec(corpus, "hf", None, text_field, hf=_parse_hf(corpus))
     skips = Skips()
-    if corpus == STDLIB:
-        kind, root = STDLIB, stdlib_root()
-        found = walk_files(
-            root,
-            descend=lambda parts: parts[-1] not in _STDLIB_EXCLUDE,
-            want=lambda parts: parts[-1].endswith(".py"),
-            skips=skips,
-        )
-        files = [_source(path, rel, st, "text", None) for path, rel, st in found]
+    sites = []
+    if corpus in (STDLIB, PYTHON):
+        kind, root = corpus, stdlib_root()
+        files = _python_files(root, skips, lambda parts: parts[-1] not in _STDLIB_EXCLUDE)
+        if corpus == PYTHON:
+            site_files, sites = _site_files(skips)
+            files += site_files
     else:
         check_corpus_arg(corpus)
         kind = "files"
@@ -327,7 +330,31 @@ def resolve_corpus(corpus: str, text_field: str = "text") -> CorpusSpec:
         require_pyarrow()
     if any(f.compression == "zst" for f in files):
         zstd_reader_factory()
-    return CorpusSpec(corpus, kind, str(root.resolve()), text_field, files, skipped=dict(skips.counts))
+    return CorpusSpec(corpus, kind, str(root.resolve()), text_field, files, skipped=dict(skips.counts), sites=sites)
+
+
+def _python_files(root: Path, skips: Skips, descend: Callable[[tuple[str, ...]], bool], label: str = "") -> list:
+    """The .py files below ``root`` (keys prefixed with ``label/`` when given), never inside __pycache__."""
+    found = walk_files(
+        root,
+        descend=lambda parts: parts[-1] != "__pycache__" and descend(parts),
+        want=lambda parts: parts[-1].endswith(".py"),
+        skips=skips,
+    )
+    prefix = f"{label}/" if label else ""
+    return [_source(path, prefix + rel, st, "text", None) for path, rel, st in found]
+
+
+def _site_files(skips: Skips) -> tuple[list[SourceFile], list[dict]]:
+    """The .py files of every site folder, keyed '<folder label>/<path in it>' ('site-packages/numpy/...': the
+    stdlib walk never gives such a key, it leaves these folders out), and each folder's manifest entry."""
+    files, sites = [], []
+    folders = installed.site_folders()
+    for folder, label in zip(folders, installed.folder_labels(folders), strict=True):
+        found = _python_files(folder, skips, lambda parts: not parts[-1].startswith("."), label)
+        files += found
+        sites.append(installed.describe_folder(folder, label, [(f.rel[len(label) + 1 :], f.size) for f in found]))
+    return files, sites
 
 
 def require_pyarrow():

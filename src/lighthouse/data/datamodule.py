@@ -18,9 +18,10 @@ from .cache import Prepared, prepare, resolve_tokenizer
 from .corpus import CorpusSpec, resolve_corpus
 from .packing import evenly_spaced, num_windows
 from .passkey_mix import passkey_mix
+from .recall import recall_mix
 from .settings import DataSettings
 from .shards import SplitReader, open_split
-from .stream import PackedWindows, WindowMix
+from .stream import FirstMix, PackedWindows, WindowMix
 from .tokenizer import TextTokenizer, byte_tokenizer
 
 log = logging.getLogger(__name__)
@@ -172,11 +173,17 @@ class LMDataModule(L.LightningDataModule):
     # Datasets (usable without a Trainer)
 
     def training_mix(self) -> WindowMix | None:
-        """What replaces some training windows: the passkey mix when ``passkey_fraction`` > 0, else None (the
+        """What changes some training windows: the passkey mix when ``passkey_fraction`` > 0, then the recall
+        mix when ``recall_fraction`` > 0 (on windows the passkey mix left alone); None when both are 0 (the
         corpus unchanged)."""
         s = self.settings
         split = self._train_split or self._setup_and_get("_train_split")
-        return passkey_mix(s.passkey_fraction, self.tokenizer, s.seq_len, s.seed, split)
+        mixes = [
+            passkey_mix(s.passkey_fraction, self.tokenizer, s.seq_len, s.seed, split),
+            recall_mix(s.recall_fraction, self.tokenizer, s.seq_len, s.seed, s.recall_pairs),
+        ]
+        mixes = [m for m in mixes if m is not None]
+        return None if not mixes else mixes[0] if len(mixes) == 1 else FirstMix(*mixes)
 
     def train_dataset(self, rank: int | None = None, world_size: int | None = None) -> PackedWindows:
         """The unbounded training stream of ``rank``, starting after the windows already consumed."""

@@ -15,6 +15,7 @@ from functools import cache
 from typing import Annotated, Any, get_type_hints
 
 from .corpus import check_corpus_arg
+from .recall import check_room
 from .tokenizer import TokenizerSpec, parse_tokenizer_spec
 
 
@@ -53,6 +54,7 @@ LIMIT = _positive_or_none("no limit")
 NAME = Rule(lambda v: isinstance(v, str) and v != "", "must be a non-empty string")
 TEXT = Rule(lambda v: isinstance(v, str), "must be a string")
 FOLDER = Rule(lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "", "must be a folder path")
+PAIRS = Rule(lambda v: _is_int(v) and 1 <= v <= 64, "must be an integer in [1, 64]")
 SWITCH = Rule(lambda v: isinstance(v, bool), "must be true or false")
 
 
@@ -66,7 +68,9 @@ class DataSettings:
     batch_size: Annotated[int, POSITIVE] = 8
     """Sequences per batch, per rank."""
     corpus: Annotated[str, NAME] = "stdlib"
-    """'stdlib' (this Python's standard library sources, offline everywhere), a directory, file or glob of
+    """'stdlib' (this Python's standard library sources, offline everywhere), 'python' (the standard library plus
+    every site-packages/dist-packages folder of this interpreter; the manifest names each package and version),
+    a directory, file or glob of
     .txt/.jsonl/.parquet files (.txt and .jsonl may be .gz/.zst/.bz2/.xz), or 'hf:NAME[:CONFIG[:SPLIT]]' to stream
     a Hugging Face dataset (needs `datasets`). Directory symlinks are not followed; FIFOs, sockets, devices and
     broken or looping links are skipped and counted."""
@@ -108,6 +112,13 @@ class DataSettings:
     passkey_fraction: Annotated[float, SHARE] = 0.0
     """Share of training windows replaced by synthetic passkey documents (training keys, train-split filler; see
     lighthouse/data/passkey_mix.py), in [0, 1]. Validation is never mixed."""
+    recall_fraction: Annotated[float, SHARE] = 0.0
+    """Share of training windows that get recall_pairs key-value assignments (`KV_3f9a = "80417"`) inserted at
+    random positions of their text, each with a later `assert KV_3f9a == "80417"` at a distance spread over the
+    bins 64-1k, 1k-4k, 4k-16k, 16k-seq_len (training keys only; see lighthouse/data/recall.py), in [0, 1]. A
+    window the passkey mix replaced gets none. Validation is never mixed."""
+    recall_pairs: Annotated[int, PAIRS] = 8
+    """Assignment/query pairs per recall window, in [1, 64]; together they may fill at most half the window."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +130,11 @@ class DataSettings:
             for rule in rules:
                 if not rule.holds(value):
                     raise ValueError(f"{name}={value!r} is invalid: {rule.text}")
+        if self.recall_fraction > 0 and (why := check_room(self.seq_len, self.recall_pairs)):
+            raise ValueError(
+                f"recall_pairs={self.recall_pairs} is invalid with seq_len={self.seq_len} "
+                f"(recall_fraction={self.recall_fraction}): {why}; lower recall_pairs or raise seq_len"
+            )
         check_corpus_arg(self.corpus)  # a missing path, an empty directory or a bad 'hf:' spec fails here
         self.tokenizer_spec()
 

@@ -31,6 +31,21 @@ class WindowMix(Protocol):
         ...
 
 
+class FirstMix:
+    """Several mixes, the first that changes a window winning: each is asked in turn, and a mix leaves a window
+    alone by returning the very array it was given (so a passkey document is never given recall pairs)."""
+
+    def __init__(self, *mixes: WindowMix):
+        self.mixes = mixes
+
+    def __call__(self, position: int, window: np.ndarray) -> np.ndarray:
+        for mix in self.mixes:
+            out = mix(position, window)
+            if out is not window:
+                return out
+        return window
+
+
 class PackedWindows(IterableDataset):
     """Batches ``{"tokens": LongTensor[B, seq_len + 1]}`` from one split.
 

@@ -18,6 +18,7 @@ from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.eval.passkey import PasskeyEval, split_reader
 from lighthouse.eval.passkey_prompts import PasskeyConfig
 from lighthouse.eval.positions import bucket_name, position_buckets
+from lighthouse.eval.recall import RecallConfig, RecallEval
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.context_parallel import without_context_parallel
 from lighthouse.model.transformer import Transformer, dense_eager
@@ -50,6 +51,7 @@ class LitLM(L.LightningModule):
         compile: bool = False,
         passkey: PasskeyConfig | None = None,
         dense_validation: bool = True,
+        recall: RecallConfig | None = None,
     ):
         """
         Args:
@@ -69,6 +71,9 @@ class LitLM(L.LightningModule):
             dense_validation: While Lighthouse layers are active, also compute every validation loss with all
                 layers dense (``val/loss_dense``, the number to compare runs on). Off where dense attention at the
                 context length is too slow (at 1M tokens a dense forward takes minutes).
+            recall: Multi-query key-value recall at every validation, dense, on fixed validation windows with
+                evaluation keys (``recall/<bin>/digit_acc``, ``.../exact``, ``.../digit_logloss`` per key-to-query
+                distance bin); None turns it off, ``{}`` runs the defaults (see lighthouse/eval/recall.py).
         """
         super().__init__()
         if isinstance(arch, dict):  # the hyperparameters stored in a checkpoint
@@ -85,6 +90,10 @@ class LitLM(L.LightningModule):
             passkey = PasskeyConfig(**passkey)
         if passkey is not None:
             passkey.validate(arch.max_seq_len)
+        if isinstance(recall, dict):
+            recall = RecallConfig(**recall)
+        if recall is not None:
+            recall.validate(arch.max_seq_len)
         self.config = arch
         self.optimizer_factory = optimizer
         self.warmup_steps, self.lr_schedule, self.min_lr_ratio = warmup_steps, lr_schedule, min_lr_ratio
@@ -99,6 +108,7 @@ class LitLM(L.LightningModule):
                 "schedule_steps": schedule_steps,
                 "passkey": None if passkey is None else dataclasses.asdict(passkey),
                 "dense_validation": dense_validation,
+                "recall": None if recall is None else dataclasses.asdict(recall),
             }
         )
         self.dense_validation = dense_validation
@@ -116,6 +126,8 @@ class LitLM(L.LightningModule):
         self.val_loss_dense_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)
         self.passkey_config = passkey
         self._passkey_eval: PasskeyEval | None = None  # built at the first validation, from the data module
+        self.recall_config = recall
+        self._recall_eval: RecallEval | None = None  # likewise
         # Where the LR schedule stands at a global step: the step itself unless a phase rescales the rest of the
         # schedule (set by the StageSwitch callback; lighthouse.train.schedule.lr_clock).
         self.lr_clock: Callable[[int, int, int | None], float] = lambda step, total, end: float(step)
@@ -191,6 +203,8 @@ class LitLM(L.LightningModule):
                 metric.reset()
         if self.passkey_config is not None and not self.trainer.sanity_checking:
             self.log_dict(self.run_passkey().metrics("val/"), sync_dist=False)  # already summed over ranks
+        if self.recall_config is not None and not self.trainer.sanity_checking:
+            self.log_dict(self.run_recall().metrics("recall/"), sync_dist=False)  # already summed over ranks
 
     def run_passkey(self):
         """The passkey grid on the current weights, dense, prompts split over ranks and the counts summed."""
@@ -202,20 +216,39 @@ class LitLM(L.LightningModule):
                 self.passkey_config, datamodule.tokenizer, split_reader(datamodule, "val"), self.config.max_seq_len
             )
 
-        def logits(inputs: Tensor) -> Tensor:
-            # Prompts are split over all ranks, each scored whole on one rank: no context parallelism here.
-            with dense_eager(self.model), without_context_parallel(self.model):
-                with self.trainer.precision_plugin.forward_context():
-                    return self.model(inputs)
-
         strategy = self.trainer.strategy
         return self._passkey_eval.score(
-            logits,
+            self._dense_logits,
             self.device,
             self.global_rank,
             self.trainer.world_size,
             reduce_sum=lambda t: strategy.reduce(t, reduce_op="sum"),
         )
+
+    def run_recall(self):
+        """The recall windows on the current weights, dense, windows split over ranks and the counts summed."""
+        if self._recall_eval is None:
+            datamodule = self.trainer.datamodule
+            if datamodule is None:
+                raise ValueError("model.recall needs the data module (its tokenizer and validation split)")
+            self._recall_eval = RecallEval(
+                self.recall_config, datamodule.tokenizer, split_reader(datamodule, "val"), self.config.max_seq_len
+            )
+        strategy = self.trainer.strategy
+        return self._recall_eval.score(
+            self._dense_logits,
+            self.device,
+            self.global_rank,
+            self.trainer.world_size,
+            reduce_sum=lambda t: strategy.reduce(t, reduce_op="sum"),
+        )
+
+    def _dense_logits(self, inputs: Tensor) -> Tensor:
+        # Passkey prompts and recall windows are split over all ranks, each scored whole on one rank: no context
+        # parallelism here.
+        with dense_eager(self.model), without_context_parallel(self.model):
+            with self.trainer.precision_plugin.forward_context():
+                return self.model(inputs)
 
     # ---- optimisation -------------------------------------------------------------------------------------
     def parameter_groups(self) -> tuple[list, list]:

@@ -1,0 +1,222 @@
+"""Multi-query key-value recall, scored: per distance bin, how well a model reads back values it saw earlier.
+
+The windows (lighthouse/data/recall.py) are validation text with evaluation-key pairs inserted. Each window is
+scored in one teacher-forced forward with dense attention; at the value digits of every query it reads:
+
+- ``digit_acc``: the most likely of the ten digit tokens is the right one (chance 0.1);
+- ``exact``: greedy decoding over the whole vocabulary gives every digit of the value;
+- ``digit_logloss``: mean -log p(right digit) with the distribution renormalised over the ten digit tokens
+  (chance ln 10 = 2.303), a smooth measure that moves before accuracy does.
+
+Run on a checkpoint: ``python -m lighthouse.eval.recall --ckpt PATH [--windows 32] [--pairs 8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lighthouse.data.passkey_format import Encoder, TokenSource
+from lighthouse.data.recall import RecallFormat, RecallSet, RecallWindow, eval_windows
+from lighthouse.model.transformer import dense_eager
+
+DIGIT_CHANCE = 0.1
+LOGLOSS_CHANCE = math.log(10)
+LogitsFn = Callable[[Tensor], Tensor]  # inputs [B, N] -> logits [B, N, V]
+_FIELDS = ("exact", "digit_hits", "digit_logloss", "queries")  # the columns of the counts
+
+
+@dataclass
+class RecallConfig:
+    """Recall evaluation, run with dense attention in every layer."""
+
+    windows: int = 32
+    """Evaluation windows (validation text with evaluation keys), each scored in one forward."""
+    pairs: int = 8
+    """Assignment/query pairs per window, spread evenly over the distance bins."""
+    length: int | None = None
+    """Tokens the model reads per window; None means the training seq_len."""
+    seed: int = 0
+    """Chooses keys, values and positions: the same windows at every validation and in every run."""
+
+    def validate(self, max_len: int, prefix: str = "model.recall.") -> None:
+        """Raise ValueError naming the field and its valid range."""
+        if not isinstance(self.windows, int) or self.windows < 1:
+            raise ValueError(f"{prefix}windows={self.windows!r} must be an integer >= 1")
+        if not isinstance(self.pairs, int) or not 1 <= self.pairs <= 64:
+            raise ValueError(f"{prefix}pairs={self.pairs!r} must be an integer in [1, 64]")
+        if self.length is not None and (not isinstance(self.length, int) or not 1 <= self.length <= max_len):
+            raise ValueError(f"{prefix}length={self.length!r} must be None or an integer in [1, {max_len}]")
+
+
+def _rank_windows(n: int, rank: int, world_size: int) -> Iterator[tuple[int, bool]]:
+    """(window index, counted) for this rank: window i goes to rank i % world_size; every rank runs the same
+    number of forwards (a sharded model gathers weights inside each forward, on all ranks together), repeating
+    window 0 uncounted where the windows do not divide evenly."""
+    share = -(-n // world_size)
+    mine = list(range(rank, n, world_size))
+    yield from ((i, True) for i in mine)
+    yield from ((0, False) for _ in range(share - len(mine)))
+
+
+def score_window(logits: Tensor, window: RecallWindow, digit_ids: Tensor) -> Tensor:
+    """Per query, (exact, digit hits, summed digit log-loss) ``[n, 3]``, from the logits ``[N, V]`` of a window's
+    inputs (position t predicts token t + 1)."""
+    k = window.values.shape[1]
+    pos = torch.as_tensor(window.query_pos, device=logits.device)[:, None] + torch.arange(k, device=logits.device)
+    targets = torch.as_tensor(window.tokens, device=logits.device)[pos]  # [n, k]
+    at = logits[pos - 1].float()  # [n, k, V]: the logits that predict each value digit
+    exact = (at.argmax(-1) == targets).all(-1)
+    digit_logp = torch.log_softmax(at[..., digit_ids], -1)  # [n, k, 10]
+    true = torch.as_tensor(window.values, device=logits.device)  # [n, k]: digits 0-9
+    hits = (digit_logp.argmax(-1) == true).sum(-1)
+    loss = -digit_logp.gather(-1, true[..., None])[..., 0].sum(-1)
+    return torch.stack([exact.double(), hits.double(), loss.double()], 1)
+
+
+@torch.no_grad()
+def evaluate(
+    logits_fn: LogitsFn,
+    recall: RecallSet,
+    digit_ids: np.ndarray,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Tensor:
+    """Counts ``[n_bins, 4]`` (exact hits, digit hits, summed digit log-loss, queries) over this rank's share of
+    the windows; sum them over ranks for the totals."""
+    counts = torch.zeros(len(recall.bins), len(_FIELDS), dtype=torch.float64, device=device)
+    ids = torch.as_tensor(digit_ids, device=device)
+    for i, counted in _rank_windows(len(recall.windows), rank, world_size):
+        window = recall.windows[i]
+        tokens = torch.as_tensor(window.tokens, device=device)[None]  # [1, W]
+        logits = logits_fn(tokens[:, :-1])[0]  # [W - 1, V]
+        per_query = score_window(logits, window, ids)  # [n, 3]
+        rows = torch.cat([per_query, torch.ones_like(per_query[:, :1])], 1) * float(counted)
+        counts.index_add_(0, torch.as_tensor(window.bins, device=device), rows)
+    return counts
+
+
+@dataclass
+class RecallScores:
+    """Summed counts per distance bin, and the metrics made of them."""
+
+    labels: list[str]  # the bins, e.g. '64-1k'
+    counts: np.ndarray  # [n_bins, 4]: exact hits, digit hits, summed digit log-loss, queries
+    value_digits: int
+
+    def bin(self, i: int) -> dict[str, float]:
+        exact, hits, loss, n = self.counts[i]
+        digits = max(n * self.value_digits, 1)
+        return {"digit_acc": hits / digits, "exact": exact / max(n, 1), "digit_logloss": loss / digits}
+
+    def metrics(self, prefix: str = "recall/") -> dict[str, float]:
+        """``recall/<bin>/digit_acc``, ``.../exact``, ``.../digit_logloss`` for every bin with queries."""
+        return {
+            f"{prefix}{label}/{name}": float(value)
+            for i, label in enumerate(self.labels)
+            if self.counts[i, 3] > 0
+            for name, value in self.bin(i).items()
+        }
+
+    def as_dict(self) -> dict:
+        return {
+            "digit_chance": DIGIT_CHANCE,
+            "logloss_chance": LOGLOSS_CHANCE,
+            "value_digits": self.value_digits,
+            "bins": {label: {**self.bin(i), "queries": int(self.counts[i, 3])} for i, label in enumerate(self.labels)},
+        }
+
+    def table(self) -> str:
+        lines = ["| distance | queries | digit acc | exact | digit log-loss |", "|---|---|---|---|---|"]
+        for i, label in enumerate(self.labels):
+            m = self.bin(i)
+            row = f"| {label} | {int(self.counts[i, 3])} | {m['digit_acc']:.3f} | {m['exact']:.3f} |"
+            lines.append(row + f" {m['digit_logloss']:.3f} |")
+        return "\n".join(lines)
+
+
+def evaluate_recall(
+    model: LogitsFn,
+    tokenizer: Encoder,
+    windows: RecallSet,
+    device: torch.device | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    reduce_sum: Callable[[Tensor], Tensor] | None = None,
+) -> RecallScores:
+    """Score ``windows`` on ``model`` (inputs [B, N] -> logits [B, N, V]; run it with dense attention, e.g. in
+    lighthouse.model.transformer.dense_eager), this rank's share, the counts summed by ``reduce_sum`` when given."""
+    device = device or torch.device("cpu")
+    digit_ids = RecallFormat.from_tokenizer(tokenizer).digit_ids
+    counts = evaluate(model, windows, digit_ids, device, rank, world_size)
+    if reduce_sum is not None:
+        counts = reduce_sum(counts)
+    return RecallScores([b.label for b in windows.bins], counts.cpu().numpy(), windows.value_digits)
+
+
+class RecallEval:
+    """The fixed window set of one configuration (built once), and its evaluation on a model."""
+
+    def __init__(self, config: RecallConfig, tokenizer: Encoder, filler: TokenSource, max_len: int):
+        self.config, self.tokenizer = config, tokenizer
+        length = config.length or max_len
+        self.windows = eval_windows(tokenizer, filler, length, config.windows, config.pairs, config.seed)
+
+    def score(self, logits_fn: LogitsFn, device: torch.device, rank=0, world_size=1, reduce_sum=None) -> RecallScores:
+        return evaluate_recall(logits_fn, self.tokenizer, self.windows, device, rank, world_size, reduce_sum)
+
+
+# ---- command line: any checkpoint -----------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> RecallScores:
+    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.recall", description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", required=True, help="a .ckpt written by training")
+    parser.add_argument("--windows", type=int, default=RecallConfig.windows)
+    parser.add_argument("--pairs", type=int, default=RecallConfig.pairs)
+    parser.add_argument("--length", type=int, help="tokens per window (default: the training seq_len)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", help="where the run's data module keeps its shards (default: as trained)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="also write the scores to this file")
+    args = parser.parse_args(argv)
+    from lighthouse.checkpoint.read import dense_model, read_checkpoint
+    from lighthouse.data.datamodule import LMDataModule
+    from lighthouse.data.settings import DataSettings
+    from lighthouse.eval.passkey import split_reader
+
+    device = torch.device(args.device)
+    ckpt = read_checkpoint(args.ckpt, mmap=True)
+    model = dense_model(ckpt).to(device)
+    accepted = {f.name for f in fields(DataSettings)}  # the run's data settings, not Lightning's own keys
+    data_args = {k: v for k, v in ckpt["datamodule_hyper_parameters"].items() if k in accepted}
+    data_args["progress"] = False
+    if args.data_dir:
+        data_args["data_dir"] = args.data_dir
+    datamodule = LMDataModule(**data_args)
+    datamodule.setup("validate")
+    config = RecallConfig(args.windows, args.pairs, args.length, args.seed)
+    config.validate(model.config.max_seq_len, prefix="--")
+    evaluator = RecallEval(config, datamodule.tokenizer, split_reader(datamodule, "val"), model.config.max_seq_len)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    with dense_eager(model), autocast:
+        scores = evaluator.score(model, device)
+    print(
+        f"recall, {args.ckpt} (step {ckpt.get('global_step')}), dense attention, {args.windows} windows x "
+        f"{args.pairs} pairs; chance: digit acc {DIGIT_CHANCE}, digit log-loss {LOGLOSS_CHANCE:.3f}"
+    )
+    print(scores.table())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"ckpt": args.ckpt, "global_step": ckpt.get("global_step"), **scores.as_dict()}, f, indent=1)
+    return scores
+
+
+if __name__ == "__main__":
+    main()
