@@ -10,10 +10,12 @@ import lightning as L
 import numpy as np
 import pytest
 from trained_models import two_stage_checkpoints
+from training_helpers import write_text_corpus
 
 from lighthouse.checkpoint.read import read_checkpoint
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.data.settings import DataSettings
+from lighthouse.eval.val_windows import read_windows, window_ids
 from lighthouse.eval.window_losses import WindowLosses, compare, default_out, evaluate_checkpoint, main
 from lighthouse.train.lit_module import LitLM
 
@@ -110,3 +112,24 @@ def test_mean_of_window_losses_is_the_validation_loss_dense(tmp_path_factory, tm
         assert np.mean([row[j] for row in result.bucket_losses]) == pytest.approx(
             logged[f"val/loss_dense_pos/{name}"], abs=1e-5
         )
+
+
+def test_hundreds_of_validation_windows_are_the_commands_windows(tmp_path):
+    """val_batches has no upper bound: 150 batches of 2 serve 300 distinct windows, and the command's window ids
+    for 300 are exactly those windows, token for token."""
+    dm = LMDataModule(
+        corpus=str(write_text_corpus(tmp_path / "corpus")),
+        data_dir=str(tmp_path / "data"),
+        seq_len=16,
+        batch_size=2,
+        val_batches=150,
+        progress=False,
+        tokenize_workers=1,
+    )
+    dm.setup("validate")
+    served = np.concatenate([b["tokens"].numpy() for b in dm.val_dataloader()])
+    assert served.shape == (300, 17)
+    ids = window_ids(dm, 300)
+    assert len(np.unique(ids)) == 300
+    assert np.array_equal(ids, dm.val_dataset().windows)
+    assert np.array_equal(read_windows(dm, ids).numpy(), served)
