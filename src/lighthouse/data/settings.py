@@ -88,8 +88,11 @@ class DataSettings:
     the split is stable as the corpus grows. A corpus of one document holds out this fraction of its tokens, at
     its end."""
     val_batches: Annotated[int, POSITIVE] = 16
-    """Validation batches per evaluation, over all ranks: a fixed set of windows spread evenly over the
-    validation documents, the same every time."""
+    """Validation batches per evaluation, over all ranks: a fixed set of val_batches * batch_size windows spread
+    evenly over the validation documents, the same every time. No upper bound: a few hundred windows, enough to
+    compare runs, are fine where the split holds them (at most (val tokens - 1) // seq_len; fewer are used, with a
+    warning; raise val_fraction or use a larger corpus for more). `python -m lighthouse.eval.window_losses`
+    saves these windows' losses one by one."""
     text_field: Annotated[str, NAME] = "text"
     """Field holding the text in .jsonl/.parquet records and HF datasets."""
     max_documents: Annotated[int | None, LIMIT] = None

@@ -1,0 +1,260 @@
+"""Look-ahead probe: how much the Lighthouse layers' loss gains from the tile's later tokens (op README §8).
+
+The paper's selection ranks the entries of a whole tile at once, so which entries a query early in a tile sees
+may depend on tokens later in the same tile. The probe measures what that is worth on a checkpoint's weights:
+
+- the loss of the first half of every selection tile, (a) as it is and (b) with the second half of that tile
+  (one tile at a time, so earlier context stays real) replaced by the same positions of another window, targets
+  unchanged; the per-window mean of b - a over the first halves, averaged over windows, with its standard error.
+  A strictly causal model scores 0 (its first halves never read the second halves); a model that profits from
+  looking ahead scores > 0.
+- the Lighthouse-minus-dense loss of the same weights by position inside a tile (averaged over tiles and windows):
+  a look-ahead would lower it most where a tile's later tokens are nearest; a flat profile is a model that reads
+  differently with the two attentions, everywhere alike.
+
+    python -m lighthouse.eval.lookahead --ckpt PATH [--windows 64] [--split val] [--backend lighthouse] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lighthouse.eval.window_losses import mean_and_standard_error
+from lighthouse.model.memory import chunked_cross_entropy
+from lighthouse.model.transformer import Transformer, dense_eager
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""(inputs ``[B, N]``, targets ``[B, N]``) -> per-token next-token losses ``[B, N]`` (float, on the CPU)."""
+BACKENDS = ("lighthouse", "lighthouse_naive", "sdpa")
+
+
+# ---- the probe, on any loss function -----------------------------------------------------------------------------
+def first_half_mask(seq_len: int, tile_len: int) -> Tensor:
+    """bool ``[seq_len]``: True on the first half of every tile."""
+    if tile_len < 2 or tile_len % 2 or seq_len % tile_len:
+        raise ValueError(f"tile_len={tile_len} must be even and >= 2 and divide seq_len={seq_len}")
+    return torch.arange(seq_len) % tile_len < tile_len // 2
+
+
+def tile_variants(inputs: Tensor, donor: Tensor, tile_len: int) -> Tensor:
+    """``[T, N]``: ``T`` copies of ``inputs`` ``[N]``, copy ``t`` with the second half of tile ``t`` (only) taken from
+    ``donor`` ``[N]`` at the same positions. One tile per copy: a replaced second half is context for every later
+    tile, so replacing several at once would also charge a strictly causal model for the context it lost."""
+    seq_len, half = inputs.shape[-1], tile_len // 2
+    first_half_mask(seq_len, tile_len)  # checks tile_len
+    variants = inputs.repeat(seq_len // tile_len, 1)
+    for t, start in enumerate(range(0, seq_len, tile_len)):
+        variants[t, start + half : start + tile_len] = donor[start + half : start + tile_len]
+    return variants
+
+
+def bin_edges(length: int, bins: int) -> list[int]:
+    """``bins`` + 1 edges splitting ``range(length)`` into near-equal consecutive ranges."""
+    if not 1 <= bins <= length:
+        raise ValueError(f"bins={bins} must be in [1, tile length {length}]")
+    return [length * j // bins for j in range(bins + 1)]
+
+
+@dataclass
+class LookaheadResult:
+    """What the probe measured; losses in nats per token, differences as ``mean +- standard error`` over windows."""
+
+    windows: int
+    seq_len: int
+    tile_len: int
+    first_half_real: float
+    first_half_replaced: float
+    difference: float
+    standard_error: float
+    lighthouse_loss: float
+    dense_loss: float
+    position_edges: list[int]
+    lighthouse_minus_dense: list[float]
+    lighthouse_minus_dense_se: list[float]
+    per_window_difference: list[float]
+
+    def table(self) -> str:
+        rows = [
+            f"{self.windows} windows of {self.seq_len}, {self.seq_len // self.tile_len} tiles of {self.tile_len}",
+            f"first half of each tile: real second half {self.first_half_real:.4f}, second half replaced "
+            f"{self.first_half_replaced:.4f}; look-ahead (replaced - real) {self.difference:+.4f} "
+            f"+- {self.standard_error:.4f} (s.e. over windows)",
+            f"whole windows: Lighthouse {self.lighthouse_loss:.4f}, dense {self.dense_loss:.4f}, "
+            f"Lighthouse - dense {self.lighthouse_loss - self.dense_loss:+.4f}",
+            "",
+            "| positions in the tile | Lighthouse - dense | s.e. |",
+            "|---|---|---|",
+        ]
+        edges = self.position_edges
+        for j, (d, se) in enumerate(zip(self.lighthouse_minus_dense, self.lighthouse_minus_dense_se, strict=True)):
+            rows.append(f"| {edges[j]}-{edges[j + 1]} | {d:+.4f} | {se:.4f} |")
+        return "\n".join(rows)
+
+
+def probe(
+    lighthouse: LossFn, dense: LossFn, windows: Tensor, tile_len: int, bins: int = 16, batch_size: int = 1
+) -> LookaheadResult:
+    """Run the probe on ``windows`` ``[W, N + 1]`` (W >= 2): per window one pass as it is, one dense, and one per
+    tile with that tile's second half replaced, ``batch_size`` of those per call (1, the default, gives every pass
+    the shape of the unchanged one, so a GPU picks the same kernels and rounding cannot pass for a look-ahead).
+    Window i's replacements come from window i - 1 (cyclic): real text of the same split at the same positions."""
+    n_windows, seq_len = windows.shape[0], windows.shape[1] - 1
+    if n_windows < 2:
+        raise ValueError(f"windows={n_windows} must be >= 2 (the replacements come from another window)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    first = first_half_mask(seq_len, tile_len)
+    edges = bin_edges(tile_len, bins)
+    donors = windows.roll(1, dims=0)
+    num_tiles, half = seq_len // tile_len, tile_len // 2
+    real_first, replaced_first, lh_mean, dense_mean, profile = [], [], [], [], []
+    for i in range(n_windows):
+        inputs, targets = windows[i : i + 1, :-1], windows[i : i + 1, 1:]  # [1, N]
+        real = lighthouse(inputs, targets).double()[0]  # [N]
+        base = dense(inputs, targets).double()[0]
+        variants = tile_variants(inputs[0], donors[i, :-1], tile_len)  # [T, N]
+        replaced = torch.cat(
+            [lighthouse(v, targets.expand(len(v), -1)).double() for v in variants.split(batch_size)]
+        )  # [T, N]: row t measured on tile t's first half only
+        replaced_first.append(
+            torch.stack([replaced[t, t * tile_len : t * tile_len + half] for t in range(num_tiles)]).mean().item()
+        )
+        real_first.append(real[first].mean().item())
+        lh_mean.append(real.mean().item())
+        dense_mean.append(base.mean().item())
+        by_position = (real - base).view(num_tiles, tile_len).mean(0)  # [tile_len], mean over the tiles
+        profile.append([by_position[lo:hi].mean().item() for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
+    per_window = np.subtract(replaced_first, real_first)
+    difference, se = mean_and_standard_error(per_window)
+    by_bin, by_bin_se = mean_and_standard_error(np.array(profile))
+    return LookaheadResult(
+        windows=n_windows,
+        seq_len=seq_len,
+        tile_len=tile_len,
+        first_half_real=float(np.mean(real_first)),
+        first_half_replaced=float(np.mean(replaced_first)),
+        difference=float(difference),
+        standard_error=float(se),
+        lighthouse_loss=float(np.mean(lh_mean)),
+        dense_loss=float(np.mean(dense_mean)),
+        position_edges=edges,
+        lighthouse_minus_dense=by_bin.tolist(),
+        lighthouse_minus_dense_se=by_bin_se.tolist(),
+        per_window_difference=per_window.tolist(),
+    )
+
+
+# ---- on a model ------------------------------------------------------------------------------------------------
+def sequence_losses(model: Transformer, inputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-token losses ``[B, N]`` of ``targets`` given ``inputs`` (``Transformer.token_losses`` with the targets
+    passed apart, so the probe can change inputs and keep the targets)."""
+    chunk = model.config.loss_chunk_tokens
+    if chunk is None:
+        logits = model(inputs)
+        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    else:
+        losses = chunked_cross_entropy(
+            model.features(inputs).flatten(0, 1), model.output.weight, targets.flatten(), chunk
+        )
+    return losses.view_as(targets)
+
+
+@contextmanager
+def attention_backend(model: Transformer, name: str) -> Iterator[None]:
+    """The model's non-dense layers on backend ``name`` (its dense layers stay dense); restores the backends."""
+    saved = model.attention_backends
+    model.set_attention_backend(name)
+    try:
+        yield
+    finally:
+        for layer, backend in zip(model.layers, saved, strict=True):
+            layer.attention.backend = backend
+
+
+def model_loss_fns(model: Transformer, backend: str, device: torch.device) -> tuple[LossFn, LossFn]:
+    """(losses with the non-dense layers on ``backend``, losses with every layer dense) of ``model`` on ``device``;
+    bf16 autocast on CUDA, as training runs."""
+
+    def run(inputs: Tensor, targets: Tensor, dense: bool) -> Tensor:
+        autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+        with torch.no_grad(), autocast, dense_eager(model) if dense else attention_backend(model, backend):
+            return sequence_losses(model, inputs.to(device), targets.to(device)).float().cpu()
+
+    return (lambda i, t: run(i, t, False)), (lambda i, t: run(i, t, True))
+
+
+def tile_length(model: Transformer, seq_len: int) -> int:
+    """Base positions of one selection tile of the model's Lighthouse layers at ``seq_len`` (op README §3)."""
+    from lighthouse.ops.lighthouse import lighthouse_geometry
+
+    lh = model.config.lighthouse
+    return lighthouse_geometry(seq_len, lh.levels, lh.pooling_factor, lh.topk).tile_len
+
+
+def main(argv: Sequence[str] | None = None) -> LookaheadResult:
+    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.lookahead", description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", required=True, help="a .ckpt written by training")
+    parser.add_argument("--windows", type=int, default=64, help="windows of the split, spread evenly (>= 2)")
+    parser.add_argument("--split", choices=("val", "train"), default="val")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, help="for the non-dense layers (default: lighthouse on CUDA, else _naive)"
+    )
+    parser.add_argument("--bins", type=int, default=16, help="position ranges inside a tile for the profile")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="tile variants per forward (1: every pass the same shape)"
+    )
+    parser.add_argument("--data-dir", help="where the run's data module keeps its shards (default: as trained)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="also write the result to this file")
+    args = parser.parse_args(argv)
+    if args.windows < 2:
+        parser.error(f"--windows={args.windows} must be >= 2 (the replacements come from another window)")
+    from lighthouse.checkpoint.read import dense_model, read_checkpoint
+    from lighthouse.eval.val_windows import read_windows, run_datamodule, split_identity, window_ids
+
+    device = torch.device(args.device)
+    backend = args.backend or ("lighthouse" if device.type == "cuda" else "lighthouse_naive")
+    checkpoint = read_checkpoint(args.ckpt)
+    model = dense_model(checkpoint).to(device)
+    datamodule = run_datamodule(checkpoint, args.data_dir)
+    seq_len = datamodule.settings.seq_len
+    ids = window_ids(datamodule, args.windows, args.split)
+    if len(ids) < 2:
+        raise ValueError(f"the {args.split} split holds {len(ids)} window of {seq_len + 1} tokens; the probe needs 2")
+    tile_len = tile_length(model, seq_len)
+    lighthouse, dense = model_loss_fns(model, backend, device)
+    windows = read_windows(datamodule, ids, args.split)
+    result = probe(lighthouse, dense, windows, tile_len, args.bins, args.batch_size)
+    print(
+        f"look-ahead probe, {args.ckpt} (step {checkpoint.get('global_step')}), {args.split} split, backend "
+        f"{backend} in layers {sorted(set(range(model.config.n_layers)) - model.dense_layers)} "
+        f"(trained with {model.config.attention})"
+    )
+    print(result.table())
+    if args.json:
+        record = {
+            "ckpt": args.ckpt,
+            "step": checkpoint.get("global_step"),
+            "split": args.split,
+            "backend": backend,
+            "trained_attention": model.config.attention,
+            "window_ids": [int(i) for i in ids],
+            "data": split_identity(datamodule),
+            **asdict(result),
+        }
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Each validation window's loss with dense attention, saved with the run, so two runs can be compared window by
+window (a paired difference, whose spread is far smaller than that of two independent means):
+
+    python -m lighthouse.eval.window_losses --ckpt PATH [--windows 256] [--out FILE]
+    python -m lighthouse.eval.window_losses --compare A.json B.json
+
+Windows are named by their index in the validation split (lighthouse/eval/val_windows.py); the file records the
+split's identity (seq_len, data and tokenizer fingerprints), and ``compare`` pairs windows by index and refuses
+files of different splits. The losses are those validation computes (``Transformer.token_losses``, every layer
+dense): with ``--windows`` = ``val_batches * batch_size`` their mean is the run's ``val/loss_dense``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lighthouse.eval.positions import bucket_name, position_buckets
+from lighthouse.model.transformer import Transformer, dense_eager
+
+FORMAT = "lighthouse.window_losses/1"
+
+
+@dataclass
+class WindowLosses:
+    """Per-window mean losses of one checkpoint: ``losses[i]`` is window ``window_ids[i]`` of the validation split,
+    ``bucket_losses[i][j]`` its mean over positions ``buckets[j]`` (eval/positions.py, as validation logs them)."""
+
+    ckpt: str
+    step: int | None
+    attention: str
+    autocast: str | None
+    split: dict
+    window_ids: list[int]
+    losses: list[float]
+    buckets: list[str]
+    bucket_losses: list[list[float]]
+    format: str = FORMAT
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.losses))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> WindowLosses:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a window-loss file of format {FORMAT!r} (format {data.get('format')!r})")
+        return cls(**data)
+
+
+@dataclass
+class PairedDifference:
+    """``b - a`` over the windows both files hold: the mean of the per-window differences and its standard error,
+    overall and per position bucket."""
+
+    windows: int
+    mean_a: float
+    mean_b: float
+    difference: float
+    standard_error: float
+    buckets: list[str]
+    bucket_difference: list[float]
+    bucket_standard_error: list[float]
+
+    def table(self) -> str:
+        rows = [
+            f"b - a over {self.windows} paired windows: {self.difference:+.4f} +- {self.standard_error:.4f} (s.e.); "
+            f"a {self.mean_a:.4f}, b {self.mean_b:.4f}",
+            "| positions | b - a | s.e. |",
+            "|---|---|---|",
+        ]
+        rows += [
+            f"| {name} | {d:+.4f} | {se:.4f} |"
+            for name, d, se in zip(self.buckets, self.bucket_difference, self.bucket_standard_error, strict=True)
+        ]
+        return "\n".join(rows)
+
+
+def mean_and_standard_error(values: np.ndarray) -> tuple[float, float]:
+    """Mean over axis 0 and its standard error (sample s.d. / sqrt(n)); the error is nan for one value."""
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[0]
+    se = values.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else np.full(values.shape[1:], math.nan)
+    return values.mean(axis=0), se
+
+
+def compare(a: WindowLosses, b: WindowLosses) -> PairedDifference:
+    """Pair two evaluations window by window (by window index); refuses evaluations of different splits."""
+    for key in ("seq_len", "data_fingerprint", "tokenizer_fingerprint"):
+        if a.split.get(key) != b.split.get(key):
+            raise ValueError(
+                f"the two evaluations read different validation splits ({key}: {a.split.get(key)!r} vs "
+                f"{b.split.get(key)!r}); their window indices do not name the same tokens"
+            )
+    if a.buckets != b.buckets:
+        raise ValueError(f"different position buckets: {a.buckets} vs {b.buckets}")
+    index_b = {w: i for i, w in enumerate(b.window_ids)}
+    pairs = [(i, index_b[w]) for i, w in enumerate(a.window_ids) if w in index_b]
+    if not pairs:
+        raise ValueError("the two evaluations share no window")
+    ia, ib = (np.array(p) for p in zip(*pairs, strict=True))
+    diff, se = mean_and_standard_error(np.asarray(b.losses)[ib] - np.asarray(a.losses)[ia])
+    by_bucket, by_bucket_se = mean_and_standard_error(np.asarray(b.bucket_losses)[ib] - np.asarray(a.bucket_losses)[ia])
+    return PairedDifference(
+        windows=len(pairs),
+        mean_a=float(np.mean(np.asarray(a.losses)[ia])),
+        mean_b=float(np.mean(np.asarray(b.losses)[ib])),
+        difference=float(diff),
+        standard_error=float(se),
+        buckets=list(a.buckets),
+        bucket_difference=by_bucket.tolist(),
+        bucket_standard_error=by_bucket_se.tolist(),
+    )
+
+
+# ---- evaluation --------------------------------------------------------------------------------------------------
+def window_buckets(max_seq_len: int, seq_len: int) -> list[tuple[int, int]]:
+    """Validation's position buckets (of the model's max_seq_len) that a window of seq_len reaches, clipped to it."""
+    return [(lo, min(hi, seq_len)) for lo, hi in position_buckets(max_seq_len) if lo < seq_len]
+
+
+@torch.no_grad()
+def dense_window_losses(
+    model: Transformer, windows: Tensor, buckets: list[tuple[int, int]], batch_size: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """(per-window mean loss ``[W]``, per-window per-bucket mean ``[W, len(buckets)]``) of ``windows``
+    ``[W, N + 1]``, every layer dense, in fp64 from fp32 token losses."""
+    means, by_bucket = [], []
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    with dense_eager(model), autocast:
+        for batch in windows.split(batch_size):
+            losses = model.token_losses(batch.to(device)).double().cpu()  # [B, N]
+            means.append(losses.mean(1))
+            by_bucket.append(torch.stack([losses[:, lo:hi].mean(1) for lo, hi in buckets], dim=1))
+    return torch.cat(means).numpy(), torch.cat(by_bucket).numpy()
+
+
+def default_out(ckpt: Path) -> Path:
+    """``<run dir>/window_losses/<ckpt stem>.json`` for a checkpoint in a run's ``checkpoints/``, else beside it."""
+    if ckpt.parent.name == "checkpoints":
+        return ckpt.parent.parent / "window_losses" / f"{ckpt.stem}.json"
+    return ckpt.with_name(f"{ckpt.stem}.window_losses.json")
+
+
+def evaluate_checkpoint(
+    ckpt_path: str | Path,
+    windows: int = 256,
+    device: str | torch.device = "cpu",
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+) -> WindowLosses:
+    """Dense per-window losses of ``windows`` validation windows (fewer if the split holds fewer)."""
+    from lighthouse.checkpoint.read import dense_model, read_checkpoint
+    from lighthouse.eval.val_windows import read_windows, run_datamodule, split_identity, window_ids
+
+    device = torch.device(device)
+    checkpoint = read_checkpoint(ckpt_path)
+    model = dense_model(checkpoint).to(device)
+    datamodule = run_datamodule(checkpoint, data_dir)
+    ids = window_ids(datamodule, windows)
+    seq_len = datamodule.settings.seq_len
+    buckets = window_buckets(model.config.max_seq_len, seq_len)
+    means, by_bucket = dense_window_losses(
+        model, read_windows(datamodule, ids), buckets, batch_size or datamodule.settings.batch_size, device
+    )
+    return WindowLosses(
+        ckpt=str(ckpt_path),
+        step=checkpoint.get("global_step"),
+        attention="sdpa (every layer dense)",
+        autocast="bfloat16" if device.type == "cuda" else None,
+        split=split_identity(datamodule),
+        window_ids=[int(i) for i in ids],
+        losses=means.tolist(),
+        buckets=[bucket_name(lo, hi) for lo, hi in buckets],
+        bucket_losses=by_bucket.tolist(),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> WindowLosses | PairedDifference:
+    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.window_losses", description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", help="a .ckpt written by training")
+    parser.add_argument("--windows", type=int, default=256, help="validation windows (fewer if the split is smaller)")
+    parser.add_argument("--out", help="default: <run dir>/window_losses/<ckpt name>.json")
+    parser.add_argument("--data-dir", help="where the run's data module keeps its shards (default: as trained)")
+    parser.add_argument("--batch-size", type=int, help="windows per forward (default: the run's batch_size)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="pair two saved files: b - a per window")
+    args = parser.parse_args(argv)
+    if args.compare:
+        paired = compare(*(WindowLosses.load(p) for p in args.compare))
+        print(paired.table())
+        return paired
+    if not args.ckpt:
+        parser.error("--ckpt (or --compare A B) is required")
+    if args.windows < 1:
+        parser.error(f"--windows={args.windows} must be >= 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size={args.batch_size} must be >= 1")
+    result = evaluate_checkpoint(args.ckpt, args.windows, args.device, args.data_dir, args.batch_size)
+    out = result.save(args.out or default_out(Path(args.ckpt)))
+    got = len(result.window_ids)
+    note = "" if got == args.windows else f" (the validation split holds {got}, not {args.windows})"
+    print(
+        f"window losses, {args.ckpt} (step {result.step}), dense attention: {got} windows{note}, "
+        f"mean {result.mean:.4f}; written to {out}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The look-ahead probe (lighthouse.eval.lookahead): 0 for a strictly causal model, clearly > 0 for one that reads
+the next token, and sensitive to the within-tile channel of the real Lighthouse layers (op README §8)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from trained_models import two_stage_checkpoints
+
+from lighthouse.eval.lookahead import (
+    first_half_mask,
+    main,
+    model_loss_fns,
+    probe,
+    sequence_losses,
+    tile_length,
+    tile_variants,
+)
+from lighthouse.model.config import ModelConfig
+from lighthouse.model.transformer import Transformer
+
+VOCAB = 257
+
+
+def random_windows(n: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n, seq_len + 1), generator=torch.Generator().manual_seed(seed))
+
+
+def tiny_model(seq_len: int = 2048) -> Transformer:
+    """Untrained, layer 0 dense, layers 1-2 Lighthouse with L=2, p=4, K=256: at 2048 two tiles of 1024, each with
+    256 coarsest entries competing for 128 refinements, so the selection does depend on the scores."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=VOCAB,
+        dim=32,
+        n_layers=3,
+        n_heads=2,
+        ffn_hidden=64,
+        dense_layers=[0],
+        max_seq_len=seq_len,
+        attention="lighthouse_naive",
+        lighthouse={"levels": 2, "pooling_factor": 4, "topk": 256},
+    )
+    return Transformer(config).eval()
+
+
+def test_one_second_half_replaced_per_variant_and_nothing_else():
+    inputs, donor = torch.arange(16), -torch.arange(1, 17)
+    assert tile_variants(inputs, donor, tile_len=8).tolist() == [
+        [0, 1, 2, 3, -5, -6, -7, -8, 8, 9, 10, 11, 12, 13, 14, 15],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, -13, -14, -15, -16],
+    ]
+    assert first_half_mask(8, 4).tolist() == [True, True, False, False] * 2
+    with pytest.raises(ValueError, match="tile_len=6 must be even and >= 2 and divide seq_len=16"):
+        first_half_mask(16, 6)
+
+
+def test_sequence_losses_are_the_models_token_losses():
+    model = tiny_model()
+    tokens = random_windows(2, 2048)
+    with torch.no_grad():
+        assert torch.equal(sequence_losses(model, tokens[:, :-1], tokens[:, 1:]), model.token_losses(tokens))
+
+
+def peeking_losses(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """A model that reads the next input token (the target itself, in a real window) and bets on it."""
+    peek = torch.cat([inputs[:, 1:], inputs[:, -1:]], dim=1)  # [B, N]: the token after each position
+    logits = 10.0 * F.one_hot(peek, VOCAB).float()
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+
+def causal_losses(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The same bet on the current token instead: strictly causal."""
+    logits = 10.0 * F.one_hot(inputs, VOCAB).float()
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+
+def test_a_model_that_reads_the_next_token_is_caught():
+    windows = random_windows(6, 512)
+    tile = 128
+    result = probe(peeking_losses, causal_losses, windows, tile_len=tile, bins=4)
+    # Only the last first-half position of each tile reads a replaced token: its loss rises from ~0 to ~10 (unless
+    # the donor's token happens to be the same), so the first-half mean rises by about 10 / 64.
+    assert result.difference > 0.1
+    assert result.difference > 10 * result.standard_error
+    assert result.difference == pytest.approx(10 / (tile // 2), rel=0.1)
+    assert result.first_half_real < 0.02  # log(1 + 256 e^-10)
+    # The same model read causally is far worse: Lighthouse - dense is negative in every position range.
+    assert all(d < -5 for d in result.lighthouse_minus_dense)
+    # The causal twin measures nothing.
+    null = probe(causal_losses, causal_losses, windows, tile_len=tile, bins=4)
+    assert null.difference == 0 and null.standard_error == 0
+    assert null.lighthouse_minus_dense == [0.0] * 4
+
+
+def test_strictly_causal_attention_measures_zero():
+    model = tiny_model()
+    windows = random_windows(4, 2048)
+    sdpa, dense = model_loss_fns(model, "sdpa", torch.device("cpu"))
+    result = probe(sdpa, dense, windows, tile_length(model, 2048), bins=8)
+    assert result.tile_len == 1024
+    assert abs(result.difference) <= 2 * result.standard_error + 1e-6
+    assert max(abs(d) for d in result.per_window_difference) < 1e-7  # exactly 0 on the CPU
+    assert max(abs(d) for d in result.lighthouse_minus_dense) < 1e-5  # both passes dense: the same losses
+
+
+def test_lighthouse_first_halves_read_their_tiles_second_halves():
+    """The real Lighthouse layers (reference backend): the replaced second halves change the first halves' losses
+    (§8's within-tile channel), where the dense run of the same weights changed nothing (test above)."""
+    model = tiny_model()
+    windows = random_windows(4, 2048)
+    lighthouse, dense = model_loss_fns(model, "lighthouse_naive", torch.device("cpu"))
+    result = probe(lighthouse, dense, windows, tile_length(model, 2048), bins=8)
+    # Untrained weights gain nothing from it, so the changes are small and of either sign, but in every window.
+    assert all(d != 0 for d in result.per_window_difference)
+    assert max(abs(d) for d in result.per_window_difference) > 1e-5
+    assert math.isfinite(result.standard_error) and result.standard_error > 0
+    assert len(result.lighthouse_minus_dense) == 8
+    assert any(abs(d) > 1e-4 for d in result.lighthouse_minus_dense)
+    assert result.lighthouse_loss - result.dense_loss == pytest.approx(
+        sum(result.lighthouse_minus_dense) / 8, abs=1e-9
+    )  # equal bins: the profile averages to the whole-window difference
+    assert model.attention_backends == ["sdpa", "lighthouse_naive", "lighthouse_naive"]  # restored
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="windows=1 must be >= 2"):
+        probe(causal_losses, causal_losses, random_windows(1, 256), tile_len=128)
+    with pytest.raises(ValueError, match=r"bins=200 must be in \[1, tile length 128\]"):
+        probe(causal_losses, causal_losses, random_windows(2, 256), tile_len=128, bins=200)
+    with pytest.raises(SystemExit):
+        main(["--ckpt", "x.ckpt", "--windows", "1"])
+
+
+@pytest.mark.slow
+def test_command_on_a_checkpoint(tmp_path_factory, tmp_path, capsys):
+    ckpt = two_stage_checkpoints(tmp_path_factory)[1]
+    out = tmp_path / "probe.json"
+    causal = main(["--ckpt", str(ckpt), "--windows", "3", "--backend", "sdpa", "--device", "cpu", "--bins", "4"])
+    assert causal.difference == 0 and causal.windows == 3
+    result = main(["--ckpt", str(ckpt), "--windows", "3", "--device", "cpu", "--bins", "4", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "backend lighthouse_naive in layers [1, 2]" in printed and "| 0-128 |" in printed
+    record = json.loads(out.read_text())
+    assert record["backend"] == "lighthouse_naive" and record["tile_len"] == 512 == result.tile_len
+    assert len(record["window_ids"]) == 3 and record["difference"] == result.difference
