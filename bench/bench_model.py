@@ -93,6 +93,13 @@ def main() -> None:
     parser.add_argument("--loss-chunk", type=int, default=None, help="loss_chunk_tokens")
     # configs/lh_16k.yaml sets K=512: the flavor's K=2048 would shrink to fit the tiles at 16384.
     parser.add_argument("--topk", type=int, default=None, help="Lighthouse top-k K (default: the flavor's)")
+    # Grouped-query attention and the Lighthouse options (issue 28): e.g. --n-heads 16 --n-kv-heads 4 --selection
+    # per_kv_group against the same with --selection paper (K/V repeated to the query heads).
+    parser.add_argument("--n-heads", type=int, default=None, help="query heads (default: the flavor's)")
+    parser.add_argument("--n-kv-heads", type=int, default=None, help="KV heads (default: n_heads)")
+    parser.add_argument("--selection", choices=["paper", "per_kv_group"], default=None)
+    parser.add_argument("--scorer", choices=["norm", "dilated"], default=None)
+    parser.add_argument("--dilation", type=int, default=None)
     args = parser.parse_args()
     overrides = dict(  # ModelConfig fields beyond the flavor
         checkpoint_dtype=args.checkpoint_dtype,
@@ -100,8 +107,19 @@ def main() -> None:
         mlp_chunk_tokens=args.mlp_chunk,
         loss_chunk_tokens=args.loss_chunk,
     )
-    if args.topk is not None:
-        overrides["lighthouse"] = dataclasses.replace(model_flavor(args.flavor).lighthouse, topk=args.topk)
+    if args.n_heads is not None:
+        overrides["n_heads"] = args.n_heads
+    if args.n_kv_heads is not None:
+        overrides["n_kv_heads"] = args.n_kv_heads
+    lighthouse = {
+        name: value
+        for name, value in dict(
+            topk=args.topk, selection=args.selection, scorer=args.scorer, dilation=args.dilation
+        ).items()
+        if value is not None
+    }
+    if lighthouse:
+        overrides["lighthouse"] = dataclasses.replace(model_flavor(args.flavor).lighthouse, **lighthouse)
     if not torch.cuda.is_available():
         sys.exit("bench_model.py needs a CUDA GPU")
 

@@ -59,9 +59,9 @@ def _case_inputs(case, dtype):
     return dict(levels=levels, pooling_factor=p, topk=topk), q, k, v, grad_out
 
 
-def assert_same_selection(q, k, params) -> None:
+def assert_same_selection(q, k, params, v=None) -> None:
     """The kernels' (level, index, refined) per compacted slot equal the reference's, slot by slot."""
-    got, want = triton_select_entries(q, k, **params), select_entries(q, k, **params)
+    got, want = triton_select_entries(q, k, v, **params), select_entries(q, k, v, **params)
     for name, a, b in zip(("level", "index", "refined"), got, want, strict=True):
         assert torch.equal(a.cpu(), b.cpu()), f"selection field {name} differs"
 
@@ -96,6 +96,62 @@ def test_matches_reference_fp32(case, poisoned_empty):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for name, g, r in zip("qkv", grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=f"d{name} differs")
+
+
+# The named options (README §2b, §3b): (B, N, H, H_kv, D, L, p, K, scorer). Groups of 2 and 3 and one KV head
+# for all; a short sequence; p=8; the dilated scorer with and without groups. Inputs are quantized as above, so
+# the norm scores are exact; the dilated scores come from SDPA, the same fp32 values on both paths
+# (dilated.py's views against naive.py's loop over offsets: equal on CPU, and the test demands it).
+OPTION_CASES = [
+    (1, 4096, 4, 2, 32, 3, 4, 256, "norm"),
+    (2, 512, 3, 1, 16, 2, 4, 256, "norm"),
+    (1, 2048, 6, 2, 16, 2, 8, 256, "norm"),
+    (1, 4096, 4, 2, 32, 3, 4, 256, "dilated"),
+    (1, 2048, 2, 2, 16, 4, 2, 256, "dilated"),
+]
+
+
+def _option_id(case) -> str:
+    batch, seq_len, heads, kv_heads, dim, levels, p, topk, scorer = case
+    return f"B{batch}-N{seq_len}-H{heads}-Hkv{kv_heads}-D{dim}-L{levels}-p{p}-k{topk}-{scorer}"
+
+
+@pytest.mark.parametrize("case", OPTION_CASES, ids=_option_id)
+def test_options_match_reference_fp32(case, poisoned_empty):
+    batch, seq_len, heads, kv_heads, dim, levels, p, topk, scorer = case
+    gen = torch.Generator().manual_seed(0)
+    q = _quantized((batch, seq_len, heads, dim), torch.float32, DEVICE, gen).requires_grad_()
+    k, v = (_quantized((batch, seq_len, kv_heads, dim), torch.float32, DEVICE, gen).requires_grad_() for _ in range(2))
+    grad_out = _quantized(q.shape, torch.float32, DEVICE, gen)
+    params = dict(levels=levels, pooling_factor=p, topk=topk, scorer=scorer, dilation=4)
+    params["selection"] = "per_kv_group" if heads != kv_heads else "paper"
+    assert_same_selection(q, k, params, v)
+
+    out, grads = _forward_backward(lighthouse_attention, q, k, v, grad_out, **params)
+    ref, ref_grads = _forward_backward(naive_lighthouse_attention, q, k, v, grad_out, **params)
+    assert out.shape == q.shape and [g.shape for g in grads] == [q.shape, k.shape, v.shape]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for name, g, r in zip("qkv", grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=f"d{name} differs")
+
+
+def test_per_kv_group_gathers_kv_once_per_kv_head():
+    """The point of per_kv_group: the compacted K and V (and everything kept for the backward of the layer) have
+    H_kv heads, not H; only the compacted q and output have H. Nothing N rows long is kept."""
+    batch, seq_len, heads, kv_heads, dim = 1, 4096, 4, 1, 32
+    params = dict(levels=3, pooling_factor=4, topk=256, selection="per_kv_group")
+    gen = torch.Generator().manual_seed(0)
+    q = _quantized((batch, seq_len, heads, dim), torch.float32, DEVICE, gen).requires_grad_()
+    k, v = (_quantized((batch, seq_len, kv_heads, dim), torch.float32, DEVICE, gen).requires_grad_() for _ in range(2))
+    s_sel = lighthouse_geometry(seq_len, 3, 4, 256).selected_len
+    saved = _saved_for_backward(lambda *x: lighthouse_attention(*x, **params), q, k, v)
+    floats = {x.untyped_storage().data_ptr(): x for x in saved if x.is_floating_point()}.values()
+    assert all(seq_len not in x.shape for x in floats)
+    kv_rows = [x for x in floats if x.dim() == 4 and x.shape[1] == kv_heads and x.shape[2] == s_sel]
+    assert len(kv_rows) >= 2, [x.shape for x in floats]  # the compacted K and V, head-major views for SDPA
+    # q, the output and the log-sum-exp at H heads, K and V at H_kv: less than the per-head path's 4 H + 1 rows.
+    budget = ((2 * dim + 1) * heads + 2 * dim * kv_heads) * batch * s_sel * 4
+    assert sum(x.numel() * x.element_size() for x in floats) <= budget
 
 
 def test_cpu_without_interpreter_names_the_naive_backend(monkeypatch):
@@ -195,6 +251,27 @@ def test_torch_compile_fullgraph():
     (got_grad,) = torch.autograd.grad(got.square().sum(), x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_fullgraph_per_kv_group_dilated():
+    """The options through the ops' fake implementations (KV-head-sized selection, gather and gather_bwd outputs,
+    the dilated scores' SDPA and select_scored): one graph, equal to eager forward and backward."""
+
+    def layer(q, k, v):
+        return lighthouse_attention(
+            q, k, v, levels=2, pooling_factor=4, topk=128, selection="per_kv_group", scorer="dilated"
+        )
+
+    gen = torch.Generator().manual_seed(0)
+    q = _quantized((1, 512, 4, 16), torch.float32, DEVICE, gen).requires_grad_()
+    k, v = (_quantized((1, 512, 2, 16), torch.float32, DEVICE, gen).requires_grad_() for _ in range(2))
+    grad_out = _quantized(q.shape, torch.float32, DEVICE, gen)
+    compiled = torch.compile(layer, fullgraph=True, backend="inductor" if HAS_CUDA else "aot_eager")
+    got, got_grads = _forward_backward(compiled, q, k, v, grad_out)
+    want, want_grads = _forward_backward(layer, q, k, v, grad_out)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
 
 
 def test_torch_compile_dynamic_lengths_trace_once():

@@ -33,25 +33,34 @@ def sdpa_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tenso
 
 
 def _expand_kv(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    # Lighthouse selects per query head (spec: key/value heads expanded to H).
+    # The paper's selection is per query head (spec: key/value heads expanded to H).
     group = q.shape[2] // k.shape[2]
     if group == 1:
         return k, v
     return k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
 
 
+def _lighthouse_inputs(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> tuple[Tensor, Tensor, dict]:
+    """K/V as the op wants them and its keyword arguments: repeated to the query heads for the paper's selection,
+    as they are (one selection per KV head) for 'per_kv_group'."""
+    if lh.selection != "per_kv_group":
+        k, v = _expand_kv(q, k, v)
+    options = dict(selection=lh.selection, scorer=lh.scorer, dilation=lh.dilation)
+    return k, v, dict(levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, **options)
+
+
 def lighthouse_naive_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
     from lighthouse.ops.lighthouse import naive_lighthouse_attention
 
-    k, v = _expand_kv(q, k, v)
-    return naive_lighthouse_attention(q, k, v, levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk)
+    k, v, params = _lighthouse_inputs(q, k, v, lh)
+    return naive_lighthouse_attention(q, k, v, **params)
 
 
 def lighthouse_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
     from lighthouse.ops.lighthouse import lighthouse_attention
 
-    k, v = _expand_kv(q, k, v)
-    return lighthouse_attention(q, k, v, levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk)
+    k, v, params = _lighthouse_inputs(q, k, v, lh)
+    return lighthouse_attention(q, k, v, **params)
 
 
 INNER_ATTENTION: dict[str, Callable[[Tensor, Tensor, Tensor, LighthouseConfig], Tensor]] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, lighthouse_geometry
+from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, check_options, lighthouse_geometry
 
 # How the CLI spells the model's fields (``--model.arch.dim``); error messages use it so they name the flag.
 PREFIX = "model.arch."
@@ -25,6 +25,16 @@ class LighthouseConfig:
     """Pooling factor p between levels (a power of two)."""
     topk: int = 2048
     """Top-k budget K (a multiple of 128): entries refined per level over the whole sequence."""
+    selection: str = "paper"
+    """'paper': one selection per query head, K/V repeated to the query heads (the paper's). 'per_kv_group': one
+    selection per KV head (grouped-query attention), query scores max-pooled over the group; K/V are gathered once
+    per KV head and never repeated. Same as 'paper' when n_kv_heads = n_heads."""
+    scorer: str = "norm"
+    """Entry scores: 'norm' (L2 norms of q and k rows, the paper's default) or 'dilated' (norms of causal
+    attention outputs over stride-`dilation` subsequences, attn(q,k,v) and attn(k,q,v); costs about 2/dilation of
+    a dense attention forward per layer)."""
+    dilation: int = 4
+    """Stride delta of the dilated scorer (>= 1, must divide data.seq_len); unused by 'norm'."""
 
 
 @dataclass
@@ -65,7 +75,7 @@ class ModelConfig:
     flavor's (none without one)."""
     lighthouse: LighthouseConfig | None = None
     """Lighthouse parameters, used by layers whose backend is a Lighthouse one; null: the flavor's (debug:
-    L=2, p=4, K=128; paper_1m: L=4, p=4, K=4096), else L=3, p=4, K=2048. Giving any of them sets all three
+    L=2, p=4, K=128; paper_1m: L=4, p=4, K=4096), else L=3, p=4, K=2048. Giving any of its fields sets all of them
     (those not given take the defaults shown)."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass: between forward and backward only each block's input is kept."""
@@ -153,6 +163,7 @@ class ModelConfig:
         lh = self.lighthouse
         try:
             check_lighthouse_params(lh.levels, lh.pooling_factor, lh.topk)
+            check_options(lh.selection, lh.scorer, lh.dilation)
         except ValueError as err:
             raise ValueError(f"{PREFIX}lighthouse.{err}") from None
         if self.uses_lighthouse():
@@ -160,6 +171,11 @@ class ModelConfig:
                 lighthouse_geometry(self.max_seq_len, lh.levels, lh.pooling_factor, lh.topk)
             except ValueError as err:
                 raise ValueError(f"data.seq_len does not fit {PREFIX}lighthouse: {err}") from None
+            if lh.scorer == "dilated" and self.max_seq_len % lh.dilation:
+                raise ValueError(
+                    f"{PREFIX}lighthouse.dilation={lh.dilation} must divide data.seq_len={self.max_seq_len} "
+                    "(the dilated scorer's subsequences have equal lengths)"
+                )
 
 
 # What a flavor decides, and each field's value without one: the paper's widths and depth, no dense layers.

@@ -125,13 +125,33 @@ def lighthouse_geometry(seq_len: int, levels: int, pooling_factor: int, topk: in
     return geometry
 
 
-def check_inputs(*tensors: Tensor) -> None:
-    """``q, k`` (and ``v``) must be ``[B, N, H, D]`` of one shape and one floating point dtype."""
+SELECTIONS = ("paper", "per_kv_group")
+"""``paper``: one selection per query head (K/V expanded to H by the caller). ``per_kv_group``: one per KV head."""
+SCORERS = ("norm", "dilated")
+"""``norm``: L2 norms of q and k rows (README §2). ``dilated``: norms of dilated causal attention outputs (§2b)."""
+
+
+def check_options(selection: str, scorer: str, dilation: int) -> None:
+    """Raise ValueError naming the option and its valid values if ``selection``, ``scorer`` or ``dilation`` is bad."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection={selection!r} is not one of {SELECTIONS}")
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer={scorer!r} is not one of {SCORERS}")
+    if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
+        raise ValueError(f"dilation={dilation!r} is invalid: it must be an integer >= 1")
+
+
+def check_inputs(*tensors: Tensor, grouped: bool = False) -> None:
+    """``q, k`` (and ``v``) must be ``[B, N, H, D]`` of one shape and one floating point dtype.
+
+    ``grouped`` (the ``per_kv_group`` selection): k and v are ``[B, N, H_kv, D]`` of one shape instead, with
+    ``H_kv`` dividing q's ``H``.
+    """
     first = tensors[0]
     for name, x in zip("qkv", tensors, strict=False):
         if x.dim() != 4:
             raise ValueError(f"{name} must be [B, N, H, D], got shape {tuple(x.shape)}")
-        if x.shape != first.shape:
+        if not grouped and x.shape != first.shape:
             raise ValueError(
                 f"q, k, v must have the same shape [B, N, H, D], got {tuple(first.shape)} and {tuple(x.shape)}"
             )
@@ -139,16 +159,40 @@ def check_inputs(*tensors: Tensor) -> None:
             raise ValueError(f"{name} must be a floating point tensor, got {x.dtype}")
         if x.dtype != first.dtype:
             raise ValueError(f"q, k, v must share one dtype, got {first.dtype} and {x.dtype}")
+    if not grouped:
+        return
+    k = tensors[1]
+    if any(x.shape != k.shape for x in tensors[2:]):
+        raise ValueError(f"k and v must have the same shape [B, N, H_kv, D], got {[tuple(x.shape) for x in tensors]}")
+    if k.shape[:2] != first.shape[:2] or k.shape[3] != first.shape[3] or first.shape[2] % k.shape[2]:
+        raise ValueError(
+            f"selection='per_kv_group' needs q [B, N, H, D] and k, v [B, N, H_kv, D] with H_kv dividing H, got "
+            f"q {tuple(first.shape)} and k {tuple(k.shape)}"
+        )
 
 
-def checked_geometry(*tensors: Tensor, levels: int, pooling_factor: int, topk: int) -> LighthouseGeometry:
-    """The one validation of a layer call: the inputs (``check_inputs``), then (N, L, p, K)."""
-    check_inputs(*tensors)
-    return lighthouse_geometry(tensors[0].shape[1], levels, pooling_factor, topk)
+def checked_geometry(
+    *tensors: Tensor,
+    levels: int,
+    pooling_factor: int,
+    topk: int,
+    selection: str = "paper",
+    scorer: str = "norm",
+    dilation: int = 4,
+) -> LighthouseGeometry:
+    """The one validation of a layer call: the options, the inputs (``check_inputs``), then (N, L, p, K); the
+    dilated scorer also needs ``dilation`` to divide N (its subsequences have equal lengths)."""
+    check_options(selection, scorer, dilation)
+    check_inputs(*tensors, grouped=selection == "per_kv_group")
+    geometry = lighthouse_geometry(tensors[0].shape[1], levels, pooling_factor, topk)
+    if scorer == "dilated" and geometry.seq_len % dilation:
+        raise ValueError(f"dilation={dilation} must divide the sequence length {geometry.seq_len}")
+    return geometry
 
 
 class Selection(NamedTuple):
-    """The emitted entries of every (batch, head), in compacted order (sorted by the README §4 key)."""
+    """The emitted entries of every (batch, head), in compacted order (sorted by the README §4 key). ``H`` is the
+    number of selection heads: query heads for ``selection="paper"``, KV heads for ``"per_kv_group"``."""
 
     level: Tensor
     """``[B, H, S_sel]`` int64: 1 = base level ... L = coarsest."""

@@ -63,7 +63,8 @@ def _last_dim_contiguous(x: Tensor) -> Tensor:
 
 @torch.library.custom_op("lighthouse::select", mutates_args=())
 def _select_op(q: Tensor, k: Tensor, levels: int, pooling_factor: int, topk: int) -> tuple[Tensor, Tensor]:
-    """``q, k [B, N, H, D]`` -> ``codes [B, H, S_sel]`` int32, ``inv [B, H, N_tot]`` int32 (common.py)."""
+    """``q [B, N, H, D]``, ``k [B, N, H_s, D]`` -> ``codes [B, H_s, S_sel]`` int32, ``inv [B, H_s, N_tot]`` int32
+    (common.py): one selection per head of k (``H_s = H``: the paper's; fewer: per_kv_group)."""
     _check_device(q)
     from .select import select_launch
 
@@ -73,10 +74,34 @@ def _select_op(q: Tensor, k: Tensor, levels: int, pooling_factor: int, topk: int
 
 @_select_op.register_fake
 def _(q, k, levels, pooling_factor, topk):
-    batch, seq_len, heads, _ = q.shape
+    batch, seq_len, heads, _ = k.shape
     geometry = LighthouseGeometry(seq_len, levels, pooling_factor, topk)
     codes = q.new_empty(batch, heads, geometry.selected_len, dtype=torch.int32)
     return codes, q.new_empty(batch, heads, geometry.total_entries, dtype=torch.int32)
+
+
+@torch.library.custom_op("lighthouse::select_scored", mutates_args=())
+def _select_scored_op(
+    score_q: Tensor, score_k: Tensor, levels: int, pooling_factor: int, topk: int
+) -> tuple[Tensor, Tensor]:
+    """Given base scores ``[B, H_s, N]`` fp32 (>= 0; the dilated scorer's) -> ``codes``, ``inv`` as ``select``."""
+    _check_device(score_q)
+    from .naive import pool_scores
+    from .select import check_code_range, select_from_scores_launch
+
+    geometry = LighthouseGeometry(score_q.shape[2], levels, pooling_factor, topk)
+    check_code_range(geometry)
+    # Max-pooled up the levels like the norm scores (README §2), laid end to end base first: [B, H_s, N_tot].
+    pyramids = [torch.cat(pool_scores(s.float(), levels, pooling_factor), dim=2) for s in (score_q, score_k)]
+    return select_from_scores_launch(*pyramids, geometry)
+
+
+@_select_scored_op.register_fake
+def _(score_q, score_k, levels, pooling_factor, topk):
+    batch, heads, seq_len = score_q.shape
+    geometry = LighthouseGeometry(seq_len, levels, pooling_factor, topk)
+    codes = score_q.new_empty(batch, heads, geometry.selected_len, dtype=torch.int32)
+    return codes, score_q.new_empty(batch, heads, geometry.total_entries, dtype=torch.int32)
 
 
 # ---------------------------------------------------------------- gather (pool + pick) and its backward
@@ -86,18 +111,23 @@ def _(q, k, levels, pooling_factor, topk):
 def _gather_op(
     q: Tensor, k: Tensor, v: Tensor, codes: Tensor, inv: Tensor, levels: int, pooling_factor: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """3 x ``[B, N, H, D]`` -> 3 x ``[B, S_sel, H, D]``: the (pooled) rows of the emitted entries."""
+    """``q [B, N, H, D]``, ``k, v [B, N, H_s, D]`` -> ``[B, S_sel, H, D]``, 2 x ``[B, S_sel, H_s, D]``: the (pooled)
+    rows of the emitted entries; K and V once per selection head."""
     from .gather import gather_fwd_launch
 
-    if not (q.stride() == k.stride() == v.stride() and q.stride(-1) == 1):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if q.shape == k.shape:
+        if not (q.stride() == k.stride() == v.stride() and q.stride(-1) == 1):
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    else:
+        q = _last_dim_contiguous(q)
+        if not (k.stride() == v.stride() and k.stride(-1) == 1):
+            k, v = k.contiguous(), v.contiguous()
     return gather_fwd_launch(q, k, v, inv, levels, pooling_factor, codes.shape[-1])
 
 
 @_gather_op.register_fake
 def _(q, k, v, codes, inv, levels, pooling_factor):
-    batch, _, heads, dim = q.shape
-    return tuple(q.new_empty(batch, codes.shape[-1], heads, dim) for _ in range(3))
+    return tuple(x.new_empty(x.shape[0], codes.shape[-1], x.shape[2], x.shape[3]) for x in (q, k, v))
 
 
 @torch.library.custom_op("lighthouse::gather_bwd", mutates_args=())
@@ -110,7 +140,7 @@ def _gather_bwd_op(
     levels: int,
     pooling_factor: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """3 x ``[B, S_sel, H, D]`` -> dq, dk, dv ``[B, N, H, D]``."""
+    """``[B, S_sel, H, D]``, 2 x ``[B, S_sel, H_s, D]`` -> dq ``[B, N, H, D]``, dk, dv ``[B, N, H_s, D]``."""
     from .gather import gather_bwd_launch
 
     grads = tuple(_last_dim_contiguous(g) for g in (dq_sel, dk_sel, dv_sel))
@@ -119,21 +149,25 @@ def _gather_bwd_op(
 
 @_gather_bwd_op.register_fake
 def _(dq_sel, dk_sel, dv_sel, inv, seq_len, levels, pooling_factor):
-    batch, _, heads, dim = dq_sel.shape
-    return tuple(g.new_empty(batch, seq_len, heads, dim) for g in (dq_sel, dk_sel, dv_sel))
+    return tuple(g.new_empty(g.shape[0], seq_len, g.shape[2], g.shape[3]) for g in (dq_sel, dk_sel, dv_sel))
 
 
 def _gather_setup(ctx, inputs, output):
     q, _, _, _, inv, levels, pooling_factor = inputs
     ctx.save_for_backward(inv)
     ctx.meta = (q.shape[1], levels, pooling_factor)
+    ctx.heads = (q.shape[2], inputs[1].shape[2])  # a missing gradient is zeros of its output's shape
 
 
 def _gather_backward(ctx, dq_sel, dk_sel, dv_sel):
     (inv,) = ctx.saved_tensors
     seq_len, levels, pooling_factor = ctx.meta
     present = next(g for g in (dq_sel, dk_sel, dv_sel) if g is not None)
-    dq_sel, dk_sel, dv_sel = (torch.zeros_like(present) if g is None else g for g in (dq_sel, dk_sel, dv_sel))
+    batch, selected_len, _, dim = present.shape
+    dq_sel, dk_sel, dv_sel = (
+        present.new_zeros(batch, selected_len, heads, dim) if g is None else g
+        for g, heads in zip((dq_sel, dk_sel, dv_sel), (ctx.heads[0], ctx.heads[1], ctx.heads[1]), strict=True)
+    )
     dq, dk, dv = torch.ops.lighthouse.gather_bwd(dq_sel, dk_sel, dv_sel, inv, seq_len, levels, pooling_factor)
     return dq, dk, dv, None, None, None, None
 
@@ -146,7 +180,8 @@ _gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
 
 @torch.library.custom_op("lighthouse::scatter", mutates_args=())
 def _scatter_op(o_sel: Tensor, inv: Tensor, codes: Tensor, seq_len: int, levels: int, pooling_factor: int) -> Tensor:
-    """``o_sel [B, H, S_sel, D]`` -> ``out [B, N, H, D]``: causal, summed scatter to base positions."""
+    """``o_sel [B, H, S_sel, D]`` -> ``out [B, N, H, D]``: causal, summed scatter to base positions; ``inv``
+    ``[B, H_s, N_tot]``, the query heads of a group sharing their selection head's."""
     from .scatter import scatter_fwd_launch
 
     return scatter_fwd_launch(_last_dim_contiguous(o_sel), inv, seq_len, levels, pooling_factor)
@@ -190,24 +225,80 @@ _scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 # ---------------------------------------------------------------- public functionals
 
 
-def triton_select_entries(q: Tensor, k: Tensor, *, levels: int, pooling_factor: int, topk: int) -> Selection:
+def _codes(q: Tensor, k: Tensor, v: Tensor | None, levels: int, pooling_factor: int, topk: int, scorer: str,
+           dilation: int) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The selection (no gradient): norm scores in the select kernel, or the dilated scorer's SDPA scores."""
+    if scorer == "norm":
+        return torch.ops.lighthouse.select(q.detach(), k.detach(), levels, pooling_factor, topk)
+    from .dilated import dilated_scores
+
+    score_q, score_k = dilated_scores(q.detach(), k.detach(), v.detach(), dilation)
+    return torch.ops.lighthouse.select_scored(score_q, score_k, levels, pooling_factor, topk)
+
+
+def triton_select_entries(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor | None = None,
+    *,
+    levels: int,
+    pooling_factor: int,
+    topk: int,
+    selection: str = "paper",
+    scorer: str = "norm",
+    dilation: int = 4,
+) -> Selection:
     """The kernels' selection for ``q, k [B, N, H, D]``, decoded: the Triton twin of ``naive.select_entries``."""
     from .common import decode_codes
 
-    checked_geometry(q, k, levels=levels, pooling_factor=pooling_factor, topk=topk)
-    codes, _ = torch.ops.lighthouse.select(q.detach(), k.detach(), levels, pooling_factor, topk)
+    if scorer == "dilated" and v is None:
+        raise ValueError("scorer='dilated' needs v: triton_select_entries(q, k, v, ...)")
+    tensors = (q, k) if v is None else (q, k, v)
+    checked_geometry(
+        *tensors,
+        levels=levels,
+        pooling_factor=pooling_factor,
+        topk=topk,
+        selection=selection,
+        scorer=scorer,
+        dilation=dilation,
+    )
+    codes, _ = _codes(q, k, v, levels, pooling_factor, topk, scorer, dilation)
     return Selection(*decode_codes(codes))
 
 
-def lighthouse_attention(q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int) -> Tensor:
-    """Lighthouse Attention (``selection="paper"``) on Triton kernels, same contract as the naive reference.
+def lighthouse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    levels: int,
+    pooling_factor: int,
+    topk: int,
+    selection: str = "paper",
+    scorer: str = "norm",
+    dilation: int = 4,
+) -> Tensor:
+    """Lighthouse Attention on Triton kernels, same contract as the naive reference.
 
-    ``q, k, v``: ``[B, N, H, D]`` CUDA tensors of one float dtype; returns ``[B, N, H, D]`` in that dtype.
+    ``q``: ``[B, N, H, D]`` CUDA tensors of one float dtype; ``k, v`` the same shape, or ``[B, N, H_kv, D]`` with
+    ``selection="per_kv_group"`` (one selection per KV head; K and V are gathered once per KV head and SDPA runs
+    with ``enable_gqa``). ``scorer``: ``"norm"`` or ``"dilated"`` (with ``dilation``). Returns ``[B, N, H, D]``.
     ``N`` must satisfy ``lighthouse_geometry`` (short sequences use fewer tiles). Selection carries no
     gradient; gradients flow through scatter, SDPA and gather to q, k, v.
     """
-    geometry = checked_geometry(q, k, v, levels=levels, pooling_factor=pooling_factor, topk=topk)
-    codes, inv = torch.ops.lighthouse.select(q.detach(), k.detach(), levels, pooling_factor, topk)
+    geometry = checked_geometry(
+        q,
+        k,
+        v,
+        levels=levels,
+        pooling_factor=pooling_factor,
+        topk=topk,
+        selection=selection,
+        scorer=scorer,
+        dilation=dilation,
+    )
+    codes, inv = _codes(q, k, v, levels, pooling_factor, topk, scorer, dilation)
     q_sel, k_sel, v_sel = torch.ops.lighthouse.gather(q, k, v, codes, inv, levels, pooling_factor)  # [B, S, H, D]
     o_sel = F.scaled_dot_product_attention(
         q_sel.transpose(1, 2),
@@ -215,5 +306,6 @@ def lighthouse_attention(q: Tensor, k: Tensor, v: Tensor, *, levels: int, poolin
         v_sel.transpose(1, 2),
         is_causal=True,
         scale=1.0 / math.sqrt(q.shape[3]),
+        enable_gqa=q.shape[2] != k.shape[2],
     )  # [B, H, S_sel, D]
     return torch.ops.lighthouse.scatter(o_sel, inv, codes, geometry.seq_len, levels, pooling_factor)

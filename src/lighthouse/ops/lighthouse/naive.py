@@ -67,6 +67,21 @@ def pool_pyramid(x: Tensor, levels: int, pooling_factor: int) -> list[Tensor]:
     return pyramid
 
 
+def pool_scores(base: Tensor, levels: int, pooling_factor: int) -> list[Tensor]:
+    """Base scores ``[B, H, N]`` -> per level ``[B, H, N_l]``: level ``l`` is the max over each entry's span."""
+    batch, heads, seq_len = base.shape
+    scores = [base]
+    for level in range(2, levels + 1):
+        span = pooling_factor ** (level - 1)
+        scores.append(base.reshape(batch, heads, seq_len // span, span).amax(dim=-1))
+    return scores
+
+
+def row_norms(x: Tensor) -> Tensor:
+    """L2 norm of each row of ``x [..., D]`` in fp32, whatever the input dtype: ``[...]``."""
+    return x.float().square().sum(dim=-1).sqrt()
+
+
 @torch.no_grad()
 def entry_scores(q: Tensor, k: Tensor, levels: int, pooling_factor: int) -> tuple[list[Tensor], list[Tensor]]:
     """Parameter-free scores of every entry of every level, fp32, ``[B, H, N_l]`` per level.
@@ -74,17 +89,40 @@ def entry_scores(q: Tensor, k: Tensor, levels: int, pooling_factor: int) -> tupl
     Base level: the L2 norm of each query / key row, computed in fp32 whatever the input dtype, so the
     ranking is the same for every input precision. Coarser levels: the max of the base scores over the span.
     """
+    return pool_scores(row_norms(q), levels, pooling_factor), pool_scores(row_norms(k), levels, pooling_factor)
 
-    def per_level(x: Tensor) -> list[Tensor]:
-        base = x.float().square().sum(dim=-1).sqrt()  # [B, H, N]
-        batch, heads, seq_len = base.shape
-        scores = [base]
-        for level in range(2, levels + 1):
-            span = pooling_factor ** (level - 1)
-            scores.append(base.reshape(batch, heads, seq_len // span, span).amax(dim=-1))
+
+@torch.no_grad()
+def dilated_base_scores(q: Tensor, k: Tensor, v: Tensor, dilation: int) -> tuple[Tensor, Tensor]:
+    """The dilated scorer's base scores (README §2b), fp32 ``[B, H, N]`` each, for head-major ``q, k, v
+    [B, H, N, D]`` (one K/V head per query head).
+
+    For every offset ``r < dilation`` the positions ``r, r + dilation, ...`` form a subsequence; causal SDPA
+    runs on it twice, as ``attn(q, k, v)`` and as ``attn(k, q, v)``, and a position's scores are the L2 norms
+    of its two output rows. Written as a loop over the offsets; the fast path (dilated.py) does one SDPA call.
+    """
+    s_q = q.new_zeros(q.shape[:3], dtype=torch.float32)
+    s_k = torch.zeros_like(s_q)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    for offset in range(dilation):
+        qr, kr, vr = (x[:, :, offset::dilation] for x in (q, k, v))  # [B, H, N / dilation, D]
+        s_q[:, :, offset::dilation] = row_norms(F.scaled_dot_product_attention(qr, kr, vr, is_causal=True, scale=scale))
+        s_k[:, :, offset::dilation] = row_norms(F.scaled_dot_product_attention(kr, qr, vr, is_causal=True, scale=scale))
+    return s_q, s_k
+
+
+def group_max(scores: Tensor, groups: int) -> Tensor:
+    """``[B, H, ...]`` per query head -> ``[B, H / groups, ...]``: the max over each KV head's query heads
+    (heads ``g * groups .. (g + 1) * groups - 1`` share KV head ``g``, as SDPA's ``enable_gqa`` pairs them)."""
+    if groups == 1:
         return scores
+    batch, heads = scores.shape[:2]
+    return scores.view(batch, heads // groups, groups, *scores.shape[2:]).amax(dim=2)
 
-    return per_level(q), per_level(k)
+
+def expand_heads(x: Tensor, groups: int) -> Tensor:
+    """``[B, H_kv, ...]`` -> ``[B, H_kv * groups, ...]``: each KV head repeated for its query heads (a copy)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
 # ---------------------------------------------------------------- selection and ordering (README §3, §4)
@@ -167,14 +205,49 @@ def select_from_scores(score_q: list[Tensor], score_k: list[Tensor], geometry: L
     return Selection(*(field.gather(-1, order).flatten(2) for field in (level, index, refined)))
 
 
-def select_entries(q: Tensor, k: Tensor, *, levels: int, pooling_factor: int, topk: int) -> Selection:
-    """Scores + selection for ``q, k`` ``[B, N, H, D]``; the result's fields are ``[B, H, S_sel]``."""
-    geometry = checked_geometry(q, k, levels=levels, pooling_factor=pooling_factor, topk=topk)
-    return _select(q, k, geometry)
+def select_entries(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor | None = None,
+    *,
+    levels: int,
+    pooling_factor: int,
+    topk: int,
+    selection: str = "paper",
+    scorer: str = "norm",
+    dilation: int = 4,
+) -> Selection:
+    """Scores + selection for ``q [B, N, H, D]`` and ``k`` (``[B, N, H_kv, D]`` for ``per_kv_group``); the
+    result's fields are ``[B, H, S_sel]`` (``[B, H_kv, S_sel]``). ``v`` is needed by the dilated scorer only."""
+    if scorer == "dilated" and v is None:
+        raise ValueError("scorer='dilated' needs v: select_entries(q, k, v, ...)")
+    tensors = (q, k) if v is None else (q, k, v)
+    geometry = checked_geometry(
+        *tensors,
+        levels=levels,
+        pooling_factor=pooling_factor,
+        topk=topk,
+        selection=selection,
+        scorer=scorer,
+        dilation=dilation,
+    )
+    return _select(q, k, v, geometry, scorer, dilation)
 
 
-def _select(q: Tensor, k: Tensor, geometry: LighthouseGeometry) -> Selection:
-    score_q, score_k = entry_scores(q.transpose(1, 2), k.transpose(1, 2), geometry.levels, geometry.pooling_factor)
+def _select(
+    q: Tensor, k: Tensor, v: Tensor | None, geometry: LighthouseGeometry, scorer: str, dilation: int
+) -> Selection:
+    """The selection of README §2-§4; with ``k`` of fewer heads than ``q`` (``per_kv_group``), the scores of each
+    query head are taken as if K/V were expanded to its head, then pooled by the max over the group (§3b)."""
+    levels, p = geometry.levels, geometry.pooling_factor
+    groups = q.shape[2] // k.shape[2]
+    qh, kh = q.transpose(1, 2), expand_heads(k.transpose(1, 2), groups)  # [B, H, N, D]
+    if scorer == "norm":
+        score_q, score_k = entry_scores(qh, kh, levels, p)
+    else:
+        base_q, base_k = dilated_base_scores(qh, kh, expand_heads(v.transpose(1, 2), groups), dilation)
+        score_q, score_k = pool_scores(base_q, levels, p), pool_scores(base_k, levels, p)
+    score_q, score_k = ([group_max(s, groups) for s in scores] for scores in (score_q, score_k))
     return select_from_scores(score_q, score_k, geometry)
 
 
@@ -194,9 +267,11 @@ def gather_selected(pyramid: list[Tensor], selection: Selection) -> Tensor:
 
 
 def compacted_attention(q_sel: Tensor, k_sel: Tensor, v_sel: Tensor) -> Tensor:
-    """Plain causal SDPA on the compacted sequence, ``[B, H, S_sel, D]``, scale ``1/sqrt(D)``."""
+    """Plain causal SDPA on the compacted sequence, ``[B, H, S_sel, D]``, scale ``1/sqrt(D)``; k and v may have
+    fewer heads (``per_kv_group``: SDPA's ``enable_gqa`` pairs query head ``h`` with KV head ``h // groups``)."""
     scale = 1.0 / math.sqrt(q_sel.shape[-1])
-    return F.scaled_dot_product_attention(q_sel, k_sel, v_sel, is_causal=True, scale=scale)
+    grouped = q_sel.shape[1] != k_sel.shape[1]
+    return F.scaled_dot_product_attention(q_sel, k_sel, v_sel, is_causal=True, scale=scale, enable_gqa=grouped)
 
 
 def scatter_back(o_sel: Tensor, selection: Selection, seq_len: int, levels: int, pooling_factor: int) -> Tensor:
@@ -231,36 +306,62 @@ def lighthouse_from_selection(
 ) -> Tensor:
     """The differentiable part of the layer for a given ``selection``: pool, gather, SDPA, scatter.
 
-    ``q, k, v``: ``[B, N, H, D]``; returns ``[B, N, H, D]`` in the input dtype. Gradients flow to
-    ``q, k, v``; the selection is a constant (README §7).
+    ``q``: ``[B, N, H, D]``; ``k, v``: ``[B, N, H_kv, D]`` with ``H_kv`` dividing ``H`` (``H_kv = H`` for the
+    paper's selection); ``selection`` has one row per KV head. Returns ``[B, N, H, D]`` in the input dtype.
+    Gradients flow to ``q, k, v``; the selection is a constant (README §7).
     """
-    check_inputs(q, k, v)
-    batch, _, heads, _ = q.shape
+    check_inputs(q, k, v, grouped=True)
+    batch, _, heads, _ = k.shape
     if selection.level.shape[:2] != (batch, heads) or not (
         selection.level.shape == selection.index.shape == selection.refined.shape
     ):
         raise ValueError(
-            f"selection fields must all be [B, H, S_sel] with B={batch}, H={heads}, got "
+            f"selection fields must all be [B, H, S_sel] with B={batch}, H={heads} (k's heads), got "
             f"{[tuple(f.shape) for f in selection]}"
         )
     return _attend(q, k, v, selection, levels, pooling_factor)
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, selection: Selection, levels: int, pooling_factor: int) -> Tensor:
+    # per_kv_group: every query head of a group uses its KV head's selection (README §3b); K and V are gathered
+    # once per KV head and SDPA pairs the heads.
+    per_query_head = Selection(*(expand_heads(field, q.shape[2] // k.shape[2]) for field in selection))
     picked = [
-        gather_selected(pool_pyramid(x.transpose(1, 2), levels, pooling_factor), selection) for x in (q, k, v)
-    ]  # 3 x [B, H, S_sel, D]
+        gather_selected(pool_pyramid(x.transpose(1, 2), levels, pooling_factor), sel)
+        for x, sel in ((q, per_query_head), (k, selection), (v, selection))
+    ]  # [B, H, S_sel, D], then 2 x [B, H_kv, S_sel, D]
     o_sel = compacted_attention(*picked)
-    return scatter_back(o_sel, selection, q.shape[1], levels, pooling_factor).transpose(1, 2)  # [B, N, H, D]
+    return scatter_back(o_sel, per_query_head, q.shape[1], levels, pooling_factor).transpose(1, 2)  # [B, N, H, D]
 
 
 def naive_lighthouse_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    levels: int,
+    pooling_factor: int,
+    topk: int,
+    selection: str = "paper",
+    scorer: str = "norm",
+    dilation: int = 4,
 ) -> Tensor:
-    """Lighthouse Attention (``selection="paper"``), reference implementation.
+    """Lighthouse Attention, reference implementation.
 
-    ``q, k, v``: ``[B, N, H, D]``, any float dtype, any strides; returns ``[B, N, H, D]`` in the input dtype.
-    ``N`` must satisfy ``lighthouse_geometry`` (short sequences use fewer tiles; see README.md).
+    ``q``: ``[B, N, H, D]``; ``k, v``: ``[B, N, H, D]``, or ``[B, N, H_kv, D]`` with ``selection="per_kv_group"``
+    (one selection per KV head, README §3b); any float dtype, any strides; returns ``[B, N, H, D]`` in the input
+    dtype. ``scorer``: ``"norm"`` (README §2) or ``"dilated"`` (§2b, with ``dilation``). ``N`` must satisfy
+    ``lighthouse_geometry`` (short sequences use fewer tiles; see README.md).
     """
-    geometry = checked_geometry(q, k, v, levels=levels, pooling_factor=pooling_factor, topk=topk)
-    return _attend(q, k, v, _select(q, k, geometry), levels, pooling_factor)
+    geometry = checked_geometry(
+        q,
+        k,
+        v,
+        levels=levels,
+        pooling_factor=pooling_factor,
+        topk=topk,
+        selection=selection,
+        scorer=scorer,
+        dilation=dilation,
+    )
+    return _attend(q, k, v, _select(q, k, v, geometry, scorer, dilation), levels, pooling_factor)

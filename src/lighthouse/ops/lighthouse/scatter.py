@@ -37,10 +37,11 @@ def _scatter_fwd_kernel(
     N, N_TOT, H,
     so_b, so_h, so_s,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    LEVELS: tl.constexpr, LOG2P: tl.constexpr,
+    LEVELS: tl.constexpr, LOG2P: tl.constexpr, GROUP: tl.constexpr,
 ):  # fmt: skip
+    # H: query heads; GROUP of them share one selection (per_kv_group), so head h reads inverse map h // GROUP.
     b, h, n, live, d, dmask = base_row_block(N, H, BLOCK_N, BLOCK_D, D)
-    inv_row = inverse_map_row(inv_ptr, b, h, H, N_TOT)
+    inv_row = inverse_map_row(inv_ptr, b, h // GROUP, H // GROUP, N_TOT)
     base = b.to(tl.int64) * so_b + h * so_h
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     off = N * 0
@@ -62,7 +63,7 @@ def _scatter_bwd_kernel(
     N, N_TOT, S_SEL, H,
     sg_b, sg_n, sg_h,
     D: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr, POOL_ROWS: tl.constexpr, LEVELS: tl.constexpr,
-    LOG2P: tl.constexpr,
+    LOG2P: tl.constexpr, GROUP: tl.constexpr,
 ):  # fmt: skip
     # Entry (l, i) receives the sum of grad over rows [(i+1) c_l - 1, (i+2) c_l - 1): the aligned span of
     # entry i + 1 shifted back by one row. So pool grad[m - 1] over aligned spans and hand span e to entry
@@ -73,14 +74,15 @@ def _scatter_bwd_kernel(
     src = b.to(tl.int64) * sg_b + h * sg_h + rows.to(tl.int64)[:, None] * sg_n + d[None, :]
     x = tl.load(g_ptr + src, mask=live[:, None] & dmask[None, :], other=0.0)
     dst = dsel_ptr + compacted_head(b, h, S_SEL, H, D)  # output [B, S_sel, H, D], contiguous
-    inv_row = inverse_map_row(inv_ptr, b, h, H, N_TOT)
+    inv_row = inverse_map_row(inv_ptr, b, h // GROUP, H // GROUP, N_TOT)  # as in the forward
     pool_to_slots(x, m0, dst, inv_row, N, H * D, d, dmask, SUB, POOL_ROWS, LEVELS, LOG2P, 1, False)
 
 
 def scatter_fwd_launch(
     o_sel: torch.Tensor, inv: torch.Tensor, seq_len: int, levels: int, pooling_factor: int
 ) -> torch.Tensor:
-    """``o_sel [B, H, S_sel, D]`` (any strides, last dim contiguous) -> ``out [B, N, H, D]`` contiguous."""
+    """``o_sel [B, H, S_sel, D]`` (any strides, last dim contiguous) -> ``out [B, N, H, D]`` contiguous; ``inv``
+    ``[B, H_s, N_tot]`` with ``H_s`` dividing H (per_kv_group: query head h uses selection h // (H / H_s))."""
     batch, heads, _, dim = o_sel.shape
     assert o_sel.stride(-1) == 1
     n_tot = total_entries(seq_len, levels, pooling_factor)
@@ -91,7 +93,7 @@ def scatter_fwd_launch(
         seq_len, n_tot, heads,
         o_sel.stride(0), o_sel.stride(1), o_sel.stride(2),
         D=dim, BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n,
-        **level_constexprs(levels, pooling_factor), num_warps=4,
+        **level_constexprs(levels, pooling_factor), GROUP=heads // inv.shape[1], num_warps=4,
     )  # fmt: skip
     return out
 
@@ -110,6 +112,6 @@ def scatter_bwd_launch(
         seq_len, n_tot, s_sel, heads,
         grad.stride(0), grad.stride(1), grad.stride(2),
         D=dim, BLOCK_D=block_d, SUB=sub, POOL_ROWS=pool_rows,
-        **level_constexprs(levels, pooling_factor), num_warps=4,
+        **level_constexprs(levels, pooling_factor), GROUP=heads // inv.shape[1], num_warps=4,
     )  # fmt: skip
     return d_sel

@@ -4,7 +4,9 @@ Two launches per layer:
 
 ``_scores_kernel``  reads q and k once and writes the fp32 score pyramid of every level (squared norms,
                     which rank like the norms), ``[B, H, N_tot]`` with the levels laid end to end, base
-                    first (``N_tot = N + N/p + ... + N/p^(L-1)``).
+                    first (``N_tot = N + N/p + ... + N/p^(L-1)``). With ``per_kv_group`` ``H`` is k's heads
+                    and a query score the max over the group's query heads. (The dilated scorer computes
+                    its base scores with SDPA instead, dilated.py, and skips this kernel.)
 ``_select_kernel``  one program per (batch*head, tile): top-k by query then by key score at each level,
                     refining 128 entries per level, then places the tile's emitted entries, ordered by
                     the README §4 key, in the tile's run of compacted slots.
@@ -45,8 +47,10 @@ def _scores_kernel(
     stride_qb, stride_qn, stride_qh,
     stride_kb, stride_kn, stride_kh,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr,
-    LEVELS: tl.constexpr, LOG2P: tl.constexpr,
+    LEVELS: tl.constexpr, LOG2P: tl.constexpr, GROUP: tl.constexpr,
 ):  # fmt: skip
+    # H: selection heads (k's heads). GROUP query heads share each of them (1 for the paper's selection;
+    # per_kv_group: a query score is the max over the group, README §3b).
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -54,7 +58,7 @@ def _scores_kernel(
     n0 = pid_n * BLOCK_N
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
-    row_q = q_ptr + b.to(tl.int64) * stride_qb + h * stride_qh
+    row_q = q_ptr + b.to(tl.int64) * stride_qb + (h * GROUP) * stride_qh
     row_k = k_ptr + b.to(tl.int64) * stride_kb + h * stride_kh
     out_q = sq_ptr + pid_bh.to(tl.int64) * N_TOT
     out_k = sk_ptr + pid_bh.to(tl.int64) * N_TOT
@@ -68,7 +72,12 @@ def _scores_kernel(
         offs_k = n.to(tl.int64)[:, None] * stride_kn + d[None, :]
         xq = tl.load(row_q + offs_q, mask=dmask[None, :], other=0.0).to(tl.float32)
         xk = tl.load(row_k + offs_k, mask=dmask[None, :], other=0.0).to(tl.float32)
-        tl.store(out_q + n, tl.sum(xq * xq, axis=1))
+        score_q = tl.sum(xq * xq, axis=1)
+        # The max of squared norms is the square of the max of norms: it ranks like the reference's group max.
+        for j in tl.static_range(1, GROUP):
+            xq = tl.load(row_q + j * stride_qh + offs_q, mask=dmask[None, :], other=0.0).to(tl.float32)
+            score_q = tl.maximum(score_q, tl.sum(xq * xq, axis=1))
+        tl.store(out_q + n, score_q)
         tl.store(out_k + n, tl.sum(xk * xk, axis=1))
 
     if LEVELS > 1:
@@ -243,16 +252,29 @@ def _select_kernel(
 
 
 def select_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores + selection for ``q, k`` ``[B, N, H, D]`` (last dim contiguous).
+    """Scores + selection for ``q`` ``[B, N, H, D]`` and ``k`` ``[B, N, H_s, D]`` (last dim contiguous), ``H_s``
+    dividing ``H``: one selection per head of ``k`` (``H_s = H``: the paper's, per query head).
 
-    Returns ``codes [B, H, S_sel]`` int32 and ``inv [B, H, N_tot]`` int32 (see the module docstring).
+    Returns ``codes [B, H_s, S_sel]`` int32 and ``inv [B, H_s, N_tot]`` int32 (see the module docstring).
     """
-    batch, seq_len, heads, dim = q.shape
-    levels, p = geometry.levels, geometry.pooling_factor
-    n_tot = geometry.total_entries
-    # Indices must fit the code's index field, and position keys (times 2^(L-1)) the order word's high half.
+    check_code_range(geometry)
+    scores_q, scores_k = scores_launch(q, k, geometry)
+    return select_from_scores_launch(scores_q, scores_k, geometry)
+
+
+def check_code_range(geometry: LighthouseGeometry) -> None:
+    """Indices must fit the code's index field, and position keys (times 2^(L-1)) the order word's high half."""
+    seq_len, levels = geometry.seq_len, geometry.levels
     if seq_len >= 1 << CODE_INDEX_BITS.value or seq_len << (levels - 1) >= 1 << 31:
         raise ValueError(f"sequence length {seq_len} too long for the 32-bit selection codes")
+
+
+def scores_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """The squared-norm score pyramids ``[B, H_s, N_tot]`` fp32 of q (max over each group of query heads) and k."""
+    batch, seq_len, heads, dim = k.shape
+    group = q.shape[2] // heads
+    levels, p = geometry.levels, geometry.pooling_factor
+    n_tot = geometry.total_entries
     assert q.stride(-1) == 1 and k.stride(-1) == 1
 
     scores_q = torch.empty(batch, heads, n_tot, device=q.device, dtype=torch.float32)
@@ -268,9 +290,17 @@ def select_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         D=dim, BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n, SUB_N=sub_n,
-        **level_constexprs(levels, p), num_warps=4,
+        **level_constexprs(levels, p), GROUP=group, num_warps=4,
     )  # fmt: skip
+    return scores_q, scores_k
 
+
+def select_from_scores_launch(
+    scores_q: torch.Tensor, scores_k: torch.Tensor, geometry: LighthouseGeometry
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tiled top-k on given score pyramids ``[B, H_s, N_tot]`` fp32 (>= 0, contiguous) -> ``codes``, ``inv``."""
+    batch, heads, n_tot = scores_q.shape
+    seq_len, p = geometry.seq_len, geometry.pooling_factor
     tiles, s_tile = geometry.num_tiles, geometry.selected_per_tile
     nc_block = triton.next_power_of_2(geometry.coarse_per_tile)
     # One program per (batch*head, tile) is only B*H*T programs, each a chain of small reductions (63 radix
@@ -278,13 +308,14 @@ def select_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry
     # (shuffles, no shared memory or barriers).
     warps = max(1, max(nc_block, REFINED_PER_TILE * p) // 512)
     s_block = triton.next_power_of_2(s_tile)
-    codes = torch.empty(batch, heads, geometry.selected_len, device=q.device, dtype=torch.int32)
-    inv = torch.full((batch, heads, n_tot), -1, device=q.device, dtype=torch.int32)
-    scratch = torch.empty(batch * heads * tiles * (s_block + REFINED_PER_TILE), device=q.device, dtype=torch.int64)
+    device = scores_q.device
+    codes = torch.empty(batch, heads, geometry.selected_len, device=device, dtype=torch.int32)
+    inv = torch.full((batch, heads, n_tot), -1, device=device, dtype=torch.int32)
+    scratch = torch.empty(batch * heads * tiles * (s_block + REFINED_PER_TILE), device=device, dtype=torch.int64)
     _select_kernel[(tiles, batch * heads)](
         scores_q, scores_k, codes, inv, scratch,
         seq_len, n_tot, geometry.selected_len, geometry.coarse_per_tile, s_tile, tiles,
         NC_BLOCK=nc_block, NC_STEPS=geometry.coarse_per_tile.bit_length(), S_BLOCK=s_block,
-        **level_constexprs(levels, p), REF=REFINED_PER_TILE, PICK=PICKED_PER_SCORE, num_warps=warps,
+        **level_constexprs(geometry.levels, p), REF=REFINED_PER_TILE, PICK=PICKED_PER_SCORE, num_warps=warps,
     )  # fmt: skip
     return codes, inv

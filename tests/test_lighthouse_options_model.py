@@ -1,0 +1,95 @@
+"""The Lighthouse options (README §2b, §3b) in the model: config fields, their validation and docs, the attention
+wiring (per_kv_group never repeats K/V), and a tiny GQA model (4 query / 2 KV heads) training through the CLI."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from training_helpers import REPO, fit, logged_scalars, tiny_arch, tiny_config
+
+from lighthouse.model.attention import INNER_ATTENTION
+from lighthouse.model.config import LighthouseConfig, ModelConfig
+from lighthouse.train.cli import main
+
+LH = dict(levels=2, pooling_factor=4, topk=128)
+
+
+def _config(**lighthouse) -> ModelConfig:
+    return ModelConfig(
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_hidden=64,
+        max_seq_len=512,
+        attention="lighthouse_naive",
+        lighthouse=dict(LH, **lighthouse),
+    )
+
+
+@pytest.mark.parametrize(
+    ("lighthouse", "match"),
+    [
+        (
+            dict(selection="per_head"),
+            r"model\.arch\.lighthouse\.selection='per_head' is not one of \('paper', 'per_kv_group'\)",
+        ),
+        (dict(scorer="softmax"), r"model\.arch\.lighthouse\.scorer='softmax' is not one of \('norm', 'dilated'\)"),
+        (dict(dilation=0), r"model\.arch\.lighthouse\.dilation=0 is invalid: it must be an integer >= 1"),
+        (dict(scorer="dilated", dilation=3), r"model\.arch\.lighthouse\.dilation=3 must divide data\.seq_len=512"),
+    ],
+)
+def test_invalid_options_name_the_flag(lighthouse, match):
+    with pytest.raises(ValueError, match=match):
+        _config(**lighthouse)
+
+
+def test_defaults_are_the_papers():
+    lh = LighthouseConfig()
+    assert (lh.selection, lh.scorer, lh.dilation) == ("paper", "norm", 4)
+    # The dilation only has to divide the length when the dilated scorer uses it.
+    assert _config(dilation=3).lighthouse.dilation == 3
+
+
+def test_print_config_shows_the_option_docs(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--print_config=comments"])
+    text = capsys.readouterr().out
+    assert "query scores max-pooled over the group" in text and "stride-`dilation` subsequences" in text
+
+
+@pytest.mark.parametrize("backend", ["lighthouse_naive", "lighthouse"])
+@pytest.mark.parametrize("selection", ["paper", "per_kv_group"])
+def test_backend_repeats_kv_only_for_the_papers_selection(backend, selection, monkeypatch):
+    """The op receives K/V with H_kv heads under per_kv_group (no H copies) and H heads under the paper's."""
+    seen = {}
+
+    def fake_op(q, k, v, **params):
+        seen.update(k_heads=k.shape[2], v_heads=v.shape[2], **params)
+        return torch.zeros_like(q)
+
+    name = "naive_lighthouse_attention" if backend == "lighthouse_naive" else "lighthouse_attention"
+    monkeypatch.setattr(f"lighthouse.ops.lighthouse.{name}", fake_op)
+    q, k, v = torch.zeros(1, 512, 4, 8), torch.zeros(1, 512, 2, 8), torch.zeros(1, 512, 2, 8)
+    lh = LighthouseConfig(**LH, selection=selection, scorer="dilated", dilation=2)
+    INNER_ATTENTION[backend](q, k, v, lh)
+    heads = 2 if selection == "per_kv_group" else 4
+    assert (seen["k_heads"], seen["v_heads"]) == (heads, heads)
+    assert (seen["selection"], seen["scorer"], seen["dilation"]) == (selection, "dilated", 2)
+
+
+@pytest.mark.parametrize(
+    "lighthouse",
+    [dict(selection="per_kv_group"), dict(scorer="dilated"), dict(selection="per_kv_group", scorer="dilated")],
+    ids=["per_kv_group", "dilated", "per_kv_group-dilated"],
+)
+def test_tiny_gqa_model_trains_through_the_cli(tmp_path, lighthouse):
+    config = tiny_config(tmp_path, "gqa", max_steps=4, every_n=4)
+    config["model"]["arch"].update(tiny_arch(attention="lighthouse_naive", n_heads=4, n_kv_heads=2))
+    config["model"]["arch"]["lighthouse"].update(lighthouse)
+    fit(tmp_path, config)
+    losses = logged_scalars(tmp_path / "logs" / "gqa", "train/loss")
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses.values())
+    assert losses[max(losses)] < losses[min(losses)]
