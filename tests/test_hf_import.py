@@ -17,13 +17,13 @@ from safetensors.torch import save_file
 from tokenizers import processors
 from training_helpers import fit, tiny_config
 
-from lighthouse.attention import rope_tables
-from lighthouse.checkpoint_read import dense_model, read_checkpoint
-from lighthouse.config import ModelConfig, RopeScaling
+from lighthouse.checkpoint.read import dense_model, read_checkpoint
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.data.tokenizer import TextTokenizer, train_bpe
 from lighthouse.export import export_llama, tokenizer_files
 from lighthouse.hf_import import import_llama, read_safetensors, rope_settings
+from lighthouse.model.attention import rope_tables
+from lighthouse.model.config import ModelConfig, RopeScaling
 
 transformers = pytest.importorskip("transformers")
 
@@ -235,7 +235,7 @@ def test_config_sizes_that_contradict_are_refused_and_extension_kept(tmp_path):
     ],
 )
 def test_cli_refuses_with_one_message_and_exit_2(tmp_path, capsys, case, message):
-    from lighthouse.cli import run
+    from lighthouse.train.cli import run
 
     folder = tmp_path / "hf"
     hf_llama(folder)
