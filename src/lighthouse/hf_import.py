@@ -25,8 +25,8 @@ import torch
 from safetensors import safe_open
 
 from lighthouse.export import llama_name
-from lighthouse.model import Transformer
 from lighthouse.model.config import PREFIX, ModelConfig, RopeScaling
+from lighthouse.model.transformer import Transformer
 
 INDEX = "model.safetensors.index.json"
 # Buffers some old checkpoints saved; derived from the config here, as in transformers.
