@@ -42,7 +42,11 @@ def changed_lines(a: str, b: str) -> int:
     return sum(x != y for x, y in zip(body(a), body(b), strict=True))
 
 
-TWINS = [("demo", "demo_recover"), *((f"lh_{n}", f"recover_{n}") for n in ("16k", "64k", "128k", "256k"))]
+TWINS = [
+    ("demo", "demo_recover"),
+    ("extend_64k", "recover_extend_64k"),
+    *((f"lh_{n}", f"recover_{n}") for n in ("16k", "64k", "128k", "256k")),
+]
 
 
 @pytest.mark.parametrize("stage1, stage2", [(f"{a}.yaml", f"{b}.yaml") for a, b in TWINS], ids=[a for a, _ in TWINS])

@@ -78,14 +78,15 @@ def llama_config(config: ModelConfig, tokenizer: TextTokenizer, dtype: torch.dty
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,  # transformers 4.x
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},  # transformers 5.x
+        "rope_scaling": rope_scaling(config),  # transformers 4.x (5.x reads it too, before rope_parameters)
+        "rope_parameters": {**(rope_scaling(config) or {"rope_type": "default"}), "rope_theta": config.rope_theta},
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,
         "tie_word_embeddings": config.tie_embeddings,
         "initializer_range": config.init_std,
-        # Training saw every document right after an EOS: it is also the natural start-of-text token.
-        "bos_token_id": tokenizer.eos_id,
+        # Training saw every document right after an EOS (and its BOS, if the tokenizer has one).
+        "bos_token_id": bos_id(tokenizer),
         "eos_token_id": tokenizer.eos_id,
         "pad_token_id": tokenizer.eos_id,
         "torch_dtype": dtype_name,  # transformers 4.x
@@ -94,9 +95,36 @@ def llama_config(config: ModelConfig, tokenizer: TextTokenizer, dtype: torch.dty
     }
 
 
+def rope_scaling(config: ModelConfig) -> dict | None:
+    """Hugging Face's rope_scaling dict of the model's scaling (lighthouse.model.config.RopeScaling uses its names)."""
+    scaling = config.rope_scaling
+    if scaling is None or scaling.rope_type == "default":
+        return None
+    keys = {
+        "linear": ("factor",),
+        "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+        "yarn": (
+            "factor",
+            "original_max_position_embeddings",
+            "beta_fast",
+            "beta_slow",
+            "attention_factor",
+            "truncate",
+        ),
+    }[scaling.rope_type]
+    out = {"rope_type": scaling.rope_type, **{key: getattr(scaling, key) for key in keys}}
+    if out.get("attention_factor", 0) is None:
+        del out["attention_factor"]  # transformers derives it from factor, as this project does
+    return out
+
+
+def bos_id(tokenizer: TextTokenizer) -> int:
+    return tokenizer.eos_id if tokenizer.bos_id is None else tokenizer.bos_id
+
+
 def generation_config(tokenizer: TextTokenizer, sampling: Sampling) -> dict:
     return {
-        "bos_token_id": tokenizer.eos_id,
+        "bos_token_id": bos_id(tokenizer),
         "eos_token_id": tokenizer.eos_id,
         "pad_token_id": tokenizer.eos_id,
         "do_sample": sampling.temperature > 0,
@@ -109,12 +137,14 @@ def generation_config(tokenizer: TextTokenizer, sampling: Sampling) -> dict:
 def tokenizer_files(tokenizer: TextTokenizer, max_len: int) -> dict[str, dict | str]:
     """tokenizer.json and the small files that make AutoTokenizer load it as a PreTrainedTokenizerFast."""
     eos = tokenizer.eos_token
+    bos = eos if tokenizer.bos_token is None else tokenizer.bos_token
     return {
+        # A BOS is in tokenizer.json's post-processor already: AutoTokenizer adds it as training did.
         "tokenizer.json": tokenizer.to_str(),
         "tokenizer_config.json": {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "eos_token": eos,
-            "bos_token": eos,
+            "bos_token": bos,
             "pad_token": eos,
             "add_bos_token": False,
             "add_eos_token": False,
@@ -123,7 +153,7 @@ def tokenizer_files(tokenizer: TextTokenizer, max_len: int) -> dict[str, dict | 
             # As in training: "<|eos|>" written inside a text is text, only the id itself ends a document.
             "split_special_tokens": True,
         },
-        "special_tokens_map.json": {"eos_token": eos, "bos_token": eos, "pad_token": eos},
+        "special_tokens_map.json": {"eos_token": eos, "bos_token": bos, "pad_token": eos},
     }
 
 

@@ -2,8 +2,8 @@
 
 Every model field is in exactly one class (a test pins it, so a new field cannot slip through unclassified):
 - SHAPE: changes parameter shapes; the checkpoint cannot load. Always refused.
-- COMPUTE: same parameters, different function (norm_eps, rope_theta): the trained weights would compute something
-  else and the loss jumps. Refused unless named in ``--resume_overrides``.
+- COMPUTE: same parameters, different function (norm_eps, rope_theta, rope_scaling): the trained weights would
+  compute something else and the loss jumps. Refused unless named in ``--resume_overrides``.
 - RECIPE: how the same function is computed or trained (attention backend, Lighthouse settings, dense layers,
   activation checkpointing and chunking, context length, init): recipes change these on purpose. Allowed.
 
@@ -25,7 +25,7 @@ from lighthouse.checkpoint.read import saved_model_config
 from lighthouse.model.config import PREFIX, ModelConfig
 
 SHAPE = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "tie_embeddings")
-COMPUTE = ("norm_eps", "rope_theta")
+COMPUTE = ("norm_eps", "rope_theta", "rope_scaling")
 # checkpoint_dtype rounds the residual stream to bf16 between blocks: a precision choice like trainer.precision.
 # flavor only fills sizes left unset; what it filled is compared field by field (SHAPE, COMPUTE, RECIPE).
 RECIPE = (

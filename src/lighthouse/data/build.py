@@ -88,7 +88,7 @@ def _encode_task(
     task, text_field: str, max_docs: int | None, max_bytes: int | None, tokenizer: TextTokenizer | None = None
 ) -> Chunk:
     chunk = _read_task(task, text_field, max_docs, max_bytes)
-    tokens = (tokenizer or _WORKER_TOKENIZER).encode_batch([text for _, _, text in chunk.docs])
+    tokens = (tokenizer or _WORKER_TOKENIZER).encode_documents([text for _, _, text in chunk.docs])
     chunk.docs = [(key, nb, t) for (key, nb, _), t in zip(chunk.docs, tokens, strict=True)]
     return chunk
 

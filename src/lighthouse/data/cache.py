@@ -35,11 +35,13 @@ class Prepared:
 
 
 def resolve_tokenizer(spec: TokenizerSpec, corpus: CorpusSpec, data_dir: Path, selection: Selection, num_proc: int):
-    """The tokenizer for ``spec``: built in (byte), loaded (file), or loaded/trained and saved (bpe)."""
+    """The tokenizer for ``spec``: built in (byte), loaded (file, hf), or loaded/trained and saved (bpe)."""
     if spec.kind == "byte":
         return byte_tokenizer()
     if spec.kind == "file":
         return TextTokenizer.from_file(spec.path)
+    if spec.kind == "hf":
+        return TextTokenizer.from_hf_folder(spec.path)
     s = selection
     key = content_key(
         {

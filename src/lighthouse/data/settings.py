@@ -74,9 +74,11 @@ class DataSettings:
     .txt/.jsonl/.parquet files (.txt and .jsonl may be .gz/.zst/.bz2/.xz), or 'hf:NAME[:CONFIG[:SPLIT]]' to stream
     a Hugging Face dataset (needs `datasets`). Directory symlinks are not followed; FIFOs, sockets, devices and
     broken or looping links are skipped and counted."""
-    tokenizer: Annotated[str, TEXT] = "byte"
+    tokenizer: Annotated[str | None, TEXT] = None
     """'byte' (256 bytes + EOS), 'bpe:N' (byte-level BPE of N tokens trained on the train split, saved under
-    data_dir/tokenizers), or the path of a tokenizers .json file."""
+    data_dir/tokenizers), the path of a tokenizers .json file, or 'hf:DIR' (DIR/tokenizer.json of a Hugging Face
+    model folder, with its BOS at every document start). Null: 'byte', or with model.init_from 'hf:' that
+    folder."""
     data_dir: Annotated[str, FOLDER] = "data"
     """Folder for tokenizers, shards and manifests (created if missing)."""
     num_workers: Annotated[int, NON_NEGATIVE] = 0
@@ -124,6 +126,8 @@ class DataSettings:
     """Assignment/query pairs per recall window, in [1, 64]; together they may fill at most half the window."""
 
     def __post_init__(self) -> None:
+        if self.tokenizer is None:  # the CLI has put model.init_from's folder here if there is one
+            object.__setattr__(self, "tokenizer", "byte")
         self.validate()
 
     def validate(self) -> None:

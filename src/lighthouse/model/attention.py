@@ -6,6 +6,7 @@ Lighthouse layers and dense SDPA are interchangeable per layer and per training 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lighthouse.model.config import ATTENTION_BACKENDS, LighthouseConfig, ModelConfig
+from lighthouse.model.config import ATTENTION_BACKENDS, LighthouseConfig, ModelConfig, RopeScaling
 from lighthouse.model.context_parallel import ContextParallelGroup, head_to_seq, seq_to_head
 
 if TYPE_CHECKING:
@@ -71,11 +72,54 @@ INNER_ATTENTION: dict[str, Callable[[Tensor, Tensor, Tensor, LighthouseConfig], 
 assert set(INNER_ATTENTION) == set(ATTENTION_BACKENDS)
 
 
-def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
+def rope_tables(
+    head_dim: int, max_seq_len: int, theta: float, scaling: RopeScaling | None = None
+) -> tuple[Tensor, Tensor]:
     """cos and sin, each ``[max_seq_len, head_dim // 2]`` in fp32."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    gain = 1.0
+    if scaling is not None:
+        inv_freq, gain = scaled_frequencies(inv_freq, scaling, theta)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
-    return angles.cos().float(), angles.sin().float()
+    return (angles.cos() * gain).float(), (angles.sin() * gain).float()
+
+
+def scaled_frequencies(inv_freq: Tensor, scaling: RopeScaling, theta: float) -> tuple[Tensor, float]:
+    """(inverse frequencies ``[D/2]``, gain on cos and sin) of a context-extension scaling; the formulas of
+    Hugging Face's rope_scaling types, so an imported or exported model computes the same function there."""
+    kind, factor = scaling.rope_type, scaling.factor
+    if kind == "default":
+        return inv_freq, 1.0
+    if kind == "linear":  # positions divided by factor, i.e. every frequency
+        return inv_freq / factor, 1.0
+    original = scaling.original_max_position_embeddings
+    if kind == "llama3":
+        wavelen = 2 * math.pi / inv_freq
+        long_wave, short_wave = original / scaling.low_freq_factor, original / scaling.high_freq_factor
+        # 1 where a wavelength is short enough to keep, 0 where it is fully interpolated, linear in between.
+        keep = (original / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+        keep = torch.where(wavelen < short_wave, 1.0, torch.where(wavelen > long_wave, 0.0, keep))
+        return keep * inv_freq + (1 - keep) * inv_freq / factor, 1.0
+    # yarn: dimension d is kept (extrapolated) when it turns more than beta_fast times over the original context,
+    # interpolated when less than beta_slow times, and mixed linearly in the dimension index between the two.
+    half = inv_freq.shape[0]
+    dim = 2 * half
+
+    def dim_of(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dim_of(scaling.beta_fast), dim_of(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # the reference's guard against a zero-width ramp
+    interpolate = ((torch.arange(half, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    inv_freq = inv_freq / factor * interpolate + inv_freq * (1 - interpolate)
+    gain = scaling.attention_factor
+    if gain is None:
+        gain = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+    return inv_freq, gain
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

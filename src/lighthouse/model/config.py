@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, check_options, lighthouse_geometry
 
@@ -37,6 +38,64 @@ class LighthouseConfig:
     """Stride delta of the dilated scorer (>= 1, must divide data.seq_len); unused by 'norm'."""
 
 
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+@dataclass
+class RopeScaling:
+    """RoPE frequency scaling for a context longer than pre-training: Hugging Face's ``rope_scaling`` types, with
+    their field names, so a Llama checkpoint's settings import and export unchanged."""
+
+    rope_type: str = "default"
+    """'default' (no scaling), 'linear' (every frequency divided by factor), 'llama3' (Llama 3.1: wavelengths
+    longer than original_max_position_embeddings / low_freq_factor divided by factor, shorter than
+    original / high_freq_factor kept, smooth in between) or 'yarn' (YaRN: a ramp between the two over
+    beta_slow..beta_fast rotations, cos and sin scaled by attention_factor)."""
+    factor: float = 1.0
+    """How many times longer the new context is (>= 1)."""
+    original_max_position_embeddings: int | None = None
+    """llama3 and yarn: the pre-training context length the scaling is relative to (required for them)."""
+    low_freq_factor: float = 1.0
+    """llama3: wavelengths above original / low_freq_factor are fully interpolated."""
+    high_freq_factor: float = 4.0
+    """llama3: wavelengths below original / high_freq_factor are kept (> low_freq_factor)."""
+    beta_fast: float = 32.0
+    """yarn: rotations over the original context above which a frequency is kept."""
+    beta_slow: float = 1.0
+    """yarn: rotations below which a frequency is fully interpolated (< beta_fast)."""
+    attention_factor: float | None = None
+    """yarn: factor on cos and sin (so on the attention logits, squared); null: 0.1 ln(factor) + 1."""
+    truncate: bool = True
+    """yarn: round the ramp's ends to whole dimensions (floor, ceil), as the YaRN reference does."""
+
+    def validate(self) -> None:
+        at = f"{PREFIX}rope_scaling."
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"{at}rope_type={self.rope_type!r} is not one of {ROPE_TYPES}")
+        if not (isinstance(self.factor, (int, float)) and math.isfinite(self.factor) and self.factor >= 1):
+            raise ValueError(f"{at}factor={self.factor!r} must be a number >= 1")
+        if self.rope_type in ("llama3", "yarn"):
+            original = self.original_max_position_embeddings
+            if not isinstance(original, int) or isinstance(original, bool) or original < 1:
+                raise ValueError(
+                    f"{at}original_max_position_embeddings={original!r} must be an integer >= 1 for "
+                    f"rope_type {self.rope_type!r} (the pre-training context length)"
+                )
+        if self.rope_type == "llama3" and not 0 < self.low_freq_factor < self.high_freq_factor:
+            raise ValueError(
+                f"{at}low_freq_factor={self.low_freq_factor} and high_freq_factor={self.high_freq_factor} must "
+                "satisfy 0 < low_freq_factor < high_freq_factor"
+            )
+        if self.rope_type == "yarn":
+            if not 0 < self.beta_slow < self.beta_fast:
+                raise ValueError(
+                    f"{at}beta_slow={self.beta_slow} and beta_fast={self.beta_fast} must satisfy 0 < beta_slow "
+                    "< beta_fast"
+                )
+            if self.attention_factor is not None and not self.attention_factor > 0:
+                raise ValueError(f"{at}attention_factor={self.attention_factor} must be > 0 or null")
+
+
 @dataclass
 class ModelConfig:
     """Decoder-only LM: RMSNorm, RoPE, SwiGLU, causal attention with an inner backend chosen by name."""
@@ -60,13 +119,17 @@ class ModelConfig:
     """Width of one head; None means dim // n_heads. Resolved to an integer when the config is built."""
     ffn_hidden: int | None = None
     """Hidden width of the SwiGLU feed-forward; null: the flavor's (1536 without one)."""
-    rope_theta: float = 500_000.0
-    """RoPE base; long contexts want a large base."""
+    rope_theta: float | None = None
+    """RoPE base; long contexts want a large base. Null: 500000, or the model.init_from checkpoint's (a value
+    given with init_from is a context extension: the new base)."""
+    rope_scaling: RopeScaling | None = None
+    """RoPE frequency scaling (linear, llama3, yarn) for a context longer than pre-training; null: none, or the
+    model.init_from checkpoint's ({rope_type: default} removes the checkpoint's)."""
     max_seq_len: int = 65536
     """Training context length: RoPE tables are precomputed for it (longer inputs extend them) and Lighthouse
     layers must accept it. The CLI sets it from data.seq_len, so it is never configured twice."""
-    norm_eps: float = 1e-5
-    """RMSNorm epsilon."""
+    norm_eps: float | None = None
+    """RMSNorm epsilon; null: 1e-5, or the model.init_from checkpoint's."""
     attention: str = "sdpa"
     """Attention backend of the non-dense layers: 'sdpa', 'lighthouse_naive' (reference, CPU/GPU) or 'lighthouse'
     (Triton kernels)."""
@@ -92,15 +155,25 @@ class ModelConfig:
     loss_chunk_tokens: int | None = None
     """Compute the output projection and the cross-entropy over chunks of this many positions, recomputed in
     the backward, so the [N, vocab] fp32 logits are never materialised. None: one piece."""
-    tie_embeddings: bool = False
-    """Share the input embedding and output projection weights."""
+    tie_embeddings: bool | None = None
+    """Share the input embedding and output projection weights; null: false, or the model.init_from
+    checkpoint's."""
     init_std: float = 0.02
     """Standard deviation of the normal weight init; output projections are scaled by 1/sqrt(2*n_layers)."""
 
     def __post_init__(self) -> None:
+        # What the config left open (neither given nor set by the flavor): an imported checkpoint fills these,
+        # and any other field it disagrees with is refused (lighthouse.hf_import).
+        flavored = FLAVORS.get(self.flavor, {})
+        self.left_null = frozenset(f.name for f in fields(self) if getattr(self, f.name) is None) - set(flavored)
         self._fill_from_flavor()
+        for name, value in NULL_MEANS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if isinstance(self.lighthouse, dict):  # plain dicts arrive from YAML/kwargs
             self.lighthouse = LighthouseConfig(**self.lighthouse)
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
         self.dense_layers = list(self.dense_layers)
         self.validate()
         # One name per quantity: after validation the optional sizes hold their resolved values.
@@ -153,6 +226,8 @@ class ModelConfig:
                 raise ValueError(f"{PREFIX}{name}={value!r} is invalid: it must be an integer >= 1 or null")
         if self.rope_theta <= 0:
             raise ValueError(f"{PREFIX}rope_theta={self.rope_theta} must be > 0")
+        if self.rope_scaling is not None:
+            self.rope_scaling.validate()
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"{PREFIX}attention={self.attention!r} is not one of {ATTENTION_BACKENDS}")
         bad = [i for i in self.dense_layers if not 0 <= i < self.n_layers]
@@ -177,6 +252,9 @@ class ModelConfig:
                     "(the dilated scorer's subsequences have equal lengths)"
                 )
 
+
+# Fields whose null means a fixed default (or, with model.init_from, the checkpoint's value).
+NULL_MEANS: dict = dict(rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=False)
 
 # What a flavor decides, and each field's value without one: the paper's widths and depth, no dense layers.
 FLAVOR_FIELDS: dict = dict(dim=1024, n_layers=30, n_heads=8, ffn_hidden=1536, dense_layers=[], lighthouse={})

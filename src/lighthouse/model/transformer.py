@@ -97,7 +97,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta, config.rope_scaling)
         # Not persistent: derived from the config, so checkpoints stay small and shape-independent.
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -137,7 +137,7 @@ class Transformer(nn.Module):
         precision (``model.bfloat16()`` for inference) are recomputed in fp32, as RoPE's fp32 math expects."""
         if seq_len > self.rope_cos.shape[0] or self.rope_cos.dtype != torch.float32:
             n = max(seq_len, self.rope_cos.shape[0])
-            cos, sin = rope_tables(self.config.head_dim, n, self.config.rope_theta)
+            cos, sin = rope_tables(self.config.head_dim, n, self.config.rope_theta, self.config.rope_scaling)
             self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
         return self.rope_cos, self.rope_sin
 

@@ -70,6 +70,13 @@ def refuse_grouped_callbacks(trainer: dict) -> None:
                 )
 
 
+def default_tokenizer(config) -> None:
+    """data.tokenizer left null: the model.init_from folder's tokenizer (the one its weights were trained with)."""
+    init_from = config["model"].get("init_from")
+    if config["data"].get("tokenizer") is None and init_from is not None:
+        config["data"]["tokenizer"] = f"hf:{init_from}"
+
+
 class LighthouseCLI(LightningCLI):
     run_placement: RunPlacement | None = None
 
@@ -85,6 +92,7 @@ class LighthouseCLI(LightningCLI):
         refuse_grouped_callbacks(config["trainer"])
         check_backend_runs_here(config)
         check_override_names(override_names(config.get("resume_overrides")))
+        default_tokenizer(config)
         self.run_placement = place_run(config, self.subcommand)
         if self.run_placement.note:
             rank_zero_info(self.run_placement.note)

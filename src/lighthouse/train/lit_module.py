@@ -19,9 +19,10 @@ from lighthouse.eval.passkey import PasskeyEval, split_reader
 from lighthouse.eval.passkey_prompts import PasskeyConfig
 from lighthouse.eval.positions import bucket_name, position_buckets
 from lighthouse.eval.recall import RecallConfig, RecallEval
+from lighthouse.hf_import import transformer_from
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.context_parallel import without_context_parallel
-from lighthouse.model.transformer import Transformer, dense_eager
+from lighthouse.model.transformer import dense_eager
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -52,6 +53,7 @@ class LitLM(L.LightningModule):
         passkey: PasskeyConfig | None = None,
         dense_validation: bool = True,
         recall: RecallConfig | None = None,
+        init_from: str | None = None,
     ):
         """
         Args:
@@ -74,6 +76,10 @@ class LitLM(L.LightningModule):
             recall: Multi-query key-value recall at every validation, dense, on fixed validation windows with
                 evaluation keys (``recall/<bin>/digit_acc``, ``.../exact``, ``.../digit_logloss`` per key-to-query
                 distance bin); None turns it off, ``{}`` runs the defaults (see lighthouse/eval/recall.py).
+            init_from: A Hugging Face Llama folder (``save_pretrained``: config.json + safetensors) whose weights
+                start this run, with fresh optimizer and schedule; arch sizes left null take its values, and a
+                given rope_theta / rope_scaling extends its context (lighthouse/hf_import.py). Not saved with
+                the checkpoints, which hold the imported config and weights.
         """
         super().__init__()
         if isinstance(arch, dict):  # the hyperparameters stored in a checkpoint
@@ -94,7 +100,8 @@ class LitLM(L.LightningModule):
             recall = RecallConfig(**recall)
         if recall is not None:
             recall.validate(arch.max_seq_len)
-        self.config = arch
+        self.model = transformer_from(arch, init_from)
+        self.config = arch = self.model.config  # with init_from: the checkpoint's sizes
         self.optimizer_factory = optimizer
         self.warmup_steps, self.lr_schedule, self.min_lr_ratio = warmup_steps, lr_schedule, min_lr_ratio
         self.schedule_steps = schedule_steps
@@ -112,7 +119,6 @@ class LitLM(L.LightningModule):
             }
         )
         self.dense_validation = dense_validation
-        self.model = Transformer(arch)
         # Read off the eager model now; FSDP later flattens and shards the parameters (see parameter_groups).
         self.no_decay_names = frozenset(name for name, p in self.model.named_parameters() if p.dim() < 2)
         if compile:
