@@ -3,7 +3,11 @@
 Save: write a temporary file (hashed as it is written), fsync, then rename it over the target and write
 ``<target>.sha256`` beside it. A process killed mid-write leaves only a ``*.tmp-<pid>`` file, never a truncated
 checkpoint; the old checksum is removed before the rename, so a kill between the two renames leaves a valid file
-that is merely unverified, never one that looks damaged.
+that is merely unverified, never one that looks damaged. A URL (``s3://``, ``gs://``, ``memory://``: any fsspec
+protocol) is saved the same way through fsspec: temporary object, then a move over the target and the checksum
+beside it. Where the filesystem renames, that is atomic; on object stores the move is a server-side copy, and an
+upload only becomes visible once complete, so a reader never sees a partial checkpoint either way. A URL whose
+filesystem is not installed (``s3fs`` for ``s3://``) is refused with its name, never written as a local path.
 
 Load, from a local path or any URL (``http(s)://``, or an fsspec protocol such as ``s3://``): the checksum is
 checked where there is one, the file is unpickled with ``weights_only=True`` unless the caller passes
@@ -62,6 +66,20 @@ def is_remote(path) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
+def remote_filesystem(url: str):
+    """(fsspec filesystem, path within it) for a checkpoint URL; a protocol that is unknown or whose package is not
+    installed is refused by name, before anything is written."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot use checkpoint location {url}: {err} (remote checkpoints go through fsspec; install the "
+            "package for that protocol, or use a local path)"
+        ) from None
+
+
 def _read_remote(url: str) -> bytes:
     if url.startswith(("http://", "https://")):
         with urllib.request.urlopen(url, timeout=REMOTE_TIMEOUT_S) as response:
@@ -116,6 +134,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint IO with all-or-nothing, checksummed writes and safe, verified loads (``trainer.plugins``)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if is_remote(path):
+            self._save_remote(checkpoint, str(path))
+            return
         target = Path(path)
         folder = target.parent
         folder.mkdir(parents=True, exist_ok=True)
@@ -138,13 +159,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(checksum_tmp, checksum)
         _fsync_dir(folder)
 
+    def _save_remote(self, checkpoint: dict[str, Any], url: str) -> None:
+        """The local save's steps through fsspec (see the module docstring); strings throughout, since a Path
+        would fold the scheme's '//' (``s3://b/x`` became the local folder ``s3:/b/x``)."""
+        fs, target = remote_filesystem(url)
+        tmp, checksum = f"{target}.tmp-{os.getpid()}", target + SUFFIX
+        checksum_tmp = f"{checksum}.tmp-{os.getpid()}"
+        try:
+            fs.makedirs(target.rpartition("/")[0], exist_ok=True)  # a no-op on object stores
+            with fs.open(tmp, "wb") as f:
+                writer = _HashingWriter(f)
+                self.write(checkpoint, writer)
+            with fs.open(checksum_tmp, "wb") as f:
+                f.write(sidecar_text(writer.digest.hexdigest(), target).encode("utf-8"))
+            if fs.exists(checksum):
+                fs.rm(checksum)  # as locally: a moment with no checksum, never one with a stale checksum
+            fs.mv(tmp, target)
+            fs.mv(checksum_tmp, checksum)
+        except OSError as err:
+            for leftover in (tmp, checksum_tmp):
+                try:
+                    if fs.exists(leftover):
+                        fs.rm(leftover)
+                except OSError:
+                    pass
+            raise OSError(f"cannot save checkpoint {url}: {err}") from err
+
     def write(self, checkpoint: dict[str, Any], f) -> None:
         """Serialise into an open file; the one place a test can slow the write down."""
         torch.save(checkpoint, f)
 
     def remove_checkpoint(self, path) -> None:
-        super().remove_checkpoint(path)
-        sidecar(path).unlink(missing_ok=True)
+        super().remove_checkpoint(path)  # fsspec: local paths and URLs alike
+        if is_remote(path):
+            fs, target = remote_filesystem(str(path))
+            if fs.exists(target + SUFFIX):
+                fs.rm(target + SUFFIX)
+        else:
+            sidecar(path).unlink(missing_ok=True)
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None):
         return load_verified(path, map_location, weights_only)
