@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
-from jsonargparse import set_parsing_settings
+from jsonargparse import ArgumentError, set_parsing_settings
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lighthouse.checkpoint.resume import check_override_names, override_names
 from lighthouse.data.datamodule import LMDataModule
-from lighthouse.train import exits
+from lighthouse.train import arg_errors, exits
 from lighthouse.train.callbacks import StageSwitch, ThroughputRecorder
 from lighthouse.train.lit_module import LitLM
 from lighthouse.train.preflight import check_backend_runs_here, check_context_parallel, check_trainer_args
@@ -56,6 +57,26 @@ def refuse_grouped_callbacks(trainer: dict) -> None:
 
 class LighthouseCLI(LightningCLI):
     run_placement: RunPlacement | None = None
+
+    def init_parser(self, **kwargs):
+        # Parse errors come back as exceptions (parse_arguments prints them briefly) instead of a usage dump, and a
+        # flag is never silently taken for a longer one (argparse's abbreviations: --trainer.max_step set max_steps)
+        # since a config file's key must match exactly too.
+        kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("allow_abbrev", False)
+        parser = super().init_parser(**kwargs)
+        self._parsers = [*getattr(self, "_parsers", []), parser]
+        return parser
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            known = {opt[2:] for p in self._parsers for a in p._actions for opt in a.option_strings if opt[:2] == "--"}
+            given = sys.argv[1:] if args is None else [str(a) for a in args] if isinstance(args, list) else []
+            command = [parser.prog.replace(" [options]", ""), *[a for a in given[:1] if a in self.subcommands()]]
+            arg_errors.report(str(err), known, " ".join(command))
+            raise SystemExit(exits.EXIT_USAGE) from None
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
