@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lighthouse.checkpoint.resume import check_override_names, override_names
 from lighthouse.data.datamodule import LMDataModule
-from lighthouse.train import arg_errors, exits
+from lighthouse.train import arg_errors, compat, exits
 from lighthouse.train.callbacks import StageSwitch, ThroughputRecorder
 from lighthouse.train.lit_module import LitLM
 from lighthouse.train.preflight import check_backend_runs_here, check_context_parallel, check_trainer_args
@@ -146,6 +146,7 @@ class LighthouseCLI(LightningCLI):
 def main(args: list[str] | None = None) -> LighthouseCLI:
     # Config dataclasses (ModelConfig, DataSettings) document their fields in attribute docstrings: --help and
     # --print_config=comments show them.
+    compat.check_versions()
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     quiet_lightning()
     return LighthouseCLI(
