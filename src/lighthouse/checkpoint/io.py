@@ -39,6 +39,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: damaged, not a checkpoint, unsafe to unpickle or holding NaN/inf."""
 
 
+class CheckpointWriteError(OSError):
+    """A save that failed on the filesystem (a full disk, a folder made read-only mid-run): the message names the
+    file and the newest checkpoint that is still intact, and the process ends with it instead of a traceback."""
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -52,10 +57,16 @@ class _HashingWriter:
 
     def __init__(self, f) -> None:
         self._f, self.digest = f, hashlib.sha256()
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         self.digest.update(data)
-        return self._f.write(data)
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            # torch.save reports a failed write as "RuntimeError: unexpected pos ...": keep the real cause
+            self.error = err
+            raise
 
     def flush(self) -> None:
         self._f.flush()
@@ -137,15 +148,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if is_remote(path):
             self._save_remote(checkpoint, str(path))
             return
-        target = Path(path)
+        try:
+            self._save_local(checkpoint, Path(path))
+        except OSError as err:
+            if isinstance(err, CheckpointWriteError):
+                raise
+            folder = Path(path).parent
+            raise CheckpointWriteError(
+                f"cannot save checkpoint {path}: {err.strerror or err} ({err.filename or folder}). The checkpoints "
+                f"saved before are intact; the newest usable one is {describe_last_good(folder)}. Free space or "
+                "fix the folder, then resume with --ckpt_path last"
+            ) from err
+
+    def _save_local(self, checkpoint: dict[str, Any], target: Path) -> None:
         folder = target.parent
         folder.mkdir(parents=True, exist_ok=True)
         for stale in [*folder.glob(f"{target.name}.tmp-*"), *folder.glob(f"{sidecar(target).name}.tmp-*")]:
             stale.unlink(missing_ok=True)
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        try:
+            self._write_files(checkpoint, target, tmp)
+        except OSError:
+            # A partial file on a full disk only keeps it full (the logger's last writes need room too).
+            for partial in (tmp, sidecar(tmp)):
+                try:
+                    partial.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            raise
+
+    def _write_files(self, checkpoint: dict[str, Any], target: Path, tmp: Path) -> None:
+        folder = target.parent
         with open(tmp, "wb") as f:
             writer = _HashingWriter(f)
-            self.write(checkpoint, writer)
+            try:
+                self.write(checkpoint, writer)
+            except Exception:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         checksum, checksum_tmp = sidecar(target), sidecar(tmp)

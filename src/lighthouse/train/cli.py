@@ -16,10 +16,16 @@ from lighthouse.data.datamodule import LMDataModule
 from lighthouse.train import arg_errors, compat, exits
 from lighthouse.train.callbacks import StageSwitch, ThroughputRecorder
 from lighthouse.train.lit_module import LitLM
-from lighthouse.train.preflight import check_backend_runs_here, check_context_parallel, check_trainer_args
+from lighthouse.train.preflight import (
+    NotWritable,
+    check_backend_runs_here,
+    check_context_parallel,
+    check_trainer_args,
+    check_writable,
+)
 from lighthouse.train.progress import StepProgressBar, describe_model, quiet_lightning
 from lighthouse.train.run_dir import RunPlacement, place_run
-from lighthouse.train.safety import prepare_fit, with_safety
+from lighthouse.train.safety import checkpoint_folders, prepare_fit, with_safety
 
 # Callbacks the CLI always adds, each configured through its own argument group (``--stage.switch_step 10``).
 CALLBACK_GROUPS = {"stage": StageSwitch, "throughput": ThroughputRecorder}
@@ -90,7 +96,13 @@ class LighthouseCLI(LightningCLI):
         refuse_grouped_callbacks(config["trainer"])
         check_backend_runs_here(config)
         check_override_names(override_names(config.get("resume_overrides")))
-        self.run_placement = place_run(config, self.subcommand)
+        try:
+            self.run_placement = place_run(config, self.subcommand)
+        except OSError as err:  # a read-only or full log root, or a file where a folder should be
+            raise NotWritable(
+                f"cannot create the run folder {err.filename}: {err.strerror}. trainer.default_root_dir (the folder "
+                "that holds every run) must be writable"
+            ) from None
         if self.run_placement.note:
             rank_zero_info(self.run_placement.note)
 
@@ -114,7 +126,20 @@ class LighthouseCLI(LightningCLI):
             rank_zero_info(f"run directory: {self.run_placement.path}")
             rank_zero_info(describe_model(self.model))
 
+    def check_folders_writable(self, checkpoints: bool) -> None:
+        """Every folder the run writes to takes a file now, or the launch ends here (before the first step; a
+        read-only checkpoint folder used to surface at the first save, after the steps before it were done)."""
+        if not self.trainer.is_global_zero:
+            return
+        check_writable(self.run_placement.path, "run folder")
+        for folder in checkpoint_folders(self.trainer) if checkpoints else []:
+            check_writable(folder, "checkpoint folder")
+
+    def before_validate(self) -> None:
+        self.check_folders_writable(checkpoints=False)
+
     def before_fit(self) -> None:
+        self.check_folders_writable(checkpoints=True)
         fit_args = self.config_init[self.subcommand]
         fit_args["ckpt_path"] = prepare_fit(self.trainer, fit_args.get("ckpt_path"))
 
