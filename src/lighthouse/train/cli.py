@@ -25,6 +25,7 @@ from lighthouse.train.preflight import (
 )
 from lighthouse.train.progress import StepProgressBar, describe_model, quiet_lightning
 from lighthouse.train.run_dir import RunPlacement, place_run
+from lighthouse.train.run_loggers import pin_checkpoint_folder
 from lighthouse.train.safety import checkpoint_folders, prepare_fit, with_safety
 
 # Callbacks the CLI always adds, each configured through its own argument group (``--stage.switch_step 10``).
@@ -122,6 +123,7 @@ class LighthouseCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         check_context_parallel(self.trainer, self.model.config)
         self.run_placement.restore_requested_values()
+        pin_checkpoint_folder(self.trainer, self.run_placement.path)
         if self.subcommand is not None:
             rank_zero_info(f"run directory: {self.run_placement.path}")
             rank_zero_info(describe_model(self.model))
