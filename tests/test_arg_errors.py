@@ -43,6 +43,17 @@ def test_a_key_with_no_close_match_gets_no_suggestion(capsys):
     assert lines[0] == "error: unrecognized arguments: --completely_unrelated 1" and len(lines) == 2
 
 
+def test_a_missing_config_file_says_where_the_shipped_configs_are(tmp_path, capsys, monkeypatch):
+    # A non-editable install has no configs/ folder: the message says so instead of only "File does not exist".
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/demo.yaml"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith('error: Parser key "config": File does not exist') and "configs/demo.yaml" in lines[0]
+    assert "come with a clone of the repository, not with the installed package" in lines[1]
+
+
 def test_close_match_prefers_the_same_group():
     known = ["model.arch.n_layers", "model.arch.n_heads", "data.n_layers_x"]
     assert close_match("model.arch.n_layer", known) == "model.arch.n_layers"

@@ -37,6 +37,13 @@ def close_match(key: str, known: Iterable[str]) -> str | None:
     return None
 
 
+# configs/ lives in the repository, not in the installed package (pip install . copies only src/lighthouse).
+MISSING_CONFIG_HINT = (
+    "  the shipped configs (configs/demo.yaml, ...) come with a clone of the repository, not with the installed "
+    "package: run from the repository root, or pass the path of your own YAML file"
+)
+
+
 def describe(message: str, known: Iterable[str], prog: str) -> str:
     """The text to print for a parse error ``message``: its first line, a suggestion, the details, the help hint."""
     first, _, details = str(message).strip().partition("\n")
@@ -45,6 +52,8 @@ def describe(message: str, known: Iterable[str], prog: str) -> str:
     match = close_match(key, known) if key else None
     if match:
         lines.append(f"  did you mean {match}?")
+    if first.startswith('Parser key "config": File does not exist'):
+        lines.append(MISSING_CONFIG_HINT)
     if details.strip():
         lines.append(details.rstrip())
     lines.append(f"(`{prog} --help` lists every option with its documentation)")
