@@ -1,7 +1,6 @@
 """Bad configs fail before training; crashes, kills, SIGTERM, full disks and NaNs lose nothing and never poison a
 checkpoint; deterministic runs repeat bitwise."""
 
-import os
 import re
 import signal
 import subprocess
@@ -263,7 +262,7 @@ def test_full_disk_leaves_no_orphan_in_the_way_of_the_resume(tmp_path, uninterru
     with pytest.raises(OSError, match="No space left on device"):
         fit(tmp_path, config)
     folder = tmp_path / "logs" / "full" / "checkpoints"
-    assert [p.name for p in folder.glob("*.tmp-*")] == [f"step000008.ckpt.tmp-{os.getpid()}"]
+    assert [p.name for p in folder.glob("*.tmp-*")] == []  # the failed save removes its partial file itself
     resume = tiny_config(tmp_path, "full", max_steps=12, every_n=4)
     resume["trainer"]["callbacks"].append(
         {"class_path": "plugins.RequireNoOrphans", "init_args": {"folder": str(folder)}}

@@ -2,6 +2,7 @@
 checksum checked when one is served beside it: a checkpoint from a URL is data, never code."""
 
 import functools
+import hashlib
 import http.server
 import threading
 
@@ -63,3 +64,64 @@ def test_url_checkpoint_is_verified_against_its_served_checksum(served):
         io.load_checkpoint(f"{url}/flipped.ckpt")
     with pytest.raises(CheckpointError, match="cannot fetch checkpoint .*missing.ckpt"):
         io.load_checkpoint(f"{url}/missing.ckpt")
+
+
+# ---- saving to a URL: fsspec, atomic where the filesystem allows, checksummed; never a mangled local path ---------
+
+
+@pytest.fixture
+def memory_fs():
+    """fsspec's in-memory filesystem, emptied after the test (it is one store per process)."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    yield fs
+    if fs.exists("/ckpt-test"):
+        fs.rm("/ckpt-test", recursive=True)
+
+
+def test_url_save_goes_through_fsspec_with_its_checksum(memory_fs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the old code wrote ./memory:/ckpt-test/... here
+    io = AtomicCheckpointIO()
+    url = "memory://ckpt-test/run/last.ckpt"
+    io.save_checkpoint(checkpoint(7), url)
+    assert not any(tmp_path.iterdir()), "a URL must never become a local folder"
+    assert sorted(memory_fs.ls("/ckpt-test/run", detail=False)) == [
+        "/ckpt-test/run/last.ckpt",
+        "/ckpt-test/run/last.ckpt.sha256",
+    ]  # no temporary object left behind
+    data = memory_fs.cat("/ckpt-test/run/last.ckpt")
+    digest = hashlib.sha256(data).hexdigest()
+    assert memory_fs.cat("/ckpt-test/run/last.ckpt.sha256").decode() == f"{digest}  last.ckpt\n"
+    loaded = io.load_checkpoint(url)
+    assert loaded["global_step"] == 7 and torch.equal(loaded["state_dict"]["w"], torch.ones(64, 64))
+    # A second save replaces both files; a flipped byte is then caught by the checksum as for local files.
+    io.save_checkpoint(checkpoint(8), url)
+    assert io.load_checkpoint(url)["global_step"] == 8
+    damaged = bytearray(memory_fs.cat("/ckpt-test/run/last.ckpt"))
+    damaged[len(damaged) // 2] ^= 0x04
+    memory_fs.pipe("/ckpt-test/run/last.ckpt", bytes(damaged))
+    with pytest.raises(CheckpointError, match="last.ckpt is damaged"):
+        io.load_checkpoint(url)
+    io.remove_checkpoint(url)
+    assert memory_fs.ls("/ckpt-test/run", detail=False) == []  # the checksum goes with its checkpoint
+
+
+def test_url_save_with_a_missing_filesystem_package_is_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"cannot use checkpoint location nosuchproto://bucket/last.ckpt"):
+        AtomicCheckpointIO().save_checkpoint(checkpoint(1), "nosuchproto://bucket/last.ckpt")
+    assert not any(tmp_path.iterdir())
+
+
+def test_url_save_that_fails_midway_leaves_no_temporary_object(memory_fs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    class Failing(AtomicCheckpointIO):
+        def write(self, checkpoint, f) -> None:
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="cannot save checkpoint memory://ckpt-test/full/last.ckpt"):
+        Failing().save_checkpoint(checkpoint(1), "memory://ckpt-test/full/last.ckpt")
+    assert memory_fs.ls("/ckpt-test/full", detail=False) == []

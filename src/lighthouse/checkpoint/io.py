@@ -3,7 +3,11 @@
 Save: write a temporary file (hashed as it is written), fsync, then rename it over the target and write
 ``<target>.sha256`` beside it. A process killed mid-write leaves only a ``*.tmp-<pid>`` file, never a truncated
 checkpoint; the old checksum is removed before the rename, so a kill between the two renames leaves a valid file
-that is merely unverified, never one that looks damaged.
+that is merely unverified, never one that looks damaged. A URL (``s3://``, ``gs://``, ``memory://``: any fsspec
+protocol) is saved the same way through fsspec: temporary object, then a move over the target and the checksum
+beside it. Where the filesystem renames, that is atomic; on object stores the move is a server-side copy, and an
+upload only becomes visible once complete, so a reader never sees a partial checkpoint either way. A URL whose
+filesystem is not installed (``s3fs`` for ``s3://``) is refused with its name, never written as a local path.
 
 Load, from a local path or any URL (``http(s)://``, or an fsspec protocol such as ``s3://``): the checksum is
 checked where there is one, the file is unpickled with ``weights_only=True`` unless the caller passes
@@ -35,6 +39,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: damaged, not a checkpoint, unsafe to unpickle or holding NaN/inf."""
 
 
+class CheckpointWriteError(OSError):
+    """A save that failed on the filesystem (a full disk, a folder made read-only mid-run): the message names the
+    file and the newest checkpoint that is still intact, and the process ends with it instead of a traceback."""
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -48,10 +57,16 @@ class _HashingWriter:
 
     def __init__(self, f) -> None:
         self._f, self.digest = f, hashlib.sha256()
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         self.digest.update(data)
-        return self._f.write(data)
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            # torch.save reports a failed write as "RuntimeError: unexpected pos ...": keep the real cause
+            self.error = err
+            raise
 
     def flush(self) -> None:
         self._f.flush()
@@ -60,6 +75,20 @@ class _HashingWriter:
 def is_remote(path) -> bool:
     text = str(path)
     return "://" in text and not text.startswith("file://")
+
+
+def remote_filesystem(url: str):
+    """(fsspec filesystem, path within it) for a checkpoint URL; a protocol that is unknown or whose package is not
+    installed is refused by name, before anything is written."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot use checkpoint location {url}: {err} (remote checkpoints go through fsspec; install the "
+            "package for that protocol, or use a local path)"
+        ) from None
 
 
 def _read_remote(url: str) -> bytes:
@@ -116,15 +145,48 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint IO with all-or-nothing, checksummed writes and safe, verified loads (``trainer.plugins``)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        target = Path(path)
+        if is_remote(path):
+            self._save_remote(checkpoint, str(path))
+            return
+        try:
+            self._save_local(checkpoint, Path(path))
+        except OSError as err:
+            if isinstance(err, CheckpointWriteError):
+                raise
+            folder = Path(path).parent
+            raise CheckpointWriteError(
+                f"cannot save checkpoint {path}: {err.strerror or err} ({err.filename or folder}). The checkpoints "
+                f"saved before are intact; the newest usable one is {describe_last_good(folder)}. Free space or "
+                "fix the folder, then resume with --ckpt_path last"
+            ) from err
+
+    def _save_local(self, checkpoint: dict[str, Any], target: Path) -> None:
         folder = target.parent
         folder.mkdir(parents=True, exist_ok=True)
         for stale in [*folder.glob(f"{target.name}.tmp-*"), *folder.glob(f"{sidecar(target).name}.tmp-*")]:
             stale.unlink(missing_ok=True)
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        try:
+            self._write_files(checkpoint, target, tmp)
+        except OSError:
+            # A partial file on a full disk only keeps it full (the logger's last writes need room too).
+            for partial in (tmp, sidecar(tmp)):
+                try:
+                    partial.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            raise
+
+    def _write_files(self, checkpoint: dict[str, Any], target: Path, tmp: Path) -> None:
+        folder = target.parent
         with open(tmp, "wb") as f:
             writer = _HashingWriter(f)
-            self.write(checkpoint, writer)
+            try:
+                self.write(checkpoint, writer)
+            except Exception:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         checksum, checksum_tmp = sidecar(target), sidecar(tmp)
@@ -138,13 +200,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(checksum_tmp, checksum)
         _fsync_dir(folder)
 
+    def _save_remote(self, checkpoint: dict[str, Any], url: str) -> None:
+        """The local save's steps through fsspec (see the module docstring); strings throughout, since a Path
+        would fold the scheme's '//' (``s3://b/x`` became the local folder ``s3:/b/x``)."""
+        fs, target = remote_filesystem(url)
+        tmp, checksum = f"{target}.tmp-{os.getpid()}", target + SUFFIX
+        checksum_tmp = f"{checksum}.tmp-{os.getpid()}"
+        try:
+            fs.makedirs(target.rpartition("/")[0], exist_ok=True)  # a no-op on object stores
+            with fs.open(tmp, "wb") as f:
+                writer = _HashingWriter(f)
+                self.write(checkpoint, writer)
+            with fs.open(checksum_tmp, "wb") as f:
+                f.write(sidecar_text(writer.digest.hexdigest(), target).encode("utf-8"))
+            if fs.exists(checksum):
+                fs.rm(checksum)  # as locally: a moment with no checksum, never one with a stale checksum
+            fs.mv(tmp, target)
+            fs.mv(checksum_tmp, checksum)
+        except OSError as err:
+            for leftover in (tmp, checksum_tmp):
+                try:
+                    if fs.exists(leftover):
+                        fs.rm(leftover)
+                except OSError:
+                    pass
+            raise OSError(f"cannot save checkpoint {url}: {err}") from err
+
     def write(self, checkpoint: dict[str, Any], f) -> None:
         """Serialise into an open file; the one place a test can slow the write down."""
         torch.save(checkpoint, f)
 
     def remove_checkpoint(self, path) -> None:
-        super().remove_checkpoint(path)
-        sidecar(path).unlink(missing_ok=True)
+        super().remove_checkpoint(path)  # fsspec: local paths and URLs alike
+        if is_remote(path):
+            fs, target = remote_filesystem(str(path))
+            if fs.exists(target + SUFFIX):
+                fs.rm(target + SUFFIX)
+        else:
+            sidecar(path).unlink(missing_ok=True)
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None):
         return load_verified(path, map_location, weights_only)

@@ -9,4 +9,6 @@ run_dir.py      one folder per run under logs/          logger.py       the Tens
 preflight.py    checks before the first step            safety.py       the callbacks every fit gets
 exits.py        exit codes and one-line user errors     time_budget.py  stop and save before a wall-clock limit
 progress.py     the console progress line               distributed.py  FSDP and context-parallel strategies
+run_loggers.py  W&B / MLflow loggers in that folder      arg_errors.py   a config typo as one line
+compat.py       the torch / Lightning versions needed
 """

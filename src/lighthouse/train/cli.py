@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
-from jsonargparse import set_parsing_settings
+from jsonargparse import ArgumentError, set_parsing_settings
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
@@ -14,12 +15,19 @@ from lighthouse.checkpoint.io import is_remote
 from lighthouse.checkpoint.read import read_checkpoint
 from lighthouse.checkpoint.resume import check_override_names, override_names
 from lighthouse.data.datamodule import LMDataModule
-from lighthouse.train import exits
+from lighthouse.train import arg_errors, compat, exits
 from lighthouse.train.lit_module import LitLM
-from lighthouse.train.preflight import check_backend_runs_here, check_context_parallel, check_trainer_args
+from lighthouse.train.preflight import (
+    NotWritable,
+    check_backend_runs_here,
+    check_context_parallel,
+    check_trainer_args,
+    check_writable,
+)
 from lighthouse.train.progress import StepProgressBar, describe_model, quiet_lightning
 from lighthouse.train.run_dir import RunPlacement, place_run
-from lighthouse.train.safety import prepare_fit, with_safety
+from lighthouse.train.run_loggers import pin_checkpoint_folder
+from lighthouse.train.safety import checkpoint_folders, prepare_fit, with_safety
 from lighthouse.train.stage import StageSwitch
 from lighthouse.train.throughput import ThroughputRecorder
 
@@ -80,6 +88,26 @@ def default_tokenizer(config) -> None:
 class LighthouseCLI(LightningCLI):
     run_placement: RunPlacement | None = None
 
+    def init_parser(self, **kwargs):
+        # Parse errors come back as exceptions (parse_arguments prints them briefly) instead of a usage dump, and a
+        # flag is never silently taken for a longer one (argparse's abbreviations: --trainer.max_step set max_steps)
+        # since a config file's key must match exactly too.
+        kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("allow_abbrev", False)
+        parser = super().init_parser(**kwargs)
+        self._parsers = [*getattr(self, "_parsers", []), parser]
+        return parser
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            known = {opt[2:] for p in self._parsers for a in p._actions for opt in a.option_strings if opt[:2] == "--"}
+            given = sys.argv[1:] if args is None else [str(a) for a in args] if isinstance(args, list) else []
+            command = [parser.prog.replace(" [options]", ""), *[a for a in given[:1] if a in self.subcommands()]]
+            arg_errors.report(str(err), known, " ".join(command))
+            raise SystemExit(exits.EXIT_USAGE) from None
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         # Only the subcommands this LightningModule implements: no test_step (there is no test split) and no
@@ -93,7 +121,13 @@ class LighthouseCLI(LightningCLI):
         check_backend_runs_here(config)
         check_override_names(override_names(config.get("resume_overrides")))
         default_tokenizer(config)
-        self.run_placement = place_run(config, self.subcommand)
+        try:
+            self.run_placement = place_run(config, self.subcommand)
+        except OSError as err:  # a read-only or full log root, or a file where a folder should be
+            raise NotWritable(
+                f"cannot create the run folder {err.filename}: {err.strerror}. trainer.default_root_dir (the folder "
+                "that holds every run) must be writable"
+            ) from None
         if self.run_placement.note:
             rank_zero_info(self.run_placement.note)
 
@@ -113,11 +147,25 @@ class LighthouseCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         check_context_parallel(self.trainer, self.model.config)
         self.run_placement.restore_requested_values()
+        pin_checkpoint_folder(self.trainer, self.run_placement.path)
         if self.subcommand is not None:
             rank_zero_info(f"run directory: {self.run_placement.path}")
             rank_zero_info(describe_model(self.model))
 
+    def check_folders_writable(self, checkpoints: bool) -> None:
+        """Every folder the run writes to takes a file now, or the launch ends here (before the first step; a
+        read-only checkpoint folder used to surface at the first save, after the steps before it were done)."""
+        if not self.trainer.is_global_zero:
+            return
+        check_writable(self.run_placement.path, "run folder")
+        for folder in checkpoint_folders(self.trainer) if checkpoints else []:
+            check_writable(folder, "checkpoint folder")
+
+    def before_validate(self) -> None:
+        self.check_folders_writable(checkpoints=False)
+
     def before_fit(self) -> None:
+        self.check_folders_writable(checkpoints=True)
         fit_args = self.config_init[self.subcommand]
         fit_args["ckpt_path"] = prepare_fit(self.trainer, fit_args.get("ckpt_path"))
         check_start_step(self.trainer, fit_args["ckpt_path"])
@@ -150,6 +198,7 @@ class LighthouseCLI(LightningCLI):
 def main(args: list[str] | None = None) -> LighthouseCLI:
     # Config dataclasses (ModelConfig, DataSettings) document their fields in attribute docstrings: --help and
     # --print_config=comments show them.
+    compat.check_versions()
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     quiet_lightning()
     return LighthouseCLI(

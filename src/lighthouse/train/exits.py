@@ -1,7 +1,8 @@
 """How a ``train.py`` process ends: an exit code that says what happened, and a user error as one message.
 
 - 0: training finished.
-- 1: training stopped on a NaN/inf (message, no traceback: nothing crashed, and no checkpoint holds the NaN).
+- 1: training stopped on a NaN/inf (message, no traceback: nothing crashed, and no checkpoint holds the NaN), or a
+  checkpoint could not be written (a full disk; the message names the file and the newest intact checkpoint).
 - 2: the config or an input is wrong (a bad value, a missing file, a damaged checkpoint), found before the first
   training step: the message names it; there is no traceback to read. jsonargparse's own errors exit 2 too.
 - 143: SIGTERM (preemption) stopped the run after saving the step reached: 128 + 15, what a process killed by
@@ -21,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lighthouse.checkpoint.guards import NonFiniteError
+from lighthouse.checkpoint.io import CheckpointWriteError
 
 EXIT_STOPPED, EXIT_USAGE, EXIT_PREEMPTED = 1, 2, 143
 USER_ERRORS = (ValueError, TypeError, OSError, MisconfigurationException)
@@ -50,7 +52,7 @@ def run(main: Callable[[list[str] | None], object], args: list[str] | None = Non
     except SIGTERMException:
         _say("stopped by SIGTERM; the step reached is saved. Exit 143: resume with --ckpt_path last")
         return EXIT_PREEMPTED
-    except NonFiniteError as err:
+    except (NonFiniteError, CheckpointWriteError) as err:
         if debug:
             raise
         _say(f"error: {err}")

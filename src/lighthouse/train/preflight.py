@@ -122,3 +122,41 @@ def check_context_parallel(trainer, model_config) -> None:
         return
     world = trainer.num_nodes * trainer.num_devices
     strategy.check_sizes(model_config, world)
+
+
+class NotWritable(OSError):
+    """A folder the run must write to cannot be written (read-only, a file in its place, full): exit 2."""
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> None:
+    """Write, fsync and remove a small file in ``folder`` (creating it as a save would), so a folder that cannot
+    take the run's files is found before the first step instead of at the first checkpoint, steps later. Folders
+    created only for the check are removed again: a refused launch leaves nothing behind."""
+    folder = os.path.abspath(folder)
+    created = []
+    probe = os.path.join(folder, f".lighthouse-write-check-{os.getpid()}")
+    try:
+        parent = folder
+        while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+            created.append(parent)
+            parent = os.path.dirname(parent)
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)  # a block: a disk with no room left at all fails here too
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise NotWritable(
+            f"the {what} {folder} cannot be written ({err.strerror}: {err.filename or folder}); make it "
+            "writable or point the run elsewhere (trainer.default_root_dir, or the ModelCheckpoint's dirpath)"
+        ) from None
+    finally:
+        if os.path.lexists(probe):
+            os.unlink(probe)
+        for path in created:  # innermost first
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass

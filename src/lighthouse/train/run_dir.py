@@ -4,7 +4,8 @@ A run directory holds everything a launch writes: TensorBoard events, ``config.y
 later launches), ``throughput.jsonl``, ``data_manifest.json`` and ``checkpoints/``. ``root`` is
 ``trainer.default_root_dir`` ('logs' unless set), ``name`` the logger's run name; a run without a logger lives in
 ``<root>/<version>/``. The version is the launch's start time; a launch that resumes a checkpoint of a run of the
-same name continues that run's folder, so both stages of the two-job recipe form one set of curves.
+same name continues that run's folder, so both stages of the two-job recipe form one set of curves. W&B and MLflow
+loggers are pointed at the same folder (run_loggers.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from lighthouse.train import run_loggers
 
 DEFAULT_ROOT = "logs"
 VERSION_FORMAT = "%Y-%m-%d_%H-%M-%S"  # sorts chronologically
@@ -147,7 +150,7 @@ def place_run(config: Namespace, subcommand: str | None) -> RunPlacement:
     run directory. Refuses a root given twice with two values."""
     trainer = config["trainer"]
     loggers = [lg for lg in loggers_of(trainer) if "save_dir" in lg.get("init_args", Namespace())]
-    given = [trainer.get("default_root_dir")] + [lg.init_args.get("save_dir") for lg in loggers]
+    given = [trainer.get("default_root_dir")] + [run_loggers.given_save_dir(lg) for lg in loggers]
     given = [str(path) for path in given if path is not None]
     if len({os.path.abspath(path) for path in given}) > 1:
         raise ValueError(
@@ -155,7 +158,7 @@ def place_run(config: Namespace, subcommand: str | None) -> RunPlacement:
             "trainer.default_root_dir, the folder that holds every run"
         )
     root = Path(given[0] if given else DEFAULT_ROOT)
-    name = loggers[0].init_args.get("name") if loggers else None
+    name = run_loggers.run_name(loggers[0]) if loggers else None
     group = root / name if name else root
     requested = loggers[0].init_args.get("version") if loggers else None
     ckpt_path = config.get("ckpt_path")
@@ -164,7 +167,7 @@ def place_run(config: Namespace, subcommand: str | None) -> RunPlacement:
     )
     placement = RunPlacement(version_folder(group, version), note)
     for logger in loggers:
-        for key, value in (("save_dir", str(root)), ("version", version)):
+        for key, value in run_loggers.settings_for(logger, root, version, placement.path):
             placement._restore.append((logger.init_args, key, logger.init_args.get(key)))
             logger.init_args[key] = value
     return placement
