@@ -6,6 +6,9 @@
 #   bash bench/device_round.sh long      # lh_1m through the CLI, model rows at 524288 and 1048576
 #   bash bench/device_round.sh table     # the paper model, dense and Lighthouse, at 16384 (K=512), 65536, 131072
 #   bash bench/device_round.sh offload   # checkpoint_offload at 262144 (with the host's peak memory)
+#   bash bench/device_round.sh check     # GPU tests, layer timings (32768-262144) and the GQA / dilated rows
+#   bash bench/device_round.sh pilot     # recall learnability: bench/configs/branch_32k.yaml's dense warm-up for
+#                                        # PILOT_STEPS (300) steps; its run folder (no checkpoints) to $OUT/pilot.tgz
 #   bash bench/device_round.sh compare bench/configs/compare_32k.yaml --seeds 1 2 --steps 320
 #   bash bench/device_round.sh compare bench/configs/compare_32k.yaml --out logs/compare_32k_pass --seeds 3 --steps pass
 #       # as much of a comparison as fits the call (exit code 3: not done; call again at once, while the machine
@@ -14,7 +17,7 @@
 # time limit, cut to what is left of DEADLINE_S (default 570 s from the start), so that one slow step cannot take
 # the others' results with it and the call ends inside the tool's 10 minutes.
 set -uo pipefail
-part=${1:?usage: device_round.sh kernels|tests|long|table|offload|compare CONFIG [compare.py run args]}
+part=${1:?usage: device_round.sh kernels|tests|long|table|offload|check|pilot|compare CONFIG [compare.py run args]}
 out=${OUT:-/tmp/device_round}
 mkdir -p "$out"
 log="$out/$part.log"
@@ -70,6 +73,17 @@ offload)
   step model_262k_offload 400 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --seq-lens 262144 \
     --backends lighthouse --checkpoint-dtype bfloat16 --mlp-chunk 65536 --loss-chunk 65536 --offload
   ;;
+check)
+  step gpu_tests 150 src python3 -m pytest -q -m gpu tests -rs -p no:cacheprovider
+  step layer 90 src python3 bench/bench_attention.py --ns 32768 65536 131072 262144 --detail-n 0
+  step gqa 150 src python3 bench/bench_gqa.py --json "$out/gqa.json"
+  ;;
+pilot)
+  step pilot $((deadline - $(date +%s) - 20)) src python3 src/train.py fit --config bench/configs/branch_32k.yaml \
+    --trainer.max_steps "${PILOT_STEPS:-300}" --trainer.logger.init_args.save_dir logs/pilot \
+    --trainer.logger.init_args.name recall-pilot
+  tar czf "$out/pilot.tgz" --exclude='*.ckpt' --exclude='*.tmp-*' -C logs pilot
+  ;;
 table)
   step model_64k_128k 330 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --seq-lens 65536 131072
   step model_16k 150 src python3 bench/bench_model.py --compile --steps 10 --warmup 2 --seq-lens 16384 --topk 512
@@ -104,7 +118,7 @@ compare)
   exit $rc
   ;;
 *)
-  echo "unknown part $part (kernels|tests|long|table|offload|compare)" >&2
+  echo "unknown part $part (kernels|tests|long|table|offload|check|pilot|compare)" >&2
   exit 2
   ;;
 esac
