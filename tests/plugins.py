@@ -109,3 +109,20 @@ class PoisonWeights(L.Callback):
     def _poison(pl_module) -> None:
         with torch.no_grad():
             pl_module.model.output.weight[0, 0] = float("nan")
+
+
+class KillAfterSave(AtomicCheckpointIO):
+    """SIGKILLs its own process right after the first checkpoint of ``step`` is complete on disk (the step file;
+    ``last.ckpt`` of that step is never written): the moment a kill loses what was not flushed yet."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        super().save_checkpoint(checkpoint, path, storage_options)
+        if checkpoint["global_step"] == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import os
 import shutil
 import time
@@ -25,13 +26,14 @@ from pathlib import Path
 from jsonargparse import Namespace
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lighthouse.checkpoint.files import TMP_PATTERN, remove_orphans, resolve_last
+from lighthouse.checkpoint.files import TMP_PATTERN, newest_usable, remove_orphans, resolve_last
 from lighthouse.checkpoint.io import is_remote
 from lighthouse.train.run_lock import RunLock, lock_run, try_lock
 
 DEFAULT_ROOT = "logs"
 VERSION_FORMAT = "%Y-%m-%d_%H-%M-%S"  # sorts chronologically
 RUN_LOGGER = "lighthouse.train.logger.RunLogger"
+log = logging.getLogger(__name__)
 
 
 def version_folder(group: Path, version: int | str) -> Path:
@@ -290,3 +292,44 @@ def sweep_orphans(group: Path) -> list[Path]:
             finally:
                 lock.release()
     return removed
+
+
+def find_checkpoint(arg: str) -> Path | str:
+    """What the after-training tools (``src/export.py --ckpt``) accept, so no command depends on folder order:
+
+    - a checkpoint file (or a sharded checkpoint folder ``X.ckpt/``): itself;
+    - a run folder (``logs/demo/<start time>``) or its ``checkpoints/``: its checkpoint with the highest verified
+      global step, as ``--ckpt_path last`` would resume;
+    - a run name (``logs/demo``): the run ``--ckpt_path last`` continues (the one whose newest checkpoint was
+      written last), then its newest checkpoint as above;
+    - any of these folders followed by ``/last`` (``logs/demo/last``), where no such file exists.
+
+    A URL passes through unchanged. Raises FileNotFoundError naming where it looked."""
+    if is_remote(arg):
+        return arg  # the loader fetches it
+    path = Path(arg)
+    if path.name == "last" and not path.exists():
+        path = path.parent
+    if path.is_file() or path.suffix == ".ckpt":
+        if not path.exists():
+            raise FileNotFoundError(f"--ckpt {arg}: no such file")
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"--ckpt {arg}: no such file or folder")
+    if path.name == "checkpoints":
+        folders = [path]
+    elif (path / "checkpoints").is_dir():
+        folders = [path / "checkpoints"]
+    else:
+        version = latest_version_with_checkpoint(path)
+        folders = [version_folder(path, version) / "checkpoints"] if version is not None else []
+    chosen, skipped = newest_usable(folders[0]) if folders else (None, [])
+    damaged = "".join(f"; {p.name} is damaged ({v.detail})" for p, v in skipped)
+    if chosen is None:
+        raise FileNotFoundError(
+            f"--ckpt {arg}: no usable checkpoint in {path}/checkpoints/ or {path}/*/checkpoints/{damaged}. Pass a "
+            ".ckpt file, a run folder (logs/<name>/<start time>) or a run name (logs/<name>)"
+        )
+    if skipped:
+        log.warning("--ckpt %s: skipped%s", arg, damaged.lstrip(";"))
+    return chosen
