@@ -92,6 +92,9 @@ def test_export_resolves_a_run_or_run_name(trained, tmp_path, capsys):
     export(["--ckpt", str(group), "--out", str(tmp_path / "hf")])
     assert f"exporting {last}" in capsys.readouterr().out
     assert json.loads((tmp_path / "hf" / "lighthouse.json").read_text())["global_step"] == 4
+    from lighthouse.generate import main as generate
+
+    generate(["--ckpt", str(group), "--prompt", "the", "--max-new-tokens", "3", "--device", "cpu"])
     with pytest.raises(FileNotFoundError, match="no usable checkpoint in .*newer-but-empty"):
         find_checkpoint(str(group / "newer-but-empty"))
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
