@@ -130,7 +130,11 @@ def recorded_step(path: str | Path) -> int | None:
 def _order(path: Path) -> tuple:
     """Sort key, smallest first: the highest recorded global step first; among equal steps ``last*`` before the
     step files (the name users pass around), then by name. Steps unknown (sharded folders, unreadable files) come
-    after every known one, newest modification first among themselves."""
+    after every known one, newest modification first among themselves.
+
+    One case this order cannot tell: a run resumed on purpose from an earlier step of its own folder (say step 8
+    while step000012.ckpt is there) keeps that higher-step file as `last` until its new trajectory overwrites it at
+    step 12; resume such a branch into a new run folder (or move the later files away) to make it `last` at once."""
     step = recorded_step(path)
     if step is None:
         return (1, 0, -path.stat().st_mtime_ns, path.name)
@@ -187,8 +191,9 @@ def describe_last_good(folder: str | Path | None) -> str:
 def remove_orphans(folder: str | Path) -> list[Path]:
     """Delete temporary files that saves left behind (a kill or a full disk mid-save); return what went.
 
-    Called once at the start of a run, before anything is written, so a disk filled by a failed save has room
-    again. Only rank zero calls it, and only one job writes a checkpoint folder, so no save is in progress.
+    Called at the start of a run, before anything is written, so a disk filled by a failed save has room again.
+    Only rank zero calls it, for folders of runs no live process holds (lighthouse.train.run_lock), so no save is
+    in progress there.
     """
     folder = Path(folder)
     if not folder.is_dir():

@@ -75,18 +75,23 @@ class StopOnCtrlC(Callback):
         self._previous = signal.signal(signal.SIGINT, on_sigint)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        snapshot = getattr(trainer._signal_connector, "_original_handlers", None)
-        if self._previous is not None and isinstance(snapshot, dict) and signal.SIGINT in snapshot:
-            snapshot[signal.SIGINT] = self._previous
+        self._fix_snapshot(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if self._previous is not None and not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            signal.signal(signal.SIGINT, self._previous)  # a failure before Lightning's snapshot existed
+        # Runs after lighthouse.checkpoint.last's save on a stop (it comes earlier in the callback list), so a
+        # second Ctrl-C during that save still aborts it.
+        self.teardown(trainer, pl_module, "")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self._previous is not None:
+            self._fix_snapshot(trainer)
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+    def _fix_snapshot(self, trainer) -> None:
+        snapshot = getattr(trainer._signal_connector, "_original_handlers", None)
+        if self._previous is not None and isinstance(snapshot, dict) and signal.SIGINT in snapshot:
+            snapshot[signal.SIGINT] = self._previous
 
 
 def _say(message: str) -> None:
