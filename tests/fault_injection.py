@@ -1,7 +1,8 @@
-"""Fault injection against the real ``train.py``: random SIGKILLs (at random steps and mid-save), SIGTERMs, a
-diverging LR, and damaged checkpoint files; prints each input's outcome and the totals.
+"""Fault injection against the real ``train.py``: random SIGKILLs (at random steps and mid-save), SIGTERMs, Ctrl-C
+(SIGINT), a diverging LR, damaged checkpoint files, run folders copied (``cp -r``) or moved (``mv``) and then resumed
+and exported, and two resumes of one run started together; prints each input's outcome and the totals.
 
-    PYTHONPATH=src python tests/fault_injection.py --kills 10 --sigterms 3 --seed 0
+    PYTHONPATH=src python tests/fault_injection.py --kills 10 --sigterms 3 --sigints 1 --seed 0
 
 (A script beside the tests, not a test: it takes minutes. It uses the tests' CLI helpers, found because Python puts
 this script's folder first on sys.path.)
@@ -18,11 +19,15 @@ Every run is a subprocess with a timeout on a tiny CPU config (tests/training_he
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import os
 import random
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -157,8 +162,12 @@ def kill_trial(root: Path, i: int, rng: random.Random, reference: dict) -> tuple
     return what, outcome, lost, notes
 
 
-def sigterm_trial(root: Path, i: int, rng: random.Random, reference: dict) -> tuple[str, str, int, list[str]]:
-    folder = root / f"term{i}"
+def sigterm_trial(
+    root: Path, i: int, rng: random.Random, reference: dict, sig: int = signal.SIGTERM
+) -> tuple[str, str, int, list[str]]:
+    """SIGTERM (exit 143) or SIGINT, a Ctrl-C (exit 130): the step reached is saved, the resume is exact."""
+    name, expected = ("SIGTERM", 143) if sig == signal.SIGTERM else ("SIGINT", 130)
+    folder = root / f"{name.lower()}{i}"
     folder.mkdir(parents=True)
     step = rng.randint(1, MAX_STEPS - 2)
     progress = folder / "progress"
@@ -169,18 +178,18 @@ def sigterm_trial(root: Path, i: int, rng: random.Random, reference: dict) -> tu
     )
     process = start(folder, "run", config)
     wait_until(lambda: progress.exists() and int(progress.read_text() or 0) >= step, process)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     try:
         code = process.wait(timeout=300)
     except subprocess.TimeoutExpired:
         process.kill()
-        return f"SIGTERM in step {step}", "hang", 0, []
+        return f"{name} in step {step}", "hang", 0, []
     saved = usable_steps(folder / "logs" / "run" / "checkpoints", verified_only=True).get("last.ckpt")
     notes = [f"exit {code}, last.ckpt at step {saved}"]
-    if code != 143 or saved is None or saved < step:
-        return f"SIGTERM in step {step}", "silent failure", 0, notes
+    if code != expected or saved is None or saved < step:
+        return f"{name} in step {step}", "silent failure", 0, notes
     outcome, lost = resume_and_judge(folder, "run", reference, notes)
-    return f"SIGTERM in step {step}", outcome, lost, notes
+    return f"{name} in step {step}", outcome, lost, notes
 
 
 def corrupt(path: Path, kind: str, rng: random.Random) -> None:
@@ -241,10 +250,80 @@ def diverging_trial(root: Path) -> tuple[str, str, int, list[str]]:
     return "lr 1e6 (diverges)", outcome, 0, [f"exit {result.returncode}, {poisoned} of {len(every)} checkpoints bad"]
 
 
+def exported_step(folder: Path, ckpt: str) -> tuple[int | None, str]:
+    """The global step ``src/export.py --ckpt <ckpt>`` exported (None on failure) and a note."""
+    out = folder / f"exported-{len(list(folder.glob('exported-*')))}"
+    cmd = [sys.executable, str(REPO / "src" / "export.py"), "--ckpt", ckpt, "--out", str(out)]
+    result = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        return None, f"export exit {result.returncode}: {result.stderr.strip()[-150:]}"
+    return json.loads((out / "lighthouse.json").read_text())["global_step"], "exported"
+
+
+def relocated_trials(root: Path, finished: Path):
+    """The finished run copied with ``cp -r`` (new modification times, here the oldest checkpoint's newest) or moved
+    with ``mv``, then resumed for 4 more steps and exported. Recovered: the resume restored the highest step, wrote
+    no ``-v1`` copy, and the export (of the moved ``last.ckpt``; of the copied run by its name) holds the new step."""
+    for how in ("cp -r", "mv"):
+        folder = root / f"relocated-{how.split()[0]}"
+        shutil.copytree(finished, folder, ignore=shutil.ignore_patterns("*.yaml"))
+        source, name = folder / "logs" / "run", "copy" if how == "cp -r" else "moved"
+        target = folder / "logs" / name
+        if how == "mv":
+            source.rename(target)
+        else:
+            shutil.copytree(source, target, copy_function=shutil.copy)
+            now = time.time()
+            order = ["last.ckpt", *(f"step{s:06d}.ckpt" for s in range(MAX_STEPS, 0, -EVERY_N))]
+            for age, checkpoint in enumerate(order):  # the lowest step modified last, last.ckpt first
+                os.utime(target / "checkpoints" / checkpoint, (now - 10 + age, now - 10 + age))
+        config = tiny_config(folder, name, max_steps=MAX_STEPS + 4, every_n=EVERY_N)
+        before = usable_steps(target / "checkpoints")
+        result = run(folder, f"resume-{name}", config, ["--ckpt_path", "last"])
+        match = RESTORED.search(result.stdout + result.stderr)
+        restored = before.get(Path(match.group(1)).name) if match else None
+        versions = sorted(p.name for p in (target / "checkpoints").glob("*-v*.ckpt"))
+        ckpt = str(target / "checkpoints" / "last.ckpt") if how == "mv" else str(target)
+        step, note = exported_step(folder, ckpt) if result.returncode == 0 else (None, "no export")
+        notes = [f"exit {result.returncode}, restored step {restored}, -v copies {versions or 'none'}, {note} {step}"]
+        good = result.returncode == 0 and restored == MAX_STEPS and not versions and step == MAX_STEPS + 4
+        yield f"{how} of a run, resume, export", "recovered" if good else "silent failure", 0, notes
+
+
+def concurrent_trial(root: Path, finished: Path) -> tuple[str, str, int, list[str]]:
+    """Two ``--ckpt_path last`` resumes of one run started together: one trains, the other is refused (exit 2,
+    naming the holder) and writes nothing."""
+    folder = root / "concurrent"
+    shutil.copytree(finished, folder, ignore=shutil.ignore_patterns("*.yaml"))
+    config = tiny_config(folder, "run", max_steps=MAX_STEPS + 4, every_n=EVERY_N)
+    config["trainer"]["callbacks"] += [{"class_path": "plugins.SlowSteps", "init_args": {"seconds": STEP_SLEEP}}]
+    events_before = len(list((folder / "logs" / "run").glob("events.out.tfevents.*")))
+    processes = []
+    for tag in ("first", "second"):
+        cmd, env = cli_subprocess_args(folder, config, tag, ["--ckpt_path", "last"])
+        processes.append(subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    try:
+        results = [(p.wait(timeout=600), p.stderr.read().decode(errors="replace")) for p in processes]
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            p.kill()
+        return "two resumes at once", "hang", 0, []
+    codes = sorted(code for code, _ in results)
+    refused = [err for code, err in results if code == 2 and "is in use by pid" in err and "Traceback" not in err]
+    run_dir = folder / "logs" / "run"
+    extra = sorted(p.name for p in run_dir.glob("**/*-v*.ckpt")) + sorted(p.name for p in run_dir.glob("config.*.yaml"))
+    events = len(list(run_dir.glob("events.out.tfevents.*"))) - events_before
+    extra += [f"{events} new event files"] if events != 1 else []
+    notes = [f"exits {codes}, extra files {extra or 'none'}"]
+    clear = codes == [0, 2] and refused and not extra
+    return "two resumes at once", "clear error" if clear else "silent failure", 0, notes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--sigterms", type=int, default=3)
+    parser.add_argument("--sigints", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
@@ -262,7 +341,10 @@ def main() -> None:
             yield lambda i=i: kill_trial(root, i, rng, reference)
         for i in range(args.sigterms):
             yield lambda i=i: sigterm_trial(root, i, rng, reference)
+        for i in range(args.sigints):
+            yield lambda i=i: sigterm_trial(root, i, rng, reference, signal.SIGINT)
         yield lambda: diverging_trial(root)
+        yield lambda: concurrent_trial(root, finished)
 
     rows = []
     for trial in trials():
@@ -271,7 +353,7 @@ def main() -> None:
         except Hang as err:
             rows.append(("(see note)", "hang", 0, [str(err)]))
         print(f"{rows[-1][1]:>15} | {rows[-1][0]:<45} | lost {rows[-1][2]} | {'; '.join(rows[-1][3])}", flush=True)
-    for row in corrupt_trials(root, finished, rng, reference):
+    for row in itertools.chain(relocated_trials(root, finished), corrupt_trials(root, finished, rng, reference)):
         rows.append(row)
         print(f"{row[1]:>15} | {row[0]:<45} | lost {row[2]} | {'; '.join(row[3])}", flush=True)
     count = {k: sum(r[1] == k for r in rows) for k in ("recovered", "clear error", "hang", "silent failure")}

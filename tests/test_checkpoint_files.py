@@ -196,3 +196,38 @@ def test_last_is_looked_for_where_model_checkpoint_will_write(tmp_path):
     logger = TensorBoardLogger(save_dir=tmp_path, name="demo", version="")
     trainer = Trainer(logger=logger, callbacks=[ModelCheckpoint()], accelerator="cpu", enable_progress_bar=False)
     assert checkpoint_folders(trainer) == [str(tmp_path / "demo" / "checkpoints")]
+
+
+def test_last_goes_by_the_recorded_step_not_the_modification_time(tmp_path):
+    """Before, `cp -r RUN COPY` (new modification times in copy order) made `last` resume step 8 with step 16
+    beside it: a silent rollback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, step in (("step000008.ckpt", 8), ("step000016.ckpt", 16), ("last.ckpt", 16)):
+        save(run, name, step)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("last.ckpt", "step000016.ckpt", "step000008.ckpt"):  # newest modification time: step 8's
+        for path in (run / name, sidecar(run / name)):
+            (copy / path.name).write_bytes(path.read_bytes())
+        time.sleep(0.01)
+    assert max(copy.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns).name == "step000008.ckpt"
+    assert resolve_last([copy]) == str(copy / "last.ckpt")  # ties at step 16: last.ckpt first
+    # An unverified file of the same step yields to a verified one; a higher step wins whatever its age.
+    sidecar(copy / "last.ckpt").unlink()
+    assert resolve_last([copy]) == str(copy / "step000016.ckpt")
+    newer_folder = tmp_path / "other"
+    newer_folder.mkdir()
+    save(newer_folder, "last.ckpt", 12)
+    assert resolve_last([copy, newer_folder]) == str(copy / "step000016.ckpt")
+
+
+def test_a_flipped_step_field_cannot_win(tmp_path):
+    """The step is read before the checksum is checked, so a damaged file may claim any step: it is verified before
+    it is chosen, and skipped."""
+    good = save(tmp_path, "step000004.ckpt", 4)
+    bad = save(tmp_path, "last.ckpt", 1_000_000)
+    data = bytearray(bad.read_bytes())
+    data[-200] ^= 0x01  # anywhere: the checksum no longer matches
+    bad.write_bytes(bytes(data))
+    assert resolve_last([tmp_path]) == str(good)

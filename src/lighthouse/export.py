@@ -1,6 +1,9 @@
 """Export a training checkpoint as a Hugging Face ``LlamaForCausalLM`` folder (config, safetensors, tokenizer).
 
-    python src/export.py --ckpt logs/demo/<start time>/checkpoints/last.ckpt --out exported/demo
+    python src/export.py --ckpt logs/demo --out exported/demo
+
+``--ckpt`` takes a checkpoint file, a run folder or a run name (the newest checkpoint that verifies of the run
+``--ckpt_path last`` would continue; see lighthouse.train.run_dir.find_checkpoint).
 
 The architecture is Llama's exactly: pre-norm blocks with RMSNorm (normalised in fp32, cast back, then scaled),
 SwiGLU, GQA and RoPE on the halves of each head (x_i with x_{i+D/2}, Llama's ``rotate_half``), so the weights
@@ -187,7 +190,12 @@ def export_llama(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", required=True, help="a .ckpt written by src/train.py (a sharded folder is refused)")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="a .ckpt written by src/train.py (a sharded folder is refused), or a run folder (logs/demo/<start time>) "
+        "or run name (logs/demo), optionally followed by /last: its newest checkpoint that verifies",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the saved weights")
     p.add_argument(
@@ -196,5 +204,10 @@ def main(argv: list[str] | None = None) -> None:
         help="'byte' or a tokenizer .json, for checkpoints that do not carry their tokenizer",
     )
     args = p.parse_args(argv)
-    out = export_llama(args.ckpt, args.out, DTYPES[args.dtype], args.tokenizer)
+    from lighthouse.train.run_dir import find_checkpoint  # the run layout; only the command needs it
+
+    ckpt = find_checkpoint(args.ckpt)
+    if str(ckpt) != args.ckpt:
+        print(f"--ckpt {args.ckpt}: exporting {ckpt}")
+    out = export_llama(ckpt, args.out, DTYPES[args.dtype], args.tokenizer)
     print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")

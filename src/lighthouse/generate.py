@@ -1,6 +1,6 @@
 """Text generation from a trained checkpoint: KV-cached dense decoding, temperature/top-k/top-p sampling, streaming.
 
-python src/generate.py --ckpt logs/demo/<start time>/checkpoints/last.ckpt --prompt "def main(" --max-new-tokens 200
+python src/generate.py --ckpt logs/demo --prompt "def main(" --max-new-tokens 200
 """
 
 from __future__ import annotations
@@ -124,7 +124,9 @@ class StreamDecoder:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     default = Sampling()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", required=True, help="a .ckpt written by src/train.py (either stage)")
+    p.add_argument(
+        "--ckpt", required=True, help="a .ckpt written by src/train.py (either stage), a run folder or a run name"
+    )
     p.add_argument("--prompt", default="", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=default.temperature, help="0 = greedy")
@@ -159,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
     )
-    _, model, tok = load_trained(args.ckpt, args.tokenizer)
+    from lighthouse.train.run_dir import find_checkpoint  # --ckpt logs/demo: that run's newest verified checkpoint
+
+    _, model, tok = load_trained(find_checkpoint(args.ckpt), args.tokenizer)
     model.to(device=device, dtype=dtype)  # RoPE tables stay fp32 (Transformer.rope)
     prompt = ([] if args.no_eos_prefix else [tok.eos_id]) + [int(i) for i in tok.encode(args.prompt)]
     generator = torch.Generator(device=device).manual_seed(args.seed)

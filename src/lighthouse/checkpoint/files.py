@@ -101,24 +101,83 @@ def verify(path: str | Path) -> Verdict:
     return _verified[key]
 
 
+# (path, size, mtime_ns) -> the global step recorded in the checkpoint, or None when it cannot be read.
+_steps: dict[tuple[str, int, int], int | None] = {}
+
+
+def recorded_step(path: str | Path) -> int | None:
+    """The ``global_step`` a checkpoint file records, read without loading its tensors (they are memory-mapped, never
+    touched); None for a folder (a sharded checkpoint) or a file that does not load. Only a step read from a file
+    whose checksum verifies is trustworthy: a flipped bit can change it, which is why the caller verifies the file it
+    picks."""
+    path = Path(path)
+    if path.is_dir():
+        return None
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _steps:
+        import torch  # here, not at the top: the rest of this module is plain file handling
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            step = state.get("global_step") if isinstance(state, dict) else None
+            _steps[key] = int(step) if isinstance(step, int) and not isinstance(step, bool) else None
+        except Exception:  # damaged or not a checkpoint: it sorts last and verify() says what is wrong
+            _steps[key] = None
+    return _steps[key]
+
+
+def _order(path: Path) -> tuple:
+    """Sort key, smallest first: the highest recorded global step first; among equal steps ``last*`` before the
+    step files (the name users pass around), then by name. Steps unknown (sharded folders, unreadable files) come
+    after every known one, newest modification first among themselves.
+
+    One case this order cannot tell: a run resumed on purpose from an earlier step of its own folder (say step 8
+    while step000012.ckpt is there) keeps that higher-step file as `last` until its new trajectory overwrites it at
+    step 12; resume such a branch into a new run folder (or move the later files away) to make it `last` at once."""
+    step = recorded_step(path)
+    if step is None:
+        return (1, 0, -path.stat().st_mtime_ns, path.name)
+    return (0, -step, not path.name.startswith("last"), path.name)
+
+
 def candidates(folder: str | Path) -> list[Path]:
-    """Checkpoints in ``folder``, newest first (by modification time; ``last*`` first among equals)."""
+    """Checkpoints in ``folder``, newest first: by the global step each records, never by modification time, which
+    a plain ``cp -r`` or a restore from backup rewrites in any order (ties: see ``_order``)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.name.endswith(CHECKPOINT_SUFFIX)]
-    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name.startswith("last")), reverse=True)
+    return sorted((p for p in folder.iterdir() if p.name.endswith(CHECKPOINT_SUFFIX)), key=_order)
+
+
+def _pick(paths: list[Path]) -> tuple[Path | None, list[tuple[Path, Verdict]]]:
+    """The first usable checkpoint of ``paths`` (in ``candidates`` order) with a verified one preferred over an
+    unverified one of the same step; and the damaged ones met before it."""
+    skipped: list[tuple[Path, Verdict]] = []
+    paths = sorted(paths, key=_order)
+    i = 0
+    while i < len(paths):
+        step = recorded_step(paths[i])
+        same = [paths[i]] if step is None else [p for p in paths[i:] if recorded_step(p) == step]
+        i += len(same)
+        usable = []
+        for path in same:
+            verdict = verify(path)
+            if not verdict.usable:
+                skipped.append((path, verdict))
+            elif step is None and not path.is_dir():
+                skipped.append((path, Verdict("damaged", "it does not load as a checkpoint (no global step)")))
+            else:
+                usable.append((verdict.status != "ok", path))
+        if usable:
+            return min(usable, key=lambda u: u[0])[1], skipped  # min is stable: candidates order among equals
+    return None, skipped
 
 
 def newest_usable(folder: str | Path) -> tuple[Path | None, list[tuple[Path, Verdict]]]:
-    """The newest checkpoint in ``folder`` that verifies (or has no checksum), and the damaged ones skipped."""
-    skipped = []
-    for path in candidates(folder):
-        verdict = verify(path)
-        if verdict.usable:
-            return path, skipped
-        skipped.append((path, verdict))
-    return None, skipped
+    """The checkpoint in ``folder`` with the highest verified global step (or, failing that, one without a checksum
+    file), and the damaged ones skipped on the way."""
+    return _pick(candidates(folder))
 
 
 def describe_last_good(folder: str | Path | None) -> str:
@@ -132,8 +191,9 @@ def describe_last_good(folder: str | Path | None) -> str:
 def remove_orphans(folder: str | Path) -> list[Path]:
     """Delete temporary files that saves left behind (a kill or a full disk mid-save); return what went.
 
-    Called once at the start of a run, before anything is written, so a disk filled by a failed save has room
-    again. Only rank zero calls it, and only one job writes a checkpoint folder, so no save is in progress.
+    Called at the start of a run, before anything is written, so a disk filled by a failed save has room again.
+    Only rank zero calls it, for folders of runs no live process holds (lighthouse.train.run_lock), so no save is
+    in progress there.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -149,15 +209,10 @@ def remove_orphans(folder: str | Path) -> list[Path]:
 
 
 def resolve_last(folders: list[str | Path]) -> str | None:
-    """``--ckpt_path last``: the newest checkpoint in ``folders`` that verifies, saying which damaged ones were
-    skipped. None (train from scratch) when there is no checkpoint at all; an error when none is usable."""
-    chosen: Path | None = None
-    skipped: list[tuple[Path, Verdict]] = []
-    for folder in folders:
-        path, damaged = newest_usable(folder)
-        skipped += damaged
-        if path is not None and (chosen is None or path.stat().st_mtime_ns > chosen.stat().st_mtime_ns):
-            chosen = path
+    """``--ckpt_path last``: the checkpoint in ``folders`` with the highest global step that verifies, saying which
+    damaged ones were skipped. None (train from scratch) when there is no checkpoint at all; an error when none is
+    usable."""
+    chosen, skipped = _pick([path for folder in folders for path in candidates(folder)])
     listing = "; ".join(f"{p.name}: {v.detail}" for p, v in skipped)
     where = ", ".join(str(f) for f in folders) or "(no checkpoint folder)"
     if chosen is None and skipped:

@@ -13,6 +13,8 @@ finish and restart it; ``--ckpt_path last`` continues exactly.
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
@@ -61,3 +63,71 @@ class LastCheckpoint(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and self._saved_step != trainer.global_step:
             save_step_reached(trainer, "SIGTERM")
+
+
+class MetricsBeforeCheckpoint(Callback):
+    """Sends a step's metrics to the loggers before a checkpoint of that step is written.
+
+    Lightning saves the periodic checkpoints in ``on_train_batch_end`` and logs the step's metrics only after every
+    ``on_train_batch_end`` has run. A kill between the two (a SIGKILL while ``last.ckpt`` is written after the step
+    file, say) lost the ``train/loss`` of the step just before the checkpoint for good: the resumed run starts after
+    it. Here every save made in that window (``on_save_checkpoint`` runs before the file is written, after all the
+    other callbacks' ``on_train_batch_end``) first logs the step's metrics through Lightning's own path, which also
+    flushes each logger. Lightning's own call a moment later then sends only what changed since (nothing, normally),
+    so no value is written twice.
+    """
+
+    def __init__(self) -> None:
+        self._pending: int | None = None  # the step (as loggers count) ended but not yet logged by Lightning
+        self._flushing = False
+        self._early: tuple[int, dict[str, float]] | None = None  # (step, values) logged ahead of Lightning
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        connector = trainer._logger_connector
+        original = type(connector).log_metrics.__get__(connector)
+
+        def log_metrics(metrics, step=None):
+            if step is None and trainer.training:
+                at = trainer.fit_loop.epoch_loop._batches_that_stepped
+                if self._flushing:
+                    self._early = (at, {k: _value(v) for k, v in metrics.items()})
+                elif self._early is not None:
+                    if self._early[0] == at:
+                        sent = self._early[1]
+                        metrics = {k: v for k, v in metrics.items() if not (k in sent and _same(sent[k], _value(v)))}
+                    self._early = None
+                self._pending = None
+            return original(metrics, step)
+
+        connector.log_metrics = log_metrics
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        trainer._logger_connector.__dict__.pop("log_metrics", None)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self._pending = trainer.fit_loop.epoch_loop._batches_that_stepped
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # Only inside the window: once the step is over (a save on SIGTERM, at the end of fit) the counter has moved
+        # on and Lightning has logged it.
+        if not trainer.training or self._pending != trainer.fit_loop.epoch_loop._batches_that_stepped:
+            return
+        self._flushing = True
+        try:
+            trainer._logger_connector.update_train_step_metrics()  # logs (and flushes) only when due
+        finally:
+            self._flushing = False
+        self._pending = None
+
+
+def _value(value):
+    try:
+        return float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError, RuntimeError):  # not a scalar: compared as it is
+        return value
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a is b

@@ -28,6 +28,7 @@ from typing import Any
 
 from .corpus import PYTHON, STDLIB, CorpusSpec
 from .documents import iter_hf_documents, read_file, read_records
+from .leftovers import hold_build_lock, release_build_lock, remove_abandoned_builds
 from .packing import SPLIT_RULE, assign_splits, split_value
 from .pool import ordered_map, useful_processes
 from .shards import FORMAT_VERSION, MANIFEST, SPLITS, ShardWriter, SplitReader, load_manifest
@@ -376,8 +377,11 @@ def build_shards(
     folder = Path(folder)
     if corpus.kind == "hf" and selection.max_documents is None and selection.max_bytes is None:
         log.warning("%s: no max_documents/max_bytes, so the whole stream will be tokenized", corpus.spec)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_builds(folder.parent)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    lock = hold_build_lock(tmp)  # before the folder exists: see leftovers.py
+    tmp.mkdir()
     try:
         num_proc = useful_processes(num_proc, _total_bytes(corpus), fast=tokenizer.is_byte)
         out = _write_splits(
@@ -398,6 +402,8 @@ def build_shards(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        release_build_lock(tmp, lock)
 
 
 def _progress(enabled: bool, total: int | None, description: str):

@@ -170,6 +170,10 @@ class LighthouseCLI(LightningCLI):
         fit_args["ckpt_path"] = prepare_fit(self.trainer, fit_args.get("ckpt_path"))
         check_start_step(self.trainer, fit_args["ckpt_path"])
 
+    def before_validate(self) -> None:
+        if self.run_placement.ckpt_path is not None:  # `--ckpt_path last`, resolved by place_run
+            self.config_init[self.subcommand]["ckpt_path"] = self.run_placement.ckpt_path
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would overwrite the model config with the checkpoint's hyperparameters. Here the config on
         # the command line is the source of truth (the recovery stage changes the attention backend); the

@@ -5,17 +5,23 @@
   checkpoint could not be written (a full disk; the message names the file and the newest intact checkpoint).
 - 2: the config or an input is wrong (a bad value, a missing file, a damaged checkpoint), found before the first
   training step: the message names it; there is no traceback to read. jsonargparse's own errors exit 2 too.
+- 130: Ctrl-C (SIGINT). The first one stops the run like SIGTERM: the current step ends, is saved, and the
+  process exits 130 (128 + 2, what a shell reports for a process interrupted by Ctrl-C). A second Ctrl-C aborts at
+  once without saving; the newest checkpoint saved before it is what ``--ckpt_path last`` resumes.
 - 143: SIGTERM (preemption) stopped the run after saving the step reached: 128 + 15, what a process killed by
   SIGTERM reports, so schedulers count the job as not finished and restart it (``--ckpt_path last`` continues).
 - anything else, or any exception once training has started: a crash, with its full traceback (exit 1).
 
-``LIGHTHOUSE_DEBUG=1`` shows the traceback of every error.
+A launch that ends before its first training step, whatever the reason, takes back what it wrote into its run
+folder (``lighthouse.train.run_dir.end_launch``). ``LIGHTHOUSE_DEBUG=1`` shows the traceback of every error.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from lightning.pytorch.callbacks import Callback
@@ -23,11 +29,13 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from lighthouse.checkpoint.guards import NonFiniteError
 from lighthouse.checkpoint.io import CheckpointWriteError
+from lighthouse.train import run_dir
 
-EXIT_STOPPED, EXIT_USAGE, EXIT_PREEMPTED = 1, 2, 143
+EXIT_STOPPED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PREEMPTED = 1, 2, 130, 143
 USER_ERRORS = (ValueError, TypeError, OSError, MisconfigurationException)
 
 _training_started = False
+_interrupts = 0  # Ctrl-C presses seen since fit started
 
 
 class MarkTrainingStarted(Callback):
@@ -38,20 +46,84 @@ class MarkTrainingStarted(Callback):
         _training_started = True
 
 
+class StopOnCtrlC(Callback):
+    """Ctrl-C during fit: the first press asks Lightning to stop after the current step exactly as SIGTERM does (its
+    flag ``received_sigterm``; lighthouse.checkpoint.last saves the step reached), the second raises
+    KeyboardInterrupt at once.
+
+    Installed at fit start, before the data loader workers fork, so they inherit this handler (their copy only
+    counts presses) instead of dying of a KeyboardInterrupt the first press would raise in them. Lightning snapshots
+    the signal handlers later (and restores that snapshot at teardown); the snapshot is pointed back at the
+    handler that was there before this one, so whatever way fit ends, Ctrl-C behaves as before afterwards.
+    """
+
+    def __init__(self) -> None:
+        self._previous = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        global _interrupts
+        _interrupts = 0
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers (fit in a thread keeps Lightning's behaviour)
+
+        def on_sigint(signum, frame) -> None:
+            global _interrupts
+            _interrupts += 1
+            if _interrupts > 1:
+                raise KeyboardInterrupt
+            trainer._signal_connector.received_sigterm = True
+            _say("Ctrl-C: stopping after this step and saving it (press Ctrl-C again to abort without saving)")
+
+        self._previous = signal.signal(signal.SIGINT, on_sigint)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fix_snapshot(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # Runs after lighthouse.checkpoint.last's save on a stop (it comes earlier in the callback list), so a
+        # second Ctrl-C during that save still aborts it.
+        self.teardown(trainer, pl_module, "")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._previous is not None:
+            self._fix_snapshot(trainer)
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _fix_snapshot(self, trainer) -> None:
+        snapshot = getattr(trainer._signal_connector, "_original_handlers", None)
+        if self._previous is not None and isinstance(snapshot, dict) and signal.SIGINT in snapshot:
+            snapshot[signal.SIGINT] = self._previous
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def run(main: Callable[[list[str] | None], object], args: list[str] | None = None) -> int:
     """Run ``main(args)`` and return the exit code (see the module docstring)."""
-    global _training_started
-    _training_started = False
+    global _training_started, _interrupts
+    _training_started, _interrupts = False, 0
     debug = os.environ.get("LIGHTHOUSE_DEBUG") == "1"
+    failed = True
     try:
         main(args)
+        failed = False
     except SIGTERMException:
+        failed = False  # the step reached is saved: nothing to take back
+        if _interrupts:
+            _say("stopped by Ctrl-C; the step reached is saved. Exit 130: resume with --ckpt_path last")
+            return EXIT_INTERRUPTED
         _say("stopped by SIGTERM; the step reached is saved. Exit 143: resume with --ckpt_path last")
         return EXIT_PREEMPTED
+    except (KeyboardInterrupt, SystemExit) as err:
+        # A second Ctrl-C, or one before training started (Lightning turns a KeyboardInterrupt inside fit into
+        # exit 1 after its own shutdown).
+        if isinstance(err, SystemExit) and not _interrupts:
+            failed = err.code not in (0, None)
+            raise
+        _say("interrupted (Ctrl-C): nothing more saved. Exit 130: --ckpt_path last resumes the newest checkpoint")
+        return EXIT_INTERRUPTED
     except (NonFiniteError, CheckpointWriteError) as err:
         if debug:
             raise
@@ -62,4 +134,6 @@ def run(main: Callable[[list[str] | None], object], args: list[str] | None = Non
             raise
         _say(f"error: {err}\n(set LIGHTHOUSE_DEBUG=1 to see the traceback)")
         return EXIT_USAGE
+    finally:
+        run_dir.end_launch(discard=failed and not _training_started)
     return 0

@@ -6,13 +6,20 @@ later launches), ``throughput.jsonl``, ``data_manifest.json`` and ``checkpoints/
 ``<root>/<version>/``. The version is the launch's start time; a launch that resumes a checkpoint of a run of the
 same name continues that run's folder, so both stages of the two-job recipe form one set of curves. W&B and MLflow
 loggers are pointed at the same folder (run_loggers.py).
+
+A launch holds its run folder (``run_lock``) from the moment it is chosen until the process ends, and a launch that
+fails before its first training step takes back what it wrote there (``end_launch``): a fresh folder goes entirely,
+an existing one loses only the files this launch added (its config.N.yaml, its event file). So a typo in a path
+leaves no run folder that ``ls -d logs/demo/*/ | tail -n 1`` or ``--ckpt_path last`` could pick up later.
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +28,14 @@ from jsonargparse import Namespace
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lighthouse.train import run_loggers
+from lighthouse.checkpoint.files import TMP_PATTERN, newest_usable, remove_orphans, resolve_last
+from lighthouse.checkpoint.io import is_remote
+from lighthouse.train.run_lock import RunLock, lock_run, try_lock
 
 DEFAULT_ROOT = "logs"
 VERSION_FORMAT = "%Y-%m-%d_%H-%M-%S"  # sorts chronologically
 RUN_LOGGER = "lighthouse.train.logger.RunLogger"
+log = logging.getLogger(__name__)
 
 
 def version_folder(group: Path, version: int | str) -> Path:
@@ -43,17 +54,12 @@ def claim_new_version(group: Path, now: float | None = None) -> str:
             (group / version).mkdir()
         except FileExistsError:
             continue
-        # A launch that fails before writing anything (a config error) leaves no empty folder behind.
-        atexit.register(_remove_if_empty, group / version)
+        _claimed.add((group / version).absolute())
         return version
     raise AssertionError("unreachable")
 
 
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()  # fails, as it should, when the run wrote anything
-    except OSError:
-        pass
+_claimed: set[Path] = set()  # folders this process created with claim_new_version
 
 
 def version_of_checkpoint(ckpt_path: str | os.PathLike, group: Path) -> str | None:
@@ -87,6 +93,28 @@ def holds_a_run(run: Path) -> bool:
     return any(run.glob("events.out.tfevents.*")) or newest_checkpoint_time(run) is not None
 
 
+def is_local_path(ckpt_path: str | None) -> bool:
+    """A --ckpt_path that names a local file, not a value Lightning resolves itself or a URL."""
+    if not ckpt_path or is_remote(ckpt_path) or ckpt_path in ("last", "best", "hpc"):
+        return False
+    return not ckpt_path.startswith("registry")  # 'registry' or 'registry:<model>:<version>'
+
+
+def checkpoint_to_validate(group: Path) -> str:
+    """``validate --ckpt_path last``: the newest verified checkpoint of the run ``fit --ckpt_path last`` would
+    continue. Lightning itself would look only in this launch's new (empty) run folder, warn "No checkpoint will be
+    loaded" and validate an untrained model; here that is an error naming where the search went."""
+    found = latest_version_with_checkpoint(group)
+    chosen = resolve_last([version_folder(group, found) / "checkpoints"]) if found is not None else None
+    if chosen is None:
+        raise FileNotFoundError(
+            f"--ckpt_path last: no checkpoint in {group}/*/checkpoints/ or {group}/checkpoints/, so there is "
+            "nothing trained to validate. Train first (lighthouse fit --config ...), check "
+            "trainer.logger.init_args.name and save_dir, or pass --ckpt_path PATH"
+        )
+    return chosen
+
+
 def choose_version(
     group: Path, requested: int | str | None, ckpt_path: str | None, fit: bool, rank_zero: bool
 ) -> tuple[int | str, str | None]:
@@ -101,6 +129,10 @@ def choose_version(
             )
         return requested, None
     note = None
+    if is_local_path(ckpt_path) and not Path(ckpt_path).exists():
+        # Found here, before a run folder is chosen, rather than by Lightning after config.yaml, the data manifest
+        # and an event file went into a fresh one.
+        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file")
     if fit and ckpt_path == "last":
         found = latest_version_with_checkpoint(group)
         if found is not None:
@@ -126,6 +158,7 @@ class RunPlacement:
 
     path: Path
     note: str | None = None
+    ckpt_path: str | None = None  # validate's `--ckpt_path last`, resolved
     _restore: list[tuple[Namespace, str, object]] = field(default_factory=list)
 
     def restore_requested_values(self) -> None:
@@ -162,12 +195,143 @@ def place_run(config: Namespace, subcommand: str | None) -> RunPlacement:
     group = root / name if name else root
     requested = loggers[0].init_args.get("version") if loggers else None
     ckpt_path = config.get("ckpt_path")
-    version, note = choose_version(
-        group, requested, ckpt_path, fit=subcommand == "fit", rank_zero=rank_zero_only.rank == 0
-    )
-    placement = RunPlacement(version_folder(group, version), note)
+    fit, rank_zero = subcommand == "fit", rank_zero_only.rank == 0
+    resolved = checkpoint_to_validate(group) if ckpt_path == "last" and not fit and subcommand else None
+    version, note = choose_version(group, requested, ckpt_path, fit=fit, rank_zero=rank_zero)
+    placement = RunPlacement(version_folder(group, version), note, resolved)
+    if rank_zero and subcommand:
+        begin_launch(placement.path)
+        if fit:
+            sweep_orphans(group)
     for logger in loggers:
         for key, value in run_loggers.settings_for(logger, root, version, placement.path):
             placement._restore.append((logger.init_args, key, logger.init_args.get(key)))
             logger.init_args[key] = value
     return placement
+
+
+# ---- the launch that holds a run folder ------------------------------------------------------------------------
+
+
+@dataclass
+class _Launch:
+    folder: Path
+    created: bool  # the folder is this launch's own (claimed or made now)
+    before: set[str]  # what the folder held when the launch took it
+    lock: RunLock
+
+
+_launch: _Launch | None = None
+
+
+def begin_launch(folder: Path) -> None:
+    """Take ``folder`` for this launch: create it when needed and lock it (``RunInUse`` when another process holds
+    it). Ends any earlier launch of this process first (tests and notebooks run several in one process)."""
+    end_launch()
+    global _launch
+    folder = folder.absolute()
+    created = folder in _claimed or not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = lock_run(folder)
+    except BaseException:
+        if created:
+            _remove_tree(folder)
+        raise
+    before = {p.name for p in folder.iterdir()}
+    _launch = _Launch(folder, created, before, lock)
+
+
+def end_launch(discard: bool = False) -> None:
+    """Let go of the run folder. ``discard``: the launch failed before its first training step, so what it wrote
+    goes (the whole folder when it made it). Otherwise a folder it made and left empty goes too."""
+    global _launch
+    launch, _launch = _launch, None
+    if launch is None:
+        return
+    launch.lock.release()
+    if discard and launch.created:
+        _remove_tree(launch.folder)
+    elif discard:
+        for path in launch.folder.iterdir():
+            if path.name not in launch.before:
+                _remove_tree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    elif launch.created:
+        try:
+            launch.folder.rmdir()  # fails, as it should, when the run wrote anything
+        except OSError:
+            pass
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    _claimed.discard(path)
+
+
+atexit.register(end_launch)
+
+
+def sweep_orphans(group: Path) -> list[Path]:
+    """Remove the temporary files of interrupted saves in every run of ``group``, not only the one this launch
+    continues: a run killed during its first save has no checkpoint, so ``--ckpt_path last`` never goes back to it
+    and its torn file (as large as a checkpoint) would stay forever. A run folder another process holds is left
+    alone (its save may be in progress)."""
+    if not group.is_dir():
+        return []
+    held = _launch.folder if _launch is not None else None
+    removed = []
+    for run in [group] + [p for p in group.iterdir() if p.is_dir()]:
+        folder = run / "checkpoints"
+        if not folder.is_dir() or not any(TMP_PATTERN.fullmatch(p.name) for p in folder.iterdir()):
+            continue
+        if run.absolute() == held:
+            removed += remove_orphans(folder)
+            continue
+        lock = try_lock(run)
+        if lock is not None:
+            try:
+                removed += remove_orphans(folder)
+            finally:
+                lock.release()
+    return removed
+
+
+def find_checkpoint(arg: str) -> Path | str:
+    """What the after-training tools (``src/export.py --ckpt``) accept, so no command depends on folder order:
+
+    - a checkpoint file (or a sharded checkpoint folder ``X.ckpt/``): itself;
+    - a run folder (``logs/demo/<start time>``) or its ``checkpoints/``: its checkpoint with the highest verified
+      global step, as ``--ckpt_path last`` would resume;
+    - a run name (``logs/demo``): the run ``--ckpt_path last`` continues (the one whose newest checkpoint was
+      written last), then its newest checkpoint as above;
+    - any of these folders followed by ``/last`` (``logs/demo/last``), where no such file exists.
+
+    A URL passes through unchanged. Raises FileNotFoundError naming where it looked."""
+    if is_remote(arg):
+        return arg  # the loader fetches it
+    path = Path(arg)
+    if path.name == "last" and not path.exists():
+        path = path.parent
+    if path.is_file() or path.suffix == ".ckpt":
+        if not path.exists():
+            raise FileNotFoundError(f"--ckpt {arg}: no such file")
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"--ckpt {arg}: no such file or folder")
+    if path.name == "checkpoints":
+        folders = [path]
+    elif (path / "checkpoints").is_dir():
+        folders = [path / "checkpoints"]
+    else:
+        version = latest_version_with_checkpoint(path)
+        folders = [version_folder(path, version) / "checkpoints"] if version is not None else []
+    chosen, skipped = newest_usable(folders[0]) if folders else (None, [])
+    damaged = "".join(f"; {p.name} is damaged ({v.detail})" for p, v in skipped)
+    if chosen is None:
+        raise FileNotFoundError(
+            f"--ckpt {arg}: no usable checkpoint in {path}/checkpoints/ or {path}/*/checkpoints/{damaged}. Pass a "
+            ".ckpt file, a run folder (logs/<name>/<start time>) or a run name (logs/<name>)"
+        )
+    if skipped:
+        log.warning("--ckpt %s: skipped%s", arg, damaged.lstrip(";"))
+    return chosen
