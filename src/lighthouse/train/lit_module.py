@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lighthouse.checkpoint.guards import StepGuard, grad_norm
+from lighthouse.checkpoint.guards import DIVERGENCE_FACTOR, StepGuard, grad_norm
 from lighthouse.checkpoint.read import TOKENIZER_KEY, read_checkpoint, saved_model_config, training_stage
 from lighthouse.checkpoint.resume import refuse_shape_changes, saved_model_fields
 from lighthouse.data.tokenizer import TextTokenizer
@@ -50,6 +50,7 @@ class LitLM(L.LightningModule):
         compile: bool = False,
         passkey: PasskeyConfig | None = None,
         dense_validation: bool = True,
+        divergence_factor: float | None = DIVERGENCE_FACTOR,
     ):
         """
         Args:
@@ -69,6 +70,11 @@ class LitLM(L.LightningModule):
             dense_validation: While Lighthouse layers are active, also compute every validation loss with all
                 layers dense (``val/loss_dense``, the number to compare runs on). Off where dense attention at the
                 context length is too slow (at 1M tokens a dense forward takes minutes).
+            divergence_factor: Stop training (exit 1, naming the newest checkpoint saved before the trouble) when the
+                loss or the gradient norm of a step exceeds this many times its median over the last 64 steps (during
+                the first 10 steps: the loss ln(vocab) of a uniform guess), or the weight norm at a save this many
+                times the norm at the previous save: a finite blow-up (lighthouse/checkpoint/guards.py). > 1; null
+                turns these checks off (NaN and inf always stop the run).
         """
         super().__init__()
         if isinstance(arch, dict):  # the hyperparameters stored in a checkpoint
@@ -107,7 +113,7 @@ class LitLM(L.LightningModule):
         self.no_decay_names = frozenset(name for name, p in self.model.named_parameters() if p.dim() < 2)
         if compile:
             self.model.compile_blocks()
-        self.step_guard = StepGuard()
+        self.step_guard = StepGuard(divergence_factor, uniform_loss=math.log(arch.vocab_size))
         self.val_loss = MeanMetric()
         self.buckets = position_buckets(arch.max_seq_len)
         self.val_loss_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)
