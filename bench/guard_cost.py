@@ -4,7 +4,8 @@
     PYTHONPATH=src python bench/guard_cost.py --flavor paper --seq-len 65536 --backend lighthouse   # on a GPU
 
 A step is forward, backward, clip_grad_norm_ (the demo clips at 1.0, so the norm exists anyway) and AdamW. The
-guarded step adds what ``lighthouse.checkpoint.guards.StepGuard`` does: an isfinite of the loss and of the norm
+guarded step adds what ``lighthouse.checkpoint.guards.StepGuard`` does: an isfinite of the loss and of the norm,
+the blow-up check (a median over the last 64 steps' loss and norm, a compare, a ring write, all on the device)
 and one host sync. Steps run back to back and the clock is read after the last one, so a sync that stalls the
 host's queue of kernels shows up in the time. On a CPU shared with other jobs, the A/B difference is noise; the
 line "the guard's own work" is the upper bound there (a host sync is free on a CPU).
@@ -13,6 +14,7 @@ line "the guard's own work" is the upper bound there (a host sync is free on a C
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -65,7 +67,7 @@ def main() -> None:
         global_step=0,
         checkpoint_callback=None,
     )
-    guard = StepGuard()
+    guard = StepGuard(uniform_loss=math.log(config.vocab_size))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step(guarded: bool) -> None:
@@ -114,7 +116,7 @@ def main() -> None:
         f"step without the guard: {a:.1f} ms   with it: {b:.1f} ms   difference: {b - a:+.2f} ms "
         f"({(b - a) / a * 100:+.2f}%; medians of {args.repeats} x {args.steps} steps)"
     )
-    print(f"the guard's own work (isfinite x2, one sync, on an idle queue): {own:.0f} us per step")
+    print(f"the guard's own work (isfinite x2, blow-up medians, one sync, on an idle queue): {own:.0f} us per step")
     print(f"pre-save check of weights + optimizer state: {save_check:.1f} ms (once per checkpoint)")
 
 

@@ -6,6 +6,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from a checkout without installing
 
 from lighthouse.generate import main  # noqa: E402
+from lighthouse.tool_args import entry_point  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)  # exit 2 and one message for a bad argument (lighthouse.train.exits)

@@ -238,16 +238,33 @@ def corrupt_trials(root: Path, finished: Path, rng: random.Random, reference: di
             yield explicit_load(folder, ckpt_dir / "bare.ckpt", f"{kind}, no checksum, --ckpt_path bare.ckpt")
 
 
+BLOWN = 100.0  # max|w| of the tiny model stays near 1 when healthy; LR 1e6 pushed it to 4.8e5 while finite
+
+
+def blown_checkpoints(ckpt_dir: Path) -> list[str]:
+    """Checkpoints whose weights hold a NaN/inf or are finite but blown up (max|w| > BLOWN)."""
+    bad = []
+    for path in candidates(ckpt_dir):
+        weights = torch.load(path, weights_only=True, map_location="cpu")["state_dict"].values()
+        if not all(torch.isfinite(w).all() and float(w.abs().max(initial=0)) <= BLOWN for w in weights):
+            bad.append(path.name)
+    return bad
+
+
 def diverging_trial(root: Path) -> tuple[str, str, int, list[str]]:
+    """LR 1e6 (a finite blow-up first, NaN later): a clear error only if the run stops with exit 1, no traceback,
+    no checkpoint on disk holds blown weights and the one named as last good is not blown."""
     folder = root / "diverge"
     folder.mkdir(parents=True)
     result = run(folder, "run", config_for(folder, "run", every_n=1), ["--model.optimizer.init_args.lr", "1e6"])
     ckpt_dir = folder / "logs" / "run" / "checkpoints"
-    every = list(candidates(ckpt_dir))
-    poisoned = len(every) - len(usable_steps(ckpt_dir, verified_only=True))
-    clear = result.returncode == 1 and "Traceback" not in result.stderr and "Last good checkpoint" in result.stderr
-    outcome = "clear error" if clear and not poisoned else "silent failure"
-    return "lr 1e6 (diverges)", outcome, 0, [f"exit {result.returncode}, {poisoned} of {len(every)} checkpoints bad"]
+    every, blown = list(candidates(ckpt_dir)), blown_checkpoints(ckpt_dir)
+    named = re.search(r"Last good checkpoint[^:]*: (\S+)", result.stderr)
+    named_blown = named is not None and Path(named.group(1)).name in blown
+    clear = result.returncode == 1 and "Traceback" not in result.stderr and named is not None
+    outcome = "clear error" if clear and not blown and not named_blown else "silent failure"
+    note = f"exit {result.returncode}, {len(blown)} of {len(every)} checkpoints blown or non-finite"
+    return "lr 1e6 (diverges)", outcome, 0, [note + (f", named {named.group(1)}" if named else "")]
 
 
 def exported_step(folder: Path, ckpt: str) -> tuple[int | None, str]:

@@ -26,6 +26,7 @@ from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.generate import Sampling
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.transformer import Transformer
+from lighthouse.tool_args import entry_point, local_path, output_folder
 
 # This project's parameter names -> Llama's, per block and outside the blocks.
 BLOCK_NAMES = {
@@ -164,9 +165,10 @@ def export_llama(
     ckpt: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, tokenizer: str | None = None
 ) -> Path:
     """Write the Llama folder for checkpoint ``ckpt`` into ``out`` (created; files there are overwritten)."""
+    local_path("--ckpt", str(ckpt))
+    output_folder("--out", str(out), create=False)  # before the load: a wrong --out costs no time
     checkpoint, model, tok = load_trained(ckpt, tokenizer)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder("--out", str(out))
     save_file(llama_state_dict(model, dtype), str(out / "model.safetensors"), metadata={"format": "pt"})
     files = {
         "config.json": llama_config(model.config, tok, dtype),
@@ -174,7 +176,7 @@ def export_llama(
         **tokenizer_files(tok, model.config.max_seq_len),
         # Where the weights came from, for whoever finds the folder later.
         "lighthouse.json": {
-            "checkpoint": str(Path(ckpt).resolve()),
+            "checkpoint": str(ckpt) if "://" in str(ckpt) else str(Path(ckpt).resolve()),
             "global_step": checkpoint.get("global_step"),
             "phase": training_phase(checkpoint),
             "recovered": not trained_sparse(checkpoint),
@@ -211,3 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"--ckpt {args.ckpt}: exporting {ckpt}")
     out = export_llama(ckpt, args.out, DTYPES[args.dtype], args.tokenizer)
     print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+
+
+if __name__ == "__main__":
+    entry_point(main)

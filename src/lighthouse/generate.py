@@ -6,6 +6,7 @@ python src/generate.py --ckpt logs/demo --prompt "def main(" --max-new-tokens 20
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from lighthouse.checkpoint.read import load_trained
 from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.model.kv_cache import KVCache
 from lighthouse.model.transformer import Transformer
+from lighthouse.tool_args import checked_device, entry_point, finite_at_least, int_in, local_path, require
 
 
 @dataclass(frozen=True)
@@ -154,18 +156,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every range checked before the checkpoint is read, each error naming its flag."""
+    finite_at_least("--temperature", args.temperature, 0.0, " (0 = greedy)")
+    require(math.isfinite(args.top_p) and 0 < args.top_p <= 1, "--top-p", args.top_p, "must lie in (0, 1]")
+    if args.top_k is not None:
+        int_in("--top-k", args.top_k, 1, why=" (omit it to keep all tokens)")
+    int_in("--max-new-tokens", args.max_new_tokens, 1)
+    local_path("--ckpt", args.ckpt)
+
+
+def check_length(model: Transformer, n_prompt: int, max_new_tokens: int) -> None:
+    """Prompt and continuation must fit the context the model was trained for: past it the KV cache grows without
+    bound (10^9 new tokens would ask for hundreds of GB) and the model has never seen such positions."""
+    context = model.config.max_seq_len
+    room = context - n_prompt
+    if room < 1:
+        raise ValueError(f"--prompt is {n_prompt} tokens: the model's context is {context}, so it must be shorter")
+    int_in("--max-new-tokens", max_new_tokens, 1, room, f" (the context {context} minus the {n_prompt} prompt tokens)")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_args(args)
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
-    device = torch.device(args.device)
+    device = checked_device("--device", args.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
     )
     from lighthouse.train.run_dir import find_checkpoint  # --ckpt logs/demo: that run's newest verified checkpoint
 
     _, model, tok = load_trained(find_checkpoint(args.ckpt), args.tokenizer)
-    model.to(device=device, dtype=dtype)  # RoPE tables stay fp32 (Transformer.rope)
     prompt = ([] if args.no_eos_prefix else [tok.eos_id]) + [int(i) for i in tok.encode(args.prompt)]
+    check_length(model, len(prompt), args.max_new_tokens)
+    model.to(device=device, dtype=dtype)  # RoPE tables stay fp32 (Transformer.rope)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     stream = StreamDecoder(tok)
     sys.stdout.write(args.prompt)
@@ -189,3 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, {device.type} {str(dtype)[6:]}]", file=sys.stderr
     )
+
+
+if __name__ == "__main__":
+    entry_point(main)

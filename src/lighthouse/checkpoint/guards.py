@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lighthouse.checkpoint.files import describe_last_good
+from lighthouse.checkpoint.files import candidates, describe_last_good, verify
 
 
 class NonFiniteError(FloatingPointError):
@@ -105,27 +105,101 @@ def grad_norm(module: L.LightningModule, optimizer, clip_val: float | None, algo
     return norm
 
 
+DIVERGENCE_FACTOR = 10.0
+"""Default of ``model.divergence_factor``: how far above its reference a loss, gradient norm or weight norm may go."""
+WARMUP_STEPS = 10  # steps before the medians are trusted; until then the loss is compared with ln(vocab)
+WINDOW = 64  # steps in the rolling medians
+LOSS_FLOOR = 0.1  # nats: a memorised batch at 0.01 that rises to 0.2 is noise, not a blow-up
+
+
+class DivergenceError(NonFiniteError):
+    """Training stopped on a finite blow-up: a loss, gradient norm or weight norm far above its recent level."""
+
+
+def saved_step(path) -> int | None:
+    """The global step a checkpoint file holds (mapped, not read: the weights stay on disk); None if unreadable."""
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    except Exception:
+        return None
+    return step if isinstance(step, int) else None
+
+
+def last_good_before(folder: str | None, step: int | None) -> str:
+    """For divergence messages: the newest checkpoint that verifies and holds global step <= ``step`` (the last
+    step before the trouble began), or why there is none. ``step`` None: the newest that verifies."""
+    if folder is None or step is None:
+        return describe_last_good(folder)
+    for path in candidates(folder):
+        found = saved_step(path) if verify(path).usable else None
+        if found is not None and found <= step:
+            return f"{path} (step {found})"
+    return f"none saved at step {step} or earlier: start again with a lower LR"
+
+
 class StepGuard:
-    """Stops training before an optimizer step whose loss or gradients hold a NaN or inf.
+    """Stops training before an optimizer step whose loss or gradients hold a NaN or inf, or whose loss or
+    gradient norm is ``factor`` times its recent level (a finite blow-up: the weights are already on their way to
+    inf, and every checkpoint saved from here on holds them).
 
     ``observe`` every micro-batch loss (no sync), then ``check`` once per optimizer step with the gradient norm.
+    The reference is the median over the last WINDOW steps; during the first WARMUP_STEPS steps, for the loss
+    only, ln(vocab), the loss of a uniform guess that no healthy model exceeds tenfold. Everything is kept and
+    compared on the device, so the check adds no host sync to the one the non-finite check already costs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, factor: float | None = DIVERGENCE_FACTOR, uniform_loss: float | None = None) -> None:
+        if factor is not None and not factor > 1:
+            raise ValueError(f"model.divergence_factor={factor} must be > 1, or null to turn the check off")
+        self.factor, self.uniform_loss = factor, uniform_loss
         self._finite: Tensor | None = None
         self._loss: Tensor | None = None
+        self._sum: Tensor | None = None
+        self._count = 0
+        self._history: Tensor | None = None  # [WINDOW, 2]: (mean loss, gradient norm) per step, a ring
+        self._steps: list[int] = []  # the global step of each ring row, oldest first
+        self._seen = 0
 
     def observe(self, loss: Tensor) -> None:
-        finite = torch.isfinite(loss.detach())
+        loss = loss.detach()
+        finite = torch.isfinite(loss)
         self._finite = finite if self._finite is None else self._finite & finite
-        self._loss = loss.detach()
+        self._loss = loss
+        self._sum = loss.float() if self._sum is None else self._sum + loss.float()
+        self._count += 1
+
+    def _references(self, device) -> Tensor:
+        """(loss, norm) levels a step is compared with; NaN where there is none yet (NaN compares false)."""
+        if self._seen < WARMUP_STEPS:
+            loss = self.uniform_loss if self.uniform_loss is not None else float("nan")
+            return torch.tensor([loss, float("nan")], device=device)
+        rows = self._history if self._seen >= WINDOW else self._history[: self._seen]
+        reference = rows.nanmedian(dim=0).values
+        return torch.stack([reference[0].clamp(min=LOSS_FLOOR), reference[1]])
+
+    def _record(self, values: Tensor, step: int) -> None:
+        if self._history is None:
+            self._history = torch.full((WINDOW, 2), float("nan"), device=values.device)
+        self._history[self._seen % WINDOW] = values
+        self._steps = [*self._steps[-(WINDOW - 1) :], step]
+        self._seen += 1
 
     def check(self, trainer: L.Trainer, norm: Tensor | None) -> None:
+        device = trainer.strategy.root_device
         finite_loss = self._finite if self._finite is not None else torch.tensor(True)
-        self._finite = None
-        ok = finite_loss.to(trainer.strategy.root_device)
+        ok = finite_loss.to(device)
         if norm is not None:
             ok = ok & torch.isfinite(norm)
+        blown = values = reference = None
+        if self.factor is not None and self._sum is not None:
+            nan = torch.tensor(float("nan"), device=device)
+            mean = (self._sum / self._count).to(device)
+            values = torch.stack([mean, norm.detach().float().to(device) if norm is not None else nan])
+            reference = self._references(device)
+            blown = values > self.factor * reference  # [2]: loss, norm
+            ok = ok & ~blown.any()
+            self._record(values, trainer.global_step)
+        self._finite, self._sum, self._count = None, None, 0
         if not _any_rank(trainer, ~ok):
             return
         step = trainer.global_step
@@ -133,28 +207,89 @@ class StepGuard:
             what = f"training loss is {self._loss.item()} at global step {step}"
         elif norm is not None and not bool(torch.isfinite(norm)):
             what = f"gradient norm is {norm.item()} at global step {step} (the loss {self._loss.item():.4g} is finite)"
+        elif blown is not None and bool(blown.any()):
+            raise DivergenceError(self._blow_up_message(trainer, values.tolist(), reference.tolist(), step))
         else:
-            what = f"the loss or gradient norm is not finite on another rank at global step {step}"
+            what = f"the loss or gradient norm is not finite or blew up on another rank at global step {step}"
         last = describe_last_good(_folder(trainer))
         raise NonFiniteError(
             f"{what}: stopping before the optimizer step, so the weights are those of step {step}. "
             f"Last good checkpoint: {last}. Lower the LR or check the data, then resume with --ckpt_path."
         )
 
+    def _trouble_began_after(self, reference: list[float]) -> int | None:
+        """The last step before this one whose loss and gradient norm were at most their reference: where the climb
+        to the blow-up started. None when every step in the window was above it."""
+        rows = self._history.tolist()
+        order = [(self._seen - 1 - back) % WINDOW for back in range(len(self._steps))]  # newest first
+        for row, step in zip(order[1:], reversed(self._steps[:-1]), strict=True):
+            loss, norm = rows[row]
+            if not loss > reference[0] and not norm > reference[1]:  # NaN (no reference, no norm) counts as at most
+                return step
+        return None
+
+    def _blow_up_message(self, trainer: L.Trainer, values: list[float], reference: list[float], step: int) -> str:
+        warm = self._seen > WARMUP_STEPS
+        levels = (
+            f"its median over the last {min(self._seen - 1, WINDOW)} steps" if warm else "ln(vocab), a uniform guess",
+            "its median",
+        )
+        names = ("training loss", "gradient norm")
+        parts = [
+            f"{name} {value:.4g} is {value / ref:.3g}x {level} ({ref:.4g})"
+            for name, value, ref, level in zip(names, values, reference, levels, strict=True)
+            if value > self.factor * ref
+        ]
+        began = self._trouble_began_after(reference)
+        since = f"the climb began after step {began}" if began is not None else "it was climbing for the whole window"
+        return (
+            f"{' and '.join(parts)} at global step {step}, over the limit model.divergence_factor={self.factor}: the "
+            f"weights are diverging (finite, but not good). Stopping before the optimizer step; {since}. Last good "
+            f"checkpoint (saved before the trouble): {last_good_before(_folder(trainer), began)}. Lower the LR or "
+            "check the data, then resume from it with --ckpt_path."
+        )
+
+
+def weight_norm(state: dict, trainer: L.Trainer) -> Tensor:
+    """The 2-norm of every floating tensor in ``state``, summed over ranks (this rank's parts only). One sync."""
+    parts = [t.detach().float().pow(2).sum() for _, t in float_tensors(state) if t.numel()]
+    device = trainer.strategy.root_device
+    total = torch.stack([p.to(device) for p in parts]).sum() if parts else torch.zeros((), device=device)
+    return trainer.strategy.reduce(total, reduce_op="sum").sqrt()
+
 
 class FiniteCheckpoints(Callback):
-    """Refuses to write a checkpoint whose weights or optimizer state hold a NaN or inf, and stops the run.
+    """Refuses to write a checkpoint whose weights or optimizer state hold a NaN or inf, or whose weight norm
+    jumped ``model.divergence_factor`` times above the norm at the previous save (or at the start of training):
+    finite weights that are no longer good. Either stops the run.
 
     Runs inside every save (periodic, last, on SIGTERM, at the end) on every rank, before anything is written.
     """
 
+    def __init__(self) -> None:
+        self._norm: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._norm = float(weight_norm(pl_module.state_dict(), trainer))  # once per launch
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         names = non_finite_names(checkpoint_state(checkpoint))
-        if not _any_rank(trainer, bool(names)):
+        if _any_rank(trainer, bool(names)):
+            where = ", ".join(names) if names else "tensors held by another rank"
+            raise NonFiniteError(
+                f"refusing to save a checkpoint at global step {trainer.global_step}: non-finite values in {where}. "
+                f"Training stops here. Last good checkpoint: {describe_last_good(_folder(trainer))}. "
+                "Lower the LR or check the data, then resume with --ckpt_path."
+            )
+        factor = getattr(getattr(pl_module, "step_guard", None), "factor", DIVERGENCE_FACTOR)
+        if factor is None or "state_dict" not in checkpoint:
             return
-        where = ", ".join(names) if names else "tensors held by another rank"
-        raise NonFiniteError(
-            f"refusing to save a checkpoint at global step {trainer.global_step}: non-finite values in {where}. "
-            f"Training stops here. Last good checkpoint: {describe_last_good(_folder(trainer))}. "
-            "Lower the LR or check the data, then resume with --ckpt_path."
-        )
+        norm = float(weight_norm(checkpoint["state_dict"], trainer))
+        if self._norm is not None and self._norm > 0 and norm > factor * self._norm:
+            raise DivergenceError(
+                f"refusing to save a checkpoint at global step {trainer.global_step}: the weight norm jumped from "
+                f"{self._norm:.4g} to {norm:.4g} ({norm / self._norm:.3g}x, over model.divergence_factor={factor}): "
+                f"the weights are diverging. Training stops here. Last good checkpoint: "
+                f"{describe_last_good(_folder(trainer))}. Lower the LR or check the data, then resume with --ckpt_path."
+            )
+        self._norm = norm

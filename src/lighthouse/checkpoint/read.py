@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
-from lighthouse.checkpoint.io import load_verified
+from lighthouse.checkpoint.guards import non_finite_names
+from lighthouse.checkpoint.io import CheckpointError, is_remote, load_verified
 from lighthouse.data.tokenizer import TextTokenizer, byte_tokenizer
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.transformer import Transformer
+from lighthouse.tool_args import about
 
 CONSOLIDATE = "python -m lightning.pytorch.utilities.consolidate_checkpoint"
 TOKENIZER_KEY = "lighthouse_tokenizer"  # the tokenizer's JSON, written by LitLM.on_save_checkpoint
@@ -27,24 +29,40 @@ class NotRecoveredWarning(UserWarning):
     """The checkpoint was trained with sparse attention and has not been through the dense recovery stage."""
 
 
-def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
-    """The checkpoint dict at ``path`` (one file; a sharded FSDP folder is refused with the consolidation command).
+def read_checkpoint(path: str | Path, mmap: bool = False, finite: bool = True) -> dict:
+    """The checkpoint dict at ``path`` (one file or a URL; a sharded FSDP folder is refused with the consolidation
+    command). Weights holding a NaN or inf are refused (``finite``), as training refuses to resume from them: the
+    one place every tool after training loads through.
 
     ``mmap=True`` maps the tensors instead of reading them, for a quick look at the metadata.
     """
-    path = Path(path)
-    if path.is_dir():
-        sharded = any(path.glob("*.distcp")) or (path / ".metadata").exists() or (path / "meta.pt").exists()
-        kind = "a sharded (FSDP) checkpoint folder" if sharded else "a folder, not a checkpoint file"
-        raise ValueError(
-            f"{path} is {kind}. Consolidate it into one file first:\n"
-            f"    {CONSOLIDATE} {path} --output_file {path}.consolidated\n"
-            f"then pass {path}.consolidated"
+    if is_remote(path):  # a URL: Path() would fold its '//' and look for a local folder called 'http:'
+        checkpoint = load_verified(str(path), map_location="cpu", check_finite=False)
+    else:
+        path = Path(path)
+        if path.is_dir():
+            sharded = any(path.glob("*.distcp")) or (path / ".metadata").exists() or (path / "meta.pt").exists()
+            kind = "a sharded (FSDP) checkpoint folder" if sharded else "a folder, not a checkpoint file"
+            raise ValueError(
+                f"{path} is {kind}. Consolidate it into one file first:\n"
+                f"    {CONSOLIDATE} {path} --output_file {path}.consolidated\n"
+                f"then pass {path}.consolidated"
+            )
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        # Checksum checked where there is one; a damaged or unsafe file is refused with a message that says so.
+        checkpoint = load_verified(path, map_location="cpu", mmap=mmap, check_finite=False)
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(
+            f"{path} holds no 'state_dict' of weights: it is not a training checkpoint written by this project"
         )
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    # Checksum checked where there is one; a damaged or unsafe file is refused with a message that says so.
-    return load_verified(path, map_location="cpu", mmap=mmap, check_finite=False)
+    bad = non_finite_names(checkpoint["state_dict"]) if finite else []
+    if bad:
+        raise CheckpointError(
+            f"{path} holds non-finite weights (NaN or inf in {', '.join(bad)}): its checksum is intact, so it was "
+            "saved that way (before the guards that keep NaN out of checkpoints). Use an earlier checkpoint"
+        )
+    return checkpoint
 
 
 def saved_model_config(checkpoint: dict) -> ModelConfig:
@@ -58,7 +76,10 @@ def saved_model_config(checkpoint: dict) -> ModelConfig:
             "checkpoint holds no model config (neither 'lighthouse_model' nor hyper_parameters "
             "'arch'/'model'): it was not written by this project's LitLM"
         )
-    return ModelConfig(**saved)
+    try:
+        return ModelConfig(**saved)
+    except TypeError as err:  # fields this project never had: another project's checkpoint
+        raise CheckpointError(f"the checkpoint's model config is not this project's ({err})") from None
 
 
 def training_phase(checkpoint: dict) -> dict | None:
@@ -115,7 +136,11 @@ def dense_model(checkpoint: dict) -> Transformer:
     config = saved_model_config(checkpoint)
     model = Transformer(config)
     model.set_attention_backend("sdpa")
-    model.load_state_dict(model_state_dict(checkpoint), strict=True)
+    try:
+        model.load_state_dict(model_state_dict(checkpoint), strict=True)
+    except RuntimeError as err:  # missing, extra or misshapen weights: not this model's checkpoint
+        first = str(err).strip().splitlines()[-1].strip()[:200]
+        raise CheckpointError(f"the checkpoint's weights do not fit the model config it records ({first})") from None
     return model.eval()
 
 
@@ -130,10 +155,13 @@ def saved_tokenizer(checkpoint: dict, override: str | None = None) -> TextTokeni
     fingerprint = data_state.get("tokenizer_fingerprint")
     data_hparams = checkpoint.get("datamodule_hyper_parameters", {})
     if override is not None:
-        tok = byte_tokenizer() if override == "byte" else TextTokenizer.from_file(override)
+        if override != "byte" and not Path(override).is_file():
+            raise ValueError(f"--tokenizer={override!r} is invalid: it must be 'byte' or a tokenizer .json file")
+        with about("--tokenizer", override):
+            tok = byte_tokenizer() if override == "byte" else TextTokenizer.from_file(override)
         if fingerprint is not None and tok.fingerprint != fingerprint:
             raise ValueError(
-                f"tokenizer {override!r} has fingerprint {tok.fingerprint}, but the checkpoint was "
+                f"--tokenizer {override!r} has fingerprint {tok.fingerprint}, but the checkpoint was "
                 f"trained with tokenizer fingerprint {fingerprint}"
             )
         return tok
@@ -157,9 +185,10 @@ def saved_tokenizer(checkpoint: dict, override: str | None = None) -> TextTokeni
 
 def load_trained(path: str | Path, tokenizer: str | None = None) -> tuple[dict, Transformer, TextTokenizer]:
     """The checkpoint, its dense model (CPU, fp32, eval) and its tokenizer; warns if it was not recovered."""
-    checkpoint = read_checkpoint(path)
+    with about("--ckpt", path):
+        checkpoint = read_checkpoint(path)
+        model = dense_model(checkpoint)
     warn_if_not_recovered(checkpoint, path)
-    model = dense_model(checkpoint)
     tok = saved_tokenizer(checkpoint, tokenizer)
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(

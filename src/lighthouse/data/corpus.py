@@ -253,6 +253,7 @@ def check_corpus_arg(corpus: str) -> None:
         return
     if corpus.startswith(HF_PREFIX):
         _parse_hf(corpus)
+        require_datasets(corpus)
         return
     if glob.has_magic(corpus):
         if next(_glob_walk(corpus, Skips())[1], None) is None:
@@ -269,6 +270,18 @@ def check_corpus_arg(corpus: str) -> None:
     if path.is_dir() and next(_directory_walk(path, Skips()), None) is None:
         raise ValueError(
             f"corpus={corpus!r}: the directory holds no {SUPPORTED_IN_DIRECTORY} files (regular files or links to them)"
+        )
+
+
+def require_datasets(corpus: str) -> None:
+    """An 'hf:' corpus needs the ``datasets`` package: say which extra installs it at validation, before the run
+    writes anything, instead of an ImportError deep inside the shard build."""
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is None:
+        raise ValueError(
+            f"corpus={corpus!r} needs the Hugging Face datasets package, which is not installed: "
+            'pip install -e ".[data]" (or point data.corpus at local .txt/.jsonl/.parquet files)'
         )
 
 

@@ -51,6 +51,9 @@ SHARE = Rule(
     "must be a number in [0, 1]",
 )
 LIMIT = _positive_or_none("no limit")
+# Matmul tiles want multiples of 64 or 128; a larger multiple only adds embedding rows that are never used (10^9
+# of them would be terabytes of weights).
+VOCAB_MULTIPLE = Rule(lambda v: _is_int(v) and 1 <= v <= 65536, "must be an integer in [1, 65536]")
 NAME = Rule(lambda v: isinstance(v, str) and v != "", "must be a non-empty string")
 TEXT = Rule(lambda v: isinstance(v, str), "must be a string")
 FOLDER = Rule(lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "", "must be a folder path")
@@ -105,8 +108,9 @@ class DataSettings:
     """Processes for tokenization (default: all CPUs)."""
     shard_tokens: Annotated[int, POSITIVE] = 2**28
     """Tokens per shard file."""
-    vocab_multiple_of: Annotated[int, POSITIVE] = 1
-    """Round vocab_size up to a multiple of this (64 helps GPU matmuls); the extra ids never occur in the data."""
+    vocab_multiple_of: Annotated[int, VOCAB_MULTIPLE] = 1
+    """Round vocab_size up to a multiple of this (64 helps GPU matmuls), in [1, 65536]; the extra ids never occur
+    in the data."""
     pin_memory: Annotated[bool, SWITCH] = True
     """Pin batches in page-locked memory when CUDA is available."""
     progress: Annotated[bool, SWITCH] = True

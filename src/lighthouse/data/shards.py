@@ -194,9 +194,40 @@ def _files(manifest: dict) -> dict[str, dict]:
     return {name: entry for split in SPLITS for name, entry in manifest["splits"][split]["checksums"].items()}
 
 
-def size_problems(folder: str | os.PathLike, manifest: dict) -> list[str]:
-    """Files that are missing or whose size differs from the manifest (cheap: one stat a file)."""
+def count_problems(manifest: dict) -> list[str]:
+    """Token and document counts that disagree with the file sizes the manifest records (checked against the
+    files by ``size_problems``): every count that sizes an allocation is then bounded by bytes on disk, so a
+    manifest claiming 10^12 tokens is refused instead of allocating for them."""
     problems = []
+    for split in SPLITS:
+        try:
+            meta = manifest["splits"][split]
+            itemsize = np.dtype(meta["dtype"]).itemsize
+            sizes = meta["checksums"]
+            tokens, shard_tokens, documents = int(meta["tokens"]), int(meta["shard_tokens"]), int(meta["documents"])
+            held = 0
+            for shard in meta["shards"]:
+                n = int(shard["tokens"])
+                if not 0 <= n <= shard_tokens or n * itemsize != sizes[shard["file"]]["bytes"]:
+                    problems.append(f"{split} shard {shard['file']}: {n} tokens do not fit its recorded size")
+                held += n
+            docs_bytes = sizes[meta["doc_starts"]]["bytes"]
+        except (KeyError, TypeError, ValueError) as e:
+            problems.append(f"the manifest's {split} entry is malformed ({type(e).__name__}: {e})")
+            continue
+        if tokens != held:
+            problems.append(f"the manifest says {split} holds {tokens} tokens, its shard files hold {held}")
+        if not 0 <= documents <= tokens or docs_bytes < 8 * documents:
+            problems.append(f"the manifest's {split} document count {documents} does not fit its files")
+    return problems
+
+
+def size_problems(folder: str | os.PathLike, manifest: dict) -> list[str]:
+    """Files that are missing or whose size differs from the manifest (cheap: one stat a file), and counts that
+    disagree with those sizes."""
+    problems = count_problems(manifest)
+    if problems:
+        return problems
     for name, entry in _files(manifest).items():
         try:
             size = (Path(folder) / name).stat().st_size

@@ -17,7 +17,7 @@ from dataclasses import fields
 import torch
 from torch import Tensor
 
-from lighthouse.data.passkey_format import Encoder, PromptFormat, TokenSource
+from lighthouse.data.passkey_format import Encoder, PromptFormat, TokenSource, min_length
 from lighthouse.eval.passkey_prompts import PasskeyConfig, make_prompts
 from lighthouse.eval.passkey_scores import DIGIT_CHANCE, LogitsFn, PasskeyScores, evaluate
 from lighthouse.model.transformer import dense_eager
@@ -67,24 +67,45 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the scores to this file")
     args = parser.parse_args(argv)
-    from lighthouse.checkpoint.read import dense_model, read_checkpoint
+    from lighthouse.checkpoint.read import dense_model, read_checkpoint, saved_model_config
     from lighthouse.data.datamodule import LMDataModule
     from lighthouse.data.settings import DataSettings
+    from lighthouse.tool_args import about, checked_device, local_path, output_file
 
-    device = torch.device(args.device)
-    ckpt = read_checkpoint(args.ckpt, mmap=True)  # verified, weights_only; a sharded folder gets the command
-    model = dense_model(ckpt).to(device)
+    if args.json:
+        output_file("--json", args.json)  # before the evaluation, not after it
+    local_path("--ckpt", args.ckpt)
+    device = checked_device("--device", args.device)
+    config = PasskeyConfig(args.lengths, args.depths, args.samples, args.key_digits, args.seed)
+    config.validate(2**31, prefix="--", longer_ok=True)  # every range but the context's, before reading anything
+    with about("--ckpt", args.ckpt):
+        ckpt = read_checkpoint(args.ckpt, mmap=True)  # verified, weights_only; a sharded folder gets the command
+        max_len = saved_model_config(ckpt).max_seq_len
+    # Before the model and the data exist: a length past the model's context would allocate without bound (10^8
+    # tokens took 23 GB) and tests positions the model never saw.
+    if min_length(args.key_digits) > max_len:
+        raise ValueError(
+            f"--ckpt={args.ckpt!r} is invalid: its context ({max_len} tokens) is shorter than the shortest passkey "
+            f"prompt ({min_length(args.key_digits)} tokens with --key-digits {args.key_digits})"
+        )
+    config.validate(max_len, prefix="--", longer_ok=False)
+    with about("--ckpt", args.ckpt):
+        model = dense_model(ckpt).to(device)
     # The run's data settings, as DataSettings declares them (Lightning also stores its own keys there, e.g.
     # _instantiator, which are not settings).
     accepted = {f.name for f in fields(DataSettings)}
-    data_args = {k: v for k, v in ckpt["datamodule_hyper_parameters"].items() if k in accepted}
+    saved = ckpt.get("datamodule_hyper_parameters")
+    if not isinstance(saved, dict):
+        raise ValueError(
+            f"--ckpt={args.ckpt!r} is invalid: it records no data settings (not trained with LMDataModule), so the "
+            "filler text for the prompts is unknown"
+        )
+    data_args = {k: v for k, v in saved.items() if k in accepted}
     data_args["progress"] = False
     if args.data_dir:
         data_args["data_dir"] = args.data_dir
     datamodule = LMDataModule(**data_args)
     datamodule.setup("validate")
-    config = PasskeyConfig(args.lengths, args.depths, args.samples, args.key_digits, args.seed)
-    config.validate(model.config.max_seq_len, prefix="", longer_ok=True)  # RoPE extends past the training length
     evaluator = PasskeyEval(config, datamodule.tokenizer, split_reader(datamodule, "val"), model.config.max_seq_len)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
     with dense_eager(model), autocast:
@@ -102,4 +123,6 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
 
 
 if __name__ == "__main__":
-    main()
+    from lighthouse.tool_args import entry_point
+
+    entry_point(main)

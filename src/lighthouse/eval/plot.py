@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 
 from lighthouse.eval.run_logs import Run, Series, find_runs, read_run
+from lighthouse.tool_args import entry_point, output_folder
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 STAGE_NAMES = {1: "stage 1 (Lighthouse)", 2: "stage 2 (dense)"}
@@ -108,7 +110,7 @@ def plot_loss(runs: list[Run], labels: list[str], out: Path) -> Path:
     by_step.set_ylabel("loss (nats per token)")
     for ax in (by_step, by_time):
         ax.grid(alpha=0.3)
-    by_step.legend(fontsize=8, loc="upper right")
+    _legend(by_step, loc="upper right")
     fig.suptitle("Training and validation loss (train: raw, faint; smoothed, solid)")
     return _save(fig, out / "loss.png")
 
@@ -116,7 +118,8 @@ def plot_loss(runs: list[Run], labels: list[str], out: Path) -> Path:
 def _stage_rates(run: Run) -> dict[int, list[float]]:
     rates: dict[int, list[float]] = {}
     for record in run.throughput:
-        rates.setdefault(int(record.get("stage", 1)), []).append(record["tokens_per_sec"])
+        if "tokens_per_sec" in record:
+            rates.setdefault(int(record.get("stage", 1)), []).append(record["tokens_per_sec"])
     return rates
 
 
@@ -128,7 +131,7 @@ def plot_throughput(runs: list[Run], labels: list[str], out: Path) -> Path:
     for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
         color = COLORS[i % len(COLORS)]
         for stage, marker in ((1, "o"), (2, "s")):
-            records = [r for r in run.throughput if int(r.get("stage", 1)) == stage]
+            records = [r for r in run.throughput if int(r.get("stage", 1)) == stage and "tokens_per_sec" in r]
             if records:
                 # A record's step counts the optimizer steps done; TensorBoard (and the other plots) put step k's
                 # values at k - 1, the index of the batch.
@@ -150,10 +153,10 @@ def plot_throughput(runs: list[Run], labels: list[str], out: Path) -> Path:
         per_stage.bar_label(bars, labels=[f"{m:,.0f}" for m in medians], fontsize=8)
     over_steps.set_xlabel("optimizer step")
     over_steps.set_ylabel("tokens / s (all devices)")
-    over_steps.legend(fontsize=8, loc="best")
+    _legend(over_steps, loc="best")
     per_stage.set_xticks([0, 1], [STAGE_NAMES[1], STAGE_NAMES[2]])
     per_stage.set_ylabel("median tokens / s")
-    per_stage.legend(fontsize=8)
+    _legend(per_stage)
     for ax in (over_steps, per_stage):
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Throughput (warm-up, validation and checkpoint steps left out)")
@@ -173,6 +176,8 @@ def plot_loss_by_position(runs: list[Run], labels: list[str], out: Path) -> Path
     for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
         color = COLORS[i % len(COLORS)]
         buckets = run.position_buckets()
+        if not buckets:  # no validation ran yet: nothing to draw for this run (missing() says so)
+            continue
         switch = run.stage_switch_step()
         moments = [("end of stage 1", switch, "--")] if switch is not None else []
         moments.append(("final", None, "-"))
@@ -192,9 +197,15 @@ def plot_loss_by_position(runs: list[Run], labels: list[str], out: Path) -> Path
     ax.set_xlabel("token position in the window")
     ax.set_ylabel("validation loss (nats per token)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax)
     fig.suptitle("Validation loss by position: falling loss at late positions = long context in use")
     return _save(fig, out / "loss_by_position.png")
+
+
+def _legend(ax, **kwargs) -> None:
+    """A legend where something was drawn (a run without validation leaves loss_by_position.png empty)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, **kwargs)
 
 
 def _save(fig, path: Path) -> Path:
@@ -206,20 +217,51 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def missing(run: Run) -> list[str]:
+    """What a run has not logged (yet), each with the figure that lacks it: said instead of failing."""
+    gaps = []
+    if not run.series("train/loss").steps:
+        gaps.append("no training loss (train/loss): loss.png has no training curve")
+    if not run.series(val_tag(run)).steps:
+        gaps.append("no validation point (val/loss): loss.png shows the training loss only")
+    if not run.position_buckets():
+        gaps.append("no validation loss by position (val/loss_pos): loss_by_position.png is empty")
+    if not run.throughput:
+        gaps.append("no throughput.jsonl records: throughput.png is empty")
+    return gaps
+
+
 def plot_runs(paths: list[str | Path], out: str | Path | None = None, labels: list[str] | None = None) -> list[Path]:
-    """Draw the runs at ``paths`` into ``out`` (default: ``<run>/plots`` for one run, ``plots`` for several)."""
+    """Draw the runs at ``paths`` into ``out`` (default: ``<run>/plots`` for one run, ``plots`` for several).
+
+    A run that has not logged everything yet (no validation so far, an empty or cut-off events file) is drawn
+    with what it has, and what is missing is printed to stderr.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
+    for path in paths:
+        if not Path(path).is_dir():
+            raise ValueError(f"RUN={str(path)!r} is invalid: not a folder (a run directory or a folder of them)")
     run_dirs = [run for path in paths for run in find_runs(path)]
     if not run_dirs:
-        raise SystemExit(f"no run directories (folders with TensorBoard event files) under {list(map(str, paths))}")
+        raise ValueError(
+            f"RUN={list(map(str, paths))} is invalid: no run directories (folders with TensorBoard event files) there"
+        )
     runs = [read_run(path) for path in run_dirs]
+    empty = [str(run.path) for run in runs if not run.scalars]
+    if len(empty) == len(runs):
+        raise ValueError(f"RUN={empty} is invalid: its event files hold no scalars (empty or damaged), nothing to plot")
     labels = labels or [run.label for run in runs]
     if len(labels) != len(runs):
-        raise SystemExit(f"--labels gives {len(labels)} names for {len(runs)} runs")
-    out = Path(out) if out is not None else (run_dirs[0] / "plots" if len(runs) == 1 else Path("plots"))
-    out.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"--labels={labels} is invalid: it gives {len(labels)} names for {len(runs)} runs")
+    flag = "--out" if out is not None else "--out (default: RUN/plots)"
+    out = output_folder(
+        flag, str(out) if out is not None else str(run_dirs[0] / "plots" if len(runs) == 1 else "plots")
+    )
+    for run, label in zip(runs, labels, strict=True):
+        for gap in missing(run):
+            print(f"note: {label}: {gap}", file=sys.stderr)
     return [plot(runs, labels, out) for plot in (plot_loss, plot_throughput, plot_loss_by_position)]
 
 
@@ -236,4 +278,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

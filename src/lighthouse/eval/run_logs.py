@@ -129,17 +129,37 @@ def read_run(path: str | Path) -> Run:
             series.wall_times.append(wall)
             series.launches.append(launch)
         scalars[tag] = series
-    throughput_file = path / "throughput.jsonl"
-    throughput = (
-        [json.loads(line) for line in throughput_file.read_text().splitlines() if line.strip()]
-        if throughput_file.exists()
-        else []
-    )
+    throughput = _read_throughput(path / "throughput.jsonl")
     config_files = sorted(path.glob("config*.yaml"), key=lambda p: int(p.suffixes[0][1:]) if len(p.suffixes) > 1 else 0)
     configs = [yaml.safe_load(p.read_text()) for p in config_files]
     return Run(
         path, scalars, {tag: sorted(by_step.items()) for tag, by_step in notes.items()}, throughput, configs, spans
     )
+
+
+def _read_throughput(file: Path) -> list[dict]:
+    """The records of ``throughput.jsonl``; a last line cut off by a kill mid-write is left out, any other damage
+    is refused with the file and line named."""
+    if not file.exists():
+        return []
+    try:
+        lines = file.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{file} is not UTF-8 JSON lines (byte {err.start}): damaged") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # the record being written when the run was killed
+            raise ValueError(f"{file}:{number} is not a JSON record: the file is damaged") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{file}:{number} is not a JSON object: the file is damaged")
+        records.append(record)
+    return records
 
 
 def find_runs(path: str | Path) -> list[Path]:

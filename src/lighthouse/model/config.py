@@ -6,6 +6,7 @@ import copy
 import math
 from dataclasses import dataclass, fields
 
+from lighthouse.model import budget
 from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, check_options, lighthouse_geometry
 
 # How the CLI spells the model's fields (``--model.arch.dim``); error messages use it so they name the flag.
@@ -224,10 +225,15 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{PREFIX}{name}={value!r} is invalid: it must be an integer >= 1 or null")
-        if self.rope_theta <= 0:
+        if not self.rope_theta > 0:
             raise ValueError(f"{PREFIX}rope_theta={self.rope_theta} must be > 0")
         if self.rope_scaling is not None:
             self.rope_scaling.validate()
+        if not (isinstance(self.init_std, (int, float)) and 0 < self.init_std < float("inf")):
+            raise ValueError(f"{PREFIX}init_std={self.init_std!r} must be a finite number > 0")
+        if not (isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1):
+            raise ValueError(f"{PREFIX}norm_eps={self.norm_eps!r} must be a number in (0, 1)")
+        self._check_memory(head_dim, kv_heads)
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"{PREFIX}attention={self.attention!r} is not one of {ATTENTION_BACKENDS}")
         bad = [i for i in self.dense_layers if not 0 <= i < self.n_layers]
@@ -251,6 +257,39 @@ class ModelConfig:
                     f"{PREFIX}lighthouse.dilation={lh.dilation} must divide data.seq_len={self.max_seq_len} "
                     "(the dilated scorer's subsequences have equal lengths)"
                 )
+
+    def _check_memory(self, head_dim: int, kv_heads: int) -> None:
+        """Refuse a model that cannot be built on this machine, naming the sizes that decide it, before anything is
+        allocated (100000 layers would otherwise build for hours; see lighthouse.model.budget)."""
+        host = budget.host_memory_bytes()
+        params = budget.parameter_count(
+            self.vocab_size, self.dim, self.n_layers, self.n_heads, kv_heads, head_dim, self.ffn_hidden,
+            self.tie_embeddings,
+        )  # fmt: skip
+        weights = params * budget.FP32
+        rope = self.max_seq_len * head_dim * budget.ROPE_BYTES_PER_ENTRY
+        if weights + rope > host:
+            sizes = (
+                f"{PREFIX}vocab_size={self.vocab_size}, {PREFIX}dim={self.dim}, {PREFIX}n_layers={self.n_layers}, "
+                f"{PREFIX}ffn_hidden={self.ffn_hidden}"
+            )
+            what = f"{params:,} parameters ({budget.gib(weights)} in fp32; set by {sizes})"
+            if rope > weights:
+                what = (
+                    f"RoPE tables of {budget.gib(rope)} for data.seq_len (= {PREFIX}max_seq_len) = {self.max_seq_len}"
+                )
+            raise ValueError(
+                f"the model cannot be built on this machine: {what}, but the host has {budget.gib(host)} of memory"
+            )
+        # One sequence's residual stream in fp32, needed at once on this host's devices (context parallelism
+        # splits it, over at most all of them).
+        stream = self.max_seq_len * self.dim * budget.FP32
+        if stream > host and stream > host + budget.device_memory_bytes():
+            raise ValueError(
+                f"data.seq_len (= {PREFIX}max_seq_len) = {self.max_seq_len} is too long for {PREFIX}dim={self.dim} "
+                f"here: one sequence's fp32 residual stream alone takes {budget.gib(stream)}, more than this "
+                f"machine's memory (host and GPUs together)"
+            )
 
 
 # Fields whose null means a fixed default (or, with model.init_from, the checkpoint's value).

@@ -161,9 +161,6 @@ class LighthouseCLI(LightningCLI):
         for folder in checkpoint_folders(self.trainer) if checkpoints else []:
             check_writable(folder, "checkpoint folder")
 
-    def before_validate(self) -> None:
-        self.check_folders_writable(checkpoints=False)
-
     def before_fit(self) -> None:
         self.check_folders_writable(checkpoints=True)
         fit_args = self.config_init[self.subcommand]
@@ -171,6 +168,7 @@ class LighthouseCLI(LightningCLI):
         check_start_step(self.trainer, fit_args["ckpt_path"])
 
     def before_validate(self) -> None:
+        self.check_folders_writable(checkpoints=False)
         if self.run_placement.ckpt_path is not None:  # `--ckpt_path last`, resolved by place_run
             self.config_init[self.subcommand]["ckpt_path"] = self.run_placement.ckpt_path
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from jsonargparse import Namespace
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lighthouse.train import run_loggers
 from lighthouse.checkpoint.files import TMP_PATTERN, newest_usable, remove_orphans, resolve_last
 from lighthouse.checkpoint.io import is_remote
+from lighthouse.train import run_loggers
 from lighthouse.train.run_lock import RunLock, lock_run, try_lock
 
 DEFAULT_ROOT = "logs"

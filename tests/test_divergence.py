@@ -1,0 +1,86 @@
+"""Finite blow-ups stop training like NaN does: a loss or gradient norm far above its recent median, or a weight
+norm that jumps between saves, and the message names the newest checkpoint saved before the trouble began."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from training_helpers import cli_subprocess_args, tiny_config
+
+from lighthouse.checkpoint.guards import WARMUP_STEPS, DivergenceError, StepGuard
+from lighthouse.train import exits
+from lighthouse.train.cli import main as cli_main
+
+
+def fake_trainer(folder: Path | None):
+    strategy = SimpleNamespace(root_device=torch.device("cpu"), reduce=lambda t, reduce_op: t)
+    return SimpleNamespace(strategy=strategy, checkpoint_callback=SimpleNamespace(dirpath=folder), global_step=0)
+
+
+def save_step(folder: Path, step: int) -> None:
+    path = folder / f"step{step:06d}.ckpt"
+    torch.save({"global_step": step, "state_dict": {}}, path)
+    os.utime(path, ns=(step * 10**9, step * 10**9))  # written in step order
+
+
+def feed(guard: StepGuard, trainer, losses, norms=None) -> None:
+    for i, loss in enumerate(losses):
+        trainer.global_step = i
+        guard.observe(torch.tensor(loss))
+        guard.check(trainer, None if norms is None else torch.tensor(norms[i]))
+
+
+def test_a_climbing_loss_stops_at_ten_times_the_median_and_names_the_checkpoint_before_the_climb(tmp_path):
+    for step in range(0, 31, 5):
+        save_step(tmp_path, step)
+    trainer = fake_trainer(tmp_path)
+    steady = [2.0, 2.1] * 12  # steps 0..23; the median (with the climb) is 2.1, last reached at step 23
+    guard = StepGuard(10.0, uniform_loss=5.5)
+    with pytest.raises(DivergenceError) as err:
+        feed(guard, trainer, [*steady, 3.0, 6.0, 12.0, 19.0, 25.0])
+    message = str(err.value)
+    assert "global step 28" in message and "model.divergence_factor=10.0" in message
+    assert "the climb began after step 23" in message
+    assert f"{tmp_path / 'step000020.ckpt'} (step 20)" in message  # not step 25, saved during the climb
+
+
+def test_a_gradient_norm_spike_stops_too():
+    guard = StepGuard(10.0, uniform_loss=5.5)
+    with pytest.raises(DivergenceError, match="gradient norm 50 is 50x its median"):
+        feed(guard, fake_trainer(None), [2.0] * 20, [1.0] * 19 + [50.0])
+
+
+def test_during_warm_up_the_loss_is_compared_with_a_uniform_guess():
+    guard = StepGuard(10.0, uniform_loss=5.5)
+    feed(guard, fake_trainer(None), [5.5, 40.0])  # high, but under 10 x ln(vocab)
+    with pytest.raises(DivergenceError, match="ln\\(vocab\\)"):
+        feed(StepGuard(10.0, uniform_loss=5.5), fake_trainer(None), [5.5, 1e4])
+    assert WARMUP_STEPS > 2
+
+
+def test_healthy_noise_and_a_turned_off_guard_pass():
+    noisy = [2.0 + 0.5 * ((i * 7) % 5) for i in range(200)]
+    feed(StepGuard(10.0, uniform_loss=5.5), fake_trainer(None), noisy, [1.0 + (i % 9) for i in range(200)])
+    feed(StepGuard(None, uniform_loss=5.5), fake_trainer(None), [2.0] * 20 + [1e6])
+    with pytest.raises(ValueError, match="divergence_factor=1 must be > 1"):
+        StepGuard(1)
+
+
+def test_lr_1e6_stops_with_no_blown_checkpoint_saved(tmp_path, capsys, monkeypatch):
+    """The fault-injection case: every step saved, LR 10^6. Before, the run saved finite checkpoints with
+    max|w| ~ 5e5 and named one of them as 'last good'."""
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, "diverge", max_steps=12, every_n=1)
+    cmd, _ = cli_subprocess_args(tmp_path, config, "diverge", ["--model.optimizer.init_args.lr", "1e6"])
+    code = exits.run(cli_main, cmd[2:])
+    err = capsys.readouterr().err
+    assert code == exits.EXIT_STOPPED, err
+    assert "diverging" in err and "Traceback" not in err
+    for path in (tmp_path / "logs" / "diverge" / "checkpoints").glob("*.ckpt"):
+        weights = torch.load(path, weights_only=True)["state_dict"].values()
+        assert max(float(w.abs().max()) for w in weights) < 100, path
