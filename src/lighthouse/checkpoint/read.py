@@ -120,12 +120,18 @@ def warn_if_not_recovered(checkpoint: dict, path: str | Path) -> None:
         )
 
 
+def canonical_name(name: str) -> str:
+    """A parameter's name without the wrapper parts FSDP, activation checkpointing or torch.compile insert."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
 def model_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     """The Transformer's parameters: LitLM's ``model.`` prefix and any wrapper names removed."""
     out = {}
     for name, tensor in checkpoint["state_dict"].items():
-        for prefix in WRAPPER_PREFIXES:
-            name = name.replace(prefix, "")
+        name = canonical_name(name)
         if name.startswith("model."):
             out[name[len("model.") :]] = tensor
     return out

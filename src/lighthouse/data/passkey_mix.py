@@ -15,14 +15,6 @@ import numpy as np
 from .passkey_format import KEY_DIGITS, Encoder, PromptFormat, TokenSource, draw_key, read_cyclic, rng_for
 
 
-def check_fraction(fraction: float) -> None:
-    ok = isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0.0 <= fraction <= 1.0
-    if not ok:
-        raise ValueError(
-            f"passkey_fraction={fraction!r} is invalid: it must be a number in [0, 1] (0 = no passkey documents)"
-        )
-
-
 class PasskeyMix:
     """A ``WindowMix`` (stream.py): which stream positions become passkey documents, and their tokens.
 
@@ -31,7 +23,6 @@ class PasskeyMix:
     """
 
     def __init__(self, fraction: float, fmt: PromptFormat, seq_len: int, seed: int, filler: TokenSource):
-        check_fraction(fraction)
         self.fraction, self.format, self.seq_len, self.seed = float(fraction), fmt, seq_len, seed
         self.filler = filler
         self.filler_len = seq_len + 1 - fmt.overhead

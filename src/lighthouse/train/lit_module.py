@@ -12,7 +12,13 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lighthouse.checkpoint.guards import DIVERGENCE_FACTOR, StepGuard, grad_norm
-from lighthouse.checkpoint.read import TOKENIZER_KEY, read_checkpoint, saved_model_config, warn_if_not_recovered
+from lighthouse.checkpoint.read import (
+    TOKENIZER_KEY,
+    canonical_name,
+    read_checkpoint,
+    saved_model_config,
+    warn_if_not_recovered,
+)
 from lighthouse.checkpoint.resume import refuse_shape_changes, saved_model_fields
 from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.eval.passkey import PasskeyEval, split_reader
@@ -57,25 +63,35 @@ class LitLM(L.LightningModule):
         divergence_factor: float | None = DIVERGENCE_FACTOR,
     ):
         """
-                Args:
-                    arch: Model architecture and attention backend.
-                    optimizer: Optimizer class and arguments (``class_path``/``init_args``); None means AdamW with the
-                        paper's settings (lr 2e-3, betas 0.9/0.95, weight decay 0.1). Weight decay applies to
-                        matrices only.
-                    warmup_steps: Linear LR warm-up steps (>= 0).
-                    lr_schedule: LR after warm-up: 'constant', 'cosine' or 'linear' (decaying to min_lr_ratio at max_steps).
-                    min_lr_ratio: Final LR as a fraction of the peak LR, in [0, 1].
-                    schedule_steps: Length of the LR schedule in optimizer steps; None means trainer.max_steps. Set it
-                        to the total of both stages so a two-job run (stage 1, then recovery) follows one schedule.
-                    compile: torch.compile every transformer block (the Lighthouse ops are custom ops, no graph breaks).
-                    passkey: Passkey retrieval test at every validation, with dense attention, filler from the
-                        validation split (``val/passkey_acc``, ``val/passkey_digit_acc``, per length and cell); None
-                        turns it off, ``{}`` runs the default grid (see lighthouse/eval/passkey.py).
-                    dense_validation: While Lighthouse layers are active, also compute every validation loss with all
-                        layers dense (``val/loss_dense``, the number to compare runs on). Off where dense attention at the
-                        context length is too slow (at 1M tokens a dense forward takes minutes).
-        from lighthouse.checkpoint.guards import DIVERGENCE_FACTOR, StepGuard, grad_norm
-        from lighthouse.checkpoint.read import TOKENIZER_KEY, read_checkpoint, saved_model_config, warn_if_not_recovered
+        Args:
+            arch: Model architecture and attention backend.
+            optimizer: Optimizer class and arguments (``class_path``/``init_args``); None means AdamW with the
+                paper's settings (lr 2e-3, betas 0.9/0.95, weight decay 0.1). Weight decay applies to
+                matrices only.
+            warmup_steps: Linear LR warm-up steps (>= 0).
+            lr_schedule: LR after warm-up: 'constant', 'cosine' or 'linear' (decaying to min_lr_ratio at max_steps).
+            min_lr_ratio: Final LR as a fraction of the peak LR, in [0, 1].
+            schedule_steps: Length of the LR schedule in optimizer steps; None means trainer.max_steps. Set it
+                to the total of both stages so a two-job run (stage 1, then recovery) follows one schedule.
+            compile: torch.compile every transformer block (the Lighthouse ops are custom ops, no graph breaks).
+            passkey: Passkey retrieval test at every validation, with dense attention, filler from the
+                validation split (``val/passkey_acc``, ``val/passkey_digit_acc``, per length and cell); None
+                turns it off, ``{}`` runs the default grid (see lighthouse/eval/passkey.py).
+            dense_validation: While Lighthouse layers are active, also compute every validation loss with all
+                layers dense (``val/loss_dense``, the number to compare runs on). Off where dense attention at the
+                context length is too slow (at 1M tokens a dense forward takes minutes).
+            recall: Multi-query key-value recall at every validation, dense, on fixed validation windows with
+                evaluation keys (``recall/<bin>/digit_acc``, ``.../exact``, ``.../digit_logloss`` per key-to-query
+                distance bin); None turns it off, ``{}`` runs the defaults (see lighthouse/eval/recall.py).
+            init_from: A Hugging Face Llama folder (``save_pretrained``: config.json + safetensors) whose weights
+                start this run, with fresh optimizer and schedule; arch sizes left null take its values, and a
+                given rope_theta / rope_scaling extends its context (lighthouse/hf_import.py). Not saved with
+                the checkpoints, which hold the imported config and weights.
+            divergence_factor: Stop training (exit 1, naming the newest checkpoint saved before the trouble) when the
+                loss or the gradient norm of a step exceeds this many times its median over the last 64 steps (during
+                the first 10 steps: the loss ln(vocab) of a uniform guess), or the weight norm at a save this many
+                times the norm at the previous save: a finite blow-up (lighthouse/checkpoint/guards.py). > 1; null
+                turns these checks off (NaN and inf always stop the run).
         """
         super().__init__()
         if isinstance(arch, dict):  # the hyperparameters stored in a checkpoint
@@ -262,9 +278,8 @@ class LitLM(L.LightningModule):
         """
         decay, keep = [], []
         for name, param in self.model.named_parameters():
-            canonical = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
             if param.requires_grad:
-                (keep if canonical in self.no_decay_names else decay).append(param)
+                (keep if canonical_name(name) in self.no_decay_names else decay).append(param)
         return decay, keep
 
     def configure_optimizers(self):
