@@ -11,8 +11,9 @@ Every file, not a subset chosen by a stat: no stat field that a user can restore
 are the same, and the one they cannot (ctime) is coarse enough on Linux (a jiffy) that a write landing in the
 tick of the build's read leaves it unchanged. Files past the caps (``max_documents``, ``max_bytes``) were never
 read, so they are not in the manifest and cannot change the shards unless a file before them changes, which is
-caught. Cost: about what the shard check already spends on half as many bytes (the byte tokenizer's shards are
-two bytes a source byte): measured in data/README.md. A Hugging Face stream has no files to re-hash.
+caught. Cost, 2 threads on the 2-core test box with a warm page cache: 0.05 s for the stdlib (1790 files, 31.5 MB),
+0.5 s for the installed Python sources (14.5k files, 240 MB; their shards verify in 0.27 s); data/README.md has
+the details. A Hugging Face stream has no files to re-hash.
 """
 
 from __future__ import annotations
