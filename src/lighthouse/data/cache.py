@@ -2,10 +2,13 @@
 
 A folder is found by a key hashing the corpus listing (paths, sizes, mtimes), the tokenizer fingerprint, the
 selection (split fraction, caps), ``shard_tokens`` and the format version: a second run with the same inputs
-reuses it. A found folder is checked against its manifest first (``verify``: sizes and sha256). A damaged one is
-rebuilt with a warning: that is safe because its key says the corpus listing is the one it was built from, so
-the rebuild reproduces the same tokens (a corpus edited without a size or mtime change would show up as another
-data_fingerprint, which a resume refuses). With ``build=False`` it is an error naming the files instead.
+reuses it. A found folder is checked first, with ``checksums`` (prepare_data, once per node): its files against
+its manifest (``verify``: sizes and sha256), then the corpus against the manifest's ``files`` (corpus_check.py:
+every file read is re-hashed, every file skipped as unopenable is retried), since the listing cannot see an
+edit that restores size and mtime, or a file made readable. A damaged folder is rebuilt with a warning (the
+corpus being unchanged, the rebuild reproduces the same tokens); one built from other corpus contents is rebuilt
+with a warning naming the files (its data_fingerprint changes with them, so a resume on it is refused). With
+``build=False`` either is an error naming the files instead.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from .build import Selection, build_shards, content_key, read_train_texts
 from .corpus import CorpusSpec
+from .corpus_check import StaleShards, corpus_changes
 from .shards import FORMAT_VERSION, MANIFEST, DamagedShards, damaged_message, load_manifest, verify
 from .tokenizer import TextTokenizer, TokenizerSpec, byte_tokenizer, train_bpe
 
@@ -132,11 +136,20 @@ def prepare(
     folder = shard_folder(corpus, spec, tokenizer, data_dir, selection, shard_tokens)
     if (folder / MANIFEST).is_file():
         manifest, problems = _verified(folder, checksums)
-        if not problems:
+        changes = corpus_changes(corpus, manifest) if manifest is not None and checksums else None
+        if not problems and not changes:
             return Prepared(folder, manifest, tokenizer, built=False)
-        if not build:
-            raise DamagedShards(damaged_message(folder, problems) + "; delete the folder and run prepare_data()")
-        log.warning("%s; rebuilding it from the corpus", damaged_message(folder, problems))
+        if problems:
+            if not build:
+                raise DamagedShards(damaged_message(folder, problems) + "; delete the folder and run prepare_data()")
+            log.warning("%s; rebuilding it from the corpus", damaged_message(folder, problems))
+        else:
+            said = (
+                f"corpus={corpus.spec!r} differs from what the shards in {folder} were built from: {changes.describe()}"
+            )
+            if not build:
+                raise StaleShards(f"{said}; delete the folder and run prepare_data()")
+            log.warning("%s; rebuilding the shards", said)
         _set_aside(folder)
     elif not build:
         raise FileNotFoundError(f"no shards at {folder}; call prepare_data() first")
