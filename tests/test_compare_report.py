@@ -232,7 +232,7 @@ def test_report_holds_the_logged_numbers(comparison):
         "Wall clock and throughput per phase",
         "Passkey retrieval",
         "Loss by position after recovery",
-        "Look-ahead of Lighthouse validation",
+        "Lighthouse attention against dense on the same weights",
     ):
         assert section in md
     for name in ("val_loss_time", "val_loss_tokens", "tokens_per_sec", "loss_by_position", "passkey"):

@@ -46,6 +46,7 @@ def test_the_readme_stage_2_command_after_make_demo_trains_nothing_more(tmp_path
     fit(tmp_path, tiny_config(tmp_path, "demo", "demo.yaml", max_steps=4, version=None), tag="stage1")
     recover = tiny_config(tmp_path, "demo", "demo_recover.yaml", max_steps=6, attention="sdpa", version=None)
     recover["stage"]["switch_step"] = 0
+    recover["stage"]["min_start_step"] = 4  # the tiny stage 1's length (150 as shipped)
     fit(tmp_path, recover, ckpt_path="last", tag="stage2")
     run = only_run_dir(tmp_path / "logs" / "demo")
     before = logged_scalars(run, "train/loss")

@@ -124,6 +124,8 @@ class LighthouseCLI(LightningCLI):
         try:
             self.run_placement = place_run(config, self.subcommand)
         except OSError as err:  # a read-only or full log root, or a file where a folder should be
+            if isinstance(err, FileNotFoundError) or err.filename is None:
+                raise  # a missing --ckpt_path or no checkpoint for `last`: its own message says what is missing
             raise NotWritable(
                 f"cannot create the run folder {err.filename}: {err.strerror}. trainer.default_root_dir (the folder "
                 "that holds every run) must be writable"
