@@ -211,7 +211,8 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
         with tarfile.open(path) as tar:
             tar.extractall(scratch, filter="data")
             folders.append(scratch / tar.getnames()[0].split("/")[0])
-    seeds = sorted((load_seed(f) for f in folders), key=lambda s: s.seed)
+    # A folder exported before its warm-up had logged anything holds nothing to report (a machine that went away).
+    seeds = sorted((load_seed(f) for f in folders if (f / "configs" / "warmup.yaml").exists()), key=lambda s: s.seed)
     names = [s.seed for s in seeds]
     if len(set(names)) != len(names):
         raise ValueError(f"a seed is given twice: seeds {names} from {[str(p) for p in paths]}")
