@@ -13,11 +13,15 @@
 #   bash bench/device_round.sh compare bench/configs/compare_32k.yaml --out logs/compare_32k_pass --seeds 3 --steps pass
 #       # as much of a comparison as fits the call (exit code 3: not done; call again at once, while the machine
 #       # is warm, since the comparison folder lives on its disk); every call exports it to $OUT/<name>.tgz
+#   bash bench/device_round.sh branch bench/configs/branch_32k.yaml --seed 0 [--steps 800]
+#       # one seed of the branch design (bench/branch.py): as much as fits the call (exit code 3: not done; call
+#       # again at once, while the machine is warm: checkpoints live on its disk only); every call exports the
+#       # seed folder without checkpoints to $OUT/<config name>-seed<N>.tgz (for bench/report/runs/)
 # Everything goes to one log, $OUT/<part>.log (the device tool brings back few files). Each step has its own
 # time limit, cut to what is left of DEADLINE_S (default 570 s from the start), so that one slow step cannot take
 # the others' results with it and the call ends inside the tool's 10 minutes.
 set -uo pipefail
-part=${1:?usage: device_round.sh kernels|tests|long|table|offload|check|pilot|compare CONFIG [compare.py run args]}
+part=${1:?usage: device_round.sh kernels|tests|long|table|offload|check|pilot|compare CONFIG [compare.py run args]|branch CONFIG --seed N [branch.py run args]}
 out=${OUT:-/tmp/device_round}
 mkdir -p "$out"
 log="$out/$part.log"
@@ -117,8 +121,30 @@ compare)
   tail -n 3 "$log"
   exit $rc
   ;;
+branch)
+  config=${2:?usage: device_round.sh branch CONFIG --seed N [branch.py run args]}
+  shift 2
+  seed=
+  args=("$@")
+  for i in "${!args[@]}"; do
+    case ${args[$i]} in
+    --seed) seed=${args[$((i + 1))]:-} ;;
+    --out) echo "branch: the folder is logs/<config name>-seed<N>; leave out --out" >&2; exit 2 ;;
+    esac
+  done
+  [[ $seed =~ ^[0-9]+$ ]] || { echo "branch: give --seed N (one seed per folder and archive)" >&2; exit 2; }
+  name=$(basename "$config" .yaml)-seed$seed
+  # Leave half a minute for the export; branch.py stops its jobs with a checkpoint before its budget ends.
+  minutes=$(awk -v s=$((deadline - $(date +%s) - 30)) 'BEGIN { printf "%.2f", s / 60 }')
+  PYTHONPATH=${site:+$site:}$PWD/src python3 bench/branch.py run --config "$config" --out "logs/$name" \
+    --max-minutes "$minutes" "$@" >>"$log" 2>&1
+  rc=$?
+  PYTHONPATH=${site:+$site:}$PWD/src python3 bench/branch.py export --out "logs/$name" --to "$out" >>"$log" 2>&1
+  tail -n 3 "$log"
+  exit $rc
+  ;;
 *)
-  echo "unknown part $part (kernels|tests|long|table|offload|check|pilot|compare)" >&2
+  echo "unknown part $part (kernels|tests|long|table|offload|check|pilot|compare|branch)" >&2
   exit 2
   ;;
 esac

@@ -1,0 +1,518 @@
+"""The branch comparison of issue 31: three arms from ONE shared dense warm-up, one seed per folder.
+
+    python bench/branch.py run --config bench/configs/branch_32k.yaml --seed 0 --max-minutes 9   # exit 3: again
+    python bench/branch.py export --out logs/branch_32k-seed0 --to $OUT      # $OUT/branch_32k-seed0.tgz
+    python bench/branch.py report --runs bench/report/runs/branch_32k-seed*.tgz --report-dir bench/report/branch
+    python bench/branch.py estimate --steps 1000                             # device minutes of one seed
+
+Per seed (``seed_everything`` and ``data.seed``: init and data order), all through ``python src/train.py fit``:
+
+- warm-up: dense from step 0 to W (``--warmup``, default 200), its checkpoint at W shared by the arms; recorded
+  (``warmup_check.json``): whether the early loss drop has happened by W, i.e. the validation loss at positions
+  1k-4k lies below that at 0-256 (the model reads context; before the drop both are alike);
+- D: dense from W to S (``--steps``, default 1000);
+- LH: Lighthouse from W to the switch, round(share * S) (``--share``, default 0.625), then dense to S;
+- E: dense from W with ``rescale_lr: true`` (the rest of the LR schedule fitted into its steps, so it ends
+  annealed) for as many steps as take the time LH took from W. The rule (``equal_time.json``): LH's time is its
+  steps in each phase times that phase's steady-state step time (ThroughputRecorder windows: no start-up,
+  compilation, validation or checkpoints, which are the same fixed costs in every arm or artefacts of time-limited
+  calls); E's steps = round(LH's time / D's steady-state dense step time). So E needs D and LH trained first.
+
+Every arm has the same validation cadence (it divides W, the switch and S), LR schedule length S and data.
+Each finished arm gets its final evaluation (``<arm>/final/``): per-window dense losses on ``--eval-windows``
+(default 256) validation windows (lighthouse.eval.window_losses) and recall (lighthouse.eval.recall); LH also gets
+the look-ahead probe (lighthouse.eval.lookahead) on its checkpoint at the switch.
+
+``run`` is resumable inside one machine's lifetime: every training job carries a TimeBudget and stops with a
+checkpoint before ``--max-minutes``; the same command continues each job from its newest checkpoint. Exit code 0:
+the seed is done; 3: time ran out, run the same command again. Only the newest checkpoint of each run (and LH's
+at the switch, until probed) is kept. ``export`` writes the folder without checkpoints as ``<folder name>.tgz``,
+so seeds of several sessions unpack side by side. Why a module of its own and not bench/compare.py: the plan
+(a shared run, arms resumed from its checkpoint, an arm sized from two others' measurements) shares nothing with
+compare.py's from-scratch pairs but a few helpers, imported from there; compare.py and the archived comparisons
+it made stay as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import checkpoints, device_info, record_launch  # noqa: E402  (bench/ is this script's folder)
+
+REPO = Path(__file__).resolve().parents[1]
+ARMS = ("D", "LH", "E")
+RUNS = ("warmup", *ARMS)
+MORE_TO_DO = 3
+NO_DROP = 4
+MIN_VALIDATIONS = 8  # points on each arm's validation curve at least, over S steps
+EARLY, LATE = "0-256", "1k-4k"  # position ranges of the early-drop check
+Runner = Callable[[list[str], Path], int]  # (python arguments after the interpreter, log file) -> exit code
+
+
+# ---- the plan ---------------------------------------------------------------------------------------------------
+def cadence(warmup: int, switch: int, steps: int, min_validations: int = MIN_VALIDATIONS) -> int:
+    """Validation interval: divides W, the switch and S (a validation at W checks the warm-up, one at the switch
+    measures the Lighthouse phase's end, one at S the result); the fewest validations (each costs time in every
+    arm) that still give ``min_validations`` points over S."""
+    common = math.gcd(warmup, switch, steps)
+    return max(d for d in range(1, common + 1) if common % d == 0 and (steps // d >= min_validations or d == 1))
+
+
+def make_plan(steps: int, warmup: int, share: float, val_every: int | None = None) -> dict:
+    switch = round(share * steps)
+    if not 0 < warmup < switch < steps:
+        raise ValueError(
+            f"--warmup {warmup}, --steps {steps} and --share {share} (switch at step {switch}) must satisfy "
+            f"0 < warmup < switch < steps"
+        )
+    val_every = val_every or cadence(warmup, switch, steps)
+    if warmup % val_every or switch % val_every or steps % val_every:
+        raise ValueError(
+            f"--val-every {val_every} must divide --warmup {warmup}, the switch {switch} and --steps {steps}"
+        )
+    return {"steps": steps, "warmup": warmup, "share": share, "switch_step": switch, "val_every": val_every}
+
+
+def phase_step_times(records: list[dict], start: int, end: int) -> dict[str, float]:
+    """Mean steady-state step time per attention backend over the ThroughputRecorder records of steps in
+    (start, end]: {"sdpa": s, "lighthouse": s, ...}."""
+    by: dict[str, list[float]] = {}
+    for r in records:
+        if start < r["step"] <= end:
+            by.setdefault(r.get("attention", "sdpa"), []).append(r["step_time_s"])
+    return {k: statistics.fmean(v) for k, v in by.items()}
+
+
+def equal_time_steps(lh_phases: dict[str, tuple[int, float]], dense_step_s: float) -> tuple[int, float]:
+    """(E's steps after W, LH's time): LH's time is the sum over its phases of steps x steady-state step time;
+    E trains for that time at D's dense step time (at least one step)."""
+    if dense_step_s <= 0:
+        raise ValueError(f"D's dense step time {dense_step_s} s must be > 0")
+    lh_s = sum(n * t for n, t in lh_phases.values())
+    return max(1, round(lh_s / dense_step_s)), lh_s
+
+
+def measure_equal_time(plan: dict, lh_records: list[dict], d_records: list[dict]) -> dict:
+    """The E arm's length from the measured step times of LH (per phase) and D; raises if one is unmeasured."""
+    w, sw, s = plan["warmup"], plan["switch_step"], plan["steps"]
+    sparse = {k: v for k, v in phase_step_times(lh_records, w, sw).items() if k != "sdpa"}
+    recovery = phase_step_times(lh_records, sw, s).get("sdpa")
+    dense = phase_step_times(d_records, w, s).get("sdpa")
+    if len(sparse) != 1 or recovery is None or dense is None:
+        raise ValueError(
+            f"cannot size E: steady-state step times missing (LH sparse phase {sparse}, LH recovery {recovery}, "
+            f"D {dense}); the ThroughputRecorder needs more steps than throughput.skip_steps + window per phase"
+        )
+    ((backend, sparse_s),) = sparse.items()
+    n_e, lh_s = equal_time_steps({backend: (sw - w, sparse_s), "sdpa": (s - sw, recovery)}, dense)
+    return {
+        "rule": "E steps = round((LH sparse steps x LH sparse step time + LH dense steps x LH dense step time) / "
+        "D dense step time); steady-state step times (ThroughputRecorder)",
+        "lh_sparse_step_s": sparse_s,
+        "lh_dense_step_s": recovery,
+        "d_dense_step_s": dense,
+        "lh_time_s": lh_s,
+        "e_steps": n_e,
+        "e_end": w + n_e,
+    }
+
+
+# ---- device time ----------------------------------------------------------------------------------------------
+def estimate(
+    steps: int,
+    warmup: int = 200,
+    share: float = 0.625,
+    tokens_per_step: int = 4 * 32768,
+    dense_tps: float = 235e3,
+    lh_tps: float = 543e3,
+    validation_s: float = 5.0,
+    launch_s: float = 35.0,
+    launches: int = 7,
+    eval_s: float = 30.0,
+) -> dict:
+    """Minutes of one seed: training at the measured steady-state tokens/s, plus validations, job start-ups
+    (imports, data, compilation) and final evaluations at assumed costs. Defaults: H200, branch_32k.yaml, the
+    issue's tokens/s; a validation (64 windows + 32 recall windows, forward only) ~5 s; a training job's start-up
+    and compilation ~35 s (the compare report measured 32-37 s at 32768), 7 of them (the warm-up, D and E cut
+    once each by the 10-minute calls, LH once); an evaluation job ~30 s."""
+    plan = make_plan(steps, warmup, share)
+    w, sw = warmup, plan["switch_step"]
+    dense, sparse = tokens_per_step / dense_tps, tokens_per_step / lh_tps
+    lh = (sw - w) * sparse + (steps - sw) * dense
+    train = {"warmup": w * dense, "D": (steps - w) * dense, "LH": lh, "E": lh}
+    e_steps = round(lh / dense)
+    n_val = {"warmup": w, "D": steps - w, "LH": steps - w, "E": e_steps}
+    val = {k: n // plan["val_every"] * validation_s for k, n in n_val.items()}
+    overhead = launches * launch_s + 7 * eval_s  # 3 window-loss, 3 recall, 1 look-ahead evaluations
+    total = sum(train.values()) + sum(val.values()) + overhead
+    return {
+        **plan,
+        "e_steps": e_steps,
+        "train_min": {k: v / 60 for k, v in train.items()},
+        "validation_min": sum(val.values()) / 60,
+        "overhead_min": overhead / 60,
+        "total_min": total / 60,
+    }
+
+
+# ---- configs ----------------------------------------------------------------------------------------------------
+def schedule(arm: str, plan: dict, sparse: str) -> list[dict]:
+    w = plan["warmup"]
+    if arm == "LH":
+        return [
+            {"start": 0, "attention": "sdpa"},
+            {"start": w, "attention": sparse},
+            {"start": plan["switch_step"], "attention": "sdpa"},
+        ]
+    if arm == "E":
+        return [{"start": 0, "attention": "sdpa"}, {"start": w, "attention": "sdpa", "rescale_lr": True}]
+    return [{"start": 0, "attention": "sdpa"}]
+
+
+def end_step(run: str, plan: dict, equal_time: dict | None) -> int:
+    return {"warmup": plan["warmup"], "E": (equal_time or {}).get("e_end")}.get(run, plan["steps"])
+
+
+def run_config(base: dict, plan: dict, run: str, seed: int, out: Path, equal_time: dict | None = None) -> dict:
+    """One run's config: the base with the run's seed, schedule, end step, cadence, checkpoints and run dir."""
+    config = json.loads(json.dumps(base))  # a deep copy of plain YAML data
+    trainer, model = config["trainer"], config["model"]
+    end = end_step(run, plan, equal_time)
+    if end is None:
+        raise ValueError("the E arm's length is unknown until D and LH are trained (equal_time.json)")
+    config["seed_everything"] = seed
+    config["data"]["seed"] = seed
+    trainer.update(max_steps=end, val_check_interval=plan["val_every"], check_val_every_n_epoch=None)
+    trainer["logger"]["init_args"].update(save_dir=str(out), name=run, version="")
+    model["schedule_steps"] = plan["steps"]
+    sparse = model["arch"]["attention"]
+    if sparse == "sdpa":
+        raise ValueError("the base config's model.arch.attention must be the Lighthouse backend LH runs (not sdpa)")
+    stage = config.setdefault("stage", {})
+    stage.update(
+        switch_step=None, schedule=schedule(run, plan, sparse), min_start_step=0 if run == "warmup" else plan["warmup"]
+    )
+    # Checkpoints at W (the branch point), LH's switch (the look-ahead probe) and each run's end; older ones are
+    # deleted here, not by Lightning (it would also drop the switch checkpoint).
+    every = math.gcd(plan["switch_step"], plan["steps"]) if run == "LH" else end
+    for cb in trainer["callbacks"]:
+        if cb["class_path"].endswith("ModelCheckpoint"):
+            cb["init_args"].update(every_n_train_steps=every, save_top_k=-1, save_last=False)
+    return config
+
+
+# ---- state of a seed folder -----------------------------------------------------------------------------------
+def checkpoint_at(run_dir: Path, step: int) -> Path | None:
+    return next((p for s, p in checkpoints(run_dir) if s == step), None)
+
+
+def prune_checkpoints(run_dir: Path, keep: tuple[int, ...] = ()) -> tuple[int, Path] | None:
+    """Delete all but the newest checkpoint and those at the steps in ``keep``; return the newest."""
+    from lighthouse.checkpoint.files import remove_checkpoint_file  # with its checksum file
+
+    found = checkpoints(run_dir)
+    for step, path in found[:-1]:
+        if step not in keep:
+            remove_checkpoint_file(path)
+    return found[-1] if found else None
+
+
+def subprocess_runner(args: list[str], log: Path) -> int:
+    path = os.environ.get("PYTHONPATH")
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), path])),
+    }
+    with open(log, "w") as f:
+        return subprocess.run([sys.executable, *args], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def write_plan(out: Path, plan: dict) -> None:
+    stored = read_json(out / "plan.json")
+    if stored is not None:
+        changed = [k for k in plan if stored.get(k) != plan[k]]
+        if changed:
+            raise ValueError(
+                f"{out} holds a branch seed with other settings ({', '.join(changed)}: "
+                f"{[stored.get(k) for k in changed]} vs {[plan[k] for k in changed]}); use another --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(out / "plan.json", {**plan, "started": started, **device_info()})
+
+
+def warmup_check(run_dir: Path, step: int) -> dict:
+    """Whether the early loss drop has happened by the warm-up's last validation: dense validation loss at
+    positions 1k-4k (the last range a shorter window has) below that at 0-256."""
+    from lighthouse.eval.positions import bucket_start
+    from lighthouse.eval.run_logs import read_run
+
+    run = read_run(run_dir)
+    prefix = "val/loss_dense_pos/"
+    ranges = sorted((t[len(prefix) :] for t in run.scalars if t.startswith(prefix)), key=bucket_start)
+    if EARLY not in ranges or len(ranges) < 2:
+        return {"step": step, "drop": None, "why": f"no position ranges {EARLY} and later logged ({ranges})"}
+    late = LATE if LATE in ranges else ranges[-1]
+    early_loss, late_loss = (run.series(prefix + r).last() for r in (EARLY, late))
+    return {
+        "step": step,
+        "early_range": EARLY,
+        "late_range": late,
+        "early_loss": early_loss,
+        "late_loss": late_loss,
+        "drop": late_loss < early_loss,
+        "val_loss_dense": run.series("val/loss_dense").last(),
+    }
+
+
+# ---- run ---------------------------------------------------------------------------------------------------------
+class Seed:
+    """One seed's folder and the jobs that fill it."""
+
+    def __init__(self, args: argparse.Namespace, runner: Runner):
+        self.args, self.runner = args, runner
+        self.deadline = time.time() + 60 * args.max_minutes
+        self.plan = {
+            **make_plan(args.steps, args.warmup, args.share, args.val_every),
+            "seed": args.seed,
+            "config": str(args.config),
+            "eval_windows": args.eval_windows,
+            "extra": list(args.extra),
+        }
+        self.out = Path(args.out)
+        self.base = yaml.safe_load(Path(args.config).read_text())
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+    def launch(self, run: str, args: list[str], kind: str, resumed_from: int | None = None) -> int:
+        run_dir = self.out / run
+        run_dir.mkdir(parents=True, exist_ok=True)
+        launches = run_dir / "launches.jsonl"
+        n = len(launches.read_text().splitlines()) if launches.exists() else 0
+        started = time.time()
+        rc = self.runner(args, run_dir / f"launch-{n}.log")
+        record_launch(
+            run_dir, {"kind": kind, "start": started, "end": time.time(), "rc": rc, "resumed_from": resumed_from}
+        )
+        if rc != 0:
+            print(f"branch: {run} {kind} failed (exit code {rc}); see {run_dir}/launch-{n}.log")
+        return rc
+
+    def train(self, run: str, equal_time: dict | None = None) -> int:
+        """Train ``run`` to its end step, resuming its newest checkpoint (or the warm-up's at W); 0 when done."""
+        run_dir = self.out / run
+        end = end_step(run, self.plan, equal_time)
+        keep = (
+            (self.plan["switch_step"],) if run == "LH" and not (run_dir / "final" / "lookahead.json").exists() else ()
+        )
+        while True:
+            newest = prune_checkpoints(run_dir, keep)
+            if newest is not None and newest[0] >= end:
+                return 0
+            if self.left() < 60 * self.args.min_launch_minutes:
+                print(f"branch: {self.left():.0f} s left, not enough to train {run}; run the same command again")
+                return MORE_TO_DO
+            start = newest
+            if start is None and run != "warmup":
+                w = self.plan["warmup"]
+                start = (w, checkpoint_at(self.out / "warmup", w))
+            config = run_config(self.base, self.plan, run, self.plan["seed"], self.out, equal_time)
+            config["trainer"]["callbacks"].append(
+                {
+                    "class_path": "lighthouse.train.time_budget.TimeBudget",
+                    "init_args": {
+                        "deadline": self.deadline - self.args.exit_margin_s,
+                        "reserve_s": self.args.reserve_s,
+                    },
+                }
+            )
+            path = self.out / "configs" / f"{run}.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            cmd = ["src/train.py", "fit", "--config", str(path), *self.plan["extra"]]
+            if start is not None:
+                cmd += ["--ckpt_path", str(start[1])]
+            rc = self.launch(run, cmd, "fit", None if start is None else start[0])
+            if rc != 0:
+                return rc
+            reached = (prune_checkpoints(run_dir, keep) or (0,))[0]
+            if reached < end:
+                print(f"branch: {run} stopped for time at step {reached}; run the same command again to continue")
+                return MORE_TO_DO
+
+    def evaluate(self, run: str) -> int:
+        """The final evaluation of a trained arm: window losses, recall, and (LH) the look-ahead at the switch."""
+        run_dir = self.out / run
+        final = run_dir / "final"
+        final.mkdir(parents=True, exist_ok=True)
+        last = checkpoints(run_dir)[-1][1]
+        recall = self.base["model"].get("recall") or {}
+        jobs = {
+            "window_losses": ["--ckpt", str(last), "--windows", str(self.plan["eval_windows"]), "--out"],
+            "recall": ["--ckpt", str(last), "--windows", str(recall.get("windows", 32)), "--pairs"]
+            + [str(recall.get("pairs", 8)), "--seed", str(recall.get("seed", 0)), "--json"],
+        }
+        if run == "LH":
+            at_switch = checkpoint_at(run_dir, self.plan["switch_step"])
+            jobs["lookahead"] = ["--ckpt", str(at_switch), "--windows", str(self.args.lookahead_windows), "--json"]
+        for kind, args in jobs.items():
+            target = final / f"{kind}.json"
+            if target.exists():
+                continue
+            if self.left() < 60 * self.args.min_eval_minutes:
+                print(f"branch: {self.left():.0f} s left, not enough for {run}'s {kind}; run the same command again")
+                return MORE_TO_DO
+            tmp = final / f"{kind}.json.tmp"
+            rc = self.launch(run, ["-m", f"lighthouse.eval.{kind}", *args, str(tmp)], kind)
+            if rc != 0:
+                return rc
+            tmp.replace(target)  # the output file is the mark that this evaluation is done
+        if run == "LH":
+            prune_checkpoints(run_dir)  # the switch checkpoint has been probed
+        return 0
+
+    def go(self) -> int:
+        write_plan(self.out, self.plan)
+        status = self.train("warmup")
+        if status:
+            return status
+        check_path = self.out / "warmup_check.json"
+        if not check_path.exists():
+            write_json(check_path, warmup_check(self.out / "warmup", self.plan["warmup"]))
+        check = read_json(check_path)
+        print(f"branch: warm-up check at step {self.plan['warmup']}: {check}")
+        if check["drop"] is False:
+            note = f"the early loss drop has not happened by step {self.plan['warmup']}"
+            if self.args.require_drop:
+                print(f"branch: {note}; start a new folder with a later --warmup (or leave out --require-drop)")
+                return NO_DROP
+            print(f"branch: warning: {note}; the arms branch anyway (recorded in warmup_check.json)")
+        for arm in ("D", "LH"):
+            status = self.train(arm) or self.evaluate(arm)
+            if status:
+                return status
+        e_path = self.out / "equal_time.json"
+        if not e_path.exists():
+            records = {arm: read_jsonl(self.out / arm / "throughput.jsonl") for arm in ("LH", "D")}
+            rule = measure_equal_time(self.plan, records["LH"], records["D"])
+            for arm in ("LH", "D"):  # for the record: whole jobs, start-up and validation included
+                jobs = [r for r in read_jsonl(self.out / arm / "launches.jsonl") if r["kind"] == "fit"]
+                rule[f"{arm.lower()}_jobs_s"] = sum(r["end"] - r["start"] for r in jobs)
+            write_json(e_path, rule)
+        equal_time = read_json(e_path)
+        status = self.train("E", equal_time) or self.evaluate("E")
+        if status:
+            return status
+        (self.out / "DONE").write_text("all arms trained and evaluated\n")
+        print(f"branch: seed {self.plan['seed']} done in {self.out}")
+        return 0
+
+
+# ---- export -------------------------------------------------------------------------------------------------------
+def export(out: Path, to: Path) -> Path:
+    """``to/<folder name>.tgz`` of the seed folder without checkpoints (event files, records, configs, logs), its
+    top folder named like the archive, so archives of several seeds unpack side by side."""
+    to.mkdir(parents=True, exist_ok=True)
+    target = to / f"{out.name}.tgz"
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        name = Path(info.name).name
+        skip = name.endswith((".ckpt", ".ckpt.sha256", ".tmp")) or ".tmp-" in name
+        return None if skip else info
+
+    tmp = target.with_suffix(".tgz.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(out, arcname=out.name, filter=keep)
+    tmp.replace(target)
+    return target
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    go = sub.add_parser("run", help="train and evaluate one seed (resumable); extra CLI overrides after --")
+    go.add_argument("--config", required=True, help="the base run config (model.arch.attention: LH's backend)")
+    go.add_argument("--seed", type=int, default=0)
+    go.add_argument("--out", help="the seed's folder (default logs/<config name>-seed<N>)")
+    go.add_argument("--warmup", type=int, default=200, help="W: steps of the shared dense warm-up")
+    go.add_argument("--steps", type=int, default=1000, help="S: steps of the D and LH arms")
+    go.add_argument("--share", type=float, default=0.625, help="LH's switch step as a share of S")
+    go.add_argument("--val-every", type=int, help="validation interval (default: divides W, the switch and S)")
+    go.add_argument("--eval-windows", type=int, default=256, help="validation windows of the final evaluation")
+    go.add_argument("--lookahead-windows", type=int, default=64, help="windows of the look-ahead probe")
+    go.add_argument("--require-drop", action="store_true", help="stop (exit 4) if the warm-up shows no loss drop")
+    go.add_argument("--max-minutes", type=float, default=9.0, help="wall-clock budget of this invocation")
+    go.add_argument("--reserve-s", type=float, default=45.0, help="kept per job for its checkpoint and exit")
+    go.add_argument("--exit-margin-s", type=float, default=15.0, help="kept for this script after the last job")
+    go.add_argument("--min-launch-minutes", type=float, default=2.0, help="do not start training with less left")
+    go.add_argument("--min-eval-minutes", type=float, default=1.0, help="do not start an evaluation with less left")
+    ex = sub.add_parser("export", help="the seed folder without checkpoints, as <to>/<folder name>.tgz")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--to", required=True)
+    rep = sub.add_parser("report", help="markdown and PNGs from every seed folder or archive given")
+    rep.add_argument("--runs", nargs="+", required=True, help="seed folders or their .tgz archives")
+    rep.add_argument("--report-dir", default=str(REPO / "bench" / "report" / "branch"))
+    est = sub.add_parser("estimate", help="device minutes of one seed at the issue's measured tokens/s")
+    est.add_argument("--steps", type=int, default=1000)
+    est.add_argument("--warmup", type=int, default=200)
+    est.add_argument("--share", type=float, default=0.625)
+    args = parser.parse_args(argv)
+    args.extra = extra
+    if args.command == "run" and args.out is None:
+        args.out = str(REPO / "logs" / f"{Path(args.config).stem}-seed{args.seed}")
+    return args
+
+
+def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> int:
+    args = parse_args(argv)
+    if args.command == "run":
+        return Seed(args, runner).go()
+    if args.command == "export":
+        print(export(Path(args.out), Path(args.to)))
+        return 0
+    if args.command == "estimate":
+        print(json.dumps(estimate(args.steps, args.warmup, args.share), indent=1))
+        return 0
+    from branch_report import build_report
+
+    print(build_report([Path(p) for p in args.runs], Path(args.report_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""The branch comparison's report: markdown and PNGs aggregated over every archived seed of bench/branch.py.
+
+    python bench/branch.py report --runs bench/report/runs/branch_32k-seed*.tgz --report-dir bench/report/branch
+
+The arms are compared on the final evaluation's dense loss (the mean of the per-window losses over the same
+validation windows in every arm). Two intervals per comparison:
+
+- over seeds (the result): the mean paired difference of the arms' final losses, with its 95 % Student-t interval
+  (n - 1 degrees of freedom). A result is called only where this interval excludes 0;
+- over windows (a check of the evaluation's own noise): per window, the difference averaged over seeds, with its
+  95 % t-interval over windows. It leaves out the seed-to-seed spread, so it is narrower and never makes the call.
+
+Recall is reported but no call depends on it (a pilot of 750 dense steps of branch_32k.yaml, H200, 2026-12-02,
+left it at chance in every distance bin). Wall clock counts each job from its start to its exit (start-up,
+compilation, validation, checkpoints; gaps between time-limited jobs left out); "training only" is steps times the
+steady-state step time of ThroughputRecorder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from report import elapsed, job_spans, read_logged, split_wall_by_phase
+
+ARMS = ("D", "LH", "E")
+ARM_LABEL = {"D": "D (dense)", "LH": "LH (Lighthouse + recovery)", "E": "E (dense, equal time)"}
+COLORS = {"warmup": "tab:gray", "D": "tab:blue", "LH": "tab:orange", "E": "tab:green"}
+PAIRS = (("LH", "D"), ("LH", "E"))
+
+
+# ---- Student t ----------------------------------------------------------------------------------------------------
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: int) -> float:
+    tail = 0.5 * incomplete_beta(df / 2, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (0.5 < p < 1) of Student's t with ``df`` degrees of freedom, by bisection."""
+    lo, hi = 0.0, 1e4
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float | None, float | None]:
+    """(mean, low, high): the mean and its ``level`` Student-t interval; no interval for fewer than 2 values."""
+    values = [float(v) for v in values]
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None, None
+    half = t_quantile(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def call(mean: float, lo: float | None, hi: float | None) -> str:
+    """'LH lower' / 'LH higher' only where the interval excludes 0."""
+    if lo is None:
+        return "no call (one seed)"
+    if hi < 0:
+        return "LH lower"
+    if lo > 0:
+        return "LH higher"
+    return "no call"
+
+
+# ---- one seed -----------------------------------------------------------------------------------------------------
+@dataclass
+class Arm:
+    name: str
+    curve: list[tuple[int, float, float]]  # (global step, elapsed s from the seed's start, val/loss_dense)
+    window_losses: dict | None
+    recall: dict | None
+    lookahead: dict | None
+    wall_s: dict[str, float]  # per phase ("lighthouse", "dense"), jobs' time
+    train_s: dict[str, float]  # per phase, steps x steady-state step time
+    tokens_per_s: dict[str, float]
+    jobs: int
+    end: int
+
+
+@dataclass
+class SeedRun:
+    folder: Path
+    seed: int
+    plan: dict
+    warmup_check: dict | None
+    equal_time: dict | None
+    config: dict
+    warmup: Arm | None
+    arms: dict[str, Arm] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return all(a in self.arms and self.arms[a].window_losses is not None for a in ARMS)
+
+    def final_loss(self, arm: str) -> float:
+        return float(np.mean(self.arms[arm].window_losses["losses"]))
+
+    @property
+    def tokens_per_step(self) -> int:
+        data = self.config["data"]
+        return data["seq_len"] * data.get("batch_size", 1) * self.config["trainer"].get("accumulate_grad_batches", 1)
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_s: float) -> Arm | None:
+    """One run of the seed: its validation curve (its steps after ``start``), final evaluation and timing."""
+    logged, throughput = read_logged(run_dir)
+    if "train/loss" not in logged:
+        return None
+    shift = end - max(logged["train/loss"])  # Lightning logs a step's values under the steps done before it
+    shift = shift if shift in (0, 1) else 0
+    spans = job_spans(run_dir, logged)
+    dense = {s + shift: wv for s, wv in logged.get("val/loss_dense", {}).items() if s + shift > start}
+    switch = plan["switch_step"] if name == "LH" else None
+
+    def phase(step: int) -> str:
+        return "lighthouse" if switch is not None and step <= switch else "dense"
+
+    walls = [(w, phase(s + shift)) for s, (w, _) in logged["train/loss"].items()]
+    walls += [(w, phase(s)) for s, (w, _) in dense.items()]
+    steps = {"lighthouse": (switch - start) if switch else 0, "dense": end - (switch or start)}
+    train_s, tokens_per_s = {}, {}
+    for ph in ("lighthouse", "dense"):
+        mine = [r for r in throughput if (r.get("attention", "sdpa") != "sdpa") == (ph == "lighthouse")]
+        if steps[ph] and mine:
+            step_s = statistics.fmean(r["step_time_s"] for r in mine)
+            train_s[ph] = steps[ph] * step_s
+            tokens_per_s[ph] = statistics.fmean(r["tokens_per_sec"] * r["step_time_s"] for r in mine) / step_s
+    final = run_dir / "final"
+    return Arm(
+        name=name,
+        curve=[(s, offset_s + elapsed(w, spans), v) for s, (w, v) in sorted(dense.items())],
+        window_losses=read_json(final / "window_losses.json"),
+        recall=read_json(final / "recall.json"),
+        lookahead=read_json(final / "lookahead.json"),
+        wall_s={k: v for k, v in split_wall_by_phase(spans, sorted(walls)).items() if steps[k]},
+        train_s=train_s,
+        tokens_per_s=tokens_per_s,
+        jobs=len(spans),
+        end=end,
+    )
+
+
+def load_seed(folder: Path) -> SeedRun:
+    plan = json.loads((folder / "plan.json").read_text())
+    equal_time = read_json(folder / "equal_time.json")
+    config = yaml.safe_load((folder / "configs" / "warmup.yaml").read_text())
+    warmup = load_arm(folder / "warmup", "warmup", -1, plan["warmup"], plan, 0.0)
+    warm_s = sum(b - a for a, b in job_spans(folder / "warmup", {})) if warmup else 0.0
+    run = SeedRun(folder, plan["seed"], plan, read_json(folder / "warmup_check.json"), equal_time, config, warmup)
+    ends = {"D": plan["steps"], "LH": plan["steps"], "E": (equal_time or {}).get("e_end")}
+    for arm in ARMS:
+        if ends[arm] is not None and (folder / arm).is_dir():
+            loaded = load_arm(folder / arm, arm, plan["warmup"], ends[arm], plan, warm_s)
+            if loaded is not None:
+                run.arms[arm] = loaded
+    return run
+
+
+def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
+    """Seed folders, or archives of them (unpacked into ``scratch``), in seed order; refuses a seed given twice."""
+    folders = []
+    for path in paths:
+        if path.is_dir():
+            folders.append(path)
+            continue
+        with tarfile.open(path) as tar:
+            tar.extractall(scratch, filter="data")
+            folders.append(scratch / tar.getnames()[0].split("/")[0])
+    # A folder exported before its warm-up had logged anything holds nothing to report (a machine that went away).
+    seeds = sorted((load_seed(f) for f in folders if (f / "configs" / "warmup.yaml").exists()), key=lambda s: s.seed)
+    names = [s.seed for s in seeds]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a seed is given twice: seeds {names} from {[str(p) for p in paths]}")
+    return seeds
+
+
+# ---- tables -------------------------------------------------------------------------------------------------------
+def f(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.4f}"
+
+
+def minutes(x: float | None) -> str:
+    return "-" if x is None else f"{x / 60:.2f}"
+
+
+def mean_of(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def setup_lines(seeds: list[SeedRun]) -> list[str]:
+    s0 = seeds[0]
+    plan, config = s0.plan, s0.config
+    arch, data = config["model"]["arch"], config["data"]
+    lh = arch.get("lighthouse", {})
+    devices = sorted({s.plan.get("device", "?") for s in seeds})
+    dates = sorted(s.plan.get("started", "?")[:10] for s in seeds)
+    return [
+        f"- Model: `{arch.get('flavor', 'custom')}` flavour (dim {arch.get('dim', '-')}, {arch.get('n_layers', '-')} "
+        f"layers), Lighthouse L={lh.get('levels')}, p={lh.get('pooling_factor')}, K={lh.get('topk')}; "
+        f"{data.get('tokenizer')} tokens, corpus `{data.get('corpus')}`, context {data['seq_len']}, batch "
+        f"{data.get('batch_size')}, recall windows {data.get('recall_fraction', 0):.0%} of training windows.",
+        f"- Plan: shared dense warm-up to W={plan['warmup']}; D dense to S={plan['steps']}; LH Lighthouse to the "
+        f"switch at {plan['switch_step']} ({plan['share']:.1%} of S), dense to S; E dense with the rest of the LR "
+        f"schedule fitted into the time LH took (steps per seed below). Validation every {plan['val_every']} steps; "
+        f"final evaluation on {plan['eval_windows']} validation windows (dense).",
+        f"- Seeds {[s.seed for s in seeds]} (init and data order); device {', '.join(devices)}; "
+        f"run {dates[0]}{' to ' + dates[-1] if dates[-1] != dates[0] else ''}; config `{plan['config']}`.",
+    ]
+
+
+def seed_table(seeds: list[SeedRun]) -> list[str]:
+    rows = [
+        "| seed | early drop by W (loss 0-256 / later) | D | LH | E | E steps after W | LH - D | LH - E |",
+        "|---" * 8 + "|",
+    ]
+    for s in seeds:
+        check = s.warmup_check or {}
+        drop = (
+            "-"
+            if check.get("drop") is None
+            else f"{'yes' if check['drop'] else 'NO'} ({f(check['early_loss'], 3)} / {f(check['late_loss'], 3)})"
+        )
+        loss = {a: s.final_loss(a) if s.complete else None for a in ARMS}
+        diff = {p: None if not s.complete else loss[p[0]] - loss[p[1]] for p in PAIRS}
+        e_steps = (s.equal_time or {}).get("e_steps")
+        rows.append(
+            f"| {s.seed} | {drop} | {f(loss['D'])} | {f(loss['LH'])} | {f(loss['E'])} | {e_steps or '-'} | "
+            f"{signed(diff[PAIRS[0]])} | {signed(diff[PAIRS[1]])} |"
+        )
+    return rows + [
+        "",
+        "Final loss: mean dense loss over the final evaluation's windows (the same windows in every arm and seed). "
+        "Early drop: the warm-up's validation loss at positions 1k-4k (or the last range) below that at 0-256.",
+    ]
+
+
+def window_differences(seeds: list[SeedRun], a: str, b: str) -> np.ndarray:
+    """Per window (of the windows every seed evaluated), the a - b loss difference averaged over seeds."""
+    per_seed = []
+    for s in seeds:
+        wa, wb = s.arms[a].window_losses, s.arms[b].window_losses
+        if wa["split"] != wb["split"]:
+            raise ValueError(f"seed {s.seed}: {a} and {b} were evaluated on different validation splits")
+        per_seed.append(
+            {w: x - y for w, x, y in zip(wa["window_ids"], wa["losses"], wb["losses"], strict=True)}
+            if wa["window_ids"] == wb["window_ids"]
+            else {}
+        )
+    common = sorted(set.intersection(*(set(d) for d in per_seed)))
+    return np.array([statistics.fmean(d[w] for d in per_seed) for w in common])
+
+
+def interval_table(seeds: list[SeedRun]) -> list[str]:
+    rows = [
+        "| comparison | mean paired difference | 95 % t-interval over seeds | seeds | call | window-level mean | "
+        "95 % t-interval over windows | windows |",
+        "|---" * 8 + "|",
+    ]
+    for a, b in PAIRS:
+        mean, lo, hi = t_interval([s.final_loss(a) - s.final_loss(b) for s in seeds])
+        per_window = window_differences(seeds, a, b)
+        wm, wlo, whi = t_interval(per_window) if len(per_window) else (None, None, None)
+        seed_ci = "-" if lo is None else f"[{lo:+.4f}, {hi:+.4f}]"
+        window_ci = "-" if wlo is None else f"[{wlo:+.4f}, {whi:+.4f}]"
+        rows.append(
+            f"| {a} - {b} | {mean:+.4f} | {seed_ci} | {len(seeds)} | {call(mean, lo, hi)} | {signed(wm)} | "
+            f"{window_ci} | {len(per_window)} |"
+        )
+    return rows + [
+        "",
+        "Negative: LH's final loss is lower. Called only where the interval over seeds excludes 0; the window-level "
+        "interval (differences averaged over seeds, interval over windows) measures only the evaluation windows' "
+        "sampling, not the seed-to-seed spread, and makes no call.",
+    ]
+
+
+def wall_table(seeds: list[SeedRun]) -> list[str]:
+    rows = [
+        "| run | Lighthouse phase, min | dense phase, min | total, min | jobs | training only: Lighthouse, min | "
+        "dense, min | tokens/s: Lighthouse | tokens/s: dense |",
+        "|---" * 9 + "|",
+    ]
+    for name in ("warmup", *ARMS):
+        arms = [s.warmup if name == "warmup" else s.arms.get(name) for s in seeds]
+        arms = [a for a in arms if a is not None]
+        if not arms:
+            continue
+        cell = {
+            (k, ph): mean_of([getattr(a, k).get(ph) for a in arms])
+            for k in ("wall_s", "train_s", "tokens_per_s")
+            for ph in ("lighthouse", "dense")
+        }
+        total = mean_of([sum(a.wall_s.values()) for a in arms])
+        label = "shared dense warm-up (0-W)" if name == "warmup" else ARM_LABEL[name] + " (W-end)"
+        rows.append(
+            f"| {label} | {minutes(cell['wall_s', 'lighthouse'])} | {minutes(cell['wall_s', 'dense'])} | "
+            f"{minutes(total)} | {statistics.fmean(a.jobs for a in arms):.1f} | "
+            f"{minutes(cell['train_s', 'lighthouse'])} | {minutes(cell['train_s', 'dense'])} | "
+            f"{f(cell['tokens_per_s', 'lighthouse'], 0)} | {f(cell['tokens_per_s', 'dense'], 0)} |"
+        )
+    rule = seeds[0].equal_time
+    note = (
+        ""
+        if rule is None
+        else f" E's length: {rule['rule']} (seed {seeds[0].seed}: LH {rule['lh_time_s']:.0f} s of training, D's "
+        f"dense step {rule['d_dense_step_s']:.3f} s, so {rule['e_steps']} steps)."
+    )
+    return rows + [
+        "",
+        "Means over seeds. Phase times: each job from start to exit (start-up, compilation, validation, checkpoints); "
+        "training only: steps x steady-state step time." + note,
+    ]
+
+
+def recall_table(seeds: list[SeedRun]) -> list[str]:
+    bins = []
+    for s in seeds:
+        for a in ARMS:
+            for label in (s.arms[a].recall or {}).get("bins", {}):
+                if label not in bins:
+                    bins.append(label)
+    rows = ["| distance | " + " | ".join(ARM_LABEL[a] for a in ARMS) + " |", "|---" * (len(ARMS) + 1) + "|"]
+    for label in bins:
+        cells = []
+        for a in ARMS:
+            got = [s.arms[a].recall["bins"][label] for s in seeds if label in (s.arms[a].recall or {}).get("bins", {})]
+            cells.append(
+                "-"
+                if not got
+                else " / ".join(f(mean_of([g[k] for g in got]), 3) for k in ("digit_acc", "exact", "digit_logloss"))
+            )
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows + [
+        "",
+        "Per cell: value-digit accuracy / exact match / digit log-loss, means over seeds, final checkpoints, dense "
+        "attention (chance: 0.1 and ln 10 = 2.303). Not part of any call: recall was still at chance after 750 "
+        "dense steps of this config in the pilot (H200, 2026-12-02).",
+    ]
+
+
+def position_table(seeds: list[SeedRun]) -> list[str]:
+    buckets = seeds[0].arms["D"].window_losses["buckets"]
+    by = {a: np.mean([np.mean(s.arms[a].window_losses["bucket_losses"], axis=0) for s in seeds], axis=0) for a in ARMS}
+    rows = ["| positions | " + " | ".join(ARMS) + " | LH - D | LH - E |", "|---" * (len(ARMS) + 3) + "|"]
+    for i, name in enumerate(buckets):
+        rows.append(
+            f"| {name} | "
+            + " | ".join(f(by[a][i]) for a in ARMS)
+            + f" | {signed(by['LH'][i] - by['D'][i])} | {signed(by['LH'][i] - by['E'][i])} |"
+        )
+    return rows + ["", "Final evaluation, dense: mean loss per position range, over windows and seeds."]
+
+
+def lookahead_table(seeds: list[SeedRun]) -> list[str]:
+    rows = [
+        "| seed | first half, real second half | replaced | difference +- s.e. | Lighthouse - dense loss | windows |",
+        "|---" * 6 + "|",
+    ]
+    for s in seeds:
+        p = s.arms["LH"].lookahead
+        if p is None:
+            rows.append(f"| {s.seed} | - | - | - | - | - |")
+            continue
+        rows.append(
+            f"| {s.seed} | {f(p['first_half_real'])} | {f(p['first_half_replaced'])} | "
+            f"{p['difference']:+.4f} +- {p['standard_error']:.4f} | {signed(p['lighthouse_loss'] - p['dense_loss'])} | "
+            f"{p['windows']} |"
+        )
+    return rows + [
+        "",
+        "lighthouse.eval.lookahead on LH's checkpoint at the switch: the loss of the first half of every selection "
+        "tile with its real second half and with that half replaced by another window's text (Lighthouse "
+        "attention); > 0 is what looking ahead inside a tile is worth. Last column: the same weights' loss with "
+        "Lighthouse attention minus with dense attention.",
+    ]
+
+
+# ---- plots --------------------------------------------------------------------------------------------------------
+def plot_curves(seeds: list[SeedRun], path: Path, by_time: bool) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    labelled = set()
+
+    def x(s: SeedRun, step: int, t: float) -> float:
+        return t / 60 if by_time else step * s.tokens_per_step / 1e6
+
+    for s in seeds:
+        for name, arm in [("warmup", s.warmup), *((a, s.arms.get(a)) for a in ARMS)]:
+            if arm is None or not arm.curve:
+                continue
+            curve = arm.curve
+            if name != "warmup" and s.warmup is not None and s.warmup.curve:
+                curve = [s.warmup.curve[-1], *curve]  # each arm continues from the shared point at W
+            label = ("shared dense warm-up" if name == "warmup" else ARM_LABEL[name]) if name not in labelled else None
+            labelled.add(name)
+            ax.plot(
+                [x(s, st, t) for st, t, _ in curve],
+                [v for *_, v in curve],
+                marker="o",
+                ms=2.5,
+                color=COLORS[name],
+                alpha=0.8,
+                label=label,
+            )
+        marks = [(s.plan["warmup"], s.warmup.curve[-1][1] if s.warmup and s.warmup.curve else None, "W (branch)")]
+        lh = s.arms.get("LH")
+        at_switch = [t for st, t, _ in (lh.curve if lh else []) if st == s.plan["switch_step"]]
+        marks.append((s.plan["switch_step"], at_switch[0] if at_switch else None, "LH switch to dense"))
+        for (step, t, label), style in zip(marks, ("--", ":"), strict=True):
+            if by_time and t is None:
+                continue
+            ax.axvline(
+                x(s, step, t or 0.0), color="k", ls=style, lw=0.8, label=label if label not in labelled else None
+            )
+            labelled.add(label)
+    ax.set_xlabel("wall clock, minutes (jobs back to back)" if by_time else "training tokens, millions")
+    ax.set_ylabel("validation loss, dense attention (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- the report ---------------------------------------------------------------------------------------------------
+def build_report(paths: list[Path], report_dir: Path, scratch: Path | None = None) -> Path:
+    """Write ``report_dir/README.md`` and its PNGs from the seed folders or archives in ``paths``."""
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        seeds = load_seeds(paths, Path(scratch or tmp))
+        lines = section(seeds, report_dir)
+    path = report_dir / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list[str]:
+    done = [s for s in seeds if s.complete]
+    lines = [
+        "# Branch comparison: Lighthouse + recovery against dense, from one shared dense warm-up",
+        "",
+        f"Built by `python bench/branch.py report` from {len(seeds)} seed folder(s); {len(done)} complete.",
+        "",
+    ]
+    if not seeds:
+        return lines
+    lines += setup_lines(seeds)
+    missing = [s.seed for s in seeds if not s.complete]
+    if missing:
+        lines += [f"- Incomplete seeds (not in the intervals): {missing}."]
+    lines += ["", "### Final loss per seed", ""] + seed_table(seeds)
+    if done:
+        lines += ["", "### Paired differences", ""] + interval_table(done)
+        lines += ["", "### Recall after recovery (final checkpoints, dense)", ""] + recall_table(done)
+        lines += ["", "### Loss by position after recovery", ""] + position_table(done)
+        lines += ["", "### Look-ahead at the switch", ""] + lookahead_table(done)
+    lines += ["", "### Wall clock and throughput per phase", ""] + wall_table(seeds)
+    lines += ["", "### Plots", ""]
+    for name, by_time in (("val_loss_tokens", False), ("val_loss_time", True)):
+        plot_curves(seeds, report_dir / f"{tag}_{name}.png", by_time)
+        lines.append(f"![{name}]({tag}_{name}.png)")
+    return lines

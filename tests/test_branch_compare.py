@@ -1,0 +1,271 @@
+"""bench/branch.py and bench/branch_report.py: the plan arithmetic, one tiny seed of the branch design through the
+real CLI on CPU (shared warm-up, three arms resumed from its checkpoint, final evaluations), its archive, and a
+report whose intervals are checked against hand-computed ones."""
+
+import importlib
+import json
+import math
+import os
+import shutil
+import sys
+import tarfile
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from training_helpers import REPO, logged_scalars, tiny_arch, write_text_corpus
+
+from lighthouse.train.cli import main as cli_main
+
+sys.path.insert(0, str(REPO / "bench"))
+import branch  # noqa: E402
+import branch_report  # noqa: E402
+
+W, S = 4, 16  # switch at round(0.625 * 16) = 10; validations every 2 steps
+
+
+# ---- the plan, no training ---------------------------------------------------------------------------------------
+def test_plan_puts_the_switch_at_its_share_and_validates_at_w_switch_and_s():
+    plan = branch.make_plan(1000, 200, 0.625)
+    assert plan["switch_step"] == 625 and plan["val_every"] == 25  # gcd(200, 625, 1000) = 25: 40 validations
+    plan = branch.make_plan(800, 200, 0.625)
+    assert plan["switch_step"] == 500 and plan["val_every"] == 100  # the fewest validations giving >= 8 over S
+    for steps, warmup in ((1000, 200), (800, 200), (640, 160), (16, 4), (960, 240)):
+        p = branch.make_plan(steps, warmup, 0.625)
+        for step in (p["warmup"], p["switch_step"], p["steps"]):
+            assert step % p["val_every"] == 0, (steps, warmup)
+        assert steps // p["val_every"] >= branch.MIN_VALIDATIONS or p["val_every"] == 1
+    with pytest.raises(ValueError, match="must divide --warmup 200, the switch 625 and --steps 1000"):
+        branch.make_plan(1000, 200, 0.625, val_every=50)
+    with pytest.raises(ValueError, match="0 < warmup < switch < steps"):
+        branch.make_plan(1000, 700, 0.625)
+
+
+def test_equal_time_arm_gets_the_steps_that_take_the_lighthouse_arms_time():
+    # LH: 425 steps at 0.25 s + 375 steps at 0.5 s = 293.75 s; D's dense step 0.5 s -> 587.5 -> 588 steps.
+    n, lh_s = branch.equal_time_steps({"lighthouse": (425, 0.25), "sdpa": (375, 0.5)}, 0.5)
+    assert (n, lh_s) == (588, 293.75)
+    assert branch.equal_time_steps({"lighthouse": (1, 1e-6)}, 1.0)[0] == 1  # never an empty arm
+    plan = branch.make_plan(1000, 200, 0.625)
+    lh = [
+        {"step": 210, "attention": "lighthouse", "step_time_s": 0.2},
+        {"step": 620, "attention": "lighthouse", "step_time_s": 0.3},
+        {"step": 700, "attention": "sdpa", "step_time_s": 0.6},
+        {"step": 150, "attention": "sdpa", "step_time_s": 9.0},  # before W: not the arm's (ignored)
+    ]
+    d = [{"step": 300, "attention": "sdpa", "step_time_s": 0.5}, {"step": 900, "attention": "sdpa", "step_time_s": 0.7}]
+    rec = branch.measure_equal_time(plan, lh, d)
+    lh_time = 425 * 0.25 + 375 * 0.6
+    assert rec["lh_time_s"] == pytest.approx(lh_time) and rec["e_steps"] == round(lh_time / 0.6)
+    assert rec["e_end"] == 200 + rec["e_steps"]
+    with pytest.raises(ValueError, match="cannot size E: steady-state step times missing"):
+        branch.measure_equal_time(plan, lh[:2], d)
+
+
+def test_estimate_counts_each_arm_at_the_measured_tokens_per_second():
+    est = branch.estimate(1000)
+    step_dense, step_lh = 131072 / 235e3, 131072 / 543e3
+    assert est["train_min"]["D"] == pytest.approx(800 * step_dense / 60)
+    assert est["train_min"]["LH"] == pytest.approx((425 * step_lh + 375 * step_dense) / 60)
+    assert est["train_min"]["E"] == est["train_min"]["LH"] and est["e_steps"] == round(
+        est["train_min"]["LH"] * 60 / step_dense
+    )
+
+
+def test_t_interval_matches_a_hand_computed_case():
+    # differences 0.01, 0.02, 0.06: mean 0.03, s.d. sqrt(((-.02)^2 + (-.01)^2 + .03^2) / 2) = sqrt(0.0007),
+    # t(0.975, 2) = 4.302653: half-width 4.302653 * sqrt(0.0007) / sqrt(3) = 0.065725.
+    mean, lo, hi = branch_report.t_interval([0.01, 0.02, 0.06])
+    assert mean == pytest.approx(0.03)
+    assert (hi - lo) / 2 == pytest.approx(4.302653 * math.sqrt(0.0007) / math.sqrt(3), rel=1e-5)
+    for df, t in ((1, 12.706205), (4, 2.776445), (10, 2.228139), (30, 2.042272), (200, 1.971896)):
+        assert branch_report.t_quantile(0.975, df) == pytest.approx(t, rel=1e-5)
+    assert branch_report.t_interval([0.5]) == (0.5, None, None)
+    assert branch_report.call(-0.03, -0.05, -0.01) == "LH lower" and branch_report.call(0.0, -0.1, 0.1) == "no call"
+
+
+def test_shipped_branch_config_makes_arms_the_cli_accepts(tmp_path, capsys):
+    base = yaml.safe_load((REPO / "bench" / "configs" / "branch_32k.yaml").read_text())
+    plan = branch.make_plan(1000, 200, 0.625)
+    equal_time = {"e_end": 760}
+    printed = {}
+    for run in branch.RUNS:
+        path = tmp_path / f"{run}.yaml"
+        path.write_text(yaml.safe_dump(branch.run_config(base, plan, run, 3, tmp_path, equal_time)))
+        with pytest.raises(SystemExit) as info:
+            cli_main(["fit", "--config", str(path), "--print_config"])
+        assert info.value.code == 0
+        printed[run] = yaml.safe_load(capsys.readouterr().out)
+    assert {r: p["trainer"]["max_steps"] for r, p in printed.items()} == {
+        "warmup": 200,
+        "D": 1000,
+        "LH": 1000,
+        "E": 760,
+    }
+    assert [(p["start"], p["attention"]) for p in printed["LH"]["stage"]["schedule"]] == [
+        (0, "sdpa"),
+        (200, "lighthouse"),
+        (625, "sdpa"),
+    ]
+    assert printed["E"]["stage"]["schedule"][1] == {"start": 200, "attention": "sdpa", "rescale_lr": True}
+    for p in printed.values():
+        assert p["seed_everything"] == p["data"]["seed"] == 3 and p["model"]["schedule_steps"] == 1000
+        assert p["trainer"]["val_check_interval"] == 25 and p["model"]["arch"]["flavor"] == "small"
+
+
+# ---- one tiny seed through the real CLI ----------------------------------------------------------------------------
+def tiny_branch_config(folder: Path) -> Path:
+    """bench/configs/branch_32k.yaml with a CPU-sized model, corpus and recall set."""
+    config = yaml.safe_load((REPO / "bench" / "configs" / "branch_32k.yaml").read_text())
+    config["trainer"].update(accelerator="cpu", precision="32-true", enable_model_summary=False, log_every_n_steps=1)
+    config["throughput"].update(window=1, skip_steps=1)
+    arch = config["model"]["arch"]
+    arch.pop("flavor")
+    arch.update(tiny_arch(attention="lighthouse_naive", activation_checkpointing=False))
+    config["model"].update(warmup_steps=2, compile=False, recall={"windows": 2, "pairs": 2, "seed": 0})
+    config["data"].update(
+        corpus=str(write_text_corpus(folder / "corpus", n_docs=24)),
+        data_dir=str(folder / "data"),
+        seq_len=512,
+        batch_size=2,
+        num_workers=0,
+        val_batches=1,
+        recall_pairs=2,
+        progress=False,
+    )
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def in_process(args: list[str], log: Path) -> int:
+    """branch.py's runner without a new interpreter per job: train.py's CLI, or an eval module's main()."""
+    try:
+        if args[0] == "src/train.py":
+            cli_main(args[1:])
+        else:
+            assert args[0] == "-m", args
+            importlib.import_module(args[1]).main(args[2:])
+        return 0
+    except Exception:
+        log.write_text(traceback.format_exc())
+        return 1
+
+
+def run_seed(config: Path, out: Path, seed: int = 0, *extra: str) -> int:
+    args = ["run", "--config", str(config), "--out", str(out), "--seed", str(seed), "--warmup", str(W)]
+    args += ["--steps", str(S), "--eval-windows", "4", "--lookahead-windows", "2"]
+    args += ["--min-launch-minutes", "0", "--min-eval-minutes", "0", *extra]
+    return branch.main(args, runner=in_process)
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory):
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    folder = tmp_path_factory.mktemp("branch")
+    try:
+        config = tiny_branch_config(folder)
+        out = folder / "tiny-seed0"
+        first = run_seed(config, out, 0, "--reserve-s", "1e9")  # every job stops after one step: time is up
+        second = run_seed(config, out, 0, "--reserve-s", "0")
+        yield SimpleNamespace(folder=folder, config=config, out=out, first=first, second=second)
+    finally:
+        torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
+
+
+def launches(out: Path, run: str) -> list[dict]:
+    return [json.loads(x) for x in (out / run / "launches.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_tiny_seed_branches_three_arms_off_one_warmup(seed):
+    assert (seed.first, seed.second) == (branch.MORE_TO_DO, 0) and (seed.out / "DONE").exists()
+    # The first call's warm-up stopped for time after one step; the second resumed it, then every arm started
+    # from the warm-up's checkpoint at W.
+    assert [(r["kind"], r["resumed_from"]) for r in launches(seed.out, "warmup")] == [("fit", None), ("fit", 1)]
+    for arm in branch.ARMS:
+        fits = [r for r in launches(seed.out, arm) if r["kind"] == "fit"]
+        assert fits[0]["resumed_from"] == W and all(r["rc"] == 0 for r in launches(seed.out, arm))
+    # train/stage of the step trained as global step k + 1 is logged at k (a resumed run also logs its
+    # checkpoint's phase at W - 1).
+    stage = {
+        arm: {k: v for k, v in logged_scalars(seed.out / arm, "train/stage").items() if k >= W} for arm in branch.ARMS
+    }
+    lh = stage["LH"]
+    assert [lh[s] for s in sorted(lh)] == [2.0] * (10 - W) + [3.0] * (S - 10)  # phases 2 (Lighthouse), 3 (dense)
+    assert set(stage["D"].values()) == {1.0} and set(stage["E"].values()) == {2.0}  # E: its rescaled phase
+    # The same data after W in every arm (same seed, resumed stream): the first step's loss differs only by the
+    # attention (LH) and not at all between D and E.
+    first = {arm: logged_scalars(seed.out / arm, "train/loss")[W] for arm in branch.ARMS}
+    assert first["D"] == first["E"] != first["LH"]
+
+
+@pytest.mark.slow
+def test_tiny_seed_records_the_warmup_check_and_the_equal_time_rule(seed):
+    check = json.loads((seed.out / "warmup_check.json").read_text())
+    assert check["step"] == W and check["early_range"] == "0-256" and check["late_range"] == "256-512"
+    assert check["drop"] == (check["late_loss"] < check["early_loss"])
+    rule = json.loads((seed.out / "equal_time.json").read_text())
+    assert rule["e_steps"] == max(1, round(rule["lh_time_s"] / rule["d_dense_step_s"]))
+    e = torch.load(branch.checkpoints(seed.out / "E")[-1][1], weights_only=True, map_location="cpu")
+    assert e["global_step"] == rule["e_end"] == W + rule["e_steps"]
+    e_cfg = yaml.safe_load((seed.out / "configs" / "E.yaml").read_text())
+    assert e_cfg["trainer"]["max_steps"] == rule["e_end"]
+
+
+@pytest.mark.slow
+def test_tiny_seed_final_evaluation_and_checkpoints(seed):
+    for arm in branch.ARMS:
+        final = seed.out / arm / "final"
+        losses = json.loads((final / "window_losses.json").read_text())
+        assert losses["step"] == (S if arm != "E" else json.loads((seed.out / "equal_time.json").read_text())["e_end"])
+        assert len(losses["losses"]) >= 2
+        assert set(json.loads((final / "recall.json").read_text())["bins"])
+        assert [s for s, _ in branch.checkpoints(seed.out / arm)] == [losses["step"]]  # only the newest is kept
+    probe = json.loads((seed.out / "LH" / "final" / "lookahead.json").read_text())
+    assert probe["step"] == 10 and probe["backend"] == "lighthouse_naive"
+
+
+@pytest.mark.slow
+def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
+    archives = seed.folder / "archives"
+    first = branch.export(seed.out, archives)
+    assert first.name == "tiny-seed0.tgz"
+    with tarfile.open(first) as tar:
+        names = tar.getnames()
+    assert all(n.startswith("tiny-seed0") for n in names) and not any(n.endswith(".ckpt") for n in names)
+    assert "tiny-seed0/LH/final/window_losses.json" in names and "tiny-seed0/plan.json" in names
+    # A second "seed" whose arms are the first one's with known shifts: the intervals are then known numbers.
+    twin = seed.folder / "tiny-seed1"
+    shutil.copytree(seed.out, twin, ignore=shutil.ignore_patterns("*.ckpt", "*.sha256"))
+    plan = json.loads((twin / "plan.json").read_text())
+    (twin / "plan.json").write_text(json.dumps({**plan, "seed": 1}))
+    shifts = {"D": 0.0, "LH": -0.02, "E": 0.01}
+    for arm, shift in shifts.items():
+        path = twin / arm / "final" / "window_losses.json"
+        data = json.loads(path.read_text())
+        data["losses"] = [x + shift for x in data["losses"]]
+        path.write_text(json.dumps(data))
+    second = branch.export(twin, archives)
+    report_dir = seed.folder / "report"
+    markdown = branch_report.build_report([first, second], report_dir).read_text()
+    seeds = branch_report.load_seeds([first, second], seed.folder / "unpacked")
+    assert [s.seed for s in seeds] == [0, 1]
+    d0 = [s.final_loss("LH") - s.final_loss("D") for s in seeds]
+    assert d0[1] - d0[0] == pytest.approx(-0.02)
+    mean, lo, hi = branch_report.t_interval(d0)
+    assert f"| LH - D | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] |" in markdown
+    for title in ("Wall clock", "Recall after recovery", "Loss by position", "Look-ahead at the switch"):
+        assert title in markdown
+    for name in ("val_loss_tokens", "val_loss_time"):
+        png = report_dir / f"branch_{name}.png"
+        assert f"]({png.name})" in markdown and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
