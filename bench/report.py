@@ -577,7 +577,9 @@ def section(out: Path, report_dir: Path) -> list[str]:
     lines += passkey_tables(runs_by_arm, (config["model"].get("passkey") or {}).get("key_digits", 5))
     lines += ["", "### Loss by position after recovery (final validation, dense)", ""] + bucket_table(runs_by_arm)
     if "lighthouse" in runs_by_arm:
-        lines += ["", "### Lighthouse attention against dense on the same weights", ""] + lookahead_table(runs_by_arm["lighthouse"])
+        lines += ["", "### Lighthouse attention against dense on the same weights", ""] + lookahead_table(
+            runs_by_arm["lighthouse"]
+        )
     tokens = {r.arm: r.tokens_per_step for r in runs}
     plots = {
         "val_loss_time": (
