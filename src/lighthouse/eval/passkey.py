@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 
 import torch
 from torch import Tensor
@@ -68,8 +67,7 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     parser.add_argument("--json", help="also write the scores to this file")
     args = parser.parse_args(argv)
     from lighthouse.checkpoint.read import dense_model, read_checkpoint, saved_model_config
-    from lighthouse.data.datamodule import LMDataModule
-    from lighthouse.data.settings import DataSettings
+    from lighthouse.eval.val_windows import run_datamodule
     from lighthouse.tool_args import about, checked_device, local_path, output_file
 
     if args.json:
@@ -91,21 +89,8 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     config.validate(max_len, prefix="--", longer_ok=False)
     with about("--ckpt", args.ckpt):
         model = dense_model(ckpt).to(device)
-    # The run's data settings, as DataSettings declares them (Lightning also stores its own keys there, e.g.
-    # _instantiator, which are not settings).
-    accepted = {f.name for f in fields(DataSettings)}
-    saved = ckpt.get("datamodule_hyper_parameters")
-    if not isinstance(saved, dict):
-        raise ValueError(
-            f"--ckpt={args.ckpt!r} is invalid: it records no data settings (not trained with LMDataModule), so the "
-            "filler text for the prompts is unknown"
-        )
-    data_args = {k: v for k, v in saved.items() if k in accepted}
-    data_args["progress"] = False
-    if args.data_dir:
-        data_args["data_dir"] = args.data_dir
-    datamodule = LMDataModule(**data_args)
-    datamodule.setup("validate")
+    with about("--ckpt", args.ckpt):  # the run's own data module: its filler text
+        datamodule = run_datamodule(ckpt, args.data_dir)
     evaluator = PasskeyEval(config, datamodule.tokenizer, split_reader(datamodule, "val"), model.config.max_seq_len)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
     with dense_eager(model), autocast:

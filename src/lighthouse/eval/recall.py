@@ -17,7 +17,7 @@ import argparse
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -187,20 +187,13 @@ def main(argv: Sequence[str] | None = None) -> RecallScores:
     parser.add_argument("--json", help="also write the scores to this file")
     args = parser.parse_args(argv)
     from lighthouse.checkpoint.read import dense_model, read_checkpoint
-    from lighthouse.data.datamodule import LMDataModule
-    from lighthouse.data.settings import DataSettings
     from lighthouse.eval.passkey import split_reader
+    from lighthouse.eval.val_windows import run_datamodule
 
     device = torch.device(args.device)
     ckpt = read_checkpoint(args.ckpt, mmap=True)
     model = dense_model(ckpt).to(device)
-    accepted = {f.name for f in fields(DataSettings)}  # the run's data settings, not Lightning's own keys
-    data_args = {k: v for k, v in ckpt["datamodule_hyper_parameters"].items() if k in accepted}
-    data_args["progress"] = False
-    if args.data_dir:
-        data_args["data_dir"] = args.data_dir
-    datamodule = LMDataModule(**data_args)
-    datamodule.setup("validate")
+    datamodule = run_datamodule(ckpt, args.data_dir)  # the run's own data module: its validation text
     config = RecallConfig(args.windows, args.pairs, args.length, args.seed)
     config.validate(model.config.max_seq_len, prefix="--")
     evaluator = RecallEval(config, datamodule.tokenizer, split_reader(datamodule, "val"), model.config.max_seq_len)
