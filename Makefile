@@ -47,9 +47,9 @@ test: setup  ## the whole test suite (GPU tests are skipped without CUDA), after
 	$(BIN)/python -m pytest -q
 
 .PHONY: test-fast
-# Measured 2026-12-02 on a 2-core CPU shared with other jobs: test-fast 1m53, the slow tests another 3m01 (so
-# `make test` ~5 min; up to ~12 min on a busier box).
-test-fast: setup  ## the edit-test loop: every test not marked slow, kernels included (~2 min on a 2-core CPU; `test`: ~5)
+# Measured 2026-12-02 on the 2-core CPU box (load ~1): test-fast 2m20 (722 tests), the whole suite 6m48 (783
+# tests; `make test` adds ruff's few seconds); a busier box takes up to twice that.
+test-fast: setup  ## the edit-test loop: every test not marked slow, kernels included (~2.5 min on a 2-core CPU; `test`: ~7)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup  ## ruff's checks and its formatting (`ruff format src tests bench` applies it)

@@ -31,6 +31,7 @@ def test_marked_gpu():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens without CUDA")
+@pytest.mark.slow  # a subprocess or a CLI run: `make test`, not the edit loop
 def test_plain_pytest_without_cuda_interprets_kernels_and_skips_gpu_tests(tmp_path: Path):
     shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
     (tmp_path / "test_probe.py").write_text(PROBE)

@@ -132,6 +132,7 @@ def test_bpe_tokenizer_round_trips(tmp_path):
     assert tok.decode([*ids, 0]) == text + EOS_TOKEN
 
 
+@pytest.mark.slow  # a subprocess or a CLI run: `make test`, not the edit loop
 def test_cli_checkpoint_exports_with_its_own_tokenizer(tmp_path_factory, tmp_path):
     """A checkpoint written by src/train.py carries its tokenizer; src/export.py needs nothing else."""
     stage2 = two_stage_checkpoints(tmp_path_factory)[2]

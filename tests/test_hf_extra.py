@@ -22,6 +22,7 @@ def test_settings_name_the_extra(monkeypatch):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed here")
+@pytest.mark.slow  # a subprocess or a CLI run: `make test`, not the edit loop
 def test_fit_exits_2_and_writes_no_file(tmp_path):
     config = tiny_config(tmp_path, "hf")
     config["data"]["corpus"] = "hf:wikitext"

@@ -375,6 +375,7 @@ def test_import_train_export_round_trip(tmp_path):
     assert tok("ab")["input_ids"][0] == 300 == exported["bos_token_id"]
 
 
+@pytest.mark.slow  # a subprocess or a CLI run: `make test`, not the edit loop
 def test_imported_run_resumes_like_any_run(tmp_path):
     """3 steps + resume to 5 give the weights of 5 steps in one go: the resumed job takes the checkpoint's weights,
     optimizer and schedule, not a second import."""

@@ -58,6 +58,7 @@ def test_environment_yml_installs_the_project_after_the_pinned_torch():
     assert pip == ["-e .[dev,kernels]"]  # no hand-kept copy of the dependency list
 
 
+@pytest.mark.slow  # a subprocess or a CLI run: `make test`, not the edit loop
 def test_console_script_shows_field_documentation():
     """What `lighthouse fit --help` prints: the dataclass field docs and the stage switch's own group."""
     code = (

@@ -165,6 +165,7 @@ def test_run_lock_is_exclusive_and_dies_with_its_process(tmp_path):
     lock.release()
 
 
+@pytest.mark.slow  # a subprocess or a CLI run: `make test`, not the edit loop
 def test_second_resume_of_a_held_run_is_refused_and_writes_nothing(trained, tmp_path):
     """Before, two resumes started together both trained into the same folder and exited 0."""
     run = copy_of(trained, tmp_path)

@@ -192,6 +192,7 @@ def test_good_arguments_still_run(files, capsys):
     ],
     ids=["export", "generate", "passkey", "plot"],
 )
+@pytest.mark.slow  # a subprocess or a CLI run: `make test`, not the edit loop
 def test_each_command_exits_2_without_a_traceback(command, files):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     env.pop("LIGHTHOUSE_DEBUG", None)
