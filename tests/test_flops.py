@@ -58,7 +58,7 @@ def test_lighthouse_layer_counts_selected_length():
 def test_dense_bf16_peak_per_device(monkeypatch, name, tflops):
     import torch
 
-    from lighthouse.model.flops import peak_flops_per_device
+    from lighthouse.train.device_peak import peak_flops_per_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -70,7 +70,7 @@ def test_dense_bf16_peak_per_device(monkeypatch, name, tflops):
 def test_peak_override_and_cpu(monkeypatch):
     import torch
 
-    from lighthouse.model.flops import compute_dtype, peak_flops_per_device
+    from lighthouse.train.device_peak import compute_dtype, peak_flops_per_device
 
     assert peak_flops_per_device(override_tflops=100.0) == 100e12
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -16,7 +16,7 @@ import torch
 from training_helpers import fit, only_run_dir, tiny_config, two_stage_run
 
 from lighthouse.eval.run_logs import read_run
-from lighthouse.model.flops import peak_flops_per_device
+from lighthouse.train.device_peak import peak_flops_per_device
 
 TRAIN = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_seen", "train/stage"}
 VAL = {

@@ -14,7 +14,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lighthouse.model.context_parallel import context_parallel_size
-from lighthouse.model.flops import compute_dtype, flops_per_token, peak_flops_per_device
+from lighthouse.model.flops import flops_per_token
+from lighthouse.train.device_peak import compute_dtype, peak_flops_per_device
 from lighthouse.train.stage import current_phase
 
 # Record fields that become ``perf/*`` TensorBoard scalars (step, stage, time and tokens_seen are bookkeeping).
@@ -50,7 +51,7 @@ class ThroughputRecorder(Callback):
             window: Timed steps averaged per logged value (>= 1).
             skip_steps: Steps left out after the start of a job and after a stage switch (>= 0).
             peak_tflops: Peak TFLOP/s of one device for MFU; null looks the GPU up (Lightning's table with
-                corrections in lighthouse.model.flops) and reports no MFU where it is unknown (e.g. on CPUs).
+                corrections in lighthouse.train.device_peak) and reports no MFU where it is unknown (e.g. on CPUs).
         """
         if window < 1:
             raise ValueError(f"throughput.window={window} must be >= 1")
