@@ -21,7 +21,7 @@ from .passkey_mix import passkey_mix
 from .recall import recall_mix
 from .settings import DataSettings
 from .shards import SplitReader, open_split
-from .stream import FirstMix, PackedWindows, WindowMix
+from .stream import FirstMix, PackedWindows, WindowMix, require_windows
 from .tokenizer import TextTokenizer, byte_tokenizer
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,13 @@ class LMDataModule(L.LightningDataModule):
         prepared = self._prepare(checksums=self.trainer is None)
         self._train_split = open_split(prepared.folder, "train", prepared.tokenizer)
         self._val_split = open_split(prepared.folder, "val", prepared.tokenizer)
-        seq_len = self.settings.seq_len
-        if stage in (None, "fit") and num_windows(self._train_split.n_tokens, seq_len) == 0:
-            raise ValueError(
-                f"the train split of corpus={self.settings.corpus!r} has {self._train_split.n_tokens} tokens "
-                f"({self._train_split.n_documents} documents), fewer than seq_len + 1 = {seq_len + 1}: "
-                f"lower seq_len or use more data "
-                f"(max_documents={self.settings.max_documents}, max_bytes={self.settings.max_bytes})"
+        if stage in (None, "fit"):  # before anything else is built: the settings that decide the size in the hint
+            s = self.settings
+            require_windows(
+                self._train_split,
+                s.seq_len,
+                f"the train split of corpus={s.corpus!r}",
+                f"use more data (max_documents={s.max_documents}, max_bytes={s.max_bytes})",
             )
         if self._pending_state is not None:
             self._apply_state(self._pending_state)

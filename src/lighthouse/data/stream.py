@@ -46,6 +46,20 @@ class FirstMix:
         return window
 
 
+def require_windows(
+    split: SplitReader, seq_len: int, name: str = "the split", hint: str = "use a larger corpus"
+) -> int:
+    """The number of whole windows of ``seq_len + 1`` tokens in ``split``; a split too short for one is refused
+    (the one check of this; the data module calls it early with the corpus settings in ``hint``)."""
+    n = num_windows(split.n_tokens, seq_len)
+    if n == 0:
+        raise ValueError(
+            f"{name} has {split.n_tokens} tokens ({split.n_documents} documents), fewer than seq_len + 1 = "
+            f"{seq_len + 1}: lower seq_len or {hint}"
+        )
+    return n
+
+
 class PackedWindows(IterableDataset):
     """Batches ``{"tokens": LongTensor[B, seq_len + 1]}`` from one split.
 
@@ -85,12 +99,7 @@ class PackedWindows(IterableDataset):
         self.windows = None if windows is None else np.asarray(windows, dtype=np.int64)
         self.start_window = start_window
         self.mix = mix
-        self.num_windows = num_windows(split.n_tokens, seq_len)
-        if self.num_windows == 0:
-            raise ValueError(
-                f"the split has {split.n_tokens} tokens ({split.n_documents} documents), fewer than "
-                f"seq_len + 1 = {seq_len + 1}: lower seq_len or use a larger corpus"
-            )
+        self.num_windows = require_windows(split, seq_len)
         self._perm: tuple[int, np.ndarray] | None = None  # (epoch, permutation) cache
 
     @property
