@@ -47,8 +47,8 @@ test: setup  ## the whole test suite (GPU tests are skipped without CUDA), after
 	$(BIN)/python -m pytest -q
 
 .PHONY: test-fast
-# Measured 2026-12-02 on the 2-core CPU box (load ~1): test-fast 2m20 (722 tests), the whole suite 6m48 (783
-# tests; `make test` adds ruff's few seconds); a busier box takes up to twice that.
+# Measured 2026-12-02 on a 2-core CPU (load ~1): test-fast 2m20 (722 tests), `make test` 6m45 (783 tests and
+# ruff); a busier box takes up to twice that.
 test-fast: setup  ## the edit-test loop: every test not marked slow, kernels included (~2.5 min on a 2-core CPU; `test`: ~7)
 	$(BIN)/python -m pytest -q -m "not slow"
 

@@ -36,7 +36,7 @@ def test_stated_times_say_when_and_on_what_they_were_measured():
     assert "2-core CPU" in timing and re.search(r"2026-\d\d-\d\d", timing) and "load" in timing
     makefile = (REPO / "Makefile").read_text()
     note = makefile[: makefile.index("test-fast: setup")].rsplit("\n\n", 1)[-1]
-    assert re.search(r"Measured 2026-\d\d-\d\d on a 2-core CPU", note) and "test-fast 1m53" in note
+    assert re.search(r"Measured 2026-\d\d-\d\d on a 2-core CPU", note) and re.search(r"test-fast \d+m\d\d", note)
 
 
 @pytest.mark.slow
