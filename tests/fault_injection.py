@@ -229,12 +229,14 @@ def corrupt_trials(root: Path, finished: Path, rng: random.Random, reference: di
         ckpt_dir = folder / "logs" / "run" / "checkpoints"
         corrupt(ckpt_dir / "last.ckpt", kind, rng)
         corrupt(ckpt_dir / f"step{MAX_STEPS:06d}.ckpt", kind, rng)  # the fallback must go further back
+        # The damaged bytes, kept now: the resume below writes a healthy last.ckpt over the damaged one.
+        damaged = (ckpt_dir / "last.ckpt").read_bytes()
         yield explicit_load(folder, ckpt_dir / "last.ckpt", f"{kind}, --ckpt_path last.ckpt")
         notes: list[str] = []
         outcome, lost = resume_and_judge(folder, "run", reference, notes)
         yield f"{kind}, --ckpt_path last", outcome, lost, notes
         if kind in ("truncated", "garbage", "empty"):  # a bit flip without a checksum is undetectable by design
-            (ckpt_dir / "bare.ckpt").write_bytes((ckpt_dir / "last.ckpt").read_bytes())
+            (ckpt_dir / "bare.ckpt").write_bytes(damaged)
             yield explicit_load(folder, ckpt_dir / "bare.ckpt", f"{kind}, no checksum, --ckpt_path bare.ckpt")
 
 
