@@ -59,10 +59,10 @@ def check_start_step(trainer, ckpt_path) -> None:
     if switch is None or switch.min_start_step == 0:
         return
     if ckpt_path is None:
-        switch.check_start(0, "no checkpoint was found (--ckpt_path last looked in this run's checkpoint folder)")
+        switch.check_start(0, "no checkpoint was found, so training would start at step 0 from scratch")
     elif not is_remote(ckpt_path):
         step = int(read_checkpoint(ckpt_path, mmap=True).get("global_step", 0))
-        switch.check_start(step, f"the checkpoint {ckpt_path}")
+        switch.check_start(step, f"the checkpoint {ckpt_path} is at step {step}")
 
 
 def refuse_grouped_callbacks(trainer: dict) -> None:

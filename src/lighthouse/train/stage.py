@@ -99,13 +99,14 @@ class StageSwitch(Callback):
         return 1 if self.index is None else self.index + 1
 
     def check_start(self, step: int, source: str) -> None:
-        """Refuse a start below min_start_step (called by the CLI before anything is built)."""
+        """Refuse a start below min_start_step (called by the CLI before anything is built); ``source`` says where
+        the start step comes from, e.g. "the checkpoint X is at step 4"."""
         if step < self.min_start_step:
             raise ValueError(
                 f"stage.min_start_step={self.min_start_step}: this config continues a run from step "
-                f"{self.min_start_step} on, but {source} starts at step {step}. Pass the checkpoint of the earlier "
-                "phase with --ckpt_path (and the run's logger name), or set --stage.min_start_step 0 to train "
-                "this schedule from that step"
+                f"{self.min_start_step} on, but {source}. Pass the checkpoint of the earlier phase with "
+                "--ckpt_path (and the run's logger name), or set --stage.min_start_step 0 to train this schedule "
+                f"from step {step}"
             )
 
     # ---- hooks ----------------------------------------------------------------------------------------------
