@@ -131,6 +131,13 @@ def test_failed_launch_leaves_no_run_folder(trained, tmp_path, capsys, monkeypat
     assert code == exits.EXIT_USAGE and "missing.ckpt: no such file" in capsys.readouterr().err
     assert run_dirs(tmp_path / "logs" / "fresh") == []
 
+    # A refusal after the run folder was claimed (a recovery config that found no checkpoint): not even the empty
+    # group folder stays.
+    recover = tiny_config(tmp_path, "refused", "demo_recover.yaml", attention="sdpa", switch_step=0, version=None)
+    assert exits.run(lambda _: fit(tmp_path, recover, ckpt_path="last")) == exits.EXIT_USAGE
+    assert "stage.min_start_step=150" in capsys.readouterr().err
+    assert not (tmp_path / "logs" / "refused").exists()
+
     # A failure found only after setup wrote its files (a checkpoint of another shape), in a fresh folder ...
     other = trained / "logs" / "run"
     ckpt = only_run_dir(other) / "checkpoints" / "last.ckpt"

@@ -252,6 +252,10 @@ def end_launch(discard: bool = False) -> None:
     launch.lock.release()
     if discard and launch.created:
         _remove_tree(launch.folder)
+        try:
+            launch.folder.parent.rmdir()  # the run group, when this was its only run: a refused launch leaves nothing
+        except OSError:
+            pass  # it holds other runs (or is the log root itself)
     elif discard:
         for path in launch.folder.iterdir():
             if path.name not in launch.before:
