@@ -183,6 +183,8 @@ def checked_geometry(
     """The one validation of a layer call: the options, the inputs (``check_inputs``), then (N, L, p, K); the
     dilated scorer also needs ``dilation`` to divide N (its subsequences have equal lengths)."""
     check_options(selection, scorer, dilation)
+    if scorer == "dilated" and len(tensors) < 3:
+        raise ValueError("scorer='dilated' needs v: pass q, k, v (the scorer attends over v)")
     check_inputs(*tensors, grouped=selection == "per_kv_group")
     geometry = lighthouse_geometry(tensors[0].shape[1], levels, pooling_factor, topk)
     if scorer == "dilated" and geometry.seq_len % dilation:

@@ -251,8 +251,6 @@ def triton_select_entries(
     """The kernels' selection for ``q, k [B, N, H, D]``, decoded: the Triton twin of ``naive.select_entries``."""
     from .common import decode_codes
 
-    if scorer == "dilated" and v is None:
-        raise ValueError("scorer='dilated' needs v: triton_select_entries(q, k, v, ...)")
     tensors = (q, k) if v is None else (q, k, v)
     checked_geometry(
         *tensors,

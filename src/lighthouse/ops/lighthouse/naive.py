@@ -219,8 +219,6 @@ def select_entries(
 ) -> Selection:
     """Scores + selection for ``q [B, N, H, D]`` and ``k`` (``[B, N, H_kv, D]`` for ``per_kv_group``); the
     result's fields are ``[B, H, S_sel]`` (``[B, H_kv, S_sel]``). ``v`` is needed by the dilated scorer only."""
-    if scorer == "dilated" and v is None:
-        raise ValueError("scorer='dilated' needs v: select_entries(q, k, v, ...)")
     tensors = (q, k) if v is None else (q, k, v)
     geometry = checked_geometry(
         *tensors,
