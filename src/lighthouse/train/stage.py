@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lighthouse.model.attention import INNER_ATTENTION
 from lighthouse.train.logger import write_note
-from lighthouse.train.schedule import Phase, check_phases, lr_clock, phase_index, phase_record, resolve_phases
+from lighthouse.train.schedule import Phase, lr_clock, phase_index, phase_record, resolve_phases
 
 
 def _as_phase(value: Phase | dict) -> Phase:
@@ -62,8 +62,8 @@ class StageSwitch(Callback):
             raise ValueError(f"stage.min_start_step={min_start_step!r} must be an integer >= 0")
         if schedule is not None:
             schedule = [_as_phase(p) for p in schedule]
-            check_phases(schedule)
-            resolve_phases(schedule, switch_step, "sdpa", stage2_backend)  # refuses both forms at once
+            # Checks the phases and refuses both forms at once (the model's own backend is not needed for that).
+            resolve_phases(schedule, switch_step, "sdpa", stage2_backend)
         self.switch_step, self.stage2_backend, self.rewarmup_steps = switch_step, stage2_backend, rewarmup_steps
         self.schedule, self.min_start_step = schedule, min_start_step
         self.phases: list[Phase] | None = None  # resolved at setup, when the model's own backend is known
