@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from trained_models import two_stage_checkpoints
 
 from lighthouse.eval.lookahead import (
+    cut_variant,
+    distance_edges,
     first_half_mask,
     main,
     model_loss_fns,
@@ -59,6 +61,21 @@ def test_one_second_half_replaced_per_variant_and_nothing_else():
         first_half_mask(16, 6)
 
 
+def test_a_cut_variant_replaces_the_rest_of_one_tile_only():
+    inputs, donor = torch.arange(16), -torch.arange(1, 17)
+    assert cut_variant(inputs, donor, tile_start=8, tile_len=8, cut=2).tolist() == [
+        *range(11),
+        -12,
+        -13,
+        -14,
+        -15,
+        -16,
+    ]
+    assert distance_edges(64) == [0, 1, 2, 4, 8, 16, 32, 64]
+    assert distance_edges(5) == [0, 1, 2, 4, 5]
+    assert distance_edges(1) == [0, 1]
+
+
 def test_sequence_losses_are_the_models_token_losses():
     model = tiny_model()
     tokens = random_windows(2, 2048)
@@ -97,6 +114,40 @@ def test_a_model_that_reads_the_next_token_is_caught():
     assert null.lighthouse_minus_dense == [0.0] * 4
 
 
+def reads_ahead(by: int):
+    """A "model" whose loss at position s is the input token at s + ``by`` (as a number): it changes exactly when
+    that token is replaced."""
+
+    def losses(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.cat([inputs[:, by:], inputs[:, -1:].expand(-1, by)], dim=1).double()
+
+    return losses
+
+
+def test_a_short_range_look_ahead_is_measured_whole_at_single_positions():
+    """The first-half measurement dilutes a next-token peek by half a tile; the single-position cut sees all of it:
+    ~10 nats at the cut (the peeked token replaced), nothing from beyond one token."""
+    windows = random_windows(6, 512)
+    result = probe(peeking_losses, causal_losses, windows, tile_len=128, bins=4, distances=16)
+    assert result.difference == pytest.approx(10 / 64, rel=0.1)  # diluted
+    assert result.cut_real < 0.02 and result.cut_difference == pytest.approx(10, rel=0.05)
+    assert result.cut_difference > 10 * result.cut_standard_error
+    assert result.cut_distance_edges == [0, 1, 2, 4, 8, 16]
+    assert result.cut_by_distance[0] == pytest.approx(10, rel=0.05)
+    assert result.cut_by_distance[1:] == [0.0] * 4
+    null = probe(causal_losses, causal_losses, windows, tile_len=128, bins=4, distances=16)
+    assert null.cut_difference == 0 and null.cut_by_distance == [0.0] * 5
+
+
+def test_the_look_ahead_distance_profile_locates_the_peek():
+    """Reading 4 positions ahead: the cut position and the 3 before it lose real tokens, earlier ones keep them."""
+    result = probe(reads_ahead(4), reads_ahead(0), random_windows(4, 512), tile_len=128, bins=4, distances=16)
+    d0, d1, d23, d47, d815 = result.cut_by_distance
+    assert d0 != 0 and d1 != 0 and d23 != 0  # distances 0-3 read a replaced token
+    assert d47 == 0.0 and d815 == 0.0
+    assert reads_ahead(0)(torch.tensor([[3, 5]]), torch.tensor([[0, 0]])).tolist() == [[3.0, 5.0]]
+
+
 def test_strictly_causal_attention_measures_zero():
     model = tiny_model()
     windows = random_windows(4, 2048)
@@ -105,6 +156,7 @@ def test_strictly_causal_attention_measures_zero():
     assert result.tile_len == 1024
     assert abs(result.difference) <= 2 * result.standard_error + 1e-6
     assert max(abs(d) for d in result.per_window_difference) < 1e-7  # exactly 0 on the CPU
+    assert max(abs(d) for d in result.cut_by_distance) < 1e-7 and result.cut_difference == 0
     assert max(abs(d) for d in result.lighthouse_minus_dense) < 1e-5  # both passes dense: the same losses
 
 
@@ -132,6 +184,8 @@ def test_bad_arguments_are_refused():
         probe(causal_losses, causal_losses, random_windows(1, 256), tile_len=128)
     with pytest.raises(ValueError, match=r"bins=200 must be in \[1, tile length 128\]"):
         probe(causal_losses, causal_losses, random_windows(2, 256), tile_len=128, bins=200)
+    with pytest.raises(ValueError, match=r"distances=128 must be in \[1, tile length - 1 = 127\]"):
+        probe(causal_losses, causal_losses, random_windows(2, 256), tile_len=128, distances=128)
     with pytest.raises(SystemExit):
         main(["--ckpt", "x.ckpt", "--windows", "1"])
 

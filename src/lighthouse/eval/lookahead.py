@@ -8,9 +8,17 @@ may depend on tokens later in the same tile. The probe measures what that is wor
   unchanged; the per-window mean of b - a over the first halves, averaged over windows, with its standard error.
   A strictly causal model scores 0 (its first halves never read the second halves); a model that profits from
   looking ahead scores > 0.
+- the look-ahead at single positions: in every tile one position ``c`` (drawn at random, seeded), everything after
+  it in its tile replaced the same way; the loss at ``c`` then has no real token after it in reach (tiles are
+  strictly causal towards later tiles), so replaced - real at ``c`` is the whole within-tile look-ahead of a random
+  position, and at ``c - d`` the part that comes from tokens more than ``d`` ahead. The first-half measurement above
+  cannot see a short-range look-ahead: only the few positions just before the middle of a tile have their near
+  future replaced, so it is diluted by the tile length (a model that reads the next token scores 1/half a tile
+  there, and the full amount here).
 - the Lighthouse-minus-dense loss of the same weights by position inside a tile (averaged over tiles and windows):
-  a look-ahead would lower it most where a tile's later tokens are nearest; a flat profile is a model that reads
-  differently with the two attentions, everywhere alike.
+  a look-ahead from far in the tile would lower it most where a tile's later tokens are nearest; it cannot tell a
+  short-range look-ahead (every position but a tile's last few has its near future in the tile) from a model that
+  reads differently with the two attentions.
 
     python -m lighthouse.eval.lookahead --ckpt PATH [--windows 64] [--split val] [--backend lighthouse] [--json F]
 """
@@ -22,6 +30,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -57,6 +66,19 @@ def tile_variants(inputs: Tensor, donor: Tensor, tile_len: int) -> Tensor:
     return variants
 
 
+def cut_variant(inputs: Tensor, donor: Tensor, tile_start: int, tile_len: int, cut: int) -> Tensor:
+    """``inputs`` ``[N]`` with the positions after ``tile_start + cut`` up to the tile's end taken from ``donor``."""
+    variant = inputs.clone()
+    variant[tile_start + cut + 1 : tile_start + tile_len] = donor[tile_start + cut + 1 : tile_start + tile_len]
+    return variant
+
+
+def distance_edges(distances: int) -> list[int]:
+    """Edges of the look-ahead-distance ranges reported: 0, 1, 2-3, 4-7, ... up to ``distances``."""
+    edges = [0] + [2**j for j in range(distances.bit_length()) if 2**j < distances]
+    return [*edges, distances]
+
+
 def bin_edges(length: int, bins: int) -> list[int]:
     """``bins`` + 1 edges splitting ``range(length)`` into near-equal consecutive ranges."""
     if not 1 <= bins <= length:
@@ -81,6 +103,13 @@ class LookaheadResult:
     lighthouse_minus_dense: list[float]
     lighthouse_minus_dense_se: list[float]
     per_window_difference: list[float]
+    cut_real: float
+    cut_replaced: float
+    cut_difference: float
+    cut_standard_error: float
+    cut_distance_edges: list[int]
+    cut_by_distance: list[float]
+    cut_by_distance_se: list[float]
 
     def table(self) -> str:
         rows = [
@@ -88,12 +117,19 @@ class LookaheadResult:
             f"first half of each tile: real second half {self.first_half_real:.4f}, second half replaced "
             f"{self.first_half_replaced:.4f}; look-ahead (replaced - real) {self.difference:+.4f} "
             f"+- {self.standard_error:.4f} (s.e. over windows)",
+            f"one random position per tile, everything after it in the tile replaced: real {self.cut_real:.4f}, "
+            f"replaced {self.cut_replaced:.4f}; look-ahead {self.cut_difference:+.4f} +- {self.cut_standard_error:.4f}",
             f"whole windows: Lighthouse {self.lighthouse_loss:.4f}, dense {self.dense_loss:.4f}, "
             f"Lighthouse - dense {self.lighthouse_loss - self.dense_loss:+.4f}",
             "",
-            "| positions in the tile | Lighthouse - dense | s.e. |",
+            "| tokens kept after the position | look-ahead from beyond them | s.e. |",
             "|---|---|---|",
         ]
+        cuts = self.cut_distance_edges
+        for j, (d, se) in enumerate(zip(self.cut_by_distance, self.cut_by_distance_se, strict=True)):
+            kept = str(cuts[j]) if cuts[j + 1] == cuts[j] + 1 else f"{cuts[j]}-{cuts[j + 1] - 1}"
+            rows.append(f"| {kept} | {d:+.4f} | {se:.4f} |")
+        rows += ["", "| positions in the tile | Lighthouse - dense | s.e. |", "|---|---|---|"]
         edges = self.position_edges
         for j, (d, se) in enumerate(zip(self.lighthouse_minus_dense, self.lighthouse_minus_dense_se, strict=True)):
             rows.append(f"| {edges[j]}-{edges[j + 1]} | {d:+.4f} | {se:.4f} |")
@@ -101,22 +137,36 @@ class LookaheadResult:
 
 
 def probe(
-    lighthouse: LossFn, dense: LossFn, windows: Tensor, tile_len: int, bins: int = 16, batch_size: int = 1
+    lighthouse: LossFn,
+    dense: LossFn,
+    windows: Tensor,
+    tile_len: int,
+    bins: int = 16,
+    batch_size: int = 1,
+    distances: int = 64,
+    seed: int = 0,
 ) -> LookaheadResult:
-    """Run the probe on ``windows`` ``[W, N + 1]`` (W >= 2): per window one pass as it is, one dense, and one per
-    tile with that tile's second half replaced, ``batch_size`` of those per call (1, the default, gives every pass
-    the shape of the unchanged one, so a GPU picks the same kernels and rounding cannot pass for a look-ahead).
-    Window i's replacements come from window i - 1 (cyclic): real text of the same split at the same positions."""
+    """Run the probe on ``windows`` ``[W, N + 1]`` (W >= 2): per window one pass as it is, one dense, one per tile
+    with that tile's second half replaced and one per tile with everything after a random position of it replaced,
+    ``batch_size`` of those per call (1, the default, gives every pass the shape of the unchanged one, so a GPU
+    picks the same kernels and rounding cannot pass for a look-ahead). The random positions (``seed``) leave
+    ``distances`` positions before them in the tile, whose losses give the look-ahead by distance. Window i's
+    replacements come from window i - 1 (cyclic): real text of the same split at the same positions."""
     n_windows, seq_len = windows.shape[0], windows.shape[1] - 1
     if n_windows < 2:
         raise ValueError(f"windows={n_windows} must be >= 2 (the replacements come from another window)")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if not 1 <= distances <= tile_len - 1:
+        raise ValueError(f"distances={distances} must be in [1, tile length - 1 = {tile_len - 1}]")
     first = first_half_mask(seq_len, tile_len)
+    rng = np.random.default_rng(seed)
+    cut_edges = distance_edges(distances)
     edges = bin_edges(tile_len, bins)
     donors = windows.roll(1, dims=0)
     num_tiles, half = seq_len // tile_len, tile_len // 2
     real_first, replaced_first, lh_mean, dense_mean, profile = [], [], [], [], []
+    cut_real, cut_replaced, by_distance = [], [], []
     for i in range(n_windows):
         inputs, targets = windows[i : i + 1, :-1], windows[i : i + 1, 1:]  # [1, N]
         real = lighthouse(inputs, targets).double()[0]  # [N]
@@ -131,11 +181,28 @@ def probe(
         real_first.append(real[first].mean().item())
         lh_mean.append(real.mean().item())
         dense_mean.append(base.mean().item())
+        # One random position per tile with `distances` positions before it and at least one after it in the tile.
+        cuts = rng.integers(distances - 1, tile_len - 1, size=num_tiles)
+        cut_at = [start + int(c) for start, c in zip(range(0, seq_len, tile_len), cuts, strict=True)]
+        cut_inputs = torch.stack(
+            [cut_variant(inputs[0], donors[i, :-1], at - at % tile_len, tile_len, at % tile_len) for at in cut_at]
+        )
+        cut_losses = torch.cat(
+            [lighthouse(v, targets.expand(len(v), -1)).double() for v in cut_inputs.split(batch_size)]
+        )  # [T, N]: row t measured at tile t's cut and the `distances` positions before it
+        at = torch.tensor(cut_at)[:, None] - torch.arange(distances)  # [T, distances]: the cut, 1 before it, ...
+        changed = cut_losses.gather(1, at) - real[at]  # replaced - real, by distance from the cut
+        cut_real.append(real[at[:, 0]].mean().item())
+        cut_replaced.append(cut_losses.gather(1, at[:, :1]).mean().item())
+        per_distance = changed.mean(0)
+        by_distance.append([per_distance[lo:hi].mean().item() for lo, hi in pairwise(cut_edges)])
         by_position = (real - base).view(num_tiles, tile_len).mean(0)  # [tile_len], mean over the tiles
         profile.append([by_position[lo:hi].mean().item() for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
     per_window = np.subtract(replaced_first, real_first)
     difference, se = mean_and_standard_error(per_window)
     by_bin, by_bin_se = mean_and_standard_error(np.array(profile))
+    cut_difference, cut_se = mean_and_standard_error(np.subtract(cut_replaced, cut_real))
+    cut_by_distance, cut_by_distance_se = mean_and_standard_error(np.array(by_distance))
     return LookaheadResult(
         windows=n_windows,
         seq_len=seq_len,
@@ -150,6 +217,13 @@ def probe(
         lighthouse_minus_dense=by_bin.tolist(),
         lighthouse_minus_dense_se=by_bin_se.tolist(),
         per_window_difference=per_window.tolist(),
+        cut_real=float(np.mean(cut_real)),
+        cut_replaced=float(np.mean(cut_replaced)),
+        cut_difference=float(cut_difference),
+        cut_standard_error=float(cut_se),
+        cut_distance_edges=cut_edges,
+        cut_by_distance=cut_by_distance.tolist(),
+        cut_by_distance_se=cut_by_distance_se.tolist(),
     )
 
 
