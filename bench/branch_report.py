@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from campaign import read_json
 from report import elapsed, job_spans, read_logged, split_wall_by_phase
 
 ARMS = ("D", "LH", "E")
@@ -140,10 +141,6 @@ class SeedRun:
     def tokens_per_step(self) -> int:
         data = self.config["data"]
         return data["seq_len"] * data.get("batch_size", 1) * self.config["trainer"].get("accumulate_grad_batches", 1)
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_s: float) -> Arm | None:
