@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from campaign import read_json
-from report import elapsed, job_spans, read_logged, split_wall_by_phase
+from report import elapsed, f, job_spans, minutes, read_logged, split_wall_by_phase
 
 ARMS = ("D", "LH", "E")
 ARM_LABEL = {"D": "D (dense)", "LH": "LH (Lighthouse + recovery)", "E": "E (dense, equal time)"}
@@ -217,16 +217,8 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
 
 
 # ---- tables -------------------------------------------------------------------------------------------------------
-def f(x: float | None, digits: int = 4) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
 def signed(x: float | None) -> str:
     return "-" if x is None else f"{x:+.4f}"
-
-
-def minutes(x: float | None) -> str:
-    return "-" if x is None else f"{x / 60:.2f}"
 
 
 def mean_of(values: list) -> float | None:
