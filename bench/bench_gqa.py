@@ -19,37 +19,23 @@ The SDPA kernels each path launched are recorded, to show that enable_gqa ran a 
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-
 import torch
-import torch.nn.functional as F
-from bench_attention import _fwd_bwd, _fwd_bwd_in_model, _no_grad, environment, sdpa_kernels
+from layer_bench import (
+    cell,
+    fwd_bwd,
+    fwd_bwd_in_model,
+    layer_parser,
+    leaves,
+    no_grad,
+    require_cuda,
+    run_rows,
+    sdpa,
+    sdpa_kernels,
+)
 from timing import cuda_time_ms, peak_memory_gib
 
 from lighthouse.ops.lighthouse import lighthouse_attention, lighthouse_geometry
 from lighthouse.ops.lighthouse.dilated import dilated_scores
-
-
-def _sdpa_gqa(q, k, v):
-    """Causal SDPA on ``q [B, S, H, D]``, ``k, v [B, S, H_kv, D]`` through head-major views, with enable_gqa."""
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        is_causal=True,
-        scale=1.0 / math.sqrt(q.shape[-1]),
-        enable_gqa=q.shape[2] != k.shape[2],
-    )
-    return out.transpose(1, 2)
-
-
-def _gqa_leaves(batch, seq_len, heads, kv_heads, dim):
-    def leaf(h):
-        return torch.randn(batch, seq_len, h, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-
-    return [leaf(heads), leaf(kv_heads), leaf(kv_heads)]
 
 
 def layers(params: dict, groups: int) -> dict:
@@ -90,101 +76,76 @@ def bench_n(seq_len: int, args) -> dict:
     s_sel = lighthouse_geometry(seq_len, **params).selected_len
     timed = dict(warmup=3, reps=args.reps)
     row: dict = {"N": seq_len, "S_sel": s_sel, "H": heads, "H_kv": kv_heads, "D": dim}
-    q, k, v = _gqa_leaves(batch, seq_len, heads, kv_heads, dim)
+    q, k, v = leaves(batch, seq_len, heads, dim, kv_heads=kv_heads)
     grad = torch.randn_like(q)
 
     variants = layers(dict(params, dilation=args.dilation), heads // kv_heads)
     names = ["pkg", "rep"] + (["pkg_dilated", "rep_dilated"] if seq_len == args.dilated_n else [])
     for name in names:
         fn = variants[name]
-        row[f"{name}_fwd"] = cuda_time_ms(_no_grad(fn, (q, k, v)), **timed)
-        row[f"{name}_fwdbwd"] = cuda_time_ms(_fwd_bwd(fn, (q, k, v), grad), **timed)
-        row[f"{name}_mem_in_model_gib"] = peak_memory_gib(_fwd_bwd_in_model(fn, (q, k, v), grad))
-    row["sdpa_kernels_pkg"] = sdpa_kernels(_fwd_bwd(variants["pkg"], (q, k, v), grad))
+        row[f"{name}_fwd"] = cuda_time_ms(no_grad(fn, (q, k, v)), **timed)
+        row[f"{name}_fwdbwd"] = cuda_time_ms(fwd_bwd(fn, (q, k, v), grad), **timed)
+        row[f"{name}_mem_in_model_gib"] = peak_memory_gib(fwd_bwd_in_model(fn, (q, k, v), grad))
+    row["sdpa_kernels_pkg"] = sdpa_kernels(fwd_bwd(variants["pkg"], (q, k, v), grad))
 
     if seq_len <= args.max_dense_n:
-        row["dense_fwd"] = cuda_time_ms(_no_grad(_sdpa_gqa, (q, k, v)), **timed)
-        row["dense_fwdbwd"] = cuda_time_ms(_fwd_bwd(_sdpa_gqa, (q, k, v), grad), **timed)
-        row["dense_mem_in_model_gib"] = peak_memory_gib(_fwd_bwd_in_model(_sdpa_gqa, (q, k, v), grad))
+        row["dense_fwd"] = cuda_time_ms(no_grad(sdpa, (q, k, v)), **timed)
+        row["dense_fwdbwd"] = cuda_time_ms(fwd_bwd(sdpa, (q, k, v), grad), **timed)
+        row["dense_mem_in_model_gib"] = peak_memory_gib(fwd_bwd_in_model(sdpa, (q, k, v), grad))
 
     if seq_len == args.dilated_n:
         row.update(time_scorers(q, k, v, params, args.dilation, timed))
 
     del q, k, v, grad
-    qs, ks, vs = _gqa_leaves(batch, s_sel, heads, kv_heads, dim)
+    qs, ks, vs = leaves(batch, s_sel, heads, dim, kv_heads=kv_heads)
     grad_s = torch.randn_like(qs)
-    row["floor_fwd"] = cuda_time_ms(_no_grad(_sdpa_gqa, (qs, ks, vs)), **timed)
-    row["floor_fwdbwd"] = cuda_time_ms(_fwd_bwd(_sdpa_gqa, (qs, ks, vs), grad_s), **timed)
-    row["sdpa_kernels_floor"] = sdpa_kernels(_fwd_bwd(_sdpa_gqa, (qs, ks, vs), grad_s))
+    row["floor_fwd"] = cuda_time_ms(no_grad(sdpa, (qs, ks, vs)), **timed)
+    row["floor_fwdbwd"] = cuda_time_ms(fwd_bwd(sdpa, (qs, ks, vs), grad_s), **timed)
+    row["sdpa_kernels_floor"] = sdpa_kernels(fwd_bwd(sdpa, (qs, ks, vs), grad_s))
     return row
 
 
 def print_table(rows: list[dict]) -> None:
-    def f(x):
-        return "-" if x is None else f"{x:.2f}"
-
     print(
         f"{'N':>7} {'S_sel':>6} | {'pkg fb':>7} {'rep fb':>7} {'dense fb':>8} {'floor fb':>8} | "
         f"{'pkg/rep':>7} {'pkg/floor':>9} | {'mem pkg':>7} {'mem rep':>7} {'mem dense':>9} {'pkg/rep':>7} GiB"
     )
     for r in rows:
         print(
-            f"{r['N']:>7} {r['S_sel']:>6} | {f(r['pkg_fwdbwd']):>7} {f(r['rep_fwdbwd']):>7} "
-            f"{f(r.get('dense_fwdbwd')):>8} {f(r['floor_fwdbwd']):>8} | "
+            f"{r['N']:>7} {r['S_sel']:>6} | {cell(r['pkg_fwdbwd']):>7} {cell(r['rep_fwdbwd']):>7} "
+            f"{cell(r.get('dense_fwdbwd')):>8} {cell(r['floor_fwdbwd']):>8} | "
             f"{r['pkg_fwdbwd'] / r['rep_fwdbwd']:>7.3f} {r['pkg_fwdbwd'] / r['floor_fwdbwd']:>9.3f} | "
-            f"{f(r['pkg_mem_in_model_gib']):>7} {f(r['rep_mem_in_model_gib']):>7} "
-            f"{f(r.get('dense_mem_in_model_gib')):>9} {r['pkg_mem_in_model_gib'] / r['rep_mem_in_model_gib']:>7.3f}"
+            f"{cell(r['pkg_mem_in_model_gib']):>7} {cell(r['rep_mem_in_model_gib']):>7} "
+            f"{cell(r.get('dense_mem_in_model_gib')):>9} {r['pkg_mem_in_model_gib'] / r['rep_mem_in_model_gib']:>7.3f}"
         )
     for r in rows:
         if "pkg_dilated_fwdbwd" in r:
             print(
-                f"N={r['N']} scorer cost, fwd / fb ms: norm pkg {f(r['pkg_fwd'])} / {f(r['pkg_fwdbwd'])}, "
-                f"dilated pkg {f(r['pkg_dilated_fwd'])} / {f(r['pkg_dilated_fwdbwd'])}; "
-                f"norm rep {f(r['rep_fwd'])} / {f(r['rep_fwdbwd'])}, "
-                f"dilated rep {f(r['rep_dilated_fwd'])} / {f(r['rep_dilated_fwdbwd'])}; "
-                f"scorers alone: dilated {f(r['scorer_dilated'])}, norm+select {f(r['scorer_norm_and_select'])}"
+                f"N={r['N']} scorer cost, fwd / fb ms: norm pkg {cell(r['pkg_fwd'])} / {cell(r['pkg_fwdbwd'])}, "
+                f"dilated pkg {cell(r['pkg_dilated_fwd'])} / {cell(r['pkg_dilated_fwdbwd'])}; "
+                f"norm rep {cell(r['rep_fwd'])} / {cell(r['rep_fwdbwd'])}, "
+                f"dilated rep {cell(r['rep_dilated_fwd'])} / {cell(r['rep_dilated_fwdbwd'])}; "
+                f"scorers alone: dilated {cell(r['scorer_dilated'])}, norm+select {cell(r['scorer_norm_and_select'])}"
             )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="small shapes (N 4096, 8192; H=4, H_kv=2, D=64, K=256)")
-    parser.add_argument("--ns", type=int, nargs="*", help="sequence lengths (default: 65536 131072)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--heads", type=int, default=32)
+    parser = layer_parser(
+        __doc__,
+        debug="small shapes (N 4096, 8192; H=4, H_kv=2, D=64, K=256)",
+        ns="sequence lengths (default: 65536 131072)",
+        heads=32,
+        max_dense_n=131072,
+    )
     parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--levels", type=int, default=3)
-    parser.add_argument("--pooling-factor", type=int, default=4)
-    parser.add_argument("--topk", type=int, default=2048)
     parser.add_argument("--dilation", type=int, default=4)
     parser.add_argument("--dilated-n", type=int, default=65536, help="N of the dilated scorer rows")
-    parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--max-dense-n", type=int, default=131072, help="skip dense SDPA above this N")
-    parser.add_argument("--json", help="write all numbers and the environment here")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_gqa.py needs a CUDA GPU (on a CPU, the tests run the kernels interpreted)")
+    require_cuda("bench_gqa.py")
     if args.debug:
         args.heads, args.kv_heads, args.dim, args.topk, args.dilated_n = 4, 2, 64, 256, 8192
     seq_lens = args.ns or ([4096, 8192] if args.debug else [65536, 131072])
-
-    env = environment()
-    print(json.dumps(env))
-    rows = []
-    for seq_len in seq_lens:
-        try:
-            rows.append(bench_n(seq_len, args))
-        except torch.cuda.OutOfMemoryError:
-            print(f"N={seq_len}: out of memory, skipped")
-            continue
-        finally:
-            torch.cuda.empty_cache()
-        print(json.dumps(rows[-1]), flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"environment": env, "config": vars(args), "rows": rows}, fh, indent=1)
-    print_table(rows)
+    print_table(run_rows(seq_lens, lambda seq_len: bench_n(seq_len, args), args))
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ the seed is done; 3: time ran out, run the same command again. Only the newest c
 at the switch, until probed) is kept. ``export`` writes the folder without checkpoints as ``<folder name>.tgz``,
 so seeds of several sessions unpack side by side. Why a module of its own and not bench/compare.py: the plan
 (a shared run, arms resumed from its checkpoint, an arm sized from two others' measurements) shares nothing with
-compare.py's from-scratch pairs but a few helpers, imported from there; compare.py and the archived comparisons
-it made stay as they are.
+compare.py's from-scratch pairs but the job machinery, which both import from bench/campaign.py; compare.py and
+the archived comparisons it made stay as they are.
 """
 
 from __future__ import annotations
@@ -40,27 +40,36 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import checkpoints, device_info, record_launch  # noqa: E402  (bench/ is this script's folder)
+from campaign import (  # noqa: E402  (bench/ is this script's folder)
+    REPO,
+    Runner,
+    add_budget_options,
+    checkpoints,
+    claim_folder,
+    launch,
+    prune_checkpoints,
+    read_json,
+    read_jsonl,
+    run_logged,
+    split_extra,
+    time_budget,
+    write_json,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 ARMS = ("D", "LH", "E")
 RUNS = ("warmup", *ARMS)
 MORE_TO_DO = 3
 NO_DROP = 4
 MIN_VALIDATIONS = 8  # points on each arm's validation curve at least, over S steps
 EARLY, LATE = "0-256", "1k-4k"  # position ranges of the early-drop check
-Runner = Callable[[list[str], Path], int]  # (python arguments after the interpreter, log file) -> exit code
 
 
 # ---- the plan ---------------------------------------------------------------------------------------------------
@@ -220,55 +229,10 @@ def checkpoint_at(run_dir: Path, step: int) -> Path | None:
     return next((p for s, p in checkpoints(run_dir) if s == step), None)
 
 
-def prune_checkpoints(run_dir: Path, keep: tuple[int, ...] = ()) -> tuple[int, Path] | None:
-    """Delete all but the newest checkpoint and those at the steps in ``keep``; return the newest."""
-    from lighthouse.checkpoint.files import remove_checkpoint_file  # with its checksum file
-
-    found = checkpoints(run_dir)
-    for step, path in found[:-1]:
-        if step not in keep:
-            remove_checkpoint_file(path)
-    return found[-1] if found else None
-
-
 def subprocess_runner(args: list[str], log: Path) -> int:
+    """The Runner of a real seed: ``args`` are python's arguments after the interpreter, with src/ on PYTHONPATH."""
     path = os.environ.get("PYTHONPATH")
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), path])),
-    }
-    with open(log, "w") as f:
-        return subprocess.run([sys.executable, *args], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
-def write_plan(out: Path, plan: dict) -> None:
-    stored = read_json(out / "plan.json")
-    if stored is not None:
-        changed = [k for k in plan if stored.get(k) != plan[k]]
-        if changed:
-            raise ValueError(
-                f"{out} holds a branch seed with other settings ({', '.join(changed)}: "
-                f"{[stored.get(k) for k in changed]} vs {[plan[k] for k in changed]}); use another --out"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json(out / "plan.json", {**plan, "started": started, **device_info()})
+    return run_logged([sys.executable, *args], log, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), path])))
 
 
 def warmup_check(run_dir: Path, step: int) -> dict:
@@ -316,18 +280,7 @@ class Seed:
         return self.deadline - time.time()
 
     def launch(self, run: str, args: list[str], kind: str, resumed_from: int | None = None) -> int:
-        run_dir = self.out / run
-        run_dir.mkdir(parents=True, exist_ok=True)
-        launches = run_dir / "launches.jsonl"
-        n = len(launches.read_text().splitlines()) if launches.exists() else 0
-        started = time.time()
-        rc = self.runner(args, run_dir / f"launch-{n}.log")
-        record_launch(
-            run_dir, {"kind": kind, "start": started, "end": time.time(), "rc": rc, "resumed_from": resumed_from}
-        )
-        if rc != 0:
-            print(f"branch: {run} {kind} failed (exit code {rc}); see {run_dir}/launch-{n}.log")
-        return rc
+        return launch(self.runner, self.out / run, args, kind, resumed_from, who="branch")
 
     def train(self, run: str, equal_time: dict | None = None) -> int:
         """Train ``run`` to its end step, resuming its newest checkpoint (or the warm-up's at W); 0 when done."""
@@ -349,13 +302,7 @@ class Seed:
                 start = (w, checkpoint_at(self.out / "warmup", w))
             config = run_config(self.base, self.plan, run, self.plan["seed"], self.out, equal_time)
             config["trainer"]["callbacks"].append(
-                {
-                    "class_path": "lighthouse.train.time_budget.TimeBudget",
-                    "init_args": {
-                        "deadline": self.deadline - self.args.exit_margin_s,
-                        "reserve_s": self.args.reserve_s,
-                    },
-                }
+                time_budget(self.deadline - self.args.exit_margin_s, self.args.reserve_s)
             )
             path = self.out / "configs" / f"{run}.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -403,7 +350,7 @@ class Seed:
         return 0
 
     def go(self) -> int:
-        write_plan(self.out, self.plan)
+        claim_folder(self.out / "plan.json", self.plan, "a branch seed")
         status = self.train("warmup")
         if status:
             return status
@@ -460,9 +407,7 @@ def export(out: Path, to: Path) -> Path:
 
 # ---- command line -------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_extra(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     go = sub.add_parser("run", help="train and evaluate one seed (resumable); extra CLI overrides after --")
@@ -476,11 +421,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     go.add_argument("--eval-windows", type=int, default=256, help="validation windows of the final evaluation")
     go.add_argument("--lookahead-windows", type=int, default=64, help="windows of the look-ahead probe")
     go.add_argument("--require-drop", action="store_true", help="stop (exit 4) if the warm-up shows no loss drop")
-    go.add_argument("--max-minutes", type=float, default=9.0, help="wall-clock budget of this invocation")
-    go.add_argument("--reserve-s", type=float, default=45.0, help="kept per job for its checkpoint and exit")
-    go.add_argument("--exit-margin-s", type=float, default=15.0, help="kept for this script after the last job")
-    go.add_argument("--min-launch-minutes", type=float, default=2.0, help="do not start training with less left")
-    go.add_argument("--min-eval-minutes", type=float, default=1.0, help="do not start an evaluation with less left")
+    add_budget_options(go, reserve_s=45.0, min_launch=2.0, min_eval=1.0)
     ex = sub.add_parser("export", help="the seed folder without checkpoints, as <to>/<folder name>.tgz")
     ex.add_argument("--out", required=True)
     ex.add_argument("--to", required=True)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from report import elapsed, job_spans, read_logged, split_wall_by_phase
+from campaign import read_json
+from report import elapsed, f, job_spans, minutes, read_logged, split_wall_by_phase
 
 ARMS = ("D", "LH", "E")
 ARM_LABEL = {"D": "D (dense)", "LH": "LH (Lighthouse + recovery)", "E": "E (dense, equal time)"}
@@ -142,10 +143,6 @@ class SeedRun:
         return data["seq_len"] * data.get("batch_size", 1) * self.config["trainer"].get("accumulate_grad_batches", 1)
 
 
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_s: float) -> Arm | None:
     """One run of the seed: its validation curve (its steps after ``start``), final evaluation and timing."""
     logged, throughput = read_logged(run_dir)
@@ -220,16 +217,8 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
 
 
 # ---- tables -------------------------------------------------------------------------------------------------------
-def f(x: float | None, digits: int = 4) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
 def signed(x: float | None) -> str:
     return "-" if x is None else f"{x:+.4f}"
-
-
-def minutes(x: float | None) -> str:
-    return "-" if x is None else f"{x / 60:.2f}"
 
 
 def mean_of(values: list) -> float | None:

@@ -20,23 +20,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import re
 import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
+from campaign import (
+    REPO,
+    Runner,
+    add_budget_options,
+    claim_folder,
+    launch,
+    prune_checkpoints,
+    run_logged,
+    split_extra,
+    time_budget,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 ARMS = ("dense", "lighthouse")
 MORE_TO_DO = 3
 MAX_VALIDATIONS = 10
-Runner = Callable[[list[str], Path], int]  # (train.py arguments, log file) -> exit code
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -125,90 +129,26 @@ def arm_config(base: dict, plan: dict, arm: str, seed: int, out: Path, deadline:
     for cb in trainer["callbacks"]:
         if cb["class_path"].endswith("ModelCheckpoint"):
             cb["init_args"]["every_n_train_steps"] = plan["ckpt_every"]
-    trainer["callbacks"].append(
-        {
-            "class_path": "lighthouse.train.time_budget.TimeBudget",
-            "init_args": {"deadline": deadline, "reserve_s": reserve_s},
-        }
-    )
+    trainer["callbacks"].append(time_budget(deadline, reserve_s))
     return config
 
 
 # ---- state of a run directory -------------------------------------------------------------------------------
-def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(global step, path) of the run's checkpoints, oldest first (names hold the step: stepNNNNNN.ckpt)."""
-    found = []
-    for path in (run_dir / "checkpoints").glob("*.ckpt"):
-        match = re.search(r"step(\d+)\.ckpt$", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def keep_newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    from lighthouse.checkpoint.files import remove_checkpoint_file  # with its checksum file
-
-    found = checkpoints(run_dir)
-    for _, path in found[:-1]:
-        remove_checkpoint_file(path)  # checkpoints of the paper model are 3 GB each; only the newest is resumed from
-    return found[-1] if found else None
-
-
 def final_eval_done(run_dir: Path) -> bool:
     return (run_dir / "final_eval" / "DONE").exists()
 
 
 def subprocess_runner(args: list[str], log: Path) -> int:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "w") as f:
-        return subprocess.run(
-            [sys.executable, str(REPO / "src" / "train.py"), *args],
-            cwd=REPO,
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        ).returncode
-
-
-def record_launch(run_dir: Path, record: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "launches.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """The Runner of a real comparison: ``args`` are train.py's arguments."""
+    return run_logged([sys.executable, str(REPO / "src" / "train.py"), *args], log)
 
 
 # ---- run ------------------------------------------------------------------------------------------------------
-def write_meta(out: Path, plan: dict) -> None:
-    stored = out / "compare.json"
-    if stored.exists():
-        previous = json.loads(stored.read_text())
-        changed = [k for k in plan if k != "arms" and previous.get(k) != plan[k]]
-        if changed:
-            raise ValueError(
-                f"{out} holds a comparison with other settings ({', '.join(changed)}: "
-                f"{[previous.get(k) for k in changed]} vs {[plan[k] for k in changed]}); "
-                f"use another --out"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {**plan, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **device_info()}
-    stored.write_text(json.dumps(meta, indent=1))
-
-
-def device_info() -> dict:
-    try:
-        import torch
-
-        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        return {"device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda}
-    except Exception as err:  # the report still builds without it
-        return {"device": f"unknown ({err})"}
-
-
 def run(args: argparse.Namespace, runner: Runner = subprocess_runner) -> int:
     deadline = time.time() + 60 * args.max_minutes
     plan = make_plan(args)
     out = Path(args.out)
-    write_meta(out, plan)
+    claim_folder(out / "compare.json", plan, "a comparison", ignore=("arms",))
     base = yaml.safe_load(Path(args.config).read_text())
     (out / "configs").mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
@@ -226,7 +166,7 @@ def run_arm(base: dict, plan: dict, arm: str, seed: int, out: Path, deadline: fl
     config_path = out / "configs" / f"{run_name(arm, seed)}.yaml"
     while not final_eval_done(run_dir):
         left = deadline - time.time()
-        newest = keep_newest_checkpoint(run_dir)
+        newest = prune_checkpoints(run_dir)
         trained = newest is not None and newest[0] >= plan["steps"]
         if left < 60 * (args.min_eval_minutes if trained else args.min_launch_minutes):
             print(
@@ -236,9 +176,6 @@ def run_arm(base: dict, plan: dict, arm: str, seed: int, out: Path, deadline: fl
             return MORE_TO_DO
         config = arm_config(base, plan, arm, seed, out, deadline - args.exit_margin_s, args.reserve_s)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        launches = run_dir / "launches.jsonl"
-        launch = len(launches.read_text().splitlines()) if launches.exists() else 0
         if trained:
             cmd = [
                 "validate",
@@ -260,24 +197,12 @@ def run_arm(base: dict, plan: dict, arm: str, seed: int, out: Path, deadline: fl
             cmd = ["fit", "--config", str(config_path), *plan["extra"]]
             if newest is not None:
                 cmd += ["--ckpt_path", str(newest[1])]
-        started = time.time()
-        rc = runner(cmd, run_dir / f"launch-{launch}.log")
-        record_launch(
-            run_dir,
-            {
-                "kind": cmd[0],
-                "start": started,
-                "end": time.time(),
-                "rc": rc,
-                "resumed_from": None if newest is None else newest[0],
-            },
-        )
+        rc = launch(runner, run_dir, cmd, cmd[0], None if newest is None else newest[0], who="compare")
         if rc != 0:
-            print(f"compare: {run_dir.name} {cmd[0]} failed (exit code {rc}); see {run_dir}/launch-{launch}.log")
             return rc
         if trained:
             (run_dir / "final_eval" / "DONE").write_text(f"{newest[1].name}\n")
-        elif (keep_newest_checkpoint(run_dir) or (0,))[0] < plan["steps"]:
+        elif (prune_checkpoints(run_dir) or (0,))[0] < plan["steps"]:
             print(f"compare: {run_dir.name} stopped for time; run the same command again to continue")
             return MORE_TO_DO
     print(f"compare: {run_dir.name} done")
@@ -291,9 +216,7 @@ def export(out: Path, to: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_extra(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     go = sub.add_parser("run", help="train and evaluate the arms (resumable); extra CLI overrides after --")
@@ -307,11 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     go.add_argument("--share", type=float, default=0.625, help="Lighthouse share of S (paper: 10k of 16k)")
     go.add_argument("--val-every", type=int, help="validation interval (default: divides S and the switch step)")
     go.add_argument("--eval-samples", type=int, default=8, help="passkey prompts per cell in the final evaluation")
-    go.add_argument("--max-minutes", type=float, default=9.0, help="wall-clock budget of this invocation")
-    go.add_argument("--reserve-s", type=float, default=60.0, help="kept per job for its checkpoint and exit")
-    go.add_argument("--exit-margin-s", type=float, default=15.0, help="kept for this script after the last job")
-    go.add_argument("--min-launch-minutes", type=float, default=4.0, help="do not start training with less left")
-    go.add_argument("--min-eval-minutes", type=float, default=1.5, help="do not start a final evaluation with less")
+    add_budget_options(go, reserve_s=60.0, min_launch=4.0, min_eval=1.5)
     ex = sub.add_parser("export", help="copy a comparison without its checkpoints")
     ex.add_argument("--out", required=True)
     ex.add_argument("--to", required=True)

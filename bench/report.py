@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from campaign import read_jsonl
 
 ARM_LABEL = {"dense": "dense", "lighthouse": "Lighthouse + recovery"}
 PHASES = ("lighthouse", "dense")  # what the non-dense layers run: stage 1 of the Lighthouse arm, or dense SDPA
@@ -37,10 +38,6 @@ def read_logged(folder: Path) -> tuple[dict[str, dict[int, tuple[float, float]]]
         for tag, s in run.scalars.items()
     }
     return scalars, run.throughput
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 # ---- one run --------------------------------------------------------------------------------------------------

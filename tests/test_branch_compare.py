@@ -5,7 +5,6 @@ report whose intervals are checked against hand-computed ones."""
 import importlib
 import json
 import math
-import os
 import shutil
 import sys
 import tarfile
@@ -16,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from training_helpers import REPO, logged_scalars, tiny_arch, write_text_corpus
+from training_helpers import REPO, logged_scalars, one_thread, tiny_bench_config
 
 from lighthouse.train.cli import main as cli_main
 
@@ -87,6 +86,18 @@ def test_t_interval_matches_a_hand_computed_case():
     assert branch_report.call(-0.03, -0.05, -0.01) == "LH lower" and branch_report.call(0.0, -0.1, 0.1) == "no call"
 
 
+def test_a_seed_folder_refuses_other_settings(tmp_path):
+    config = str(REPO / "bench" / "configs" / "branch_32k.yaml")
+    out = tmp_path / "seed0"
+    out.mkdir()
+    plan = {**branch.make_plan(1000, 200, 0.625), "seed": 0, "config": config, "eval_windows": 256, "extra": []}
+    (out / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(ValueError, match=f"{out} holds a branch seed with other settings \\(steps, switch_step"):
+        branch.main(["run", "--config", config, "--out", str(out), "--steps", "800"], runner=None)
+    assert json.loads((out / "plan.json").read_text()) == plan  # left as it was, nothing launched
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json"]
+
+
 def test_shipped_branch_config_makes_arms_the_cli_accepts(tmp_path, capsys):
     base = yaml.safe_load((REPO / "bench" / "configs" / "branch_32k.yaml").read_text())
     plan = branch.make_plan(1000, 200, 0.625)
@@ -119,26 +130,14 @@ def test_shipped_branch_config_makes_arms_the_cli_accepts(tmp_path, capsys):
 # ---- one tiny seed through the real CLI ----------------------------------------------------------------------------
 def tiny_branch_config(folder: Path) -> Path:
     """bench/configs/branch_32k.yaml with a CPU-sized model, corpus and recall set."""
-    config = yaml.safe_load((REPO / "bench" / "configs" / "branch_32k.yaml").read_text())
-    config["trainer"].update(accelerator="cpu", precision="32-true", enable_model_summary=False, log_every_n_steps=1)
-    config["throughput"].update(window=1, skip_steps=1)
-    arch = config["model"]["arch"]
-    arch.pop("flavor")
-    arch.update(tiny_arch(attention="lighthouse_naive", activation_checkpointing=False))
-    config["model"].update(warmup_steps=2, compile=False, recall={"windows": 2, "pairs": 2, "seed": 0})
-    config["data"].update(
-        corpus=str(write_text_corpus(folder / "corpus", n_docs=24)),
-        data_dir=str(folder / "data"),
-        seq_len=512,
-        batch_size=2,
-        num_workers=0,
-        val_batches=1,
-        recall_pairs=2,
-        progress=False,
+    return tiny_bench_config(
+        REPO / "bench" / "configs" / "branch_32k.yaml",
+        folder,
+        n_docs=24,
+        trainer={"log_every_n_steps": 1},
+        model={"recall": {"windows": 2, "pairs": 2, "seed": 0}},
+        data={"recall_pairs": 2},
     )
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def in_process(args: list[str], log: Path) -> int:
@@ -164,22 +163,13 @@ def run_seed(config: Path, out: Path, seed: int = 0, *extra: str) -> int:
 
 @pytest.fixture(scope="module")
 def seed(tmp_path_factory):
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
     folder = tmp_path_factory.mktemp("branch")
-    try:
+    with one_thread():
         config = tiny_branch_config(folder)
         out = folder / "tiny-seed0"
         first = run_seed(config, out, 0, "--reserve-s", "1e9")  # every job stops after one step: time is up
         second = run_seed(config, out, 0, "--reserve-s", "0")
         yield SimpleNamespace(folder=folder, config=config, out=out, first=first, second=second)
-    finally:
-        torch.set_num_threads(threads)
-        if env is None:
-            os.environ.pop("OMP_NUM_THREADS")
-        else:
-            os.environ["OMP_NUM_THREADS"] = env
 
 
 def launches(out: Path, run: str) -> list[dict]:

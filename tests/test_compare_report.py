@@ -2,7 +2,6 @@
 time-limited calls, the final evaluation, and a report whose numbers are the logged ones."""
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -11,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from training_helpers import REPO, logged_scalars, tiny_arch, write_text_corpus
+from training_helpers import REPO, logged_scalars, one_thread, tiny_bench_config
 
 from lighthouse.eval.passkey import main as passkey_main
 from lighthouse.train.cli import main as cli_main
@@ -27,25 +26,8 @@ CONFIGS = sorted((REPO / "bench" / "configs").glob("compare_*.yaml"))
 
 def tiny_compare_config(folder: Path) -> Path:
     """bench/configs/compare_32k.yaml with a CPU-sized model, corpus and passkey grid."""
-    config = yaml.safe_load(CONFIGS[0].read_text())
-    config["trainer"].update(accelerator="cpu", precision="32-true", enable_model_summary=False)
-    config["throughput"].update(window=1, skip_steps=1)
-    config["model"]["arch"].update(tiny_arch(attention="lighthouse_naive", activation_checkpointing=False))
-    config["model"].update(
-        warmup_steps=2, compile=False, passkey={"lengths": [256, 512], "depths": [0.25, 0.75], "samples": 1}
-    )
-    config["data"].update(
-        corpus=str(write_text_corpus(folder / "corpus")),
-        data_dir=str(folder / "data"),
-        seq_len=512,
-        batch_size=2,
-        num_workers=0,
-        val_batches=1,
-        progress=False,
-    )
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    passkey = {"lengths": [256, 512], "depths": [0.25, 0.75], "samples": 1}
+    return tiny_bench_config(CONFIGS[0], folder, model={"passkey": passkey})
 
 
 def in_process(args: list[str], log: Path) -> int:
@@ -88,19 +70,8 @@ def run_compare(config: Path, out: Path, *extra: str, runner=in_process) -> int:
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    # A model this small runs fastest on one thread (in this process and in train.py's), and a busy machine
-    # stays usable.
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
+    with one_thread():  # in this process and in the train.py processes it starts
         yield make_comparison(tmp_path_factory.mktemp("compare"))
-    finally:
-        torch.set_num_threads(threads)
-        if env is None:
-            os.environ.pop("OMP_NUM_THREADS")
-        else:
-            os.environ["OMP_NUM_THREADS"] = env
 
 
 def make_comparison(folder: Path) -> SimpleNamespace:

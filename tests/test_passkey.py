@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from array_source import ArraySource
 from training_helpers import write_text_corpus
 
 from lighthouse.checkpoint.read import read_checkpoint
@@ -21,17 +22,6 @@ from lighthouse.model.transformer import Transformer
 from lighthouse.train.lit_module import LitLM
 
 BYTES = byte_tokenizer()
-
-
-class ArraySource:
-    """A token stream held in memory (the SplitReader interface)."""
-
-    def __init__(self, tokens):
-        self.tokens = np.asarray(tokens, dtype=np.int64)
-        self.n_tokens = len(self.tokens)
-
-    def read(self, start, stop):
-        return self.tokens[start:stop]
 
 
 def filler_source(n=5000, seed=0):

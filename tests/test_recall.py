@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from array_source import ArraySource
 from trained_models import two_stage_checkpoints
 
 from lighthouse.data.recall import eval_windows
@@ -18,19 +19,10 @@ from lighthouse.eval.recall import LOGLOSS_CHANCE, RecallConfig, evaluate_recall
 TOK = byte_tokenizer()  # token id = byte value, so the stub models read the inputs as text
 
 
-class Stream:
-    def __init__(self, tokens):
-        self.tokens = np.asarray(tokens, dtype=np.int64)
-        self.n_tokens = len(self.tokens)
-
-    def read(self, start, stop):
-        return self.tokens[start:stop]
-
-
 def windows(seq_len=1024, n=8, pairs=8):
     rng = np.random.default_rng(0)
     text = rng.choice(np.frombuffer(b"abcdefgh ijklm\n", dtype=np.uint8), size=40000).astype(np.int64)
-    return eval_windows(TOK, Stream(text), seq_len, n_windows=n, pairs=pairs)
+    return eval_windows(TOK, ArraySource(text), seq_len, n_windows=n, pairs=pairs)
 
 
 def copying_model(shift: int = 0):

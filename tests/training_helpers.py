@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
 import random
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 import yaml
 
 from lighthouse.eval.run_logs import EVENTS_GLOB, read_run
@@ -95,6 +98,56 @@ def tiny_config(
         corpus=str(corpus), data_dir=str(tmp_path / "data"), seq_len=seq_len, batch_size=2, num_workers=0, val_batches=1
     )
     return config
+
+
+def tiny_bench_config(
+    shipped: Path,
+    folder: Path,
+    *,
+    n_docs: int = 12,
+    trainer: dict | None = None,
+    model: dict | None = None,
+    data: dict | None = None,
+) -> Path:
+    """A shipped bench/configs file shrunk to a CPU run of the tiny naive-Lighthouse model on a text corpus in
+    ``folder``, written as ``folder/tiny.yaml``; ``trainer``, ``model`` and ``data`` add a campaign's own settings."""
+    config = yaml.safe_load(shipped.read_text())
+    config["trainer"].update(accelerator="cpu", precision="32-true", enable_model_summary=False, **(trainer or {}))
+    config["throughput"].update(window=1, skip_steps=1)
+    arch = config["model"]["arch"]
+    arch.pop("flavor", None)  # the tiny sizes below stand in for a named flavor
+    arch.update(tiny_arch(attention="lighthouse_naive", activation_checkpointing=False))
+    config["model"].update(warmup_steps=2, compile=False, **(model or {}))
+    config["data"].update(
+        corpus=str(write_text_corpus(folder / "corpus", n_docs=n_docs)),
+        data_dir=str(folder / "data"),
+        seq_len=512,
+        batch_size=2,
+        num_workers=0,
+        val_batches=1,
+        progress=False,
+        **(data or {}),
+    )
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch and the jobs it starts (OMP_NUM_THREADS) on one thread, restored after: a model this small runs
+    fastest on one, and a busy machine stays usable."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
 
 
 def fit(tmp_path: Path, config: dict, ckpt_path: str | None = None, tag: str = "run", extra: list[str] = ()):

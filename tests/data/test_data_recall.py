@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from array_source import ArraySource
 
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.data.recall import (
@@ -23,17 +24,6 @@ from lighthouse.data.tokenizer import byte_tokenizer, train_bpe
 
 TOK = byte_tokenizer()
 FMT = RecallFormat.from_tokenizer(TOK)
-
-
-class Stream:
-    """A TokenSource over an array."""
-
-    def __init__(self, tokens):
-        self.tokens = np.asarray(tokens, dtype=np.int64)
-        self.n_tokens = len(self.tokens)
-
-    def read(self, start, stop):
-        return self.tokens[start:stop]
 
 
 def filler(n: int, seed: int = 0) -> np.ndarray:
@@ -96,7 +86,7 @@ def test_evaluation_and_training_keys_are_disjoint_and_no_evaluation_key_reaches
         text = TOK.decode(mix(position, filler(2049, position)))
         found |= set(re.findall(r"KV_([0-9a-f]{4})", text))
     assert len(found) > 1500 and not any(is_eval_key(k) for k in found)
-    recall = eval_windows(TOK, Stream(filler(50000)), 2048, n_windows=20, pairs=8)
+    recall = eval_windows(TOK, ArraySource(filler(50000)), 2048, n_windows=20, pairs=8)
     keys = {k for w in recall.windows for k in w.keys}
     assert len(keys) > 100 and all(is_eval_key(k) for k in keys)
 
@@ -118,7 +108,7 @@ def test_the_mix_is_a_pure_function_of_seed_and_position_with_the_requested_shar
 
 
 def test_evaluation_windows_are_fixed_and_made_of_the_validation_text():
-    source = Stream(filler(30000, 5))
+    source = ArraySource(filler(30000, 5))
     a = eval_windows(TOK, source, 1024, n_windows=6, pairs=4, seed=0)
     b = eval_windows(TOK, source, 1024, n_windows=6, pairs=4, seed=0)
     assert all(np.array_equal(x.tokens, y.tokens) for x, y in zip(a.windows, b.windows, strict=True))

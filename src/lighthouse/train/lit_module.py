@@ -227,33 +227,30 @@ class LitLM(L.LightningModule):
     def run_passkey(self):
         """The passkey grid on the current weights, dense, prompts split over ranks and the counts summed."""
         if self._passkey_eval is None:
-            datamodule = self.trainer.datamodule
-            if datamodule is None:
-                raise ValueError("model.passkey needs the data module (its tokenizer and validation split)")
             self._passkey_eval = PasskeyEval(
-                self.passkey_config, datamodule.tokenizer, split_reader(datamodule, "val"), self.config.max_seq_len
+                self.passkey_config, *self._validation_text("passkey"), self.config.max_seq_len
             )
-
-        strategy = self.trainer.strategy
-        return self._passkey_eval.score(
-            self._dense_logits,
-            self.device,
-            self.global_rank,
-            self.trainer.world_size,
-            reduce_sum=lambda t: strategy.reduce(t, reduce_op="sum"),
-        )
+        return self._score_over_ranks(self._passkey_eval)
 
     def run_recall(self):
         """The recall windows on the current weights, dense, windows split over ranks and the counts summed."""
         if self._recall_eval is None:
-            datamodule = self.trainer.datamodule
-            if datamodule is None:
-                raise ValueError("model.recall needs the data module (its tokenizer and validation split)")
             self._recall_eval = RecallEval(
-                self.recall_config, datamodule.tokenizer, split_reader(datamodule, "val"), self.config.max_seq_len
+                self.recall_config, *self._validation_text("recall"), self.config.max_seq_len
             )
+        return self._score_over_ranks(self._recall_eval)
+
+    def _validation_text(self, option: str):
+        """(tokenizer, validation split reader) of the data module, which the ``model.<option>`` evaluation needs."""
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            raise ValueError(f"model.{option} needs the data module (its tokenizer and validation split)")
+        return datamodule.tokenizer, split_reader(datamodule, "val")
+
+    def _score_over_ranks(self, evaluator):
+        """``evaluator.score`` on the dense model, its items split over the ranks and the counts summed."""
         strategy = self.trainer.strategy
-        return self._recall_eval.score(
+        return evaluator.score(
             self._dense_logits,
             self.device,
             self.global_rank,

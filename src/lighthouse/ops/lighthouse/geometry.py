@@ -171,24 +171,29 @@ def check_inputs(*tensors: Tensor, grouped: bool = False) -> None:
         )
 
 
-def checked_geometry(
-    *tensors: Tensor,
-    levels: int,
-    pooling_factor: int,
-    topk: int,
-    selection: str = "paper",
-    scorer: str = "norm",
-    dilation: int = 4,
-) -> LighthouseGeometry:
-    """The one validation of a layer call: the options, the inputs (``check_inputs``), then (N, L, p, K); the
-    dilated scorer also needs ``dilation`` to divide N (its subsequences have equal lengths)."""
-    check_options(selection, scorer, dilation)
-    if scorer == "dilated" and len(tensors) < 3:
+class LayerOptions(NamedTuple):
+    """The keyword arguments every layer functional takes (naive and Triton, selection and attention), carried
+    as one value from the functional to the validation and the stages that read them."""
+
+    levels: int
+    pooling_factor: int
+    topk: int
+    selection: str = "paper"
+    scorer: str = "norm"
+    dilation: int = 4
+
+
+def checked_geometry(q: Tensor, k: Tensor, v: Tensor | None, options: LayerOptions) -> LighthouseGeometry:
+    """The one validation of a layer call: the options, the inputs (``check_inputs``; ``v`` may be None where
+    only the selection is asked for), then (N, L, p, K); the dilated scorer also needs ``v``, and ``dilation``
+    dividing N (its subsequences have equal lengths)."""
+    check_options(options.selection, options.scorer, options.dilation)
+    if options.scorer == "dilated" and v is None:
         raise ValueError("scorer='dilated' needs v: pass q, k, v (the scorer attends over v)")
-    check_inputs(*tensors, grouped=selection == "per_kv_group")
-    geometry = lighthouse_geometry(tensors[0].shape[1], levels, pooling_factor, topk)
-    if scorer == "dilated" and geometry.seq_len % dilation:
-        raise ValueError(f"dilation={dilation} must divide the sequence length {geometry.seq_len}")
+    check_inputs(*((q, k) if v is None else (q, k, v)), grouped=options.selection == "per_kv_group")
+    geometry = lighthouse_geometry(q.shape[1], options.levels, options.pooling_factor, options.topk)
+    if options.scorer == "dilated" and geometry.seq_len % options.dilation:
+        raise ValueError(f"dilation={options.dilation} must divide the sequence length {geometry.seq_len}")
     return geometry
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import LighthouseGeometry, Selection, checked_geometry
+from .geometry import LayerOptions, LighthouseGeometry, Selection, checked_geometry
 
 
 def _interpreting() -> bool:
@@ -225,15 +225,15 @@ _scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 # ---------------------------------------------------------------- public functionals
 
 
-def _codes(q: Tensor, k: Tensor, v: Tensor | None, levels: int, pooling_factor: int, topk: int, scorer: str,
-           dilation: int) -> tuple[Tensor, Tensor]:  # fmt: skip
+def _codes(q: Tensor, k: Tensor, v: Tensor | None, options: LayerOptions) -> tuple[Tensor, Tensor]:
     """The selection (no gradient): norm scores in the select kernel, or the dilated scorer's SDPA scores."""
-    if scorer == "norm":
-        return torch.ops.lighthouse.select(q.detach(), k.detach(), levels, pooling_factor, topk)
+    sizes = (options.levels, options.pooling_factor, options.topk)
+    if options.scorer == "norm":
+        return torch.ops.lighthouse.select(q.detach(), k.detach(), *sizes)
     from .dilated import dilated_scores
 
-    score_q, score_k = dilated_scores(q.detach(), k.detach(), v.detach(), dilation)
-    return torch.ops.lighthouse.select_scored(score_q, score_k, levels, pooling_factor, topk)
+    score_q, score_k = dilated_scores(q.detach(), k.detach(), v.detach(), options.dilation)
+    return torch.ops.lighthouse.select_scored(score_q, score_k, *sizes)
 
 
 def triton_select_entries(
@@ -251,17 +251,9 @@ def triton_select_entries(
     """The kernels' selection for ``q, k [B, N, H, D]``, decoded: the Triton twin of ``naive.select_entries``."""
     from .common import decode_codes
 
-    tensors = (q, k) if v is None else (q, k, v)
-    checked_geometry(
-        *tensors,
-        levels=levels,
-        pooling_factor=pooling_factor,
-        topk=topk,
-        selection=selection,
-        scorer=scorer,
-        dilation=dilation,
-    )
-    codes, _ = _codes(q, k, v, levels, pooling_factor, topk, scorer, dilation)
+    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation)
+    checked_geometry(q, k, v, options)
+    codes, _ = _codes(q, k, v, options)
     return Selection(*decode_codes(codes))
 
 
@@ -285,18 +277,9 @@ def lighthouse_attention(
     ``N`` must satisfy ``lighthouse_geometry`` (short sequences use fewer tiles). Selection carries no
     gradient; gradients flow through scatter, SDPA and gather to q, k, v.
     """
-    geometry = checked_geometry(
-        q,
-        k,
-        v,
-        levels=levels,
-        pooling_factor=pooling_factor,
-        topk=topk,
-        selection=selection,
-        scorer=scorer,
-        dilation=dilation,
-    )
-    codes, inv = _codes(q, k, v, levels, pooling_factor, topk, scorer, dilation)
+    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation)
+    geometry = checked_geometry(q, k, v, options)
+    codes, inv = _codes(q, k, v, options)
     q_sel, k_sel, v_sel = torch.ops.lighthouse.gather(q, k, v, codes, inv, levels, pooling_factor)  # [B, S, H, D]
     o_sel = F.scaled_dot_product_attention(
         q_sel.transpose(1, 2),

@@ -27,6 +27,7 @@ from torch import Tensor
 from .geometry import (
     PICKED_PER_SCORE,
     REFINED_PER_TILE,
+    LayerOptions,
     LighthouseGeometry,
     Selection,
     check_inputs,
@@ -219,31 +220,20 @@ def select_entries(
 ) -> Selection:
     """Scores + selection for ``q [B, N, H, D]`` and ``k`` (``[B, N, H_kv, D]`` for ``per_kv_group``); the
     result's fields are ``[B, H, S_sel]`` (``[B, H_kv, S_sel]``). ``v`` is needed by the dilated scorer only."""
-    tensors = (q, k) if v is None else (q, k, v)
-    geometry = checked_geometry(
-        *tensors,
-        levels=levels,
-        pooling_factor=pooling_factor,
-        topk=topk,
-        selection=selection,
-        scorer=scorer,
-        dilation=dilation,
-    )
-    return _select(q, k, v, geometry, scorer, dilation)
+    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation)
+    return _select(q, k, v, checked_geometry(q, k, v, options), options)
 
 
-def _select(
-    q: Tensor, k: Tensor, v: Tensor | None, geometry: LighthouseGeometry, scorer: str, dilation: int
-) -> Selection:
+def _select(q: Tensor, k: Tensor, v: Tensor | None, geometry: LighthouseGeometry, options: LayerOptions) -> Selection:
     """The selection of README §2-§4; with ``k`` of fewer heads than ``q`` (``per_kv_group``), the scores of each
     query head are taken as if K/V were expanded to its head, then pooled by the max over the group (§3b)."""
     levels, p = geometry.levels, geometry.pooling_factor
     groups = q.shape[2] // k.shape[2]
     qh, kh = q.transpose(1, 2), expand_heads(k.transpose(1, 2), groups)  # [B, H, N, D]
-    if scorer == "norm":
+    if options.scorer == "norm":
         score_q, score_k = entry_scores(qh, kh, levels, p)
     else:
-        base_q, base_k = dilated_base_scores(qh, kh, expand_heads(v.transpose(1, 2), groups), dilation)
+        base_q, base_k = dilated_base_scores(qh, kh, expand_heads(v.transpose(1, 2), groups), options.dilation)
         score_q, score_k = pool_scores(base_q, levels, p), pool_scores(base_k, levels, p)
     score_q, score_k = ([group_max(s, groups) for s in scores] for scores in (score_q, score_k))
     return select_from_scores(score_q, score_k, geometry)
@@ -351,15 +341,6 @@ def naive_lighthouse_attention(
     dtype. ``scorer``: ``"norm"`` (README §2) or ``"dilated"`` (§2b, with ``dilation``). ``N`` must satisfy
     ``lighthouse_geometry`` (short sequences use fewer tiles; see README.md).
     """
-    geometry = checked_geometry(
-        q,
-        k,
-        v,
-        levels=levels,
-        pooling_factor=pooling_factor,
-        topk=topk,
-        selection=selection,
-        scorer=scorer,
-        dilation=dilation,
-    )
-    return _attend(q, k, v, _select(q, k, v, geometry, scorer, dilation), levels, pooling_factor)
+    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation)
+    selected = _select(q, k, v, checked_geometry(q, k, v, options), options)
+    return _attend(q, k, v, selected, levels, pooling_factor)
