@@ -14,7 +14,8 @@ import yaml
 from trained_models import two_stage_checkpoints
 from training_helpers import REPO, tiny_config
 
-from lighthouse.checkpoint.read import TOKENIZER_KEY, NotRecoveredWarning, read_checkpoint, saved_tokenizer
+from lighthouse.checkpoint.read import NotRecoveredWarning, read_checkpoint
+from lighthouse.checkpoint.records import TOKENIZER_KEY, saved_tokenizer
 from lighthouse.data.tokenizer import byte_tokenizer, train_bpe
 from lighthouse.export import export_llama
 from lighthouse.model.config import ModelConfig
