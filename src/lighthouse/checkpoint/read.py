@@ -7,7 +7,9 @@ lighthouse.checkpoint.records; the phase record of earlier versions by ``trainin
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ from lighthouse.checkpoint.guards import non_finite_names
 from lighthouse.checkpoint.io import CheckpointError, is_remote, load_verified
 from lighthouse.checkpoint.records import saved_model_config, saved_tokenizer
 from lighthouse.data.tokenizer import TextTokenizer
+from lighthouse.model.config import ModelConfig
 from lighthouse.model.transformer import Transformer
 from lighthouse.tool_args import about
 
@@ -145,3 +148,20 @@ def load_trained(path: str | Path, tokenizer: str | None = None) -> tuple[dict, 
             f"embedding rows: it is not the tokenizer this model was trained with"
         )
     return checkpoint, model, tok
+
+
+def load_module_dense(load: Callable, path: str | Path, **kwargs):
+    """``LitLM.load_from_checkpoint``'s work around Lightning's own loader ``load`` (handed in by LitLM, so this wing
+    imports nothing of train/). ``kwargs`` are ``load``'s: hyperparameter overrides, ``arch`` among them; without
+    one, the model config the checkpoint records in any version (Lightning alone would look for the hyperparameter
+    ``arch``, absent before the rename)."""
+    metadata = read_checkpoint(path, mmap=True)  # mmap: the tensors are not read twice
+    arch = kwargs.pop("arch") if "arch" in kwargs else saved_model_config(metadata)
+    # A plain dict, as LitLM saves it: Lightning writes the overrides into the checkpoint's hyperparameters before
+    # LitLM.on_load_checkpoint reads the config back from them (a checkpoint older than the records has no other).
+    if isinstance(arch, ModelConfig):
+        arch = dataclasses.asdict(arch)
+    module = load(path, weights_only=True, arch=arch, **kwargs)
+    warn_if_not_recovered(metadata, path)
+    module.set_attention_backend("sdpa")
+    return module

@@ -12,8 +12,8 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lighthouse.checkpoint.guards import DIVERGENCE_FACTOR, StepGuard, grad_norm
-from lighthouse.checkpoint.read import canonical_name, read_checkpoint, warn_if_not_recovered
-from lighthouse.checkpoint.records import saved_model_config, write_records
+from lighthouse.checkpoint.read import canonical_name, load_module_dense
+from lighthouse.checkpoint.records import write_records
 from lighthouse.checkpoint.resume import refuse_shape_changes, saved_model_fields
 from lighthouse.eval.passkey import PasskeyEval, split_reader
 from lighthouse.eval.passkey_prompts import PasskeyConfig
@@ -316,19 +316,14 @@ class LitLM(L.LightningModule):
         on from a checkpoint, resume it (``--ckpt_path``): the schedule then sets the attention per phase.
         Keyword arguments override hyperparameters, as in Lightning.
         """
-        metadata = read_checkpoint(checkpoint_path, mmap=True)  # mmap: the tensors are not read twice
-        kwargs.setdefault("arch", saved_model_config(metadata))
-        module = super().load_from_checkpoint(
+        return load_module_dense(
+            super().load_from_checkpoint,
             checkpoint_path,
             map_location=map_location,
             hparams_file=hparams_file,
             strict=strict,
-            weights_only=True,
             **kwargs,
         )
-        warn_if_not_recovered(metadata, checkpoint_path)
-        module.set_attention_backend("sdpa")
-        return module
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         write_records(checkpoint, self.config, getattr(self.trainer.datamodule, "tokenizer", None))
