@@ -3,6 +3,7 @@ found for old checkpoints, and a CLI that lists only the subcommands that work."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -14,7 +15,8 @@ import yaml
 from trained_models import two_stage_checkpoints
 from training_helpers import REPO, tiny_config
 
-from lighthouse.checkpoint.read import TOKENIZER_KEY, NotRecoveredWarning, read_checkpoint, saved_tokenizer
+from lighthouse.checkpoint.read import NotRecoveredWarning, read_checkpoint
+from lighthouse.checkpoint.records import TOKENIZER_KEY, saved_model_config, saved_tokenizer
 from lighthouse.data.tokenizer import byte_tokenizer, train_bpe
 from lighthouse.export import export_llama
 from lighthouse.model.config import ModelConfig
@@ -76,6 +78,19 @@ def test_checkpoint_written_at_e81b2e8_loads_and_exports(tmp_path):
     with pytest.warns(NotRecoveredWarning):
         folder = export_llama(old, tmp_path / "hf")  # byte tokenizer recognised by its stored fingerprint
     assert json.loads((folder / "lighthouse.json").read_text())["tokenizer_fingerprint"] == "604310a2abe28614"
+
+
+def test_arch_given_to_load_from_checkpoint_is_checked_and_used(tmp_path_factory):
+    """An ``arch`` override, as a ModelConfig: refused where it changes parameter shapes, used where it fits; on a
+    checkpoint from before the records too (its hyperparameter 'model' is then the only config it has)."""
+    path = two_stage_checkpoints(tmp_path_factory)[2]
+    saved = saved_model_config(read_checkpoint(path))
+    with pytest.raises(ValueError, match=r"shapes differ\): model.arch.n_layers: checkpoint 3 vs config 2"):
+        LitLM.load_from_checkpoint(path, arch=dataclasses.replace(saved, n_layers=2))
+    old = REPO / "tests" / "fixtures" / "tiny_e81b2e8_step4.ckpt"
+    wanted = dataclasses.replace(saved_model_config(read_checkpoint(old)), rope_theta=5000.0)
+    module = LitLM.load_from_checkpoint(old, arch=wanted)
+    assert module.config == wanted and module.model.attention_backends == ["sdpa"] * wanted.n_layers
 
 
 @pytest.mark.parametrize("config_file", RUN_CONFIGS)

@@ -1,26 +1,28 @@
-"""Read a training checkpoint for use after training: model config, dense model, training phase and tokenizer.
+"""Read a training checkpoint for use after training: the dense model, the training phase, the tokenizer.
 
 Every path here loads with ``torch.load(weights_only=True)``: a checkpoint is data, never code. It knows the
-checkpoints of every version of this project: the model config under ``lighthouse_model`` (always written) or
-the hyperparameters ``arch`` (today) or ``model`` (before the ``model.arch.*`` rename).
+checkpoints of every version of this project: the records LitLM writes, old forms included, are read by
+lighthouse.checkpoint.records; the phase record of earlier versions by ``training_phase``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from lighthouse.checkpoint.guards import non_finite_names
 from lighthouse.checkpoint.io import CheckpointError, is_remote, load_verified
-from lighthouse.data.tokenizer import TextTokenizer, byte_tokenizer
+from lighthouse.checkpoint.records import saved_model_config, saved_tokenizer
+from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.transformer import Transformer
 from lighthouse.tool_args import about
 
 CONSOLIDATE = "python -m lightning.pytorch.utilities.consolidate_checkpoint"
-TOKENIZER_KEY = "lighthouse_tokenizer"  # the tokenizer's JSON, written by LitLM.on_save_checkpoint
 # Wrappers whose names FSDP or activation checkpointing may leave in parameter names.
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
@@ -63,23 +65,6 @@ def read_checkpoint(path: str | Path, mmap: bool = False, finite: bool = True) -
             "saved that way (before the guards that keep NaN out of checkpoints). Use an earlier checkpoint"
         )
     return checkpoint
-
-
-def saved_model_config(checkpoint: dict) -> ModelConfig:
-    """The model config the checkpoint was trained with (sizes resolved, backends as configured)."""
-    saved = checkpoint.get("lighthouse_model")
-    if saved is None:
-        hparams = checkpoint.get("hyper_parameters", {})
-        saved = hparams.get("arch", hparams.get("model"))
-    if not isinstance(saved, dict):
-        raise ValueError(
-            "checkpoint holds no model config (neither 'lighthouse_model' nor hyper_parameters "
-            "'arch'/'model'): it was not written by this project's LitLM"
-        )
-    try:
-        return ModelConfig(**saved)
-    except TypeError as err:  # fields this project never had: another project's checkpoint
-        raise CheckpointError(f"the checkpoint's model config is not this project's ({err})") from None
 
 
 def training_phase(checkpoint: dict) -> dict | None:
@@ -150,45 +135,6 @@ def dense_model(checkpoint: dict) -> Transformer:
     return model.eval()
 
 
-def saved_tokenizer(checkpoint: dict, override: str | None = None) -> TextTokenizer:
-    """The tokenizer the checkpoint was trained with, checked against its fingerprint when one was stored.
-
-    Looked for in order: ``override`` ('byte' or a tokenizer .json), the JSON the checkpoint carries, the byte
-    tokenizer when the fingerprint or data config says bytes, the configured tokenizer file, the BPE files
-    under the data config's ``data_dir/tokenizers/``.
-    """
-    data_state = checkpoint.get("LMDataModule", {})
-    fingerprint = data_state.get("tokenizer_fingerprint")
-    data_hparams = checkpoint.get("datamodule_hyper_parameters", {})
-    if override is not None:
-        if override != "byte" and not Path(override).is_file():
-            raise ValueError(f"--tokenizer={override!r} is invalid: it must be 'byte' or a tokenizer .json file")
-        with about("--tokenizer", override):
-            tok = byte_tokenizer() if override == "byte" else TextTokenizer.from_file(override)
-        if fingerprint is not None and tok.fingerprint != fingerprint:
-            raise ValueError(
-                f"--tokenizer {override!r} has fingerprint {tok.fingerprint}, but the checkpoint was "
-                f"trained with tokenizer fingerprint {fingerprint}"
-            )
-        return tok
-    if TOKENIZER_KEY in checkpoint:
-        return TextTokenizer.from_str(checkpoint[TOKENIZER_KEY])
-    if fingerprint == byte_tokenizer().fingerprint or (fingerprint is None and data_hparams.get("tokenizer") == "byte"):
-        return byte_tokenizer()
-    candidates = [Path(data_hparams["tokenizer"])] if str(data_hparams.get("tokenizer", "")).endswith(".json") else []
-    if data_hparams.get("data_dir"):
-        candidates += sorted((Path(data_hparams["data_dir"]) / "tokenizers").glob("*.json"))
-    for path in candidates:
-        if fingerprint is not None and path.is_file():
-            tok = TextTokenizer.from_file(path)
-            if tok.fingerprint == fingerprint:
-                return tok
-    raise ValueError(
-        f"the checkpoint does not carry its tokenizer (tokenizer {data_hparams.get('tokenizer')!r}, fingerprint "
-        f"{fingerprint}) and no matching file was found; pass the tokenizer .json it was trained with (--tokenizer)"
-    )
-
-
 def load_trained(path: str | Path, tokenizer: str | None = None) -> tuple[dict, Transformer, TextTokenizer]:
     """The checkpoint, its dense model (CPU, fp32, eval) and its tokenizer; warns if it was not recovered."""
     with about("--ckpt", path):
@@ -202,3 +148,20 @@ def load_trained(path: str | Path, tokenizer: str | None = None) -> tuple[dict, 
             f"embedding rows: it is not the tokenizer this model was trained with"
         )
     return checkpoint, model, tok
+
+
+def load_module_dense(load: Callable, path: str | Path, **kwargs):
+    """``LitLM.load_from_checkpoint``'s work around Lightning's own loader ``load`` (handed in by LitLM, so this wing
+    imports nothing of train/). ``kwargs`` are ``load``'s: hyperparameter overrides, ``arch`` among them; without
+    one, the model config the checkpoint records in any version (Lightning alone would look for the hyperparameter
+    ``arch``, absent before the rename)."""
+    metadata = read_checkpoint(path, mmap=True)  # mmap: the tensors are not read twice
+    arch = kwargs.pop("arch") if "arch" in kwargs else saved_model_config(metadata)
+    # A plain dict, as LitLM saves it: Lightning writes the overrides into the checkpoint's hyperparameters before
+    # LitLM.on_load_checkpoint reads the config back from them (a checkpoint older than the records has no other).
+    if isinstance(arch, ModelConfig):
+        arch = dataclasses.asdict(arch)
+    module = load(path, weights_only=True, arch=arch, **kwargs)
+    warn_if_not_recovered(metadata, path)
+    module.set_attention_backend("sdpa")
+    return module

@@ -21,7 +21,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lighthouse.checkpoint.read import saved_model_config
+from lighthouse.checkpoint.records import saved_model_config
 from lighthouse.model.config import PREFIX, ModelConfig
 
 SHAPE = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "tie_embeddings")
@@ -48,10 +48,6 @@ _NOT_SETTINGS = ("params", "lr", "initial_lr")
 
 def saved_model_fields(checkpoint: dict) -> dict:
     """The checkpoint's model config as a dict with sizes resolved (refused if the checkpoint has none)."""
-    arch = checkpoint.get("hyper_parameters", {}).get("arch")
-    if "lighthouse_model" not in checkpoint and isinstance(arch, ModelConfig):
-        # LitLM.load_from_checkpoint hands Lightning the config it read (an old checkpoint's) as hyperparameter.
-        return dataclasses.asdict(arch)
     return dataclasses.asdict(saved_model_config(checkpoint))
 
 

@@ -66,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the scores to this file")
     args = parser.parse_args(argv)
-    from lighthouse.checkpoint.read import dense_model, read_checkpoint, saved_model_config
+    from lighthouse.checkpoint.read import dense_model, read_checkpoint
+    from lighthouse.checkpoint.records import saved_model_config
     from lighthouse.eval.val_windows import run_datamodule
     from lighthouse.tool_args import about, checked_device, local_path, output_file
 

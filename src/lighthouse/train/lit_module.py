@@ -12,15 +12,9 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lighthouse.checkpoint.guards import DIVERGENCE_FACTOR, StepGuard, grad_norm
-from lighthouse.checkpoint.read import (
-    TOKENIZER_KEY,
-    canonical_name,
-    read_checkpoint,
-    saved_model_config,
-    warn_if_not_recovered,
-)
+from lighthouse.checkpoint.read import canonical_name, load_module_dense
+from lighthouse.checkpoint.records import write_records
 from lighthouse.checkpoint.resume import refuse_shape_changes, saved_model_fields
-from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.eval.passkey import PasskeyEval, split_reader
 from lighthouse.eval.passkey_prompts import PasskeyConfig
 from lighthouse.eval.positions import bucket_name, position_buckets
@@ -319,27 +313,17 @@ class LitLM(L.LightningModule):
         on from a checkpoint, resume it (``--ckpt_path``): the schedule then sets the attention per phase.
         Keyword arguments override hyperparameters, as in Lightning.
         """
-        metadata = read_checkpoint(checkpoint_path, mmap=True)  # mmap: the tensors are not read twice
-        kwargs.setdefault("arch", saved_model_config(metadata))
-        module = super().load_from_checkpoint(
+        return load_module_dense(
+            super().load_from_checkpoint,
             checkpoint_path,
             map_location=map_location,
             hparams_file=hparams_file,
             strict=strict,
-            weights_only=True,
             **kwargs,
         )
-        warn_if_not_recovered(metadata, checkpoint_path)
-        module.set_attention_backend("sdpa")
-        return module
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lighthouse_model"] = dataclasses.asdict(self.config)
-        # The tokenizer's JSON travels with the weights (tens of kB for bytes, about 1 MB for a 32k BPE), so
-        # export and generation need nothing but the checkpoint.
-        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
-        if isinstance(tokenizer, TextTokenizer):
-            checkpoint[TOKENIZER_KEY] = tokenizer.to_str()
+        write_records(checkpoint, self.config, getattr(self.trainer.datamodule, "tokenizer", None))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Before the weights load, so a shape change is named instead of failing inside load_state_dict; the
