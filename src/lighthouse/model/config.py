@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, fields
 
 from lighthouse.model import budget
-from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, check_options, lighthouse_geometry
+from lighthouse.ops.lighthouse.geometry import LighthouseGeometry, check_lighthouse_params, check_options, fit_seq_len
 
 # How the CLI spells the model's fields (``--model.arch.dim``); error messages use it so they name the flag.
 PREFIX = "model.arch."
@@ -241,6 +241,8 @@ class ModelConfig:
             raise ValueError(
                 f"{PREFIX}dense_layers has {bad}: layer indices must lie in [0, n_layers-1] = [0, {self.n_layers - 1}]"
             )
+        # The one check of the Lighthouse parameters on the model path, also for a dense model (a later phase may
+        # switch it to Lighthouse); the op checks each call again, as the public boundary of the op library.
         lh = self.lighthouse
         try:
             check_lighthouse_params(lh.levels, lh.pooling_factor, lh.topk)
@@ -249,7 +251,7 @@ class ModelConfig:
             raise ValueError(f"{PREFIX}lighthouse.{err}") from None
         if self.uses_lighthouse():
             try:
-                lighthouse_geometry(self.max_seq_len, lh.levels, lh.pooling_factor, lh.topk)
+                self.lighthouse_geometry()
             except ValueError as err:
                 raise ValueError(f"data.seq_len does not fit {PREFIX}lighthouse: {err}") from None
             if lh.scorer == "dilated" and self.max_seq_len % lh.dilation:
@@ -257,6 +259,12 @@ class ModelConfig:
                     f"{PREFIX}lighthouse.dilation={lh.dilation} must divide data.seq_len={self.max_seq_len} "
                     "(the dilated scorer's subsequences have equal lengths)"
                 )
+
+    def lighthouse_geometry(self, seq_len: int | None = None) -> LighthouseGeometry:
+        """The Lighthouse layers' sizes at ``seq_len`` positions (default: the training length). The parameters were
+        checked when the config was built, so only the length is checked here."""
+        lh = self.lighthouse
+        return fit_seq_len(self.max_seq_len if seq_len is None else seq_len, lh.levels, lh.pooling_factor, lh.topk)
 
     def _check_memory(self, head_dim: int, kv_heads: int) -> None:
         """Refuse a model that cannot be built on this machine, naming the sizes that decide it, before anything is

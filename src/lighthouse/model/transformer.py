@@ -69,10 +69,7 @@ def warn_if_topk_shrinks(config: ModelConfig) -> None:
     """Say so when the context is too short for the configured top-k (fewer tiles, a smaller effective K)."""
     if not config.uses_lighthouse():
         return
-    from lighthouse.ops.lighthouse import lighthouse_geometry
-
-    lh = config.lighthouse
-    geometry = lighthouse_geometry(config.max_seq_len, lh.levels, lh.pooling_factor, lh.topk)
+    lh, geometry = config.lighthouse, config.lighthouse_geometry()
     if geometry.effective_topk < lh.topk:
         warnings.warn(
             f"{PREFIX}lighthouse.topk={lh.topk} does not fit {config.max_seq_len} positions: every tile needs "
