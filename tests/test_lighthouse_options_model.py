@@ -27,7 +27,7 @@ def _config(**lighthouse) -> ModelConfig:
         n_heads=4,
         n_kv_heads=2,
         ffn_hidden=64,
-        max_seq_len=512,
+        seq_len=512,
         attention="lighthouse_naive",
         lighthouse=dict(LH, **lighthouse),
     )

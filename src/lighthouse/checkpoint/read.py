@@ -2,7 +2,8 @@
 
 Every path here loads with ``torch.load(weights_only=True)``: a checkpoint is data, never code. It knows the
 checkpoints of every version of this project: the model config under ``lighthouse_model`` (always written) or
-the hyperparameters ``arch`` (today) or ``model`` (before the ``model.arch.*`` rename).
+the hyperparameters ``arch`` (today) or ``model`` (before the ``model.arch.*`` rename), with the field names of
+its time (``RENAMED_MODEL_FIELDS``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ CONSOLIDATE = "python -m lightning.pytorch.utilities.consolidate_checkpoint"
 TOKENIZER_KEY = "lighthouse_tokenizer"  # the tokenizer's JSON, written by LitLM.on_save_checkpoint
 # Wrappers whose names FSDP or activation checkpointing may leave in parameter names.
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+# Model config fields renamed since checkpoints were first written: old name -> today's.
+RENAMED_MODEL_FIELDS = {"max_seq_len": "seq_len"}  # one name, data.seq_len's, from the config to the op
 
 
 class NotRecoveredWarning(UserWarning):
@@ -76,8 +79,14 @@ def saved_model_config(checkpoint: dict) -> ModelConfig:
             "checkpoint holds no model config (neither 'lighthouse_model' nor hyper_parameters "
             "'arch'/'model'): it was not written by this project's LitLM"
         )
+    return model_config_from(saved)
+
+
+def model_config_from(saved: dict) -> ModelConfig:
+    """A model config as a checkpoint stores it (a plain dict of fields), older field names read as today's."""
+    fields = {RENAMED_MODEL_FIELDS.get(name, name): value for name, value in saved.items()}
     try:
-        return ModelConfig(**saved)
+        return ModelConfig(**fields)
     except TypeError as err:  # fields this project never had: another project's checkpoint
         raise CheckpointError(f"the checkpoint's model config is not this project's ({err})") from None
 

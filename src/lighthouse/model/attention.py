@@ -74,15 +74,13 @@ INNER_ATTENTION: dict[str, Callable[[LighthouseConfig], InnerAttention]] = {
 assert tuple(INNER_ATTENTION) == ATTENTION_BACKENDS
 
 
-def rope_tables(
-    head_dim: int, max_seq_len: int, theta: float, scaling: RopeScaling | None = None
-) -> tuple[Tensor, Tensor]:
-    """cos and sin, each ``[max_seq_len, head_dim // 2]`` in fp32."""
+def rope_tables(head_dim: int, seq_len: int, theta: float, scaling: RopeScaling | None = None) -> tuple[Tensor, Tensor]:
+    """cos and sin, each ``[seq_len, head_dim // 2]`` in fp32."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     gain = 1.0
     if scaling is not None:
         inv_freq, gain = scaled_frequencies(inv_freq, scaling, theta)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
     return (angles.cos() * gain).float(), (angles.sin() * gain).float()
 
 

@@ -189,7 +189,7 @@ class LighthouseCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The tokenizer decides the vocabulary and the data the context length; neither is configured twice.
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
-        parser.link_arguments("data.seq_len", "model.arch.max_seq_len", apply_on="parse")
+        parser.link_arguments("data.seq_len", "model.arch.seq_len", apply_on="parse")
         parser.set_defaults({"trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true"})
         # Lightning's summary table has a FLOPs column that is always 0 here; the run start prints one line instead.
         parser.set_defaults({"trainer.enable_model_summary": False})

@@ -15,6 +15,7 @@ from lighthouse.checkpoint.guards import DIVERGENCE_FACTOR, StepGuard, grad_norm
 from lighthouse.checkpoint.read import (
     TOKENIZER_KEY,
     canonical_name,
+    model_config_from,
     read_checkpoint,
     saved_model_config,
     warn_if_not_recovered,
@@ -95,7 +96,7 @@ class LitLM(L.LightningModule):
         """
         super().__init__()
         if isinstance(arch, dict):  # the hyperparameters stored in a checkpoint
-            arch = ModelConfig(**arch)
+            arch = model_config_from(arch)
         if warmup_steps < 0:
             raise ValueError(f"model.warmup_steps={warmup_steps} must be >= 0")
         if lr_schedule not in LR_SCHEDULES:
@@ -107,11 +108,11 @@ class LitLM(L.LightningModule):
         if isinstance(passkey, dict):
             passkey = PasskeyConfig(**passkey)
         if passkey is not None:
-            passkey.validate(arch.max_seq_len)
+            passkey.validate(arch.seq_len)
         if isinstance(recall, dict):
             recall = RecallConfig(**recall)
         if recall is not None:
-            recall.validate(arch.max_seq_len)
+            recall.validate(arch.seq_len)
         self.model = transformer_from(arch, init_from)
         self.config = arch = self.model.config  # with init_from: the checkpoint's sizes
         self.optimizer_factory = optimizer
@@ -137,7 +138,7 @@ class LitLM(L.LightningModule):
             self.model.compile_blocks()
         self.step_guard = StepGuard(divergence_factor, uniform_loss=math.log(arch.vocab_size))
         self.val_loss = MeanMetric()
-        self.buckets = position_buckets(arch.max_seq_len)
+        self.buckets = position_buckets(arch.seq_len)
         self.val_loss_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)
         # The same weights with every layer dense (val/loss runs the model as it trains).
         self.val_loss_dense = MeanMetric()
@@ -231,7 +232,7 @@ class LitLM(L.LightningModule):
             if datamodule is None:
                 raise ValueError("model.passkey needs the data module (its tokenizer and validation split)")
             self._passkey_eval = PasskeyEval(
-                self.passkey_config, datamodule.tokenizer, split_reader(datamodule, "val"), self.config.max_seq_len
+                self.passkey_config, datamodule.tokenizer, split_reader(datamodule, "val"), self.config.seq_len
             )
 
         strategy = self.trainer.strategy
@@ -250,7 +251,7 @@ class LitLM(L.LightningModule):
             if datamodule is None:
                 raise ValueError("model.recall needs the data module (its tokenizer and validation split)")
             self._recall_eval = RecallEval(
-                self.recall_config, datamodule.tokenizer, split_reader(datamodule, "val"), self.config.max_seq_len
+                self.recall_config, datamodule.tokenizer, split_reader(datamodule, "val"), self.config.seq_len
             )
         strategy = self.trainer.strategy
         return self._recall_eval.score(
