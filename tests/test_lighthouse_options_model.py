@@ -92,6 +92,17 @@ def test_dense_attention_takes_no_lighthouse_parameters():
     assert list(inspect.signature(sdpa_attention).parameters) == ["q", "k", "v"]
 
 
+def test_switching_back_finds_the_same_inner_attention():
+    """Dense validation and phase changes switch layers back and forth; a new callable each time would make compiled
+    blocks recompile at every switch (and fall back to eager past the recompile limit)."""
+    attention = Transformer(_config()).layers[1].attention
+    lighthouse = attention._inner
+    attention.backend = "sdpa"
+    assert attention._inner is sdpa_attention
+    attention.backend = "lighthouse_naive"
+    assert attention._inner is lighthouse
+
+
 def test_the_model_checks_the_lighthouse_parameters_once(monkeypatch):
     """Building the config and the model checks (L, p, K) once; before, the config checked them twice (directly and
     inside lighthouse_geometry) and the model a third time for its top-k warning. Each op call checks again: the

@@ -134,7 +134,9 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, backend: str):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        self.lighthouse = config.lighthouse
+        # Each backend's inner attention, built once: switching back (a phase change, dense validation) finds the
+        # same object, so compiled blocks keep their graphs.
+        self._inners = {name: build(config.lighthouse) for name, build in INNER_ATTENTION.items()}
         self.wq = nn.Linear(config.dim, self.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
@@ -152,7 +154,7 @@ class Attention(nn.Module):
         if name not in INNER_ATTENTION:
             raise ValueError(f"attention backend {name!r} is not one of {tuple(INNER_ATTENTION)}")
         self._backend = name
-        self._inner = INNER_ATTENTION[name](self.lighthouse)
+        self._inner = self._inners[name]
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
         """x ``[B, N, dim]``; cos/sin start at the position of x's first token. With a cache (generation), the
