@@ -90,7 +90,7 @@ def main() -> None:
     config = model_flavor(
         args.flavor,
         attention=args.backend,
-        max_seq_len=args.seq_len,
+        seq_len=args.seq_len,
         activation_checkpointing=args.checkpointing == "on",
         checkpoint_dtype=args.checkpoint_dtype if args.checkpointing == "on" else "float32",
         mlp_chunk_tokens=args.mlp_chunk or None,

@@ -34,7 +34,7 @@ def main() -> None:
         raise SystemExit("bench_generate.py needs a CUDA GPU")
 
     torch.manual_seed(0)
-    config = model_flavor(args.flavor, max_seq_len=args.prompt_len)
+    config = model_flavor(args.flavor, seq_len=args.prompt_len)
     model = Transformer(config).cuda().bfloat16().eval()
     prompt = torch.randint(0, config.vocab_size, (args.prompt_len,)).tolist()
     sampling = Sampling()  # src/generate.py's defaults

@@ -59,7 +59,7 @@ def run_one(
     overrides: dict,
 ):
     config = model_flavor(
-        flavor, attention=backend, max_seq_len=seq_len, activation_checkpointing=checkpointing, **overrides
+        flavor, attention=backend, seq_len=seq_len, activation_checkpointing=checkpointing, **overrides
     )
     model = Transformer(config).cuda()
     if compile:

@@ -32,7 +32,7 @@ from lighthouse.model.transformer import Transformer
 def demo_model_config(seq_len: int | None, backend: str | None) -> ModelConfig:
     demo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.yaml")
     config = yaml.safe_load(open(demo))
-    arch = dict(config["model"]["arch"], max_seq_len=seq_len or config["data"]["seq_len"])
+    arch = dict(config["model"]["arch"], seq_len=seq_len or config["data"]["seq_len"])
     if backend:
         arch["attention"] = backend
     return ModelConfig(**arch)
@@ -54,14 +54,12 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.flavor:
         overrides = {"attention": args.backend} if args.backend else {}
-        config = model_flavor(
-            args.flavor, max_seq_len=args.seq_len or 65536, activation_checkpointing=True, **overrides
-        )
+        config = model_flavor(args.flavor, seq_len=args.seq_len or 65536, activation_checkpointing=True, **overrides)
     else:
         config = demo_model_config(args.seq_len, args.backend)
     model = Transformer(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens = torch.randint(0, config.vocab_size, (1, config.max_seq_len + 1), device=device)
+    tokens = torch.randint(0, config.vocab_size, (1, config.seq_len + 1), device=device)
     trainer = SimpleNamespace(
         strategy=SimpleNamespace(root_device=device, reduce=lambda t, reduce_op: t),
         global_step=0,
@@ -110,7 +108,7 @@ def main() -> None:
     a, b = statistics.median(plain), statistics.median(guarded)
     print(
         f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-        f"model dim {config.dim} x {config.n_layers} layers, seq {config.max_seq_len}, {config.attention}"
+        f"model dim {config.dim} x {config.n_layers} layers, seq {config.seq_len}, {config.attention}"
     )
     print(
         f"step without the guard: {a:.1f} ms   with it: {b:.1f} ms   difference: {b - a:+.2f} ms "

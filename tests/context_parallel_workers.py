@@ -75,7 +75,7 @@ def tiny_config(attention: str, seq_len: int, **memory) -> ModelConfig:
         n_kv_heads=2,
         ffn_hidden=128,
         vocab_size=257,
-        max_seq_len=seq_len,
+        seq_len=seq_len,
         attention=attention,
         dense_layers=[],
         lighthouse={"levels": 2, "pooling_factor": 2, "topk": 128},

@@ -1,7 +1,14 @@
 """Checkpoints written by earlier versions of the project keep resuming with the same results."""
 
+import dataclasses
+
 import pytest
 from training_helpers import REPO, fit, logged_scalars, tiny_config
+
+from lighthouse.checkpoint.io import CheckpointError
+from lighthouse.checkpoint.read import saved_model_config
+from lighthouse.model.config import ModelConfig
+from lighthouse.train.lit_module import LitLM
 
 # tests/fixtures/tiny_e81b2e8_step4.ckpt: tiny_config(tmp, "old", max_steps=4, every_n=4) trained at commit e81b2e8
 # (before the config rename to model.arch.* and the structure pass). An uninterrupted 8-step run of that commit
@@ -17,3 +24,19 @@ def test_checkpoint_from_before_the_structure_pass_resumes(tmp_path):
     assert sorted(losses) == [4, 5, 6, 7]
     for step, expected in OLD_LOSSES_4_TO_7.items():
         assert losses[step] == pytest.approx(expected, rel=1e-6), step
+
+
+def test_model_config_from_before_the_seq_len_rename_loads():
+    """A checkpoint stores the model config with the field names of its time: the training context length was
+    max_seq_len until it took data.seq_len's name."""
+    saved = dataclasses.asdict(ModelConfig(dim=32, n_layers=2, n_heads=2, ffn_hidden=64, seq_len=512))
+    saved["max_seq_len"] = saved.pop("seq_len")
+    for checkpoint in (
+        {"lighthouse_model": saved},
+        {"hyper_parameters": {"arch": saved}},
+        {"hyper_parameters": {"model": saved}},
+    ):
+        assert saved_model_config(checkpoint).seq_len == 512
+    assert LitLM(saved).config.seq_len == 512  # the hyperparameters Lightning passes back when it loads one
+    with pytest.raises(CheckpointError, match="not this project's"):
+        saved_model_config({"lighthouse_model": {**saved, "n_experts": 8}})

@@ -51,7 +51,7 @@ def test_flavor_by_name_and_explicit_fields_win(capsys):
         "12",
         config=str(REPO / "configs" / "lh_64k.yaml"),
     )
-    arch = ModelConfig(**printed["model"]["arch"], max_seq_len=printed["data"]["seq_len"])
+    arch = ModelConfig(**printed["model"]["arch"], seq_len=printed["data"]["seq_len"])
     small = model_flavor("small")
     assert (arch.dim, arch.n_heads, arch.ffn_hidden, arch.dense_layers) == (
         small.dim,

@@ -19,14 +19,14 @@ def test_config_parses_without_running(path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     # The same validation as training, at the context length the CLI links in from the data (sizes a flavor
     # fills in are null in the printed config and resolved here).
-    arch = ModelConfig(**printed["model"]["arch"], max_seq_len=printed["data"]["seq_len"])
+    arch = ModelConfig(**printed["model"]["arch"], seq_len=printed["data"]["seq_len"])
     assert arch.dim > 0 and printed["data"]["seq_len"] > 0
 
 
 @pytest.mark.parametrize("name", ["lh_64k", "recover_64k", "dense_64k"])
 def test_64k_configs_are_the_paper_model(name):
     config = yaml.safe_load((CONFIGS[0].parent / f"{name}.yaml").read_text())
-    model = ModelConfig(**config["model"]["arch"], max_seq_len=config["data"]["seq_len"])
+    model = ModelConfig(**config["model"]["arch"], seq_len=config["data"]["seq_len"])
     paper = model_flavor("paper")
     for field in ("dim", "n_layers", "n_heads", "ffn_hidden", "dense_layers"):
         assert getattr(model, field) == getattr(paper, field), field
@@ -63,7 +63,7 @@ def test_long_context_configs_use_their_whole_top_k(name, seq_len, recwarn):
 
     config = yaml.safe_load((CONFIGS[0].parent / f"{name}.yaml").read_text())
     assert config["data"]["seq_len"] == seq_len
-    arch = ModelConfig(**config["model"]["arch"], max_seq_len=seq_len)
+    arch = ModelConfig(**config["model"]["arch"], seq_len=seq_len)
     assert arch.uses_lighthouse() and (arch.dim, arch.n_layers, arch.n_heads) == (1024, 30, 8)
     warn_if_topk_shrinks(arch)
     assert not [w for w in recwarn if "does not fit" in str(w.message)]
@@ -80,5 +80,5 @@ def test_strategy_snippet_composes_with_run_config(strategy, capsys):
         main(["fit", "--config", str(CONFIGS[0].parent / "lh_64k.yaml"), "--config", str(strategy), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    arch = ModelConfig(**printed["model"]["arch"], max_seq_len=printed["data"]["seq_len"])
+    arch = ModelConfig(**printed["model"]["arch"], seq_len=printed["data"]["seq_len"])
     assert printed["trainer"]["devices"] == -1 and arch.n_layers == 30

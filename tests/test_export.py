@@ -64,7 +64,7 @@ def test_folder_is_a_llama_with_our_sizes(exported):
         ours.n_heads,
         ours.n_kv_heads,
         ours.head_dim,
-        ours.max_seq_len,
+        ours.seq_len,
         ours.norm_eps,
         ours.tie_embeddings,
     )

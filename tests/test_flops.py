@@ -7,7 +7,7 @@ from lighthouse.model.flops import flops_per_token, matmul_params
 
 
 def test_dense_flops_hand_count():
-    config = ModelConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, ffn_hidden=16, max_seq_len=64)
+    config = ModelConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, ffn_hidden=16, seq_len=64)
     # wq, wk, wv, wo: 4 * 8*8 = 256; SwiGLU: 3 * 8*16 = 384; output: 8*10 = 80.
     assert matmul_params(config) == 720
     dense, actual = flops_per_token(config, seq_len=16, backends=["sdpa"])
@@ -16,7 +16,7 @@ def test_dense_flops_hand_count():
 
 
 def test_gqa_counts_fewer_kv_weights():
-    config = ModelConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=16, max_seq_len=64)
+    config = ModelConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=16, seq_len=64)
     assert matmul_params(config) == 720 - 2 * 8 * 4
 
 
@@ -27,7 +27,7 @@ def test_lighthouse_layer_counts_selected_length():
         n_layers=2,
         n_heads=2,
         ffn_hidden=16,
-        max_seq_len=4096,
+        seq_len=4096,
         attention="lighthouse_naive",
         dense_layers=[0],
         lighthouse=dict(levels=2, pooling_factor=4, topk=128),

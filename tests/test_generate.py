@@ -23,7 +23,7 @@ def tiny_model(**overrides) -> Transformer:
             "n_heads": 4,
             "n_kv_heads": 2,
             "ffn_hidden": 64,
-            "max_seq_len": 16,
+            "seq_len": 16,
             "rope_theta": 100.0,
             **overrides,
         }
@@ -35,7 +35,7 @@ def tiny_model(**overrides) -> Transformer:
 @pytest.mark.parametrize("kv_heads", [4, 1], ids=["mha", "gqa1"])
 def test_cached_logits_equal_full_recompute(chunks, kv_heads):
     """Prefill, chunks that start mid-sequence (explicit causal mask) and single tokens; 24 positions run past
-    max_seq_len=16, so the RoPE tables extend too."""
+    seq_len=16, so the RoPE tables extend too."""
     model = tiny_model(n_kv_heads=kv_heads)
     tokens = torch.randint(0, 257, (2, 24), generator=torch.Generator().manual_seed(1))
     cache = KVCache(model.config, batch_size=2, max_len=24, device="cpu", dtype=torch.float32)
@@ -52,11 +52,11 @@ def test_cached_logits_equal_full_recompute(chunks, kv_heads):
 def test_cache_is_dense_whatever_the_training_backend():
     sparse = tiny_model(
         attention="lighthouse_naive",
-        max_seq_len=512,
+        seq_len=512,
         dense_layers=[0],
         lighthouse={"levels": 2, "pooling_factor": 4, "topk": 128},
     )
-    dense = tiny_model(max_seq_len=512, dense_layers=[0])  # same seed: same weights
+    dense = tiny_model(seq_len=512, dense_layers=[0])  # same seed: same weights
     tokens = torch.randint(0, 257, (1, 20), generator=torch.Generator().manual_seed(2))
     cache = KVCache(sparse.config, 1, 20, "cpu", torch.float32)
     with torch.no_grad():

@@ -99,7 +99,7 @@ def assert_same_logits(ours: torch.nn.Module, hf, n: int = 48, tol: float = 1e-5
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_logits_equal_transformers(tmp_path, arch, rope):
     hf = hf_llama(tmp_path, arch, rope)
-    ours = import_llama(tmp_path, ModelConfig(max_seq_len=64))
+    ours = import_llama(tmp_path, ModelConfig(seq_len=64))
     c = ours.config
     assert (c.n_heads, c.n_kv_heads, c.head_dim, c.tie_embeddings) == (
         4,
@@ -119,7 +119,7 @@ def test_sharded_folder_loads(tmp_path):
     hf = hf_llama(tmp_path, "gqa1-untied", "llama3", max_shard_size="40KB")
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2
-    assert_same_logits(import_llama(tmp_path, ModelConfig(max_seq_len=64)), hf)
+    assert_same_logits(import_llama(tmp_path, ModelConfig(seq_len=64)), hf)
 
 
 def test_transformers4_config_layout_reads_the_same(tmp_path):
@@ -188,7 +188,7 @@ def test_bad_folder_is_refused_naming_the_field(tmp_path, case):
     changes, message = BAD_FOLDERS[case]
     edit_config(tmp_path, **changes)
     with pytest.raises(ValueError, match=message):
-        import_llama(tmp_path, ModelConfig(max_seq_len=64))
+        import_llama(tmp_path, ModelConfig(seq_len=64))
 
 
 def test_missing_and_unexpected_tensors_are_named(tmp_path):
@@ -197,33 +197,33 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path):
     weights["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
     save_file(weights, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=r"does not: \['model.layers.0.self_attn.q_proj.bias'\]"):
-        import_llama(tmp_path, ModelConfig(max_seq_len=64))
+        import_llama(tmp_path, ModelConfig(seq_len=64))
     del weights["model.layers.0.self_attn.q_proj.bias"], weights["lm_head.weight"]
     save_file(weights, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=r"lacks \['lm_head.weight'\]"):
-        import_llama(tmp_path, ModelConfig(max_seq_len=64))
+        import_llama(tmp_path, ModelConfig(seq_len=64))
 
 
 def test_pickles_are_never_loaded(tmp_path):
     hf_llama(tmp_path)
     (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match=r"no .safetensors weights \(it has \['pytorch_model.bin'\]: pickles"):
-        import_llama(tmp_path, ModelConfig(max_seq_len=64))
+        import_llama(tmp_path, ModelConfig(seq_len=64))
 
 
 def test_config_sizes_that_contradict_are_refused_and_extension_kept(tmp_path):
     hf_llama(tmp_path, "gqa-tied")
     for field, value, key in (("dim", 128, "hidden_size"), ("n_kv_heads", 4, "num_key_value_heads")):
         with pytest.raises(ValueError, match=rf"model.arch.{field}={value} contradicts .*\({key}="):
-            import_llama(tmp_path, ModelConfig(max_seq_len=64, **{field: value}))
+            import_llama(tmp_path, ModelConfig(seq_len=64, **{field: value}))
     with pytest.raises(ValueError, match="model.arch.tie_embeddings=False contradicts"):
-        import_llama(tmp_path, ModelConfig(max_seq_len=64, tie_embeddings=False))
+        import_llama(tmp_path, ModelConfig(seq_len=64, tie_embeddings=False))
     # Sizes that agree are fine; rope_theta and rope_scaling given are the extension.
     yarn = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 128}
-    model = import_llama(tmp_path, ModelConfig(max_seq_len=64, dim=64, rope_theta=8e4, rope_scaling=yarn))
+    model = import_llama(tmp_path, ModelConfig(seq_len=64, dim=64, rope_theta=8e4, rope_scaling=yarn))
     assert (model.config.rope_theta, model.config.rope_scaling) == (8e4, RopeScaling(**yarn))
     with pytest.raises(ValueError, match="vocab_size=400 .* exceeds .* embedding rows"):
-        import_llama(tmp_path, ModelConfig(max_seq_len=64, vocab_size=400))
+        import_llama(tmp_path, ModelConfig(seq_len=64, vocab_size=400))
 
 
 @pytest.mark.parametrize(

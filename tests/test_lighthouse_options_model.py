@@ -3,14 +3,18 @@ wiring (per_kv_group never repeats K/V), and a tiny GQA model (4 query / 2 KV he
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
 from training_helpers import REPO, fit, logged_scalars, tiny_arch, tiny_config
 
-from lighthouse.model.attention import INNER_ATTENTION
+from lighthouse.model.attention import INNER_ATTENTION, sdpa_attention
 from lighthouse.model.config import LighthouseConfig, ModelConfig
+from lighthouse.model.transformer import Transformer
+from lighthouse.ops.lighthouse import lighthouse_attention, naive_lighthouse_attention
+from lighthouse.ops.lighthouse.geometry import check_lighthouse_params
 from lighthouse.train.cli import main
 
 LH = dict(levels=2, pooling_factor=4, topk=128)
@@ -23,7 +27,7 @@ def _config(**lighthouse) -> ModelConfig:
         n_heads=4,
         n_kv_heads=2,
         ffn_hidden=64,
-        max_seq_len=512,
+        seq_len=512,
         attention="lighthouse_naive",
         lighthouse=dict(LH, **lighthouse),
     )
@@ -70,14 +74,49 @@ def test_backend_repeats_kv_only_for_the_papers_selection(backend, selection, mo
         seen.update(k_heads=k.shape[2], v_heads=v.shape[2], **params)
         return torch.zeros_like(q)
 
-    name = "naive_lighthouse_attention" if backend == "lighthouse_naive" else "lighthouse_attention"
-    monkeypatch.setattr(f"lighthouse.ops.lighthouse.{name}", fake_op)
     q, k, v = torch.zeros(1, 512, 4, 8), torch.zeros(1, 512, 2, 8), torch.zeros(1, 512, 2, 8)
     lh = LighthouseConfig(**LH, selection=selection, scorer="dilated", dilation=2)
-    INNER_ATTENTION[backend](q, k, v, lh)
+    inner = INNER_ATTENTION[backend](lh)
+    assert inner.op is {"lighthouse_naive": naive_lighthouse_attention, "lighthouse": lighthouse_attention}[backend]
+    monkeypatch.setattr(inner, "op", fake_op)
+    inner(q, k, v)
     heads = 2 if selection == "per_kv_group" else 4
     assert (seen["k_heads"], seen["v_heads"]) == (heads, heads)
     assert (seen["selection"], seen["scorer"], seen["dilation"]) == (selection, "dilated", 2)
+    assert (seen["levels"], seen["pooling_factor"], seen["topk"]) == (2, 4, 128)
+
+
+def test_dense_attention_takes_no_lighthouse_parameters():
+    """Before, every backend was called with the LighthouseConfig, which SDPA ignored."""
+    assert INNER_ATTENTION["sdpa"](LighthouseConfig(**LH)) is sdpa_attention
+    assert list(inspect.signature(sdpa_attention).parameters) == ["q", "k", "v"]
+
+
+def test_switching_back_finds_the_same_inner_attention():
+    """Dense validation and phase changes switch layers back and forth; a new callable each time would make compiled
+    blocks recompile at every switch (and fall back to eager past the recompile limit)."""
+    attention = Transformer(_config()).layers[1].attention
+    lighthouse = attention._inner
+    attention.backend = "sdpa"
+    assert attention._inner is sdpa_attention
+    attention.backend = "lighthouse_naive"
+    assert attention._inner is lighthouse
+
+
+def test_the_model_checks_the_lighthouse_parameters_once(monkeypatch):
+    """Building the config and the model checks (L, p, K) once; before, the config checked them twice (directly and
+    inside lighthouse_geometry) and the model a third time for its top-k warning. Each op call checks again: the
+    op's functional is the op library's public boundary and the only place that sees the sequence length."""
+    calls = []
+
+    def counting(*args):
+        calls.append(args)
+        return check_lighthouse_params(*args)
+
+    monkeypatch.setattr("lighthouse.model.config.check_lighthouse_params", counting)
+    monkeypatch.setattr("lighthouse.ops.lighthouse.geometry.check_lighthouse_params", counting)
+    Transformer(_config())
+    assert calls == [(2, 4, 128)]
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,7 @@ def test_load_from_checkpoint_on_every_shipped_config(tmp_path, config_file):
         "head_dim": None,
         "ffn_hidden": 64,
         "n_layers": 4,
-        "max_seq_len": config["data"]["seq_len"],
+        "seq_len": config["data"]["seq_len"],
     }
     arch["dense_layers"] = [i for i in (0, 3) if arch.get("dense_layers")]
     model_args.pop("optimizer", None)

@@ -43,7 +43,7 @@ def tiny_model(seq_len: int = 2048) -> Transformer:
         n_heads=2,
         ffn_hidden=64,
         dense_layers=[0],
-        max_seq_len=seq_len,
+        seq_len=seq_len,
         attention="lighthouse_naive",
         lighthouse={"levels": 2, "pooling_factor": 4, "topk": 256},
     )

@@ -21,7 +21,7 @@ def tiny(**overrides) -> ModelConfig:
         n_heads=4,
         n_kv_heads=2,
         ffn_hidden=80,
-        max_seq_len=64,
+        seq_len=64,
         activation_checkpointing=True,
     )
     return ModelConfig(**{**base, **overrides})
@@ -201,7 +201,7 @@ def test_model_warns_once_when_the_context_shrinks_the_top_k():
     config = tiny(
         attention="lighthouse_naive",
         activation_checkpointing=False,
-        max_seq_len=4096,
+        seq_len=4096,
         lighthouse=dict(levels=3, pooling_factor=4, topk=1024),
     )
     with pytest.warns(UserWarning, match=r"topk=1024 does not fit 4096 positions.*effective top-k of 256"):

@@ -12,7 +12,7 @@ from lighthouse.model.transformer import Transformer
 
 
 def tiny(**overrides) -> ModelConfig:
-    base = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, ffn_hidden=64, max_seq_len=256)
+    base = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, ffn_hidden=64, seq_len=256)
     return ModelConfig(**{**base, **overrides})
 
 
@@ -83,7 +83,7 @@ def test_set_attention_backend_keeps_dense_layers():
             n_layers=4,
             dense_layers=[0, 3],
             attention="lighthouse_naive",
-            max_seq_len=512,
+            seq_len=512,
             lighthouse=dict(levels=2, pooling_factor=4, topk=128),
         )
     )
@@ -115,21 +115,21 @@ def test_invalid_model_config_names_field(overrides, match):
 
 def test_seq_len_rule_checked_against_lighthouse():
     lighthouse = dict(levels=3, pooling_factor=4, topk=256)
-    tiny(attention="lighthouse_naive", max_seq_len=4096, lighthouse=lighthouse)
+    tiny(attention="lighthouse_naive", seq_len=4096, lighthouse=lighthouse)
     with pytest.raises(ValueError, match=r"must be >= 128 \* pooling_factor\*\*\(levels-1\) = 2048"):
-        tiny(attention="lighthouse_naive", max_seq_len=1024, lighthouse=lighthouse)
+        tiny(attention="lighthouse_naive", seq_len=1024, lighthouse=lighthouse)
     with pytest.raises(ValueError, match="data.seq_len does not fit model.arch.lighthouse"):
-        tiny(attention="lighthouse_naive", max_seq_len=2048 + 8, lighthouse=lighthouse)
-    tiny(max_seq_len=1000, lighthouse=lighthouse)  # dense models take any length
+        tiny(attention="lighthouse_naive", seq_len=2048 + 8, lighthouse=lighthouse)
+    tiny(seq_len=1000, lighthouse=lighthouse)  # dense models take any length
 
 
 def test_rope_tables_extend_past_the_training_length():
-    model = Transformer(tiny(max_seq_len=16)).eval()
+    model = Transformer(tiny(seq_len=16)).eval()
     tokens = torch.randint(0, 97, (1, 40))
     with torch.no_grad():
         long = model(tokens)
         assert model.rope_cos.shape[0] == 40
-        fresh = Transformer(tiny(max_seq_len=40)).eval()
+        fresh = Transformer(tiny(seq_len=40)).eval()
         fresh.load_state_dict(model.state_dict())
         torch.testing.assert_close(long, fresh(tokens), rtol=0, atol=0)
 
@@ -145,7 +145,7 @@ def test_flavor_sizes():
 def test_debug_flavor_learns_with_lighthouse_naive():
     """The debug model with the reference Lighthouse layer in its middle layers trains on CPU."""
     torch.manual_seed(0)
-    config = model_flavor("debug", attention="lighthouse_naive", vocab_size=32, max_seq_len=512)
+    config = model_flavor("debug", attention="lighthouse_naive", vocab_size=32, seq_len=512)
     model = Transformer(config)
     assert model.attention_backends == ["sdpa", "lighthouse_naive", "lighthouse_naive", "sdpa"]
     # A learnable stream: a random period-16 pattern repeated, so later tokens are predictable from earlier ones.

@@ -129,7 +129,7 @@ def test_tokenizer_that_splits_a_digit_is_refused():
     ],
 )
 def test_bad_passkey_settings_are_refused_by_the_module(bad, message):
-    arch = ModelConfig(vocab_size=257, dim=32, n_layers=2, n_heads=2, ffn_hidden=64, max_seq_len=4096)
+    arch = ModelConfig(vocab_size=257, dim=32, n_layers=2, n_heads=2, ffn_hidden=64, seq_len=4096)
     with pytest.raises(ValueError, match="model.passkey." + message):
         LitLM(arch, passkey=PasskeyConfig(**bad))
 
@@ -201,7 +201,7 @@ def test_prompts_split_over_ranks_sum_to_the_whole_with_equal_forwards():
 
 def test_an_untrained_model_scores_at_chance():
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=257, dim=32, n_layers=2, n_heads=2, ffn_hidden=64, max_seq_len=512))
+    model = Transformer(ModelConfig(vocab_size=257, dim=32, n_layers=2, n_heads=2, ffn_hidden=64, seq_len=512))
     evaluator = PasskeyEval(
         PasskeyConfig(lengths=[160, 256], depths=[0.0, 0.25, 0.5, 0.75, 1.0], samples=20),
         BYTES,

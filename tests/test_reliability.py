@@ -60,8 +60,8 @@ def test_bad_setting_fails_before_first_step(tmp_path, name, capsys, monkeypatch
 def test_context_length_is_configured_once(tmp_path, capsys):
     config = tiny_config(tmp_path, "twice", max_steps=2)
     with pytest.raises(SystemExit):
-        fit(tmp_path, config, extra=["--model.arch.max_seq_len", "1024"])
-    assert 'Linked "model.arch.max_seq_len" must be given via "data.seq_len"' in capsys.readouterr().err
+        fit(tmp_path, config, extra=["--model.arch.seq_len", "1024"])
+    assert 'Linked "model.arch.seq_len" must be given via "data.seq_len"' in capsys.readouterr().err
 
 
 def test_cuda_only_backend_fails_before_any_data_or_model_work(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from lighthouse.train.cli import main as cli_main
 ABSURD = {
     "n_layers": (dict(n_layers=100_000), "n_layers=100000"),
     "dim": (dict(dim=1_000_000), "dim=1000000"),
-    "seq_len": (dict(max_seq_len=100_000_000), "max_seq_len) = 100000000"),
+    "seq_len": (dict(seq_len=100_000_000), "data.seq_len = 100000000"),
     "vocab": (dict(vocab_size=10**9), "vocab_size=1000000000"),
     "init_std": (dict(init_std=-1.0), "init_std=-1.0"),
     "init_std_nan": (dict(init_std=float("nan")), "init_std=nan"),
@@ -52,7 +52,7 @@ def test_the_estimate_counts_the_parameters_of_the_real_model():
 
 
 def test_the_paper_model_at_one_million_tokens_still_passes():
-    ModelConfig(flavor="paper_1m", max_seq_len=2**20)
+    ModelConfig(flavor="paper_1m", seq_len=2**20)
 
 
 def test_vocab_multiple_of_is_bounded():

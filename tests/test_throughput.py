@@ -29,7 +29,7 @@ def fake_run(tmp_path, world_size=1):
         n_layers=1,
         n_heads=2,
         ffn_hidden=16,
-        max_seq_len=4096,
+        seq_len=4096,
         lighthouse=dict(levels=2, pooling_factor=4, topk=128),
     )
     pl_module = SimpleNamespace(

@@ -51,7 +51,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     AtomicCheckpointIO().save_checkpoint(checkpoint, tmp / "nan.ckpt")  # with a valid sha256 beside it
     (tmp / "a_file").write_text("x")
     # Untrained weights with a context long enough for passkey prompts (only the argument checks run on it).
-    config = ModelConfig(dim=32, n_layers=1, n_heads=2, ffn_hidden=64, max_seq_len=512)
+    config = ModelConfig(dim=32, n_layers=1, n_heads=2, ffn_hidden=64, seq_len=512)
     weights = {f"model.{k}": v for k, v in Transformer(config).state_dict().items()}
     torch.save({"state_dict": weights, "lighthouse_model": dataclasses.asdict(config)}, tmp / "ctx512.ckpt")
     (tmp / "bad_tokenizer.json").write_text("{not json")
@@ -175,7 +175,7 @@ def test_a_run_without_validation_is_plotted_and_the_gaps_named(files, tmp_path,
 def test_good_arguments_still_run(files, capsys):
     """The checks refuse nothing valid: the largest continuation that fits the context is generated."""
     capsys.readouterr()
-    context = 64  # arch_checkpoint's max_seq_len; the prompt is one EOS
+    context = 64  # arch_checkpoint's seq_len; the prompt is one EOS
     code = exits.run(
         generate_main, [*argv(files, GENERATE), "--max-new-tokens", str(context - 1), "--temperature", "0"]
     )

@@ -15,7 +15,7 @@ def lighthouse_module(**kwargs) -> LitLM:
         n_layers=2,
         n_heads=2,
         ffn_hidden=64,
-        max_seq_len=512,
+        seq_len=512,
         attention="lighthouse_naive",
         lighthouse=dict(levels=2, pooling_factor=4, topk=128),
     )

@@ -45,7 +45,7 @@ def arch_checkpoint(tmp_path_factory, case: str) -> Path:
                 "dim": 32,
                 "n_layers": 2,
                 "ffn_hidden": 64,
-                "max_seq_len": 64,
+                "seq_len": 64,
                 "rope_theta": 1000.0,
                 **ARCH_CASES[case],
             }

@@ -79,7 +79,7 @@ def llama_config(config: ModelConfig, tokenizer: TextTokenizer, dtype: torch.dty
         "num_key_value_heads": config.n_kv_heads,
         "head_dim": config.head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": config.max_seq_len,
+        "max_position_embeddings": config.seq_len,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,  # transformers 4.x
         "rope_scaling": rope_scaling(config),  # transformers 4.x (5.x reads it too, before rope_parameters)
@@ -173,7 +173,7 @@ def export_llama(
     files = {
         "config.json": llama_config(model.config, tok, dtype),
         "generation_config.json": generation_config(tok, Sampling()),
-        **tokenizer_files(tok, model.config.max_seq_len),
+        **tokenizer_files(tok, model.config.seq_len),
         # Where the weights came from, for whoever finds the folder later.
         "lighthouse.json": {
             "checkpoint": str(ckpt) if "://" in str(ckpt) else str(Path(ckpt).resolve()),

@@ -169,7 +169,7 @@ def check_args(args: argparse.Namespace) -> None:
 def check_length(model: Transformer, n_prompt: int, max_new_tokens: int) -> None:
     """Prompt and continuation must fit the context the model was trained for: past it the KV cache grows without
     bound (10^9 new tokens would ask for hundreds of GB) and the model has never seen such positions."""
-    context = model.config.max_seq_len
+    context = model.config.seq_len
     room = context - n_prompt
     if room < 1:
         raise ValueError(f"--prompt is {n_prompt} tokens: the model's context is {context}, so it must be shorter")

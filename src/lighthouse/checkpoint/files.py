@@ -21,6 +21,8 @@ SUFFIX = ".sha256"
 CHECKPOINT_SUFFIX = ".ckpt"
 # What a save in progress is called (see AtomicCheckpointIO); a file like this outside a save is an orphan.
 TMP_PATTERN = re.compile(r".+\.ckpt(\.sha256)?\.tmp-\d+")
+# The file of a sharded (FSDP) checkpoint folder that holds everything but the tensors (Lightning's name for it).
+SHARDED_METADATA = "meta.pt"
 _CHUNK = 1 << 24
 
 
@@ -106,13 +108,16 @@ _steps: dict[tuple[str, int, int], int | None] = {}
 
 
 def recorded_step(path: str | Path) -> int | None:
-    """The ``global_step`` a checkpoint file records, read without loading its tensors (they are memory-mapped, never
-    touched); None for a folder (a sharded checkpoint) or a file that does not load. Only a step read from a file
-    whose checksum verifies is trustworthy: a flipped bit can change it, which is why the caller verifies the file it
-    picks."""
+    """The ``global_step`` a checkpoint records, read without loading its tensors (they are memory-mapped, never
+    touched), once per file version: resolving ``--ckpt_path last`` and the start-step check share the read. A
+    sharded (FSDP) folder records it in its ``meta.pt`` (Lightning writes everything but the tensors there). None for
+    a folder without one or a file that does not load. Only a step read from a file whose checksum verifies is
+    trustworthy: a flipped bit can change it, which is why the caller verifies the file it picks."""
     path = Path(path)
     if path.is_dir():
-        return None
+        path = path / SHARDED_METADATA
+        if not path.is_file():
+            return None
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _steps:

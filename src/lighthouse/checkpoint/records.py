@@ -24,6 +24,8 @@ from lighthouse.tool_args import about
 
 MODEL_KEY = "lighthouse_model"
 TOKENIZER_KEY = "lighthouse_tokenizer"
+# Model config fields renamed since checkpoints were first written: old name -> today's.
+RENAMED_MODEL_FIELDS = {"max_seq_len": "seq_len"}  # one name, data.seq_len's, from the config to the op
 
 
 def write_records(checkpoint: dict, config: ModelConfig, tokenizer: object | None) -> None:
@@ -44,8 +46,14 @@ def saved_model_config(checkpoint: dict) -> ModelConfig:
             f"checkpoint holds no model config (neither {MODEL_KEY!r} nor hyper_parameters "
             "'arch'/'model'): it was not written by this project's LitLM"
         )
+    return model_config_from(saved)
+
+
+def model_config_from(saved: dict) -> ModelConfig:
+    """A model config as a checkpoint stores it (a plain dict of fields), older field names read as today's."""
+    fields = {RENAMED_MODEL_FIELDS.get(name, name): value for name, value in saved.items()}
     try:
-        return ModelConfig(**saved)
+        return ModelConfig(**fields)
     except TypeError as err:  # fields this project never had: another project's checkpoint
         raise CheckpointError(f"the checkpoint's model config is not this project's ({err})") from None
 

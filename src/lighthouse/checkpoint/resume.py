@@ -37,7 +37,7 @@ RECIPE = (
     "checkpoint_offload",
     "mlp_chunk_tokens",
     "loss_chunk_tokens",
-    "max_seq_len",
+    "seq_len",
     "init_std",
     "flavor",
 )

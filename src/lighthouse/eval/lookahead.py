@@ -268,10 +268,7 @@ def model_loss_fns(model: Transformer, backend: str, device: torch.device) -> tu
 
 def tile_length(model: Transformer, seq_len: int) -> int:
     """Base positions of one selection tile of the model's Lighthouse layers at ``seq_len`` (op README §3)."""
-    from lighthouse.ops.lighthouse import lighthouse_geometry
-
-    lh = model.config.lighthouse
-    return lighthouse_geometry(seq_len, lh.levels, lh.pooling_factor, lh.topk).tile_len
+    return model.config.lighthouse_geometry(seq_len).tile_len
 
 
 def main(argv: Sequence[str] | None = None) -> LookaheadResult:

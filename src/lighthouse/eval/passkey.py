@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     config.validate(2**31, prefix="--", longer_ok=True)  # every range but the context's, before reading anything
     with about("--ckpt", args.ckpt):
         ckpt = read_checkpoint(args.ckpt, mmap=True)  # verified, weights_only; a sharded folder gets the command
-        max_len = saved_model_config(ckpt).max_seq_len
+        max_len = saved_model_config(ckpt).seq_len
     # Before the model and the data exist: a length past the model's context would allocate without bound (10^8
     # tokens took 23 GB) and tests positions the model never saw.
     if min_length(args.key_digits) > max_len:
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
         model = dense_model(ckpt).to(device)
     with about("--ckpt", args.ckpt):  # the run's own data module: its filler text
         datamodule = run_datamodule(ckpt, args.data_dir)
-    evaluator = PasskeyEval(config, datamodule.tokenizer, split_reader(datamodule, "val"), model.config.max_seq_len)
+    evaluator = PasskeyEval(config, datamodule.tokenizer, split_reader(datamodule, "val"), model.config.seq_len)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
     with dense_eager(model), autocast:
         scores = evaluator.score(model, device)

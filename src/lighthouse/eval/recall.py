@@ -195,8 +195,8 @@ def main(argv: Sequence[str] | None = None) -> RecallScores:
     model = dense_model(ckpt).to(device)
     datamodule = run_datamodule(ckpt, args.data_dir)  # the run's own data module: its validation text
     config = RecallConfig(args.windows, args.pairs, args.length, args.seed)
-    config.validate(model.config.max_seq_len, prefix="--")
-    evaluator = RecallEval(config, datamodule.tokenizer, split_reader(datamodule, "val"), model.config.max_seq_len)
+    config.validate(model.config.seq_len, prefix="--")
+    evaluator = RecallEval(config, datamodule.tokenizer, split_reader(datamodule, "val"), model.config.seq_len)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
     with dense_eager(model), autocast:
         scores = evaluator.score(model, device)

@@ -129,9 +129,10 @@ def compare(a: WindowLosses, b: WindowLosses) -> PairedDifference:
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------
-def window_buckets(max_seq_len: int, seq_len: int) -> list[tuple[int, int]]:
-    """Validation's position buckets (of the model's max_seq_len) that a window of seq_len reaches, clipped to it."""
-    return [(lo, min(hi, seq_len)) for lo, hi in position_buckets(max_seq_len) if lo < seq_len]
+def window_buckets(train_len: int, seq_len: int) -> list[tuple[int, int]]:
+    """Validation's position buckets (of the model's training length) that a window of seq_len reaches, clipped to
+    it."""
+    return [(lo, min(hi, seq_len)) for lo, hi in position_buckets(train_len) if lo < seq_len]
 
 
 @torch.no_grad()
@@ -174,7 +175,7 @@ def evaluate_checkpoint(
     datamodule = run_datamodule(checkpoint, data_dir)
     ids = window_ids(datamodule, windows)
     seq_len = datamodule.settings.seq_len
-    buckets = window_buckets(model.config.max_seq_len, seq_len)
+    buckets = window_buckets(model.config.seq_len, seq_len)
     means, by_bucket = dense_window_losses(
         model, read_windows(datamodule, ids), buckets, batch_size or datamodule.settings.batch_size, device
     )

@@ -6,6 +6,8 @@ Lighthouse layers and dense SDPA are interchangeable per layer and per training 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -16,12 +18,17 @@ from torch import Tensor, nn
 
 from lighthouse.model.config import ATTENTION_BACKENDS, LighthouseConfig, ModelConfig, RopeScaling
 from lighthouse.model.context_parallel import ContextParallelGroup, head_to_seq, seq_to_head
+from lighthouse.ops.lighthouse import lighthouse_attention, naive_lighthouse_attention
 
 if TYPE_CHECKING:
     from lighthouse.model.kv_cache import LayerCache
 
 
-def sdpa_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
+InnerAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""Causal attention of ``q [B, N, H, D]`` over ``k, v [B, N, H_kv, D]`` -> ``[B, N, H, D]`` (no projections or RoPE)."""
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     # SDPA wants [B, H, N, D]; transposes are views, flash/cuDNN accept the strides.
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2),
@@ -41,46 +48,39 @@ def _expand_kv(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     return k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
 
 
-def _lighthouse_inputs(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> tuple[Tensor, Tensor, dict]:
-    """K/V as the op wants them and its keyword arguments: repeated to the query heads for the paper's selection,
-    as they are (one selection per KV head) for 'per_kv_group'."""
-    if lh.selection != "per_kv_group":
-        k, v = _expand_kv(q, k, v)
-    options = dict(selection=lh.selection, scorer=lh.scorer, dilation=lh.dilation)
-    return k, v, dict(levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, **options)
+class LighthouseInner:
+    """A Lighthouse op with one layer's parameters bound, called like ``sdpa_attention``. The op's keyword arguments
+    are LighthouseConfig's fields, name for name, so each parameter has one name from the YAML to the op; ModelConfig
+    checked them once, the op checks the call (its public boundary; the sequence length is only known there)."""
+
+    def __init__(self, op: Callable[..., Tensor], lh: LighthouseConfig):
+        self.op = op
+        self.params = dataclasses.asdict(lh)
+        # The paper's selection is per query head: K/V repeated to H; 'per_kv_group' selects once per KV head.
+        self.repeat_kv = lh.selection != "per_kv_group"
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.repeat_kv:
+            k, v = _expand_kv(q, k, v)
+        return self.op(q, k, v, **self.params)
 
 
-def lighthouse_naive_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
-    from lighthouse.ops.lighthouse import naive_lighthouse_attention
-
-    k, v, params = _lighthouse_inputs(q, k, v, lh)
-    return naive_lighthouse_attention(q, k, v, **params)
-
-
-def lighthouse_backend(q: Tensor, k: Tensor, v: Tensor, lh: LighthouseConfig) -> Tensor:
-    from lighthouse.ops.lighthouse import lighthouse_attention
-
-    k, v, params = _lighthouse_inputs(q, k, v, lh)
-    return lighthouse_attention(q, k, v, **params)
-
-
-INNER_ATTENTION: dict[str, Callable[[Tensor, Tensor, Tensor, LighthouseConfig], Tensor]] = {
-    "sdpa": sdpa_backend,
-    "lighthouse_naive": lighthouse_naive_backend,
-    "lighthouse": lighthouse_backend,
+INNER_ATTENTION: dict[str, Callable[[LighthouseConfig], InnerAttention]] = {
+    "sdpa": lambda lh: sdpa_attention,  # dense: the Lighthouse parameters are not passed on
+    "lighthouse_naive": functools.partial(LighthouseInner, naive_lighthouse_attention),
+    "lighthouse": functools.partial(LighthouseInner, lighthouse_attention),
 }
-assert set(INNER_ATTENTION) == set(ATTENTION_BACKENDS)
+"""Inner attention by backend name: builds the callable a layer runs, from the layer's Lighthouse parameters."""
+assert tuple(INNER_ATTENTION) == ATTENTION_BACKENDS
 
 
-def rope_tables(
-    head_dim: int, max_seq_len: int, theta: float, scaling: RopeScaling | None = None
-) -> tuple[Tensor, Tensor]:
-    """cos and sin, each ``[max_seq_len, head_dim // 2]`` in fp32."""
+def rope_tables(head_dim: int, seq_len: int, theta: float, scaling: RopeScaling | None = None) -> tuple[Tensor, Tensor]:
+    """cos and sin, each ``[seq_len, head_dim // 2]`` in fp32."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     gain = 1.0
     if scaling is not None:
         inv_freq, gain = scaled_frequencies(inv_freq, scaling, theta)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
     return (angles.cos() * gain).float(), (angles.sin() * gain).float()
 
 
@@ -134,7 +134,9 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, backend: str):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        self.lighthouse = config.lighthouse
+        # Each backend's inner attention, built once: switching back (a phase change, dense validation) finds the
+        # same object, so compiled blocks keep their graphs.
+        self._inners = {name: build(config.lighthouse) for name, build in INNER_ATTENTION.items()}
         self.wq = nn.Linear(config.dim, self.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
@@ -152,6 +154,7 @@ class Attention(nn.Module):
         if name not in INNER_ATTENTION:
             raise ValueError(f"attention backend {name!r} is not one of {tuple(INNER_ATTENTION)}")
         self._backend = name
+        self._inner = self._inners[name]
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
         """x ``[B, N, dim]``; cos/sin start at the position of x's first token. With a cache (generation), the
@@ -166,9 +169,9 @@ class Attention(nn.Module):
             # RoPE ran above on the slice, with the slice's global positions: the same work as after the
             # exchange (N/cp positions x H heads either way), and no full-length table view is needed.
             q, k, v = (seq_to_head(t, cp) for t in (q, k, v))  # [B, N, H/cp, D], KV heads [B, N, H_kv/cp, D]
-            out = head_to_seq(INNER_ATTENTION[self._backend](q, k, v, self.lighthouse), cp)  # [B, N/cp, H, D]
+            out = head_to_seq(self._inner(q, k, v), cp)  # [B, N/cp, H, D]
         elif cache is None:
-            out = INNER_ATTENTION[self._backend](q, k, v, self.lighthouse)  # [B, N, H, D]
+            out = self._inner(q, k, v)  # [B, N, H, D]
         else:
             out = cache.attend(q, k, v)
         return self.wo(out.reshape(B, N, self.n_heads * self.head_dim))

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, fields
 
 from lighthouse.model import budget
-from lighthouse.ops.lighthouse.geometry import check_lighthouse_params, check_options, lighthouse_geometry
+from lighthouse.ops.lighthouse.geometry import LighthouseGeometry, check_lighthouse_params, check_options, fit_seq_len
 
 # How the CLI spells the model's fields (``--model.arch.dim``); error messages use it so they name the flag.
 PREFIX = "model.arch."
@@ -126,9 +126,12 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None
     """RoPE frequency scaling (linear, llama3, yarn) for a context longer than pre-training; null: none, or the
     model.init_from checkpoint's ({rope_type: default} removes the checkpoint's)."""
-    max_seq_len: int = 65536
-    """Training context length: RoPE tables are precomputed for it (longer inputs extend them) and Lighthouse
-    layers must accept it. The CLI sets it from data.seq_len, so it is never configured twice."""
+    seq_len: int = 65536
+    """Training context length, the one data.seq_len sets (the CLI links it, so it is never configured twice, and
+    errors name data.seq_len): Lighthouse layers must fit it, RoPE tables are precomputed for it, and validation's
+    position buckets and the passkey and recall lengths are bounded by it. Not a maximum: longer inputs
+    (evaluation, generation) extend the RoPE tables. Checkpoints written before it was renamed from max_seq_len
+    load unchanged (lighthouse.checkpoint.read)."""
     norm_eps: float | None = None
     """RMSNorm epsilon; null: 1e-5, or the model.init_from checkpoint's."""
     attention: str = "sdpa"
@@ -200,8 +203,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{PREFIX}{name}={value!r} is invalid: it must be an integer >= 1")
-        if not isinstance(self.max_seq_len, int) or self.max_seq_len < 1:
-            raise ValueError(f"data.seq_len (= {PREFIX}max_seq_len) = {self.max_seq_len!r} must be an integer >= 1")
+        if not isinstance(self.seq_len, int) or self.seq_len < 1:
+            raise ValueError(f"data.seq_len = {self.seq_len!r} must be an integer >= 1")
         if self.head_dim is None and self.dim % self.n_heads:
             raise ValueError(
                 f"{PREFIX}n_heads={self.n_heads} must divide {PREFIX}dim={self.dim} (or set {PREFIX}head_dim)"
@@ -241,6 +244,8 @@ class ModelConfig:
             raise ValueError(
                 f"{PREFIX}dense_layers has {bad}: layer indices must lie in [0, n_layers-1] = [0, {self.n_layers - 1}]"
             )
+        # The one check of the Lighthouse parameters on the model path, also for a dense model (a later phase may
+        # switch it to Lighthouse); the op checks each call again, as the public boundary of the op library.
         lh = self.lighthouse
         try:
             check_lighthouse_params(lh.levels, lh.pooling_factor, lh.topk)
@@ -249,14 +254,20 @@ class ModelConfig:
             raise ValueError(f"{PREFIX}lighthouse.{err}") from None
         if self.uses_lighthouse():
             try:
-                lighthouse_geometry(self.max_seq_len, lh.levels, lh.pooling_factor, lh.topk)
+                self.lighthouse_geometry()
             except ValueError as err:
                 raise ValueError(f"data.seq_len does not fit {PREFIX}lighthouse: {err}") from None
-            if lh.scorer == "dilated" and self.max_seq_len % lh.dilation:
+            if lh.scorer == "dilated" and self.seq_len % lh.dilation:
                 raise ValueError(
-                    f"{PREFIX}lighthouse.dilation={lh.dilation} must divide data.seq_len={self.max_seq_len} "
+                    f"{PREFIX}lighthouse.dilation={lh.dilation} must divide data.seq_len={self.seq_len} "
                     "(the dilated scorer's subsequences have equal lengths)"
                 )
+
+    def lighthouse_geometry(self, seq_len: int | None = None) -> LighthouseGeometry:
+        """The Lighthouse layers' sizes at ``seq_len`` positions (default: the training length). The parameters were
+        checked when the config was built, so only the length is checked here."""
+        lh = self.lighthouse
+        return fit_seq_len(self.seq_len if seq_len is None else seq_len, lh.levels, lh.pooling_factor, lh.topk)
 
     def _check_memory(self, head_dim: int, kv_heads: int) -> None:
         """Refuse a model that cannot be built on this machine, naming the sizes that decide it, before anything is
@@ -267,7 +278,7 @@ class ModelConfig:
             self.tie_embeddings,
         )  # fmt: skip
         weights = params * budget.FP32
-        rope = self.max_seq_len * head_dim * budget.ROPE_BYTES_PER_ENTRY
+        rope = self.seq_len * head_dim * budget.ROPE_BYTES_PER_ENTRY
         if weights + rope > host:
             sizes = (
                 f"{PREFIX}vocab_size={self.vocab_size}, {PREFIX}dim={self.dim}, {PREFIX}n_layers={self.n_layers}, "
@@ -275,18 +286,16 @@ class ModelConfig:
             )
             what = f"{params:,} parameters ({budget.gib(weights)} in fp32; set by {sizes})"
             if rope > weights:
-                what = (
-                    f"RoPE tables of {budget.gib(rope)} for data.seq_len (= {PREFIX}max_seq_len) = {self.max_seq_len}"
-                )
+                what = f"RoPE tables of {budget.gib(rope)} for data.seq_len = {self.seq_len}"
             raise ValueError(
                 f"the model cannot be built on this machine: {what}, but the host has {budget.gib(host)} of memory"
             )
         # One sequence's residual stream in fp32, needed at once on this host's devices (context parallelism
         # splits it, over at most all of them).
-        stream = self.max_seq_len * self.dim * budget.FP32
+        stream = self.seq_len * self.dim * budget.FP32
         if stream > host and stream > host + budget.device_memory_bytes():
             raise ValueError(
-                f"data.seq_len (= {PREFIX}max_seq_len) = {self.max_seq_len} is too long for {PREFIX}dim={self.dim} "
+                f"data.seq_len = {self.seq_len} is too long for {PREFIX}dim={self.dim} "
                 f"here: one sequence's fp32 residual stream alone takes {budget.gib(stream)}, more than this "
                 f"machine's memory (host and GPUs together)"
             )
@@ -322,7 +331,7 @@ FLAVORS: dict[str, dict] = {
         lighthouse=dict(levels=4, pooling_factor=4, topk=4096),
     ),
 }
-# The context length is not part of a flavor: the CLI links it from data.seq_len, in Python it is max_seq_len.
+# The context length is not part of a flavor: the CLI links it from data.seq_len (in Python: seq_len).
 
 
 def model_flavor(name: str, **overrides) -> ModelConfig:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lighthouse.model.config import ModelConfig
-from lighthouse.ops.lighthouse.geometry import lighthouse_geometry
 
 
 def matmul_params(config: ModelConfig) -> int:
@@ -34,7 +33,6 @@ def flops_per_token(config: ModelConfig, seq_len: int, backends: Sequence[str]) 
         if backend == "sdpa":
             actual += per_layer_dense
         else:
-            lh = config.lighthouse
-            s_sel = lighthouse_geometry(seq_len, lh.levels, lh.pooling_factor, lh.topk).selected_len
+            s_sel = config.lighthouse_geometry(seq_len).selected_len
             actual += 6.0 * s_sel * s_sel / seq_len * config.n_heads * config.head_dim
     return dense, actual

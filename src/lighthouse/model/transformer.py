@@ -69,16 +69,13 @@ def warn_if_topk_shrinks(config: ModelConfig) -> None:
     """Say so when the context is too short for the configured top-k (fewer tiles, a smaller effective K)."""
     if not config.uses_lighthouse():
         return
-    from lighthouse.ops.lighthouse import lighthouse_geometry
-
-    lh = config.lighthouse
-    geometry = lighthouse_geometry(config.max_seq_len, lh.levels, lh.pooling_factor, lh.topk)
+    lh, geometry = config.lighthouse, config.lighthouse_geometry()
     if geometry.effective_topk < lh.topk:
         warnings.warn(
-            f"{PREFIX}lighthouse.topk={lh.topk} does not fit {config.max_seq_len} positions: every tile needs "
+            f"{PREFIX}lighthouse.topk={lh.topk} does not fit {config.seq_len} positions: every tile needs "
             f"{128 * geometry.coarse_span} of them, so the layers use {geometry.num_tiles} tiles and an effective "
             f"top-k of {geometry.effective_topk} (S_sel = {geometry.selected_len}, "
-            f"{geometry.selected_len / config.max_seq_len:.0%} of the context). Set topk to "
+            f"{geometry.selected_len / config.seq_len:.0%} of the context). Set topk to "
             f"{geometry.effective_topk} or less to make that explicit.",
             stacklevel=3,
         )
@@ -97,7 +94,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta, config.rope_scaling)
+        cos, sin = rope_tables(config.head_dim, config.seq_len, config.rope_theta, config.rope_scaling)
         # Not persistent: derived from the config, so checkpoints stay small and shape-independent.
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)

@@ -11,8 +11,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from lighthouse.checkpoint.files import recorded_step
 from lighthouse.checkpoint.io import is_remote
-from lighthouse.checkpoint.read import read_checkpoint
 from lighthouse.checkpoint.resume import check_override_names, override_names
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.train import arg_errors, compat, exits
@@ -54,15 +54,20 @@ class KeepEveryConfig(SaveConfigCallback):
 
 def check_start_step(trainer, ckpt_path) -> None:
     """A config that continues a run (stage.min_start_step > 0, e.g. a recovery config) refuses to start at an
-    earlier step, in particular from scratch when no checkpoint was found."""
+    earlier step, in particular from scratch when no checkpoint was found.
+
+    The step is the one ``--ckpt_path last`` was resolved by (``recorded_step`` keeps it), or for a path given
+    explicitly the checkpoint's metadata alone: the restore is the one read of the weights. A step that cannot be
+    read here (a file that does not load) is left to the restore, which says what is wrong with the file."""
     switch = next((cb for cb in trainer.callbacks if isinstance(cb, StageSwitch)), None)
     if switch is None or switch.min_start_step == 0:
         return
     if ckpt_path is None:
         switch.check_start(0, "no checkpoint was found, so training would start at step 0 from scratch")
     elif not is_remote(ckpt_path):
-        step = int(read_checkpoint(ckpt_path, mmap=True).get("global_step", 0))
-        switch.check_start(step, f"the checkpoint {ckpt_path} is at step {step}")
+        step = recorded_step(ckpt_path)
+        if step is not None:
+            switch.check_start(step, f"the checkpoint {ckpt_path} is at step {step}")
 
 
 def refuse_grouped_callbacks(trainer: dict) -> None:
@@ -184,7 +189,7 @@ class LighthouseCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The tokenizer decides the vocabulary and the data the context length; neither is configured twice.
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
-        parser.link_arguments("data.seq_len", "model.arch.max_seq_len", apply_on="parse")
+        parser.link_arguments("data.seq_len", "model.arch.seq_len", apply_on="parse")
         parser.set_defaults({"trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true"})
         # Lightning's summary table has a FLOPs column that is always 0 here; the run start prints one line instead.
         parser.set_defaults({"trainer.enable_model_summary": False})

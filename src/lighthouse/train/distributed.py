@@ -111,7 +111,7 @@ class ContextParallelStrategy(DDPStrategy):
                 f"{CP_FIELD}={cp} must divide the number of processes ({world_size} = trainer.num_nodes x "
                 f"trainer.devices): valid values are {valid}"
             )
-        check_divisible(config.n_heads, config.n_kv_heads, config.max_seq_len, cp)
+        check_divisible(config.n_heads, config.n_kv_heads, config.seq_len, cp)
 
     def setup_distributed(self) -> None:
         super().setup_distributed()

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 
 from lighthouse.checkpoint.guards import DIVERGENCE_FACTOR, StepGuard, grad_norm
 from lighthouse.checkpoint.read import canonical_name, load_module_dense
-from lighthouse.checkpoint.records import write_records
+from lighthouse.checkpoint.records import model_config_from, write_records
 from lighthouse.checkpoint.resume import refuse_shape_changes, saved_model_fields
 from lighthouse.eval.passkey import PasskeyEval, split_reader
 from lighthouse.eval.passkey_prompts import PasskeyConfig
@@ -89,7 +89,7 @@ class LitLM(L.LightningModule):
         """
         super().__init__()
         if isinstance(arch, dict):  # the hyperparameters stored in a checkpoint
-            arch = ModelConfig(**arch)
+            arch = model_config_from(arch)
         if warmup_steps < 0:
             raise ValueError(f"model.warmup_steps={warmup_steps} must be >= 0")
         if lr_schedule not in LR_SCHEDULES:
@@ -101,11 +101,11 @@ class LitLM(L.LightningModule):
         if isinstance(passkey, dict):
             passkey = PasskeyConfig(**passkey)
         if passkey is not None:
-            passkey.validate(arch.max_seq_len)
+            passkey.validate(arch.seq_len)
         if isinstance(recall, dict):
             recall = RecallConfig(**recall)
         if recall is not None:
-            recall.validate(arch.max_seq_len)
+            recall.validate(arch.seq_len)
         self.model = transformer_from(arch, init_from)
         self.config = arch = self.model.config  # with init_from: the checkpoint's sizes
         self.optimizer_factory = optimizer
@@ -131,7 +131,7 @@ class LitLM(L.LightningModule):
             self.model.compile_blocks()
         self.step_guard = StepGuard(divergence_factor, uniform_loss=math.log(arch.vocab_size))
         self.val_loss = MeanMetric()
-        self.buckets = position_buckets(arch.max_seq_len)
+        self.buckets = position_buckets(arch.seq_len)
         self.val_loss_by_pos = torch.nn.ModuleList(MeanMetric() for _ in self.buckets)
         # The same weights with every layer dense (val/loss runs the model as it trains).
         self.val_loss_dense = MeanMetric()
@@ -222,7 +222,7 @@ class LitLM(L.LightningModule):
         """The passkey grid on the current weights, dense, prompts split over ranks and the counts summed."""
         if self._passkey_eval is None:
             self._passkey_eval = PasskeyEval(
-                self.passkey_config, *self._validation_text("passkey"), self.config.max_seq_len
+                self.passkey_config, *self._validation_text("passkey"), self.config.seq_len
             )
         return self._score_over_ranks(self._passkey_eval)
 
@@ -230,7 +230,7 @@ class LitLM(L.LightningModule):
         """The recall windows on the current weights, dense, windows split over ranks and the counts summed."""
         if self._recall_eval is None:
             self._recall_eval = RecallEval(
-                self.recall_config, *self._validation_text("recall"), self.config.max_seq_len
+                self.recall_config, *self._validation_text("recall"), self.config.seq_len
             )
         return self._score_over_ranks(self._recall_eval)
 

@@ -232,7 +232,7 @@ def describe_model(module) -> str:
     return (
         f"model: {get_human_readable_count(model.num_params())} parameters, {config.n_layers} layers x dim "
         f"{config.dim} ({config.n_heads} heads x {config.head_dim}, SwiGLU {config.ffn_hidden}), context "
-        f"{config.max_seq_len}; attention: {layers}"
+        f"{config.seq_len}; attention: {layers}"
     )
 
 

@@ -102,13 +102,19 @@ def check_lighthouse_params(levels: int, pooling_factor: int, topk: int) -> None
 
 
 def lighthouse_geometry(seq_len: int, levels: int, pooling_factor: int, topk: int) -> LighthouseGeometry:
-    """Validate (N, L, p, K) and return the layer's sizes.
+    """Validate (N, L, p, K) and return the layer's sizes (``fit_seq_len``)."""
+    check_lighthouse_params(levels, pooling_factor, topk)
+    return fit_seq_len(seq_len, levels, pooling_factor, topk)
+
+
+def fit_seq_len(seq_len: int, levels: int, pooling_factor: int, topk: int) -> LighthouseGeometry:
+    """The layer's sizes for ``seq_len`` under (L, p, K) that ``check_lighthouse_params`` accepted (a caller that
+    checked them once, like the model config, checks only the length here); refuses a length they do not fit.
 
     Sequences shorter than ``topk * p^(L-1)`` use fewer tiles, so the effective top-k shrinks to
     ``128 * (N // (128 * p^(L-1)))``; each tile still owns at least 128 coarsest entries, which the
     selection needs. The tiles must split the coarsest level evenly.
     """
-    check_lighthouse_params(levels, pooling_factor, topk)
     shortest = min_seq_len(levels, pooling_factor)
     if not isinstance(seq_len, int) or seq_len < shortest:
         raise ValueError(
