@@ -229,9 +229,7 @@ class LitLM(L.LightningModule):
     def run_recall(self):
         """The recall windows on the current weights, dense, windows split over ranks and the counts summed."""
         if self._recall_eval is None:
-            self._recall_eval = RecallEval(
-                self.recall_config, *self._validation_text("recall"), self.config.seq_len
-            )
+            self._recall_eval = RecallEval(self.recall_config, *self._validation_text("recall"), self.config.seq_len)
         return self._score_over_ranks(self._recall_eval)
 
     def _validation_text(self, option: str):
