@@ -109,6 +109,7 @@ def call(mean: float, lo: float | None, hi: float | None) -> str:
 class Arm:
     name: str
     curve: list[tuple[int, float, float]]  # (global step, elapsed s from the seed's start, val/loss_dense)
+    sparse_curve: dict[int, float]  # global step -> val/loss with the run's own attention, where not dense
     window_losses: dict | None
     recall: dict | None
     lookahead: dict | None
@@ -130,9 +131,13 @@ class SeedRun:
     warmup: Arm | None
     arms: dict[str, Arm] = field(default_factory=dict)
 
+    def evaluated(self, arm: str) -> bool:
+        """The arm trained to its end and got its final evaluation."""
+        return arm in self.arms and self.arms[arm].window_losses is not None
+
     @property
     def complete(self) -> bool:
-        return all(a in self.arms and self.arms[a].window_losses is not None for a in ARMS)
+        return all(self.evaluated(a) for a in ARMS)
 
     def final_loss(self, arm: str) -> float:
         return float(np.mean(self.arms[arm].window_losses["losses"]))
@@ -152,6 +157,7 @@ def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_
     shift = shift if shift in (0, 1) else 0
     spans = job_spans(run_dir, logged)
     dense = {s + shift: wv for s, wv in logged.get("val/loss_dense", {}).items() if s + shift > start}
+    own = {s + shift: v for s, (_, v) in logged.get("val/loss", {}).items() if s + shift > start}
     switch = plan["switch_step"] if name == "LH" else None
 
     def phase(step: int) -> str:
@@ -171,6 +177,7 @@ def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_
     return Arm(
         name=name,
         curve=[(s, offset_s + elapsed(w, spans), v) for s, (w, v) in sorted(dense.items())],
+        sparse_curve={s: v for s, v in own.items() if s in dense and v != dense[s][1]},
         window_losses=read_json(final / "window_losses.json"),
         recall=read_json(final / "recall.json"),
         lookahead=read_json(final / "lookahead.json"),
@@ -230,12 +237,16 @@ def setup_lines(seeds: list[SeedRun]) -> list[str]:
     s0 = seeds[0]
     plan, config = s0.plan, s0.config
     arch, data = config["model"]["arch"], config["data"]
+    from lighthouse.model.config import FLAVORS
+
+    sizes = {**FLAVORS.get(arch.get("flavor") or "", {}), **{k: v for k, v in arch.items() if v is not None}}
     lh = arch.get("lighthouse", {})
     devices = sorted({s.plan.get("device", "?") for s in seeds})
     dates = sorted(s.plan.get("started", "?")[:10] for s in seeds)
     return [
-        f"- Model: `{arch.get('flavor', 'custom')}` flavour (dim {arch.get('dim', '-')}, {arch.get('n_layers', '-')} "
-        f"layers), Lighthouse L={lh.get('levels')}, p={lh.get('pooling_factor')}, K={lh.get('topk')}; "
+        f"- Model: `{arch.get('flavor', 'custom')}` flavour (dim {sizes.get('dim', '-')}, {sizes.get('n_layers', '-')} "
+        f"layers, {sizes.get('n_heads', '-')} heads, dense layers {sizes.get('dense_layers', '-')}), Lighthouse "
+        f"L={lh.get('levels')}, p={lh.get('pooling_factor')}, K={lh.get('topk')}; "
         f"{data.get('tokenizer')} tokens, corpus `{data.get('corpus')}`, context {data['seq_len']}, batch "
         f"{data.get('batch_size')}, recall windows {data.get('recall_fraction', 0):.0%} of training windows.",
         f"- Plan: shared dense warm-up to W={plan['warmup']}; D dense to S={plan['steps']}; LH Lighthouse to the "
@@ -259,8 +270,8 @@ def seed_table(seeds: list[SeedRun]) -> list[str]:
             if check.get("drop") is None
             else f"{'yes' if check['drop'] else 'NO'} ({f(check['early_loss'], 3)} / {f(check['late_loss'], 3)})"
         )
-        loss = {a: s.final_loss(a) if s.complete else None for a in ARMS}
-        diff = {p: None if not s.complete else loss[p[0]] - loss[p[1]] for p in PAIRS}
+        loss = {a: s.final_loss(a) if s.evaluated(a) else None for a in ARMS}
+        diff = {p: None if None in (loss[p[0]], loss[p[1]]) else loss[p[0]] - loss[p[1]] for p in PAIRS}
         e_steps = (s.equal_time or {}).get("e_steps")
         rows.append(
             f"| {s.seed} | {drop} | {f(loss['D'])} | {f(loss['LH'])} | {f(loss['E'])} | {e_steps or '-'} | "
@@ -296,13 +307,17 @@ def interval_table(seeds: list[SeedRun]) -> list[str]:
         "|---" * 8 + "|",
     ]
     for a, b in PAIRS:
-        mean, lo, hi = t_interval([s.final_loss(a) - s.final_loss(b) for s in seeds])
-        per_window = window_differences(seeds, a, b)
+        both = [s for s in seeds if s.evaluated(a) and s.evaluated(b)]
+        if not both:
+            rows.append(f"| {a} - {b} | - | - | 0 | no seed has both arms | - | - | - |")
+            continue
+        mean, lo, hi = t_interval([s.final_loss(a) - s.final_loss(b) for s in both])
+        per_window = window_differences(both, a, b)
         wm, wlo, whi = t_interval(per_window) if len(per_window) else (None, None, None)
         seed_ci = "-" if lo is None else f"[{lo:+.4f}, {hi:+.4f}]"
         window_ci = "-" if wlo is None else f"[{wlo:+.4f}, {whi:+.4f}]"
         rows.append(
-            f"| {a} - {b} | {mean:+.4f} | {seed_ci} | {len(seeds)} | {call(mean, lo, hi)} | {signed(wm)} | "
+            f"| {a} - {b} | {mean:+.4f} | {seed_ci} | {len(both)} | {call(mean, lo, hi)} | {signed(wm)} | "
             f"{window_ci} | {len(per_window)} |"
         )
     return rows + [
@@ -354,7 +369,7 @@ def wall_table(seeds: list[SeedRun]) -> list[str]:
 def recall_table(seeds: list[SeedRun]) -> list[str]:
     bins = []
     for s in seeds:
-        for a in ARMS:
+        for a in (a for a in ARMS if s.evaluated(a)):
             for label in (s.arms[a].recall or {}).get("bins", {}):
                 if label not in bins:
                     bins.append(label)
@@ -362,7 +377,11 @@ def recall_table(seeds: list[SeedRun]) -> list[str]:
     for label in bins:
         cells = []
         for a in ARMS:
-            got = [s.arms[a].recall["bins"][label] for s in seeds if label in (s.arms[a].recall or {}).get("bins", {})]
+            got = [
+                s.arms[a].recall["bins"][label]
+                for s in seeds
+                if s.evaluated(a) and label in (s.arms[a].recall or {}).get("bins", {})
+            ]
             cells.append(
                 "-"
                 if not got
@@ -378,39 +397,85 @@ def recall_table(seeds: list[SeedRun]) -> list[str]:
 
 
 def position_table(seeds: list[SeedRun]) -> list[str]:
-    buckets = seeds[0].arms["D"].window_losses["buckets"]
-    by = {a: np.mean([np.mean(s.arms[a].window_losses["bucket_losses"], axis=0) for s in seeds], axis=0) for a in ARMS}
+    evaluated = [s for s in seeds if s.evaluated("D")]
+    buckets = evaluated[0].arms["D"].window_losses["buckets"]
+    by = {}
+    for a in ARMS:
+        got = [np.mean(s.arms[a].window_losses["bucket_losses"], axis=0) for s in seeds if s.evaluated(a)]
+        by[a] = np.mean(got, axis=0) if got else None
+
+    def cell(a: str, i: int) -> str:
+        return "-" if by[a] is None else f(by[a][i])
+
+    def gap(a: str, b: str, i: int) -> str:
+        return "-" if by[a] is None or by[b] is None else signed(by[a][i] - by[b][i])
+
     rows = ["| positions | " + " | ".join(ARMS) + " | LH - D | LH - E |", "|---" * (len(ARMS) + 3) + "|"]
     for i, name in enumerate(buckets):
         rows.append(
-            f"| {name} | "
-            + " | ".join(f(by[a][i]) for a in ARMS)
-            + f" | {signed(by['LH'][i] - by['D'][i])} | {signed(by['LH'][i] - by['E'][i])} |"
+            f"| {name} | " + " | ".join(cell(a, i) for a in ARMS) + f" | {gap('LH', 'D', i)} | {gap('LH', 'E', i)} |"
         )
-    return rows + ["", "Final evaluation, dense: mean loss per position range, over windows and seeds."]
+    return rows + [
+        "",
+        "Final evaluation, dense: mean loss per position range, over windows and the seeds that evaluated the arm.",
+    ]
 
 
 def lookahead_table(seeds: list[SeedRun]) -> list[str]:
     rows = [
-        "| seed | first half, real second half | replaced | difference +- s.e. | Lighthouse - dense loss | windows |",
-        "|---" * 6 + "|",
+        "| seed | first half: real / replaced second half | difference +- s.e. | single positions: real / "
+        "replaced rest of tile | difference +- s.e. | Lighthouse - dense loss | windows |",
+        "|---" * 7 + "|",
     ]
     for s in seeds:
-        p = s.arms["LH"].lookahead
+        p = s.arms["LH"].lookahead if "LH" in s.arms else None
         if p is None:
-            rows.append(f"| {s.seed} | - | - | - | - | - |")
+            rows.append(f"| {s.seed} | - | - | - | - | - | - |")
             continue
+        cut = (
+            ("-", "-")
+            if "cut_difference" not in p
+            else (
+                f"{f(p['cut_real'])} / {f(p['cut_replaced'])}",
+                f"{p['cut_difference']:+.4f} +- {p['cut_standard_error']:.4f}",
+            )
+        )
         rows.append(
-            f"| {s.seed} | {f(p['first_half_real'])} | {f(p['first_half_replaced'])} | "
-            f"{p['difference']:+.4f} +- {p['standard_error']:.4f} | {signed(p['lighthouse_loss'] - p['dense_loss'])} | "
-            f"{p['windows']} |"
+            f"| {s.seed} | {f(p['first_half_real'])} / {f(p['first_half_replaced'])} | "
+            f"{p['difference']:+.4f} +- {p['standard_error']:.4f} | {cut[0]} | {cut[1]} | "
+            f"{signed(p['lighthouse_loss'] - p['dense_loss'])} | {p['windows']} |"
         )
     return rows + [
         "",
-        "lighthouse.eval.lookahead on LH's checkpoint at the switch: the loss of the first half of every selection "
-        "tile with its real second half and with that half replaced by another window's text (Lighthouse "
-        "attention); > 0 is what looking ahead inside a tile is worth. Last column: the same weights' loss with "
+        "lighthouse.eval.lookahead on LH's checkpoint at the switch, Lighthouse attention: the loss of the first half "
+        "of every selection tile with its real second half and with that half replaced by another window's text; "
+        "and (probes since 2026-12-02) the loss at one random position per tile with the rest of its tile replaced. "
+        "> 0 is what looking ahead inside a tile is worth. The first-half measurement cannot see a short-range "
+        "look-ahead (only the positions just before a tile's middle lose their near future), so a '-' in the "
+        "single-position columns leaves the look-ahead unmeasured. Last column: the same weights' loss with "
         "Lighthouse attention minus with dense attention.",
+    ]
+
+
+def switch_table(seeds: list[SeedRun]) -> list[str]:
+    """LH's validation loss with its own (Lighthouse) attention and read densely at the switch, beside D's."""
+    rows = [
+        "| seed | step | LH, Lighthouse attention | LH, dense attention | D, dense | LH (Lighthouse) - D |",
+        "|---" * 6 + "|",
+    ]
+    for s in seeds:
+        lh, d = s.arms.get("LH"), s.arms.get("D")
+        step = s.plan["switch_step"]
+        sparse = lh.sparse_curve.get(step) if lh else None
+        lh_dense = next((v for st, _, v in lh.curve if st == step), None) if lh else None
+        d_dense = next((v for st, _, v in d.curve if st == step), None) if d else None
+        gap = None if sparse is None or d_dense is None else sparse - d_dense
+        rows.append(f"| {s.seed} | {step} | {f(sparse)} | {f(lh_dense)} | {f(d_dense)} | {signed(gap)} |")
+    return rows + [
+        "",
+        "Validation loss at the switch. A Lighthouse phase far below the dense arm at the same step, while the same "
+        "weights read densely are far above it, is what a look-ahead the layers learned to use looks like "
+        "(bench/leak_iid.py shows the selection lets a model predict independent random tokens).",
     ]
 
 
@@ -442,6 +507,20 @@ def plot_curves(seeds: list[SeedRun], path: Path, by_time: bool) -> None:
                 alpha=0.8,
                 label=label,
             )
+            sparse = [(st, t, arm.sparse_curve[st]) for st, t, _ in arm.curve if st in arm.sparse_curve]
+            if sparse:  # the Lighthouse phase's own validation loss, which the report compares at the switch
+                label = f"{ARM_LABEL[name]}, read with Lighthouse attention"
+                ax.plot(
+                    [x(s, st, t) for st, t, _ in sparse],
+                    [v for *_, v in sparse],
+                    ls="--",
+                    marker="o",
+                    ms=2.5,
+                    color=COLORS[name],
+                    alpha=0.8,
+                    label=label if label not in labelled else None,
+                )
+                labelled.add(label)
         marks = [(s.plan["warmup"], s.warmup.curve[-1][1] if s.warmup and s.warmup.curve else None, "W (branch)")]
         lh = s.arms.get("LH")
         at_switch = [t for st, t, _ in (lh.curve if lh else []) if st == s.plan["switch_step"]]
@@ -454,7 +533,7 @@ def plot_curves(seeds: list[SeedRun], path: Path, by_time: bool) -> None:
             )
             labelled.add(label)
     ax.set_xlabel("wall clock, minutes (jobs back to back)" if by_time else "training tokens, millions")
-    ax.set_ylabel("validation loss, dense attention (nats/token)")
+    ax.set_ylabel("validation loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -492,13 +571,22 @@ def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list
     lines += setup_lines(seeds)
     missing = [s.seed for s in seeds if not s.complete]
     if missing:
-        lines += [f"- Incomplete seeds (not in the intervals): {missing}."]
+        lines += [
+            f"- Incomplete seeds: {missing} (each comparison uses the seeds that finished both of its arms; "
+            f"arms without a final evaluation: "
+            + ", ".join(f"seed {s.seed}: {[a for a in ARMS if not s.evaluated(a)]}" for s in seeds if not s.complete)
+            + ")."
+        ]
     lines += ["", "### Final loss per seed", ""] + seed_table(seeds)
-    if done:
-        lines += ["", "### Paired differences", ""] + interval_table(done)
-        lines += ["", "### Recall after recovery (final checkpoints, dense)", ""] + recall_table(done)
-        lines += ["", "### Loss by position after recovery", ""] + position_table(done)
-        lines += ["", "### Look-ahead at the switch", ""] + lookahead_table(done)
+    if any(s.evaluated(a) and s.evaluated(b) for s in seeds for a, b in PAIRS):
+        lines += ["", "### Paired differences", ""] + interval_table(seeds)
+    if any(s.evaluated(a) for s in seeds for a in ARMS):
+        lines += ["", "### Recall after recovery (final checkpoints, dense)", ""] + recall_table(seeds)
+    if any(s.evaluated("D") for s in seeds):
+        lines += ["", "### Loss by position after recovery", ""] + position_table(seeds)
+    if any("LH" in s.arms for s in seeds):
+        lines += ["", "### At the switch", ""] + switch_table(seeds)
+        lines += ["", "### Look-ahead at the switch", ""] + lookahead_table(seeds)
     lines += ["", "### Wall clock and throughput per phase", ""] + wall_table(seeds)
     lines += ["", "### Plots", ""]
     for name, by_time in (("val_loss_tokens", False), ("val_loss_time", True)):

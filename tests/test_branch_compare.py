@@ -234,6 +234,8 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
         names = tar.getnames()
     assert all(n.startswith("tiny-seed0") for n in names) and not any(n.endswith(".ckpt") for n in names)
     assert "tiny-seed0/LH/final/window_losses.json" in names and "tiny-seed0/plan.json" in names
+    # The arms resume the warm-up's data: its manifest is archived once.
+    assert [n for n in names if n.endswith("data_manifest.json")] == ["tiny-seed0/warmup/data_manifest.json"]
     # A second "seed" whose arms are the first one's with known shifts: the intervals are then known numbers.
     twin = seed.folder / "tiny-seed1"
     shutil.copytree(seed.out, twin, ignore=shutil.ignore_patterns("*.ckpt", "*.sha256"))
@@ -259,3 +261,16 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     for name in ("val_loss_tokens", "val_loss_time"):
         png = report_dir / f"branch_{name}.png"
         assert f"]({png.name})" in markdown and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A third seed whose E arm never got its final evaluation (the device time ran out): it counts in LH - D only.
+    cut = seed.folder / "tiny-seed2"
+    shutil.copytree(twin, cut)
+    (cut / "plan.json").write_text(json.dumps({**plan, "seed": 2}))
+    shutil.rmtree(cut / "E" / "final")
+    markdown = branch_report.build_report([first, second, branch.export(cut, archives)], report_dir).read_text()
+    seeds = branch_report.load_seeds([first, second, cut], seed.folder / "unpacked3")
+    assert [s.complete for s in seeds] == [True, True, False] and seeds[2].evaluated("LH")
+    mean, lo, hi = branch_report.t_interval([s.final_loss("LH") - s.final_loss("D") for s in seeds])
+    assert f"| LH - D | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | 3 |" in markdown
+    mean, lo, hi = branch_report.t_interval([s.final_loss("LH") - s.final_loss("E") for s in seeds[:2]])
+    assert f"| LH - E | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | 2 |" in markdown
+    assert "seed 2: ['E']" in markdown and "| 2 | 10 |" in markdown  # the switch table has every seed
