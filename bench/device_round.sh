@@ -7,8 +7,10 @@
 #   bash bench/device_round.sh table     # the paper model, dense and Lighthouse, at 16384 (K=512), 65536, 131072
 #   bash bench/device_round.sh offload   # checkpoint_offload at 262144 (with the host's peak memory)
 #   bash bench/device_round.sh check     # GPU tests, layer timings (32768-262144) and the GQA / dilated rows
-#   bash bench/device_round.sh pilot     # recall learnability: bench/configs/branch_32k.yaml's dense warm-up for
-#                                        # PILOT_STEPS (300) steps; its run folder (no checkpoints) to $OUT/pilot.tgz
+#   bash bench/device_round.sh pilot     # recall learnability: PILOT_CONFIG's (bench/configs/branch_32k.yaml) dense
+#                                        # warm-up for PILOT_STEPS (300) steps; its run folder (no checkpoints) to
+#                                        # $OUT/pilot.tgz (PILOT_CONFIG=bench/configs/recall_pilot_8k.yaml: the dense
+#                                        # recall mix at 8192, bench/recall_findings.md)
 #   bash bench/device_round.sh compare bench/configs/compare_32k.yaml --seeds 1 2 --steps 320
 #   bash bench/device_round.sh compare bench/configs/compare_32k.yaml --out logs/compare_32k_pass --seeds 3 --steps pass
 #       # as much of a comparison as fits the call (exit code 3: not done; call again at once, while the machine
@@ -83,7 +85,7 @@ check)
   step gqa 150 src python3 bench/bench_gqa.py --json "$out/gqa.json"
   ;;
 pilot)
-  step pilot $((deadline - $(date +%s) - 20)) src python3 src/train.py fit --config bench/configs/branch_32k.yaml \
+  step pilot $((deadline - $(date +%s) - 20)) src python3 src/train.py fit --config "${PILOT_CONFIG:-bench/configs/branch_32k.yaml}" \
     --trainer.max_steps "${PILOT_STEPS:-300}" --trainer.logger.init_args.save_dir logs/pilot \
     --trainer.logger.init_args.name recall-pilot
   tar czf "$out/pilot.tgz" --exclude='*.ckpt' --exclude='*.tmp-*' -C logs pilot
