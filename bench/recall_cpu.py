@@ -96,7 +96,7 @@ def main() -> None:
         n_layers=args.layers,
         n_heads=args.heads,
         ffn_hidden=args.dim * 3,
-        max_seq_len=args.seq_len,
+        seq_len=args.seq_len,
         dense_layers=[],
         vocab_size=dm.vocab_size,
     )
