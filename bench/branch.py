@@ -325,11 +325,10 @@ class Seed:
         final.mkdir(parents=True, exist_ok=True)
         last = checkpoints(run_dir)[-1][1]
         recall = self.base["model"].get("recall") or {}
-        jobs = {
-            "window_losses": ["--ckpt", str(last), "--windows", str(self.plan["eval_windows"]), "--out"],
-            "recall": ["--ckpt", str(last), "--windows", str(recall.get("windows", 32)), "--pairs"]
-            + [str(recall.get("pairs", 8)), "--seed", str(recall.get("seed", 0)), "--json"],
-        }
+        jobs = {"window_losses": ["--ckpt", str(last), "--windows", str(self.plan["eval_windows"]), "--out"]}
+        if self.args.final_recall:
+            jobs["recall"] = ["--ckpt", str(last), "--windows", str(recall.get("windows", 32)), "--pairs"]
+            jobs["recall"] += [str(recall.get("pairs", 8)), "--seed", str(recall.get("seed", 0)), "--json"]
         if run == "LH":
             at_switch = checkpoint_at(run_dir, self.plan["switch_step"])
             jobs["lookahead"] = ["--ckpt", str(at_switch), "--windows", str(self.args.lookahead_windows), "--json"]
@@ -427,6 +426,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     go.add_argument("--eval-windows", type=int, default=256, help="validation windows of the final evaluation")
     go.add_argument("--lookahead-windows", type=int, default=64, help="windows of the look-ahead probe")
     go.add_argument("--require-drop", action="store_true", help="stop (exit 4) if the warm-up shows no loss drop")
+    go.add_argument(
+        "--final-recall",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the recall evaluation of each arm's final checkpoint (~30 s each on an H200; the validations log "
+        "recall during training anyway)",
+    )
     add_budget_options(go, reserve_s=45.0, min_launch=2.0, min_eval=1.0)
     ex = sub.add_parser("export", help="the seed folder without checkpoints, as <to>/<folder name>.tgz")
     ex.add_argument("--out", required=True)

@@ -98,6 +98,34 @@ def test_a_seed_folder_refuses_other_settings(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["plan.json"]
 
 
+def final_jobs(tmp_path: Path, arm: str, *flags: str) -> list[str]:
+    """The evaluation modules Seed.evaluate launches for a trained ``arm`` (a stub runner writes their outputs)."""
+    config = str(REPO / "bench" / "configs" / "branch_32k.yaml")
+    args = branch.parse_args(["run", "--config", config, "--out", str(tmp_path / "seed"), "--steps", "800", *flags])
+    launched = []
+
+    def stub(argv: list[str], log: Path) -> int:
+        launched.append(argv[1])
+        Path(argv[-1]).write_text("{}")  # every evaluation's last argument is its output file
+        return 0
+
+    seed = branch.Seed(args, stub)
+    for step in (500, 800):
+        (seed.out / arm / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (seed.out / arm / "checkpoints" / f"step{step:06d}.ckpt").write_bytes(b"")
+    assert seed.evaluate(arm) == 0
+    return launched
+
+
+def test_final_recall_can_be_left_out(tmp_path):
+    recall = "lighthouse.eval.recall"
+    assert final_jobs(tmp_path / "a", "D") == ["lighthouse.eval.window_losses", recall]
+    assert final_jobs(tmp_path / "b", "LH", "--no-final-recall") == [
+        "lighthouse.eval.window_losses",
+        "lighthouse.eval.lookahead",
+    ]
+
+
 def test_shipped_branch_config_makes_arms_the_cli_accepts(tmp_path, capsys):
     base = yaml.safe_load((REPO / "bench" / "configs" / "branch_32k.yaml").read_text())
     plan = branch.make_plan(1000, 200, 0.625)
