@@ -94,7 +94,11 @@ class MetricsBeforeCheckpoint(Callback):
                 elif self._early is not None:
                     if self._early[0] == at:
                         sent = self._early[1]
-                        metrics = {k: v for k, v in metrics.items() if not (k in sent and _same(sent[k], _value(v)))}
+                        changed = {k: v for k, v in metrics.items() if not (k in sent and _same(sent[k], _value(v)))}
+                        # A logged "step" places the values (lighthouse.train.logger): it goes with what is left.
+                        if changed and "step" in metrics:
+                            changed["step"] = metrics["step"]
+                        metrics = changed
                     self._early = None
                 self._pending = None
             return original(metrics, step)
