@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -33,6 +34,9 @@ def save_step_reached(trainer: L.Trainer, reason: str) -> list[str]:
         if not isinstance(callback, ModelCheckpoint) or callback._last_global_step_saved == trainer.global_step:
             continue
         metrics = callback._monitor_candidates(trainer)
+        # The name carries the step saved. Candidates take a logged "step" first (lighthouse.train.logger), which
+        # inside a gradient accumulation already names the optimizer step still to come.
+        metrics["step"] = torch.tensor(trainer.global_step)
         if callback.save_last is True:
             callback._save_last_checkpoint(trainer, metrics)  # one file: the preemption grace period is short
         else:
