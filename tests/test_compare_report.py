@@ -136,7 +136,7 @@ def test_an_arm_stopped_for_time_resumes_with_the_same_losses(comparison):
     assert [(r["kind"], r["resumed_from"]) for r in launches] == [("fit", None), ("fit", 1), ("validate", STEPS)]
     resumed = scalars(comparison, "dense-seed0", "train/loss")
     straight = scalars(comparison, "dense-seed0", "train/loss", out="straight")
-    assert sorted(resumed) == list(range(STEPS)) and resumed == straight  # bitwise
+    assert sorted(resumed) == list(range(1, STEPS + 1)) and resumed == straight  # bitwise
     assert "max_steps=8` reached" in (comparison.folder / "straight" / "dense-seed0" / "launch-0.log").read_text()
     # Only the newest checkpoint is kept, and it is the final one.
     assert sorted(p.name for p in (comparison.out / "dense-seed0" / "checkpoints").iterdir()) == [
