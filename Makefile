@@ -57,8 +57,8 @@ test-fast: setup  ## the edit-test loop: every test not marked slow, kernels inc
 # from its ">=" bounds, so raising one there moves this too), in a venv of their own, on the tests that use their
 # APIs most (the CLI and its errors, configs, printed docs, training, resume, memory options). Not part of `test`:
 # measured 2026-12-02 on the 2-core CPU box, the install takes ~5 min (6 GB: without PyTorch's CPU index pip takes
-# PyPI's CUDA build) and the whole not-slow suite there ~15 min, which would take .ci/run past 20 min. The Triton
-# kernels stay with `test`: Triton 3.2's interpreter (torch 2.6's) lacks ops they use on a CPU.
+# PyPI's CUDA build) and the whole not-slow suite there ~15 min, which would take .ci/run past 20 min; the subset
+# below takes ~3 min. The Triton kernels stay with `test`: Triton 3.2's interpreter (torch 2.6's) lacks ops they use.
 OLDEST_VENV ?= .venv-oldest
 OLDEST_PINS := $(shell sed -n -E 's/.*"(torch|lightning|jsonargparse\[signatures\])>=([0-9.]+).*/"\1==\2"/p' pyproject.toml)
 OLDEST_TESTS ?= tests/test_versions.py tests/test_arg_errors.py tests/test_cli_settings.py tests/test_configs.py \
