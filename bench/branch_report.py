@@ -153,17 +153,17 @@ def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_
     logged, throughput = read_logged(run_dir)
     if "train/loss" not in logged:
         return None
-    shift = end - max(logged["train/loss"])  # Lightning logs a step's values under the steps done before it
-    shift = shift if shift in (0, 1) else 0
+    # Steps as lighthouse.eval.run_logs reads them: global steps, for runs logged before lighthouse.train.logger's
+    # step convention too.
     spans = job_spans(run_dir, logged)
-    dense = {s + shift: wv for s, wv in logged.get("val/loss_dense", {}).items() if s + shift > start}
-    own = {s + shift: v for s, (_, v) in logged.get("val/loss", {}).items() if s + shift > start}
+    dense = {s: wv for s, wv in logged.get("val/loss_dense", {}).items() if s > start}
+    own = {s: v for s, (_, v) in logged.get("val/loss", {}).items() if s > start}
     switch = plan["switch_step"] if name == "LH" else None
 
     def phase(step: int) -> str:
         return "lighthouse" if switch is not None and step <= switch else "dense"
 
-    walls = [(w, phase(s + shift)) for s, (w, _) in logged["train/loss"].items()]
+    walls = [(w, phase(s)) for s, (w, _) in logged["train/loss"].items()]
     walls += [(w, phase(s)) for s, (w, _) in dense.items()]
     steps = {"lighthouse": (switch - start) if switch else 0, "dense": end - (switch or start)}
     train_s, tokens_per_s = {}, {}

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     lighthouse = runs["lighthouse"]
     if lighthouse is not None:
         switch = lighthouse.stage_switch_step()
-        stage1 = [s for s in lighthouse.series("val/loss_dense").steps if switch is None or s < switch]
+        stage1 = [s for s in lighthouse.series("val/loss_dense").steps if switch is None or s <= switch]
         if stage1:
             columns[f"Lighthouse, step {stage1[-1]}"] = losses_at(lighthouse, stage1[-1])
         columns["Lighthouse + recovery, end"] = losses_at(lighthouse)

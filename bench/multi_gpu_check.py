@@ -80,7 +80,7 @@ def curves(out: Path, rows: list, label: str) -> None:
             "exit": [code1, code2],
             "steps": len(set(a) & set(b)),
             "max_abs_diff": max_diff(a, b),
-            "loss_first_last": [a.get(0), a.get(19)],
+            "loss_first_last": [a.get(1), a.get(20)],
         }
     )
 

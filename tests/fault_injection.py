@@ -114,8 +114,8 @@ def resume_and_judge(folder: Path, name: str, reference: dict, notes: list[str])
     notes.append(f"resumed from {source or 'scratch'} (step {start_step})")
     lost = int(bool(before) and start_step < max(before.values()))
     got = logged_scalars(folder / "logs" / name, "train/loss")
-    resumed = {k: v for k, v in got.items() if k >= start_step}
-    same = resumed == {k: v for k, v in reference.items() if k >= start_step} and max(got) == MAX_STEPS - 1
+    resumed = {k: v for k, v in got.items() if k > start_step}
+    same = resumed == {k: v for k, v in reference.items() if k > start_step} and max(got) == MAX_STEPS
     return ("recovered" if same else "silent failure"), lost
 
 

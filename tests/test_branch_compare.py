@@ -213,17 +213,16 @@ def test_tiny_seed_branches_three_arms_off_one_warmup(seed):
     for arm in branch.ARMS:
         fits = [r for r in launches(seed.out, arm) if r["kind"] == "fit"]
         assert fits[0]["resumed_from"] == W and all(r["rc"] == 0 for r in launches(seed.out, arm))
-    # train/stage of the step trained as global step k + 1 is logged at k (a resumed run also logs its
-    # checkpoint's phase at W - 1).
+    # train/stage of optimizer step k is logged at k (a resumed run also logs its checkpoint's phase at W).
     stage = {
-        arm: {k: v for k, v in logged_scalars(seed.out / arm, "train/stage").items() if k >= W} for arm in branch.ARMS
+        arm: {k: v for k, v in logged_scalars(seed.out / arm, "train/stage").items() if k > W} for arm in branch.ARMS
     }
     lh = stage["LH"]
     assert [lh[s] for s in sorted(lh)] == [2.0] * (10 - W) + [3.0] * (S - 10)  # phases 2 (Lighthouse), 3 (dense)
     assert set(stage["D"].values()) == {1.0} and set(stage["E"].values()) == {2.0}  # E: its rescaled phase
     # The same data after W in every arm (same seed, resumed stream): the first step's loss differs only by the
     # attention (LH) and not at all between D and E.
-    first = {arm: logged_scalars(seed.out / arm, "train/loss")[W] for arm in branch.ARMS}
+    first = {arm: logged_scalars(seed.out / arm, "train/loss")[W + 1] for arm in branch.ARMS}
     assert first["D"] == first["E"] != first["LH"]
 
 

@@ -12,8 +12,9 @@ from lighthouse.train.lit_module import LitLM
 
 # tests/fixtures/tiny_e81b2e8_step4.ckpt: tiny_config(tmp, "old", max_steps=4, every_n=4) trained at commit e81b2e8
 # (before the config rename to model.arch.* and the structure pass). An uninterrupted 8-step run of that commit
-# logged these train/loss values for steps 4..7; resuming its step-4 checkpoint must reproduce them.
-OLD_LOSSES_4_TO_7 = {4: 5.204885482788086, 5: 5.1306304931640625, 6: 5.0603156089782715, 7: 4.979300498962402}
+# logged these train/loss values of optimizer steps 5..8 (at 4..7 then: lighthouse.train.logger's step convention came
+# later); resuming its step-4 checkpoint must reproduce them.
+OLD_LOSSES_5_TO_8 = {5: 5.204885482788086, 6: 5.1306304931640625, 7: 5.0603156089782715, 8: 4.979300498962402}
 
 
 def test_checkpoint_from_before_the_structure_pass_resumes(tmp_path):
@@ -21,8 +22,8 @@ def test_checkpoint_from_before_the_structure_pass_resumes(tmp_path):
     cli = fit(tmp_path, config, ckpt_path=str(REPO / "tests" / "fixtures" / "tiny_e81b2e8_step4.ckpt"))
     assert cli.trainer.global_step == 8
     losses = logged_scalars(tmp_path / "logs" / "old", "train/loss")
-    assert sorted(losses) == [4, 5, 6, 7]
-    for step, expected in OLD_LOSSES_4_TO_7.items():
+    assert sorted(losses) == [5, 6, 7, 8]
+    for step, expected in OLD_LOSSES_5_TO_8.items():
         assert losses[step] == pytest.approx(expected, rel=1e-6), step
 
 

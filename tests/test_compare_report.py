@@ -107,7 +107,7 @@ def test_an_arm_stopped_for_time_resumes_with_the_same_losses(comparison):
     assert [(r["kind"], r["resumed_from"]) for r in launches] == [("fit", None), ("fit", 1), ("validate", STEPS)]
     resumed = scalars(comparison, "dense-seed0", "train/loss")
     straight = scalars(comparison, "dense-seed0", "train/loss", out="straight")
-    assert sorted(resumed) == list(range(STEPS)) and resumed == straight  # bitwise
+    assert sorted(resumed) == list(range(1, STEPS + 1)) and resumed == straight  # bitwise
     assert "max_steps=8` reached" in (comparison.folder / "straight" / "dense-seed0" / "launch-0.log").read_text()
     # Only the newest checkpoint is kept, and it is the final one.
     assert sorted(p.name for p in (comparison.out / "dense-seed0" / "checkpoints").iterdir()) == [
@@ -145,7 +145,7 @@ def test_dense_validation_loss_is_computed_only_where_it_differs(comparison):
     dense = scalars(comparison, "dense-seed0", "val/loss")
     assert scalars(comparison, "dense-seed0", "val/loss_dense") == dense
     lh, lh_dense = (scalars(comparison, "lighthouse-seed0", t) for t in ("val/loss", "val/loss_dense"))
-    before, after = SWITCH - 1, STEPS - 1  # logged steps of the validations at the switch and at the end
+    before, after = SWITCH, STEPS  # the validations at the switch and at the end
     assert lh[before] != lh_dense[before]  # stage 1: the same weights, Lighthouse vs dense attention
     assert lh[after] == lh_dense[after]  # stage 2: the model is dense
     bucket = scalars(comparison, "lighthouse-seed0", "val/loss_dense_pos/0-256")
@@ -159,7 +159,7 @@ def test_final_evaluation_reproduces_the_last_validation(comparison):
             t: next(iter(logged_scalars(comparison.out / run / "final_eval", t).values()))
             for t in ("val/loss", "val/loss_dense", "val/passkey_digit_acc")
         }
-        assert final["val/loss_dense"] == pytest.approx(scalars(comparison, run, "val/loss_dense")[STEPS - 1], abs=1e-6)
+        assert final["val/loss_dense"] == pytest.approx(scalars(comparison, run, "val/loss_dense")[STEPS], abs=1e-6)
         if run.startswith("lighthouse"):  # evaluated with its stage-1 attention too: the look-ahead at the end
             assert final["val/loss"] != final["val/loss_dense"]
         assert (comparison.out / run / "final_eval" / "DONE").exists()
@@ -195,8 +195,8 @@ def test_passkey_command_scores_a_checkpoint_like_the_final_evaluation(compariso
 @pytest.mark.slow
 def test_report_holds_the_logged_numbers(comparison):
     md = comparison.markdown
-    d_final = scalars(comparison, "dense-seed0", "val/loss_dense")[STEPS - 1]
-    lh_final = scalars(comparison, "lighthouse-seed0", "val/loss_dense")[STEPS - 1]
+    d_final = scalars(comparison, "dense-seed0", "val/loss_dense")[STEPS]
+    lh_final = scalars(comparison, "lighthouse-seed0", "val/loss_dense")[STEPS]
     assert f"| 0 | {d_final:.4f} | {lh_final:.4f} | {lh_final - d_final:+.4f} |" in md
     assert "one seed: no spread" in md
     for section in (

@@ -26,9 +26,9 @@ def png_size(path) -> tuple[int, int]:
 def test_reader_gives_curves_stages_throughput_and_configs(run):
     logged = read_run(run)
     loss = logged.series("train/loss")
-    assert loss.steps == list(range(12)) and set(loss.launches) == {0}
-    assert logged.series("val/loss").steps == [3, 7, 11]  # validation after steps 4, 8, 12
-    assert logged.stage_switch_step() == 6
+    assert loss.steps == list(range(1, 13)) and set(loss.launches) == {0}
+    assert logged.series("val/loss").steps == [4, 8, 12]  # validation after steps 4, 8, 12
+    assert logged.stage_switch_step() == 6  # dense from step 7 on
     assert logged.position_buckets() == ["0-256", "256-512"]
     times = logged.training_time(loss)
     assert times[0] == 0.0 and times == sorted(times)
@@ -51,3 +51,32 @@ def test_plot_command_writes_readable_pngs(run, tmp_path, capsys):
 def test_smoothing_is_debiased():
     assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
     assert smooth([1.0, 3.0], weight=0.5) == pytest.approx([1.0, (0.25 + 0.75 * 2) / 0.75])
+
+
+def test_reader_moves_event_files_of_the_old_step_convention_up_by_one(tmp_path):
+    """A run resumed across the change of step convention: its first launch logged with Lightning's count (step N's
+    values at N - 1, no ``steps`` note), the second with step N = after N optimizer steps; read back, both
+    launches give one axis, with the validation after step 4 at 4 in both."""
+    import os
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lighthouse.eval.run_logs import STEPS_NOTE_TAG
+
+    old = SummaryWriter(str(tmp_path), filename_suffix=".0")
+    for step in range(4):
+        old.add_scalar("train/loss", 10.0 - step, step)
+    old.add_scalar("val/loss", 6.5, 3)
+    old.close()
+    (first,) = tmp_path.glob("events.out.tfevents.*")
+    os.utime(first, (1, 1))  # an earlier launch, even when both files are named by the same second
+    new = SummaryWriter(str(tmp_path), filename_suffix=".1")
+    new.add_text(STEPS_NOTE_TAG, "step N = after N optimizer steps", 4)
+    for step in range(5, 9):
+        new.add_scalar("train/loss", 10.0 - step + 1, step)
+    new.add_scalar("val/loss", 2.5, 8)
+    new.close()
+    logged = read_run(tmp_path)
+    assert logged.series("train/loss").as_dict() == {s: 11.0 - s for s in range(1, 9)}
+    assert logged.series("val/loss").as_dict() == {4: 6.5, 8: 2.5}
+    assert logged.series("train/loss").launches == [0] * 4 + [1] * 4

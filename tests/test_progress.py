@@ -1,10 +1,12 @@
 """The progress display counts optimizer steps up to max_steps, also after a resume, with metrics on one line."""
 
+import json
 import re
 
 import pytest
 from training_helpers import fit, tiny_config
 
+from lighthouse.eval.run_logs import EVENTS_GLOB, _read_events
 from lighthouse.train.progress import StepProgressBar, metrics_line
 
 
@@ -16,8 +18,8 @@ def stopped_at_4(tmp_path_factory):
     return tmp_path
 
 
-def resume_with_bar(tmp_path, tag: str, **bar_args) -> StepProgressBar:
-    config = tiny_config(tmp_path, "bar", max_steps=8, every_n=4)
+def resume_with_bar(tmp_path, tag: str, every_n: int = 4, **bar_args) -> StepProgressBar:
+    config = tiny_config(tmp_path, "bar", max_steps=8, every_n=every_n)
     config["trainer"]["enable_progress_bar"] = True
     config["trainer"]["callbacks"].append(
         {"class_path": "lighthouse.train.progress.StepProgressBar", "init_args": bar_args}
@@ -28,14 +30,31 @@ def resume_with_bar(tmp_path, tag: str, **bar_args) -> StepProgressBar:
 
 
 def test_plain_lines_after_a_resume(stopped_at_4, capsys):
-    resume_with_bar(stopped_at_4, "plain", force_terminal=False, plain_every_s=0.0)
+    """The console and the loggers count steps alike (lighthouse.train.logger): before, a validation printed "at
+    step 6" was charted at 5, and "step 8/8" ended the curves at 7."""
+    run = stopped_at_4 / "logs" / "bar"
+    before = set(run.glob(EVENTS_GLOB))
+    resume_with_bar(stopped_at_4, "plain", every_n=2, force_terminal=False, plain_every_s=0.0)
     lines = capsys.readouterr().out.splitlines()
     assert "training from step 4 to 8" in lines
     steps = [line for line in lines if line.startswith("step ")]
     assert [line.split(" |")[0] for line in steps] == [f"step {n}/8 ({100 * n // 8}%)" for n in range(5, 9)]
     assert all(re.search(r"\| loss \d\.\d{3}", line) for line in steps)
-    assert any(line.startswith("validation at step 8 | val ") for line in lines)
     assert not any("Epoch" in line for line in lines)
+    printed = {
+        int(m.group(1)): float(m.group(2))
+        for m in (re.match(r"validation at step (\d+) \| val lh (\d\.\d{3}) ", line) for line in lines)
+        if m
+    }
+    assert list(printed) == [6, 8]
+    # What TensorBoard shows: the steps in this launch's event file as written, not as run_logs reads them.
+    (events,) = set(run.glob(EVENTS_GLOB)) - before
+    charted = _read_events(events)
+    val = {e.step: e.value for e in charted.Scalars("val/loss")}
+    assert list(val) == list(printed) and all(round(val[s], 3) == printed[s] for s in printed)
+    assert [e.step for e in charted.Scalars("train/loss")] == [5, 6, 7, 8]  # the last printed step, max_steps
+    records = [json.loads(line) for line in (run / "throughput.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in records if r["step"] > 4} == {e.step for e in charted.Scalars("perf/tokens_per_sec")}
 
 
 def test_terminal_bar_totals_after_a_resume(stopped_at_4, capsys):

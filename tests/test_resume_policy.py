@@ -65,9 +65,10 @@ def test_changed_lr_and_schedule_are_applied_and_announced(base):
 
     with pytest.warns(UserWarning, match=r"model.optimizer.init_args.lr 0.002 -> 0.0001; model.warmup_steps 2 -> 10"):
         lrs = resume(base, "new-lr", edit=edit, extra=["--model.optimizer.init_args.lr", "1e-4"])
-    # The LR of step 2 follows the new base LR and warm-up (before: the checkpoint's 2e-3 schedule, unchanged).
-    assert lrs[2] == pytest.approx(1e-4 * lr_multiplier(2, 10, SCHEDULE_STEPS, "cosine", 0.1), rel=1e-6)
-    assert lrs[2] != pytest.approx(TINY_LR * lr_multiplier(2, WARMUP, SCHEDULE_STEPS, "cosine", 0.1), rel=1e-3)
+    # The LR of step 3 (the schedule's position 2) follows the new base LR and warm-up (before: the checkpoint's
+    # 2e-3 schedule, unchanged).
+    assert lrs[3] == pytest.approx(1e-4 * lr_multiplier(2, 10, SCHEDULE_STEPS, "cosine", 0.1), rel=1e-6)
+    assert lrs[3] != pytest.approx(TINY_LR * lr_multiplier(2, WARMUP, SCHEDULE_STEPS, "cosine", 0.1), rel=1e-3)
 
 
 def test_other_optimizer_class_is_refused(base):
@@ -90,7 +91,7 @@ def test_recipe_changes_are_allowed(base, recwarn):
             lighthouse={"levels": 2, "pooling_factor": 2, "topk": 128},
         ),
     )
-    assert sorted(lrs) == [2]  # trained on from the checkpoint's step (max_steps 3)
+    assert sorted(lrs) == [3]  # trained on from the checkpoint's step 2 (max_steps 3)
     assert not [w for w in recwarn if "resume:" in str(w.message)]
 
 

@@ -18,12 +18,12 @@ def test_two_launches_two_run_dirs_and_resumes_continue_their_own(tmp_path):
     first, second = run_dirs(group)
     for run in (first, second):
         assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["last.ckpt", "step000002.ckpt"]
-        assert sorted(logged_scalars(run, "train/loss")) == [0, 1]
+        assert sorted(logged_scalars(run, "train/loss")) == [1, 2]
 
     # --ckpt_path last continues the run whose checkpoint was written last ...
     cli = fit(tmp_path, tiny_config(tmp_path, "runs", max_steps=4, every_n=2, version=None), ckpt_path="last", tag="c")
     assert cli.trainer.global_step == 4 and run_dirs(group) == [first, second]
-    assert sorted(logged_scalars(second, "train/loss")) == [0, 1, 2, 3]
+    assert sorted(logged_scalars(second, "train/loss")) == [1, 2, 3, 4]
     # ... and an explicit checkpoint continues the run it belongs to.
     fit(
         tmp_path,
@@ -32,7 +32,7 @@ def test_two_launches_two_run_dirs_and_resumes_continue_their_own(tmp_path):
         tag="d",
     )
     assert run_dirs(group) == [first, second]
-    assert sorted(logged_scalars(first, "train/loss")) == [0, 1, 2]
+    assert sorted(logged_scalars(first, "train/loss")) == [1, 2, 3]
     assert (first / "config.1.yaml").exists() and not (first / "config.2.yaml").exists()
 
 

@@ -77,7 +77,7 @@ def test_copied_run_resumes_from_its_highest_step(trained, tmp_path):
     config = tiny_config(tmp_path, "run", max_steps=6, every_n=2, version="copy")
     cli = fit(tmp_path, config, ckpt_path="last", tag="resume")
     assert cli.trainer.ckpt_path == str(copy / "checkpoints" / "last.ckpt")
-    assert sorted(logged_scalars(copy, "train/loss")) == [0, 1, 2, 3, 4, 5]
+    assert sorted(logged_scalars(copy, "train/loss")) == [1, 2, 3, 4, 5, 6]
 
 
 def test_export_resolves_a_run_or_run_name(trained, tmp_path, capsys):
@@ -256,14 +256,14 @@ def test_second_ctrl_c_aborts_at_once(tmp_path):
 
 @pytest.mark.slow
 def test_metrics_of_the_steps_in_a_checkpoint_survive_a_kill_right_after_it(tmp_path):
-    """Before, the train/loss of step 3 was logged only after the step-4 checkpoint was written: a kill in between
-    lost it for good (the resumed run starts at step 4)."""
+    """Before, the train/loss of step 4 was logged only after the step-4 checkpoint was written: a kill in between
+    lost it for good (the resumed run starts after step 4)."""
     config = tiny_config(tmp_path, "kill", max_steps=8, every_n=4)
     config["trainer"]["plugins"] = [{"class_path": "plugins.KillAfterSave", "init_args": {"step": 4}}]
     cmd, env = cli_subprocess_args(tmp_path, config, "kill")
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
-    assert sorted(logged_scalars(tmp_path / "logs" / "kill", "train/loss")) == [0, 1, 2, 3]
+    assert sorted(logged_scalars(tmp_path / "logs" / "kill", "train/loss")) == [1, 2, 3, 4]
 
 
 def test_metrics_are_logged_once_per_step(tmp_path):
@@ -272,4 +272,23 @@ def test_metrics_are_logged_once_per_step(tmp_path):
     fit(tmp_path, tiny_config(tmp_path, "once", max_steps=4, every_n=2))
     (events,) = (tmp_path / "logs" / "once").glob(EVENTS_GLOB)
     steps = [event.step for event in _read_events(events).Scalars("train/loss")]
-    assert steps == [0, 1, 2, 3]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_save_inside_a_gradient_accumulation_is_named_by_the_step_it_holds(tmp_path, monkeypatch):
+    """A SIGTERM between two micro-batches saves global step 7 while the logged "step" (lighthouse.train.logger)
+    already names step 8, the one the accumulation is building: the file is step000007.ckpt, not step000008."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lighthouse.checkpoint.last import save_step_reached
+
+    callback = ModelCheckpoint(dirpath=tmp_path, filename="step{step:06d}", auto_insert_metric_name=False)
+    saved = []
+    monkeypatch.setattr(callback, "_monitor_candidates", lambda trainer: {"step": torch.tensor(8)})
+    monkeypatch.setattr(callback, "_save_checkpoint", lambda trainer, path: saved.append(os.path.basename(path)))
+    monkeypatch.setattr(callback, "_save_last_checkpoint", lambda trainer, metrics: None)
+    trainer = SimpleNamespace(fast_dev_run=False, sanity_checking=False, global_step=7, checkpoint_callbacks=[callback])
+    save_step_reached(trainer, "SIGTERM")
+    assert saved == ["step000007.ckpt"]

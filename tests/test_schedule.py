@@ -83,7 +83,7 @@ def test_three_phases_switch_at_the_named_steps_and_resume_exactly_inside_each(t
     straight = fit(tmp_path / "straight", scheduled(tmp_path / "straight", "three", 9))
     assert recorded(straight) == {s: [DENSE, SPARSE, DENSE][s // 3] for s in range(9)}
     stages = logged_scalars(tmp_path / "straight" / "logs" / "three", "train/stage")
-    assert [stages[s] for s in range(9)] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert [stages[s] for s in range(1, 10)] == [1, 1, 1, 2, 2, 2, 3, 3, 3]  # step s: the s-th optimizer step
     expected = logged_scalars(tmp_path / "straight" / "logs" / "three", "train/loss")
     assert len(expected) == 9 and all(math.isfinite(v) for v in expected.values())
 

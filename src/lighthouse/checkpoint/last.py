@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -33,6 +34,9 @@ def save_step_reached(trainer: L.Trainer, reason: str) -> list[str]:
         if not isinstance(callback, ModelCheckpoint) or callback._last_global_step_saved == trainer.global_step:
             continue
         metrics = callback._monitor_candidates(trainer)
+        # The name carries the step saved. Candidates take a logged "step" first (lighthouse.train.logger), which
+        # inside a gradient accumulation already names the optimizer step still to come.
+        metrics["step"] = torch.tensor(trainer.global_step)
         if callback.save_last is True:
             callback._save_last_checkpoint(trainer, metrics)  # one file: the preemption grace period is short
         else:
@@ -94,7 +98,11 @@ class MetricsBeforeCheckpoint(Callback):
                 elif self._early is not None:
                     if self._early[0] == at:
                         sent = self._early[1]
-                        metrics = {k: v for k, v in metrics.items() if not (k in sent and _same(sent[k], _value(v)))}
+                        changed = {k: v for k, v in metrics.items() if not (k in sent and _same(sent[k], _value(v)))}
+                        # A logged "step" places the values (lighthouse.train.logger): it goes with what is left.
+                        if changed and "step" in metrics:
+                            changed["step"] = metrics["step"]
+                        metrics = changed
                     self._early = None
                 self._pending = None
             return original(metrics, step)

@@ -133,10 +133,9 @@ def plot_throughput(runs: list[Run], labels: list[str], out: Path) -> Path:
         for stage, marker in ((1, "o"), (2, "s")):
             records = [r for r in run.throughput if int(r.get("stage", 1)) == stage and "tokens_per_sec" in r]
             if records:
-                # A record's step counts the optimizer steps done; TensorBoard (and the other plots) put step k's
-                # values at k - 1, the index of the batch.
+                # A record's step counts the optimizer steps done, as every logged step does (train/logger.py).
                 over_steps.plot(
-                    [r["step"] - 1 for r in records],
+                    [r["step"] for r in records],
                     [r["tokens_per_sec"] for r in records],
                     color=color,
                     marker=marker,
@@ -165,7 +164,7 @@ def plot_throughput(runs: list[Run], labels: list[str], out: Path) -> Path:
 
 def _value_before(series: Series, step: int | None) -> tuple[int, float] | None:
     """The last point at or before ``step`` (the last point when ``step`` is None)."""
-    points = [(s, v) for s, v in zip(series.steps, series.values, strict=True) if step is None or s < step]
+    points = [(s, v) for s, v in zip(series.steps, series.values, strict=True) if step is None or s <= step]
     return points[-1] if points else None
 
 

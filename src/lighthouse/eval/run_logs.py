@@ -3,6 +3,11 @@
 ``read_run(path)`` returns a ``Run``; ``find_runs(path)`` lists the run directories under a folder (``logs/demo``
 holds one per launch series). Used by ``python -m lighthouse.eval.plot`` and by comparison reports; it needs only
 TensorBoard's event reader and PyYAML, no torch.
+
+Steps are read in the one convention of lighthouse.train.logger, step N = after N optimizer steps, whenever the
+events were written: a launch whose event file lacks the ``steps`` note that marks it was logged by Lightning's
+count, one lower (the training values of step N and the validation after it at N - 1), and its scalars move up by
+one. Notes keep their step: they were always written at the global step.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from lighthouse.eval.positions import bucket_start
 
 EVENTS_GLOB = "events.out.tfevents.*"
 TEXT_SUFFIX = "/text_summary"  # TensorBoard stores add_text(tag) under this tag
+STEPS_NOTE_TAG = "steps"  # the note that marks an event file logged with step N = after N optimizer steps
 
 
 @dataclass
@@ -56,9 +62,11 @@ class Run:
         return self.scalars.get(tag, Series())
 
     def stage_switch_step(self) -> int | None:
-        """First step logged in stage 2 (the first batch trained densely), or None for a single-stage run."""
+        """The last step of stage 1 (``stage.switch_step``: the steps after it train densely; its validation is
+        stage 1's last), or None for a single-stage run."""
         stage = self.series("train/stage")
-        return next((s for s, v in zip(stage.steps, stage.values, strict=True) if v >= 2), None)
+        first = next((s for s, v in zip(stage.steps, stage.values, strict=True) if v >= 2), None)
+        return None if first is None else first - 1
 
     def training_time(self, series: Series) -> list[float]:
         """Seconds of training at each point of ``series``, from the first point of the run, with the idle time
@@ -109,10 +117,11 @@ def read_run(path: str | Path) -> Run:
     for launch, events in enumerate(files):
         accumulator = _read_events(events)
         tags = accumulator.Tags()
+        shift = 0 if STEPS_NOTE_TAG + TEXT_SUFFIX in tags.get("tensors", []) else 1  # see the module docstring
         times = []
         for tag in tags.get("scalars", []):
             for event in accumulator.Scalars(tag):
-                points.setdefault(tag, {})[event.step] = (event.value, event.wall_time, launch)
+                points.setdefault(tag, {})[event.step + shift] = (event.value, event.wall_time, launch)
                 times.append(event.wall_time)
         for tag in tags.get("tensors", []):
             if tag.endswith(TEXT_SUFFIX):

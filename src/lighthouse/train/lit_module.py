@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -23,6 +24,7 @@ from lighthouse.hf_import import transformer_from
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.context_parallel import without_context_parallel
 from lighthouse.model.transformer import dense_eager
+from lighthouse.train.logger import log_step, write_steps_note
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -170,6 +172,7 @@ class LitLM(L.LightningModule):
         # sync_dist: the curve is the loss of the global batch, comparable across world sizes.
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        log_step(self, self.global_step + 1)  # this batch makes optimizer step global_step + 1 (logger.py)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -197,7 +200,15 @@ class LitLM(L.LightningModule):
                 if lo < values.shape[1]:
                     metric.update(values[:, lo:hi])
 
+    def on_train_start(self) -> None:
+        write_steps_note(self.trainer)
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == TrainerFn.VALIDATING:  # `validate` on its own (inside fit: on_train_start)
+            write_steps_note(self.trainer)
+
     def on_validation_epoch_end(self) -> None:
+        log_step(self, self.global_step)  # the weights after global_step optimizer steps (logger.py)
         loss = self.val_loss.compute()
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", loss.exp(), sync_dist=False)

@@ -1,4 +1,14 @@
-"""The TensorBoard logger of a run: a page without placeholder charts, and markdown notes at given steps."""
+"""The TensorBoard logger of a run: a page without placeholder charts, and markdown notes at given steps; and the
+one step convention of everything a run reports.
+
+Step N is the state after N optimizer steps, everywhere: the console's ``step N/max_steps`` and ``validation at step
+N``, the checkpoint of global step N (``stepNNNNNN.ckpt``), ``throughput.jsonl``'s ``step``, and every logger's
+scalars. A training value at step N is that of the N-th optimizer step (its batch's loss, its gradient norm); a
+validation at step N ran on the weights after it, so the last training loss and the last validation of a run both
+sit at ``max_steps``. Lightning's own count for its loggers lags one behind (it logs with the optimizer steps done
+*before* the batch), so the module logs the step itself (``log_step``). Event files written before this
+convention carry no ``steps`` note; lighthouse.eval.run_logs moves their points up by one when it reads them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,13 @@ from collections.abc import Mapping
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from lighthouse.eval.run_logs import STEPS_NOTE_TAG
+
+STEPS_NOTE = (
+    "Step N is the state after N optimizer steps: a training value at step N is that of the N-th step's batch, a "
+    "validation at step N ran on the weights after it (the checkpoint of global step N; the console's step N)."
+)
 
 
 class RunLogger(TensorBoardLogger):
@@ -40,3 +57,14 @@ def write_note(trainer: L.Trainer, tag: str, markdown: str, step: int) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text(tag, markdown, global_step=step)
+
+
+def log_step(module: L.LightningModule, step: int) -> None:
+    """Put what ``module`` logs in this training step or validation at ``step`` for every logger (Lightning uses
+    a logged ``step`` as the step of the values logged with it and does not chart it)."""
+    module.log("step", float(step), sync_dist=False)
+
+
+def write_steps_note(trainer: L.Trainer) -> None:
+    """The marker of this convention, once per launch (each launch writes its own event file)."""
+    write_note(trainer, STEPS_NOTE_TAG, STEPS_NOTE, trainer.global_step)

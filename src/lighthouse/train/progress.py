@@ -74,7 +74,9 @@ class StepProgressBar(ProgressBar):
     """Training progress counted in optimizer steps up to ``trainer.max_steps``, so a resumed run starts where its
     checkpoint left off (not at 0 of an epoch). On a terminal: a rich bar with one line of metrics and a live
     validation bar. Otherwise (a log file, CI, a cluster job): a plain, flushed line every ``plain_every_s``
-    seconds, at the first and last step and after each validation.
+    seconds, at the first and last step and after each validation. Steps are ``trainer.global_step``, the
+    optimizer steps done, which is how the charts and checkpoints count them too (lighthouse.train.logger): the
+    last line of a run is ``step max_steps/max_steps``, and ``validation at step N`` is charted at N.
     """
 
     def __init__(self, plain_every_s: float = 30.0, force_terminal: bool | None = None):

@@ -184,12 +184,13 @@ class StageSwitch(Callback):
             f"Attention of layers {_ranges(layers)}: {change}.",
             step,
         )
-        # Two points of the stage curve on consecutive steps, so it steps there whatever the logging interval
-        # (Lightning logs batch k's values at step k: this batch is the first of the new phase).
+        # Two points of the stage curve on consecutive steps, so it steps there whatever the logging interval: step
+        # N is the N-th optimizer step (lighthouse.train.logger), so the old phase's last is ``step`` and this
+        # batch, the first of the new phase, makes step + 1.
         for logger in trainer.loggers:
             if step > 0:
-                logger.log_metrics({"train/stage": float(before_index + 1)}, step=step - 1)
-            logger.log_metrics({"train/stage": float(self.stage)}, step=step)
+                logger.log_metrics({"train/stage": float(before_index + 1)}, step=step)
+            logger.log_metrics({"train/stage": float(self.stage)}, step=step + 1)
 
 
 def _ranges(indices: list[int]) -> str:
