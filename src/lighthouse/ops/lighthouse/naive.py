@@ -166,12 +166,15 @@ def rolling_cutoff(stream: Tensor, per_tile: int, quota: int) -> Tensor:
     largest of those, the same fraction; with none, +inf. ``[B, H, T * m]``.
     """
     length = stream.shape[-1]
-    windows = F.pad(stream, (per_tile, 0), value=-math.inf).unfold(-1, per_tile, 1)[..., :length, :]
-    ranked = windows.sort(dim=-1, descending=True).values  # [B, H, T * m, m]: row j ranks stream[j - m .. j - 1]
-    before = torch.arange(length, device=stream.device).clamp(max=per_tile)
+    windows = F.pad(stream, (per_tile, 0), value=-math.inf).unfold(-1, per_tile, 1)  # row j: stream[j - m .. j - 1]
+    # Full windows (j >= m): one rank for all, so a top-k, not a sort.
+    full = windows[..., per_tile:length, :].topk(quota, dim=-1).values[..., -1]
+    # The first m rows hold j real scores after m - j pads of -inf, and their rank varies with j: sorted.
+    ranked = windows[..., : min(per_tile, length), :].sort(dim=-1, descending=True).values
+    before = torch.arange(ranked.shape[-2], device=stream.device)
     rank = (quota * before + per_tile - 1) // per_tile  # ceil; 0 only where nothing came before
-    cutoff = ranked.gather(-1, (rank - 1).clamp(min=0).expand_as(stream).unsqueeze(-1)).squeeze(-1)
-    return cutoff.masked_fill(rank == 0, math.inf)
+    first = ranked.gather(-1, (rank - 1).clamp(min=0).expand(ranked.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    return torch.cat([first.masked_fill(rank == 0, math.inf), full], dim=-1)
 
 
 def causal_walk(scores: Tensor, quota: int) -> Tensor:
