@@ -10,6 +10,10 @@ the held-out loss against ln V and the look-ahead probe (lighthouse.eval.lookahe
 
     PYTHONPATH=src python bench/leak_iid.py --steps 300            # CPU: ~10 min per backend on 2 cores
     PYTHONPATH=src python bench/leak_iid.py --backends lighthouse --device cuda --steps 1000
+    PYTHONPATH=src python bench/leak_iid.py --backends lighthouse_naive --causal   # the strictly causal selection
+
+``--causal`` sets ``model.arch.lighthouse.causal`` (op README §8b): that model must stay at ln V, and the probe's
+look-ahead must be exactly 0 on the CPU.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def build(backend: str, args: argparse.Namespace) -> Transformer:
         seq_len=args.seq_len,
         attention=backend,
         dense_layers=[],  # every layer on the backend under test
-        lighthouse={"levels": args.levels, "pooling_factor": 4, "topk": args.topk},
+        lighthouse={"levels": args.levels, "pooling_factor": 4, "topk": args.topk, "causal": args.causal},
     )
     return Transformer(config)
 
@@ -53,6 +57,7 @@ def held_out_loss(model: Transformer, test: torch.Tensor) -> float:
 
 def train(backend: str, args: argparse.Namespace, device: torch.device) -> dict:
     model = build(backend, args).to(device)
+    label = f"{backend}+causal" if args.causal and backend != "sdpa" else backend
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     draws = torch.Generator().manual_seed(args.seed + 1)
     test = torch.randint(
@@ -69,7 +74,7 @@ def train(backend: str, args: argparse.Namespace, device: torch.device) -> dict:
         if step % args.every == 0 or step == args.steps:
             curve.append((step, held_out_loss(model, test)))
             print(
-                f"{backend} step {step}: held-out {curve[-1][1]:.4f} (ln V {math.log(args.vocab):.4f}), "
+                f"{label} step {step}: held-out {curve[-1][1]:.4f} (ln V {math.log(args.vocab):.4f}), "
                 f"{time.time() - start:.0f} s",
                 flush=True,
             )
@@ -80,7 +85,7 @@ def train(backend: str, args: argparse.Namespace, device: torch.device) -> dict:
     result = probe(lighthouse, dense, windows, model.config.lighthouse_geometry().tile_len, bins=4, distances=16)
     print(result.table(), flush=True)
     return {
-        "backend": backend,
+        "backend": label,
         "curve": curve,
         "probe_cut": result.cut_difference,
         "probe_cut_se": result.cut_standard_error,
@@ -104,6 +109,7 @@ def main() -> None:
     parser.add_argument("--probe-windows", type=int, default=64, help="fresh sequences of the look-ahead probe")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--causal", action="store_true", help="the strictly causal selection (op README §8b)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()

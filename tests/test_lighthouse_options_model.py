@@ -43,6 +43,7 @@ def _config(**lighthouse) -> ModelConfig:
         (dict(scorer="softmax"), r"model\.arch\.lighthouse\.scorer='softmax' is not one of \('norm', 'dilated'\)"),
         (dict(dilation=0), r"model\.arch\.lighthouse\.dilation=0 is invalid: it must be an integer >= 1"),
         (dict(scorer="dilated", dilation=3), r"model\.arch\.lighthouse\.dilation=3 must divide data\.seq_len=512"),
+        (dict(causal="yes"), r"model\.arch\.lighthouse\.causal='yes' is invalid: it must be a bool"),
     ],
 )
 def test_invalid_options_name_the_flag(lighthouse, match):
@@ -62,6 +63,7 @@ def test_print_config_shows_the_option_docs(capsys):
         main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--print_config=comments"])
     text = capsys.readouterr().out
     assert "query scores max-pooled over the group" in text and "stride-`dilation` subsequences" in text
+    assert "Strictly causal selection (op README §8b)" in text
 
 
 @pytest.mark.parametrize("backend", ["lighthouse_naive", "lighthouse"])
@@ -84,6 +86,38 @@ def test_backend_repeats_kv_only_for_the_papers_selection(backend, selection, mo
     assert (seen["k_heads"], seen["v_heads"]) == (heads, heads)
     assert (seen["selection"], seen["scorer"], seen["dilation"]) == (selection, "dilated", 2)
     assert (seen["levels"], seen["pooling_factor"], seen["topk"]) == (2, 4, 128)
+
+
+def test_causal_is_refused_with_the_triton_backend():
+    """Only the reference implements it: the config says so before anything is built, naming the field."""
+    with pytest.raises(ValueError, match=r"model\.arch\.lighthouse\.causal=true .* 'lighthouse_naive'"):
+        ModelConfig(
+            dim=32, n_layers=2, n_heads=4, ffn_hidden=64, seq_len=512, attention="lighthouse",
+            lighthouse=dict(LH, causal=True),
+        )  # fmt: skip
+    assert LighthouseConfig().causal is False
+
+
+def test_causal_model_logits_never_see_later_tokens():
+    """model.arch.lighthouse.causal reaches the op (one name from the YAML to the op): with every layer on the
+    reference, changing the tokens from position t on leaves every logit before t bitwise unchanged, t inside a
+    tile; with causal=false the same change moves logits before t (the paper's within-tile look-ahead)."""
+    torch.manual_seed(0)
+    arch = dict(dim=32, n_layers=2, n_heads=2, ffn_hidden=64, seq_len=1024, attention="lighthouse_naive")
+    lighthouse = dict(levels=2, pooling_factor=2, topk=256)  # 2 tiles of 256 candidates: the selection matters
+    tokens = torch.randint(0, 257, (1, 1024), generator=torch.Generator().manual_seed(1))
+    t = 700
+    changed = tokens.clone()
+    changed[:, t:] = torch.randint(0, 257, (1, 1024 - t), generator=torch.Generator().manual_seed(2))
+    moved = {}
+    for causal in (True, False):
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig(**arch, lighthouse=dict(lighthouse, causal=causal))).eval()
+        assert all(layer.attention._inner.params["causal"] is causal for layer in model.layers)
+        with torch.no_grad():
+            before, after = model(tokens), model(changed)
+        moved[causal] = not torch.equal(before[:, :t], after[:, :t])
+    assert moved == {True: False, False: True}
 
 
 def test_dense_attention_takes_no_lighthouse_parameters():

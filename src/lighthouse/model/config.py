@@ -37,6 +37,11 @@ class LighthouseConfig:
     a dense attention forward per layer)."""
     dilation: int = 4
     """Stride delta of the dilated scorer (>= 1, must divide data.seq_len); unused by 'norm'."""
+    causal: bool = False
+    """Strictly causal selection (op README §8b): every refine decision reads only positions before the entry, by
+    the previous entry's score against a cutoff rolled over the preceding candidates, so no output depends on a
+    later token. false: the paper's per-tile ranking, which lets a position's output depend on later positions
+    of its tile. Same S_sel; only the 'lighthouse_naive' backend implements it."""
 
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -249,9 +254,14 @@ class ModelConfig:
         lh = self.lighthouse
         try:
             check_lighthouse_params(lh.levels, lh.pooling_factor, lh.topk)
-            check_options(lh.selection, lh.scorer, lh.dilation)
+            check_options(lh.selection, lh.scorer, lh.dilation, lh.causal)
         except ValueError as err:
             raise ValueError(f"{PREFIX}lighthouse.{err}") from None
+        if lh.causal and self.attention == "lighthouse":
+            raise ValueError(
+                f"{PREFIX}lighthouse.causal=true is implemented by the reference only: set {PREFIX}attention to "
+                "'lighthouse_naive' (the Triton kernels of 'lighthouse' implement causal=false)"
+            )
         if self.uses_lighthouse():
             try:
                 self.lighthouse_geometry()

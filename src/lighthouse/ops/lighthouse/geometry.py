@@ -137,14 +137,17 @@ SCORERS = ("norm", "dilated")
 """``norm``: L2 norms of q and k rows (README §2). ``dilated``: norms of dilated causal attention outputs (§2b)."""
 
 
-def check_options(selection: str, scorer: str, dilation: int) -> None:
-    """Raise ValueError naming the option and its valid values if ``selection``, ``scorer`` or ``dilation`` is bad."""
+def check_options(selection: str, scorer: str, dilation: int, causal: bool) -> None:
+    """Raise ValueError naming the option and its valid values if ``selection``, ``scorer``, ``dilation`` or
+    ``causal`` is bad."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection={selection!r} is not one of {SELECTIONS}")
     if scorer not in SCORERS:
         raise ValueError(f"scorer={scorer!r} is not one of {SCORERS}")
     if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
         raise ValueError(f"dilation={dilation!r} is invalid: it must be an integer >= 1")
+    if not isinstance(causal, bool):
+        raise ValueError(f"causal={causal!r} is invalid: it must be a bool (true or false)")
 
 
 def check_inputs(*tensors: Tensor, grouped: bool = False) -> None:
@@ -187,13 +190,14 @@ class LayerOptions(NamedTuple):
     selection: str = "paper"
     scorer: str = "norm"
     dilation: int = 4
+    causal: bool = False
 
 
 def checked_geometry(q: Tensor, k: Tensor, v: Tensor | None, options: LayerOptions) -> LighthouseGeometry:
     """The one validation of a layer call: the options, the inputs (``check_inputs``; ``v`` may be None where
     only the selection is asked for), then (N, L, p, K); the dilated scorer also needs ``v``, and ``dilation``
     dividing N (its subsequences have equal lengths)."""
-    check_options(options.selection, options.scorer, options.dilation)
+    check_options(options.selection, options.scorer, options.dilation, options.causal)
     if options.scorer == "dilated" and v is None:
         raise ValueError("scorer='dilated' needs v: pass q, k, v (the scorer attends over v)")
     check_inputs(*((q, k) if v is None else (q, k, v)), grouped=options.selection == "per_kv_group")

@@ -225,6 +225,16 @@ _scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 # ---------------------------------------------------------------- public functionals
 
 
+def _refuse_reference_only(options: LayerOptions) -> None:
+    """Options the kernels do not implement fail loudly here, never by a silent fallback to another rule."""
+    if options.causal:
+        raise ValueError(
+            "causal=True (the strictly causal selection, README §8b) is implemented by the reference only: use the "
+            "attention backend 'lighthouse_naive' (naive_lighthouse_attention); the Triton kernels implement "
+            "causal=False"
+        )
+
+
 def _codes(q: Tensor, k: Tensor, v: Tensor | None, options: LayerOptions) -> tuple[Tensor, Tensor]:
     """The selection (no gradient): norm scores in the select kernel, or the dilated scorer's SDPA scores."""
     sizes = (options.levels, options.pooling_factor, options.topk)
@@ -247,12 +257,14 @@ def triton_select_entries(
     selection: str = "paper",
     scorer: str = "norm",
     dilation: int = 4,
+    causal: bool = False,
 ) -> Selection:
     """The kernels' selection for ``q, k [B, N, H, D]``, decoded: the Triton twin of ``naive.select_entries``."""
     from .common import decode_codes
 
-    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation)
+    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation, causal)
     checked_geometry(q, k, v, options)
+    _refuse_reference_only(options)
     codes, _ = _codes(q, k, v, options)
     return Selection(*decode_codes(codes))
 
@@ -268,6 +280,7 @@ def lighthouse_attention(
     selection: str = "paper",
     scorer: str = "norm",
     dilation: int = 4,
+    causal: bool = False,
 ) -> Tensor:
     """Lighthouse Attention on Triton kernels, same contract as the naive reference.
 
@@ -275,10 +288,12 @@ def lighthouse_attention(
     ``selection="per_kv_group"`` (one selection per KV head; K and V are gathered once per KV head and SDPA runs
     with ``enable_gqa``). ``scorer``: ``"norm"`` or ``"dilated"`` (with ``dilation``). Returns ``[B, N, H, D]``.
     ``N`` must satisfy ``lighthouse_geometry`` (short sequences use fewer tiles). Selection carries no
-    gradient; gradients flow through scatter, SDPA and gather to q, k, v.
+    gradient; gradients flow through scatter, SDPA and gather to q, k, v. ``causal=True`` (README §8b) is
+    refused: only the reference implements it.
     """
-    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation)
+    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation, causal)
     geometry = checked_geometry(q, k, v, options)
+    _refuse_reference_only(options)
     codes, inv = _codes(q, k, v, options)
     q_sel, k_sel, v_sel = torch.ops.lighthouse.gather(q, k, v, codes, inv, levels, pooling_factor)  # [B, S, H, D]
     o_sel = F.scaled_dot_product_attention(

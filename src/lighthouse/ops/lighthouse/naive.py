@@ -150,6 +150,62 @@ def refine_mask(score_q: Tensor, score_k: Tensor) -> Tensor:
     return by_query | by_key
 
 
+def lagged(scores: Tensor) -> Tensor:
+    """README §8b: every entry's score replaced by that of the entry just before it at its level, ``[..., N_l]``.
+
+    The score of entry ``i`` then reads only positions before the entry's span; entry 0 of a level, with nothing
+    before it, gets -inf, the lowest score.
+    """
+    return F.pad(scores[..., :-1], (1, 0), value=-math.inf)
+
+
+def rolling_cutoff(stream: Tensor, per_tile: int, quota: int) -> Tensor:
+    """README §8b: for every member of a stream ``[B, H, T * m]`` (``m = per_tile`` members per tile, in position
+    order across tiles), the paper's top-``quota`` cutoff over the ``m`` members just before it: their
+    ``quota``-th largest score. With ``j < m`` members before it (the first tile) the ``ceil(quota j / m)``-th
+    largest of those, the same fraction; with none, +inf. ``[B, H, T * m]``.
+    """
+    length = stream.shape[-1]
+    windows = F.pad(stream, (per_tile, 0), value=-math.inf).unfold(-1, per_tile, 1)  # row j: stream[j - m .. j - 1]
+    # Full windows (j >= m): one rank for all, so a top-k, not a sort.
+    full = windows[..., per_tile:length, :].topk(quota, dim=-1).values[..., -1]
+    # The first m rows hold j real scores after m - j pads of -inf, and their rank varies with j: sorted.
+    ranked = windows[..., : min(per_tile, length), :].sort(dim=-1, descending=True).values
+    before = torch.arange(ranked.shape[-2], device=stream.device)
+    rank = (quota * before + per_tile - 1) // per_tile  # ceil; 0 only where nothing came before
+    first = ranked.gather(-1, (rank - 1).clamp(min=0).expand(ranked.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    return torch.cat([first.masked_fill(rank == 0, math.inf), full], dim=-1)
+
+
+def causal_walk(scores: Tensor, quota: int) -> Tensor:
+    """README §8b: the ``quota`` members picked per tile of a stream of lagged scores ``[B, H, T, m]`` (bool, same
+    shape), walking each tile in position order.
+
+    A member is picked when its score reaches its rolling cutoff and fewer than ``quota`` were picked before it in
+    its tile, or when the members left in the tile (itself included) are no more than the quota left (the fill).
+    Written without a loop: until the fill starts the picks before a member are ``min(eligible before it,
+    quota)``, and once the fill condition holds it holds for every later member, so it marks the fill exactly.
+    """
+    members = scores.shape[-1]
+    eligible = scores >= rolling_cutoff(scores.flatten(2), members, quota).view_as(scores)
+    seen = eligible.long().cumsum(-1)  # eligible members up to and including this one
+    picked_before = (seen - eligible.long()).clamp(max=quota)
+    left = members - torch.arange(members, device=scores.device)  # members from this one to the tile's end
+    return (eligible & (seen <= quota)) | (left <= quota - picked_before)
+
+
+def causal_refine_mask(lagged_q: Tensor, lagged_k: Tensor) -> Tensor:
+    """The strictly causal ``A ∪ B`` of README §8b for the candidates ``[B, H, T, M]`` of one level (ascending
+    index): ``A``, 64 by the lagged query score over all candidates; ``B``, 64 by the lagged key score over the
+    ``M - 64`` others. Each walk picks exactly 64 per tile, so 128 are refined, as with the paper's rule."""
+    batch, heads, tiles, count = lagged_q.shape
+    by_query = causal_walk(lagged_q, PICKED_PER_SCORE)
+    rest = lagged_k[~by_query].view(batch, heads, tiles, count - PICKED_PER_SCORE)  # row-major: order kept
+    by_key = torch.zeros_like(by_query)
+    by_key[~by_query] = causal_walk(rest, PICKED_PER_SCORE).flatten()
+    return by_query | by_key
+
+
 def position_key(level: Tensor, index: Tensor, refined: Tensor, levels: int, pooling_factor: int) -> Tensor:
     """README §4 ordering key times ``2^(L-1)``, so it is an exact int64.
 
@@ -169,11 +225,14 @@ def _take(scores: Tensor, candidates: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def select_from_scores(score_q: list[Tensor], score_k: list[Tensor], geometry: LighthouseGeometry) -> Selection:
+def select_from_scores(
+    score_q: list[Tensor], score_k: list[Tensor], geometry: LighthouseGeometry, causal: bool = False
+) -> Selection:
     """Hierarchical top-k selection (README §3) and the compacted order (README §4) from given scores.
 
     ``score_q`` / ``score_k``: per level ``[B, H, N_l]``, base first (as ``entry_scores`` returns them).
-    Kernel tests can feed the same scores to both paths and compare the selections exactly.
+    Kernel tests can feed the same scores to both paths and compare the selections exactly. ``causal``: the
+    strictly causal refine rule of README §8b instead of §3's ranking; everything else is the same.
     """
     levels, p, tiles, per_tile = (
         geometry.levels,
@@ -189,8 +248,11 @@ def select_from_scores(score_q: list[Tensor], score_k: list[Tensor], geometry: L
     candidates = torch.arange(geometry.coarse_len, device=device).view(tiles, per_tile)
     candidates = candidates.expand(batch, heads, tiles, per_tile)  # [B, H, T, Nc]
     emitted: list[tuple[int, Tensor, Tensor]] = []  # (level, index [B, H, T, M], refined [B, H, T, M])
+    if causal:
+        score_q, score_k = [lagged(s) for s in score_q], [lagged(s) for s in score_k]
+    refine = causal_refine_mask if causal else refine_mask
     for level in range(levels, 1, -1):
-        refined = refine_mask(_take(score_q[level - 1], candidates), _take(score_k[level - 1], candidates))
+        refined = refine(_take(score_q[level - 1], candidates), _take(score_k[level - 1], candidates))
         emitted.append((level, candidates, refined))
         # Boolean indexing keeps row-major order, so parents (and hence children) stay ascending.
         parents = candidates[refined].view(batch, heads, tiles, REFINED_PER_TILE)
@@ -217,10 +279,11 @@ def select_entries(
     selection: str = "paper",
     scorer: str = "norm",
     dilation: int = 4,
+    causal: bool = False,
 ) -> Selection:
     """Scores + selection for ``q [B, N, H, D]`` and ``k`` (``[B, N, H_kv, D]`` for ``per_kv_group``); the
     result's fields are ``[B, H, S_sel]`` (``[B, H_kv, S_sel]``). ``v`` is needed by the dilated scorer only."""
-    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation)
+    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation, causal)
     return _select(q, k, v, checked_geometry(q, k, v, options), options)
 
 
@@ -236,7 +299,7 @@ def _select(q: Tensor, k: Tensor, v: Tensor | None, geometry: LighthouseGeometry
         base_q, base_k = dilated_base_scores(qh, kh, expand_heads(v.transpose(1, 2), groups), options.dilation)
         score_q, score_k = pool_scores(base_q, levels, p), pool_scores(base_k, levels, p)
     score_q, score_k = ([group_max(s, groups) for s in scores] for scores in (score_q, score_k))
-    return select_from_scores(score_q, score_k, geometry)
+    return select_from_scores(score_q, score_k, geometry, options.causal)
 
 
 # ---------------------------------------------------------------- gather, attention, scatter (README §5, §6)
@@ -333,14 +396,16 @@ def naive_lighthouse_attention(
     selection: str = "paper",
     scorer: str = "norm",
     dilation: int = 4,
+    causal: bool = False,
 ) -> Tensor:
     """Lighthouse Attention, reference implementation.
 
     ``q``: ``[B, N, H, D]``; ``k, v``: ``[B, N, H, D]``, or ``[B, N, H_kv, D]`` with ``selection="per_kv_group"``
     (one selection per KV head, README §3b); any float dtype, any strides; returns ``[B, N, H, D]`` in the input
     dtype. ``scorer``: ``"norm"`` (README §2) or ``"dilated"`` (§2b, with ``dilation``). ``N`` must satisfy
-    ``lighthouse_geometry`` (short sequences use fewer tiles; see README.md).
+    ``lighthouse_geometry`` (short sequences use fewer tiles; see README.md). ``causal``: the strictly causal
+    selection (README §8b), no output before any position ``t`` depends on inputs at ``t`` or later.
     """
-    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation)
+    options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation, causal)
     selected = _select(q, k, v, checked_geometry(q, k, v, options), options)
     return _attend(q, k, v, selected, levels, pooling_factor)
