@@ -364,10 +364,13 @@ class Seed:
                 print(f"branch: {note}; start a new folder with a later --warmup (or leave out --require-drop)")
                 return NO_DROP
             print(f"branch: warning: {note}; the arms branch anyway (recorded in warmup_check.json)")
-        for arm in ("D", "LH"):
+        for arm in (a for a in ("D", "LH") if a in self.args.arms):
             status = self.train(arm) or self.evaluate(arm)
             if status:
                 return status
+        if "E" not in self.args.arms:
+            print(f"branch: seed {self.plan['seed']}: arms {' '.join(self.args.arms)} done in {self.out}")
+            return 0
         e_path = self.out / "equal_time.json"
         if not e_path.exists():
             records = {arm: read_jsonl(self.out / arm / "throughput.jsonl") for arm in ("LH", "D")}
@@ -427,6 +430,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     go.add_argument("--lookahead-windows", type=int, default=64, help="windows of the look-ahead probe")
     go.add_argument("--require-drop", action="store_true", help="stop (exit 4) if the warm-up shows no loss drop")
     go.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ARMS,
+        default=list(ARMS),
+        help="the arms to train after the warm-up (E needs D and LH: its length comes from their step times); "
+        "e.g. --arms LH for a Lighthouse variant compared with another folder's D of the same seed",
+    )
+    go.add_argument(
         "--final-recall",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -446,6 +457,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     est.add_argument("--share", type=float, default=0.625)
     args = parser.parse_args(argv)
     args.extra = extra
+    if args.command == "run" and "E" in args.arms and not {"D", "LH"} <= set(args.arms):
+        parser.error(f"--arms {' '.join(args.arms)}: E needs D and LH (its length comes from their step times)")
     if args.command == "run" and args.out is None:
         args.out = str(REPO / "logs" / f"{Path(args.config).stem}-seed{args.seed}")
     return args

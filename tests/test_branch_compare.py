@@ -155,6 +155,37 @@ def test_shipped_branch_config_makes_arms_the_cli_accepts(tmp_path, capsys):
         assert p["trainer"]["val_check_interval"] == 25 and p["model"]["arch"]["flavor"] == "small"
 
 
+def test_causal_config_is_the_branch_config_with_the_causal_selection(tmp_path, capsys):
+    """Its seeds reuse branch_32k's warm-up and D: nothing but the Lighthouse backend and the logger folder differ."""
+    base = yaml.safe_load((REPO / "bench" / "configs" / "branch_32k.yaml").read_text())
+    causal = yaml.safe_load((REPO / "bench" / "configs" / "branch_32k_causal.yaml").read_text())
+    arch = causal["model"]["arch"]
+    assert (arch["attention"], arch["lighthouse"].pop("causal")) == ("lighthouse_naive", True)
+    arch["attention"] = "lighthouse"
+    causal["trainer"]["logger"]["init_args"]["save_dir"] = base["trainer"]["logger"]["init_args"]["save_dir"]
+    assert causal == base
+    plan = branch.make_plan(800, 200, 0.625)
+    config = branch.run_config(
+        yaml.safe_load((REPO / "bench/configs/branch_32k_causal.yaml").read_text()), plan, "LH", 0, tmp_path
+    )
+    (tmp_path / "LH.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", "--config", str(tmp_path / "LH.yaml"), "--print_config"])
+    assert info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["arch"]["lighthouse"]["causal"] is True
+    assert [p["attention"] for p in printed["stage"]["schedule"]] == ["sdpa", "lighthouse_naive", "sdpa"]
+
+
+def test_arms_subset_and_e_needs_d_and_lh(capsys):
+    config = str(REPO / "bench" / "configs" / "branch_32k.yaml")
+    assert branch.parse_args(["run", "--config", config, "--arms", "LH"]).arms == ["LH"]
+    assert branch.parse_args(["run", "--config", config]).arms == ["D", "LH", "E"]
+    with pytest.raises(SystemExit):
+        branch.parse_args(["run", "--config", config, "--arms", "LH", "E"])
+    assert "--arms LH E: E needs D and LH" in capsys.readouterr().err
+
+
 # ---- one tiny seed through the real CLI ----------------------------------------------------------------------------
 def tiny_branch_config(folder: Path) -> Path:
     """bench/configs/branch_32k.yaml with a CPU-sized model, corpus and recall set."""
