@@ -47,9 +47,8 @@ test: setup  ## the whole test suite (GPU tests are skipped without CUDA), after
 	$(BIN)/python -m pytest -q
 
 .PHONY: test-fast
-# Measured 2026-12-02 on a 2-core CPU: at load ~1 test-fast 2m20 (722 tests), `make test` 6m45 (783 tests and
-# ruff); later that day, with a second job on the box (load ~1.8), test-fast 6m11 (755 tests) and `make test` 6m53
-# (810 tests): a busier box takes up to twice the quiet times.
+# Measured 2026-12-02 on a 2-core CPU, quiet (load < 1): test-fast 2m28 (766 tests), `make test` 6m49 (827 tests
+# and ruff; .ci/run on a fresh clone 7m56 in all); with a second job on the box (load ~1.8) test-fast took 6m11.
 test-fast: setup  ## the edit-test loop: every test not marked slow, kernels included (~2.5 min on a 2-core CPU; `test`: ~7)
 	$(BIN)/python -m pytest -q -m "not slow"
 
