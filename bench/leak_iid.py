@@ -95,7 +95,7 @@ def train(backend: str, args: argparse.Namespace, device: torch.device) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", nargs="+", default=["sdpa", "lighthouse_naive"])
     parser.add_argument("--steps", type=int, default=300)
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--causal", action="store_true", help="the strictly causal selection (op README §8b)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results = [train(b, args, torch.device(args.device)) for b in args.backends]
     for r in results:
@@ -121,9 +121,11 @@ def main() -> None:
             f"{r['backend']}: held-out {final:.4f} nats, ln V - held-out {math.log(args.vocab) - final:+.4f}; "
             f"look-ahead at single positions {r['probe_cut']:+.4f} +- {r['probe_cut_se']:.4f}"
         )
+    record = {"args": vars(args), "results": results}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1)
+            json.dump(record, f, indent=1)
+    return record
 
 
 if __name__ == "__main__":
