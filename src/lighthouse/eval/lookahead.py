@@ -73,6 +73,12 @@ def cut_variant(inputs: Tensor, donor: Tensor, tile_start: int, tile_len: int, c
     return variant
 
 
+def variant_losses(loss_fn: LossFn, variants: Tensor, targets: Tensor, batch_size: int) -> Tensor:
+    """``[V, N]`` variants of one window -> their losses ``[V, N]`` against its targets ``[1, N]``, ``batch_size``
+    variants per call."""
+    return torch.cat([loss_fn(v, targets.expand(len(v), -1)).double() for v in variants.split(batch_size)])
+
+
 def distance_edges(distances: int) -> list[int]:
     """Edges of the look-ahead-distance ranges reported: 0, 1, 2-3, 4-7, ... up to ``distances``."""
     edges = [0] + [2**j for j in range(distances.bit_length()) if 2**j < distances]
@@ -171,10 +177,8 @@ def probe(
         inputs, targets = windows[i : i + 1, :-1], windows[i : i + 1, 1:]  # [1, N]
         real = lighthouse(inputs, targets).double()[0]  # [N]
         base = dense(inputs, targets).double()[0]
-        variants = tile_variants(inputs[0], donors[i, :-1], tile_len)  # [T, N]
-        replaced = torch.cat(
-            [lighthouse(v, targets.expand(len(v), -1)).double() for v in variants.split(batch_size)]
-        )  # [T, N]: row t measured on tile t's first half only
+        # [T, N]: row t measured on tile t's first half only
+        replaced = variant_losses(lighthouse, tile_variants(inputs[0], donors[i, :-1], tile_len), targets, batch_size)
         replaced_first.append(
             torch.stack([replaced[t, t * tile_len : t * tile_len + half] for t in range(num_tiles)]).mean().item()
         )
@@ -182,22 +186,22 @@ def probe(
         lh_mean.append(real.mean().item())
         dense_mean.append(base.mean().item())
         # One random position per tile with `distances` positions before it and at least one after it in the tile.
-        cuts = rng.integers(distances - 1, tile_len - 1, size=num_tiles)
-        cut_at = [start + int(c) for start, c in zip(range(0, seq_len, tile_len), cuts, strict=True)]
+        starts = range(0, seq_len, tile_len)
+        cuts = [int(c) for c in rng.integers(distances - 1, tile_len - 1, size=num_tiles)]
         cut_inputs = torch.stack(
-            [cut_variant(inputs[0], donors[i, :-1], at - at % tile_len, tile_len, at % tile_len) for at in cut_at]
+            [cut_variant(inputs[0], donors[i, :-1], start, tile_len, c) for start, c in zip(starts, cuts, strict=True)]
         )
-        cut_losses = torch.cat(
-            [lighthouse(v, targets.expand(len(v), -1)).double() for v in cut_inputs.split(batch_size)]
-        )  # [T, N]: row t measured at tile t's cut and the `distances` positions before it
-        at = torch.tensor(cut_at)[:, None] - torch.arange(distances)  # [T, distances]: the cut, 1 before it, ...
+        # [T, N]: row t measured at tile t's cut and the `distances` positions before it
+        cut_losses = variant_losses(lighthouse, cut_inputs, targets, batch_size)
+        cut_at = torch.tensor([start + c for start, c in zip(starts, cuts, strict=True)])
+        at = cut_at[:, None] - torch.arange(distances)  # [T, distances]: the cut, 1 before it, ...
         changed = cut_losses.gather(1, at) - real[at]  # replaced - real, by distance from the cut
         cut_real.append(real[at[:, 0]].mean().item())
         cut_replaced.append(cut_losses.gather(1, at[:, :1]).mean().item())
         per_distance = changed.mean(0)
         by_distance.append([per_distance[lo:hi].mean().item() for lo, hi in pairwise(cut_edges)])
         by_position = (real - base).view(num_tiles, tile_len).mean(0)  # [tile_len], mean over the tiles
-        profile.append([by_position[lo:hi].mean().item() for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
+        profile.append([by_position[lo:hi].mean().item() for lo, hi in pairwise(edges)])
     per_window = np.subtract(replaced_first, real_first)
     difference, se = mean_and_standard_error(per_window)
     by_bin, by_bin_se = mean_and_standard_error(np.array(profile))
