@@ -109,7 +109,7 @@ def call(mean: float, lo: float | None, hi: float | None) -> str:
 class Arm:
     name: str
     curve: list[tuple[int, float, float]]  # (global step, elapsed s from the seed's start, val/loss_dense)
-    sparse_curve: dict[int, float]  # global step -> val/loss with the run's own attention, where not dense
+    sparse_curve: dict[int, float]  # global step -> val/loss with the run's own attention, in its Lighthouse phase
     window_losses: dict | None
     recall: dict | None
     lookahead: dict | None
@@ -177,7 +177,7 @@ def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_
     return Arm(
         name=name,
         curve=[(s, offset_s + elapsed(w, spans), v) for s, (w, v) in sorted(dense.items())],
-        sparse_curve={s: v for s, v in own.items() if s in dense and v != dense[s][1]},
+        sparse_curve={s: v for s, v in own.items() if phase(s) == "lighthouse"},
         window_losses=read_json(final / "window_losses.json"),
         recall=read_json(final / "recall.json"),
         lookahead=read_json(final / "lookahead.json"),
