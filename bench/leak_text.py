@@ -16,7 +16,6 @@ import json
 import time
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 from leak_iid import build
 
@@ -101,7 +100,7 @@ def main() -> None:
         print(f"{r['arm']}: val {own:.4f} own attention, {dense:.4f} dense{probe_text}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1, default=np.asarray)
+            json.dump({"args": vars(args), "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
