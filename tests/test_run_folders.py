@@ -210,6 +210,16 @@ def start(tmp_path, config, tag, extra=()):
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
+def start_slow(tmp_path, tag, seconds):
+    """A 12-step run (checkpoints every 4) whose steps each pause ``seconds``; (process, its progress file)."""
+    progress = tmp_path / "progress"
+    config = tiny_config(tmp_path, tag, max_steps=12, every_n=4)
+    config["trainer"]["callbacks"].append(
+        {"class_path": "plugins.SlowSteps", "init_args": {"seconds": seconds, "progress": str(progress)}}
+    )
+    return start(tmp_path, config, tag), progress
+
+
 def wait_for_step(progress, process, step, timeout=240):
     deadline = time.monotonic() + timeout
     while not (progress.exists() and int(progress.read_text() or 0) >= step):
@@ -221,12 +231,7 @@ def wait_for_step(progress, process, step, timeout=240):
 @pytest.mark.slow
 def test_ctrl_c_saves_the_step_reached_and_exits_130(tmp_path):
     """Before: exit 1, nothing saved after the last periodic checkpoint."""
-    progress = tmp_path / "progress"
-    config = tiny_config(tmp_path, "int", max_steps=12, every_n=4)
-    config["trainer"]["callbacks"].append(
-        {"class_path": "plugins.SlowSteps", "init_args": {"seconds": 0.5, "progress": str(progress)}}
-    )
-    process = start(tmp_path, config, "int")
+    process, progress = start_slow(tmp_path, "int", seconds=0.5)
     wait_for_step(progress, process, 5)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=120) == 130, (tmp_path / "int.stderr").read_text()[-3000:]
@@ -237,12 +242,7 @@ def test_ctrl_c_saves_the_step_reached_and_exits_130(tmp_path):
 
 @pytest.mark.slow
 def test_second_ctrl_c_aborts_at_once(tmp_path):
-    progress = tmp_path / "progress"
-    config = tiny_config(tmp_path, "abort", max_steps=12, every_n=4)
-    config["trainer"]["callbacks"].append(
-        {"class_path": "plugins.SlowSteps", "init_args": {"seconds": 30, "progress": str(progress)}}
-    )
-    process = start(tmp_path, config, "abort")
+    process, progress = start_slow(tmp_path, "abort", seconds=30)
     wait_for_step(progress, process, 1)
     process.send_signal(signal.SIGINT)  # would save after this step's 30 s pause ...
     time.sleep(0.5)
