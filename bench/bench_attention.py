@@ -92,6 +92,17 @@ def bench_n(seq_len: int, args) -> dict:
                 row[f"stage_{name}"] = cuda_time_ms(fn, **timed)
                 row[f"stage_{name}_eager_because"] = str(err)[:200]
             row[f"stage_{name}_eager"] = cuda_time_ms(fn, **timed)
+    if args.causal:
+        # README §8b's strictly causal selection: the reference's PyTorch selection inside the same gather / SDPA /
+        # scatter kernels. Eager only: its boolean masks synchronise with the host, so no CUDA graph.
+        causal = lambda q, k, v: lighthouse_attention(q, k, v, **params, causal=True)  # noqa: E731
+        row["causal_fwd"] = cuda_time_ms(no_grad(causal, (q, k, v)), **timed)
+        row["causal_fwdbwd"] = cuda_time_ms(fwd_bwd(causal, (q, k, v), grad), **timed)
+        row["causal_mem_gib"] = peak_memory_gib(fwd_bwd(causal, (q, k, v), grad))
+        with torch.no_grad():
+            row["stage_select_causal"] = cuda_time_ms(
+                lambda: ops.select_causal(q, k, None, levels, p, topk, "norm", 4), **timed
+            )
     row["stage_sdpa_fwd"] = row["floor_fwd"]
     row["stage_sdpa_bwd"] = row["floor_fwdbwd"] - row["floor_fwd"]
 
@@ -135,6 +146,14 @@ def print_table(rows: list[dict]) -> None:
             f"{cell(r.get('dense_mem_gib')):>9} {cell(r['ours_mem_gib']):>8} | "
             f"{cell(r.get('dense_mem_in_model_gib')):>15} {cell(r['ours_mem_in_model_gib']):>5}"
         )
+    for r in rows:
+        if "causal_fwdbwd" in r:
+            print(
+                f"causal selection (§8b), N={r['N']}: fwd {cell(r['causal_fwd'])} fwd+bwd {cell(r['causal_fwdbwd'])} "
+                f"ms ({r['causal_fwdbwd'] / r['ours_fwdbwd']:.2f}x the paper's rule, "
+                f"{r['causal_fwdbwd'] / r['floor_fwdbwd']:.2f}x the floor), select {cell(r['stage_select_causal'])} "
+                f"ms (kernel {cell(r['stage_select'])}), peak {cell(r['causal_mem_gib'])} GiB"
+            )
     names = ["select", "gather", "sdpa_fwd", "scatter", "scatter_bwd", "sdpa_bwd", "gather_bwd"]
     print("stages (ms): " + " ".join(f"{n:>11}" for n in names) + "   sum")
     for r in rows:
@@ -151,6 +170,7 @@ def main() -> None:
         max_dense_n=524288,
     )
     parser.add_argument("--detail-n", type=int, default=65536, help="N for backend and determinism extras")
+    parser.add_argument("--causal", action="store_true", help="also time the strictly causal selection (README §8b)")
     args = parser.parse_args()
     require_cuda("bench_attention.py")
     if args.debug:

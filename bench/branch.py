@@ -12,6 +12,8 @@ Per seed (``seed_everything`` and ``data.seed``: init and data order), all throu
   1k-4k lies below that at 0-256 (the model reads context; before the drop both are alike);
 - D: dense from W to S (``--steps``, default 1000);
 - LH: Lighthouse from W to the switch, round(share * S) (``--share``, default 0.625), then dense to S;
+- LHc (only when ``--arms`` names it): LH with the strictly causal selection (``model.arch.lighthouse.causal: true``,
+  op README §8b), everything else LH's, so LHc - LH is what the paper's selection's look-ahead does to the result;
 - E: dense from W with ``rescale_lr: true`` (the rest of the LR schedule fitted into its steps, so it ends
   annealed) for as many steps as take the time LH took from W. The rule (``equal_time.json``): LH's time is its
   steps in each phase times that phase's steady-state step time (ThroughputRecorder windows: no start-up,
@@ -31,6 +33,9 @@ so seeds of several sessions unpack side by side. Why a module of its own and no
 (a shared run, arms resumed from its checkpoint, an arm sized from two others' measurements) shares nothing with
 compare.py's from-scratch pairs but the job machinery, which both import from bench/campaign.py; compare.py and
 the archived comparisons it made stay as they are.
+
+Arms train in the order ``--arms`` names them (E last), so a session short of device time can put first the arm
+it needs most.
 """
 
 from __future__ import annotations
@@ -64,7 +69,9 @@ from campaign import (  # noqa: E402  (bench/ is this script's folder)
     write_json,
 )
 
-ARMS = ("D", "LH", "E")
+ARMS = ("D", "LH", "LHc", "E")
+DEFAULT_ARMS = ("D", "LH", "E")  # the issue's design; LHc is an added experiment
+SPARSE_ARMS = ("LH", "LHc")  # Lighthouse to the switch, then dense
 RUNS = ("warmup", *ARMS)
 MORE_TO_DO = 3
 NO_DROP = 4
@@ -181,7 +188,7 @@ def estimate(
 # ---- configs ----------------------------------------------------------------------------------------------------
 def schedule(arm: str, plan: dict, sparse: str) -> list[dict]:
     w = plan["warmup"]
-    if arm == "LH":
+    if arm in SPARSE_ARMS:
         return [
             {"start": 0, "attention": "sdpa"},
             {"start": w, "attention": sparse},
@@ -211,13 +218,15 @@ def run_config(base: dict, plan: dict, run: str, seed: int, out: Path, equal_tim
     sparse = model["arch"]["attention"]
     if sparse == "sdpa":
         raise ValueError("the base config's model.arch.attention must be the Lighthouse backend LH runs (not sdpa)")
+    if run == "LHc":
+        model["arch"].setdefault("lighthouse", {})["causal"] = True
     stage = config.setdefault("stage", {})
     stage.update(
         switch_step=None, schedule=schedule(run, plan, sparse), min_start_step=0 if run == "warmup" else plan["warmup"]
     )
     # Checkpoints at W (the branch point), LH's switch (the look-ahead probe) and each run's end; older ones are
     # deleted here, not by Lightning (it would also drop the switch checkpoint).
-    every = math.gcd(plan["switch_step"], plan["steps"]) if run == "LH" else end
+    every = math.gcd(plan["switch_step"], plan["steps"]) if run in SPARSE_ARMS else end
     for cb in trainer["callbacks"]:
         if cb["class_path"].endswith("ModelCheckpoint"):
             cb["init_args"].update(every_n_train_steps=every, save_top_k=-1, save_last=False)
@@ -287,7 +296,9 @@ class Seed:
         run_dir = self.out / run
         end = end_step(run, self.plan, equal_time)
         keep = (
-            (self.plan["switch_step"],) if run == "LH" and not (run_dir / "final" / "lookahead.json").exists() else ()
+            (self.plan["switch_step"],)
+            if run in SPARSE_ARMS and not (run_dir / "final" / "lookahead.json").exists()
+            else ()
         )
         while True:
             newest = prune_checkpoints(run_dir, keep)
@@ -319,7 +330,7 @@ class Seed:
                 return MORE_TO_DO
 
     def evaluate(self, run: str) -> int:
-        """The final evaluation of a trained arm: window losses, recall, and (LH) the look-ahead at the switch."""
+        """The final evaluation of a trained arm: window losses, recall, and (LH, LHc) the look-ahead at the switch."""
         run_dir = self.out / run
         final = run_dir / "final"
         final.mkdir(parents=True, exist_ok=True)
@@ -329,7 +340,7 @@ class Seed:
         if self.args.final_recall:
             jobs["recall"] = ["--ckpt", str(last), "--windows", str(recall.get("windows", 32)), "--pairs"]
             jobs["recall"] += [str(recall.get("pairs", 8)), "--seed", str(recall.get("seed", 0)), "--json"]
-        if run == "LH":
+        if run in SPARSE_ARMS:
             at_switch = checkpoint_at(run_dir, self.plan["switch_step"])
             jobs["lookahead"] = ["--ckpt", str(at_switch), "--windows", str(self.args.lookahead_windows), "--json"]
         for kind, args in jobs.items():
@@ -344,7 +355,7 @@ class Seed:
             if rc != 0:
                 return rc
             tmp.replace(target)  # the output file is the mark that this evaluation is done
-        if run == "LH":
+        if run in SPARSE_ARMS:
             prune_checkpoints(run_dir)  # the switch checkpoint has been probed
         return 0
 
@@ -364,7 +375,7 @@ class Seed:
                 print(f"branch: {note}; start a new folder with a later --warmup (or leave out --require-drop)")
                 return NO_DROP
             print(f"branch: warning: {note}; the arms branch anyway (recorded in warmup_check.json)")
-        for arm in (a for a in ("D", "LH") if a in self.args.arms):
+        for arm in (a for a in self.args.arms if a != "E"):
             status = self.train(arm) or self.evaluate(arm)
             if status:
                 return status
@@ -433,9 +444,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--arms",
         nargs="+",
         choices=ARMS,
-        default=list(ARMS),
-        help="the arms to train after the warm-up (E needs D and LH: its length comes from their step times); "
-        "e.g. --arms LH for a Lighthouse variant compared with another folder's D of the same seed",
+        default=list(DEFAULT_ARMS),
+        help="the arms to train after the warm-up, in this order (E last; E needs D and LH: its length comes from "
+        "their step times); LHc, LH with the strictly causal selection, only when named",
     )
     go.add_argument(
         "--final-recall",

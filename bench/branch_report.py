@@ -30,10 +30,17 @@ import yaml
 from campaign import read_json
 from report import elapsed, f, job_spans, minutes, read_logged, split_wall_by_phase
 
-ARMS = ("D", "LH", "E")
-ARM_LABEL = {"D": "D (dense)", "LH": "LH (Lighthouse + recovery)", "E": "E (dense, equal time)"}
-COLORS = {"warmup": "tab:gray", "D": "tab:blue", "LH": "tab:orange", "E": "tab:green"}
-PAIRS = (("LH", "D"), ("LH", "E"))
+ARMS = ("D", "LH", "LHc", "E")
+DESIGN = ("D", "LH", "E")  # a seed is complete with these; LHc is an added experiment
+SPARSE_ARMS = ("LH", "LHc")  # Lighthouse to the switch, then dense
+ARM_LABEL = {
+    "D": "D (dense)",
+    "LH": "LH (Lighthouse + recovery)",
+    "LHc": "LHc (causal selection + recovery)",
+    "E": "E (dense, equal time)",
+}
+COLORS = {"warmup": "tab:gray", "D": "tab:blue", "LH": "tab:orange", "LHc": "tab:red", "E": "tab:green"}
+PAIRS = (("LH", "D"), ("LH", "E"), ("LHc", "D"), ("LHc", "LH"))
 
 
 # ---- Student t ----------------------------------------------------------------------------------------------------
@@ -93,14 +100,14 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float | None, float 
     return mean, mean - half, mean + half
 
 
-def call(mean: float, lo: float | None, hi: float | None) -> str:
-    """'LH lower' / 'LH higher' only where the interval excludes 0."""
+def call(mean: float, lo: float | None, hi: float | None, first: str = "LH") -> str:
+    """'<first> lower' / '<first> higher' only where the interval excludes 0."""
     if lo is None:
         return "no call (one seed)"
     if hi < 0:
-        return "LH lower"
+        return f"{first} lower"
     if lo > 0:
-        return "LH higher"
+        return f"{first} higher"
     return "no call"
 
 
@@ -137,7 +144,7 @@ class SeedRun:
 
     @property
     def complete(self) -> bool:
-        return all(self.evaluated(a) for a in ARMS)
+        return all(self.evaluated(a) for a in DESIGN)
 
     def final_loss(self, arm: str) -> float:
         return float(np.mean(self.arms[arm].window_losses["losses"]))
@@ -158,7 +165,7 @@ def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_
     spans = job_spans(run_dir, logged)
     dense = {s: wv for s, wv in logged.get("val/loss_dense", {}).items() if s > start}
     own = {s: v for s, (_, v) in logged.get("val/loss", {}).items() if s > start}
-    switch = plan["switch_step"] if name == "LH" else None
+    switch = plan["switch_step"] if name in SPARSE_ARMS else None
 
     def phase(step: int) -> str:
         return "lighthouse" if switch is not None and step <= switch else "dense"
@@ -196,7 +203,7 @@ def load_seed(folder: Path) -> SeedRun:
     warmup = load_arm(folder / "warmup", "warmup", -1, plan["warmup"], plan, 0.0)
     warm_s = sum(b - a for a, b in job_spans(folder / "warmup", {})) if warmup else 0.0
     run = SeedRun(folder, plan["seed"], plan, read_json(folder / "warmup_check.json"), equal_time, config, warmup)
-    ends = {"D": plan["steps"], "LH": plan["steps"], "E": (equal_time or {}).get("e_end")}
+    ends = {"D": plan["steps"], "LH": plan["steps"], "LHc": plan["steps"], "E": (equal_time or {}).get("e_end")}
     for arm in ARMS:
         if ends[arm] is not None and (folder / arm).is_dir():
             loaded = load_arm(folder / arm, arm, plan["warmup"], ends[arm], plan, warm_s)
@@ -224,6 +231,16 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
 
 
 # ---- tables -------------------------------------------------------------------------------------------------------
+def shown_arms(seeds: list[SeedRun]) -> list[str]:
+    """The design's arms, and an added arm (LHc) where some seed trained it."""
+    return [a for a in ARMS if a in DESIGN or any(a in s.arms for s in seeds)]
+
+
+def shown_pairs(seeds: list[SeedRun]) -> list[tuple[str, str]]:
+    arms = shown_arms(seeds)
+    return [(a, b) for a, b in PAIRS if a in arms and b in arms]
+
+
 def signed(x: float | None) -> str:
     return "-" if x is None else f"{x:+.4f}"
 
@@ -259,9 +276,14 @@ def setup_lines(seeds: list[SeedRun]) -> list[str]:
 
 
 def seed_table(seeds: list[SeedRun]) -> list[str]:
+    arms, pairs = shown_arms(seeds), shown_pairs(seeds)
     rows = [
-        "| seed | early drop by W (loss 0-256 / later) | D | LH | E | E steps after W | LH - D | LH - E |",
-        "|---" * 8 + "|",
+        "| seed | early drop by W (loss 0-256 / later) | "
+        + " | ".join(arms)
+        + " | E steps after W | "
+        + " | ".join(f"{a} - {b}" for a, b in pairs)
+        + " |",
+        "|---" * (len(arms) + len(pairs) + 3) + "|",
     ]
     for s in seeds:
         check = s.warmup_check or {}
@@ -271,11 +293,14 @@ def seed_table(seeds: list[SeedRun]) -> list[str]:
             else f"{'yes' if check['drop'] else 'NO'} ({f(check['early_loss'], 3)} / {f(check['late_loss'], 3)})"
         )
         loss = {a: s.final_loss(a) if s.evaluated(a) else None for a in ARMS}
-        diff = {p: None if None in (loss[p[0]], loss[p[1]]) else loss[p[0]] - loss[p[1]] for p in PAIRS}
+        diff = {p: None if None in (loss[p[0]], loss[p[1]]) else loss[p[0]] - loss[p[1]] for p in pairs}
         e_steps = (s.equal_time or {}).get("e_steps")
         rows.append(
-            f"| {s.seed} | {drop} | {f(loss['D'])} | {f(loss['LH'])} | {f(loss['E'])} | {e_steps or '-'} | "
-            f"{signed(diff[PAIRS[0]])} | {signed(diff[PAIRS[1]])} |"
+            f"| {s.seed} | {drop} | "
+            + " | ".join(f(loss[a]) for a in arms)
+            + f" | {e_steps or '-'} | "
+            + " | ".join(signed(diff[p]) for p in pairs)
+            + " |"
         )
     return rows + [
         "",
@@ -306,7 +331,7 @@ def interval_table(seeds: list[SeedRun]) -> list[str]:
         "95 % t-interval over windows | windows |",
         "|---" * 8 + "|",
     ]
-    for a, b in PAIRS:
+    for a, b in shown_pairs(seeds):
         both = [s for s in seeds if s.evaluated(a) and s.evaluated(b)]
         if not both:
             rows.append(f"| {a} - {b} | - | - | 0 | no seed has both arms | - | - | - |")
@@ -317,14 +342,14 @@ def interval_table(seeds: list[SeedRun]) -> list[str]:
         seed_ci = "-" if lo is None else f"[{lo:+.4f}, {hi:+.4f}]"
         window_ci = "-" if wlo is None else f"[{wlo:+.4f}, {whi:+.4f}]"
         rows.append(
-            f"| {a} - {b} | {mean:+.4f} | {seed_ci} | {len(both)} | {call(mean, lo, hi)} | {signed(wm)} | "
+            f"| {a} - {b} | {mean:+.4f} | {seed_ci} | {len(both)} | {call(mean, lo, hi, a)} | {signed(wm)} | "
             f"{window_ci} | {len(per_window)} |"
         )
     return rows + [
         "",
-        "Negative: LH's final loss is lower. Called only where the interval over seeds excludes 0; the window-level "
-        "interval (differences averaged over seeds, interval over windows) measures only the evaluation windows' "
-        "sampling, not the seed-to-seed spread, and makes no call.",
+        "Negative: the first arm's final loss is lower. Called only where the interval over seeds excludes 0; the "
+        "window-level interval (differences averaged over seeds, interval over windows) measures only the evaluation "
+        "windows' sampling, not the seed-to-seed spread, and makes no call.",
     ]
 
 
@@ -367,16 +392,17 @@ def wall_table(seeds: list[SeedRun]) -> list[str]:
 
 
 def recall_table(seeds: list[SeedRun]) -> list[str]:
+    arms = shown_arms(seeds)
     bins = []
     for s in seeds:
-        for a in (a for a in ARMS if s.evaluated(a)):
+        for a in (a for a in arms if s.evaluated(a)):
             for label in (s.arms[a].recall or {}).get("bins", {}):
                 if label not in bins:
                     bins.append(label)
-    rows = ["| distance | " + " | ".join(ARM_LABEL[a] for a in ARMS) + " |", "|---" * (len(ARMS) + 1) + "|"]
+    rows = ["| distance | " + " | ".join(ARM_LABEL[a] for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
     for label in bins:
         cells = []
-        for a in ARMS:
+        for a in arms:
             got = [
                 s.arms[a].recall["bins"][label]
                 for s in seeds
@@ -399,8 +425,9 @@ def recall_table(seeds: list[SeedRun]) -> list[str]:
 def position_table(seeds: list[SeedRun]) -> list[str]:
     evaluated = [s for s in seeds if s.evaluated("D")]
     buckets = evaluated[0].arms["D"].window_losses["buckets"]
+    arms, pairs = shown_arms(seeds), shown_pairs(seeds)
     by = {}
-    for a in ARMS:
+    for a in arms:
         got = [np.mean(s.arms[a].window_losses["bucket_losses"], axis=0) for s in seeds if s.evaluated(a)]
         by[a] = np.mean(got, axis=0) if got else None
 
@@ -410,10 +437,17 @@ def position_table(seeds: list[SeedRun]) -> list[str]:
     def gap(a: str, b: str, i: int) -> str:
         return "-" if by[a] is None or by[b] is None else signed(by[a][i] - by[b][i])
 
-    rows = ["| positions | " + " | ".join(ARMS) + " | LH - D | LH - E |", "|---" * (len(ARMS) + 3) + "|"]
+    rows = [
+        "| positions | " + " | ".join(arms) + " | " + " | ".join(f"{a} - {b}" for a, b in pairs) + " |",
+        "|---" * (len(arms) + len(pairs) + 1) + "|",
+    ]
     for i, name in enumerate(buckets):
         rows.append(
-            f"| {name} | " + " | ".join(cell(a, i) for a in ARMS) + f" | {gap('LH', 'D', i)} | {gap('LH', 'E', i)} |"
+            f"| {name} | "
+            + " | ".join(cell(a, i) for a in arms)
+            + " | "
+            + " | ".join(gap(a, b, i) for a, b in pairs)
+            + " |"
         )
     return rows + [
         "",
@@ -423,14 +457,14 @@ def position_table(seeds: list[SeedRun]) -> list[str]:
 
 def lookahead_table(seeds: list[SeedRun]) -> list[str]:
     rows = [
-        "| seed | first half: real / replaced second half | difference +- s.e. | single positions: real / "
+        "| seed | arm | first half: real / replaced second half | difference +- s.e. | single positions: real / "
         "replaced rest of tile | difference +- s.e. | Lighthouse - dense loss | windows |",
-        "|---" * 7 + "|",
+        "|---" * 8 + "|",
     ]
-    for s in seeds:
-        p = s.arms["LH"].lookahead if "LH" in s.arms else None
+    for s, arm in ((s, a) for s in seeds for a in SPARSE_ARMS if a in s.arms):
+        p = s.arms[arm].lookahead
         if p is None:
-            rows.append(f"| {s.seed} | - | - | - | - | - | - |")
+            rows.append(f"| {s.seed} | {arm} | - | - | - | - | - | - |")
             continue
         cut = (
             ("-", "-")
@@ -441,18 +475,18 @@ def lookahead_table(seeds: list[SeedRun]) -> list[str]:
             )
         )
         rows.append(
-            f"| {s.seed} | {f(p['first_half_real'])} / {f(p['first_half_replaced'])} | "
+            f"| {s.seed} | {arm} | {f(p['first_half_real'])} / {f(p['first_half_replaced'])} | "
             f"{p['difference']:+.4f} +- {p['standard_error']:.4f} | {cut[0]} | {cut[1]} | "
             f"{signed(p['lighthouse_loss'] - p['dense_loss'])} | {p['windows']} |"
         )
     return rows + [
         "",
-        "lighthouse.eval.lookahead on LH's checkpoint at the switch, Lighthouse attention: the loss of the first half "
-        "of every selection tile with its real second half and with that half replaced by another window's text; "
-        "and (probes since 2026-12-02) the loss at one random position per tile with the rest of its tile replaced. "
-        "> 0 is what looking ahead inside a tile is worth. The first-half measurement cannot see a short-range "
-        "look-ahead (only the positions just before a tile's middle lose their near future), so a '-' in the "
-        "single-position columns leaves the look-ahead unmeasured. Last column: the same weights' loss with "
+        "lighthouse.eval.lookahead on the arm's checkpoint at the switch, its own Lighthouse attention: the loss of "
+        "the first half of every selection tile with its real second half and with that half replaced by another "
+        "window's text; and (probes since 2026-12-02) the loss at one random position per tile with the rest of its "
+        "tile replaced. > 0 is what looking ahead inside a tile is worth. The first-half measurement cannot see a "
+        "short-range look-ahead (only the positions just before a tile's middle lose their near future), so a '-' in "
+        "the single-position columns leaves the look-ahead unmeasured. Last column: the same weights' loss with "
         "Lighthouse attention minus with dense attention.",
     ]
 
@@ -460,17 +494,17 @@ def lookahead_table(seeds: list[SeedRun]) -> list[str]:
 def switch_table(seeds: list[SeedRun]) -> list[str]:
     """LH's validation loss with its own (Lighthouse) attention and read densely at the switch, beside D's."""
     rows = [
-        "| seed | step | LH, Lighthouse attention | LH, dense attention | D, dense | LH (Lighthouse) - D |",
-        "|---" * 6 + "|",
+        "| seed | arm | step | Lighthouse attention | dense attention | D, dense | arm (Lighthouse) - D |",
+        "|---" * 7 + "|",
     ]
-    for s in seeds:
-        lh, d = s.arms.get("LH"), s.arms.get("D")
+    for s, arm in ((s, a) for s in seeds for a in SPARSE_ARMS if a in s.arms):
+        lh, d = s.arms[arm], s.arms.get("D")
         step = s.plan["switch_step"]
-        sparse = lh.sparse_curve.get(step) if lh else None
-        lh_dense = next((v for st, _, v in lh.curve if st == step), None) if lh else None
+        sparse = lh.sparse_curve.get(step)
+        lh_dense = next((v for st, _, v in lh.curve if st == step), None)
         d_dense = next((v for st, _, v in d.curve if st == step), None) if d else None
         gap = None if sparse is None or d_dense is None else sparse - d_dense
-        rows.append(f"| {s.seed} | {step} | {f(sparse)} | {f(lh_dense)} | {f(d_dense)} | {signed(gap)} |")
+        rows.append(f"| {s.seed} | {arm} | {step} | {f(sparse)} | {f(lh_dense)} | {f(d_dense)} | {signed(gap)} |")
     return rows + [
         "",
         "Validation loss at the switch. A Lighthouse phase far below the dense arm at the same step, while the same "
@@ -522,7 +556,7 @@ def plot_curves(seeds: list[SeedRun], path: Path, by_time: bool) -> None:
                 )
                 labelled.add(label)
         marks = [(s.plan["warmup"], s.warmup.curve[-1][1] if s.warmup and s.warmup.curve else None, "W (branch)")]
-        lh = s.arms.get("LH")
+        lh = next((s.arms[a] for a in SPARSE_ARMS if a in s.arms), None)
         at_switch = [t for st, t, _ in (lh.curve if lh else []) if st == s.plan["switch_step"]]
         marks.append((s.plan["switch_step"], at_switch[0] if at_switch else None, "LH switch to dense"))
         for (step, t, label), style in zip(marks, ("--", ":"), strict=True):
@@ -574,7 +608,7 @@ def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list
         lines += [
             f"- Incomplete seeds: {missing} (each comparison uses the seeds that finished both of its arms; "
             f"arms without a final evaluation: "
-            + ", ".join(f"seed {s.seed}: {[a for a in ARMS if not s.evaluated(a)]}" for s in seeds if not s.complete)
+            + ", ".join(f"seed {s.seed}: {[a for a in DESIGN if not s.evaluated(a)]}" for s in seeds if not s.complete)
             + ")."
         ]
     lines += ["", "### Final loss per seed", ""] + seed_table(seeds)
@@ -584,7 +618,7 @@ def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list
         lines += ["", "### Recall after recovery (final checkpoints, dense)", ""] + recall_table(seeds)
     if any(s.evaluated("D") for s in seeds):
         lines += ["", "### Loss by position after recovery", ""] + position_table(seeds)
-    if any("LH" in s.arms for s in seeds):
+    if any(a in s.arms for s in seeds for a in SPARSE_ARMS):
         lines += ["", "### At the switch", ""] + switch_table(seeds)
         lines += ["", "### Look-ahead at the switch", ""] + lookahead_table(seeds)
     lines += ["", "### Wall clock and throughput per phase", ""] + wall_table(seeds)

@@ -15,7 +15,7 @@
 #   bash bench/device_round.sh compare bench/configs/compare_32k.yaml --out logs/compare_32k_pass --seeds 3 --steps pass
 #       # as much of a comparison as fits the call (exit code 3: not done; call again at once, while the machine
 #       # is warm, since the comparison folder lives on its disk); every call exports it to $OUT/<name>.tgz
-#   bash bench/device_round.sh branch bench/configs/branch_32k.yaml --seed 0 [--steps 800]
+#   bash bench/device_round.sh branch bench/configs/branch_32k.yaml --seed 0 [--steps 800] [--arms D LHc LH E]
 #       # one seed of the branch design (bench/branch.py): as much as fits the call (exit code 3: not done; call
 #       # again at once, while the machine is warm: checkpoints live on its disk only); every call exports the
 #       # seed folder without checkpoints to $OUT/<config name>-seed<N>.tgz (for bench/report/runs/)

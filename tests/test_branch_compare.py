@@ -142,45 +142,39 @@ def test_shipped_branch_config_makes_arms_the_cli_accepts(tmp_path, capsys):
         "warmup": 200,
         "D": 1000,
         "LH": 1000,
+        "LHc": 1000,
         "E": 760,
     }
-    assert [(p["start"], p["attention"]) for p in printed["LH"]["stage"]["schedule"]] == [
-        (0, "sdpa"),
-        (200, "lighthouse"),
-        (625, "sdpa"),
-    ]
+    for arm in ("LH", "LHc"):
+        assert [(p["start"], p["attention"]) for p in printed[arm]["stage"]["schedule"]] == [
+            (0, "sdpa"),
+            (200, "lighthouse"),
+            (625, "sdpa"),
+        ]
+    # LHc is LH with the strictly causal selection, on the same (Triton) backend; no other arm has it.
+    assert {r: p["model"]["arch"]["lighthouse"]["causal"] for r, p in printed.items()} == {
+        "warmup": False,
+        "D": False,
+        "LH": False,
+        "LHc": True,
+        "E": False,
+    }
+    lh, lhc = (json.loads(json.dumps(printed[a])) for a in ("LH", "LHc"))
+    lhc["model"]["arch"]["lighthouse"]["causal"] = False
+    for config in (lh, lhc):
+        config["trainer"]["logger"]["init_args"].pop("name")
+    assert lh == lhc
     assert printed["E"]["stage"]["schedule"][1] == {"start": 200, "attention": "sdpa", "rescale_lr": True}
     for p in printed.values():
         assert p["seed_everything"] == p["data"]["seed"] == 3 and p["model"]["schedule_steps"] == 1000
         assert p["trainer"]["val_check_interval"] == 25 and p["model"]["arch"]["flavor"] == "small"
 
 
-def test_causal_config_is_the_branch_config_with_the_causal_selection(tmp_path, capsys):
-    """Its seeds reuse branch_32k's warm-up and D: nothing but the Lighthouse backend and the logger folder differ."""
-    base = yaml.safe_load((REPO / "bench" / "configs" / "branch_32k.yaml").read_text())
-    causal = yaml.safe_load((REPO / "bench" / "configs" / "branch_32k_causal.yaml").read_text())
-    arch = causal["model"]["arch"]
-    assert (arch["attention"], arch["lighthouse"].pop("causal")) == ("lighthouse_naive", True)
-    arch["attention"] = "lighthouse"
-    causal["trainer"]["logger"]["init_args"]["save_dir"] = base["trainer"]["logger"]["init_args"]["save_dir"]
-    assert causal == base
-    plan = branch.make_plan(800, 200, 0.625)
-    config = branch.run_config(
-        yaml.safe_load((REPO / "bench/configs/branch_32k_causal.yaml").read_text()), plan, "LH", 0, tmp_path
-    )
-    (tmp_path / "LH.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(SystemExit) as info:
-        cli_main(["fit", "--config", str(tmp_path / "LH.yaml"), "--print_config"])
-    assert info.value.code == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["arch"]["lighthouse"]["causal"] is True
-    assert [p["attention"] for p in printed["stage"]["schedule"]] == ["sdpa", "lighthouse_naive", "sdpa"]
-
-
 def test_arms_subset_and_e_needs_d_and_lh(capsys):
     config = str(REPO / "bench" / "configs" / "branch_32k.yaml")
     assert branch.parse_args(["run", "--config", config, "--arms", "LH"]).arms == ["LH"]
     assert branch.parse_args(["run", "--config", config]).arms == ["D", "LH", "E"]
+    assert branch.parse_args(["run", "--config", config, "--arms", "D", "LHc", "LH"]).arms == ["D", "LHc", "LH"]
     with pytest.raises(SystemExit):
         branch.parse_args(["run", "--config", config, "--arms", "LH", "E"])
     assert "--arms LH E: E needs D and LH" in capsys.readouterr().err
@@ -226,8 +220,9 @@ def seed(tmp_path_factory):
     with one_thread():
         config = tiny_branch_config(folder)
         out = folder / "tiny-seed0"
-        first = run_seed(config, out, 0, "--reserve-s", "1e9")  # every job stops after one step: time is up
-        second = run_seed(config, out, 0, "--reserve-s", "0")
+        arms = ["--arms", "D", "LH", "LHc", "E"]
+        first = run_seed(config, out, 0, "--reserve-s", "1e9", *arms)  # every job stops after one step: time is up
+        second = run_seed(config, out, 0, "--reserve-s", "0", *arms)
         yield SimpleNamespace(folder=folder, config=config, out=out, first=first, second=second)
 
 
@@ -248,8 +243,8 @@ def test_tiny_seed_branches_three_arms_off_one_warmup(seed):
     stage = {
         arm: {k: v for k, v in logged_scalars(seed.out / arm, "train/stage").items() if k > W} for arm in branch.ARMS
     }
-    lh = stage["LH"]
-    assert [lh[s] for s in sorted(lh)] == [2.0] * (10 - W) + [3.0] * (S - 10)  # phases 2 (Lighthouse), 3 (dense)
+    for lh in (stage["LH"], stage["LHc"]):
+        assert [lh[s] for s in sorted(lh)] == [2.0] * (10 - W) + [3.0] * (S - 10)  # phases 2 (Lighthouse), 3 (dense)
     assert set(stage["D"].values()) == {1.0} and set(stage["E"].values()) == {2.0}  # E: its rescaled phase
     # The same data after W in every arm (same seed, resumed stream): the first step's loss differs only by the
     # attention (LH) and not at all between D and E.
@@ -279,8 +274,10 @@ def test_tiny_seed_final_evaluation_and_checkpoints(seed):
         assert len(losses["losses"]) >= 2
         assert set(json.loads((final / "recall.json").read_text())["bins"])
         assert [s for s, _ in branch.checkpoints(seed.out / arm)] == [losses["step"]]  # only the newest is kept
-    probe = json.loads((seed.out / "LH" / "final" / "lookahead.json").read_text())
-    assert probe["step"] == 10 and probe["backend"] == "lighthouse_naive"
+    probe = {arm: json.loads((seed.out / arm / "final" / "lookahead.json").read_text()) for arm in ("LH", "LHc")}
+    assert all(p["step"] == 10 and p["backend"] == "lighthouse_naive" for p in probe.values())
+    # The strictly causal selection reads nothing from later in its tile: exactly 0 (the paper's need not be).
+    assert probe["LHc"]["cut_difference"] == 0.0 and probe["LHc"]["difference"] == 0.0
 
 
 @pytest.mark.slow
@@ -299,7 +296,7 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     shutil.copytree(seed.out, twin, ignore=shutil.ignore_patterns("*.ckpt", "*.sha256"))
     plan = json.loads((twin / "plan.json").read_text())
     (twin / "plan.json").write_text(json.dumps({**plan, "seed": 1}))
-    shifts = {"D": 0.0, "LH": -0.02, "E": 0.01}
+    shifts = {"D": 0.0, "LH": -0.02, "LHc": -0.03, "E": 0.01}
     for arm, shift in shifts.items():
         path = twin / arm / "final" / "window_losses.json"
         data = json.loads(path.read_text())
@@ -314,6 +311,8 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     assert d0[1] - d0[0] == pytest.approx(-0.02)
     mean, lo, hi = branch_report.t_interval(d0)
     assert f"| LH - D | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] |" in markdown
+    mean, lo, hi = branch_report.t_interval([s.final_loss("LHc") - s.final_loss("LH") for s in seeds])
+    assert f"| LHc - LH | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | 2 | " in markdown
     for title in ("Wall clock", "Recall after recovery", "Loss by position", "Look-ahead at the switch"):
         assert title in markdown
     for name in ("val_loss_tokens", "val_loss_time"):
@@ -331,4 +330,5 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     assert f"| LH - D | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | 3 |" in markdown
     mean, lo, hi = branch_report.t_interval([s.final_loss("LH") - s.final_loss("E") for s in seeds[:2]])
     assert f"| LH - E | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | 2 |" in markdown
-    assert "seed 2: ['E']" in markdown and "| 2 | 10 |" in markdown  # the switch table has every seed
+    assert "seed 2: ['E']" in markdown  # the design's arms only: LHc is an added experiment
+    assert "| 2 | LH | 10 |" in markdown and "| 2 | LHc | 10 |" in markdown  # the switch table has every seed

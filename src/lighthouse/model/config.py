@@ -41,7 +41,8 @@ class LighthouseConfig:
     """Strictly causal selection (op README §8b): every refine decision reads only positions before the entry, by
     the previous entry's score against a cutoff rolled over the preceding candidates, so no output depends on a
     later token. false: the paper's per-tile ranking, which lets a position's output depend on later positions
-    of its tile. Same S_sel; only the 'lighthouse_naive' backend implements it."""
+    of its tile. Same S_sel, both backends; with 'lighthouse' the selection runs in PyTorch (no kernel of its own)
+    and gather, SDPA and scatter on the kernels."""
 
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -257,11 +258,6 @@ class ModelConfig:
             check_options(lh.selection, lh.scorer, lh.dilation, lh.causal)
         except ValueError as err:
             raise ValueError(f"{PREFIX}lighthouse.{err}") from None
-        if lh.causal and self.attention == "lighthouse":
-            raise ValueError(
-                f"{PREFIX}lighthouse.causal=true is implemented by the reference only: set {PREFIX}attention to "
-                "'lighthouse_naive' (the Triton kernels of 'lighthouse' implement causal=false)"
-            )
         if self.uses_lighthouse():
             try:
                 self.lighthouse_geometry()

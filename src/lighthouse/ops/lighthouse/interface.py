@@ -1,4 +1,5 @@
-"""Lighthouse Attention on the GPU: Triton selection, gather and scatter around PyTorch's causal SDPA.
+"""Lighthouse Attention on the GPU: Triton selection, gather and scatter around PyTorch's causal SDPA (the strictly
+causal selection of README §8b is the reference's PyTorch code, wrapped as an op like the kernels).
 
 Layers: kernels (select.py, gather.py, scatter.py) -> launchers -> ``torch.library`` ops with fake
 implementations and autograd formulas (this file) -> ``lighthouse_attention``, the documented functional.
@@ -72,12 +73,17 @@ def _select_op(q: Tensor, k: Tensor, levels: int, pooling_factor: int, topk: int
     return select_launch(_last_dim_contiguous(q), _last_dim_contiguous(k), geometry)
 
 
+def _fake_codes(like: Tensor, batch, heads, seq_len, levels: int, pooling_factor: int, topk: int):
+    """Every selection op's outputs as fakes: ``codes [B, H_s, S_sel]``, ``inv [B, H_s, N_tot]``, int32."""
+    geometry = LighthouseGeometry(seq_len, levels, pooling_factor, topk)
+    codes = like.new_empty(batch, heads, geometry.selected_len, dtype=torch.int32)
+    return codes, like.new_empty(batch, heads, geometry.total_entries, dtype=torch.int32)
+
+
 @_select_op.register_fake
 def _(q, k, levels, pooling_factor, topk):
     batch, seq_len, heads, _ = k.shape
-    geometry = LighthouseGeometry(seq_len, levels, pooling_factor, topk)
-    codes = q.new_empty(batch, heads, geometry.selected_len, dtype=torch.int32)
-    return codes, q.new_empty(batch, heads, geometry.total_entries, dtype=torch.int32)
+    return _fake_codes(q, batch, heads, seq_len, levels, pooling_factor, topk)
 
 
 @torch.library.custom_op("lighthouse::select_scored", mutates_args=())
@@ -99,9 +105,32 @@ def _select_scored_op(
 @_select_scored_op.register_fake
 def _(score_q, score_k, levels, pooling_factor, topk):
     batch, heads, seq_len = score_q.shape
-    geometry = LighthouseGeometry(seq_len, levels, pooling_factor, topk)
-    codes = score_q.new_empty(batch, heads, geometry.selected_len, dtype=torch.int32)
-    return codes, score_q.new_empty(batch, heads, geometry.total_entries, dtype=torch.int32)
+    return _fake_codes(score_q, batch, heads, seq_len, levels, pooling_factor, topk)
+
+
+@torch.library.custom_op("lighthouse::select_causal", mutates_args=())
+def _select_causal_op(
+    q: Tensor, k: Tensor, v: Tensor | None, levels: int, pooling_factor: int, topk: int, scorer: str, dilation: int
+) -> tuple[Tensor, Tensor]:
+    """README §8b's strictly causal selection -> ``codes``, ``inv`` as ``select``. No kernel of its own: the
+    reference's scores and selection (sorts, top-k and cumulative sums in PyTorch, no gradient) encoded in the
+    kernels' formats, so gather, SDPA and scatter are the kernels' as for the paper's rule. ``v``: the dilated
+    scorer's only."""
+    _check_device(q)
+    from .common import encode_selection
+    from .geometry import level_sizes
+    from .naive import select_entries
+
+    sizes = dict(levels=levels, pooling_factor=pooling_factor, topk=topk)
+    selection = "paper" if q.shape[2] == k.shape[2] else "per_kv_group"
+    picked = select_entries(q, k, v, **sizes, selection=selection, scorer=scorer, dilation=dilation, causal=True)
+    return encode_selection(*picked, level_sizes(q.shape[1], levels, pooling_factor))
+
+
+@_select_causal_op.register_fake
+def _(q, k, v, levels, pooling_factor, topk, scorer, dilation):
+    batch, seq_len, heads, _ = k.shape
+    return _fake_codes(q, batch, heads, seq_len, levels, pooling_factor, topk)
 
 
 # ---------------------------------------------------------------- gather (pool + pick) and its backward
@@ -225,19 +254,13 @@ _scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 # ---------------------------------------------------------------- public functionals
 
 
-def _refuse_reference_only(options: LayerOptions) -> None:
-    """Options the kernels do not implement fail loudly here, never by a silent fallback to another rule."""
-    if options.causal:
-        raise ValueError(
-            "causal=True (the strictly causal selection, README §8b) is implemented by the reference only: use the "
-            "attention backend 'lighthouse_naive' (naive_lighthouse_attention); the Triton kernels implement "
-            "causal=False"
-        )
-
-
 def _codes(q: Tensor, k: Tensor, v: Tensor | None, options: LayerOptions) -> tuple[Tensor, Tensor]:
-    """The selection (no gradient): norm scores in the select kernel, or the dilated scorer's SDPA scores."""
+    """The selection (no gradient): norm scores in the select kernel, the dilated scorer's SDPA scores, or the
+    strictly causal rule (README §8b) by the reference."""
     sizes = (options.levels, options.pooling_factor, options.topk)
+    if options.causal:
+        v = v.detach() if options.scorer == "dilated" else None
+        return torch.ops.lighthouse.select_causal(q.detach(), k.detach(), v, *sizes, options.scorer, options.dilation)
     if options.scorer == "norm":
         return torch.ops.lighthouse.select(q.detach(), k.detach(), *sizes)
     from .dilated import dilated_scores
@@ -264,7 +287,6 @@ def triton_select_entries(
 
     options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation, causal)
     checked_geometry(q, k, v, options)
-    _refuse_reference_only(options)
     codes, _ = _codes(q, k, v, options)
     return Selection(*decode_codes(codes))
 
@@ -288,12 +310,11 @@ def lighthouse_attention(
     ``selection="per_kv_group"`` (one selection per KV head; K and V are gathered once per KV head and SDPA runs
     with ``enable_gqa``). ``scorer``: ``"norm"`` or ``"dilated"`` (with ``dilation``). Returns ``[B, N, H, D]``.
     ``N`` must satisfy ``lighthouse_geometry`` (short sequences use fewer tiles). Selection carries no
-    gradient; gradients flow through scatter, SDPA and gather to q, k, v. ``causal=True`` (README §8b) is
-    refused: only the reference implements it.
+    gradient; gradients flow through scatter, SDPA and gather to q, k, v. ``causal=True`` (README §8b): the
+    strictly causal selection, made by the reference's PyTorch code (op ``select_causal``), the rest on the kernels.
     """
     options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation, causal)
     geometry = checked_geometry(q, k, v, options)
-    _refuse_reference_only(options)
     codes, inv = _codes(q, k, v, options)
     q_sel, k_sel, v_sel = torch.ops.lighthouse.gather(q, k, v, codes, inv, levels, pooling_factor)  # [B, S, H, D]
     o_sel = F.scaled_dot_product_attention(
