@@ -11,7 +11,7 @@ import pytest
 import torch
 from training_helpers import cli_subprocess_args, tiny_config
 
-from lighthouse.checkpoint.guards import WARMUP_STEPS, DivergenceError, StepGuard
+from lighthouse.checkpoint.guards import WARMUP_STEPS, WINDOW, DivergenceError, StepGuard
 from lighthouse.train import exits
 from lighthouse.train.cli import main as cli_main
 
@@ -51,7 +51,14 @@ def test_a_climbing_loss_stops_at_ten_times_the_median_and_names_the_checkpoint_
 def test_a_gradient_norm_spike_stops_too():
     guard = StepGuard(10.0, uniform_loss=5.5)
     with pytest.raises(DivergenceError, match="gradient norm 50 is 50x its median"):
-        feed(guard, fake_trainer(None), [2.0] * 20, [1.0] * 19 + [50.0])
+        feed(guard, fake_trainer(None), [2.0] * (WINDOW + 1), [1.0] * WINDOW + [50.0])
+
+
+def test_an_early_gradient_norm_spike_passes():
+    """The warm-up of branch seed 1 (H200, 2026-12-02): gradient norms 27, 1.9, 378, 2.6 at steps 5, 10, 15, 20, then
+    a normal run; stopped at step 14 by a median of 13 steps before the norm needed a full window."""
+    early = [27.0, 9.0, 4.0, 3.0, 2.5, 2.0, 1.9, 1.9, 2.2, 1.8, 1.9, 2.0, 2.1, 2.0, 378.0, 2.6] + [2.0] * 60
+    feed(StepGuard(10.0, uniform_loss=5.5), fake_trainer(None), [3.0] * len(early), early)
 
 
 def test_during_warm_up_the_loss_is_compared_with_a_uniform_guess():
