@@ -159,22 +159,22 @@ def lagged(scores: Tensor) -> Tensor:
     return F.pad(scores[..., :-1], (1, 0), value=-math.inf)
 
 
-def rolling_cutoff(stream: Tensor, per_tile: int, quota: int) -> Tensor:
-    """README §8b: for every member of a stream ``[B, H, T * m]`` (``m = per_tile`` members per tile, in position
-    order across tiles), the paper's top-``quota`` cutoff over the ``m`` members just before it: their
-    ``quota``-th largest score. With ``j < m`` members before it (the first tile) the ``ceil(quota j / m)``-th
-    largest of those, the same fraction; with none, +inf. ``[B, H, T * m]``.
+def reaches_cutoff(stream: Tensor, per_tile: int, quota: int) -> Tensor:
+    """README §8b: whether each member of a stream ``[B, H, T * m]`` (``m = per_tile`` members per tile, in position
+    order across tiles) reaches its rolling cutoff: the ``quota``-th largest score among the ``m`` members just
+    before it; with ``j < m`` members before it (the first tile) the ``ceil(quota j / m)``-th largest of those, the
+    same fraction; with none, +inf, which nothing reaches. Bool, ``[B, H, T * m]``.
+
+    Counted, not sorted: a score reaches the r-th largest of a set exactly when fewer than r members of the set
+    exceed it (ties included), so a comparison per member and window slot decides it (no top-k, no sort).
     """
     length = stream.shape[-1]
-    windows = F.pad(stream, (per_tile, 0), value=-math.inf).unfold(-1, per_tile, 1)  # row j: stream[j - m .. j - 1]
-    # Full windows (j >= m): one rank for all, so a top-k, not a sort.
-    full = windows[..., per_tile:length, :].topk(quota, dim=-1).values[..., -1]
-    # The first m rows hold j real scores after m - j pads of -inf, and their rank varies with j: sorted.
-    ranked = windows[..., : min(per_tile, length), :].sort(dim=-1, descending=True).values
-    before = torch.arange(ranked.shape[-2], device=stream.device)
-    rank = (quota * before + per_tile - 1) // per_tile  # ceil; 0 only where nothing came before
-    first = ranked.gather(-1, (rank - 1).clamp(min=0).expand(ranked.shape[:-1]).unsqueeze(-1)).squeeze(-1)
-    return torch.cat([first.masked_fill(rank == 0, math.inf), full], dim=-1)
+    # Row j: stream[j - m .. j - 1]; -inf pads before the stream, which exceed nothing.
+    windows = F.pad(stream, (per_tile, 0), value=-math.inf).unfold(-1, per_tile, 1)[..., :length, :]
+    above = (windows > stream.unsqueeze(-1)).sum(dim=-1)  # members of the window that exceed this one
+    before = torch.arange(length, device=stream.device).clamp(max=per_tile)
+    rank = (quota * before + per_tile - 1) // per_tile  # ceil; quota for a full window, 0 with nothing before
+    return above < rank
 
 
 def causal_walk(scores: Tensor, quota: int) -> Tensor:
@@ -187,7 +187,7 @@ def causal_walk(scores: Tensor, quota: int) -> Tensor:
     quota)``, and once the fill condition holds it holds for every later member, so it marks the fill exactly.
     """
     members = scores.shape[-1]
-    eligible = scores >= rolling_cutoff(scores.flatten(2), members, quota).view_as(scores)
+    eligible = reaches_cutoff(scores.flatten(2), members, quota).view_as(scores)
     seen = eligible.long().cumsum(-1)  # eligible members up to and including this one
     picked_before = (seen - eligible.long()).clamp(max=quota)
     left = members - torch.arange(members, device=scores.device)  # members from this one to the tile's end
