@@ -5,7 +5,7 @@ The kernel files (select.py, gather.py, scatter.py) import this file and geometr
 Formats (the contract between the kernels and interface.py):
     codes ``[B, H, S_sel]`` int32, one per compacted slot: ``index | refined << 24 | level << 25``
           (level 1 = base .. L = coarsest, index within its level, so N < 2^24); written by select.py (or,
-          for a selection made on the host, by ``encode_selection``), decoded on the host by ``decode_codes``.
+          for a selection made by PyTorch code, by ``encode_selection``), decoded on the host by ``decode_codes``.
     inv   ``[B, H, N_tot]`` int32, the inverse map: the compacted slot of entry (level, index) at
           ``level_offset(level) + index``, or -1 where the entry was not emitted. The fp32 score pyramid
           uses the same concatenated layout: all levels end to end, base first (``geometry.total_entries``).
@@ -58,7 +58,7 @@ def decode_codes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 def encode_selection(
     level: torch.Tensor, index: torch.Tensor, refined: torch.Tensor, sizes: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A selection made on the host (the reference's, ``[B, H, S_sel]`` per field, compacted order) in the kernels'
+    """A selection made by PyTorch code (the reference's, ``[B, H, S_sel]`` per field, compacted order) in the kernels'
     formats: (``codes``, ``inv``). ``sizes``: the entries of each level, base first (``level_sizes``)."""
     codes = index | (refined.long() << CODE_REFINED_SHIFT.value) | (level << CODE_LEVEL_SHIFT.value)
     starts = torch.tensor([0, 0, *itertools.accumulate(sizes[:-1])], device=index.device)  # level l at starts[l]

@@ -113,7 +113,7 @@ def _select_causal_op(
     q: Tensor, k: Tensor, v: Tensor | None, levels: int, pooling_factor: int, topk: int, scorer: str, dilation: int
 ) -> tuple[Tensor, Tensor]:
     """README §8b's strictly causal selection -> ``codes``, ``inv`` as ``select``. No kernel of its own: the
-    reference's scores and selection (sorts, top-k and cumulative sums in PyTorch, no gradient) encoded in the
+    reference's scores and selection (comparisons, cumulative sums, sorts in PyTorch, no gradient) encoded in the
     kernels' formats, so gather, SDPA and scatter are the kernels' as for the paper's rule. ``v``: the dilated
     scorer's only."""
     _check_device(q)
