@@ -7,6 +7,11 @@ dense training's while its dense reading does not follow is training on the look
 cannot see ahead, so its own loss is an honest one.
 
     PYTHONPATH=src python bench/leak_text.py --steps 300     # CPU, ~10 min for the three on 2 cores
+    PYTHONPATH=src python bench/leak_text.py --arms dense causal --tokenizer bpe:4096 --no-probe
+
+``--tokenizer`` asks whether the gap between sparse and dense training depends on what a token is: with bytes a
+pooled entry of 4 or 16 tokens is the mean of a few characters, with BPE of a few words. Losses are per token of
+that tokenizer; ``bytes_per_token`` (of the validation windows) converts them to nats per byte.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ def train(arm: str, args: argparse.Namespace, datamodule: LMDataModule, val: tor
                 flush=True,
             )
     result = {"arm": arm, "curve": curve}
-    if backend != "sdpa":
+    if backend != "sdpa" and args.probe:
         lighthouse, dense = model_loss_fns(model.eval(), backend, torch.device("cpu"))
         found = probe(lighthouse, dense, val, model.config.lighthouse_geometry().tile_len, bins=4, distances=16)
         result |= {
@@ -81,11 +86,13 @@ def main() -> None:
     parser.add_argument("--val-windows", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", default="byte", help="data.tokenizer: 'byte' or 'bpe:N' (trained on the corpus)")
+    parser.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True, help="the look-ahead probe")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     datamodule = LMDataModule(
         corpus="stdlib",
-        tokenizer="byte",
+        tokenizer=args.tokenizer,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -93,6 +100,8 @@ def main() -> None:
     )
     datamodule.setup("fit")
     val = read_windows(datamodule, window_ids(datamodule, args.val_windows), "val")
+    bytes_per_token = sum(len(datamodule.tokenizer.decode(w.tolist()).encode()) for w in val) / val.numel()
+    print(f"tokenizer {args.tokenizer}: {bytes_per_token:.2f} bytes per token in the validation windows", flush=True)
     results = [train(arm, args, datamodule, val) for arm in args.arms]
     for r in results:
         _, own, dense = r["curve"][-1]
@@ -100,7 +109,7 @@ def main() -> None:
         print(f"{r['arm']}: val {own:.4f} own attention, {dense:.4f} dense{probe_text}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1)
+            json.dump({"args": vars(args), "bytes_per_token": bytes_per_token, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
