@@ -137,9 +137,10 @@ branch)
   [[ $seed =~ ^[0-9]+$ ]] || { echo "branch: give --seed N (one seed per folder and archive)" >&2; exit 2; }
   name=$(basename "$config" .yaml)-seed$seed
   # Leave 15 s for the export (a tar of a few MB: ~2 s measured); branch.py stops its jobs with a checkpoint
-  # before its budget ends. A seed at S=800 needs all of a session's 30 device minutes (seed 0 of 2026-12-02 ran
-  # out 4 minutes short with the old margins): call with DEADLINE_S=585 and, in branch.py's arguments,
-  # --reserve-s 20 --no-final-recall --lookahead-windows 32.
+  # before its budget ends. At S=800 the jobs of a seed take (seed 1, 2026-12-02, H200): warm-up 2.7 min, D 7.4 and
+  # its evaluation 0.7, a Lighthouse arm 6.1-6.3 and its two evaluations 1.8, E ~4.5; so W + D + two Lighthouse arms
+  # (~27 min) or W + D + LH + E (~24 min) fill a session's 30 device minutes, not all four. Call with DEADLINE_S=585
+  # and, in branch.py's arguments, --reserve-s 20 --no-final-recall --lookahead-windows 32.
   minutes=$(awk -v s=$((deadline - $(date +%s) - 15)) 'BEGIN { printf "%.2f", s / 60 }')
   PYTHONPATH=${site:+$site:}$PWD/src python3 bench/branch.py run --config "$config" --out "logs/$name" \
     --max-minutes "$minutes" "$@" >>"$log" 2>&1
