@@ -2,7 +2,7 @@
 # The H200 measurements behind bench/RESULTS.md, in parts that each fit one 10-minute device call:
 #   bash bench/device_round.sh kernels   # GPU tests, layer timings (now and, if .devold/ holds an older
 #                                        # checkout's src+bench, before), generation speed, 262144 memory rows
-#   bash bench/device_round.sh tests     # the GPU-marked tests alone
+#   bash bench/device_round.sh tests     # the GPU-marked tests, then every op test on CUDA
 #   bash bench/device_round.sh long      # lh_1m through the CLI, model rows at 524288 and 1048576
 #   bash bench/device_round.sh table     # the paper model, dense and Lighthouse, at 16384 (K=512), 65536, 131072
 #   bash bench/device_round.sh offload   # checkpoint_offload at 262144 (with the host's peak memory)
@@ -66,7 +66,10 @@ kernels)
   step gpu_tests 240 src python3 -m pytest -q -m gpu tests -rs -p no:cacheprovider
   ;;
 tests)
-  step gpu_tests 540 src python3 -m pytest -q -m gpu tests -rs -p no:cacheprovider
+  step gpu_tests 300 src python3 -m pytest -q -m gpu tests -rs -p no:cacheprovider
+  # Every op test on CUDA too (they pick the GPU when there is one): the ones not marked gpu, e.g. the causal
+  # selection's fast path against the reference, otherwise only ever run in Triton's interpreter.
+  step op_tests 240 src python3 -m pytest -q -m "not gpu" tests/ops -p no:cacheprovider
   ;;
 long)
   step lh_1m_cli 300 src bash bench/device_train_smoke.sh configs/lh_1m.yaml 12 --throughput.window 4 \
