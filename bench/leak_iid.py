@@ -43,10 +43,16 @@ def build(backend: str, args: argparse.Namespace) -> Transformer:
         rope_theta=10000.0,
         seq_len=args.seq_len,
         attention=backend,
-        dense_layers=[],  # every layer on the backend under test
+        dense_layers=args.dense_layers,  # default none: every layer on the backend under test
         lighthouse={"levels": args.levels, "pooling_factor": 4, "topk": args.topk, "causal": args.causal},
     )
     return Transformer(config)
+
+
+def add_dense_layers_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dense-layers", type=int, nargs="*", default=[], help="layers kept dense (model.arch.dense_layers)"
+    )
 
 
 def held_out_loss(model: Transformer, test: torch.Tensor) -> float:
@@ -104,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--topk", type=int, default=128)
+    add_dense_layers_option(parser)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--test-windows", type=int, default=8, help="fresh sequences of the held-out loss")
     parser.add_argument("--probe-windows", type=int, default=64, help="fresh sequences of the look-ahead probe")

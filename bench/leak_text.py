@@ -22,7 +22,7 @@ import time
 from types import SimpleNamespace
 
 import torch
-from leak_iid import build
+from leak_iid import add_dense_layers_option, build
 
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.eval.lookahead import model_loss_fns, probe
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--topk", type=int, default=128)
+    add_dense_layers_option(parser)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--val-windows", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
