@@ -36,7 +36,7 @@ def build(backend: str, args: argparse.Namespace) -> Transformer:
     config = ModelConfig(
         vocab_size=args.vocab,
         dim=64,
-        n_layers=3,
+        n_layers=args.layers,
         n_heads=2,
         head_dim=32,
         ffn_hidden=192,
@@ -49,7 +49,8 @@ def build(backend: str, args: argparse.Namespace) -> Transformer:
     return Transformer(config)
 
 
-def add_dense_layers_option(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layers", type=int, default=3, help="model.arch.n_layers")
     parser.add_argument(
         "--dense-layers", type=int, nargs="*", default=[], help="layers kept dense (model.arch.dense_layers)"
     )
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--topk", type=int, default=128)
-    add_dense_layers_option(parser)
+    add_model_options(parser)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--test-windows", type=int, default=8, help="fresh sequences of the held-out loss")
     parser.add_argument("--probe-windows", type=int, default=64, help="fresh sequences of the look-ahead probe")

@@ -8,10 +8,13 @@ cannot see ahead, so its own loss is an honest one.
 
     PYTHONPATH=src python bench/leak_text.py --steps 300     # CPU, ~10 min for the three on 2 cores
     PYTHONPATH=src python bench/leak_text.py --arms dense causal --tokenizer bpe:4096 --no-probe
+    PYTHONPATH=src python bench/leak_text.py --arms causal --layers 5 --dense-layers 0 4 --no-probe
 
 ``--tokenizer`` asks whether the gap between sparse and dense training depends on what a token is: with bytes a
 pooled entry of 4 or 16 tokens is the mean of a few characters, with BPE of a few words. Losses are per token of
-that tokenizer; ``bytes_per_token`` (of the validation windows) converts them to nats per byte.
+that tokenizer; ``bytes_per_token`` (of the validation windows) converts them to nats per byte. ``--layers`` and
+``--dense-layers`` ask which layers a sparse model needs dense (bench/RESULTS.md, "Which lever moves the per-step
+deficit?").
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 from types import SimpleNamespace
 
 import torch
-from leak_iid import add_dense_layers_option, build
+from leak_iid import add_model_options, build
 
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.eval.lookahead import model_loss_fns, probe
@@ -82,7 +85,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--topk", type=int, default=128)
-    add_dense_layers_option(parser)
+    add_model_options(parser)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--val-windows", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
