@@ -13,11 +13,11 @@ Formats (the contract between the kernels and interface.py):
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import triton
 import triton.language as tl
+
+from .naive import level_offsets
 
 # The bit layout of a selection code. Kernels may only read globals that are tl.constexpr; host code reads
 # the ints with .value.
@@ -61,7 +61,7 @@ def encode_selection(
     """A selection made by PyTorch code (the reference's, ``[B, H, S_sel]`` per field, compacted order) in the kernels'
     formats: (``codes``, ``inv``). ``sizes``: the entries of each level, base first (``level_sizes``)."""
     codes = index | (refined.long() << CODE_REFINED_SHIFT.value) | (level << CODE_LEVEL_SHIFT.value)
-    starts = torch.tensor([0, 0, *itertools.accumulate(sizes[:-1])], device=index.device)  # level l at starts[l]
+    starts = level_offsets(sizes, index.device)  # level l at starts[l]
     slots = torch.arange(index.shape[-1], device=index.device, dtype=torch.int32).expand(index.shape)
     inv = torch.full((*index.shape[:2], sum(sizes)), -1, dtype=torch.int32, device=index.device)
     return codes.int(), inv.scatter_(-1, starts[level] + index, slots)

@@ -41,7 +41,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _level_offsets(sizes: list[int], device: torch.device) -> Tensor:
+def level_offsets(sizes: list[int], device: torch.device) -> Tensor:
     """``offsets[l]``: start of level ``l`` in all levels concatenated base first (``offsets[0]`` unused)."""
     starts = [0, 0]
     for size in sizes[:-1]:
@@ -311,7 +311,7 @@ def gather_selected(pyramid: list[Tensor], selection: Selection) -> Tensor:
     ``pyramid``: per level ``[B, H, N_l, D]``, base first -> ``[B, H, S_sel, D]``.
     """
     dim = pyramid[0].shape[-1]
-    offsets = _level_offsets([x.shape[2] for x in pyramid], pyramid[0].device)
+    offsets = level_offsets([x.shape[2] for x in pyramid], pyramid[0].device)
     flat = torch.cat(pyramid, dim=2)  # [B, H, N + N/p + ..., D]
     rows = offsets[selection.level] + selection.index  # [B, H, S_sel]
     return flat.gather(2, rows.unsqueeze(-1).expand(-1, -1, -1, dim))
@@ -336,7 +336,7 @@ def scatter_back(o_sel: Tensor, selection: Selection, seq_len: int, levels: int,
     batch, heads, _, dim = o_sel.shape
     acc_dtype = accumulation_dtype(o_sel.dtype)
     sizes = level_sizes(seq_len, levels, pooling_factor)
-    offsets = _level_offsets(sizes, o_sel.device)
+    offsets = level_offsets(sizes, o_sel.device)
     rows = (offsets[selection.level] + selection.index).unsqueeze(-1).expand(-1, -1, -1, dim)
     # Every entry is emitted at most once, so scatter indices are unique and the result is deterministic.
     per_entry = o_sel.new_zeros(batch, heads, sum(sizes), dim, dtype=acc_dtype)
