@@ -27,12 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from branch import ARMS, DEFAULT_ARMS, SPARSE_ARMS, end_step
 from campaign import read_json
 from report import elapsed, f, job_spans, minutes, read_logged, split_wall_by_phase
 
-ARMS = ("D", "LH", "LHc", "E")
-DESIGN = ("D", "LH", "E")  # a seed is complete with these; LHc is an added experiment
-SPARSE_ARMS = ("LH", "LHc")  # Lighthouse to the switch, then dense
 ARM_LABEL = {
     "D": "D (dense)",
     "LH": "LH (Lighthouse + recovery)",
@@ -144,7 +142,7 @@ class SeedRun:
 
     @property
     def complete(self) -> bool:
-        return all(self.evaluated(a) for a in DESIGN)
+        return all(self.evaluated(a) for a in DEFAULT_ARMS)  # the design's arms; LHc is an added experiment
 
     def final_loss(self, arm: str) -> float:
         return float(np.mean(self.arms[arm].window_losses["losses"]))
@@ -203,10 +201,10 @@ def load_seed(folder: Path) -> SeedRun:
     warmup = load_arm(folder / "warmup", "warmup", -1, plan["warmup"], plan, 0.0)
     warm_s = sum(b - a for a, b in job_spans(folder / "warmup", {})) if warmup else 0.0
     run = SeedRun(folder, plan["seed"], plan, read_json(folder / "warmup_check.json"), equal_time, config, warmup)
-    ends = {"D": plan["steps"], "LH": plan["steps"], "LHc": plan["steps"], "E": (equal_time or {}).get("e_end")}
     for arm in ARMS:
-        if ends[arm] is not None and (folder / arm).is_dir():
-            loaded = load_arm(folder / arm, arm, plan["warmup"], ends[arm], plan, warm_s)
+        end = end_step(arm, plan, equal_time)
+        if end is not None and (folder / arm).is_dir():
+            loaded = load_arm(folder / arm, arm, plan["warmup"], end, plan, warm_s)
             if loaded is not None:
                 run.arms[arm] = loaded
     return run
@@ -233,7 +231,7 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
 # ---- tables -------------------------------------------------------------------------------------------------------
 def shown_arms(seeds: list[SeedRun]) -> list[str]:
     """The design's arms, and an added arm (LHc) where some seed trained it."""
-    return [a for a in ARMS if a in DESIGN or any(a in s.arms for s in seeds)]
+    return [a for a in ARMS if a in DEFAULT_ARMS or any(a in s.arms for s in seeds)]
 
 
 def shown_pairs(seeds: list[SeedRun]) -> list[tuple[str, str]]:
@@ -608,7 +606,9 @@ def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list
         lines += [
             f"- Incomplete seeds: {missing} (each comparison uses the seeds that finished both of its arms; "
             f"arms without a final evaluation: "
-            + ", ".join(f"seed {s.seed}: {[a for a in DESIGN if not s.evaluated(a)]}" for s in seeds if not s.complete)
+            + ", ".join(
+                f"seed {s.seed}: {[a for a in DEFAULT_ARMS if not s.evaluated(a)]}" for s in seeds if not s.complete
+            )
             + ")."
         ]
     lines += ["", "### Final loss per seed", ""] + seed_table(seeds)
