@@ -50,6 +50,10 @@ def build(backend: str, args: argparse.Namespace) -> Transformer:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``build`` reads (both leak scripts take them)."""
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--topk", type=int, default=128)
     parser.add_argument("--layers", type=int, default=3, help="model.arch.n_layers")
     parser.add_argument(
         "--dense-layers", type=int, nargs="*", default=[], help="layers kept dense (model.arch.dense_layers)"
@@ -108,9 +112,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=50, help="held-out evaluation interval")
     parser.add_argument("--vocab", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--levels", type=int, default=3)
-    parser.add_argument("--topk", type=int, default=128)
     add_model_options(parser)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--test-windows", type=int, default=8, help="fresh sequences of the held-out loss")
