@@ -4,7 +4,8 @@ input at ``t`` or later, for every ``t``, not only tile boundaries.
 The selection is checked against a python-loop transcription of §8b (sequential walks with explicit windows and
 counters, none of naive.py's vectorised shortcuts) and on a crafted score pattern whose refined set is written
 down by hand; the rest of the layer is §4-§6 unchanged, pinned by test_lighthouse_naive.py. With ``causal=False``
-nothing changes: the other op test files run with the default.
+nothing changes: the other op test files run with the default. The Triton path with ``causal=True`` is compared
+with the reference in test_lighthouse_triton.py (``test_causal_matches_reference_fp32``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,7 @@ import pytest
 import torch
 from test_lighthouse_naive import Case, emitted_per_head, params, plain_key
 
-from lighthouse.ops.lighthouse import (
-    lighthouse_attention,
-    naive_lighthouse_attention,
-    select_entries,
-    triton_select_entries,
-)
+from lighthouse.ops.lighthouse import naive_lighthouse_attention, select_entries
 from lighthouse.ops.lighthouse.geometry import lighthouse_geometry
 from lighthouse.ops.lighthouse.naive import (
     entry_scores,
@@ -222,59 +218,3 @@ def test_invalid_causal_names_the_field():
     q = torch.zeros(1, 512, 1, 4)
     with pytest.raises(ValueError, match=r"causal='yes' is invalid: it must be a bool"):
         naive_lighthouse_attention(q, q, q, levels=2, pooling_factor=4, topk=128, causal="yes")
-
-
-# ---------------------------------------------------------------- the Triton path
-
-
-# (B, N, H, H_kv, D, L, p, K, scorer): the paper's layout with two tiles, groups of 2 (per_kv_group), the dilated
-# scorer, a short sequence of one tile.
-TRITON_CASES = [
-    (1, 2048, 2, 2, 16, 3, 2, 256, "norm"),
-    (2, 2048, 4, 2, 16, 3, 2, 256, "norm"),
-    (1, 2048, 2, 2, 16, 2, 4, 256, "dilated"),
-    (1, 512, 3, 3, 16, 2, 4, 256, "norm"),
-]
-
-
-@pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_triton_path_matches_the_reference(case, poisoned_empty):
-    """``lighthouse_attention(causal=True)``: the reference's selection (the same code, through the op's encoding
-    into the kernels' codes and inverse map), then the kernels' gather and scatter. Selection equal slot by slot,
-    outputs and gradients to 1e-5 (fp32 sums in another order); CPU runs the kernels in Triton's interpreter."""
-    pytest.importorskip("triton")
-    batch, seq_len, heads, kv_heads, dim, levels, p, topk, scorer = case
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = torch.Generator().manual_seed(27)
-    q = torch.randn(batch, seq_len, heads, dim, generator=gen).to(device).requires_grad_()
-    k, v = (torch.randn(batch, seq_len, kv_heads, dim, generator=gen).to(device).requires_grad_() for _ in range(2))
-    params = dict(levels=levels, pooling_factor=p, topk=topk, scorer=scorer, causal=True)
-    params["selection"] = "paper" if heads == kv_heads else "per_kv_group"
-    got, want = triton_select_entries(q, k, v, **params), select_entries(q, k, v, **params)
-    for name, a, b in zip(("level", "index", "refined"), got, want, strict=True):
-        assert torch.equal(a, b), f"selection field {name} differs"
-    grad_out = torch.randn(q.shape, generator=gen).to(device)
-    results = []
-    for layer in (lighthouse_attention, naive_lighthouse_attention):
-        out = layer(q, k, v, **params)
-        results.append((out, *torch.autograd.grad(out, (q, k, v), grad_out)))
-    for name, a, b in zip(("out", "dq", "dk", "dv"), *results, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name} differs")
-
-
-def test_triton_path_compiles_in_one_graph():
-    """The causal selection is an op with a fake implementation like the kernels: fullgraph compile, equal to eager
-    (CPU: aot_eager, which checks capture, fake shapes and autograd; GPU: inductor)."""
-    pytest.importorskip("triton")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    def layer(q, k, v):
-        return lighthouse_attention(q, k, v, levels=2, pooling_factor=4, topk=128, causal=True)
-
-    gen = torch.Generator().manual_seed(28)
-    q, k, v = (torch.randn(1, 512, 2, 16, generator=gen).to(device).requires_grad_() for _ in range(3))
-    compiled = torch.compile(layer, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
-    got, want = compiled(q, k, v), layer(q, k, v)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    (got_grad,), (want_grad,) = (torch.autograd.grad(x.square().sum(), (q,)) for x in (got, want))
-    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-4)

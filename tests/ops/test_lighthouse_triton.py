@@ -135,6 +135,35 @@ def test_options_match_reference_fp32(case, poisoned_empty):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=f"d{name} differs")
 
 
+# The strictly causal selection (README §8b, ``causal=True``): the reference's selection, encoded into the kernels'
+# codes and inverse map by the op select_causal, then the kernels' gather and scatter. (B, N, H, H_kv, D, L, p, K,
+# scorer): the paper's layout with two tiles, groups of 2 (per_kv_group), the dilated scorer, one short tile.
+CAUSAL_CASES = [
+    (1, 2048, 2, 2, 16, 3, 2, 256, "norm"),
+    (2, 2048, 4, 2, 16, 3, 2, 256, "norm"),
+    (1, 2048, 2, 2, 16, 2, 4, 256, "dilated"),
+    (1, 512, 3, 3, 16, 2, 4, 256, "norm"),
+]
+
+
+@pytest.mark.parametrize("case", CAUSAL_CASES, ids=_option_id)
+def test_causal_matches_reference_fp32(case, poisoned_empty):
+    batch, seq_len, heads, kv_heads, dim, levels, p, topk, scorer = case
+    gen = torch.Generator().manual_seed(27)
+    q = _quantized((batch, seq_len, heads, dim), torch.float32, DEVICE, gen).requires_grad_()
+    k, v = (_quantized((batch, seq_len, kv_heads, dim), torch.float32, DEVICE, gen).requires_grad_() for _ in range(2))
+    grad_out = _quantized(q.shape, torch.float32, DEVICE, gen)
+    params = dict(levels=levels, pooling_factor=p, topk=topk, scorer=scorer, causal=True)
+    params["selection"] = "paper" if heads == kv_heads else "per_kv_group"
+    assert_same_selection(q, k, params, v)
+
+    out, grads = _forward_backward(lighthouse_attention, q, k, v, grad_out, **params)
+    ref, ref_grads = _forward_backward(naive_lighthouse_attention, q, k, v, grad_out, **params)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for name, g, r in zip("qkv", grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=f"d{name} differs")
+
+
 def test_per_kv_group_gathers_kv_once_per_kv_head():
     """The point of per_kv_group: the compacted K and V (and everything kept for the backward of the layer) have
     H_kv heads, not H; only the compacted q and output have H. Nothing N rows long is kept."""
@@ -265,6 +294,23 @@ def test_torch_compile_fullgraph_per_kv_group_dilated():
     gen = torch.Generator().manual_seed(0)
     q = _quantized((1, 512, 4, 16), torch.float32, DEVICE, gen).requires_grad_()
     k, v = (_quantized((1, 512, 2, 16), torch.float32, DEVICE, gen).requires_grad_() for _ in range(2))
+    grad_out = _quantized(q.shape, torch.float32, DEVICE, gen)
+    compiled = torch.compile(layer, fullgraph=True, backend="inductor" if HAS_CUDA else "aot_eager")
+    got, got_grads = _forward_backward(compiled, q, k, v, grad_out)
+    want, want_grads = _forward_backward(layer, q, k, v, grad_out)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_fullgraph_causal():
+    """The causal selection is an op with a fake implementation like the kernels: one graph, equal to eager."""
+
+    def layer(q, k, v):
+        return lighthouse_attention(q, k, v, levels=2, pooling_factor=4, topk=128, causal=True)
+
+    gen = torch.Generator().manual_seed(28)
+    q, k, v = (_quantized((1, 512, 2, 16), torch.float32, DEVICE, gen).requires_grad_() for _ in range(3))
     grad_out = _quantized(q.shape, torch.float32, DEVICE, gen)
     compiled = torch.compile(layer, fullgraph=True, backend="inductor" if HAS_CUDA else "aot_eager")
     got, got_grads = _forward_backward(compiled, q, k, v, grad_out)
