@@ -90,8 +90,7 @@ def test_backend_repeats_kv_only_for_the_papers_selection(backend, selection, mo
 
 @pytest.mark.parametrize("attention", ["lighthouse", "lighthouse_naive"])
 def test_causal_reaches_both_lighthouse_backends(attention):
-    """One name from the YAML to the op for both backends (the Triton path makes the causal selection by the
-    reference's code and runs gather and scatter on the kernels)."""
+    """One name from the YAML to the op for both backends."""
     config = ModelConfig(
         dim=32, n_layers=2, n_heads=4, ffn_hidden=64, seq_len=512, attention=attention,
         lighthouse=dict(LH, causal=True),
@@ -106,14 +105,16 @@ def test_causal_reaches_both_lighthouse_backends(attention):
 def test_causal_model_logits_never_see_later_tokens():
     """model.arch.lighthouse.causal reaches the op (one name from the YAML to the op): with every layer on
     Lighthouse, changing the tokens from position t on leaves every logit before t bitwise unchanged, t inside a
-    tile, on both backends (the Triton path's logits equal the reference's); with causal=false the same change moves
-    logits before t (the paper's within-tile look-ahead)."""
+    tile, on both backends; with causal=false the same change moves logits before t (the paper's within-tile
+    look-ahead). The backends' logits are not compared here: the kernels score by squared norms, the reference by
+    norms, and on arbitrary floats a last-bit difference can flip a near-tie in a rolling cutoff (measured on this
+    model); tests/ops compares them exactly on inputs whose scores are exact."""
     lighthouse = dict(levels=2, pooling_factor=2, topk=256)  # 2 tiles of 256 candidates: the selection matters
     tokens = torch.randint(0, 257, (1, 1024), generator=torch.Generator().manual_seed(1))
     t = 700
     changed = tokens.clone()
     changed[:, t:] = torch.randint(0, 257, (1, 1024 - t), generator=torch.Generator().manual_seed(2))
-    moved, logits = {}, {}
+    moved = {}
     for attention, causal in (("lighthouse_naive", True), ("lighthouse_naive", False), ("lighthouse", True)):
         arch = dict(dim=32, n_layers=2, n_heads=2, ffn_hidden=64, seq_len=1024, attention=attention)
         torch.manual_seed(0)
@@ -122,9 +123,7 @@ def test_causal_model_logits_never_see_later_tokens():
         with torch.no_grad():
             before, after = model(tokens), model(changed)
         moved[attention, causal] = not torch.equal(before[:, :t], after[:, :t])
-        logits[attention, causal] = before
     assert moved == {("lighthouse_naive", True): False, ("lighthouse_naive", False): True, ("lighthouse", True): False}
-    torch.testing.assert_close(logits["lighthouse", True], logits["lighthouse_naive", True], rtol=1e-5, atol=1e-5)
 
 
 def test_dense_attention_takes_no_lighthouse_parameters():

@@ -164,6 +164,42 @@ def test_causal_matches_reference_fp32(case, poisoned_empty):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=f"d{name} differs")
 
 
+# The causal selection's kernels on given scores, against the reference fed the same scores: integers below 20-1000,
+# so ties are common (the rule's counts and fills decide them), and up to 8 tiles, so a tile's cutoffs and B stream
+# reach into a previous tile whose own A depends on the tile before it. (B, H, N, L, p, K, largest score).
+CAUSAL_SCORE_CASES = [
+    (1, 2, 4096, 3, 4, 256, 20),
+    (2, 1, 2048, 2, 4, 256, 50),
+    (1, 1, 4096, 2, 2, 512, 50),
+    (1, 1, 24576, 3, 4, 768, 100),
+    (2, 1, 8192, 3, 2, 1024, 50),
+    (1, 1, 2048, 2, 8, 256, 1000),
+]
+
+
+@pytest.mark.parametrize("case", CAUSAL_SCORE_CASES, ids=lambda c: "B{}-H{}-N{}-L{}-p{}-k{}-max{}".format(*c))
+def test_causal_selection_kernel_matches_reference_on_tied_scores(case):
+    from lighthouse.ops.lighthouse.common import decode_codes
+    from lighthouse.ops.lighthouse.geometry import level_sizes
+    from lighthouse.ops.lighthouse.naive import level_offsets, select_from_scores
+    from lighthouse.ops.lighthouse.select_causal import select_causal_launch
+
+    batch, heads, seq_len, levels, p, topk, largest = case
+    geometry = lighthouse_geometry(seq_len, levels, p, topk)
+    gen = torch.Generator().manual_seed(seq_len + largest)
+    sizes = level_sizes(seq_len, levels, p)
+    score_q, score_k = (
+        [torch.randint(0, largest, (batch, heads, n), generator=gen).float() for n in sizes] for _ in "qk"
+    )
+    want = select_from_scores(score_q, score_k, geometry, causal=True)
+    pyramids = [torch.cat(s, dim=-1).to(DEVICE) for s in (score_q, score_k)]
+    codes, inv = select_causal_launch(*pyramids, geometry)
+    for name, a, b in zip(("level", "index", "refined"), decode_codes(codes), want, strict=True):
+        assert torch.equal(a.cpu(), b), f"selection field {name} differs"
+    slots = torch.arange(geometry.selected_len).expand(batch, heads, -1)
+    assert torch.equal(inv.cpu().long().gather(-1, level_offsets(sizes, "cpu")[want.level] + want.index), slots)
+
+
 def test_per_kv_group_gathers_kv_once_per_kv_head():
     """The point of per_kv_group: the compacted K and V (and everything kept for the backward of the layer) have
     H_kv heads, not H; only the compacted q and output have H. Nothing N rows long is kept."""

@@ -182,6 +182,81 @@ def pool_to_slots(
     tl.store(dst, pooled.to(dst_ptr.dtype.element_ty), mask=(slot >= 0)[:, None] & dmask[None, :])
 
 
+# ---------------------------------------------------------------- the compacted order (both selection kernels)
+
+
+@triton.jit
+def count_smaller(list_ptr, length, word, STEPS: tl.constexpr):
+    """For each ``word``: how many of the ``length`` ascending words at ``list_ptr`` are smaller
+    (branchless binary search; ``2^STEPS > length``)."""
+    below = (word * 0).to(tl.int32)
+    for t in range(STEPS):
+        probe = below + (1 << (STEPS - 1 - t))
+        seen = tl.load(list_ptr + probe - 1, mask=probe <= length, other=0x7FFFFFFFFFFFFFFF)
+        below = tl.where(seen < word, probe, below)
+    return below
+
+
+@triton.jit
+def place_entries(
+    words_ptr,
+    word,
+    live,
+    tile,
+    codes_row,
+    inv_row,
+    N,
+    NC,
+    S_TILE,
+    LEVELS: tl.constexpr,
+    LOG2P: tl.constexpr,
+    CHILDREN: tl.constexpr,
+    NC_STEPS: tl.constexpr,
+):
+    """Write the entries ``word`` (of one level) to their compacted slots: the slot within the tile is the
+    number of emitted entries with a smaller key, summed over the per-level ascending lists."""
+    rank = count_smaller(words_ptr, NC, word, NC_STEPS)
+    for step in tl.static_range(1, LEVELS):
+        rank += count_smaller(words_ptr + NC + (step - 1) * CHILDREN, CHILDREN, word, LOG2P + 8)
+    slot = tile * S_TILE + rank
+    code = (word & 0xFFFFFFFF).to(tl.int32)
+    tl.store(codes_row + slot, code, mask=live)
+    tl.store(inv_row + level_offset_vec(N, code_level(code), LEVELS, LOG2P) + code_index(code), slot, mask=live)
+
+
+@triton.jit
+def order_word(index, refined, LEVEL: tl.constexpr, LEVELS: tl.constexpr, LOG2P: tl.constexpr):
+    """Order word: README §4 key * 2^(L-1) in the high 32 bits, the code (level, refined, index) in the low."""
+    shift: tl.constexpr = LOG2P * (LEVEL - 1) + LEVELS - 1
+    idx = index.to(tl.int64)
+    leaf_key = idx << shift
+    refined_key = ((idx + 1) << shift) - (1 << (LEVELS - LEVEL))
+    key = tl.where(refined, refined_key, leaf_key)
+    return (key << 32) | encode_code(idx, refined, LEVEL)
+
+
+@triton.jit
+def place_tile(
+    words_ptr, tile, codes_row, inv_row, N, NC, S_TILE,
+    NC_BLOCK: tl.constexpr, NC_STEPS: tl.constexpr, LEVELS: tl.constexpr, LOG2P: tl.constexpr,
+    CHILDREN: tl.constexpr,
+):  # fmt: skip
+    """Place a tile's emitted entries: ``words_ptr`` holds its order words per level, each list ascending (the
+    coarsest level's NC, then CHILDREN for each finer level, base last); slot = the tile's first slot + the
+    number of the tile's entries with a smaller word."""
+    lane = tl.arange(0, NC_BLOCK)
+    word = tl.load(words_ptr + lane, mask=lane < NC, other=0)
+    place_entries(
+        words_ptr, word, lane < NC, tile, codes_row, inv_row, N, NC, S_TILE, LEVELS, LOG2P, CHILDREN, NC_STEPS
+    )
+    child = tl.arange(0, CHILDREN)
+    for step in tl.static_range(1, LEVELS):
+        word = tl.load(words_ptr + NC + (step - 1) * CHILDREN + child)
+        place_entries(
+            words_ptr, word, child >= 0, tile, codes_row, inv_row, N, NC, S_TILE, LEVELS, LOG2P, CHILDREN, NC_STEPS
+        )
+
+
 # ---------------------------------------------------------------- launch parameters (host)
 
 

@@ -86,20 +86,25 @@ def _(q, k, levels, pooling_factor, topk):
     return _fake_codes(q, batch, heads, seq_len, levels, pooling_factor, topk)
 
 
+def _pyramids(score_q: Tensor, score_k: Tensor, levels: int, pooling_factor: int) -> list[Tensor]:
+    """Base scores ``[B, H_s, N]`` max-pooled up the levels like the norm scores (README §2), laid end to end
+    base first: the ``[B, H_s, N_tot]`` fp32 pyramids the selection kernels read."""
+    from .naive import pool_scores
+
+    return [torch.cat(pool_scores(s.float(), levels, pooling_factor), dim=2) for s in (score_q, score_k)]
+
+
 @torch.library.custom_op("lighthouse::select_scored", mutates_args=())
 def _select_scored_op(
     score_q: Tensor, score_k: Tensor, levels: int, pooling_factor: int, topk: int
 ) -> tuple[Tensor, Tensor]:
     """Given base scores ``[B, H_s, N]`` fp32 (>= 0; the dilated scorer's) -> ``codes``, ``inv`` as ``select``."""
     _check_device(score_q)
-    from .naive import pool_scores
     from .select import check_code_range, select_from_scores_launch
 
     geometry = LighthouseGeometry(score_q.shape[2], levels, pooling_factor, topk)
     check_code_range(geometry)
-    # Max-pooled up the levels like the norm scores (README §2), laid end to end base first: [B, H_s, N_tot].
-    pyramids = [torch.cat(pool_scores(s.float(), levels, pooling_factor), dim=2) for s in (score_q, score_k)]
-    return select_from_scores_launch(*pyramids, geometry)
+    return select_from_scores_launch(*_pyramids(score_q, score_k, levels, pooling_factor), geometry)
 
 
 @_select_scored_op.register_fake
@@ -112,19 +117,22 @@ def _(score_q, score_k, levels, pooling_factor, topk):
 def _select_causal_op(
     q: Tensor, k: Tensor, v: Tensor | None, levels: int, pooling_factor: int, topk: int, scorer: str, dilation: int
 ) -> tuple[Tensor, Tensor]:
-    """README §8b's strictly causal selection -> ``codes``, ``inv`` as ``select``. No kernel of its own: the
-    reference's scores and selection (comparisons, cumulative sums, sorts in PyTorch, no gradient) encoded in the
-    kernels' formats, so gather, SDPA and scatter are the kernels' as for the paper's rule. ``v``: the dilated
-    scorer's only."""
+    """README §8b's strictly causal selection -> ``codes``, ``inv`` as ``select``: the score pyramids of the layer's
+    scorer (the norm kernel, or the dilated scores max-pooled up the levels), then select_causal.py's kernels.
+    ``v``: the dilated scorer's only."""
     _check_device(q)
-    from .common import encode_selection
-    from .geometry import level_sizes
-    from .naive import select_entries
+    from .select import check_code_range, scores_launch
+    from .select_causal import select_causal_launch
 
-    sizes = dict(levels=levels, pooling_factor=pooling_factor, topk=topk)
-    selection = "paper" if q.shape[2] == k.shape[2] else "per_kv_group"
-    picked = select_entries(q, k, v, **sizes, selection=selection, scorer=scorer, dilation=dilation, causal=True)
-    return encode_selection(*picked, level_sizes(q.shape[1], levels, pooling_factor))
+    geometry = LighthouseGeometry(q.shape[1], levels, pooling_factor, topk)
+    check_code_range(geometry)
+    if scorer == "norm":
+        pyramids = scores_launch(_last_dim_contiguous(q), _last_dim_contiguous(k), geometry)
+    else:
+        from .dilated import dilated_scores
+
+        pyramids = _pyramids(*dilated_scores(q, k, v, dilation), levels, pooling_factor)
+    return select_causal_launch(*pyramids, geometry)
 
 
 @_select_causal_op.register_fake
@@ -311,7 +319,7 @@ def lighthouse_attention(
     with ``enable_gqa``). ``scorer``: ``"norm"`` or ``"dilated"`` (with ``dilation``). Returns ``[B, N, H, D]``.
     ``N`` must satisfy ``lighthouse_geometry`` (short sequences use fewer tiles). Selection carries no
     gradient; gradients flow through scatter, SDPA and gather to q, k, v. ``causal=True`` (README §8b): the
-    strictly causal selection, made by the reference's PyTorch code (op ``select_causal``), the rest on the kernels.
+    strictly causal selection (op ``select_causal``, its own kernels); gather, SDPA and scatter as above.
     """
     options = LayerOptions(levels, pooling_factor, topk, selection, scorer, dilation, causal)
     geometry = checked_geometry(q, k, v, options)

@@ -26,12 +26,10 @@ import triton.language as tl
 
 from .common import (
     CODE_INDEX_BITS,
-    code_index,
-    code_level,
-    encode_code,
     level_constexprs,
     level_offset,
-    level_offset_vec,
+    order_word,
+    place_tile,
     rows_per_program,
     span_block,
 )
@@ -143,56 +141,6 @@ def _refine(sq, sk, index, valid, parents_ptr, PICK: tl.constexpr):
 
 
 @triton.jit
-def _count_smaller(list_ptr, length, word, STEPS: tl.constexpr):
-    """For each ``word``: how many of the ``length`` ascending words at ``list_ptr`` are smaller
-    (branchless binary search; ``2^STEPS > length``)."""
-    below = (word * 0).to(tl.int32)
-    for t in range(STEPS):
-        probe = below + (1 << (STEPS - 1 - t))
-        seen = tl.load(list_ptr + probe - 1, mask=probe <= length, other=0x7FFFFFFFFFFFFFFF)
-        below = tl.where(seen < word, probe, below)
-    return below
-
-
-@triton.jit
-def _place(
-    words_ptr,
-    word,
-    live,
-    tile,
-    codes_row,
-    inv_row,
-    N,
-    NC,
-    S_TILE,
-    LEVELS: tl.constexpr,
-    LOG2P: tl.constexpr,
-    CHILDREN: tl.constexpr,
-    NC_STEPS: tl.constexpr,
-):
-    """Write the entries ``word`` (of one level) to their compacted slots: the slot within the tile is the
-    number of emitted entries with a smaller key, summed over the per-level ascending lists."""
-    rank = _count_smaller(words_ptr, NC, word, NC_STEPS)
-    for step in tl.static_range(1, LEVELS):
-        rank += _count_smaller(words_ptr + NC + (step - 1) * CHILDREN, CHILDREN, word, LOG2P + 8)
-    slot = tile * S_TILE + rank
-    code = (word & 0xFFFFFFFF).to(tl.int32)
-    tl.store(codes_row + slot, code, mask=live)
-    tl.store(inv_row + level_offset_vec(N, code_level(code), LEVELS, LOG2P) + code_index(code), slot, mask=live)
-
-
-@triton.jit
-def _pack(index, refined, LEVEL: tl.constexpr, LEVELS: tl.constexpr, LOG2P: tl.constexpr):
-    """Order word: README §4 key * 2^(L-1) in the high 32 bits, the code (level, refined, index) in the low."""
-    shift: tl.constexpr = LOG2P * (LEVEL - 1) + LEVELS - 1
-    idx = index.to(tl.int64)
-    leaf_key = idx << shift
-    refined_key = ((idx + 1) << shift) - (1 << (LEVELS - LEVEL))
-    key = tl.where(refined, refined_key, leaf_key)
-    return (key << 32) | encode_code(idx, refined, LEVEL)
-
-
-@triton.jit
 def _select_kernel(
     sq_ptr, sk_ptr, codes_ptr, inv_ptr, scratch_ptr,
     N, N_TOT, S_SEL, NC, S_TILE, NUM_TILES,
@@ -217,7 +165,7 @@ def _select_kernel(
     sq = tl.load(sq_ptr + row + off + index, mask=valid, other=0.0)
     sk = tl.load(sk_ptr + row + off + index, mask=valid, other=0.0)
     refined = _refine(sq, sk, index, valid, parents_ptr, PICK)
-    tl.store(words_ptr + lane, _pack(index, refined, LEVELS, LEVELS, LOG2P), mask=valid)
+    tl.store(words_ptr + lane, order_word(index, refined, LEVELS, LEVELS, LOG2P), mask=valid)
 
     # Finer levels: the children of the 128 refined entries (ascending) are the next candidates.
     child = tl.arange(0, CHILDREN)
@@ -234,18 +182,13 @@ def _select_kernel(
             refined = _refine(sq, sk, index, child >= 0, parents_ptr, PICK)
         else:
             refined = child < 0
-        emitted = _pack(index, refined, LEVELS - step, LEVELS, LOG2P)
+        emitted = order_word(index, refined, LEVELS - step, LEVELS, LOG2P)
         tl.store(words_ptr + NC + (step - 1) * CHILDREN + child, emitted)
 
     # Compacted order: slot = tile start + number of the tile's emitted entries with a smaller key.
     tl.debug_barrier()
     codes_row = codes_ptr + pid_bh.to(tl.int64) * S_SEL
-    inv_row = inv_ptr + row
-    word = tl.load(words_ptr + lane, mask=valid, other=0)
-    _place(words_ptr, word, valid, tile, codes_row, inv_row, N, NC, S_TILE, LEVELS, LOG2P, CHILDREN, NC_STEPS)
-    for step in tl.static_range(1, LEVELS):
-        word = tl.load(words_ptr + NC + (step - 1) * CHILDREN + child)
-        _place(words_ptr, word, child >= 0, tile, codes_row, inv_row, N, NC, S_TILE, LEVELS, LOG2P, CHILDREN, NC_STEPS)
+    place_tile(words_ptr, tile, codes_row, inv_ptr + row, N, NC, S_TILE, NC_BLOCK, NC_STEPS, LEVELS, LOG2P, CHILDREN)
 
 
 # ---------------------------------------------------------------- launcher
