@@ -2,7 +2,8 @@
 # The H200 measurements behind bench/RESULTS.md, in parts that each fit one 10-minute device call:
 #   bash bench/device_round.sh kernels   # GPU tests, layer timings (now and, if .devold/ holds an older
 #                                        # checkout's src+bench, before), generation speed, 262144 memory rows
-#   bash bench/device_round.sh tests     # the GPU-marked tests, then every op test on CUDA
+#   bash bench/device_round.sh tests     # the GPU-marked tests, every op test on CUDA, the layer timings with
+#                                        # the causal selection (~3 min)
 #   bash bench/device_round.sh long      # lh_1m through the CLI, model rows at 524288 and 1048576
 #   bash bench/device_round.sh table     # the paper model, dense and Lighthouse, at 16384 (K=512), 65536, 131072
 #   bash bench/device_round.sh offload   # checkpoint_offload at 262144 (with the host's peak memory)
@@ -70,6 +71,8 @@ tests)
   # Every op test on CUDA too (they pick the GPU when there is one): the ones not marked gpu, e.g. the causal
   # selection's fast path against the reference, otherwise only ever run in Triton's interpreter.
   step op_tests 240 src python3 -m pytest -q -m "not gpu" tests/ops -p no:cacheprovider
+  step layer_causal 90 src python3 bench/bench_attention.py --ns 32768 65536 --detail-n 0 --causal \
+    --json "$out/layer_causal.json"
   ;;
 long)
   step lh_1m_cli 300 src bash bench/device_train_smoke.sh configs/lh_1m.yaml 12 --throughput.window 4 \
