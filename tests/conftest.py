@@ -19,6 +19,32 @@ if not HAS_CUDA:
     # TRITON_INTERPRET from the caller wins.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Launch options a kernel call may pass besides the kernel's own parameters.
+LAUNCH_OPTIONS = frozenset({"num_warps", "num_stages", "num_ctas", "maxnreg"})
+
+
+def _strict_interpreter_launches() -> None:
+    """A compiled launch refuses a keyword the kernel does not declare (KeyError); Triton's interpreter drops it
+    without a word. So a wrong keyword passed every CPU test and failed at the first GPU launch (the causal
+    selection's placement kernel, 2026-12-03). Here the interpreter refuses it too."""
+    try:
+        from triton.runtime.interpreter import GridExecutor
+    except ImportError:  # no Triton: nothing launches kernels
+        return
+    launch = GridExecutor.__call__
+
+    def strict_launch(self, *args, **kwargs):
+        unknown = sorted(set(kwargs) - set(self.arg_names) - LAUNCH_OPTIONS)
+        if unknown:
+            raise KeyError(f"{self.fn.__name__} has no parameter {', '.join(unknown)} (a compiled launch refuses it)")
+        return launch(self, *args, **kwargs)
+
+    GridExecutor.__call__ = strict_launch
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _strict_interpreter_launches()
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if HAS_CUDA:

@@ -176,7 +176,7 @@ def select_causal_launch(
     scores_scratch = torch.empty(batch * heads * tiles * 5 * m_block, device=device, dtype=torch.float32)
     int_scratch = torch.empty(batch * heads * tiles * 2 * m_block, device=device, dtype=torch.int32)
     warps = max(1, m_block // 128)
-    constexprs = dict(**level_constexprs(levels, p), REF=REFINED_PER_TILE, PICK=PICKED_PER_SCORE)
+    constexprs = dict(**level_constexprs(levels, p), REF=REFINED_PER_TILE)
     words_at = 0  # coarsest level first, then children * (levels - level - 1) ... as select.py lays them out
     for step, level in enumerate(range(levels, 1, -1)):
         m = nc if level == levels else children
@@ -184,7 +184,7 @@ def select_causal_launch(
         _causal_level_kernel[(tiles, batch * heads)](
             scores_q, scores_k, cand[step % 2], cand[(step + 1) % 2], words, scores_scratch, int_scratch,
             geometry.seq_len, n_tot, tiles, m, words_at, s_block, next_at,
-            LEVEL=level, M_BLOCK=m_block, CHUNK=chunk, **constexprs, num_warps=warps,
+            LEVEL=level, M_BLOCK=m_block, CHUNK=chunk, PICK=PICKED_PER_SCORE, **constexprs, num_warps=warps,
         )  # fmt: skip
         words_at = next_at
     codes = torch.empty(batch, heads, geometry.selected_len, device=device, dtype=torch.int32)
