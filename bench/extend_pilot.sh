@@ -20,6 +20,11 @@ N=${N:-120}
 M=${M:-40}
 THETA=${THETA:-8000000.0}
 MAX_TIME=${MAX_TIME:-00:00:08:00}
+# Extra CLI arguments for the pre-training fit and for the extension runs (a CPU smoke test of this script:
+# PRE_EXTRA="--model.arch.flavor debug --data.seq_len 256 --model.compile false --trainer.precision 32"
+# EXTEND_EXTRA="--model.arch.dense_layers [0,3] --data.seq_len 1024 --model.compile false ..."), unquoted word lists.
+read -r -a pre_extra <<<"${PRE_EXTRA:-}"
+read -r -a extend_extra <<<"${EXTEND_EXTRA:-}"
 mkdir -p "$out" "$PILOT"
 log="$out/extend_$part.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
@@ -44,13 +49,18 @@ train() {  # train NAME CONFIG ARGS...: one fit into $PILOT/logs/NAME, timed, ap
   echo "$name rc=$rc $(($(date +%s) - start))s" | tee -a "$log"
 }
 
+# Validate every gcd(N, M) steps: at the switch AND at the end (an interval of N alone never reaches step N + M).
+gcd() { local a=$1 b=$2; while ((b)); do set -- "$b" $((a % b)); a=$1 b=$2; done; echo "$a"; }
 extend_args=(--model.init_from "$pretrained" --model.arch.rope_theta "$THETA" --trainer.max_steps $((N + M))
-  --model.schedule_steps $((N + M)) --model.warmup_steps 20 --trainer.val_check_interval "$N" --data.val_batches 4)
+  --model.schedule_steps $((N + M)) --model.warmup_steps 20 --trainer.val_check_interval "$(gcd "$N" "$M")"
+  --data.val_batches 4
+  ${extend_extra[@]+"${extend_extra[@]}"})
 
 case $part in
 pretrain)
   train pretrain_4k configs/dense_64k.yaml --data.seq_len 4096 --data.batch_size 8 --trainer.max_steps "$PRE_STEPS" \
-    --model.schedule_steps "$PRE_STEPS" --model.warmup_steps 50 --trainer.val_check_interval "$PRE_STEPS"
+    --model.schedule_steps "$PRE_STEPS" --model.warmup_steps 50 --trainer.val_check_interval "$PRE_STEPS" \
+    ${pre_extra[@]+"${pre_extra[@]}"}
   ckpt=$(ls -d "$PILOT"/logs/pretrain_4k/*/checkpoints/last.ckpt | tail -n 1)
   python3 src/export.py --ckpt "$ckpt" --out "$pretrained" >>"$log" 2>&1 && echo "exported $pretrained" | tee -a "$log"
   ;;
@@ -58,7 +68,8 @@ before)
   # The imported model as it is (rope_theta of the folder, no extension), validated at 65536.
   python3 src/train.py validate --config configs/extend_64k.yaml --model.init_from "$pretrained" --model.arch.rope_theta null \
     --model.arch.attention sdpa --data.val_batches 4 --trainer.logger.init_args.save_dir "$PILOT/logs" \
-    --trainer.logger.init_args.name before --trainer.enable_progress_bar false >>"$log" 2>&1
+    --trainer.logger.init_args.name before --trainer.enable_progress_bar false \
+    ${extend_extra[@]+"${extend_extra[@]}"} >>"$log" 2>&1
   echo "before rc=$?" | tee -a "$log"
   ;;
 lighthouse)
