@@ -10,6 +10,8 @@
 #   bash bench/extend_pilot.sh dense        # the same extension with dense attention throughout
 #   bash bench/extend_pilot.sh report       # the table for bench/RESULTS.md (also printed after each part)
 # A part cut by its time limit (trainer.max_time, MAX_TIME) saves its step; calling it again resumes it.
+# Measured (one H200, 2026-12-03): with PRE_STEPS=200 N=48 M=16 and PRE_EXTRA / EXTEND_EXTRA "--model.compile false"
+# all four parts fit one call (518 s: pretrain 122 s, lighthouse 145 s, dense 210 s); bench/RESULTS.md has the table.
 # Everything goes to $OUT/extend_<part>.log.
 set -uo pipefail
 part=${1:?usage: extend_pilot.sh pretrain|before|lighthouse|dense|report}
