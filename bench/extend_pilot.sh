@@ -22,9 +22,8 @@ N=${N:-120}
 M=${M:-40}
 THETA=${THETA:-8000000.0}
 MAX_TIME=${MAX_TIME:-00:00:08:00}
-# Extra CLI arguments for the pre-training fit and for the extension runs (a CPU smoke test of this script:
-# PRE_EXTRA="--model.arch.flavor debug --data.seq_len 256 --model.compile false --trainer.precision 32"
-# EXTEND_EXTRA="--model.arch.dense_layers [0,3] --data.seq_len 1024 --model.compile false ..."), unquoted word lists.
+# Extra CLI arguments (unquoted word lists) for the pre-training fit (PRE_EXTRA) and for the before / extension
+# runs (EXTEND_EXTRA), e.g. "--model.compile false"; tests/test_extend_pilot.py runs the script on a CPU with them.
 read -r -a pre_extra <<<"${PRE_EXTRA:-}"
 read -r -a extend_extra <<<"${EXTEND_EXTRA:-}"
 mkdir -p "$out" "$PILOT"

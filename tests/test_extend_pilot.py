@@ -21,7 +21,7 @@ EXTEND_EXTRA = (
 )
 
 
-def pilot(part: str, tmp_path, attention: str = "lighthouse_naive") -> subprocess.CompletedProcess:
+def pilot(part: str, tmp_path, attention: str) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "OUT": str(tmp_path / "out"),
@@ -41,7 +41,8 @@ def pilot(part: str, tmp_path, attention: str = "lighthouse_naive") -> subproces
 
 def validated_steps(tmp_path, name: str) -> list[int]:
     (run_dir,) = find_runs(tmp_path / "pilot" / "logs" / name)
-    return read_run(run_dir).series("val/loss_dense").steps or read_run(run_dir).series("val/loss").steps
+    run = read_run(run_dir)
+    return run.series("val/loss_dense").steps or run.series("val/loss").steps
 
 
 @pytest.mark.slow
