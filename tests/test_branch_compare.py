@@ -332,3 +332,14 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     assert f"| LH - E | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | 2 |" in markdown
     assert "seed 2: ['E']" in markdown  # the design's arms only: LHc is an added experiment
     assert "| 2 | LH | 10 |" in markdown and "| 2 | LHc | 10 |" in markdown  # the switch table has every seed
+
+
+def test_committed_branch_report_is_what_the_archived_seeds_give(tmp_path):
+    """bench/report/branch/README.md is built from the archived seeds in bench/report/runs/, never edited by hand:
+    rebuilding it from them gives the committed text, line for line (the PNGs are left out: their bytes depend
+    on the matplotlib version)."""
+    archives = sorted((REPO / "bench" / "report" / "runs").glob("branch_32k-seed*.tgz"))
+    assert archives, "no archived branch seeds"
+    rebuilt = branch_report.build_report(archives, tmp_path / "report").read_text().splitlines()
+    committed = (REPO / "bench" / "report" / "branch" / "README.md").read_text().splitlines()
+    assert rebuilt == committed
