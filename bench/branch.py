@@ -1,4 +1,5 @@
-"""The branch comparison of issue 31: three arms from ONE shared dense warm-up, one seed per folder.
+"""The comparison of issue 31, one seed per folder: three arms from ONE shared dense warm-up (the branch design), or
+the same arms from step 0 (the from-scratch design, ``--warmup 0``).
 
     python bench/branch.py run --config bench/configs/branch_32k.yaml --seed 0 --max-minutes 9   # exit 3: again
     python bench/branch.py export --out logs/branch_32k-seed0 --to $OUT      # $OUT/branch_32k-seed0.tgz
@@ -19,6 +20,11 @@ Per seed (``seed_everything`` and ``data.seed``: init and data order), all throu
   steps in each phase times that phase's steady-state step time (ThroughputRecorder windows: no start-up,
   compilation, validation or checkpoints, which are the same fixed costs in every arm or artefacts of time-limited
   calls); E's steps = round(LH's time / D's steady-state dense step time). So E needs D and LH trained first.
+
+From scratch (``--warmup 0``, the paper's own protocol): no shared run and no warm-up check; every arm starts at
+step 0 from the seed's init and data order, so D and LH are paired by seed (LH: Lighthouse from step 0 to the
+switch, then dense; E: dense, its whole LR schedule fitted into its steps). The default folder is
+``logs/<config name>-scratch-seed<N>``, so its archives never mix with the branch design's in one report.
 
 Every arm has the same validation cadence (it divides W, the switch and S), LR schedule length S and data.
 Each finished arm gets its final evaluation (``<arm>/final/``): per-window dense losses on ``--eval-windows``
@@ -90,10 +96,10 @@ def cadence(warmup: int, switch: int, steps: int, min_validations: int = MIN_VAL
 
 def make_plan(steps: int, warmup: int, share: float, val_every: int | None = None) -> dict:
     switch = round(share * steps)
-    if not 0 < warmup < switch < steps:
+    if not 0 <= warmup < switch < steps:
         raise ValueError(
             f"--warmup {warmup}, --steps {steps} and --share {share} (switch at step {switch}) must satisfy "
-            f"0 < warmup < switch < steps"
+            f"0 <= warmup < switch < steps (warmup 0: the from-scratch design)"
         )
     val_every = val_every or cadence(warmup, switch, steps)
     if warmup % val_every or switch % val_every or steps % val_every:
@@ -101,6 +107,16 @@ def make_plan(steps: int, warmup: int, share: float, val_every: int | None = Non
             f"--val-every {val_every} must divide --warmup {warmup}, the switch {switch} and --steps {steps}"
         )
     return {"steps": steps, "warmup": warmup, "share": share, "switch_step": switch, "val_every": val_every}
+
+
+def from_scratch(plan: dict) -> bool:
+    """The from-scratch design: no shared warm-up, every arm from step 0."""
+    return plan["warmup"] == 0
+
+
+def folder_name(config: str | Path, seed: int, warmup: int) -> str:
+    """The seed folder's (and its archive's) name: the two designs never share one."""
+    return f"{Path(config).stem}{'-scratch' if warmup == 0 else ''}-seed{seed}"
 
 
 def phase_step_times(records: list[dict], start: int, end: int) -> dict[str, float]:
@@ -152,34 +168,38 @@ def estimate(
     steps: int,
     warmup: int = 200,
     share: float = 0.625,
+    arms: tuple[str, ...] = DEFAULT_ARMS,
     tokens_per_step: int = 4 * 32768,
     dense_tps: float = 235e3,
     lh_tps: float = 543e3,
     validation_s: float = 5.0,
     launch_s: float = 35.0,
-    launches: int = 7,
     eval_s: float = 30.0,
 ) -> dict:
     """Minutes of one seed: training at the measured steady-state tokens/s, plus validations, job start-ups
     (imports, data, compilation) and final evaluations at assumed costs. Defaults: H200, branch_32k.yaml, the
     issue's tokens/s; a validation (64 windows + 32 recall windows, forward only) ~5 s; a training job's start-up
-    and compilation ~35 s (the compare report measured 32-37 s at 32768), 7 of them (the warm-up, D and E cut
-    once each by the 10-minute calls, LH once); an evaluation job ~30 s."""
+    and compilation ~35 s (the compare report measured 32-37 s at 32768), each run launched twice but LH once
+    (the 10-minute calls cut the others); an evaluation job ~30 s (window losses, recall, and the look-ahead of
+    a Lighthouse arm). A Lighthouse arm's validations before the switch count twice (own and dense attention)."""
     plan = make_plan(steps, warmup, share)
     w, sw = warmup, plan["switch_step"]
     dense, sparse = tokens_per_step / dense_tps, tokens_per_step / lh_tps
     lh = (sw - w) * sparse + (steps - sw) * dense
-    train = {"warmup": w * dense, "D": (steps - w) * dense, "LH": lh, "E": lh}
     e_steps = round(lh / dense)
-    n_val = {"warmup": w, "D": steps - w, "LH": steps - w, "E": e_steps}
-    val = {k: n // plan["val_every"] * validation_s for k, n in n_val.items()}
-    overhead = launches * launch_s + 7 * eval_s  # 3 window-loss, 3 recall, 1 look-ahead evaluations
-    total = sum(train.values()) + sum(val.values()) + overhead
+    train = {"warmup": w * dense, "D": (steps - w) * dense, "LH": lh, "LHc": lh, "E": lh}
+    n_val = {"warmup": w, "D": steps - w, "LH": steps - w + sw - w, "LHc": steps - w + sw - w, "E": e_steps}
+    runs = [r for r in ("warmup", *arms) if r != "warmup" or w]
+    val = sum(n_val[r] // plan["val_every"] * validation_s for r in runs)
+    launches = sum(1 if r in SPARSE_ARMS else 2 for r in runs)
+    evals = sum(3 if a in SPARSE_ARMS else 2 for a in arms)
+    overhead = launches * launch_s + evals * eval_s
+    total = sum(train[r] for r in runs) + val + overhead
     return {
         **plan,
         "e_steps": e_steps,
-        "train_min": {k: v / 60 for k, v in train.items()},
-        "validation_min": sum(val.values()) / 60,
+        "train_min": {r: train[r] / 60 for r in runs},
+        "validation_min": val / 60,
         "overhead_min": overhead / 60,
         "total_min": total / 60,
     }
@@ -189,14 +209,13 @@ def estimate(
 def schedule(arm: str, plan: dict, sparse: str) -> list[dict]:
     w = plan["warmup"]
     if arm in SPARSE_ARMS:
-        return [
-            {"start": 0, "attention": "sdpa"},
-            {"start": w, "attention": sparse},
-            {"start": plan["switch_step"], "attention": "sdpa"},
-        ]
-    if arm == "E":
-        return [{"start": 0, "attention": "sdpa"}, {"start": w, "attention": "sdpa", "rescale_lr": True}]
-    return [{"start": 0, "attention": "sdpa"}]
+        own = [{"start": w, "attention": sparse}, {"start": plan["switch_step"], "attention": "sdpa"}]
+    elif arm == "E":
+        own = [{"start": w, "attention": "sdpa", "rescale_lr": True}]
+    else:
+        return [{"start": 0, "attention": "sdpa"}]
+    # Before W an arm is the shared dense warm-up it resumes; from scratch its own phases start at step 0.
+    return ([{"start": 0, "attention": "sdpa"}] if w else []) + own
 
 
 def end_step(run: str, plan: dict, equal_time: dict | None) -> int:
@@ -308,7 +327,7 @@ class Seed:
                 print(f"branch: {self.left():.0f} s left, not enough to train {run}; run the same command again")
                 return MORE_TO_DO
             start = newest
-            if start is None and run != "warmup":
+            if start is None and run != "warmup" and not from_scratch(self.plan):
                 w = self.plan["warmup"]
                 start = (w, checkpoint_at(self.out / "warmup", w))
             config = run_config(self.base, self.plan, run, self.plan["seed"], self.out, equal_time)
@@ -359,8 +378,8 @@ class Seed:
             prune_checkpoints(run_dir)  # the switch checkpoint has been probed
         return 0
 
-    def go(self) -> int:
-        claim_folder(self.out / "plan.json", self.plan, "a branch seed")
+    def shared_warmup(self) -> int:
+        """Train the shared dense warm-up and record whether the early loss drop happened by W."""
         status = self.train("warmup")
         if status:
             return status
@@ -375,6 +394,13 @@ class Seed:
                 print(f"branch: {note}; start a new folder with a later --warmup (or leave out --require-drop)")
                 return NO_DROP
             print(f"branch: warning: {note}; the arms branch anyway (recorded in warmup_check.json)")
+        return 0
+
+    def go(self) -> int:
+        claim_folder(self.out / "plan.json", self.plan, "a branch seed")
+        status = 0 if from_scratch(self.plan) else self.shared_warmup()
+        if status:
+            return status
         for arm in (a for a in self.args.arms if a != "E"):
             status = self.train(arm) or self.evaluate(arm)
             if status:
@@ -402,19 +428,20 @@ class Seed:
 # ---- export -------------------------------------------------------------------------------------------------------
 def export(out: Path, to: Path) -> Path:
     """``to/<folder name>.tgz`` of the seed folder without checkpoints (event files, records, configs, logs), its
-    top folder named like the archive, so archives of several seeds unpack side by side. An arm's data manifest
-    is kept only where it differs from the warm-up's (the arms resume the warm-up's data: at 32768 on the python
-    corpus each copy is 6 MB of file lists, most of an archive)."""
+    top folder named like the archive, so archives of several seeds unpack side by side. A run's data manifest is
+    kept only where it differs from the first run's (the warm-up's, or from scratch D's): every run of a seed reads
+    the same data, and at 32768 on the python corpus each copy is 6 MB of file lists, most of an archive."""
     to.mkdir(parents=True, exist_ok=True)
     target = to / f"{out.name}.tgz"
-    shared = out / "warmup" / "data_manifest.json"
+    manifest = "data_manifest.json"
+    first = next((out / run / manifest for run in RUNS if (out / run / manifest).is_file()), None)
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         name = Path(info.name).name
         skip = name.endswith((".ckpt", ".ckpt.sha256", ".tmp")) or ".tmp-" in name
         parts = Path(info.name).parts
-        if name == shared.name and len(parts) == 3 and parts[1] in ARMS and shared.is_file():
-            skip = (out / parts[1] / name).read_bytes() == shared.read_bytes()
+        if name == manifest and len(parts) == 3 and parts[1] in RUNS and first and out / parts[1] / name != first:
+            skip = (out / parts[1] / name).read_bytes() == first.read_bytes()
         return None if skip else info
 
     tmp = target.with_suffix(".tgz.tmp")
@@ -432,8 +459,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     go = sub.add_parser("run", help="train and evaluate one seed (resumable); extra CLI overrides after --")
     go.add_argument("--config", required=True, help="the base run config (model.arch.attention: LH's backend)")
     go.add_argument("--seed", type=int, default=0)
-    go.add_argument("--out", help="the seed's folder (default logs/<config name>-seed<N>)")
-    go.add_argument("--warmup", type=int, default=200, help="W: steps of the shared dense warm-up")
+    go.add_argument("--out", help="the seed's folder (default logs/<config name>[-scratch]-seed<N>)")
+    go.add_argument(
+        "--warmup", type=int, default=200, help="W: steps of the shared dense warm-up (0: every arm from scratch)"
+    )
     go.add_argument("--steps", type=int, default=1000, help="S: steps of the D and LH arms")
     go.add_argument("--share", type=float, default=0.625, help="LH's switch step as a share of S")
     go.add_argument("--val-every", type=int, help="validation interval (default: divides W, the switch and S)")
@@ -462,16 +491,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rep = sub.add_parser("report", help="markdown and PNGs from every seed folder or archive given")
     rep.add_argument("--runs", nargs="+", required=True, help="seed folders or their .tgz archives")
     rep.add_argument("--report-dir", default=str(REPO / "bench" / "report" / "branch"))
-    est = sub.add_parser("estimate", help="device minutes of one seed at the issue's measured tokens/s")
+    est = sub.add_parser("estimate", help="device minutes of one seed at measured tokens/s (default: the issue's)")
     est.add_argument("--steps", type=int, default=1000)
     est.add_argument("--warmup", type=int, default=200)
     est.add_argument("--share", type=float, default=0.625)
+    est.add_argument("--arms", nargs="+", choices=ARMS, default=list(DEFAULT_ARMS))
+    est.add_argument("--tokens-per-step", type=int, default=4 * 32768)
+    est.add_argument("--dense-tps", type=float, default=235e3, help="dense steady-state tokens/s")
+    est.add_argument("--lh-tps", type=float, default=543e3, help="Lighthouse steady-state tokens/s")
+    est.add_argument("--validation-s", type=float, default=5.0, help="seconds of one validation")
     args = parser.parse_args(argv)
     args.extra = extra
     if args.command == "run" and "E" in args.arms and not {"D", "LH"} <= set(args.arms):
         parser.error(f"--arms {' '.join(args.arms)}: E needs D and LH (its length comes from their step times)")
     if args.command == "run" and args.out is None:
-        args.out = str(REPO / "logs" / f"{Path(args.config).stem}-seed{args.seed}")
+        args.out = str(REPO / "logs" / folder_name(args.config, args.seed, args.warmup))
     return args
 
 
@@ -483,7 +517,21 @@ def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> i
         print(export(Path(args.out), Path(args.to)))
         return 0
     if args.command == "estimate":
-        print(json.dumps(estimate(args.steps, args.warmup, args.share), indent=1))
+        print(
+            json.dumps(
+                estimate(
+                    args.steps,
+                    args.warmup,
+                    args.share,
+                    tuple(args.arms),
+                    args.tokens_per_step,
+                    args.dense_tps,
+                    args.lh_tps,
+                    args.validation_s,
+                ),
+                indent=1,
+            )
+        )
         return 0
     from branch_report import build_report
 

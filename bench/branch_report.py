@@ -1,6 +1,9 @@
-"""The branch comparison's report: markdown and PNGs aggregated over every archived seed of bench/branch.py.
+"""The comparison's report: markdown and PNGs aggregated over every archived seed of bench/branch.py, one design
+and plan per report (it refuses seeds of different plans).
 
     python bench/branch.py report --runs bench/report/runs/branch_32k-seed*.tgz --report-dir bench/report/branch
+    python bench/branch.py report --runs bench/report/runs/branch_32k-scratch-seed*.tgz \
+        --report-dir bench/report/scratch
 
 The arms are compared on the final evaluation's dense loss (the mean of the per-window losses over the same
 validation windows in every arm). Two intervals per comparison:
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from branch import ARMS, DEFAULT_ARMS, SPARSE_ARMS, end_step
+from branch import ARMS, DEFAULT_ARMS, RUNS, SPARSE_ARMS, end_step, from_scratch
 from campaign import read_json
 from report import elapsed, f, job_spans, minutes, read_logged, split_wall_by_phase
 
@@ -39,6 +42,8 @@ ARM_LABEL = {
 }
 COLORS = {"warmup": "tab:gray", "D": "tab:blue", "LH": "tab:orange", "LHc": "tab:red", "E": "tab:green"}
 PAIRS = (("LH", "D"), ("LH", "E"), ("LHc", "D"), ("LHc", "LH"))
+# What every seed of one report shares (the command-line extras may differ: a work-around, recorded per seed).
+SHARED_PLAN = ("steps", "warmup", "share", "switch_step", "val_every", "config", "eval_windows")
 
 
 # ---- Student t ----------------------------------------------------------------------------------------------------
@@ -194,10 +199,15 @@ def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_
     )
 
 
+def run_config_path(folder: Path) -> Path | None:
+    """The config of the seed's first run (the warm-up, or from scratch D): model and data are every run's."""
+    return next((p for p in (folder / "configs" / f"{r}.yaml" for r in RUNS) if p.is_file()), None)
+
+
 def load_seed(folder: Path) -> SeedRun:
     plan = json.loads((folder / "plan.json").read_text())
     equal_time = read_json(folder / "equal_time.json")
-    config = yaml.safe_load((folder / "configs" / "warmup.yaml").read_text())
+    config = yaml.safe_load(run_config_path(folder).read_text())
     warmup = load_arm(folder / "warmup", "warmup", -1, plan["warmup"], plan, 0.0)
     warm_s = sum(b - a for a, b in job_spans(folder / "warmup", {})) if warmup else 0.0
     run = SeedRun(folder, plan["seed"], plan, read_json(folder / "warmup_check.json"), equal_time, config, warmup)
@@ -220,11 +230,20 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
         with tarfile.open(path) as tar:
             tar.extractall(scratch, filter="data")
             folders.append(scratch / tar.getnames()[0].split("/")[0])
-    # A folder exported before its warm-up had logged anything holds nothing to report (a machine that went away).
-    seeds = sorted((load_seed(f) for f in folders if (f / "configs" / "warmup.yaml").exists()), key=lambda s: s.seed)
+    # A folder exported before its first run had started holds nothing to report (a machine that went away).
+    seeds = sorted((load_seed(f) for f in folders if run_config_path(f)), key=lambda s: s.seed)
     names = [s.seed for s in seeds]
     if len(set(names)) != len(names):
         raise ValueError(f"a seed is given twice: seeds {names} from {[str(p) for p in paths]}")
+    for s in seeds[1:]:
+        differ = {
+            k: (seeds[0].plan.get(k), s.plan.get(k)) for k in SHARED_PLAN if seeds[0].plan.get(k) != s.plan.get(k)
+        }
+        if differ:
+            raise ValueError(
+                f"seeds {seeds[0].seed} and {s.seed} have different plans {differ}: one report aggregates one design "
+                "and plan (give their archives to separate reports)"
+            )
     return seeds
 
 
@@ -264,7 +283,12 @@ def setup_lines(seeds: list[SeedRun]) -> list[str]:
         f"L={lh.get('levels')}, p={lh.get('pooling_factor')}, K={lh.get('topk')}; "
         f"{data.get('tokenizer')} tokens, corpus `{data.get('corpus')}`, context {data['seq_len']}, batch "
         f"{data.get('batch_size')}, recall windows {data.get('recall_fraction', 0):.0%} of training windows.",
-        f"- Plan: shared dense warm-up to W={plan['warmup']}; D dense to S={plan['steps']}; LH Lighthouse to the "
+        (
+            "- Plan: from scratch, every arm from step 0 with the seed's init and data order (no shared run); "
+            if from_scratch(plan)
+            else f"- Plan: shared dense warm-up to W={plan['warmup']}; "
+        )
+        + f"D dense to S={plan['steps']}; LH Lighthouse to the "
         f"switch at {plan['switch_step']} ({plan['share']:.1%} of S), dense to S; E dense with the rest of the LR "
         f"schedule fitted into the time LH took (steps per seed below). Validation every {plan['val_every']} steps; "
         f"final evaluation on {plan['eval_windows']} validation windows (dense).",
@@ -275,13 +299,15 @@ def setup_lines(seeds: list[SeedRun]) -> list[str]:
 
 def seed_table(seeds: list[SeedRun]) -> list[str]:
     arms, pairs = shown_arms(seeds), shown_pairs(seeds)
+    branched = not from_scratch(seeds[0].plan)  # only a shared warm-up has an early-drop check
     rows = [
-        "| seed | early drop by W (loss 0-256 / later) | "
+        "| seed | "
+        + ("early drop by W (loss 0-256 / later) | " if branched else "")
         + " | ".join(arms)
-        + " | E steps after W | "
+        + (" | E steps after W | " if branched else " | E steps | ")
         + " | ".join(f"{a} - {b}" for a, b in pairs)
         + " |",
-        "|---" * (len(arms) + len(pairs) + 3) + "|",
+        "|---" * (len(arms) + len(pairs) + 2 + branched) + "|",
     ]
     for s in seeds:
         check = s.warmup_check or {}
@@ -294,7 +320,8 @@ def seed_table(seeds: list[SeedRun]) -> list[str]:
         diff = {p: None if None in (loss[p[0]], loss[p[1]]) else loss[p[0]] - loss[p[1]] for p in pairs}
         e_steps = (s.equal_time or {}).get("e_steps")
         rows.append(
-            f"| {s.seed} | {drop} | "
+            f"| {s.seed} | "
+            + (f"{drop} | " if branched else "")
             + " | ".join(f(loss[a]) for a in arms)
             + f" | {e_steps or '-'} | "
             + " | ".join(signed(diff[p]) for p in pairs)
@@ -302,8 +329,12 @@ def seed_table(seeds: list[SeedRun]) -> list[str]:
         )
     return rows + [
         "",
-        "Final loss: mean dense loss over the final evaluation's windows (the same windows in every arm and seed). "
-        "Early drop: the warm-up's validation loss at positions 1k-4k (or the last range) below that at 0-256.",
+        "Final loss: mean dense loss over the final evaluation's windows (the same windows in every arm and seed)."
+        + (
+            " Early drop: the warm-up's validation loss at positions 1k-4k (or the last range) below that at 0-256."
+            if branched
+            else ""
+        ),
     ]
 
 
@@ -368,7 +399,8 @@ def wall_table(seeds: list[SeedRun]) -> list[str]:
             for ph in ("lighthouse", "dense")
         }
         total = mean_of([sum(a.wall_s.values()) for a in arms])
-        label = "shared dense warm-up (0-W)" if name == "warmup" else ARM_LABEL[name] + " (W-end)"
+        start = "0" if from_scratch(seeds[0].plan) else "W"
+        label = "shared dense warm-up (0-W)" if name == "warmup" else f"{ARM_LABEL[name]} ({start}-end)"
         rows.append(
             f"| {label} | {minutes(cell['wall_s', 'lighthouse'])} | {minutes(cell['wall_s', 'dense'])} | "
             f"{minutes(total)} | {statistics.fmean(a.jobs for a in arms):.1f} | "
@@ -553,11 +585,14 @@ def plot_curves(seeds: list[SeedRun], path: Path, by_time: bool) -> None:
                     label=label if label not in labelled else None,
                 )
                 labelled.add(label)
-        marks = [(s.plan["warmup"], s.warmup.curve[-1][1] if s.warmup and s.warmup.curve else None, "W (branch)")]
+        marks = []
+        if not from_scratch(s.plan):
+            at_w = s.warmup.curve[-1][1] if s.warmup and s.warmup.curve else None
+            marks.append((s.plan["warmup"], at_w, "W (branch)", "--"))
         lh = next((s.arms[a] for a in SPARSE_ARMS if a in s.arms), None)
         at_switch = [t for st, t, _ in (lh.curve if lh else []) if st == s.plan["switch_step"]]
-        marks.append((s.plan["switch_step"], at_switch[0] if at_switch else None, "LH switch to dense"))
-        for (step, t, label), style in zip(marks, ("--", ":"), strict=True):
+        marks.append((s.plan["switch_step"], at_switch[0] if at_switch else None, "LH switch to dense", ":"))
+        for step, t, label, style in marks:
             if by_time and t is None:
                 continue
             ax.axvline(
@@ -592,8 +627,13 @@ def build_report(paths: list[Path], report_dir: Path, scratch: Path | None = Non
 
 def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list[str]:
     done = [s for s in seeds if s.complete]
+    title = (
+        "# From-scratch comparison: Lighthouse + recovery against dense, every arm from step 0"
+        if seeds and from_scratch(seeds[0].plan)
+        else "# Branch comparison: Lighthouse + recovery against dense, from one shared dense warm-up"
+    )
     lines = [
-        "# Branch comparison: Lighthouse + recovery against dense, from one shared dense warm-up",
+        title,
         "",
         f"Built by `python bench/branch.py report` from {len(seeds)} seed folder(s); {len(done)} complete.",
         "",
@@ -614,7 +654,7 @@ def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list
     lines += ["", "### Final loss per seed", ""] + seed_table(seeds)
     if any(s.evaluated(a) and s.evaluated(b) for s in seeds for a, b in PAIRS):
         lines += ["", "### Paired differences", ""] + interval_table(seeds)
-    if any(s.evaluated(a) for s in seeds for a in ARMS):
+    if any(s.evaluated(a) and s.arms[a].recall for s in seeds for a in ARMS):
         lines += ["", "### Recall after recovery (final checkpoints, dense)", ""] + recall_table(seeds)
     if any(s.evaluated("D") for s in seeds):
         lines += ["", "### Loss by position after recovery", ""] + position_table(seeds)

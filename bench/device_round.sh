@@ -17,9 +17,10 @@
 #       # as much of a comparison as fits the call (exit code 3: not done; call again at once, while the machine
 #       # is warm, since the comparison folder lives on its disk); every call exports it to $OUT/<name>.tgz
 #   bash bench/device_round.sh branch bench/configs/branch_32k.yaml --seed 0 [--steps 800] [--arms D LHc LH E]
-#       # one seed of the branch design (bench/branch.py): as much as fits the call (exit code 3: not done; call
-#       # again at once, while the machine is warm: checkpoints live on its disk only); every call exports the
-#       # seed folder without checkpoints to $OUT/<config name>-seed<N>.tgz (for bench/report/runs/)
+#       # one seed of the branch design (bench/branch.py; with --warmup 0 the from-scratch design): as much as fits
+#       # the call (exit code 3: not done; call again at once, while the machine is warm: checkpoints live on its
+#       # disk only); every call exports the seed folder without checkpoints to
+#       # $OUT/<config name>[-scratch]-seed<N>.tgz (for bench/report/runs/)
 # Everything goes to one log, $OUT/<part>.log (the device tool brings back few files). Each step has its own
 # time limit, cut to what is left of DEADLINE_S (default 570 s from the start), so that one slow step cannot take
 # the others' results with it and the call ends inside the tool's 10 minutes.
@@ -133,15 +134,17 @@ branch)
   config=${2:?usage: device_round.sh branch CONFIG --seed N [branch.py run args]}
   shift 2
   seed=
+  design=
   args=("$@")
   for i in "${!args[@]}"; do
     case ${args[$i]} in
     --seed) seed=${args[$((i + 1))]:-} ;;
-    --out) echo "branch: the folder is logs/<config name>-seed<N>; leave out --out" >&2; exit 2 ;;
+    --warmup) [[ ${args[$((i + 1))]:-} =~ ^0+$ ]] && design=-scratch ;;  # branch.py's folder_name
+    --out) echo "branch: the folder is logs/<config name>[-scratch]-seed<N>; leave out --out" >&2; exit 2 ;;
     esac
   done
   [[ $seed =~ ^[0-9]+$ ]] || { echo "branch: give --seed N (one seed per folder and archive)" >&2; exit 2; }
-  name=$(basename "$config" .yaml)-seed$seed
+  name=$(basename "$config" .yaml)$design-seed$seed
   # Leave 15 s for the export (a tar of a few MB: ~2 s measured); branch.py stops its jobs with a checkpoint
   # before its budget ends. At S=800 the jobs of a seed take (seed 1, 2026-12-02, H200): warm-up 2.7 min, D 7.4 and
   # its evaluation 0.7, a Lighthouse arm 6.1-6.3 and its two evaluations 1.8, E ~4.5; so W + D + two Lighthouse arms

@@ -39,8 +39,10 @@ def test_plan_puts_the_switch_at_its_share_and_validates_at_w_switch_and_s():
         assert steps // p["val_every"] >= branch.MIN_VALIDATIONS or p["val_every"] == 1
     with pytest.raises(ValueError, match="must divide --warmup 200, the switch 625 and --steps 1000"):
         branch.make_plan(1000, 200, 0.625, val_every=50)
-    with pytest.raises(ValueError, match="0 < warmup < switch < steps"):
+    with pytest.raises(ValueError, match="0 <= warmup < switch < steps"):
         branch.make_plan(1000, 700, 0.625)
+    with pytest.raises(ValueError, match="0 <= warmup < switch < steps"):
+        branch.make_plan(1000, -1, 0.625)
 
 
 def test_equal_time_arm_gets_the_steps_that_take_the_lighthouse_arms_time():
@@ -126,8 +128,9 @@ def test_final_recall_can_be_left_out(tmp_path):
     ]
 
 
-def test_shipped_branch_config_makes_arms_the_cli_accepts(tmp_path, capsys):
-    base = yaml.safe_load((REPO / "bench" / "configs" / "branch_32k.yaml").read_text())
+@pytest.mark.parametrize("name", ["branch_32k", "branch_64k"])
+def test_shipped_branch_config_makes_arms_the_cli_accepts(name, tmp_path, capsys):
+    base = yaml.safe_load((REPO / "bench" / "configs" / f"{name}.yaml").read_text())
     plan = branch.make_plan(1000, 200, 0.625)
     equal_time = {"e_end": 760}
     printed = {}
@@ -168,6 +171,10 @@ def test_shipped_branch_config_makes_arms_the_cli_accepts(tmp_path, capsys):
     for p in printed.values():
         assert p["seed_everything"] == p["data"]["seed"] == 3 and p["model"]["schedule_steps"] == 1000
         assert p["trainer"]["val_check_interval"] == 25 and p["model"]["arch"]["flavor"] == "small"
+        # Both contexts train on 131072 tokens per step and validate on 64 windows; K keeps S_sel at 31 % of N.
+        data, lh_geometry = p["data"], p["model"]["arch"]["lighthouse"]
+        assert data["seq_len"] * data["batch_size"] == 131072 and data["val_batches"] * data["batch_size"] == 64
+        assert lh_geometry["topk"] * 32 == data["seq_len"]
 
 
 def test_arms_subset_and_e_needs_d_and_lh(capsys):
@@ -343,3 +350,66 @@ def test_committed_branch_report_is_what_the_archived_seeds_give(tmp_path):
     rebuilt = branch_report.build_report(archives, tmp_path / "report").read_text().splitlines()
     committed = (REPO / "bench" / "report" / "branch" / "README.md").read_text().splitlines()
     assert rebuilt == committed
+
+
+# ---- the from-scratch design: the same arms from step 0 ------------------------------------------------------------
+def test_from_scratch_plan_schedules_and_folder():
+    plan = branch.make_plan(800, 0, 0.625)
+    assert (plan["switch_step"], plan["val_every"]) == (500, 100) and branch.from_scratch(plan)
+    assert branch.schedule("LH", plan, "lighthouse") == [
+        {"start": 0, "attention": "lighthouse"},
+        {"start": 500, "attention": "sdpa"},
+    ]
+    assert branch.schedule("E", plan, "lighthouse") == [{"start": 0, "attention": "sdpa", "rescale_lr": True}]
+    assert branch.schedule("D", plan, "lighthouse") == [{"start": 0, "attention": "sdpa"}]
+    assert branch.folder_name("bench/configs/branch_32k.yaml", 3, 0) == "branch_32k-scratch-seed3"
+    assert branch.folder_name("bench/configs/branch_32k.yaml", 3, 200) == "branch_32k-seed3"
+    est = branch.estimate(800, 0, arms=("D", "LH"))
+    assert set(est["train_min"]) == {"D", "LH"} and est["train_min"]["D"] == pytest.approx(800 * 131072 / 235e3 / 60)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scratch")
+    with one_thread():
+        config = tiny_branch_config(folder)
+        out = folder / "tiny-scratch-seed1"  # seed 1: a report may then be handed it with the branch fixture's seed 0
+        args = ["run", "--config", str(config), "--out", str(out), "--seed", "1", "--warmup", "0", "--steps", str(S)]
+        args += ["--eval-windows", "4", "--lookahead-windows", "2", "--no-final-recall", "--reserve-s", "0"]
+        args += ["--min-launch-minutes", "0", "--min-eval-minutes", "0"]
+        rc = branch.main(args, runner=in_process)
+        yield SimpleNamespace(folder=folder, out=out, rc=rc)
+
+
+@pytest.mark.slow
+def test_from_scratch_arms_start_at_step_0_paired_by_seed(scratch):
+    assert scratch.rc == 0 and (scratch.out / "DONE").exists()
+    assert not (scratch.out / "warmup").exists() and not (scratch.out / "warmup_check.json").exists()
+    for arm in ("D", "LH", "E"):
+        assert [r["resumed_from"] for r in launches(scratch.out, arm) if r["kind"] == "fit"] == [None]
+    stage = {arm: logged_scalars(scratch.out / arm, "train/stage") for arm in ("D", "LH", "E")}
+    lh = stage["LH"]
+    assert [lh[s] for s in sorted(lh)] == [1.0] * 10 + [2.0] * (S - 10)  # Lighthouse from step 1, dense after 10
+    assert set(stage["D"].values()) == {1.0} == set(stage["E"].values())
+    # Same init and data in every arm: the first step's loss is D's in E, and differs in LH only by its attention.
+    first = {arm: logged_scalars(scratch.out / arm, "train/loss")[1] for arm in ("D", "LH", "E")}
+    assert first["D"] == first["E"] != first["LH"]
+    rule = json.loads((scratch.out / "equal_time.json").read_text())
+    e = torch.load(branch.checkpoints(scratch.out / "E")[-1][1], weights_only=True, map_location="cpu")
+    assert e["global_step"] == rule["e_end"] == rule["e_steps"]
+    assert json.loads((scratch.out / "LH" / "final" / "lookahead.json").read_text())["step"] == 10
+
+
+@pytest.mark.slow
+def test_from_scratch_archive_and_report_stay_apart_from_the_branch_design(scratch, seed):
+    archive = branch.export(scratch.out, scratch.folder / "archives")
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    # Every arm reads the same data: only the first run's (D's) manifest is archived.
+    assert [n for n in names if n.endswith("data_manifest.json")] == ["tiny-scratch-seed1/D/data_manifest.json"]
+    markdown = branch_report.build_report([archive], scratch.folder / "report").read_text()
+    assert markdown.startswith("# From-scratch comparison") and "early drop" not in markdown
+    assert "- Plan: from scratch, every arm from step 0" in markdown and "D (dense) (0-end)" in markdown
+    assert "Recall after recovery" not in markdown  # --no-final-recall: no table without rows
+    with pytest.raises(ValueError, match="different plans .*'warmup': \\(4, 0\\)"):
+        branch_report.build_report([archive, branch.export(seed.out, seed.folder / "archives")], seed.folder / "r")
