@@ -448,7 +448,7 @@ def recall_table(seeds: list[SeedRun]) -> list[str]:
         "",
         "Per cell: value-digit accuracy / exact match / digit log-loss, means over seeds, final checkpoints, dense "
         "attention (chance: 0.1 and ln 10 = 2.303). Not part of any call: recall was still at chance after 750 "
-        "dense steps of this config in the pilot (H200, 2026-12-02).",
+        "dense steps of branch_32k.yaml in the pilot (H200, 2026-12-02).",
     ]
 
 

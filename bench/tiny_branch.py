@@ -7,8 +7,10 @@ early training, the gap after recovery should fall as the run grows at fixed sha
 should stay. This trains the leak scripts' tiny model (bench/leak_iid.py ``build``; stdlib corpus, bytes) for each
 total length S in ``--steps``: one dense warm-up to W = warmup_share * S, then from its weights and optimizer state
 two arms on the same batches, D (dense to S) and LH (Lighthouse to round(share * S), then dense to S). The LR follows
-one cosine schedule of S steps in both (the GPU design's). Reported per S and seed: each arm's final loss with
-every layer dense on ``--val-windows`` fixed validation windows, and LH - D paired over those windows.
+one cosine schedule of S steps in both (the GPU design's). ``--warmup-share 0`` is the from-scratch design: both
+arms from the same initial weights (``warmup_loss`` is then the untrained model's). Reported per S and seed: each
+arm's final loss with every layer dense on ``--val-windows`` fixed validation windows, and LH - D paired over those
+windows.
 
     PYTHONPATH=src python bench/tiny_branch.py --steps 300 600 1200 --seeds 0 --json out.json   # 1 thread
 """
@@ -83,8 +85,10 @@ def paired(differences: list[float]) -> tuple[float, float]:
 
 def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModule, val: torch.Tensor) -> dict:
     warmup, switch = round(args.warmup_share * total), round(args.share * total)
-    if not 0 < warmup < switch < total:
-        raise SystemExit(f"--warmup-share and --share give W={warmup}, switch={switch} at S={total}: need 0<W<switch<S")
+    if not 0 <= warmup < switch < total:
+        raise SystemExit(
+            f"--warmup-share and --share give W={warmup}, switch={switch} at S={total}: need 0 <= W < switch < S"
+        )
     torch.manual_seed(seed)
     stream = iter(datamodule.train_dataloader())
     batches = [next(stream)["tokens"] for _ in range(total)]
@@ -124,7 +128,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[300, 600, 1200], help="total lengths S")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--warmup-share", type=float, default=0.25, help="W / S (the GPU design: 200 / 800)")
+    parser.add_argument(
+        "--warmup-share",
+        type=float,
+        default=0.25,
+        help="W / S (the GPU design: 200 / 800); 0: both arms from the same init (the from-scratch design)",
+    )
     parser.add_argument("--share", type=float, default=0.625, help="switch / S (the GPU design: 500 / 800)")
     add_model_options(parser)
     parser.add_argument(
