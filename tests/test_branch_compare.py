@@ -288,6 +288,22 @@ def test_tiny_seed_final_evaluation_and_checkpoints(seed):
 
 
 @pytest.mark.slow
+def test_validation_at_an_arms_end_scores_recall_like_the_final_evaluation(seed):
+    """What lets the report stand in the last validation's recall for a final evaluation left out."""
+    from report import read_logged
+
+    for arm in ("D", "LH", "LHc"):
+        final = json.loads((seed.out / arm / "final" / "recall.json").read_text())
+        logged, _ = read_logged(seed.out / arm)
+        from_validation = branch_report.recall_at(logged, S)
+        assert from_validation is not None and set(from_validation["bins"]) == set(final["bins"])
+        for name, metrics in final["bins"].items():
+            for metric in branch_report.RECALL_METRICS:
+                assert from_validation["bins"][name][metric] == pytest.approx(metrics[metric], abs=1e-6), (arm, name)
+    assert branch_report.recall_at(logged, S - 1) is None  # no validation at that step
+
+
+@pytest.mark.slow
 def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     archives = seed.folder / "archives"
     first = branch.export(seed.out, archives)
