@@ -514,6 +514,9 @@ def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> i
     if args.command == "run":
         return Seed(args, runner).go()
     if args.command == "export":
+        if not Path(args.out).is_dir():
+            print(f"branch export: --out {args.out} is not a seed folder (nothing ran yet?)", file=sys.stderr)
+            return 2
         print(export(Path(args.out), Path(args.to)))
         return 0
     if args.command == "estimate":

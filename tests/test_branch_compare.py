@@ -177,6 +177,11 @@ def test_shipped_branch_config_makes_arms_the_cli_accepts(name, tmp_path, capsys
         assert lh_geometry["topk"] * 32 == data["seq_len"]
 
 
+def test_export_of_a_missing_folder_says_so(tmp_path, capsys):
+    assert branch.main(["export", "--out", str(tmp_path / "nothing"), "--to", str(tmp_path)]) == 2
+    assert "is not a seed folder" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
 def test_arms_subset_and_e_needs_d_and_lh(capsys):
     config = str(REPO / "bench" / "configs" / "branch_32k.yaml")
     assert branch.parse_args(["run", "--config", config, "--arms", "LH"]).arms == ["LH"]
