@@ -502,6 +502,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     est.add_argument("--validation-s", type=float, default=5.0, help="seconds of one validation")
     args = parser.parse_args(argv)
     args.extra = extra
+    if args.command == "run" and args.require_drop and args.warmup == 0:
+        parser.error("--require-drop checks the shared warm-up; --warmup 0 (from scratch) has none")
     if args.command == "run" and "E" in args.arms and not {"D", "LH"} <= set(args.arms):
         parser.error(f"--arms {' '.join(args.arms)}: E needs D and LH (its length comes from their step times)")
     if args.command == "run" and args.out is None:

@@ -190,6 +190,12 @@ def test_arms_subset_and_e_needs_d_and_lh(capsys):
     with pytest.raises(SystemExit):
         branch.parse_args(["run", "--config", config, "--arms", "LH", "E"])
     assert "--arms LH E: E needs D and LH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        branch.parse_args(["run", "--config", config, "--warmup", "0", "--require-drop"])
+    assert "--warmup 0 (from scratch) has none" in capsys.readouterr().err
+    assert branch.parse_args(["run", "--config", config, "--warmup", "0", "--seed", "2"]).out.endswith(
+        "logs/branch_32k-scratch-seed2"
+    )
 
 
 # ---- one tiny seed through the real CLI ----------------------------------------------------------------------------
