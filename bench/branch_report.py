@@ -44,6 +44,7 @@ COLORS = {"warmup": "tab:gray", "D": "tab:blue", "LH": "tab:orange", "LHc": "tab
 PAIRS = (("LH", "D"), ("LH", "E"), ("LHc", "D"), ("LHc", "LH"))
 # What every seed of one report shares (the command-line extras may differ: a work-around, recorded per seed).
 SHARED_PLAN = ("steps", "warmup", "share", "switch_step", "val_every", "config", "eval_windows")
+RECALL_METRICS = ("digit_acc", "exact", "digit_logloss")  # per distance bin, lighthouse.eval.recall's names
 
 
 # ---- Student t ----------------------------------------------------------------------------------------------------
@@ -156,9 +157,6 @@ class SeedRun:
     def tokens_per_step(self) -> int:
         data = self.config["data"]
         return data["seq_len"] * data.get("batch_size", 1) * self.config["trainer"].get("accumulate_grad_batches", 1)
-
-
-RECALL_METRICS = ("digit_acc", "exact", "digit_logloss")
 
 
 def recall_at(logged: dict[str, dict[int, tuple[float, float]]], step: int) -> dict | None:
@@ -406,6 +404,7 @@ def wall_table(seeds: list[SeedRun]) -> list[str]:
         "dense, min | tokens/s: Lighthouse | tokens/s: dense |",
         "|---" * 9 + "|",
     ]
+    start = "0" if from_scratch(seeds[0].plan) else "W"  # where the arms' rows begin
     for name in ("warmup", *ARMS):
         arms = [s.warmup if name == "warmup" else s.arms.get(name) for s in seeds]
         arms = [a for a in arms if a is not None]
@@ -417,7 +416,6 @@ def wall_table(seeds: list[SeedRun]) -> list[str]:
             for ph in ("lighthouse", "dense")
         }
         total = mean_of([sum(a.wall_s.values()) for a in arms])
-        start = "0" if from_scratch(seeds[0].plan) else "W"
         label = "shared dense warm-up (0-W)" if name == "warmup" else f"{ARM_LABEL[name]} ({start}-end)"
         rows.append(
             f"| {label} | {minutes(cell['wall_s', 'lighthouse'])} | {minutes(cell['wall_s', 'dense'])} | "
@@ -456,11 +454,7 @@ def recall_table(seeds: list[SeedRun]) -> list[str]:
                 for s in seeds
                 if s.evaluated(a) and label in (s.arms[a].recall or {}).get("bins", {})
             ]
-            cells.append(
-                "-"
-                if not got
-                else " / ".join(f(mean_of([g[k] for g in got]), 3) for k in ("digit_acc", "exact", "digit_logloss"))
-            )
+            cells.append("-" if not got else " / ".join(f(mean_of([g[k] for g in got]), 3) for k in RECALL_METRICS))
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows + [
         "",
