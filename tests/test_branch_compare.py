@@ -437,9 +437,13 @@ def test_from_scratch_archive_and_report_stay_apart_from_the_branch_design(scrat
     markdown = branch_report.build_report([archive], scratch.folder / "report").read_text()
     assert markdown.startswith("# From-scratch comparison") and "early drop" not in markdown
     assert "- Plan: from scratch, every arm from step 0" in markdown and "D (dense) (0-end)" in markdown
-    # --no-final-recall: recall comes from the validation at each arm's last step (E's has none).
+    # --no-final-recall: recall comes from the validation at each arm's last step; E's last step (sized from the
+    # measured step times) has one only where it falls on the validation cadence.
+    plan = json.loads((scratch.out / "plan.json").read_text())
+    e_end = json.loads((scratch.out / "equal_time.json").read_text())["e_end"]
     table = markdown.split("### Recall after recovery")[1].split("###")[0]
     rows = [r.split(" | ") for r in table.splitlines() if r.startswith("| ") and not r.startswith("| distance")]
-    assert rows and all(r[1].count(" / ") == 2 and r[2].count(" / ") == 2 and r[3] == "- |" for r in rows)
+    assert rows and all(r[1].count(" / ") == 2 and r[2].count(" / ") == 2 for r in rows)
+    assert all((r[3] == "- |") == bool(e_end % plan["val_every"]) for r in rows), (e_end, rows)
     with pytest.raises(ValueError, match="different plans .*'warmup': \\(4, 0\\)"):
         branch_report.build_report([archive, branch.export(seed.out, seed.folder / "archives")], seed.folder / "r")
