@@ -123,6 +123,16 @@ class RecordBackends(L.Callback):
         self.backends[trainer.global_step - 1] = list(pl_module.model.attention_backends)
 
 
+class RecordGuardHistory(L.Callback):
+    """Records how many steps the divergence guard's references hold after every training step (``seen[step]``)."""
+
+    def __init__(self):
+        self.seen: dict[int, int] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.seen[trainer.global_step - 1] = pl_module.step_guard.steps_seen
+
+
 class KillAfterSave(AtomicCheckpointIO):
     """SIGKILLs its own process right after the first checkpoint of ``step`` is complete on disk (the step file;
     ``last.ckpt`` of that step is never written): the moment a kill loses what was not flushed yet."""

@@ -61,6 +61,22 @@ def test_an_early_gradient_norm_spike_passes():
     feed(StepGuard(10.0, uniform_loss=5.5), fake_trainer(None), [3.0] * len(early), early)
 
 
+def test_after_a_restart_the_switch_spike_passes_and_a_later_blow_up_still_stops():
+    """From-scratch seed 0 of the branch comparison (H200, 2026-12-03): gradient norms near 0.38 through 500
+    Lighthouse steps, 7.33 at the first dense step. The stage switch restarts the guard, so that step passes."""
+    norms = [0.3, 0.38, 0.45] * 22  # median 0.38 over a full window
+    losses = [1.06] * len(norms)
+    with pytest.raises(DivergenceError, match="gradient norm 7.33 is 19.3x its median"):
+        feed(StepGuard(10.0, uniform_loss=5.5), fake_trainer(None), [*losses, 3.7], [*norms, 7.33])
+    guard, trainer = StepGuard(10.0, uniform_loss=5.5), fake_trainer(None)
+    feed(guard, trainer, losses, norms)
+    guard.restart()
+    assert guard.steps_seen == 0
+    feed(guard, trainer, [3.7] * WINDOW, [7.33] + [1.0] * (WINDOW - 1))  # the spike, then a new level
+    with pytest.raises(DivergenceError, match="gradient norm 50"):
+        feed(guard, trainer, [3.0], [50.0])
+
+
 def test_during_warm_up_the_loss_is_compared_with_a_uniform_guess():
     guard = StepGuard(10.0, uniform_loss=5.5)
     feed(guard, fake_trainer(None), [5.5, 40.0])  # high, but under 10 x ln(vocab)

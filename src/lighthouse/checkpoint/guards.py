@@ -145,7 +145,8 @@ class StepGuard:
     ``observe`` every micro-batch loss (no sync), then ``check`` once per optimizer step with the gradient norm.
     The reference is the median over the last WINDOW steps; during the first WARMUP_STEPS steps, for the loss
     only, ln(vocab), the loss of a uniform guess that no healthy model exceeds tenfold. The gradient norm is first
-    compared once WINDOW steps are seen (early spikes are transient). Everything is kept and
+    compared once WINDOW steps are seen (early spikes are transient). A change of attention inside the run starts
+    the references afresh (``restart``), as a new launch would. Everything is kept and
     compared on the device, so the check adds no host sync to the one the non-finite check already costs.
     """
 
@@ -182,6 +183,20 @@ class StepGuard:
         # there still shows in the loss (checked from step WARMUP_STEPS) and ends in a non-finite value.
         norm = reference[1] if self._seen >= WINDOW else torch.full_like(reference[1], float("nan"))
         return torch.stack([reference[0].clamp(min=LOSS_FLOOR), norm])
+
+    @property
+    def steps_seen(self) -> int:
+        """Steps recorded since the start of the run or the last ``restart``: how much history the references have."""
+        return self._seen
+
+    def restart(self) -> None:
+        """Forget the reference levels: the steps that follow are judged as those of a fresh run. Called when the
+        attention changes inside a run (the stage switch), where the loss and gradient norm move to new levels
+        in one step: from-scratch seed 0 of the branch comparison (H200, 2026-12-03) went from a gradient norm of
+        0.38 to 7.3 at the switch from Lighthouse to dense at step 500, 19x its median, and this guard stopped the
+        run before its first dense step. A recovery started with its own config (``--ckpt_path``) gets a fresh
+        guard the same way; a blow-up after the switch still shows in the loss and ends in a non-finite value."""
+        self._history, self._steps, self._seen = None, [], 0
 
     def _record(self, values: Tensor, step: int) -> None:
         if self._history is None:

@@ -168,6 +168,8 @@ class StageSwitch(Callback):
             return
         before, before_index = before
         step = trainer.global_step
+        if before != phase.attention:  # loss and gradient norm jump to new levels: no blow-up, a new start
+            pl_module.step_guard.restart()
         rank_zero_info(
             f"phase {index + 1}/{len(self.phases)} from step {step}: attention {before} -> {phase.attention}"
         )
