@@ -41,7 +41,12 @@ compare.py's from-scratch pairs but the job machinery, which both import from be
 the archived comparisons it made stay as they are.
 
 Arms train in the order ``--arms`` names them (E last), so a session short of device time can put first the arm
-it needs most.
+it needs most. A seed whose machine is gone continues on a new one from its export (``--resume-from ARCHIVE``,
+unpacked when the folder is absent): an arm whose final evaluation the archive holds is done; any other run left
+no checkpoint there, so its files are set aside (``<run>.attempt-<n>/``) and it trains again from its start. From
+scratch that keeps the pairing (every arm starts from the seed's init); in the branch design it works only while
+the pending arms need no warm-up checkpoint, and is refused otherwise (a new warm-up would not be the one the
+finished arms branched from).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ ARMS = ("D", "LH", "LHc", "E")
 DEFAULT_ARMS = ("D", "LH", "E")  # the issue's design; LHc is an added experiment
 SPARSE_ARMS = ("LH", "LHc")  # Lighthouse to the switch, then dense
 RUNS = ("warmup", *ARMS)
+BAD_FOLDER = 2
 MORE_TO_DO = 3
 NO_DROP = 4
 MIN_VALIDATIONS = 8  # points on each arm's validation curve at least, over S steps
@@ -257,6 +263,28 @@ def checkpoint_at(run_dir: Path, step: int) -> Path | None:
     return next((p for s, p in checkpoints(run_dir) if s == step), None)
 
 
+def set_aside(run_dir: Path) -> Path:
+    """Move a run's files that belong to no checkpoint (a failed attempt, or a run restored from an archive) to
+    ``<run>.attempt-<n>``, kept for the record, so its restart writes a clean folder (one event file per launch)."""
+    n = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.attempt-{n}")).exists():
+        n += 1
+    run_dir.rename(aside)
+    return aside
+
+
+def unpack_seed(archive: Path, out: Path) -> None:
+    """Unpack ``archive`` (an ``export``) as the seed folder ``out``; its one top folder must be named like ``out``."""
+    if not archive.is_file():
+        raise ValueError(f"--resume-from {archive}: no such archive")
+    with tarfile.open(archive) as tar:
+        tops = sorted({Path(member.name).parts[0] for member in tar.getmembers()})
+        if tops != [out.name]:
+            raise ValueError(f"--resume-from {archive}: holds {tops}, not the seed folder {out.name}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tar.extractall(out.parent, filter="data")  # plain files only: no links out, no devices, no absolute paths
+
+
 def subprocess_runner(args: list[str], log: Path) -> int:
     """The Runner of a real seed: ``args`` are python's arguments after the interpreter, with src/ on PYTHONPATH."""
     path = os.environ.get("PYTHONPATH")
@@ -323,6 +351,14 @@ class Seed:
             newest = prune_checkpoints(run_dir, keep)
             if newest is not None and newest[0] >= end:
                 return 0
+            if newest is None and run_dir.is_dir() and any(run_dir.iterdir()):
+                if run == "warmup" and any((self.out / arm).exists() for arm in ARMS):
+                    print(
+                        "branch: the warm-up's checkpoint is gone (restored from an archive?) and arms exist; a new "
+                        "warm-up would not be the one they branched from: start the seed in a new folder"
+                    )
+                    return BAD_FOLDER
+                print(f"branch: {run} has files but no checkpoint; moved to {set_aside(run_dir)}, {run} starts again")
             if self.left() < 60 * self.args.min_launch_minutes:
                 print(f"branch: {self.left():.0f} s left, not enough to train {run}; run the same command again")
                 return MORE_TO_DO
@@ -330,6 +366,12 @@ class Seed:
             if start is None and run != "warmup" and not from_scratch(self.plan):
                 w = self.plan["warmup"]
                 start = (w, checkpoint_at(self.out / "warmup", w))
+                if start[1] is None:
+                    print(
+                        f"branch: {run} branches from the warm-up's checkpoint at step {w}, which is gone (restored "
+                        f"from an archive?): the arms of a seed must share it; start the seed in a new folder"
+                    )
+                    return BAD_FOLDER
             config = run_config(self.base, self.plan, run, self.plan["seed"], self.out, equal_time)
             config["trainer"]["callbacks"].append(
                 time_budget(self.deadline - self.args.exit_margin_s, self.args.reserve_s)
@@ -348,22 +390,29 @@ class Seed:
                 print(f"branch: {run} stopped for time at step {reached}; run the same command again to continue")
                 return MORE_TO_DO
 
+    def final_kinds(self, run: str) -> list[str]:
+        """The evaluations of a trained arm: window losses, recall, and (LH, LHc) the look-ahead at the switch."""
+        kinds = ["window_losses"] + (["recall"] if self.args.final_recall else [])
+        return kinds + (["lookahead"] if run in SPARSE_ARMS else [])
+
+    def evaluated(self, run: str) -> bool:
+        """Whether every final evaluation of ``run`` is on record: it is done, with or without its checkpoints."""
+        return all((self.out / run / "final" / f"{kind}.json").exists() for kind in self.final_kinds(run))
+
     def evaluate(self, run: str) -> int:
-        """The final evaluation of a trained arm: window losses, recall, and (LH, LHc) the look-ahead at the switch."""
+        """The final evaluations (``final_kinds``) of a trained arm, each skipped once its output exists."""
         run_dir = self.out / run
         final = run_dir / "final"
         final.mkdir(parents=True, exist_ok=True)
         last = checkpoints(run_dir)[-1][1]
         recall = self.base["model"].get("recall") or {}
         jobs = {"window_losses": ["--ckpt", str(last), "--windows", str(self.plan["eval_windows"]), "--out"]}
-        if self.args.final_recall:
-            jobs["recall"] = ["--ckpt", str(last), "--windows", str(recall.get("windows", 32)), "--pairs"]
-            jobs["recall"] += [str(recall.get("pairs", 8)), "--seed", str(recall.get("seed", 0)), "--json"]
-        if run in SPARSE_ARMS:
-            at_switch = checkpoint_at(run_dir, self.plan["switch_step"])
-            jobs["lookahead"] = ["--ckpt", str(at_switch), "--windows", str(self.args.lookahead_windows), "--json"]
-        for kind, args in jobs.items():
-            target = final / f"{kind}.json"
+        jobs["recall"] = ["--ckpt", str(last), "--windows", str(recall.get("windows", 32)), "--pairs"]
+        jobs["recall"] += [str(recall.get("pairs", 8)), "--seed", str(recall.get("seed", 0)), "--json"]
+        at_switch = checkpoint_at(run_dir, self.plan["switch_step"])
+        jobs["lookahead"] = ["--ckpt", str(at_switch), "--windows", str(self.args.lookahead_windows), "--json"]
+        for kind in self.final_kinds(run):
+            args, target = jobs[kind], final / f"{kind}.json"
             if target.exists():
                 continue
             if self.left() < 60 * self.args.min_eval_minutes:
@@ -397,11 +446,16 @@ class Seed:
         return 0
 
     def go(self) -> int:
+        if self.args.resume_from and not self.out.exists():
+            unpack_seed(Path(self.args.resume_from), self.out)
+            done = [arm for arm in ARMS if self.evaluated(arm)]
+            print(f"branch: {self.out} unpacked from {self.args.resume_from}; done: {' '.join(done) or 'no arm'}")
         claim_folder(self.out / "plan.json", self.plan, "a branch seed")
-        status = 0 if from_scratch(self.plan) else self.shared_warmup()
+        pending = [arm for arm in self.args.arms if not self.evaluated(arm)]
+        status = 0 if from_scratch(self.plan) or not pending else self.shared_warmup()
         if status:
             return status
-        for arm in (a for a in self.args.arms if a != "E"):
+        for arm in (a for a in pending if a != "E"):
             status = self.train(arm) or self.evaluate(arm)
             if status:
                 return status
@@ -417,7 +471,7 @@ class Seed:
                 rule[f"{arm.lower()}_jobs_s"] = sum(r["end"] - r["start"] for r in jobs)
             write_json(e_path, rule)
         equal_time = read_json(e_path)
-        status = self.train("E", equal_time) or self.evaluate("E")
+        status = 0 if "E" not in pending else self.train("E", equal_time) or self.evaluate("E")
         if status:
             return status
         (self.out / "DONE").write_text("all arms trained and evaluated\n")
@@ -440,7 +494,7 @@ def export(out: Path, to: Path) -> Path:
         name = Path(info.name).name
         skip = name.endswith((".ckpt", ".ckpt.sha256", ".tmp")) or ".tmp-" in name
         parts = Path(info.name).parts
-        if name == manifest and len(parts) == 3 and parts[1] in RUNS and first and out / parts[1] / name != first:
+        if name == manifest and len(parts) == 3 and first and out / parts[1] / name != first:  # also <run>.attempt-<n>
             skip = (out / parts[1] / name).read_bytes() == first.read_bytes()
         return None if skip else info
 
@@ -469,6 +523,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     go.add_argument("--eval-windows", type=int, default=256, help="validation windows of the final evaluation")
     go.add_argument("--lookahead-windows", type=int, default=64, help="windows of the look-ahead probe")
     go.add_argument("--require-drop", action="store_true", help="stop (exit 4) if the warm-up shows no loss drop")
+    go.add_argument(
+        "--resume-from",
+        help="an export of this seed (<folder name>.tgz) to continue on a new machine; unpacked when --out is absent",
+    )
     go.add_argument(
         "--arms",
         nargs="+",
@@ -514,7 +572,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> int:
     args = parse_args(argv)
     if args.command == "run":
-        return Seed(args, runner).go()
+        try:
+            return Seed(args, runner).go()
+        except ValueError as error:  # a folder or archive that does not fit this command: said, no traceback
+            print(f"branch: {error}", file=sys.stderr)
+            return BAD_FOLDER
     if args.command == "export":
         if not Path(args.out).is_dir():
             print(f"branch export: --out {args.out} is not a seed folder (nothing ran yet?)", file=sys.stderr)

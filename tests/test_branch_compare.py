@@ -88,14 +88,15 @@ def test_t_interval_matches_a_hand_computed_case():
     assert branch_report.call(-0.03, -0.05, -0.01) == "LH lower" and branch_report.call(0.0, -0.1, 0.1) == "no call"
 
 
-def test_a_seed_folder_refuses_other_settings(tmp_path):
+def test_a_seed_folder_refuses_other_settings(tmp_path, capsys):
     config = str(REPO / "bench" / "configs" / "branch_32k.yaml")
     out = tmp_path / "seed0"
     out.mkdir()
     plan = {**branch.make_plan(1000, 200, 0.625), "seed": 0, "config": config, "eval_windows": 256, "extra": []}
     (out / "plan.json").write_text(json.dumps(plan))
-    with pytest.raises(ValueError, match=f"{out} holds a branch seed with other settings \\(steps, switch_step"):
-        branch.main(["run", "--config", config, "--out", str(out), "--steps", "800"], runner=None)
+    rc = branch.main(["run", "--config", config, "--out", str(out), "--steps", "800"], runner=None)
+    assert rc == branch.BAD_FOLDER
+    assert f"branch: {out} holds a branch seed with other settings (steps, switch_step" in capsys.readouterr().err
     assert json.loads((out / "plan.json").read_text()) == plan  # left as it was, nothing launched
     assert sorted(p.name for p in out.iterdir()) == ["plan.json"]
 
@@ -405,7 +406,7 @@ def scratch(tmp_path_factory):
         args += ["--eval-windows", "4", "--lookahead-windows", "2", "--no-final-recall", "--reserve-s", "0"]
         args += ["--min-launch-minutes", "0", "--min-eval-minutes", "0"]
         rc = branch.main(args, runner=in_process)
-        yield SimpleNamespace(folder=folder, out=out, rc=rc)
+        yield SimpleNamespace(folder=folder, config=config, out=out, rc=rc)
 
 
 @pytest.mark.slow
@@ -447,3 +448,60 @@ def test_from_scratch_archive_and_report_stay_apart_from_the_branch_design(scrat
     assert all((r[3] == "- |") == bool(e_end % plan["val_every"]) for r in rows), (e_end, rows)
     with pytest.raises(ValueError, match="different plans .*'warmup': \\(4, 0\\)"):
         branch_report.build_report([archive, branch.export(seed.out, seed.folder / "archives")], seed.folder / "r")
+
+
+@pytest.mark.slow
+def test_a_scratch_seed_continues_from_its_archive_on_a_new_machine(scratch, tmp_path):
+    """From-scratch seed 0 on the H200 (2026-12-03): D trained and evaluated, LH stopped at its switch, then the
+    machine went with every checkpoint. Its export alone continues the seed: D stays done, LH trains again from
+    step 0 in a clean folder, and the earlier attempt is kept beside it."""
+    then = tmp_path / "then" / scratch.out.name
+    shutil.copytree(scratch.out, then, ignore=shutil.ignore_patterns("E", "DONE", "equal_time.json"))
+    shutil.rmtree(then / "LH" / "final")
+    archive = branch.export(then, tmp_path / "archives")
+    out = tmp_path / "now" / scratch.out.name
+    args = ["run", "--config", str(scratch.config), "--out", str(out), "--seed", "1", "--warmup", "0"]
+    args += ["--steps", str(S), "--eval-windows", "4", "--lookahead-windows", "2", "--no-final-recall"]
+    args += ["--reserve-s", "0", "--min-launch-minutes", "0", "--min-eval-minutes", "0", "--arms", "D", "LH"]
+    with one_thread():
+        assert branch.main([*args, "--resume-from", str(archive)], runner=in_process) == 0
+    assert launches(out, "D") == launches(scratch.out, "D")  # nothing launched for D
+    assert (out / "D" / "final" / "window_losses.json").read_bytes() == (
+        scratch.out / "D" / "final" / "window_losses.json"
+    ).read_bytes()
+    assert launches(out / "LH.attempt-1", ".") == launches(scratch.out, "LH")
+    assert [(r["kind"], r["resumed_from"]) for r in launches(out, "LH")] == [
+        ("fit", None),
+        ("window_losses", None),
+        ("lookahead", None),
+    ]
+    assert len(list((out / "LH").glob("events.out.tfevents.*"))) == 1  # no stale curve from the earlier attempt
+    stage = logged_scalars(out / "LH", "train/stage")
+    assert [stage[s] for s in sorted(stage)] == [1.0] * 10 + [2.0] * (S - 10)
+
+
+@pytest.mark.slow
+def test_a_branch_seed_with_its_warmup_checkpoint_gone_refuses_to_train_an_arm(seed, tmp_path, capsys):
+    archive = branch.export(seed.out, tmp_path / "archives")
+    out = tmp_path / "new" / seed.out.name
+    arms = ["--arms", "D", "LH", "LHc", "E"]
+    assert run_seed(seed.config, out, 0, "--resume-from", str(archive), *arms) == 0  # every arm done: nothing to do
+    assert launches(out, "E") == launches(seed.out, "E")
+    shutil.rmtree(out / "D" / "final")  # D not evaluated: it would branch from the warm-up's checkpoint at W
+    capsys.readouterr()
+    assert run_seed(seed.config, out, 0, "--resume-from", str(archive), *arms) == branch.BAD_FOLDER
+    assert "the warm-up's checkpoint is gone" in capsys.readouterr().out
+    assert launches(out, "warmup") == launches(seed.out, "warmup") and (out / "warmup").is_dir()
+
+
+def test_resume_from_names_what_is_wrong_with_the_archive(tmp_path, capsys):
+    config = str(REPO / "bench" / "configs" / "branch_32k.yaml")
+    base = ["run", "--config", config, "--out", str(tmp_path / "branch_32k-seed0")]
+    assert branch.main([*base, "--resume-from", str(tmp_path / "none.tgz")], runner=None) == branch.BAD_FOLDER
+    assert "none.tgz: no such archive" in capsys.readouterr().err
+    other = tmp_path / "other-seed5"
+    (other / "D").mkdir(parents=True)
+    archive = branch.export(other, tmp_path)
+    assert branch.main([*base, "--resume-from", str(archive)], runner=None) == branch.BAD_FOLDER
+    assert "holds ['other-seed5'], not the seed folder branch_32k-seed0" in capsys.readouterr().err
+    assert not (tmp_path / "branch_32k-seed0").exists()
