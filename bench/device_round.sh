@@ -20,7 +20,8 @@
 #       # one seed of the branch design (bench/branch.py; with --warmup 0 the from-scratch design): as much as fits
 #       # the call (exit code 3: not done; call again at once, while the machine is warm: checkpoints live on its
 #       # disk only); every call exports the seed folder without checkpoints to
-#       # $OUT/<config name>[-scratch]-seed<N>.tgz (for bench/report/runs/)
+#       # $OUT/<config name>[-scratch]-seed<N>.tgz (for bench/report/runs/); a seed whose machine went before it
+#       # finished continues on a new one with --resume-from bench/report/runs/partial/<that name>.tgz
 # Everything goes to one log, $OUT/<part>.log (the device tool brings back few files). Each step has its own
 # time limit, cut to what is left of DEADLINE_S (default 570 s from the start), so that one slow step cannot take
 # the others' results with it and the call ends inside the tool's 10 minutes.
