@@ -45,7 +45,7 @@ it needs most. A seed whose machine is gone continues on a new one from its expo
 unpacked when the folder is absent): an arm whose final evaluation the archive holds is done; any other run left
 no checkpoint there, so its files are set aside (``<run>.attempt-<n>/``) and it trains again from its start. From
 scratch that keeps the pairing (every arm starts from the seed's init); in the branch design it works only while
-the pending arms need no warm-up checkpoint, and is refused otherwise (a new warm-up would not be the one the
+no arm is pending or none has started, and is refused otherwise (a new warm-up would not be the one the
 finished arms branched from).
 """
 
@@ -352,26 +352,13 @@ class Seed:
             if newest is not None and newest[0] >= end:
                 return 0
             if newest is None and run_dir.is_dir() and any(run_dir.iterdir()):
-                if run == "warmup" and any((self.out / arm).exists() for arm in ARMS):
-                    print(
-                        "branch: the warm-up's checkpoint is gone (restored from an archive?) and arms exist; a new "
-                        "warm-up would not be the one they branched from: start the seed in a new folder"
-                    )
-                    return BAD_FOLDER
                 print(f"branch: {run} has files but no checkpoint; moved to {set_aside(run_dir)}, {run} starts again")
             if self.left() < 60 * self.args.min_launch_minutes:
                 print(f"branch: {self.left():.0f} s left, not enough to train {run}; run the same command again")
                 return MORE_TO_DO
             start = newest
             if start is None and run != "warmup" and not from_scratch(self.plan):
-                w = self.plan["warmup"]
-                start = (w, checkpoint_at(self.out / "warmup", w))
-                if start[1] is None:
-                    print(
-                        f"branch: {run} branches from the warm-up's checkpoint at step {w}, which is gone (restored "
-                        f"from an archive?): the arms of a seed must share it; start the seed in a new folder"
-                    )
-                    return BAD_FOLDER
+                start = (self.plan["warmup"], self.warmup_checkpoint())
             config = run_config(self.base, self.plan, run, self.plan["seed"], self.out, equal_time)
             config["trainer"]["callbacks"].append(
                 time_budget(self.deadline - self.args.exit_margin_s, self.args.reserve_s)
@@ -390,6 +377,10 @@ class Seed:
                 print(f"branch: {run} stopped for time at step {reached}; run the same command again to continue")
                 return MORE_TO_DO
 
+    def warmup_checkpoint(self) -> Path | None:
+        """The shared warm-up's checkpoint at W, which every arm of the branch design starts from."""
+        return checkpoint_at(self.out / "warmup", self.plan["warmup"])
+
     def final_kinds(self, run: str) -> list[str]:
         """The evaluations of a trained arm: window losses, recall, and (LH, LHc) the look-ahead at the switch."""
         kinds = ["window_losses"] + (["recall"] if self.args.final_recall else [])
@@ -406,13 +397,16 @@ class Seed:
         final.mkdir(parents=True, exist_ok=True)
         last = checkpoints(run_dir)[-1][1]
         recall = self.base["model"].get("recall") or {}
+        kinds = self.final_kinds(run)
         jobs = {"window_losses": ["--ckpt", str(last), "--windows", str(self.plan["eval_windows"]), "--out"]}
-        jobs["recall"] = ["--ckpt", str(last), "--windows", str(recall.get("windows", 32)), "--pairs"]
-        jobs["recall"] += [str(recall.get("pairs", 8)), "--seed", str(recall.get("seed", 0)), "--json"]
-        at_switch = checkpoint_at(run_dir, self.plan["switch_step"])
-        jobs["lookahead"] = ["--ckpt", str(at_switch), "--windows", str(self.args.lookahead_windows), "--json"]
-        for kind in self.final_kinds(run):
-            args, target = jobs[kind], final / f"{kind}.json"
+        if "recall" in kinds:
+            jobs["recall"] = ["--ckpt", str(last), "--windows", str(recall.get("windows", 32)), "--pairs"]
+            jobs["recall"] += [str(recall.get("pairs", 8)), "--seed", str(recall.get("seed", 0)), "--json"]
+        if "lookahead" in kinds:
+            at_switch = checkpoint_at(run_dir, self.plan["switch_step"])
+            jobs["lookahead"] = ["--ckpt", str(at_switch), "--windows", str(self.args.lookahead_windows), "--json"]
+        for kind, args in jobs.items():
+            target = final / f"{kind}.json"
             if target.exists():
                 continue
             if self.left() < 60 * self.args.min_eval_minutes:
@@ -452,7 +446,14 @@ class Seed:
             print(f"branch: {self.out} unpacked from {self.args.resume_from}; done: {' '.join(done) or 'no arm'}")
         claim_folder(self.out / "plan.json", self.plan, "a branch seed")
         pending = [arm for arm in self.args.arms if not self.evaluated(arm)]
-        status = 0 if from_scratch(self.plan) or not pending else self.shared_warmup()
+        branching = pending and not from_scratch(self.plan)
+        if branching and any((self.out / arm).exists() for arm in ARMS) and not self.warmup_checkpoint():
+            print(
+                "branch: the warm-up's checkpoint is gone (restored from an archive?) and arms exist; a new warm-up "
+                "would not be the one they branched from: start the seed in a new folder"
+            )
+            return BAD_FOLDER
+        status = self.shared_warmup() if branching else 0
         if status:
             return status
         for arm in (a for a in pending if a != "E"):

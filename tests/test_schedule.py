@@ -32,9 +32,12 @@ def scheduled(tmp_path, name: str, max_steps: int, schedule=THREE, every_n: int 
     return config
 
 
-def recorded(cli, what: str = "RecordBackends") -> dict:
-    found = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == what)
-    return found.backends if what == "RecordBackends" else found.seen
+def plugin(cli, name: str):
+    return next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == name)
+
+
+def recorded(cli) -> dict[int, list[str]]:
+    return plugin(cli, "RecordBackends").backends
 
 
 # ---- the schedule as data ------------------------------------------------------------------------------------
@@ -85,7 +88,7 @@ def test_three_phases_switch_at_the_named_steps_and_resume_exactly_inside_each(t
     straight = fit(tmp_path / "straight", scheduled(tmp_path / "straight", "three", 9))
     assert recorded(straight) == {s: [DENSE, SPARSE, DENSE][s // 3] for s in range(9)}
     # Each change of attention starts the divergence guard's references afresh (its history counts from 1 again).
-    assert recorded(straight, "RecordGuardHistory") == {s: s % 3 + 1 for s in range(9)}
+    assert plugin(straight, "RecordGuardHistory").seen == {s: s % 3 + 1 for s in range(9)}
     stages = logged_scalars(tmp_path / "straight" / "logs" / "three", "train/stage")
     assert [stages[s] for s in range(1, 10)] == [1, 1, 1, 2, 2, 2, 3, 3, 3]  # step s: the s-th optimizer step
     expected = logged_scalars(tmp_path / "straight" / "logs" / "three", "train/loss")
