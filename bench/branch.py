@@ -82,6 +82,7 @@ from campaign import (  # noqa: E402  (bench/ is this script's folder)
 
 ARMS = ("D", "LH", "LHc", "E")
 DEFAULT_ARMS = ("D", "LH", "E")  # the issue's design; LHc is an added experiment
+SCRATCH_ARMS = ("D", "LH")  # the from-scratch design's pair (the paper's protocol)
 SPARSE_ARMS = ("LH", "LHc")  # Lighthouse to the switch, then dense
 RUNS = ("warmup", *ARMS)
 BAD_FOLDER = 2
@@ -118,6 +119,12 @@ def make_plan(steps: int, warmup: int, share: float, val_every: int | None = Non
 def from_scratch(plan: dict) -> bool:
     """The from-scratch design: no shared warm-up, every arm from step 0."""
     return plan["warmup"] == 0
+
+
+def design_arms(plan: dict) -> tuple[str, ...]:
+    """The arms a seed of the plan's design needs to count as complete: the branch design's D, LH and E; from
+    scratch the paper's pair, D and LH (E and LHc are added experiments there)."""
+    return SCRATCH_ARMS if from_scratch(plan) else DEFAULT_ARMS
 
 
 def folder_name(config: str | Path, seed: int, warmup: int) -> str:

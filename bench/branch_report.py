@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from branch import ARMS, DEFAULT_ARMS, RUNS, SPARSE_ARMS, end_step, from_scratch
+from branch import ARMS, RUNS, SPARSE_ARMS, design_arms, end_step, from_scratch
 from campaign import read_json
 from report import elapsed, f, job_spans, minutes, read_logged, split_wall_by_phase
 
@@ -148,7 +148,7 @@ class SeedRun:
 
     @property
     def complete(self) -> bool:
-        return all(self.evaluated(a) for a in DEFAULT_ARMS)  # the design's arms; LHc is an added experiment
+        return all(self.evaluated(a) for a in design_arms(self.plan))
 
     def final_loss(self, arm: str) -> float:
         return float(np.mean(self.arms[arm].window_losses["losses"]))
@@ -265,8 +265,8 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
 
 # ---- tables -------------------------------------------------------------------------------------------------------
 def shown_arms(seeds: list[SeedRun]) -> list[str]:
-    """The design's arms, and an added arm (LHc) where some seed trained it."""
-    return [a for a in ARMS if a in DEFAULT_ARMS or any(a in s.arms for s in seeds)]
+    """The design's arms, and an added arm (LHc; E from scratch) where some seed trained it."""
+    return [a for a in ARMS if any(a in design_arms(s.plan) or a in s.arms for s in seeds)]
 
 
 def shown_pairs(seeds: list[SeedRun]) -> list[tuple[str, str]]:
@@ -304,10 +304,16 @@ def setup_lines(seeds: list[SeedRun]) -> list[str]:
             if from_scratch(plan)
             else f"- Plan: shared dense warm-up to W={plan['warmup']}; "
         )
-        + f"D dense to S={plan['steps']}; LH Lighthouse to the "
-        f"switch at {plan['switch_step']} ({plan['share']:.1%} of S), dense to S; E dense with the rest of the LR "
-        f"schedule fitted into the time LH took (steps per seed below). Validation every {plan['val_every']} steps; "
-        f"final evaluation on {plan['eval_windows']} validation windows (dense).",
+        + f"D dense to S={plan['steps']}; LH Lighthouse to the switch at {plan['switch_step']} ({plan['share']:.1%} "
+        "of S), dense to S. "
+        + ("LHc the same with the causal selection. " if "LHc" in shown_arms(seeds) else "")
+        + (
+            "E dense with the rest of the LR schedule fitted into the time LH took (steps per seed below). "
+            if "E" in shown_arms(seeds)
+            else ""
+        )
+        + f"Validation every {plan['val_every']} steps; final evaluation on {plan['eval_windows']} validation "
+        "windows (dense).",
         f"- Seeds {[s.seed for s in seeds]} (init and data order); device {', '.join(devices)}; "
         f"run {dates[0]}{' to ' + dates[-1] if dates[-1] != dates[0] else ''}; config `{plan['config']}`.",
     ]
@@ -316,14 +322,16 @@ def setup_lines(seeds: list[SeedRun]) -> list[str]:
 def seed_table(seeds: list[SeedRun]) -> list[str]:
     arms, pairs = shown_arms(seeds), shown_pairs(seeds)
     branched = not from_scratch(seeds[0].plan)  # only a shared warm-up has an early-drop check
+    with_e = "E" in arms
     rows = [
         "| seed | "
         + ("early drop by W (loss 0-256 / later) | " if branched else "")
         + " | ".join(arms)
-        + (" | E steps after W | " if branched else " | E steps | ")
+        + (" | E steps after W" if branched else " | E steps" if with_e else "")
+        + " | "
         + " | ".join(f"{a} - {b}" for a, b in pairs)
         + " |",
-        "|---" * (len(arms) + len(pairs) + 2 + branched) + "|",
+        "|---" * (len(arms) + len(pairs) + 1 + with_e + branched) + "|",
     ]
     for s in seeds:
         check = s.warmup_check or {}
@@ -339,7 +347,8 @@ def seed_table(seeds: list[SeedRun]) -> list[str]:
             f"| {s.seed} | "
             + (f"{drop} | " if branched else "")
             + " | ".join(f(loss[a]) for a in arms)
-            + f" | {e_steps or '-'} | "
+            + (f" | {e_steps or '-'}" if with_e else "")
+            + " | "
             + " | ".join(signed(diff[p]) for p in pairs)
             + " |"
         )
@@ -661,7 +670,9 @@ def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list
             f"- Incomplete seeds: {missing} (each comparison uses the seeds that finished both of its arms; "
             f"arms without a final evaluation: "
             + ", ".join(
-                f"seed {s.seed}: {[a for a in DEFAULT_ARMS if not s.evaluated(a)]}" for s in seeds if not s.complete
+                f"seed {s.seed}: {[a for a in design_arms(s.plan) if not s.evaluated(a)]}"
+                for s in seeds
+                if not s.complete
             )
             + ")."
         ]

@@ -369,14 +369,18 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     assert "| 2 | LH | 10 |" in markdown and "| 2 | LHc | 10 |" in markdown  # the switch table has every seed
 
 
-def test_committed_branch_report_is_what_the_archived_seeds_give(tmp_path):
-    """bench/report/branch/README.md is built from the archived seeds in bench/report/runs/, never edited by hand:
-    rebuilding it from them gives the committed text, line for line (the PNGs are left out: their bytes depend
-    on the matplotlib version)."""
-    archives = sorted((REPO / "bench" / "report" / "runs").glob("branch_32k-seed*.tgz"))
-    assert archives, "no archived branch seeds"
+REPORTS = [("branch", "branch_32k-seed*.tgz"), ("scratch", "branch_32k-scratch-seed*.tgz")]
+
+
+@pytest.mark.parametrize(("report", "pattern"), REPORTS)
+def test_committed_report_is_what_the_archived_seeds_give(tmp_path, report, pattern):
+    """bench/report/{branch,scratch}/README.md are built from the archived seeds in bench/report/runs/, never edited
+    by hand: rebuilding one from them gives the committed text, line for line (the PNGs are left out: their bytes
+    depend on the matplotlib version)."""
+    archives = sorted((REPO / "bench" / "report" / "runs").glob(pattern))
+    assert archives, f"no archived seeds match {pattern}"
     rebuilt = branch_report.build_report(archives, tmp_path / "report").read_text().splitlines()
-    committed = (REPO / "bench" / "report" / "branch" / "README.md").read_text().splitlines()
+    committed = (REPO / "bench" / "report" / report / "README.md").read_text().splitlines()
     assert rebuilt == committed
 
 
@@ -448,6 +452,16 @@ def test_from_scratch_archive_and_report_stay_apart_from_the_branch_design(scrat
     assert all((r[3] == "- |") == bool(e_end % plan["val_every"]) for r in rows), (e_end, rows)
     with pytest.raises(ValueError, match="different plans .*'warmup': \\(4, 0\\)"):
         branch_report.build_report([archive, branch.export(seed.out, seed.folder / "archives")], seed.folder / "r")
+
+
+@pytest.mark.slow
+def test_a_scratch_seed_with_d_and_lh_is_complete(scratch, tmp_path):
+    """The from-scratch design is the paper's pair: a seed without E counts, and the report shows no E column."""
+    pair = tmp_path / scratch.out.name
+    shutil.copytree(scratch.out, pair, ignore=shutil.ignore_patterns("E", "equal_time.json"))
+    markdown = branch_report.build_report([branch.export(pair, tmp_path / "archives")], tmp_path / "report").read_text()
+    assert "1 complete." in markdown and "Incomplete" not in markdown
+    assert "| seed | D | LH | LH - D |" in markdown and "E steps" not in markdown and "| LH - E |" not in markdown
 
 
 @pytest.mark.slow
