@@ -292,6 +292,7 @@ def setup_lines(seeds: list[SeedRun]) -> list[str]:
     sizes = {**FLAVORS.get(arch.get("flavor") or "", {}), **{k: v for k, v in arch.items() if v is not None}}
     lh = arch.get("lighthouse", {})
     devices = sorted({s.plan.get("device", "?") for s in seeds})
+    arms = shown_arms(seeds)
     dates = sorted(s.plan.get("started", "?")[:10] for s in seeds)
     return [
         f"- Model: `{arch.get('flavor', 'custom')}` flavour (dim {sizes.get('dim', '-')}, {sizes.get('n_layers', '-')} "
@@ -306,10 +307,10 @@ def setup_lines(seeds: list[SeedRun]) -> list[str]:
         )
         + f"D dense to S={plan['steps']}; LH Lighthouse to the switch at {plan['switch_step']} ({plan['share']:.1%} "
         "of S), dense to S. "
-        + ("LHc the same with the causal selection. " if "LHc" in shown_arms(seeds) else "")
+        + ("LHc the same with the causal selection. " if "LHc" in arms else "")
         + (
             "E dense with the rest of the LR schedule fitted into the time LH took (steps per seed below). "
-            if "E" in shown_arms(seeds)
+            if "E" in arms
             else ""
         )
         + f"Validation every {plan['val_every']} steps; final evaluation on {plan['eval_windows']} validation "

@@ -87,7 +87,7 @@ class LitLM(L.LightningModule):
                 loss of a step, or the gradient norm of 3 steps in a row, exceeds this many times its median over the
                 last 64 steps (during the first 10 steps: the loss ln(vocab) of a uniform guess; the gradient norm
                 from the 65th step on, early and lone spikes being transient; a change of attention at a stage switch
-                starts all three counts again), or the weight norm at a save this many
+                starts these counts again), or the weight norm at a save this many
                 times the norm at the previous save: a finite blow-up (lighthouse/checkpoint/guards.py). > 1; null
                 turns these checks off (NaN and inf always stop the run).
         """
