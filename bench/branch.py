@@ -42,11 +42,13 @@ the archived comparisons it made stay as they are.
 
 Arms train in the order ``--arms`` names them (E last), so a session short of device time can put first the arm
 it needs most. A seed whose machine is gone continues on a new one from its export (``--resume-from ARCHIVE``,
-unpacked when the folder is absent): an arm whose final evaluation the archive holds is done; any other run left
-no checkpoint there, so its files are set aside (``<run>.attempt-<n>/``) and it trains again from its start. From
-scratch that keeps the pairing (every arm starts from the seed's init); in the branch design it works only while
-no arm is pending or none has started, and is refused otherwise (a new warm-up would not be the one the
-finished arms branched from).
+unpacked when the folder is absent): an arm whose final evaluation the archive holds is done (a Lighthouse arm with
+its window losses but no look-ahead probe too: the probe needs the switch checkpoint, which went with the machine,
+and stays unmeasured); any other run left no checkpoint there, so its files are set aside (``<run>.attempt-<n>/``)
+and it trains again from its start. ``--export-to DIR`` writes the export each time an arm is done, so that a call
+killed before its own export still leaves the finished arms. From scratch that keeps the pairing (every arm
+starts from the seed's init); in the branch design it works only while no arm is pending or none has started, and
+is refused otherwise (a new warm-up would not be the one the finished arms branched from).
 """
 
 from __future__ import annotations
@@ -394,8 +396,24 @@ class Seed:
         return kinds + (["lookahead"] if run in SPARSE_ARMS else [])
 
     def evaluated(self, run: str) -> bool:
-        """Whether every final evaluation of ``run`` is on record: it is done, with or without its checkpoints."""
-        return all((self.out / run / "final" / f"{kind}.json").exists() for kind in self.final_kinds(run))
+        """Whether every final evaluation of ``run`` is on record (a lost probe aside): it is done, with or without
+        its checkpoints."""
+        kinds = [k for k in self.final_kinds(run) if not (k == "lookahead" and self.probe_lost(run))]
+        return all((self.out / run / "final" / f"{kind}.json").exists() for kind in kinds)
+
+    def probe_lost(self, run: str) -> bool:
+        """An arm restored from an archive with its window losses but not its look-ahead probe: the checkpoint at the
+        switch went with the machine. The arm counts as done, its probe as not measured: training it again for the
+        probe would cost a whole arm and give another realization of it (SDPA's backward is not bitwise
+        reproducible), whose probe would not belong to the archived losses. On a live folder the switch checkpoint
+        is kept until probed, so this is never true there."""
+        final = self.out / run / "final"
+        return (
+            run in SPARSE_ARMS
+            and (final / "window_losses.json").exists()
+            and not (final / "lookahead.json").exists()
+            and checkpoint_at(self.out / run, self.plan["switch_step"]) is None
+        )
 
     def evaluate(self, run: str) -> int:
         """The final evaluations (``final_kinds``) of a trained arm, each skipped once its output exists."""
@@ -446,11 +464,19 @@ class Seed:
             print(f"branch: warning: {note}; the arms branch anyway (recorded in warmup_check.json)")
         return 0
 
+    def export_done(self, arm: str) -> None:
+        """With ``--export-to``: the seed's export as soon as ``arm`` is done, so that a call killed later (its
+        machine gone, its time limit hit) still leaves every finished arm behind."""
+        if self.args.export_to:
+            print(f"branch: {arm} done; exported to {export(self.out, Path(self.args.export_to))}")
+
     def go(self) -> int:
         if self.args.resume_from and not self.out.exists():
             unpack_seed(Path(self.args.resume_from), self.out)
             done = [arm for arm in ARMS if self.evaluated(arm)]
             print(f"branch: {self.out} unpacked from {self.args.resume_from}; done: {' '.join(done) or 'no arm'}")
+            for arm in filter(self.probe_lost, ARMS):
+                print(f"branch: {arm}'s look-ahead probe is not measured: its switch checkpoint went with its machine")
         claim_folder(self.out / "plan.json", self.plan, "a branch seed")
         pending = [arm for arm in self.args.arms if not self.evaluated(arm)]
         branching = pending and not from_scratch(self.plan)
@@ -467,6 +493,7 @@ class Seed:
             status = self.train(arm) or self.evaluate(arm)
             if status:
                 return status
+            self.export_done(arm)
         if "E" not in self.args.arms:
             print(f"branch: seed {self.plan['seed']}: arms {' '.join(self.args.arms)} done in {self.out}")
             return 0
@@ -482,6 +509,7 @@ class Seed:
         status = 0 if "E" not in pending else self.train("E", equal_time) or self.evaluate("E")
         if status:
             return status
+        self.export_done("E")
         (self.out / "DONE").write_text("all arms trained and evaluated\n")
         print(f"branch: seed {self.plan['seed']} done in {self.out}")
         return 0
@@ -534,6 +562,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     go.add_argument(
         "--resume-from",
         help="an export of this seed (<folder name>.tgz) to continue on a new machine; unpacked when --out is absent",
+    )
+    go.add_argument(
+        "--export-to",
+        help="a folder for the seed's export (<folder name>.tgz), written again each time an arm is done",
     )
     go.add_argument(
         "--arms",

@@ -541,7 +541,9 @@ def lookahead_table(seeds: list[SeedRun]) -> list[str]:
         "tile replaced. > 0 is what looking ahead inside a tile is worth. The first-half measurement cannot see a "
         "short-range look-ahead (only the positions just before a tile's middle lose their near future), so a '-' in "
         "the single-position columns leaves the look-ahead unmeasured. Last column: the same weights' loss with "
-        "Lighthouse attention minus with dense attention.",
+        "Lighthouse attention minus with dense attention. A row of '-': not measured (the arm's checkpoint at the "
+        "switch went with its machine before the probe ran; training the arm again would give another realization "
+        "of it, not a probe of this one).",
     ]
 
 

@@ -20,8 +20,9 @@
 #       # one seed of the branch design (bench/branch.py; with --warmup 0 the from-scratch design): as much as fits
 #       # the call (exit code 3: not done; call again at once, while the machine is warm: checkpoints live on its
 #       # disk only); every call exports the seed folder without checkpoints to
-#       # $OUT/<config name>[-scratch]-seed<N>.tgz (for bench/report/runs/); a seed whose machine went before it
-#       # finished continues on a new one with --resume-from bench/report/runs/partial/<that name>.tgz
+#       # $OUT/<config name>[-scratch]-seed<N>.tgz (for bench/report/runs/), and again as each arm is done; save it
+#       # as bench/report/runs/partial/<that name>.tgz after every call that exits 3, and the same command
+#       # continues the seed from it when the machine went (--resume-from, unless given)
 # Everything goes to one log, $OUT/<part>.log (the device tool brings back few files). Each step has its own
 # time limit, cut to what is left of DEADLINE_S (default 570 s from the start), so that one slow step cannot take
 # the others' results with it and the call ends inside the tool's 10 minutes.
@@ -125,7 +126,7 @@ compare)
   # minute for the export (a tar of a few MB).
   minutes=$(awk -v s=$((deadline - $(date +%s) - 30)) 'BEGIN { printf "%.2f", s / 60 }')
   PYTHONPATH=${site:+$site:}$PWD/src python3 bench/compare.py run --config "$config" --out "logs/$name" \
-    --max-minutes "$minutes" "$@" >>"$log" 2>&1
+    --max-minutes "$minutes" --export-to "$out" "$@" >>"$log" 2>&1
   rc=$?
   tar czf "$out/$name.tgz" --exclude='*.ckpt' --exclude='*.tmp-*' -C logs "$name"
   tail -n 3 "$log"
@@ -136,24 +137,35 @@ branch)
   shift 2
   seed=
   design=
+  resume=
   args=("$@")
   for i in "${!args[@]}"; do
     case ${args[$i]} in
     --seed) seed=${args[$((i + 1))]:-} ;;
     --warmup) [[ ${args[$((i + 1))]:-} =~ ^0+$ ]] && design=-scratch ;;  # branch.py's folder_name
     --out) echo "branch: the folder is logs/<config name>[-scratch]-seed<N>; leave out --out" >&2; exit 2 ;;
+    --resume-from) resume=given ;;
     esac
   done
   [[ $seed =~ ^[0-9]+$ ]] || { echo "branch: give --seed N (one seed per folder and archive)" >&2; exit 2; }
   name=$(basename "$config" .yaml)$design-seed$seed
+  # A machine can go between two calls of one seed (2026-12-03: the third call found a fresh one and trained D again
+  # from step 0). With the last call's archive saved as bench/report/runs/partial/<name>.tgz, the same command
+  # continues from it on a fresh machine (branch.py unpacks it only when the folder is absent).
+  partial=bench/report/runs/partial/$name.tgz
+  if [ -z "$resume" ] && [ -f "$partial" ]; then
+    set -- "$@" --resume-from "$partial"
+  fi
   # Leave 15 s for the export (a tar of a few MB: ~2 s measured); branch.py stops its jobs with a checkpoint
   # before its budget ends. At S=800 the jobs of a seed take (seed 1, 2026-12-02, H200): warm-up 2.7 min, D 7.4 and
   # its evaluation 0.7, a Lighthouse arm 6.1-6.3 and its two evaluations 1.8, E ~4.5; so W + D + two Lighthouse arms
   # (~27 min) or W + D + LH + E (~24 min) fill a session's 30 device minutes, not all four. Call with DEADLINE_S=585
-  # and, in branch.py's arguments, --reserve-s 20 --no-final-recall --lookahead-windows 32.
+  # and, in branch.py's arguments, --reserve-s 20 --no-final-recall --lookahead-windows 32. Near the end of a
+  # session's device time the tool's limit is shorter than 600 s (budget left less the machine's start): keep
+  # DEADLINE_S 20 s under it (2026-12-03: DEADLINE_S=560 under a 518 s limit was killed before its export).
   minutes=$(awk -v s=$((deadline - $(date +%s) - 15)) 'BEGIN { printf "%.2f", s / 60 }')
   PYTHONPATH=${site:+$site:}$PWD/src python3 bench/branch.py run --config "$config" --out "logs/$name" \
-    --max-minutes "$minutes" "$@" >>"$log" 2>&1
+    --max-minutes "$minutes" --export-to "$out" "$@" >>"$log" 2>&1
   rc=$?
   PYTHONPATH=${site:+$site:}$PWD/src python3 bench/branch.py export --out "logs/$name" --to "$out" >>"$log" 2>&1
   tail -n 3 "$log"

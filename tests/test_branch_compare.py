@@ -5,7 +5,9 @@ report whose intervals are checked against hand-computed ones."""
 import importlib
 import json
 import math
+import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import traceback
@@ -400,16 +402,20 @@ def test_from_scratch_plan_schedules_and_folder():
     assert set(est["train_min"]) == {"D", "LH"} and est["train_min"]["D"] == pytest.approx(800 * 131072 / 235e3 / 60)
 
 
+def scratch_args(config: Path, out: Path, *extra: str) -> list[str]:
+    """branch.py run of the tiny from-scratch seed 1 into ``out``."""
+    args = ["run", "--config", str(config), "--out", str(out), "--seed", "1", "--warmup", "0", "--steps", str(S)]
+    args += ["--eval-windows", "4", "--lookahead-windows", "2", "--no-final-recall", "--reserve-s", "0"]
+    return args + ["--min-launch-minutes", "0", "--min-eval-minutes", "0", *extra]
+
+
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
     folder = tmp_path_factory.mktemp("scratch")
     with one_thread():
         config = tiny_branch_config(folder)
         out = folder / "tiny-scratch-seed1"  # seed 1: a report may then be handed it with the branch fixture's seed 0
-        args = ["run", "--config", str(config), "--out", str(out), "--seed", "1", "--warmup", "0", "--steps", str(S)]
-        args += ["--eval-windows", "4", "--lookahead-windows", "2", "--no-final-recall", "--reserve-s", "0"]
-        args += ["--min-launch-minutes", "0", "--min-eval-minutes", "0"]
-        rc = branch.main(args, runner=in_process)
+        rc = branch.main(scratch_args(config, out), runner=in_process)
         yield SimpleNamespace(folder=folder, config=config, out=out, rc=rc)
 
 
@@ -474,11 +480,12 @@ def test_a_scratch_seed_continues_from_its_archive_on_a_new_machine(scratch, tmp
     shutil.rmtree(then / "LH" / "final")
     archive = branch.export(then, tmp_path / "archives")
     out = tmp_path / "now" / scratch.out.name
-    args = ["run", "--config", str(scratch.config), "--out", str(out), "--seed", "1", "--warmup", "0"]
-    args += ["--steps", str(S), "--eval-windows", "4", "--lookahead-windows", "2", "--no-final-recall"]
-    args += ["--reserve-s", "0", "--min-launch-minutes", "0", "--min-eval-minutes", "0", "--arms", "D", "LH"]
+    exports = tmp_path / "exports"
+    args = scratch_args(scratch.config, out, "--arms", "D", "LH", "--export-to", str(exports))
     with one_thread():
         assert branch.main([*args, "--resume-from", str(archive)], runner=in_process) == 0
+    with tarfile.open(exports / f"{out.name}.tgz") as tar:  # written when LH was done: a later kill loses nothing
+        assert f"{out.name}/LH/final/lookahead.json" in tar.getnames()
     assert launches(out, "D") == launches(scratch.out, "D")  # nothing launched for D
     assert (out / "D" / "final" / "window_losses.json").read_bytes() == (
         scratch.out / "D" / "final" / "window_losses.json"
@@ -492,6 +499,48 @@ def test_a_scratch_seed_continues_from_its_archive_on_a_new_machine(scratch, tmp
     assert len(list((out / "LH").glob("events.out.tfevents.*"))) == 1  # no stale curve from the earlier attempt
     stage = logged_scalars(out / "LH", "train/stage")
     assert [stage[s] for s in sorted(stage)] == [1.0] * 10 + [2.0] * (S - 10)
+
+
+@pytest.mark.slow
+def test_an_arm_whose_probe_went_with_its_machine_is_done_and_its_probe_unmeasured(scratch, tmp_path, capsys):
+    """From-scratch seed 1 on the H200 (2026-12-03): D and LH trained and got their window losses, the call ended
+    before LH's look-ahead probe, and the next call found a fresh machine. The archive continues the seed with
+    nothing to train (training LH again for its probe would cost a whole arm and give another realization of it),
+    and the report shows the probe as not measured."""
+    then = tmp_path / "then" / scratch.out.name
+    shutil.copytree(scratch.out, then, ignore=shutil.ignore_patterns("E", "DONE", "equal_time.json"))
+    (then / "LH" / "final" / "lookahead.json").unlink()
+    archive = branch.export(then, tmp_path / "archives")
+    launched = []
+    args = scratch_args(scratch.config, tmp_path / "now" / then.name, "--arms", "D", "LH")
+    capsys.readouterr()
+    assert branch.main([*args, "--resume-from", str(archive)], runner=lambda a, log: launched.append(a) or 1) == 0
+    assert launched == []
+    said = capsys.readouterr().out
+    assert "LH's look-ahead probe is not measured: its switch checkpoint went with its machine" in said
+    markdown = branch_report.build_report([archive], tmp_path / "report").read_text()
+    assert "1 complete." in markdown and "| 1 | LH | - | - | - | - | - | - |" in markdown
+    assert "A row of '-': not measured" in markdown
+
+
+@pytest.mark.slow
+def test_a_failed_probe_runs_again_while_its_switch_checkpoint_is_there(scratch, tmp_path):
+    """On a live folder the switch checkpoint is kept until the probe has run: a probe that failed is retried by the
+    same command, not given up as lost."""
+
+    def probe_fails(args: list[str], log: Path) -> int:
+        return 1 if args[:2] == ["-m", "lighthouse.eval.lookahead"] else in_process(args, log)
+
+    out = tmp_path / scratch.out.name
+    args = scratch_args(scratch.config, out, "--arms", "LH")
+    with one_thread():
+        assert branch.main(args, runner=probe_fails) == 1
+        assert (out / "LH" / "final" / "window_losses.json").exists()
+        assert branch.checkpoint_at(out / "LH", 10) is not None  # the switch, kept for the probe
+        assert branch.main(args, runner=in_process) == 0
+    assert [r["kind"] for r in launches(out, "LH")] == ["fit", "window_losses", "lookahead", "lookahead"]
+    assert json.loads((out / "LH" / "final" / "lookahead.json").read_text())["step"] == 10
+    assert [s for s, _ in branch.checkpoints(out / "LH")] == [S]  # probed: the switch checkpoint is gone
 
 
 @pytest.mark.slow
@@ -519,3 +568,40 @@ def test_resume_from_names_what_is_wrong_with_the_archive(tmp_path, capsys):
     assert branch.main([*base, "--resume-from", str(archive)], runner=None) == branch.BAD_FOLDER
     assert "holds ['other-seed5'], not the seed folder branch_32k-seed0" in capsys.readouterr().err
     assert not (tmp_path / "branch_32k-seed0").exists()
+
+
+# ---- bench/device_round.sh branch: the device call around branch.py ------------------------------------------------
+def device_round_branch(root: Path, *args: str) -> list[str]:
+    """``bench/device_round.sh branch`` run from ``root`` (a copy of the script; a ``python3`` on PATH that only
+    records its arguments): the arguments it gave ``bench/branch.py run``."""
+    (root / "bench").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "bench" / "device_round.sh", root / "bench")
+    fake = root / "bin" / "python3"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text('#!/bin/sh\necho "$@" >>"$CALLS"\n')
+    fake.chmod(0o755)
+    calls = root / "calls.txt"
+    calls.unlink(missing_ok=True)
+    env = {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "CALLS": str(calls), "OUT": str(root / "out")}
+    done = subprocess.run(["bash", "bench/device_round.sh", "branch", *args], cwd=root, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    return next(line for line in calls.read_text().splitlines() if line.startswith("bench/branch.py run")).split()
+
+
+def test_device_round_resumes_a_seed_from_its_saved_archive(tmp_path):
+    """The same command continues a seed on a fresh machine once the last call's archive is saved under
+    bench/report/runs/partial/ (2026-12-03: a third call without it trained D again from step 0), and always asks
+    branch.py for an export after each finished arm."""
+    args = ("bench/configs/branch_32k.yaml", "--seed", "9", "--warmup", "0", "--arms", "D", "LH")
+    run = device_round_branch(tmp_path, *args)
+    assert "--resume-from" not in run and run[run.index("--export-to") + 1] == str(tmp_path / "out")
+    assert run[run.index("--out") + 1] == "logs/branch_32k-scratch-seed9"
+    saved = tmp_path / "bench" / "report" / "runs" / "partial" / "branch_32k-scratch-seed9.tgz"
+    saved.parent.mkdir(parents=True)
+    saved.write_bytes(b"")
+    run = device_round_branch(tmp_path, *args)
+    assert run[run.index("--resume-from") + 1] == "bench/report/runs/partial/branch_32k-scratch-seed9.tgz"
+    run = device_round_branch(tmp_path, *args, "--resume-from", "elsewhere.tgz")  # one given is kept, alone
+    assert run.count("--resume-from") == 1 and run[run.index("--resume-from") + 1] == "elsewhere.tgz"
+    run = device_round_branch(tmp_path, "bench/configs/branch_32k.yaml", "--seed", "9")  # the branch design's seed 9
+    assert "--resume-from" not in run
