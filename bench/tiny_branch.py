@@ -12,7 +12,17 @@ arms from the same initial weights (``warmup_loss`` is then the untrained model'
 arm's final loss with every layer dense on ``--val-windows`` fixed validation windows, and LH - D paired over those
 windows.
 
+Several ``--share`` values give one LH arm each, off the same warm-up (how long the Lighthouse phase runs before
+the recovery). ``--speedup R`` adds, per share, the equal-time arm E of the GPU design, with the GPU's speed taken
+as given since this CPU run cannot measure it (its Lighthouse path is the naive reference): a Lighthouse step
+costs 1/R of a dense step (R = 2.30 measured on the H200 at 32768 for the `small` flavour: 543k against 236k
+tokens/s), so LH's arm after W costs (switch - W) / R + (S - switch) dense steps, and E trains that many dense
+steps from W with the rest of the LR schedule fitted into them (lighthouse.train.schedule's ``rescale_lr``: the
+LR is continuous at W and anneals to its floor at E's last step). Each run's record lists its arms under
+``arms`` (records written before 2026-12-03's share sweep hold one arm's keys at the top level).
+
     PYTHONPATH=src python bench/tiny_branch.py --steps 300 600 1200 --seeds 0 --json out.json   # 1 thread
+    PYTHONPATH=src python bench/tiny_branch.py --steps 600 --share 0.5 0.625 0.75 0.875 --speedup 2.3 --json out.json
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from lighthouse.data.datamodule import LMDataModule
 from lighthouse.eval.val_windows import read_windows, window_ids
 from lighthouse.model.transformer import dense_eager
 from lighthouse.train.lit_module import lr_multiplier
+from lighthouse.train.schedule import Phase, lr_clock
 
 
 def window_losses(model, windows: torch.Tensor) -> list[float]:
@@ -52,13 +63,24 @@ class Trainer:
         self.model, self.args, self.total_steps = model, args, total_steps
         self.optimizer = adamw(model, args.lr)
         self.seconds = {"sdpa": 0.0, "lighthouse": 0.0}
+        self.phases: list[Phase] = []  # none: the LR schedule is read at the step itself
+        self.end_step = total_steps
+
+    def lr_factor(self, step: int) -> float:
+        position = lr_clock(self.phases, step, self.total_steps, self.end_step)
+        return lr_multiplier(position, self.args.lr_warmup, self.total_steps, "cosine", 0.1)
+
+    def end_early(self, start: int, end: int) -> None:
+        """From ``start`` on, fit the rest of the LR schedule into the steps until ``end`` (the E arm)."""
+        self.phases = [Phase(0, "sdpa"), Phase(start, "sdpa", rescale_lr=True)] if start else [Phase(0, "sdpa", True)]
+        self.end_step = end
 
     def train(self, batches: list[torch.Tensor], start: int, stop: int, sparse: bool) -> None:
         self.model.set_attention_backend("lighthouse_naive" if sparse else "sdpa")
         self.model.train()
         began = time.perf_counter()
         for step in range(start, stop):
-            factor = lr_multiplier(step, self.args.lr_warmup, self.total_steps, "cosine", 0.1)
+            factor = self.lr_factor(step)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.args.lr * factor
             loss = self.model.token_losses(batches[step]).mean()
@@ -83,11 +105,17 @@ def paired(differences: list[float]) -> tuple[float, float]:
     return statistics.fmean(differences), statistics.stdev(differences) / math.sqrt(len(differences))
 
 
+def equal_time_end(warmup: int, switch: int, total: int, speedup: float) -> int:
+    """E's last step: W plus LH's arm after W counted in dense steps, its Lighthouse steps ``speedup`` times faster."""
+    return warmup + round((switch - warmup) / speedup) + (total - switch)
+
+
 def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModule, val: torch.Tensor) -> dict:
-    warmup, switch = round(args.warmup_share * total), round(args.share * total)
-    if not 0 <= warmup < switch < total:
+    warmup = round(args.warmup_share * total)
+    switches = [round(share * total) for share in args.share]
+    if not all(0 <= warmup < switch < total for switch in switches):
         raise SystemExit(
-            f"--warmup-share and --share give W={warmup}, switch={switch} at S={total}: need 0 <= W < switch < S"
+            f"--warmup-share and --share give W={warmup}, switches {switches} at S={total}: need 0 <= W < switch < S"
         )
     torch.manual_seed(seed)
     stream = iter(datamodule.train_dataloader())
@@ -96,31 +124,41 @@ def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModul
     shared = Trainer(model, args, total)
     shared.train(batches, 0, warmup, sparse=False)
     warmup_loss = statistics.fmean(window_losses(shared.model, val))
-    dense, sparse = shared.branch(), shared.branch()
+    dense = shared.branch()
     dense.train(batches, warmup, total, sparse=False)
-    sparse.train(batches, warmup, switch, sparse=True)
-    at_switch = statistics.fmean(window_losses(sparse.model, val))
-    sparse.train(batches, switch, total, sparse=False)
-    d, lh = window_losses(dense.model, val), window_losses(sparse.model, val)
-    gap, se = paired([b - a for a, b in zip(d, lh, strict=True)])
+    d = window_losses(dense.model, val)
     result = {
         "steps": total,
         "seed": seed,
         "warmup": warmup,
-        "switch": switch,
         "warmup_loss": warmup_loss,
-        "lh_at_switch": at_switch,
         "D": statistics.fmean(d),
-        "LH": statistics.fmean(lh),
-        "gap": gap,
-        "gap_se": se,
-        "seconds": {"D": dense.seconds, "LH": sparse.seconds},
+        "seconds": {"D": dense.seconds},
+        "arms": [],
     }
-    print(
-        f"S={total} seed {seed}: W={warmup} switch={switch}; warm-up {warmup_loss:.4f}, LH at switch {at_switch:.4f}; "
-        f"final D {result['D']:.4f}, LH {result['LH']:.4f}, LH - D {gap:+.4f} +- {se:.4f}",
-        flush=True,
-    )
+    print(f"S={total} seed {seed}: W={warmup}, warm-up {warmup_loss:.4f}; final D {result['D']:.4f}", flush=True)
+    for share, switch in zip(args.share, switches, strict=True):
+        sparse = shared.branch()
+        sparse.train(batches, warmup, switch, sparse=True)
+        at_switch = statistics.fmean(window_losses(sparse.model, val))
+        sparse.train(batches, switch, total, sparse=False)
+        lh = window_losses(sparse.model, val)
+        gap, se = paired([b - a for a, b in zip(d, lh, strict=True)])
+        arm = {"share": share, "switch": switch, "lh_at_switch": at_switch, "LH": statistics.fmean(lh)}
+        arm.update(gap=gap, gap_se=se, seconds={"LH": sparse.seconds})
+        line = f"  switch {switch}: LH at switch {at_switch:.4f}, final {arm['LH']:.4f}, LH - D {gap:+.4f} +- {se:.4f}"
+        if args.speedup:
+            equal = shared.branch()
+            equal.end_early(warmup, equal_time_end(warmup, switch, total, args.speedup))
+            equal.train(batches, warmup, equal.end_step, sparse=False)
+            e = window_losses(equal.model, val)
+            lh_e, lh_e_se = paired([b - a for a, b in zip(e, lh, strict=True)])
+            arm.update(speedup=args.speedup, e_end=equal.end_step, E=statistics.fmean(e), lh_minus_e=lh_e)
+            arm.update(lh_minus_e_se=lh_e_se)
+            arm["seconds"]["E"] = equal.seconds
+            line += f"; E ({equal.end_step} steps) {arm['E']:.4f}, LH - E {lh_e:+.4f} +- {lh_e_se:.4f}"
+        result["arms"].append(arm)
+        print(line, flush=True)
     return result
 
 
@@ -134,7 +172,14 @@ def main() -> None:
         default=0.25,
         help="W / S (the GPU design: 200 / 800); 0: both arms from the same init (the from-scratch design)",
     )
-    parser.add_argument("--share", type=float, default=0.625, help="switch / S (the GPU design: 500 / 800)")
+    parser.add_argument(
+        "--share", type=float, nargs="+", default=[0.625], help="switch / S, one LH arm each (GPU: 500 / 800)"
+    )
+    parser.add_argument(
+        "--speedup",
+        type=float,
+        help="add the equal-time arm E, taking a Lighthouse step as this many times faster than a dense one (>= 1)",
+    )
     add_model_options(parser)
     parser.add_argument(
         "--causal",
@@ -149,6 +194,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the results here (rewritten after each run)")
     args = parser.parse_args()
+    if args.speedup is not None and not args.speedup >= 1:
+        parser.error(f"--speedup {args.speedup}: a Lighthouse step's speed over a dense one, >= 1")
     torch.set_num_threads(args.threads)
     results = []
     for seed in args.seeds:
