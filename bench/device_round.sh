@@ -126,7 +126,7 @@ compare)
   # minute for the export (a tar of a few MB).
   minutes=$(awk -v s=$((deadline - $(date +%s) - 30)) 'BEGIN { printf "%.2f", s / 60 }')
   PYTHONPATH=${site:+$site:}$PWD/src python3 bench/compare.py run --config "$config" --out "logs/$name" \
-    --max-minutes "$minutes" --export-to "$out" "$@" >>"$log" 2>&1
+    --max-minutes "$minutes" "$@" >>"$log" 2>&1
   rc=$?
   tar czf "$out/$name.tgz" --exclude='*.ckpt' --exclude='*.tmp-*' -C logs "$name"
   tail -n 3 "$log"

@@ -24,6 +24,7 @@ from lighthouse.train.cli import main as cli_main
 sys.path.insert(0, str(REPO / "bench"))
 import branch  # noqa: E402
 import branch_report  # noqa: E402
+import compare  # noqa: E402
 
 W, S = 4, 16  # switch at round(0.625 * 16) = 10; validations every 2 steps
 
@@ -570,10 +571,10 @@ def test_resume_from_names_what_is_wrong_with_the_archive(tmp_path, capsys):
     assert not (tmp_path / "branch_32k-seed0").exists()
 
 
-# ---- bench/device_round.sh branch: the device call around branch.py ------------------------------------------------
-def device_round_branch(root: Path, *args: str) -> list[str]:
-    """``bench/device_round.sh branch`` run from ``root`` (a copy of the script; a ``python3`` on PATH that only
-    records its arguments): the arguments it gave ``bench/branch.py run``."""
+# ---- bench/device_round.sh: the device calls around branch.py and compare.py ---------------------------------------
+def device_round(root: Path, part: str, *args: str) -> list[str]:
+    """``bench/device_round.sh PART ARGS`` run from ``root`` (a copy of the script; a ``python3`` on PATH that only
+    records its arguments): the arguments it gave ``bench/<part>.py``, from ``run`` on."""
     (root / "bench").mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "bench" / "device_round.sh", root / "bench")
     fake = root / "bin" / "python3"
@@ -583,9 +584,10 @@ def device_round_branch(root: Path, *args: str) -> list[str]:
     calls = root / "calls.txt"
     calls.unlink(missing_ok=True)
     env = {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "CALLS": str(calls), "OUT": str(root / "out")}
-    done = subprocess.run(["bash", "bench/device_round.sh", "branch", *args], cwd=root, env=env, capture_output=True)
+    done = subprocess.run(["bash", "bench/device_round.sh", part, *args], cwd=root, env=env, capture_output=True)
     assert done.returncode == 0, done.stderr
-    return next(line for line in calls.read_text().splitlines() if line.startswith("bench/branch.py run")).split()
+    script = f"bench/{part}.py run"
+    return next(line for line in calls.read_text().splitlines() if line.startswith(script)).split()[1:]
 
 
 def test_device_round_resumes_a_seed_from_its_saved_archive(tmp_path):
@@ -593,15 +595,25 @@ def test_device_round_resumes_a_seed_from_its_saved_archive(tmp_path):
     bench/report/runs/partial/ (2026-12-03: a third call without it trained D again from step 0), and always asks
     branch.py for an export after each finished arm."""
     args = ("bench/configs/branch_32k.yaml", "--seed", "9", "--warmup", "0", "--arms", "D", "LH")
-    run = device_round_branch(tmp_path, *args)
+    run = device_round(tmp_path, "branch", *args)
     assert "--resume-from" not in run and run[run.index("--export-to") + 1] == str(tmp_path / "out")
     assert run[run.index("--out") + 1] == "logs/branch_32k-scratch-seed9"
     saved = tmp_path / "bench" / "report" / "runs" / "partial" / "branch_32k-scratch-seed9.tgz"
     saved.parent.mkdir(parents=True)
     saved.write_bytes(b"")
-    run = device_round_branch(tmp_path, *args)
+    run = device_round(tmp_path, "branch", *args)
     assert run[run.index("--resume-from") + 1] == "bench/report/runs/partial/branch_32k-scratch-seed9.tgz"
-    run = device_round_branch(tmp_path, *args, "--resume-from", "elsewhere.tgz")  # one given is kept, alone
+    run = device_round(tmp_path, "branch", *args, "--resume-from", "elsewhere.tgz")  # one given is kept, alone
     assert run.count("--resume-from") == 1 and run[run.index("--resume-from") + 1] == "elsewhere.tgz"
-    run = device_round_branch(tmp_path, "bench/configs/branch_32k.yaml", "--seed", "9")  # the branch design's seed 9
+    run = device_round(tmp_path, "branch", "bench/configs/branch_32k.yaml", "--seed", "9")  # branch design's seed 9
     assert "--resume-from" not in run
+
+
+def test_device_round_gives_each_script_only_arguments_it_takes(tmp_path):
+    """What the device calls pass on must parse: an option one script gained, given to the other, would end the
+    call with an argparse error, found only on the device."""
+
+    run = device_round(tmp_path, "branch", "bench/configs/branch_32k.yaml", "--seed", "0", "--steps", "800")
+    assert branch.parse_args(run).command == "run"
+    run = device_round(tmp_path, "compare", "bench/configs/compare_32k.yaml", "--seeds", "1", "2", "--steps", "320")
+    assert compare.parse_args(run).command == "run"
