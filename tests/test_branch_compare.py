@@ -612,7 +612,6 @@ def test_device_round_resumes_a_seed_from_its_saved_archive(tmp_path):
 def test_device_round_gives_each_script_only_arguments_it_takes(tmp_path):
     """What the device calls pass on must parse: an option one script gained, given to the other, would end the
     call with an argparse error, found only on the device."""
-
     run = device_round(tmp_path, "branch", "bench/configs/branch_32k.yaml", "--seed", "0", "--steps", "800")
     assert branch.parse_args(run).command == "run"
     run = device_round(tmp_path, "compare", "bench/configs/compare_32k.yaml", "--seeds", "1", "2", "--steps", "320")
