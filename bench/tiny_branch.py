@@ -95,7 +95,10 @@ class Trainer:
         other = copy.copy(self)
         other.model = copy.deepcopy(self.model)
         other.optimizer = adamw(other.model, self.args.lr)
-        other.optimizer.load_state_dict(self.optimizer.state_dict())
+        # load_state_dict keeps the very tensors it is given where dtype and device match, so without the copy every
+        # arm would step the same Adam moments (and step count) in place: an arm would start from the moments the
+        # arms before it left, not from the branch point's.
+        other.optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
         other.seconds = dict(self.seconds)
         return other
 

@@ -1,6 +1,7 @@
 """bench/leak_iid.py runs and measures what it says: on independent random tokens a dense model's look-ahead probe
 reads exactly 0, and so does the causal selection's, trained a few steps, where the paper's selection reads a
-change (the full runs are in bench/RESULTS.md). And bench/tiny_branch.py's equal-time arm gets its schedule."""
+change (the full runs are in bench/RESULTS.md). And bench/tiny_branch.py's arms start from their branch point and
+its equal-time arm gets its schedule."""
 
 import sys
 from types import SimpleNamespace
@@ -50,3 +51,37 @@ def test_tiny_branch_equal_time_arm_fits_the_rest_of_the_schedule():
     scratch = dense.branch()
     scratch.end_early(0, 300)  # from step 0: the whole schedule, warm-up included, in 300 steps
     assert scratch.lr_factor(0) == dense.lr_factor(0) and scratch.lr_factor(300) == pytest.approx(0.1)
+
+
+def test_tiny_branch_arms_start_from_the_branch_point_whatever_ran_before():
+    """An arm trained after another from the same branch point ends exactly where it ends trained first: training
+    one arm changes neither the shared state's weights nor its Adam moments and step count."""
+    torch.manual_seed(0)
+    args = SimpleNamespace(lr=3e-3, lr_warmup=2)
+    batches = [torch.randint(0, 16, (2, 9)) for _ in range(6)]
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.out = torch.nn.Embedding(16, 8), torch.nn.Linear(8, 16)
+
+        def set_attention_backend(self, name):
+            pass
+
+        def token_losses(self, tokens):
+            logits = self.out(self.embed(tokens[:, :-1]))
+            return torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+
+    shared = tiny_branch.Trainer(Tiny(), args, total_steps=6)
+    shared.train(batches, 0, 3, sparse=False)
+    before = {k: v.clone() for k, v in shared.optimizer.state[shared.model.out.weight].items()}
+
+    def arm():
+        branch = shared.branch()
+        branch.train(batches, 3, 6, sparse=False)
+        return branch.model.out.weight.detach().clone()
+
+    first, second = arm(), arm()
+    after = shared.optimizer.state[shared.model.out.weight]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(first, second)
