@@ -33,7 +33,15 @@ from lighthouse.model.transformer import Transformer
 
 def build(backend: str, args: argparse.Namespace) -> Transformer:
     torch.manual_seed(args.seed)
-    config = ModelConfig(
+    try:
+        config = model_config(backend, args)
+    except ValueError as err:  # the model's own check, before any step; named here by the options that set it
+        raise SystemExit(f"{err}\n(set by --seq-len, --levels, --topk, --layers, --dense-layers)") from None
+    return Transformer(config)
+
+
+def model_config(backend: str, args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(
         vocab_size=args.vocab,
         dim=64,
         n_layers=args.layers,
@@ -46,7 +54,6 @@ def build(backend: str, args: argparse.Namespace) -> Transformer:
         dense_layers=args.dense_layers,  # default none: every layer on the backend under test
         lighthouse={"levels": args.levels, "pooling_factor": 4, "topk": args.topk, "causal": args.causal},
     )
-    return Transformer(config)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

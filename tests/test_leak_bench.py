@@ -35,6 +35,13 @@ def test_the_papers_selection_reads_a_look_ahead():
     assert result["backend"] == "lighthouse_naive" and result["probe_cut"] != 0.0
 
 
+def test_a_model_option_out_of_range_stops_with_its_message_before_training(capsys):
+    with pytest.raises(SystemExit) as stop:
+        leak_iid.main(["--backends", "lighthouse_naive", "--topk", "16", *SMALL])
+    assert "model.arch.lighthouse.topk=16 is invalid: it must be a positive multiple of 128" in str(stop.value)
+    assert "--topk" in str(stop.value) and "step" not in capsys.readouterr().out
+
+
 def test_tiny_branch_equal_time_arm_fits_the_rest_of_the_schedule():
     """bench/tiny_branch.py's E arm: its step count is LH's time in dense steps, and its LR is D's up to the branch
     point, then anneals to the floor (0.1) at its own last step instead of being cut mid-schedule."""
