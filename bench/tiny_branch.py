@@ -103,8 +103,9 @@ class Trainer:
         return other
 
 
-def paired(differences: list[float]) -> tuple[float, float]:
-    """Mean and standard error of per-window differences."""
+def paired(base: list[float], arm: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the per-window differences arm - base."""
+    differences = [b - a for a, b in zip(base, arm, strict=True)]
     return statistics.fmean(differences), statistics.stdev(differences) / math.sqrt(len(differences))
 
 
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModul
         at_switch = statistics.fmean(window_losses(sparse.model, val))
         sparse.train(batches, switch, total, sparse=False)
         lh = window_losses(sparse.model, val)
-        gap, se = paired([b - a for a, b in zip(d, lh, strict=True)])
+        gap, se = paired(d, lh)
         arm = {"share": share, "switch": switch, "lh_at_switch": at_switch, "LH": statistics.fmean(lh)}
         arm.update(gap=gap, gap_se=se, seconds={"LH": sparse.seconds})
         line = f"  switch {switch}: LH at switch {at_switch:.4f}, final {arm['LH']:.4f}, LH - D {gap:+.4f} +- {se:.4f}"
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModul
             equal.end_early(warmup, equal_time_end(warmup, switch, total, args.speedup))
             equal.train(batches, warmup, equal.end_step, sparse=False)
             e = window_losses(equal.model, val)
-            lh_e, lh_e_se = paired([b - a for a, b in zip(e, lh, strict=True)])
+            lh_e, lh_e_se = paired(e, lh)
             arm.update(speedup=args.speedup, e_end=equal.end_step, E=statistics.fmean(e), lh_minus_e=lh_e)
             arm.update(lh_minus_e_se=lh_e_se)
             arm["seconds"]["E"] = equal.seconds
