@@ -57,6 +57,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tarfile
@@ -475,6 +476,12 @@ class Seed:
             unpack_seed(Path(self.args.resume_from), self.out)
             done = [arm for arm in ARMS if self.evaluated(arm)]
             print(f"branch: {self.out} unpacked from {self.args.resume_from}; done: {' '.join(done) or 'no arm'}")
+            if not done:
+                # Checkpoints stay on the machine that wrote them, so an archive without a finished arm holds nothing
+                # a new machine can continue (2026-12-03: a branch seed's half-trained D and its warm-up, whose
+                # checkpoint was gone, made the call refuse the folder). Its record is the archive itself.
+                shutil.rmtree(self.out)
+                print(f"branch: no finished arm to keep; seed {self.plan['seed']} starts afresh in {self.out}")
             for arm in filter(self.probe_lost, ARMS):
                 print(f"branch: {arm}'s look-ahead probe is not measured: its switch checkpoint went with its machine")
         claim_folder(self.out / "plan.json", self.plan, "a branch seed")

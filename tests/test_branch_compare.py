@@ -571,6 +571,31 @@ def test_resume_from_names_what_is_wrong_with_the_archive(tmp_path, capsys):
     assert not (tmp_path / "branch_32k-seed0").exists()
 
 
+def test_an_archive_without_a_finished_arm_starts_the_seed_afresh(tmp_path, capsys):
+    """A call cut off inside the first arm leaves an archive with a warm-up and half an arm but no checkpoint: the
+    next machine starts the seed again instead of refusing the folder (2026-12-03, branch_32k seed 4)."""
+    config = str(REPO / "bench" / "configs" / "branch_32k.yaml")
+    cut = tmp_path / "cut" / "branch_32k-seed4"
+    for run in ("warmup", "D"):
+        (cut / run).mkdir(parents=True)
+        (cut / run / "launches.jsonl").write_text('{"kind": "fit"}\n')
+    archive = branch.export(cut, tmp_path)
+    out = tmp_path / "logs" / cut.name
+    asked = []
+
+    def stop_at_first_job(args: list[str], log: Path) -> int:
+        asked.append(args)
+        return 1
+
+    base = ["run", "--config", config, "--out", str(out), "--seed", "4", "--resume-from", str(archive)]
+    assert branch.main(base, runner=stop_at_first_job) == 1
+    said = capsys.readouterr().out
+    assert "done: no arm" in said and "no finished arm to keep; seed 4 starts afresh" in said
+    assert "warm-up's checkpoint is gone" not in said
+    assert len(asked) == 1 and asked[0][0] == "src/train.py"  # the warm-up's fit, from step 0
+    assert not (out / "D").exists() and archive.is_file()
+
+
 # ---- bench/device_round.sh: the device calls around branch.py and compare.py ---------------------------------------
 def device_round(root: Path, part: str, *args: str) -> list[str]:
     """``bench/device_round.sh PART ARGS`` run from ``root`` (a copy of the script; a ``python3`` on PATH that only
