@@ -3,6 +3,7 @@ norm that jumps between saves, and the message names the newest checkpoint saved
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -122,3 +123,30 @@ def test_lr_1e6_stops_with_no_blown_checkpoint_saved(tmp_path, capsys, monkeypat
     for path in (tmp_path / "logs" / "diverge" / "checkpoints").glob("*.ckpt"):
         weights = torch.load(path, weights_only=True)["state_dict"].values()
         assert max(float(w.abs().max()) for w in weights) < 100, path
+
+
+def test_the_reference_is_the_lower_median_of_the_window():
+    losses = [3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.6, 5.3, 3.5, 8.0, 9.7, 7.9]  # 12 steps: an even count
+    assert WARMUP_STEPS < len(losses) < WINDOW
+    guard = StepGuard(10.0, uniform_loss=5.5)
+    feed(guard, fake_trainer(None), losses, [1.0] * len(losses))
+    loss_ref, norm_ref = guard._references(torch.device("cpu")).tolist()
+    assert loss_ref == sorted(losses)[len(losses) // 2 - 1] == 4.0  # the lower of the two middle values
+    assert math.isnan(norm_ref)  # the norm waits for a full window
+    full = StepGuard(10.0, uniform_loss=5.5)
+    feed(full, fake_trainer(None), [2.0 + (i % 4) for i in range(WINDOW)], [1.0 + (i % 6) for i in range(WINDOW)])
+    assert full._references(torch.device("cpu")).tolist() == full._history.nanmedian(dim=0).values.tolist()
+
+
+@pytest.mark.gpu
+def test_the_guard_runs_under_deterministic_algorithms_on_cuda():
+    trainer = fake_trainer(None)
+    trainer.strategy.root_device = torch.device("cuda")
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:  # nanmedian's indices raised here on CUDA before the reference became a quantile
+        feed(
+            StepGuard(10.0, uniform_loss=5.5), trainer, [2.0 + (i % 4) for i in range(WINDOW + 5)], [1.0] * (WINDOW + 5)
+        )
+    finally:
+        torch.use_deterministic_algorithms(before)
