@@ -8,9 +8,11 @@ the same arms from step 0 (the from-scratch design, ``--warmup 0``).
 
 Per seed (``seed_everything`` and ``data.seed``: init and data order), all through ``python src/train.py fit``:
 
-- warm-up: dense from step 0 to W (``--warmup``, default 200), its checkpoint at W shared by the arms; recorded
-  (``warmup_check.json``): whether the early loss drop has happened by W, i.e. the validation loss at positions
-  1k-4k lies below that at 0-256 (the model reads context; before the drop both are alike);
+- warm-up: dense from step 0 to W (``--warmup``, default 200), its checkpoint at W shared by the arms, trained
+  with ``trainer.deterministic: true`` so that another machine can train it again bit for bit (its sha256, over
+  weights and optimizer state, in ``warmup_fingerprint.json``); recorded (``warmup_check.json``): whether the early
+  loss drop has happened by W, i.e. the validation loss at positions 1k-4k lies below that at 0-256 (the model
+  reads context; before the drop both are alike);
 - D: dense from W to S (``--steps``, default 1000);
 - LH: Lighthouse from W to the switch, round(share * S) (``--share``, default 0.625), then dense to S;
 - LHc (only when ``--arms`` names it): LH with the strictly causal selection (``model.arch.lighthouse.causal: true``,
@@ -47,8 +49,10 @@ its window losses but no look-ahead probe too: the probe needs the switch checkp
 and stays unmeasured); any other run left no checkpoint there, so its files are set aside (``<run>.attempt-<n>/``)
 and it trains again from its start. ``--export-to DIR`` writes the export each time an arm is done, so that a call
 killed before its own export still leaves the finished arms. From scratch that keeps the pairing (every arm
-starts from the seed's init); in the branch design it works only while no arm is pending or none has started, and
-is refused otherwise (a new warm-up would not be the one the finished arms branched from).
+starts from the seed's init). In the branch design the warm-up's checkpoint went with its machine: the new machine
+trains the warm-up again and goes on only if it matches ``warmup_fingerprint.json`` bit for bit (anything else
+would not be the point the finished arms branched from); a folder from before the deterministic warm-up has no
+fingerprint and is refused while an arm is pending and another has started.
 """
 
 from __future__ import annotations
@@ -191,19 +195,21 @@ def estimate(
     validation_s: float = 5.0,
     launch_s: float = 35.0,
     eval_s: float = 30.0,
+    deterministic_cost: float = 2.0,
 ) -> dict:
     """Minutes of one seed: training at the measured steady-state tokens/s, plus validations, job start-ups
     (imports, data, compilation) and final evaluations at assumed costs. Defaults: H200, branch_32k.yaml, the
     issue's tokens/s; a validation (64 windows + 32 recall windows, forward only) ~5 s; a training job's start-up
     and compilation ~35 s (the compare report measured 32-37 s at 32768), each run launched twice but LH once
     (the 10-minute calls cut the others); an evaluation job ~30 s (window losses, recall, and the look-ahead of
-    a Lighthouse arm). A Lighthouse arm's validations before the switch count twice (own and dense attention)."""
+    a Lighthouse arm). A Lighthouse arm's validations before the switch count twice (own and dense attention).
+    The warm-up's steps cost ``deterministic_cost`` dense steps (H200, 2026-12-03: 1.109 s against 0.558 s)."""
     plan = make_plan(steps, warmup, share)
     w, sw = warmup, plan["switch_step"]
     dense, sparse = tokens_per_step / dense_tps, tokens_per_step / lh_tps
     lh = (sw - w) * sparse + (steps - sw) * dense
     e_steps = round(lh / dense)
-    train = {"warmup": w * dense, "D": (steps - w) * dense, "LH": lh, "LHc": lh, "E": lh}
+    train = {"warmup": w * dense * deterministic_cost, "D": (steps - w) * dense, "LH": lh, "LHc": lh, "E": lh}
     n_val = {"warmup": w, "D": steps - w, "LH": steps - w + sw - w, "LHc": steps - w + sw - w, "E": e_steps}
     runs = [r for r in ("warmup", *arms) if r != "warmup" or w]
     val = sum(n_val[r] // plan["val_every"] * validation_s for r in runs)
@@ -248,6 +254,11 @@ def run_config(base: dict, plan: dict, run: str, seed: int, out: Path, equal_tim
     config["seed_everything"] = seed
     config["data"]["seed"] = seed
     trainer.update(max_steps=end, val_check_interval=plan["val_every"], check_val_every_n_epoch=None)
+    if run == "warmup":
+        # Bitwise repeatable, so a machine lost between two calls costs a re-run of the warm-up, not the seed
+        # (H200, 2026-12-03: three 60-step runs of this model on two machines gave the same weights; 2.0x the dense
+        # step, on W steps only). The arms keep the fast, non-deterministic SDPA backward.
+        trainer["deterministic"] = True
     trainer["logger"]["init_args"].update(save_dir=str(out), name=run, version="")
     model["schedule_steps"] = plan["steps"]
     sparse = model["arch"]["attention"]
@@ -323,6 +334,41 @@ def warmup_check(run_dir: Path, step: int) -> dict:
         "drop": late_loss < early_loss,
         "val_loss_dense": run.series("val/loss_dense").last(),
     }
+
+
+def fingerprint(checkpoint: Path) -> str:
+    """sha256 of a checkpoint's weights and optimizer state, bit for bit: what an arm starts from. Its other entries
+    (callbacks' wall times, loop counters, paths) may differ between two runs of the same training."""
+    import hashlib
+
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    digest = hashlib.sha256()
+
+    def add(name: str, value) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value, key=str):
+                add(f"{name}/{key}", value[key])
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                add(f"{name}/{i}", item)
+        elif isinstance(value, torch.Tensor):
+            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+            digest.update(value.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(f"{name}={value!r}".encode())
+
+    add("state_dict", state["state_dict"])
+    add("optimizer_states", state["optimizer_states"])
+    return digest.hexdigest()
+
+
+def ran_deterministic(run_dir: Path) -> bool:
+    """Whether the run's own saved config (LightningCLI's, overrides included) set ``trainer.deterministic``."""
+    saved = run_dir / "config.yaml"
+    config = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
+    return (config.get("trainer") or {}).get("deterministic") is True
 
 
 # ---- run ---------------------------------------------------------------------------------------------------------
@@ -449,7 +495,7 @@ class Seed:
 
     def shared_warmup(self) -> int:
         """Train the shared dense warm-up and record whether the early loss drop happened by W."""
-        status = self.train("warmup")
+        status = self.train("warmup") or self.check_fingerprint()
         if status:
             return status
         check_path = self.out / "warmup_check.json"
@@ -464,6 +510,29 @@ class Seed:
                 return NO_DROP
             print(f"branch: warning: {note}; the arms branch anyway (recorded in warmup_check.json)")
         return 0
+
+    def check_fingerprint(self) -> int:
+        """Record the warm-up checkpoint's fingerprint, or (trained again on a new machine) check it against the
+        record: arms may only branch from the checkpoint the finished ones branched from."""
+        path = self.out / "warmup_fingerprint.json"
+        found = fingerprint(self.warmup_checkpoint())
+        if not path.exists():
+            record = {"step": self.plan["warmup"], "sha256": found}
+            write_json(path, {**record, "deterministic": ran_deterministic(self.out / "warmup")})
+            return 0
+        recorded = read_json(path)["sha256"]
+        if found != recorded:
+            print(
+                f"branch: the warm-up trained again differs from the recorded one (sha256 {found[:16]}, recorded "
+                f"{recorded[:16]}): its arms would not branch from the same point; start the seed in a new folder"
+            )
+            return BAD_FOLDER
+        return 0
+
+    def rederivable(self) -> bool:
+        """Whether a lost warm-up checkpoint can be trained again and checked: a fingerprint of a deterministic run."""
+        path = self.out / "warmup_fingerprint.json"
+        return path.exists() and read_json(path).get("deterministic") is True
 
     def export_done(self, arm: str) -> None:
         """With ``--export-to``: the seed's export as soon as ``arm`` is done, so that a call killed later (its
@@ -488,11 +557,14 @@ class Seed:
         pending = [arm for arm in self.args.arms if not self.evaluated(arm)]
         branching = pending and not from_scratch(self.plan)
         if branching and any((self.out / arm).exists() for arm in ARMS) and not self.warmup_checkpoint():
-            print(
-                "branch: the warm-up's checkpoint is gone (restored from an archive?) and arms exist; a new warm-up "
-                "would not be the one they branched from: start the seed in a new folder"
-            )
-            return BAD_FOLDER
+            if not self.rederivable():
+                print(
+                    "branch: the warm-up's checkpoint is gone (restored from an archive?) and arms exist; its run was "
+                    "not deterministic (no fingerprint), so a new warm-up would not be the one they branched from: "
+                    "start the seed in a new folder"
+                )
+                return BAD_FOLDER
+            print("branch: the warm-up's checkpoint is gone; training it again and checking its fingerprint")
         status = self.shared_warmup() if branching else 0
         if status:
             return status

@@ -24,7 +24,8 @@
 #       # as bench/report/runs/partial/<that name>.tgz after every call that exits 3, and the same command
 #       # continues the seed from it when the machine went (--resume-from, unless given): finished arms are kept,
 #       # an arm cut off mid-run starts over, and a branch seed (warm-up > 0) whose warm-up checkpoint went with the
-#       # machine cannot branch its pending arms (exit 2); so budget a branch seed's calls on one warm machine
+#       # machine trains its deterministic warm-up again (~4 min at 32768) and branches its pending arms from it
+#       # only if it is bitwise the recorded one (exit 2 if not); so a seed can span sessions: commit the partial
 # Everything goes to one log, $OUT/<part>.log (the device tool brings back few files). Each step has its own
 # time limit, cut to what is left of DEADLINE_S (default 570 s from the start), so that one slow step cannot take
 # the others' results with it and the call ends inside the tool's 10 minutes.

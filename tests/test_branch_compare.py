@@ -73,6 +73,7 @@ def test_estimate_counts_each_arm_at_the_measured_tokens_per_second():
     est = branch.estimate(1000)
     step_dense, step_lh = 131072 / 235e3, 131072 / 543e3
     assert est["train_min"]["D"] == pytest.approx(800 * step_dense / 60)
+    assert est["train_min"]["warmup"] == pytest.approx(200 * 2.0 * step_dense / 60)  # deterministic: 2.0x
     assert est["train_min"]["LH"] == pytest.approx((425 * step_lh + 375 * step_dense) / 60)
     assert est["train_min"]["E"] == est["train_min"]["LH"] and est["e_steps"] == round(
         est["train_min"]["LH"] * 60 / step_dense
@@ -216,7 +217,9 @@ def tiny_branch_config(folder: Path) -> Path:
 
 
 def in_process(args: list[str], log: Path) -> int:
-    """branch.py's runner without a new interpreter per job: train.py's CLI, or an eval module's main()."""
+    """branch.py's runner without a new interpreter per job: train.py's CLI, or an eval module's main(). A job's
+    ``trainer.deterministic`` (the warm-up's) is undone afterwards, as a job's own interpreter would end it."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         if args[0] == "src/train.py":
             cli_main(args[1:])
@@ -227,6 +230,8 @@ def in_process(args: list[str], log: Path) -> int:
     except Exception:
         log.write_text(traceback.format_exc())
         return 1
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def run_seed(config: Path, out: Path, seed: int = 0, *extra: str) -> int:
@@ -279,6 +284,12 @@ def test_tiny_seed_records_the_warmup_check_and_the_equal_time_rule(seed):
     check = json.loads((seed.out / "warmup_check.json").read_text())
     assert check["step"] == W and check["early_range"] == "0-256" and check["late_range"] == "256-512"
     assert check["drop"] == (check["late_loss"] < check["early_loss"])
+    record = json.loads((seed.out / "warmup_fingerprint.json").read_text())
+    assert record == {
+        "step": W,
+        "sha256": branch.fingerprint(branch.checkpoint_at(seed.out / "warmup", W)),
+        "deterministic": True,
+    }
     rule = json.loads((seed.out / "equal_time.json").read_text())
     assert rule["e_steps"] == max(1, round(rule["lh_time_s"] / rule["d_dense_step_s"]))
     e = torch.load(branch.checkpoints(seed.out / "E")[-1][1], weights_only=True, map_location="cpu")
@@ -544,17 +555,52 @@ def test_a_failed_probe_runs_again_while_its_switch_checkpoint_is_there(scratch,
     assert [s for s, _ in branch.checkpoints(out / "LH")] == [S]  # probed: the switch checkpoint is gone
 
 
+def archive_with_d_pending(seed, tmp_path: Path, fingerprint: str | None) -> Path:
+    """The tiny seed's export with D not evaluated (so D branches from the warm-up again) and its warm-up
+    fingerprint replaced (``fingerprint``) or, None, removed (a folder from before the deterministic warm-up)."""
+    copy = tmp_path / "copy" / seed.out.name
+    shutil.copytree(seed.out, copy)
+    shutil.rmtree(copy / "D" / "final")
+    record = copy / "warmup_fingerprint.json"
+    if fingerprint is None:
+        record.unlink()
+    else:
+        record.write_text(json.dumps({**json.loads(record.read_text()), "sha256": fingerprint}))
+    return branch.export(copy, tmp_path / "archives")
+
+
 @pytest.mark.slow
-def test_a_branch_seed_with_its_warmup_checkpoint_gone_refuses_to_train_an_arm(seed, tmp_path, capsys):
-    archive = branch.export(seed.out, tmp_path / "archives")
+def test_a_lost_warmup_is_trained_again_and_arms_branch_only_from_a_bitwise_equal_one(seed, tmp_path, capsys):
+    recorded = json.loads((seed.out / "warmup_fingerprint.json").read_text())["sha256"]
     out = tmp_path / "new" / seed.out.name
-    arms = ["--arms", "D", "LH", "LHc", "E"]
-    assert run_seed(seed.config, out, 0, "--resume-from", str(archive), *arms) == 0  # every arm done: nothing to do
-    assert launches(out, "E") == launches(seed.out, "E")
-    shutil.rmtree(out / "D" / "final")  # D not evaluated: it would branch from the warm-up's checkpoint at W
-    capsys.readouterr()
-    assert run_seed(seed.config, out, 0, "--resume-from", str(archive), *arms) == branch.BAD_FOLDER
-    assert "the warm-up's checkpoint is gone" in capsys.readouterr().out
+    with one_thread():
+        assert (
+            run_seed(seed.config, out, 0, "--resume-from", str(archive_with_d_pending(seed, tmp_path, recorded))) == 0
+        )
+    said = capsys.readouterr().out
+    assert "the warm-up's checkpoint is gone; training it again and checking its fingerprint" in said
+    # The archived warm-up's files are set aside; the warm-up trains from step 0 in one go, ends bitwise equal to
+    # the one that went (stopped after step 1 and resumed), and D branches from it again.
+    assert launches(out, "warmup.attempt-1") == launches(seed.out, "warmup")
+    assert [(r["kind"], r["resumed_from"]) for r in launches(out, "warmup")] == [("fit", None)]
+    assert branch.fingerprint(branch.checkpoint_at(out / "warmup", W)) == recorded
+    assert [(r["kind"], r["resumed_from"]) for r in launches(out, "D")][0] == ("fit", W)  # D's new start
+    assert (out / "D" / "final" / "window_losses.json").exists()
+
+    other = tmp_path / "other" / seed.out.name
+    with one_thread():
+        archive = archive_with_d_pending(seed, tmp_path / "other-archive", "0" * 64)
+        assert run_seed(seed.config, other, 0, "--resume-from", str(archive)) == branch.BAD_FOLDER
+    assert "the warm-up trained again differs from the recorded one" in capsys.readouterr().out
+    assert launches(other, "D") == launches(seed.out, "D")  # D did not train
+
+
+@pytest.mark.slow
+def test_a_branch_seed_without_a_fingerprint_refuses_to_train_an_arm_once_its_warmup_is_gone(seed, tmp_path, capsys):
+    out = tmp_path / "new" / seed.out.name
+    archive = archive_with_d_pending(seed, tmp_path, None)
+    assert run_seed(seed.config, out, 0, "--resume-from", str(archive)) == branch.BAD_FOLDER
+    assert "its run was not deterministic (no fingerprint)" in capsys.readouterr().out
     assert launches(out, "warmup") == launches(seed.out, "warmup") and (out / "warmup").is_dir()
 
 
