@@ -52,7 +52,8 @@ killed before its own export still leaves the finished arms. From scratch that k
 starts from the seed's init). In the branch design the warm-up's checkpoint went with its machine: the new machine
 trains the warm-up again and goes on only if it matches ``warmup_fingerprint.json`` bit for bit (anything else
 would not be the point the finished arms branched from); a folder from before the deterministic warm-up has no
-fingerprint and is refused while an arm is pending and another has started.
+fingerprint and is refused while an arm is pending and another has started, and so is one whose warm-up ran with
+``-- --trainer.deterministic false`` (half the warm-up's time; then a seed's calls need one warm machine).
 """
 
 from __future__ import annotations
@@ -677,6 +678,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     est.add_argument("--dense-tps", type=float, default=235e3, help="dense steady-state tokens/s")
     est.add_argument("--lh-tps", type=float, default=543e3, help="Lighthouse steady-state tokens/s")
     est.add_argument("--validation-s", type=float, default=5.0, help="seconds of one validation")
+    est.add_argument(
+        "--deterministic-cost",
+        type=float,
+        default=2.0,
+        help="a warm-up step in dense steps (deterministic SDPA; 1 with `run ... -- --trainer.deterministic false`)",
+    )
     args = parser.parse_args(argv)
     args.extra = extra
     if args.command == "run" and args.require_drop and args.warmup == 0:
@@ -714,6 +721,7 @@ def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> i
                     args.dense_tps,
                     args.lh_tps,
                     args.validation_s,
+                    deterministic_cost=args.deterministic_cost,
                 ),
                 indent=1,
             )

@@ -157,12 +157,12 @@ branch)
   # continues from it on a fresh machine (branch.py unpacks it only when the folder is absent).
   partial=bench/report/runs/partial/$name.tgz
   if [ -z "$resume" ] && [ -f "$partial" ]; then
-    set -- "$@" --resume-from "$partial"
+    set -- --resume-from "$partial" "$@"  # before the args: train.py overrides after a `--` end them
   fi
   # Leave 15 s for the export (a tar of a few MB: ~2 s measured); branch.py stops its jobs with a checkpoint
-  # before its budget ends. At S=800 the jobs of a seed take (seed 1, 2026-12-02, H200): warm-up 2.7 min, D 7.4 and
-  # its evaluation 0.7, a Lighthouse arm 6.1-6.3 and its two evaluations 1.8, E ~4.5; so W + D + two Lighthouse arms
-  # (~27 min) or W + D + LH + E (~24 min) fill a session's 30 device minutes, not all four. Call with DEADLINE_S=585
+  # before its budget ends. At S=800 the jobs of a seed take (seed 1, 2026-12-02, H200): warm-up 2.7 min (~4.5 since
+  # it runs deterministically), D 7.4 and its evaluation 0.7, a Lighthouse arm 6.1-6.3 and its two evaluations 1.8,
+  # E ~4.5; so W + D + LH + E (~26 min) fill a session's 30 device minutes, not all four. Call with DEADLINE_S=585
   # and, in branch.py's arguments, --reserve-s 20 --no-final-recall --lookahead-windows 32. Near the end of a
   # session's device time the tool's limit is shorter than 600 s (budget left less the machine's start): keep
   # DEADLINE_S 20 s under it (2026-12-03: DEADLINE_S=560 under a 518 s limit was killed before its export).

@@ -678,6 +678,12 @@ def test_device_round_resumes_a_seed_from_its_saved_archive(tmp_path):
     assert run.count("--resume-from") == 1 and run[run.index("--resume-from") + 1] == "elsewhere.tgz"
     run = device_round(tmp_path, "branch", "bench/configs/branch_32k.yaml", "--seed", "9")  # branch design's seed 9
     assert "--resume-from" not in run
+    run = device_round(tmp_path, "branch", *args, "--", "--trainer.deterministic", "false")
+    parsed = branch.parse_args(run)  # the archive is branch.py's, the overrides train.py's
+    assert parsed.resume_from == str(saved.relative_to(tmp_path)) and parsed.extra == [
+        "--trainer.deterministic",
+        "false",
+    ]
 
 
 def test_device_round_gives_each_script_only_arguments_it_takes(tmp_path):
