@@ -555,12 +555,13 @@ def test_a_failed_probe_runs_again_while_its_switch_checkpoint_is_there(scratch,
     assert [s for s, _ in branch.checkpoints(out / "LH")] == [S]  # probed: the switch checkpoint is gone
 
 
-def archive_with_d_pending(seed, tmp_path: Path, fingerprint: str | None) -> Path:
-    """The tiny seed's export with D not evaluated (so D branches from the warm-up again) and its warm-up
-    fingerprint replaced (``fingerprint``) or, None, removed (a folder from before the deterministic warm-up)."""
+def archive_with_pending(seed, tmp_path: Path, fingerprint: str | None, arm: str = "D") -> Path:
+    """The tiny seed's export with ``arm`` trained but not evaluated (so it branches from the warm-up again: its
+    checkpoints stay behind) and its warm-up fingerprint replaced (``fingerprint``) or, None, removed (a folder from
+    before the deterministic warm-up)."""
     copy = tmp_path / "copy" / seed.out.name
     shutil.copytree(seed.out, copy)
-    shutil.rmtree(copy / "D" / "final")
+    shutil.rmtree(copy / arm / "final")
     record = copy / "warmup_fingerprint.json"
     if fingerprint is None:
         record.unlink()
@@ -574,9 +575,7 @@ def test_a_lost_warmup_is_trained_again_and_arms_branch_only_from_a_bitwise_equa
     recorded = json.loads((seed.out / "warmup_fingerprint.json").read_text())["sha256"]
     out = tmp_path / "new" / seed.out.name
     with one_thread():
-        assert (
-            run_seed(seed.config, out, 0, "--resume-from", str(archive_with_d_pending(seed, tmp_path, recorded))) == 0
-        )
+        assert run_seed(seed.config, out, 0, "--resume-from", str(archive_with_pending(seed, tmp_path, recorded))) == 0
     said = capsys.readouterr().out
     assert "the warm-up's checkpoint is gone; training it again and checking its fingerprint" in said
     # The archived warm-up's files are set aside; the warm-up trains from step 0 in one go, ends bitwise equal to
@@ -589,16 +588,36 @@ def test_a_lost_warmup_is_trained_again_and_arms_branch_only_from_a_bitwise_equa
 
     other = tmp_path / "other" / seed.out.name
     with one_thread():
-        archive = archive_with_d_pending(seed, tmp_path / "other-archive", "0" * 64)
+        archive = archive_with_pending(seed, tmp_path / "other-archive", "0" * 64)
         assert run_seed(seed.config, other, 0, "--resume-from", str(archive)) == branch.BAD_FOLDER
     assert "the warm-up trained again differs from the recorded one" in capsys.readouterr().out
     assert launches(other, "D") == launches(seed.out, "D")  # D did not train
 
 
 @pytest.mark.slow
+def test_an_equal_time_arm_trained_but_not_evaluated_trains_again_from_a_rederived_warmup(seed, tmp_path, capsys):
+    # Branch seed 4, 2026-12-04: E reached its end step on a machine that went before E's evaluation ran.
+    recorded = json.loads((seed.out / "warmup_fingerprint.json").read_text())["sha256"]
+    out = tmp_path / "new" / seed.out.name
+    with one_thread():
+        archive = archive_with_pending(seed, tmp_path, recorded, arm="E")
+        assert run_seed(seed.config, out, 0, "--resume-from", str(archive), "--no-final-recall") == 0
+    said = capsys.readouterr().out
+    assert "done: D LH LHc" in said and "E has files but no checkpoint" in said
+    assert branch.fingerprint(branch.checkpoint_at(out / "warmup", W)) == recorded
+    for arm in ("D", "LH"):  # evaluated arms keep their records and do not train again
+        assert launches(out, arm) == launches(seed.out, arm)
+    # E's first attempt is kept aside; E trains again from W to the end step of the recorded equal-time rule.
+    assert launches(out, "E.attempt-1") == launches(seed.out, "E")
+    end = json.loads((out / "equal_time.json").read_text())["e_end"]
+    assert [(r["kind"], r["resumed_from"]) for r in launches(out, "E")] == [("fit", W), ("window_losses", None)]
+    assert branch.checkpoints(out / "E")[-1][0] == end and (out / "DONE").exists()
+
+
+@pytest.mark.slow
 def test_a_branch_seed_without_a_fingerprint_refuses_to_train_an_arm_once_its_warmup_is_gone(seed, tmp_path, capsys):
     out = tmp_path / "new" / seed.out.name
-    archive = archive_with_d_pending(seed, tmp_path, None)
+    archive = archive_with_pending(seed, tmp_path, None)
     assert run_seed(seed.config, out, 0, "--resume-from", str(archive)) == branch.BAD_FOLDER
     assert "its run was not deterministic (no fingerprint)" in capsys.readouterr().out
     assert launches(out, "warmup") == launches(seed.out, "warmup") and (out / "warmup").is_dir()
