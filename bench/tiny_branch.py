@@ -18,11 +18,14 @@ as given since this CPU run cannot measure it (its Lighthouse path is the naive 
 costs 1/R of a dense step (R = 2.30 measured on the H200 at 32768 for the `small` flavour: 543k against 236k
 tokens/s), so LH's arm after W costs (switch - W) / R + (S - switch) dense steps, and E trains that many dense
 steps from W with the rest of the LR schedule fitted into them (lighthouse.train.schedule's ``rescale_lr``: the
-LR is continuous at W and anneals to its floor at E's last step). Each run's record lists its arms under
-``arms`` (records written before 2026-12-03's share sweep hold one arm's keys at the top level).
+LR is continuous at W and anneals to its floor at E's last step). Several speed-ups give one E each, so the
+speed-up at which LH and E break even can be read off one run. Each run's record lists its arms under ``arms`` and
+each arm's E's under ``equal_time`` (records written before 2026-12-03's share sweep hold one arm's keys at the top
+level; before 2026-12-04, one E's keys in its arm).
 
     PYTHONPATH=src python bench/tiny_branch.py --steps 300 600 1200 --seeds 0 --json out.json   # 1 thread
     PYTHONPATH=src python bench/tiny_branch.py --steps 600 --share 0.5 0.625 0.75 0.875 --speedup 2.3 --json out.json
+    PYTHONPATH=src python bench/tiny_branch.py --steps 1200 --speedup 2.3 3 4.5 8 --json out.json   # break-even
 """
 
 from __future__ import annotations
@@ -114,6 +117,14 @@ def equal_time_end(warmup: int, switch: int, total: int, speedup: float) -> int:
     return warmup + round((switch - warmup) / speedup) + (total - switch)
 
 
+def equal_time_arm(shared: Trainer, batches: list[torch.Tensor], warmup: int, switch: int, speedup: float) -> Trainer:
+    """E for one speed-up: dense from the branch point W for the time LH's arm took, annealed at its last step."""
+    equal = shared.branch()
+    equal.end_early(warmup, equal_time_end(warmup, switch, shared.total_steps, speedup))
+    equal.train(batches, warmup, equal.end_step, sparse=False)
+    return equal
+
+
 def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModule, val: torch.Tensor) -> dict:
     warmup = round(args.warmup_share * total)
     switches = [round(share * total) for share in args.share]
@@ -151,18 +162,18 @@ def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModul
         arm = {"share": share, "switch": switch, "lh_at_switch": at_switch, "LH": statistics.fmean(lh)}
         arm.update(gap=gap, gap_se=se, seconds={"LH": sparse.seconds})
         line = f"  switch {switch}: LH at switch {at_switch:.4f}, final {arm['LH']:.4f}, LH - D {gap:+.4f} +- {se:.4f}"
-        if args.speedup:
-            equal = shared.branch()
-            equal.end_early(warmup, equal_time_end(warmup, switch, total, args.speedup))
-            equal.train(batches, warmup, equal.end_step, sparse=False)
+        print(line, flush=True)
+        arm["equal_time"] = []
+        for speedup in args.speedup:
+            equal = equal_time_arm(shared, batches, warmup, switch, speedup)
             e = window_losses(equal.model, val)
             lh_e, lh_e_se = paired(e, lh)
-            arm.update(speedup=args.speedup, e_end=equal.end_step, E=statistics.fmean(e), lh_minus_e=lh_e)
-            arm.update(lh_minus_e_se=lh_e_se)
-            arm["seconds"]["E"] = equal.seconds
-            line += f"; E ({equal.end_step} steps) {arm['E']:.4f}, LH - E {lh_e:+.4f} +- {lh_e_se:.4f}"
+            record = {"speedup": speedup, "e_end": equal.end_step, "E": statistics.fmean(e), "lh_minus_e": lh_e}
+            record.update(lh_minus_e_se=lh_e_se, seconds=equal.seconds)
+            arm["equal_time"].append(record)
+            ends = f"E ({equal.end_step} steps) {record['E']:.4f}, LH - E {lh_e:+.4f} +- {lh_e_se:.4f}"
+            print(f"    speed-up {speedup}: {ends}", flush=True)
         result["arms"].append(arm)
-        print(line, flush=True)
     return result
 
 
@@ -182,7 +193,9 @@ def main() -> None:
     parser.add_argument(
         "--speedup",
         type=float,
-        help="add the equal-time arm E, taking a Lighthouse step as this many times faster than a dense one (>= 1)",
+        nargs="+",
+        default=[],
+        help="one equal-time arm E for each, a Lighthouse step taken as this many times faster than a dense one (>= 1)",
     )
     add_model_options(parser)
     parser.add_argument(
@@ -198,8 +211,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the results here (rewritten after each run)")
     args = parser.parse_args()
-    if args.speedup is not None and not args.speedup >= 1:
-        parser.error(f"--speedup {args.speedup}: a Lighthouse step's speed over a dense one, >= 1")
+    for speedup in args.speedup:
+        if not speedup >= 1:
+            parser.error(f"--speedup {speedup}: a Lighthouse step's speed over a dense one, >= 1")
     torch.set_num_threads(args.threads)
     results = []
     for seed in args.seeds:

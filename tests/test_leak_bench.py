@@ -60,25 +60,27 @@ def test_tiny_branch_equal_time_arm_fits_the_rest_of_the_schedule():
     assert scratch.lr_factor(0) == dense.lr_factor(0) and scratch.lr_factor(300) == pytest.approx(0.1)
 
 
+class Tiny(torch.nn.Module):
+    """A bigram model with the two methods tiny_branch's Trainer calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.out = torch.nn.Embedding(16, 8), torch.nn.Linear(8, 16)
+
+    def set_attention_backend(self, name):
+        pass
+
+    def token_losses(self, tokens):
+        logits = self.out(self.embed(tokens[:, :-1]))
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+
+
 def test_tiny_branch_arms_start_from_the_branch_point_whatever_ran_before():
     """An arm trained after another from the same branch point ends exactly where it ends trained first: training
     one arm changes neither the shared state's weights nor its Adam moments and step count."""
     torch.manual_seed(0)
     args = SimpleNamespace(lr=3e-3, lr_warmup=2)
     batches = [torch.randint(0, 16, (2, 9)) for _ in range(6)]
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed, self.out = torch.nn.Embedding(16, 8), torch.nn.Linear(8, 16)
-
-        def set_attention_backend(self, name):
-            pass
-
-        def token_losses(self, tokens):
-            logits = self.out(self.embed(tokens[:, :-1]))
-            return torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
-
     shared = tiny_branch.Trainer(Tiny(), args, total_steps=6)
     shared.train(batches, 0, 3, sparse=False)
     before = {k: v.clone() for k, v in shared.optimizer.state[shared.model.out.weight].items()}
@@ -92,3 +94,18 @@ def test_tiny_branch_arms_start_from_the_branch_point_whatever_ran_before():
     after = shared.optimizer.state[shared.model.out.weight]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(first, second)
+
+
+def test_tiny_branch_equal_time_arms_per_speedup_end_where_their_time_runs_out():
+    """One E per speed-up: with none (1x) E is D to the last bit; a faster Lighthouse step leaves E fewer steps."""
+    torch.manual_seed(0)
+    args = SimpleNamespace(lr=3e-3, lr_warmup=2)
+    batches = [torch.randint(0, 16, (2, 9)) for _ in range(12)]
+    shared = tiny_branch.Trainer(Tiny(), args, total_steps=12)
+    shared.train(batches, 0, 3, sparse=False)
+    dense = shared.branch()
+    dense.train(batches, 3, 12, sparse=False)
+    same = tiny_branch.equal_time_arm(shared, batches, warmup=3, switch=7, speedup=1.0)
+    assert same.end_step == 12 and torch.equal(same.model.out.weight, dense.model.out.weight)
+    faster = tiny_branch.equal_time_arm(shared, batches, warmup=3, switch=7, speedup=4.0)
+    assert faster.end_step == 3 + 1 + 5 and not torch.equal(faster.model.out.weight, dense.model.out.weight)
