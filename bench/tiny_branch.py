@@ -168,8 +168,14 @@ def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModul
             equal = equal_time_arm(shared, batches, warmup, switch, speedup)
             e = window_losses(equal.model, val)
             lh_e, lh_e_se = paired(e, lh)
-            record = {"speedup": speedup, "e_end": equal.end_step, "E": statistics.fmean(e), "lh_minus_e": lh_e}
-            record.update(lh_minus_e_se=lh_e_se, seconds=equal.seconds)
+            record = {
+                "speedup": speedup,
+                "e_end": equal.end_step,
+                "E": statistics.fmean(e),
+                "lh_minus_e": lh_e,
+                "lh_minus_e_se": lh_e_se,
+                "seconds": equal.seconds,
+            }
             arm["equal_time"].append(record)
             ends = f"E ({equal.end_step} steps) {record['E']:.4f}, LH - E {lh_e:+.4f} +- {lh_e_se:.4f}"
             print(f"    speed-up {speedup}: {ends}", flush=True)
