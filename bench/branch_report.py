@@ -16,7 +16,9 @@ validation windows in every arm). Two intervals per comparison:
 Recall is reported but no call depends on it (a pilot of 750 dense steps of branch_32k.yaml, H200, 2026-12-02,
 left it at chance in every distance bin). Wall clock counts each job from its start to its exit (start-up,
 compilation, validation, checkpoints; gaps between time-limited jobs left out); "training only" is steps times the
-steady-state step time of ThroughputRecorder.
+steady-state step time of ThroughputRecorder. A run trained twice (its machine went with its checkpoints) is shown
+beside its set-aside attempt: how far two realizations of one seed drift apart, the noise floor under any
+difference between arms of one seed.
 """
 
 from __future__ import annotations
@@ -141,6 +143,8 @@ class SeedRun:
     config: dict
     warmup: Arm | None
     arms: dict[str, Arm] = field(default_factory=dict)
+    # Earlier attempts at a run that its machine took with it (branch.set_aside), per run: (n of .attempt-<n>, Arm).
+    attempts: dict[str, list[tuple[int, Arm]]] = field(default_factory=dict)
 
     def evaluated(self, arm: str) -> bool:
         """The arm trained to its end and got its final evaluation."""
@@ -233,6 +237,13 @@ def load_seed(folder: Path) -> SeedRun:
             loaded = load_arm(folder / arm, arm, plan["warmup"], end, plan, warm_s)
             if loaded is not None:
                 run.arms[arm] = loaded
+    for name in RUNS:
+        start = -1 if name == "warmup" else plan["warmup"]
+        end = end_step(name, plan, equal_time) or plan["steps"]
+        for aside in sorted(folder.glob(f"{name}.attempt-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])):
+            loaded = load_arm(aside, name, start, end, plan, 0.0)
+            if loaded is not None:
+                run.attempts.setdefault(name, []).append((int(aside.name.rsplit("-", 1)[1]), loaded))
     return run
 
 
@@ -569,6 +580,46 @@ def switch_table(seeds: list[SeedRun]) -> list[str]:
     ]
 
 
+def own_attention_losses(arm: Arm) -> dict[int, float]:
+    """Validation loss per step with the run's own attention: Lighthouse in its sparse phase, dense after it."""
+    return {**{step: v for step, _, v in arm.curve}, **arm.sparse_curve}
+
+
+def realization_table(seeds: list[SeedRun]) -> list[str]:
+    """Each set-aside attempt against the run kept: same seed, init, data order and plan, trained twice."""
+    rows = [
+        "| seed | run | attempt | steps compared | last common step | kept | attempt | attempt - kept | "
+        "largest abs. difference (step) |",
+        "|---" * 9 + "|",
+    ]
+    for s in seeds:
+        for name, attempts in s.attempts.items():
+            kept = s.warmup if name == "warmup" else s.arms.get(name)
+            if kept is None:
+                continue
+            mine = own_attention_losses(kept)
+            for n, attempt in attempts:
+                theirs = own_attention_losses(attempt)
+                common = sorted(set(mine) & set(theirs))
+                if not common:
+                    rows.append(f"| {s.seed} | {name} | {n} | 0 | - | - | - | - | - |")
+                    continue
+                last = common[-1]
+                worst = max(common, key=lambda st: abs(theirs[st] - mine[st]))
+                rows.append(
+                    f"| {s.seed} | {name} | {n} | {len(common)} | {last} | {f(mine[last])} | {f(theirs[last])} | "
+                    f"{signed(theirs[last] - mine[last])} | {abs(theirs[worst] - mine[worst]):.4f} ({worst}) |"
+                )
+    return rows + [
+        "",
+        "A run trained again after its machine went with its checkpoints (the earlier attempt kept as "
+        "`<run>.attempt-<n>`): validation loss with the run's own attention at the steps both reached. The warm-up "
+        "is deterministic (its re-derivation is checked bit for bit), so its rows read 0; an arm's rows measure how "
+        "far two realizations of one seed drift apart through non-deterministic kernels alone, the noise floor a "
+        "difference between arms of one seed has to clear.",
+    ]
+
+
 # ---- plots --------------------------------------------------------------------------------------------------------
 def plot_curves(seeds: list[SeedRun], path: Path, by_time: bool) -> None:
     import matplotlib.pyplot as plt
@@ -689,6 +740,8 @@ def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list
     if any(a in s.arms for s in seeds for a in SPARSE_ARMS):
         lines += ["", "### At the switch", ""] + switch_table(seeds)
         lines += ["", "### Look-ahead at the switch", ""] + lookahead_table(seeds)
+    if any(s.attempts for s in seeds):
+        lines += ["", "### Repeat realizations", ""] + realization_table(seeds)
     lines += ["", "### Wall clock and throughput per phase", ""] + wall_table(seeds)
     lines += ["", "### Plots", ""]
     for name, by_time in (("val_loss_tokens", False), ("val_loss_time", True)):

@@ -92,6 +92,25 @@ def test_t_interval_matches_a_hand_computed_case():
     assert branch_report.call(-0.03, -0.05, -0.01) == "LH lower" and branch_report.call(0.0, -0.1, 0.1) == "no call"
 
 
+def curve_arm(name: str, dense: dict[int, float], sparse: dict[int, float] | None = None) -> branch_report.Arm:
+    """An Arm with only a validation curve (what the realization table reads)."""
+    curve = [(step, 0.0, v) for step, v in sorted(dense.items())]
+    return branch_report.Arm(name, curve, sparse or {}, None, None, None, {}, {}, {}, 1, max(dense))
+
+
+def test_realization_table_compares_each_attempt_with_the_kept_run_on_common_steps():
+    # LH kept: own (Lighthouse) attention 2.0 / 1.5 at 100 / 200 (its switch), dense 1.4 at 300. The attempt reached
+    # 250 (its last validation off the cadence) and read 2.1 / 1.45: compared at 100 and 200 only, on the loss with
+    # the run's own attention, not the dense reading (3.0 / 3.2) that also exists in the Lighthouse phase.
+    kept = curve_arm("LH", {100: 3.0, 200: 3.2, 300: 1.4}, {100: 2.0, 200: 1.5})
+    attempt = curve_arm("LH", {100: 3.3, 200: 3.1, 250: 1.6}, {100: 2.1, 200: 1.45})
+    seed = branch_report.SeedRun(Path("."), 7, {}, None, None, {}, None, {"LH": kept}, {"LH": [(1, attempt)]})
+    row = "| 7 | LH | 1 | 2 | 200 | 1.5000 | 1.4500 | -0.0500 | 0.1000 (100) |"
+    assert branch_report.realization_table([seed])[2] == row
+    seed.attempts["E"] = [(2, attempt)]  # an attempt whose run has no kept arm (not trained again yet): no row
+    assert len([r for r in branch_report.realization_table([seed]) if r.startswith("| 7 |")]) == 1
+
+
 def test_a_seed_folder_refuses_other_settings(tmp_path, capsys):
     config = str(REPO / "bench" / "configs" / "branch_32k.yaml")
     out = tmp_path / "seed0"
@@ -612,6 +631,12 @@ def test_an_equal_time_arm_trained_but_not_evaluated_trains_again_from_a_rederiv
     end = json.loads((out / "equal_time.json").read_text())["e_end"]
     assert [(r["kind"], r["resumed_from"]) for r in launches(out, "E")] == [("fit", W), ("window_losses", None)]
     assert branch.checkpoints(out / "E")[-1][0] == end and (out / "DONE").exists()
+    # The report compares both set-aside runs with their second realization; on one CPU thread training is
+    # deterministic, so E's two realizations read the same at every common validation, as the warm-up's do.
+    table = branch_report.realization_table(branch_report.load_seeds([out], tmp_path / "unpacked"))
+    rows = [r.split(" | ") for r in table if r.startswith("| 0 |")]
+    assert [r[1:3] for r in rows] == [["warmup", "1"], ["E", "1"]]
+    assert all(int(r[3]) >= 2 and r[7] == "+0.0000" for r in rows), rows
 
 
 @pytest.mark.slow
