@@ -26,6 +26,7 @@ level; before 2026-12-04, one E's keys in its arm).
     PYTHONPATH=src python bench/tiny_branch.py --steps 300 600 1200 --seeds 0 --json out.json   # 1 thread
     PYTHONPATH=src python bench/tiny_branch.py --steps 600 --share 0.5 0.625 0.75 0.875 --speedup 2.3 --json out.json
     PYTHONPATH=src python bench/tiny_branch.py --steps 1200 --speedup 2.3 3 4.5 8 --json out.json   # break-even
+    python bench/tiny_breakeven.py out.json   # the break-even speed-up read off the records
 """
 
 from __future__ import annotations

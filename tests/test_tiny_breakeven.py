@@ -1,0 +1,82 @@
+"""bench/tiny_breakeven.py reads the break-even speed-up off tiny_branch.py's records: linear in E's steps between
+the measured speed-ups, with R = 1 (E is D) as a point, and says so where the records do not bracket it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from training_helpers import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import tiny_breakeven  # noqa: E402
+
+RECORDS = REPO / "bench" / "report" / "tiny_branch"
+
+
+def record(gap: float, equal_time: dict[float, float], steps=400, warmup=100, switch=250) -> dict:
+    arm = {"switch": switch, "gap": gap, "equal_time": [{"speedup": r, "lh_minus_e": g} for r, g in equal_time.items()]}
+    return {"results": [{"steps": steps, "seed": 3, "warmup": warmup, "arms": [arm]}]}
+
+
+def test_the_crossing_is_linear_in_the_equal_time_arms_steps():
+    # W=100, switch 250, S=400: E has 150/R + 150 steps after W, 300 at R=1 and 225 at R=2. LH - E is +0.1 and -0.1
+    # there, so it is 0 at 262.5 steps, whose Lighthouse part 112.5 is 150 / R: R = 4/3.
+    (found,) = tiny_breakeven.break_evens(record(0.1, {2.0: -0.1}))
+    assert found.speedup == pytest.approx(4 / 3)
+    assert (found.steps, found.seed, found.switch) == (400, 3, 250)
+    assert found.cell() == "1.3x" and found.worth() == "0.75"
+
+
+def test_the_first_crossing_from_no_speed_up_is_taken():
+    # Between R=3 (+0.02) and R=4.5 (-0.01); the later sign change back (R=8, +0.01) is noise past the break-even.
+    (found,) = tiny_breakeven.break_evens(record(0.1, {3.0: 0.02, 4.5: -0.01, 8.0: 0.01}))
+    steps = {r: 150 / r + 150 for r in (3.0, 4.5)}
+    crossing = steps[4.5] + (steps[3.0] - steps[4.5]) * 0.01 / 0.03
+    assert found.speedup == pytest.approx(150 / (crossing - 150))
+    assert 3.0 < found.speedup < 4.5
+
+
+def test_unbracketed_break_evens_say_which_side_they_are_on():
+    (beyond,) = tiny_breakeven.break_evens(record(0.07, {3.0: 0.03, 8.0: 0.002}))
+    assert beyond.speedup is None and beyond.cell() == "> 8x" and beyond.worth() == "< 0.12"
+    (none_needed,) = tiny_breakeven.break_evens(record(-0.02, {2.3: -0.05}))
+    assert none_needed.speedup is None and none_needed.cell() == "<= 1x" and none_needed.worth() == ">= 1"
+
+
+def test_records_without_an_equal_time_list_give_no_rows():
+    old = {"results": [{"steps": 600, "seed": 0, "warmup": 150, "arms": [{"switch": 375, "gap": 0.1, "E": 1.9}]}]}
+    assert tiny_breakeven.break_evens(old) == []
+
+
+def test_the_archived_records_give_the_break_evens_the_docs_quote():
+    """bench/RESULTS.md and the README quote these (thirteenth session); the records are committed."""
+    files = sorted(RECORDS.glob("breakeven_s*_seed*.json"))
+    rows = [row for path in files for row in tiny_breakeven.break_evens(json.loads(path.read_text()))]
+    cells = {(row.steps, row.seed): row.cell() for row in rows}
+    assert cells == {
+        (400, 0): "2.0x",
+        (400, 1): "1.5x",
+        (600, 0): "2.9x",
+        (600, 1): "2.9x",
+        (1200, 0): "3.7x",
+        (1200, 1): "3.4x",
+        (2400, 0): "> 8x",
+        (2400, 1): "> 8x",
+    }
+
+
+def test_the_command_names_a_file_that_is_not_a_record_without_a_traceback(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "tiny_breakeven.py"), str(bad)], capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"{bad}: not a tiny_branch.py record" in done.stderr
+    empty = tmp_path / "old.json"
+    empty.write_text(json.dumps({"results": [{"steps": 600, "seed": 0, "warmup": 150, "arms": [{"switch": 375}]}]}))
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "tiny_breakeven.py"), str(empty)], capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "no list of equal-time arms" in done.stderr and "Traceback" not in done.stderr
