@@ -59,6 +59,8 @@ def test_the_archived_records_give_the_break_evens_the_docs_quote():
         (400, 1): "1.5x",
         (600, 0): "2.9x",
         (600, 1): "2.9x",
+        (800, 0): "2.4x",
+        (800, 1): "2.6x",
         (1200, 0): "3.7x",
         (1200, 1): "3.4x",
         (2400, 0): "> 8x",
