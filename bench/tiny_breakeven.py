@@ -49,7 +49,7 @@ def break_even(warmup: int, switch: int, total: int, gaps: dict[float, float]) -
     points = sorted(((equal_time_steps(warmup, switch, total, r), gap) for r, gap in gaps.items()), reverse=True)
     for (steps_b, gap_b), (steps_a, gap_a) in zip(points, points[1:], strict=False):
         if gap_a <= 0 < gap_b:
-            steps = steps_a + (steps_b - steps_a) * (0 - gap_a) / (gap_b - gap_a)
+            steps = steps_a + (steps_b - steps_a) * -gap_a / (gap_b - gap_a)
             sparse_part = steps - (total - switch)
             return (switch - warmup) / sparse_part
     return None
@@ -65,11 +65,8 @@ def break_evens(record: dict) -> list[BreakEven]:
             gaps = {1.0: arm["gap"]} | {e["speedup"]: e["lh_minus_e"] for e in arm["equal_time"]}
             total, warmup, switch = result["steps"], result["warmup"], arm["switch"]
             speedup = break_even(warmup, switch, total, gaps)
-            if speedup is None:
-                bound = 1.0 if arm["gap"] < 0 else max(gaps)
-                found.append(BreakEven(total, result["seed"], switch, None, bound))
-            else:
-                found.append(BreakEven(total, result["seed"], switch, speedup, max(gaps)))
+            bound = 1.0 if speedup is None and arm["gap"] < 0 else max(gaps)
+            found.append(BreakEven(total, result["seed"], switch, speedup, bound))
     return found
 
 
