@@ -712,7 +712,8 @@ def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list
     lines = [
         title,
         "",
-        f"Built by `python bench/branch.py report` from {len(seeds)} seed folder(s); {len(done)} complete.",
+        f"Built by `python bench/branch.py report` from {len(seeds)} seed folder(s); {len(done)} complete"
+        + (f" (every arm of the design: {', '.join(design_arms(seeds[0].plan))})." if seeds else "."),
         "",
     ]
     if not seeds:

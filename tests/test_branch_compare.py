@@ -404,14 +404,18 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     assert "| 2 | LH | 10 |" in markdown and "| 2 | LHc | 10 |" in markdown  # the switch table has every seed
 
 
-REPORTS = [("branch", "branch_32k-seed*.tgz"), ("scratch", "branch_32k-scratch-seed*.tgz")]
+REPORTS = [
+    ("branch", "branch_32k-seed*.tgz"),
+    ("scratch", "branch_32k-scratch-seed*.tgz"),
+    ("branch_64k", "branch_64k-seed*.tgz"),
+]
 
 
 @pytest.mark.parametrize(("report", "pattern"), REPORTS)
 def test_committed_report_is_what_the_archived_seeds_give(tmp_path, report, pattern):
-    """bench/report/{branch,scratch}/README.md are built from the archived seeds in bench/report/runs/, never edited
-    by hand: rebuilding one from them gives the committed text, line for line (the PNGs are left out: their bytes
-    depend on the matplotlib version)."""
+    """bench/report/{branch,scratch,branch_64k}/README.md are built from the archived seeds in bench/report/runs/,
+    never edited by hand: rebuilding one from them gives the committed text, line for line (the PNGs are left out:
+    their bytes depend on the matplotlib version)."""
     archives = sorted((REPO / "bench" / "report" / "runs").glob(pattern))
     assert archives, f"no archived seeds match {pattern}"
     rebuilt = branch_report.build_report(archives, tmp_path / "report").read_text().splitlines()
@@ -499,7 +503,7 @@ def test_a_scratch_seed_with_d_and_lh_is_complete(scratch, tmp_path):
     pair = tmp_path / scratch.out.name
     shutil.copytree(scratch.out, pair, ignore=shutil.ignore_patterns("E", "equal_time.json"))
     markdown = branch_report.build_report([branch.export(pair, tmp_path / "archives")], tmp_path / "report").read_text()
-    assert "1 complete." in markdown and "Incomplete" not in markdown
+    assert "1 complete (every arm of the design: D, LH)." in markdown and "Incomplete" not in markdown
     assert "| seed | D | LH | LH - D |" in markdown and "E steps" not in markdown and "| LH - E |" not in markdown
 
 
@@ -552,7 +556,9 @@ def test_an_arm_whose_probe_went_with_its_machine_is_done_and_its_probe_unmeasur
     said = capsys.readouterr().out
     assert "LH's look-ahead probe is not measured: its switch checkpoint went with its machine" in said
     markdown = branch_report.build_report([archive], tmp_path / "report").read_text()
-    assert "1 complete." in markdown and "| 1 | LH | - | - | - | - | - | - |" in markdown
+    assert (
+        "1 complete (every arm of the design: D, LH)." in markdown and "| 1 | LH | - | - | - | - | - | - |" in markdown
+    )
     assert "A row of '-': not measured" in markdown
 
 

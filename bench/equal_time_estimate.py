@@ -1,0 +1,137 @@
+"""LH - E for branch seeds that did not run E, estimated from D's validation curve and calibrated on seeds that did.
+
+E trains densely for the time LH's training took (bench/branch.py's rule: LH's phases at their steady-state step
+times, divided by D's dense step time), with the whole LR schedule fitted into its fewer steps. Its final loss is
+estimated as D's loss at the step where E would end, plus an offset: what annealing in fewer steps costs (or gains)
+against D, which is still on its longer schedule there. The calibration seeds, which ran all three arms, measure
+that offset; the estimate gives its mean and its range over them. A seed that is also a calibration seed is
+estimated from the others' offsets (leave one out), and its measured E is shown beside the estimate: the check of the
+method on the seeds where the answer is known.
+
+D's loss at a step is its validation loss (``val/loss_dense``) interpolated linearly between the two validations
+around it, moved to the final evaluation's windows by D's own final loss minus its validation at its last step (the
+two score different windows). Linear interpolation on a convex curve puts D slightly high, in the calibration as in
+the estimate, so that bias mostly cancels. An estimate, not a measurement: it assumes the offset carries over from
+the calibration seeds' design (another context or length) to the estimated one.
+
+    PYTHONPATH=src python bench/equal_time_estimate.py --calibration bench/report/runs/branch_32k-seed*.tgz \\
+        --runs bench/report/runs/branch_64k-seed*.tgz
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from branch_report import SeedRun, load_seeds
+
+
+@dataclass(frozen=True)
+class Estimate:
+    name: str  # the seed folder's name: the same seed number in two designs is two seeds
+    e_end: int
+    d_at_e_end: float  # D's loss at E's end, on the final windows
+    lh: float
+    offsets: tuple[float, ...]  # E - D at E's end, per calibration seed other than this one
+    e_measured: float | None  # E's final loss, where the seed ran E
+
+    def lh_minus_e(self, offset: float) -> float:
+        return self.lh - (self.d_at_e_end + offset)
+
+
+def equal_time_end(seed: SeedRun) -> int:
+    """The step E ends at: W plus LH's training time (steps x steady-state step time, per phase) in D's dense steps."""
+    d, lh = seed.arms["D"], seed.arms["LH"]
+    d_step_s = d.train_s["dense"] / (d.end - seed.plan["warmup"])
+    return seed.plan["warmup"] + max(1, round(sum(lh.train_s.values()) / d_step_s))
+
+
+def d_final_at(seed: SeedRun, step: int) -> float:
+    """D's loss at ``step`` on the final evaluation's windows (module docstring)."""
+    d = seed.arms["D"]
+    curve = {s: v for s, _, v in d.curve}
+    if d.end not in curve:
+        raise ValueError(f"seed {seed.seed}: D has no validation at its last step {d.end}, to move its curve by")
+    below = [s for s in curve if s <= step]
+    above = [s for s in curve if s >= step]
+    if not below or not above:
+        raise ValueError(f"seed {seed.seed}: step {step} lies outside D's validated steps {min(curve)}-{max(curve)}")
+    lo, hi = max(below), min(above)
+    at = curve[lo] if lo == hi else curve[lo] + (step - lo) / (hi - lo) * (curve[hi] - curve[lo])
+    return at + seed.final_loss("D") - curve[d.end]
+
+
+def calibration_offsets(seeds: list[SeedRun]) -> dict[str, float]:
+    """Per seed folder that ran E to its final evaluation: E's final loss minus D's at the step E ended."""
+    found = {}
+    for seed in seeds:
+        if seed.evaluated("D") and seed.evaluated("E") and seed.equal_time:
+            found[seed.folder.name] = seed.final_loss("E") - d_final_at(seed, seed.equal_time["e_end"])
+    return found
+
+
+def estimates(seeds: list[SeedRun], offsets: dict[str, float]) -> list[Estimate]:
+    """One per seed with D and LH evaluated and at least one other seed's offset."""
+    found = []
+    for seed in seeds:
+        others = tuple(o for name, o in offsets.items() if name != seed.folder.name)
+        if seed.evaluated("D") and seed.evaluated("LH") and others:
+            end = equal_time_end(seed)
+            measured = seed.final_loss("E") if seed.evaluated("E") else None
+            found.append(
+                Estimate(seed.folder.name, end, d_final_at(seed, end), seed.final_loss("LH"), others, measured)
+            )
+    return found
+
+
+def table(offsets: dict[str, float], rows: list[Estimate]) -> str:
+    lines = [
+        "calibration (E - D at E's end): "
+        + ", ".join(f"{name} {o:+.4f}" for name, o in offsets.items())
+        + f"; mean {statistics.fmean(offsets.values()):+.4f}",
+        "",
+        "| seed | E's end (step) | D there | E estimated | LH | LH - E estimated | over the offsets' range "
+        "| E measured | LH - E measured |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        mean = statistics.fmean(row.offsets)
+        low, high = row.lh_minus_e(max(row.offsets)), row.lh_minus_e(min(row.offsets))
+        measured = (
+            "| - | - |" if row.e_measured is None else f"| {row.e_measured:.4f} | {row.lh - row.e_measured:+.4f} |"
+        )
+        lines.append(
+            f"| {row.name} | {row.e_end} | {row.d_at_e_end:.4f} | {row.d_at_e_end + mean:.4f} | {row.lh:.4f} "
+            f"| {row.lh_minus_e(mean):+.4f} | {low:+.4f} to {high:+.4f} {measured}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calibration", nargs="+", type=Path, required=True, help="archives of seeds that ran E")
+    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="archives of seeds to estimate E for")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            offsets = calibration_offsets(load_seeds(args.calibration, Path(scratch) / "calibration"))
+            rows = estimates(load_seeds(args.runs, Path(scratch) / "runs"), offsets)
+        except (OSError, ValueError, KeyError, tarfile.TarError) as error:
+            sys.exit(f"equal_time_estimate: {type(error).__name__}: {error}")
+    if not offsets:
+        sys.exit("equal_time_estimate: no --calibration seed has D and E with their final evaluations")
+    if not rows:
+        sys.exit(
+            "equal_time_estimate: no --runs seed has D and LH with their final evaluations and another seed's "
+            "calibration"
+        )
+    print(table(offsets, rows))
+
+
+if __name__ == "__main__":
+    main()

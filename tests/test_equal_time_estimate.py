@@ -1,0 +1,118 @@
+"""bench/equal_time_estimate.py: E's end by branch.py's equal-time rule, D's curve interpolated and moved to the final
+windows, leave-one-out calibration, and the committed 65536 estimate that bench/RESULTS.md quotes."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from training_helpers import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import equal_time_estimate as estimate  # noqa: E402
+from branch_report import Arm, SeedRun, load_seeds  # noqa: E402
+
+RUNS = REPO / "bench" / "report" / "runs"
+TOOL = [sys.executable, str(REPO / "bench" / "equal_time_estimate.py")]
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+def arm(name: str, curve: dict[int, float], final: float | None, train_s: dict[str, float], end: int) -> Arm:
+    return Arm(
+        name=name,
+        curve=[(s, float(s), v) for s, v in sorted(curve.items())],
+        sparse_curve={},
+        window_losses=None if final is None else {"losses": [final]},
+        recall=None,
+        lookahead=None,
+        wall_s={},
+        train_s=train_s,
+        tokens_per_s={},
+        jobs=1,
+        end=end,
+    )
+
+
+def seed(name: str, d_curve: dict[int, float], d_final: float, lh_final: float, e_final=None, e_end=None) -> SeedRun:
+    # W=100, S=300: D's 200 dense steps take 1 s each; LH's 100 Lighthouse steps 0.4 s and 100 dense steps 1 s.
+    plan = {"seed": 0, "warmup": 100, "steps": 300, "switch_step": 200}
+    run = SeedRun(Path(name), 0, plan, None, None if e_end is None else {"e_end": e_end}, {}, None)
+    run.arms["D"] = arm("D", d_curve, d_final, {"dense": 200.0}, 300)
+    run.arms["LH"] = arm("LH", {}, lh_final, {"lighthouse": 40.0, "dense": 100.0}, 300)
+    if e_final is not None:
+        run.arms["E"] = arm("E", {}, e_final, {"dense": 140.0}, e_end)
+    return run
+
+
+D_CURVE = {200: 2.0, 250: 1.8, 300: 1.6}  # validation; the final windows score 0.05 lower at 300
+
+
+def test_e_ends_after_lh_s_training_time_in_d_s_dense_steps():
+    # LH trained 40 + 100 s; D's dense step is 200 s / 200 steps: E has 140 steps after W=100.
+    assert estimate.equal_time_end(seed("a", D_CURVE, 1.55, 1.7)) == 240
+
+
+def test_d_is_interpolated_between_validations_and_moved_to_the_final_windows():
+    run = seed("a", D_CURVE, 1.55, 1.7)
+    assert estimate.d_final_at(run, 240) == pytest.approx(1.84 - 0.05)
+    assert estimate.d_final_at(run, 250) == pytest.approx(1.75)  # on a validation
+    with pytest.raises(ValueError, match=r"step 320 lies outside D's validated steps 200-300"):
+        estimate.d_final_at(run, 320)
+    with pytest.raises(ValueError, match="D has no validation at its last step 300"):
+        estimate.d_final_at(seed("b", {200: 2.0, 250: 1.8}, 1.55, 1.7), 240)
+
+
+def test_a_calibration_seed_is_estimated_from_the_other_seeds_offsets_only():
+    # Offsets E - D at E's end (240, D there 1.79): +0.03 for "a", +0.01 for "b".
+    a = seed("a", D_CURVE, 1.55, 1.90, e_final=1.82, e_end=240)
+    b = seed("b", D_CURVE, 1.55, 1.80, e_final=1.80, e_end=240)
+    offsets = estimate.calibration_offsets([a, b])
+    assert offsets == pytest.approx({"a": 0.03, "b": 0.01})
+    rows = {r.name: r for r in estimate.estimates([a, b, seed("c", D_CURVE, 1.55, 1.85)], offsets)}
+    assert rows["a"].offsets == pytest.approx((0.01,)) and rows["a"].e_measured == pytest.approx(1.82)
+    assert rows["a"].lh_minus_e(0.01) == pytest.approx(1.90 - 1.80)
+    assert sorted(rows["c"].offsets) == pytest.approx([0.01, 0.03]) and rows["c"].e_measured is None
+    # One calibration seed cannot estimate itself: no row for it.
+    assert estimate.estimates([a], estimate.calibration_offsets([a])) == []
+
+
+def test_the_committed_estimate_at_65536_is_the_one_results_md_quotes(tmp_path):
+    calibration = sorted(RUNS.glob("branch_32k-seed*.tgz"))
+    seeds = load_seeds(calibration, tmp_path / "c")
+    # The rule is branch.py's: it gives every recorded E length back, E of seed 0 too (trained, not evaluated).
+    recorded = {s.folder.name: s.equal_time["e_end"] for s in seeds if s.equal_time and "LH" in s.arms}
+    assert recorded == {f"branch_32k-seed{n}": end for n, end in ((0, 633), (2, 631), (3, 632), (4, 632))}
+    assert {name: estimate.equal_time_end(s) for s in seeds if (name := s.folder.name) in recorded} == recorded
+    said = subprocess.run(
+        [*TOOL, "--calibration", *map(str, calibration), "--runs", str(RUNS / "branch_64k-seed0.tgz")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+    ).stdout
+    assert "| branch_64k-seed0 | 536 | 1.6361 | 1.6698 | 1.7572 | +0.0874 | +0.0788 to +0.0970 | - | - |" in said
+    results = " ".join((REPO / "bench" / "RESULTS.md").read_text().split())  # the prose is wrapped
+    assert "**LH - E ~ +0.087** (+0.079 to +0.097 over the three offsets)" in results
+
+
+def test_bad_archives_get_one_line_and_no_traceback(tmp_path):
+    broken = tmp_path / "broken.tgz"
+    broken.write_text("not a tar file")
+    said = subprocess.run(
+        [*TOOL, "--calibration", str(broken), "--runs", str(broken)], capture_output=True, text=True, env=ENV
+    )
+    assert said.returncode == 1 and "Traceback" not in said.stderr
+    assert said.stderr.startswith("equal_time_estimate: ReadError")
+    # A seed folder without LH and E: nothing to calibrate on.
+    with tarfile.open(RUNS / "branch_64k-seed0.tgz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    folder = tmp_path / "branch_64k-seed0"
+    shutil.rmtree(folder / "LH")
+    said = subprocess.run(
+        [*TOOL, "--calibration", str(folder), "--runs", str(folder)], capture_output=True, text=True, env=ENV
+    )
+    assert said.returncode == 1 and "Traceback" not in said.stderr
+    assert "no --calibration seed has D and E with their final evaluations" in said.stderr
