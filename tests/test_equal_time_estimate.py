@@ -79,23 +79,47 @@ def test_a_calibration_seed_is_estimated_from_the_other_seeds_offsets_only():
     assert estimate.estimates([a], estimate.calibration_offsets([a])) == []
 
 
-def test_the_committed_estimate_at_65536_is_the_one_results_md_quotes(tmp_path):
+def estimate_table(runs: str) -> str:
+    calibration = sorted(map(str, RUNS.glob("branch_32k-seed*.tgz")))
+    runs = sorted(map(str, RUNS.glob(runs)))
+    return subprocess.run(
+        [*TOOL, "--calibration", *calibration, "--runs", *runs], capture_output=True, text=True, env=ENV, check=True
+    ).stdout
+
+
+def results_md() -> str:
+    return " ".join((REPO / "bench" / "RESULTS.md").read_text().split())  # the prose is wrapped
+
+
+def test_the_committed_estimate_from_step_0_is_the_one_results_md_quotes():
+    said = estimate_table("branch_32k-scratch-seed*.tgz")
+    rows = [line.split(" | ") for line in said.splitlines() if line.startswith("| branch_32k-scratch-seed")]
+    assert [(r[0], r[1], r[5]) for r in rows] == [
+        ("| branch_32k-scratch-seed0", "525", "-0.0929"),
+        ("| branch_32k-scratch-seed1", "523", "-0.0693"),
+        ("| branch_32k-scratch-seed2", "529", "-0.1064"),
+    ]
+    assert "**LH - E ~ -0.093 / -0.069 / -0.106** (-0.115 to -0.060 over seeds and offsets;" in results_md()
+
+
+def test_the_committed_estimate_at_65536_and_its_check_are_what_results_md_quotes(tmp_path):
     calibration = sorted(RUNS.glob("branch_32k-seed*.tgz"))
     seeds = load_seeds(calibration, tmp_path / "c")
     # The rule is branch.py's: it gives every recorded E length back, E of seed 0 too (trained, not evaluated).
     recorded = {s.folder.name: s.equal_time["e_end"] for s in seeds if s.equal_time and "LH" in s.arms}
     assert recorded == {f"branch_32k-seed{n}": end for n, end in ((0, 633), (2, 631), (3, 632), (4, 632))}
     assert {name: estimate.equal_time_end(s) for s in seeds if (name := s.folder.name) in recorded} == recorded
-    said = subprocess.run(
-        [*TOOL, "--calibration", *map(str, calibration), "--runs", str(RUNS / "branch_64k-seed0.tgz")],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        check=True,
-    ).stdout
+    said = estimate_table("branch_64k-seed*.tgz")
     assert "| branch_64k-seed0 | 536 | 1.6361 | 1.6698 | 1.7572 | +0.0874 | +0.0788 to +0.0970 | - | - |" in said
-    results = " ".join((REPO / "bench" / "RESULTS.md").read_text().split())  # the prose is wrapped
-    assert "**LH - E ~ +0.087** (+0.079 to +0.097 over the three offsets)" in results
+    assert "**LH - E ~ +0.087** (+0.079 to +0.097 over the three offsets)" in results_md()
+    # The check on the seeds where E was measured: each estimated from the other two seeds' offsets.
+    checked = {
+        line.split(" | ")[0][2:]: line.split(" | ")[5]
+        for line in estimate_table("branch_32k-seed*.tgz").splitlines()
+        if line.startswith("| branch_32k-seed") and not line.endswith("| - | - |")
+    }
+    assert checked == {"branch_32k-seed2": "+0.1335", "branch_32k-seed3": "+0.0765", "branch_32k-seed4": "+0.1222"}
+    assert "+0.1335 / +0.0765 / +0.1222 against the measured +0.1205 / +0.0908 / +0.1209" in results_md()
 
 
 def test_bad_archives_get_one_line_and_no_traceback(tmp_path):
