@@ -1,4 +1,5 @@
-"""LH - E for branch seeds that did not run E, estimated from D's validation curve and calibrated on seeds that did.
+"""LH - E for seeds of bench/branch.py that did not run E, estimated from D's validation curve and calibrated on seeds
+that did (either design: W is read from each seed's plan, 0 from scratch).
 
 E trains densely for the time LH's training took (bench/branch.py's rule: LH's phases at their steady-state step
 times, divided by D's dense step time), with the whole LR schedule fitted into its fewer steps. Its final loss is
@@ -47,6 +48,8 @@ class Estimate:
 def equal_time_end(seed: SeedRun) -> int:
     """The step E ends at: W plus LH's training time (steps x steady-state step time, per phase) in D's dense steps."""
     d, lh = seed.arms["D"], seed.arms["LH"]
+    if "dense" not in d.train_s or not lh.train_s:
+        raise ValueError(f"{seed.folder.name}: D or LH has no throughput records to time its steps by")
     d_step_s = d.train_s["dense"] / (d.end - seed.plan["warmup"])
     return seed.plan["warmup"] + max(1, round(sum(lh.train_s.values()) / d_step_s))
 
@@ -56,11 +59,11 @@ def d_final_at(seed: SeedRun, step: int) -> float:
     d = seed.arms["D"]
     curve = {s: v for s, _, v in d.curve}
     if d.end not in curve:
-        raise ValueError(f"seed {seed.seed}: D has no validation at its last step {d.end}, to move its curve by")
+        raise ValueError(f"{seed.folder.name}: D has no validation at its last step {d.end}, to move its curve by")
     below = [s for s in curve if s <= step]
     above = [s for s in curve if s >= step]
     if not below or not above:
-        raise ValueError(f"seed {seed.seed}: step {step} lies outside D's validated steps {min(curve)}-{max(curve)}")
+        raise ValueError(f"{seed.folder.name}: step {step} lies outside D's validated steps {min(curve)}-{max(curve)}")
     lo, hi = max(below), min(above)
     at = curve[lo] if lo == hi else curve[lo] + (step - lo) / (hi - lo) * (curve[hi] - curve[lo])
     return at + seed.final_loss("D") - curve[d.end]

@@ -53,15 +53,19 @@ D_CURVE = {200: 2.0, 250: 1.8, 300: 1.6}  # validation; the final windows score 
 def test_e_ends_after_lh_s_training_time_in_d_s_dense_steps():
     # LH trained 40 + 100 s; D's dense step is 200 s / 200 steps: E has 140 steps after W=100.
     assert estimate.equal_time_end(seed("a", D_CURVE, 1.55, 1.7)) == 240
+    untimed = seed("a", D_CURVE, 1.55, 1.7)
+    untimed.arms["D"] = arm("D", D_CURVE, 1.55, {}, 300)  # no ThroughputRecorder records
+    with pytest.raises(ValueError, match="a: D or LH has no throughput records"):
+        estimate.equal_time_end(untimed)
 
 
 def test_d_is_interpolated_between_validations_and_moved_to_the_final_windows():
     run = seed("a", D_CURVE, 1.55, 1.7)
     assert estimate.d_final_at(run, 240) == pytest.approx(1.84 - 0.05)
     assert estimate.d_final_at(run, 250) == pytest.approx(1.75)  # on a validation
-    with pytest.raises(ValueError, match=r"step 320 lies outside D's validated steps 200-300"):
+    with pytest.raises(ValueError, match=r"a: step 320 lies outside D's validated steps 200-300"):
         estimate.d_final_at(run, 320)
-    with pytest.raises(ValueError, match="D has no validation at its last step 300"):
+    with pytest.raises(ValueError, match="b: D has no validation at its last step 300"):
         estimate.d_final_at(seed("b", {200: 2.0, 250: 1.8}, 1.55, 1.7), 240)
 
 
