@@ -19,9 +19,11 @@ costs 1/R of a dense step (R = 2.30 measured on the H200 at 32768 for the `small
 tokens/s), so LH's arm after W costs (switch - W) / R + (S - switch) dense steps, and E trains that many dense
 steps from W with the rest of the LR schedule fitted into them (lighthouse.train.schedule's ``rescale_lr``: the
 LR is continuous at W and anneals to its floor at E's last step). Several speed-ups give one E each, so the
-speed-up at which LH and E break even can be read off one run. Each run's record lists its arms under ``arms`` and
-each arm's E's under ``equal_time`` (records written before 2026-12-03's share sweep hold one arm's keys at the top
-level; before 2026-12-04, one E's keys in its arm).
+speed-up at which LH and E break even can be read off one run. Each E's record also holds D's loss at E's last
+step (``d_at_e_end``, the same windows; records since the fourteenth session): E minus it is what annealing in fewer
+steps gains or costs against D's longer schedule, the offset bench/equal_time_estimate.py takes from the GPU seeds
+that ran E. Each run's record lists its arms under ``arms`` and each arm's E's under ``equal_time`` (records written
+before 2026-12-03's share sweep hold one arm's keys at the top level; before 2026-12-04, one E's keys in its arm).
 
     PYTHONPATH=src python bench/tiny_branch.py --steps 300 600 1200 --seeds 0 --json out.json   # 1 thread
     PYTHONPATH=src python bench/tiny_branch.py --steps 600 --share 0.5 0.625 0.75 0.875 --speedup 2.3 --json out.json
@@ -118,6 +120,19 @@ def equal_time_end(warmup: int, switch: int, total: int, speedup: float) -> int:
     return warmup + round((switch - warmup) / speedup) + (total - switch)
 
 
+def train_with_stops(
+    trainer: Trainer, batches: list[torch.Tensor], start: int, stop: int, stops: set[int], val: torch.Tensor
+) -> dict[int, float]:
+    """Dense training from ``start`` to ``stop``, with the mean validation loss at each step of ``stops`` on the way
+    (the evaluation changes nothing: no gradient, no randomness, the train mode kept)."""
+    losses, step = {}, start
+    for at in sorted(s for s in stops if start <= s <= stop):
+        trainer.train(batches, step, at, sparse=False)
+        losses[at], step = statistics.fmean(window_losses(trainer.model, val)), at
+    trainer.train(batches, step, stop, sparse=False)
+    return losses
+
+
 def equal_time_arm(shared: Trainer, batches: list[torch.Tensor], warmup: int, switch: int, speedup: float) -> Trainer:
     """E for one speed-up: dense from the branch point W for the time LH's arm took, annealed at its last step."""
     equal = shared.branch()
@@ -141,7 +156,8 @@ def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModul
     shared.train(batches, 0, warmup, sparse=False)
     warmup_loss = statistics.fmean(window_losses(shared.model, val))
     dense = shared.branch()
-    dense.train(batches, warmup, total, sparse=False)
+    e_ends = {equal_time_end(warmup, switch, total, r) for switch in switches for r in args.speedup}
+    d_at = train_with_stops(dense, batches, warmup, total, e_ends, val)
     d = window_losses(dense.model, val)
     result = {
         "steps": total,
@@ -173,12 +189,15 @@ def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModul
                 "speedup": speedup,
                 "e_end": equal.end_step,
                 "E": statistics.fmean(e),
+                "d_at_e_end": d_at[equal.end_step],
                 "lh_minus_e": lh_e,
                 "lh_minus_e_se": lh_e_se,
                 "seconds": equal.seconds,
             }
             arm["equal_time"].append(record)
-            ends = f"E ({equal.end_step} steps) {record['E']:.4f}, LH - E {lh_e:+.4f} +- {lh_e_se:.4f}"
+            offset = record["E"] - record["d_at_e_end"]
+            ends = f"E ({equal.end_step} steps) {record['E']:.4f} (E - D there {offset:+.4f})"
+            ends += f", LH - E {lh_e:+.4f} +- {lh_e_se:.4f}"
             print(f"    speed-up {speedup}: {ends}", flush=True)
         result["arms"].append(arm)
     return result

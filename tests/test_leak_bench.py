@@ -3,6 +3,7 @@ reads exactly 0, and so does the causal selection's, trained a few steps, where 
 change (the full runs are in bench/RESULTS.md). And bench/tiny_branch.py's arms start from their branch point and
 its equal-time arm gets its schedule."""
 
+import statistics
 import sys
 from types import SimpleNamespace
 
@@ -61,7 +62,10 @@ def test_tiny_branch_equal_time_arm_fits_the_rest_of_the_schedule():
 
 
 class Tiny(torch.nn.Module):
-    """A bigram model with the two methods tiny_branch's Trainer calls."""
+    """A bigram model with what tiny_branch's Trainer and its evaluation (dense_eager) call: no attention layers."""
+
+    attention_backends: tuple[str, ...] = ()
+    layers: tuple = ()
 
     def __init__(self):
         super().__init__()
@@ -109,3 +113,23 @@ def test_tiny_branch_equal_time_arms_per_speedup_end_where_their_time_runs_out()
     assert same.end_step == 12 and torch.equal(same.model.out.weight, dense.model.out.weight)
     faster = tiny_branch.equal_time_arm(shared, batches, warmup=3, switch=7, speedup=4.0)
     assert faster.end_step == 3 + 1 + 5 and not torch.equal(faster.model.out.weight, dense.model.out.weight)
+
+
+def test_tiny_branch_d_is_measured_where_each_e_ends_without_changing_d():
+    """D's loss at E's last step (the offset E - D there is what bench/equal_time_estimate.py calibrates): D trained
+    with those evaluations on the way ends bit for bit where D trained in one go ends, and each evaluation is the
+    loss of D stopped at that step."""
+    torch.manual_seed(0)
+    args = SimpleNamespace(lr=3e-3, lr_warmup=2)
+    batches = [torch.randint(0, 16, (2, 9)) for _ in range(12)]
+    val = torch.randint(0, 16, (3, 9))
+    shared = tiny_branch.Trainer(Tiny(), args, total_steps=12)
+    shared.train(batches, 0, 3, sparse=False)
+    whole, stopped = shared.branch(), shared.branch()
+    whole.train(batches, 3, 12, sparse=False)
+    losses = tiny_branch.train_with_stops(stopped, batches, 3, 12, {2, 7, 9, 12, 13}, val)
+    assert sorted(losses) == [7, 9, 12]  # steps outside W..S are not on the way
+    assert torch.equal(stopped.model.out.weight, whole.model.out.weight)
+    short = shared.branch()
+    short.train(batches, 3, 7, sparse=False)
+    assert losses[7] == statistics.fmean(tiny_branch.window_losses(short.model, val))
