@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from branch_report import SeedRun, load_seeds
 
 
@@ -60,12 +61,10 @@ def d_final_at(seed: SeedRun, step: int) -> float:
     curve = {s: v for s, _, v in d.curve}
     if d.end not in curve:
         raise ValueError(f"{seed.folder.name}: D has no validation at its last step {d.end}, to move its curve by")
-    below = [s for s in curve if s <= step]
-    above = [s for s in curve if s >= step]
-    if not below or not above:
-        raise ValueError(f"{seed.folder.name}: step {step} lies outside D's validated steps {min(curve)}-{max(curve)}")
-    lo, hi = max(below), min(above)
-    at = curve[lo] if lo == hi else curve[lo] + (step - lo) / (hi - lo) * (curve[hi] - curve[lo])
+    steps = sorted(curve)
+    if not steps[0] <= step <= steps[-1]:
+        raise ValueError(f"{seed.folder.name}: step {step} lies outside D's validated steps {steps[0]}-{steps[-1]}")
+    at = float(np.interp(step, steps, [curve[s] for s in steps]))
     return at + seed.final_loss("D") - curve[d.end]
 
 
