@@ -36,18 +36,18 @@ def build(backend: str, args: argparse.Namespace) -> Transformer:
     try:
         config = model_config(backend, args)
     except ValueError as err:  # the model's own check, before any step; named here by the options that set it
-        raise SystemExit(f"{err}\n(set by --seq-len, --levels, --topk, --layers, --dense-layers)") from None
+        raise SystemExit(f"{err}\n(set by --seq-len, --levels, --topk, --layers, --dim, --dense-layers)") from None
     return Transformer(config)
 
 
 def model_config(backend: str, args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(
         vocab_size=args.vocab,
-        dim=64,
+        dim=args.dim,
         n_layers=args.layers,
-        n_heads=2,
+        n_heads=args.dim // 32,  # heads of 32 at every width, so width changes the model, not the attention's shape
         head_dim=32,
-        ffn_hidden=192,
+        ffn_hidden=3 * args.dim,
         rope_theta=10000.0,
         seq_len=args.seq_len,
         attention=backend,
@@ -62,6 +62,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--topk", type=int, default=128)
     parser.add_argument("--layers", type=int, default=3, help="model.arch.n_layers")
+    parser.add_argument(
+        "--dim", type=int, default=64, choices=(32, 64, 128, 256), help="model width (heads of 32, FFN 3x the width)"
+    )
     parser.add_argument(
         "--dense-layers", type=int, nargs="*", default=[], help="layers kept dense (model.arch.dense_layers)"
     )

@@ -3,6 +3,7 @@ reads exactly 0, and so does the causal selection's, trained a few steps, where 
 change (the full runs are in bench/RESULTS.md). And bench/tiny_branch.py's arms start from their branch point and
 its equal-time arm gets its schedule."""
 
+import argparse
 import statistics
 import sys
 from types import SimpleNamespace
@@ -41,6 +42,20 @@ def test_a_model_option_out_of_range_stops_with_its_message_before_training(caps
         leak_iid.main(["--backends", "lighthouse_naive", "--topk", "16", *SMALL])
     assert "model.arch.lighthouse.topk=16 is invalid: it must be a positive multiple of 128" in str(stop.value)
     assert "--topk" in str(stop.value) and "step" not in capsys.readouterr().out
+
+
+def test_model_width_option_keeps_heads_of_32_and_the_default_model():
+    """--dim scales the width with 32-wide heads and a 3x FFN; without it the model is the one every record before it
+    measured (dim 64, two heads, FFN 192)."""
+    parser = argparse.ArgumentParser()
+    leak_iid.add_model_options(parser)
+    for flags, (dim, heads, ffn) in (([], (64, 2, 192)), (["--dim", "128"], (128, 4, 384))):
+        args = parser.parse_args(flags)
+        args.vocab, args.causal = 257, True
+        config = leak_iid.model_config("lighthouse_naive", args)
+        assert (config.dim, config.n_heads, config.head_dim, config.ffn_hidden) == (dim, heads, 32, ffn)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dim", "96"])
 
 
 def test_tiny_branch_equal_time_arm_fits_the_rest_of_the_schedule():
