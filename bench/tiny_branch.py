@@ -28,6 +28,7 @@ before 2026-12-03's share sweep hold one arm's keys at the top level; before 202
     PYTHONPATH=src python bench/tiny_branch.py --steps 300 600 1200 --seeds 0 --json out.json   # 1 thread
     PYTHONPATH=src python bench/tiny_branch.py --steps 600 --share 0.5 0.625 0.75 0.875 --speedup 2.3 --json out.json
     PYTHONPATH=src python bench/tiny_branch.py --steps 1200 --speedup 2.3 3 4.5 8 --json out.json   # break-even
+    PYTHONPATH=src python bench/tiny_branch.py --steps 600 --dim 128 --speedup 2.3 4.5 --json out.json   # width
     python bench/tiny_breakeven.py out.json   # the break-even speed-up read off the records
 """
 

@@ -82,3 +82,28 @@ def test_the_command_names_a_file_that_is_not_a_record_without_a_traceback(tmp_p
         [sys.executable, str(REPO / "bench" / "tiny_breakeven.py"), str(empty)], capture_output=True, text=True
     )
     assert done.returncode != 0 and "no list of equal-time arms" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_width_records_give_the_deficits_and_break_evens_the_docs_quote():
+    """The fifteenth session's width sweep (S=600, W=150, switch 375; width 64 is the break-even run at S=600):
+    bench/RESULTS.md and docs/comparison.md quote these; the records are committed."""
+    files = {32: ["width32_s600.json"], 64: ["breakeven_s600_seed0.json", "breakeven_s600_seed1.json"]}
+    files[128] = ["width128_s600_seed0.json", "width128_s600_seed1.json"]
+    found = {}
+    for width, names in files.items():
+        for name in names:
+            record = json.loads((RECORDS / name).read_text())
+            assert record["args"].get("dim", 64) == width
+            for result in record["results"]:
+                (arm,) = result["arms"]
+                (row,) = tiny_breakeven.break_evens({"results": [result]})
+                at_23 = next(e["lh_minus_e"] for e in arm["equal_time"] if e["speedup"] == 2.3)
+                found[width, result["seed"]] = (round(arm["gap"], 3), round(at_23, 3), row.cell())
+    assert found == {
+        (32, 0): (0.082, -0.009, "2.0x"),
+        (32, 1): (0.078, -0.020, "1.8x"),
+        (64, 0): (0.124, 0.019, "2.9x"),
+        (64, 1): (0.139, 0.021, "2.9x"),
+        (128, 0): (0.177, 0.086, "> 4.5x"),
+        (128, 1): (0.167, 0.063, "> 4.5x"),
+    }
