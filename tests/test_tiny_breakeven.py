@@ -107,3 +107,8 @@ def test_the_width_records_give_the_deficits_and_break_evens_the_docs_quote():
         (128, 0): (0.177, 0.086, "> 4.5x"),
         (128, 1): (0.167, 0.063, "> 4.5x"),
     }
+    (longer,) = json.loads((RECORDS / "width32_s1200_seed0.json").read_text())["results"]
+    (row,) = tiny_breakeven.break_evens({"results": [longer]})
+    (arm,) = longer["arms"]
+    assert (longer["steps"], round(arm["gap"], 3), row.cell()) == (1200, 0.093, "> 4.5x")
+    assert [round(e["lh_minus_e"], 3) for e in arm["equal_time"]] == [0.053, 0.026]
