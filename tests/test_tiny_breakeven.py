@@ -112,3 +112,5 @@ def test_the_width_records_give_the_deficits_and_break_evens_the_docs_quote():
     (arm,) = longer["arms"]
     assert (longer["steps"], round(arm["gap"], 3), row.cell()) == (1200, 0.093, "> 4.5x")
     assert [round(e["lh_minus_e"], 3) for e in arm["equal_time"]] == [0.053, 0.026]
+    (half_lr,) = json.loads((RECORDS / "width128_lr1.5e-3_s600_seed0.json").read_text())["results"]
+    assert (round(half_lr["D"], 4), round(half_lr["arms"][0]["gap"], 3)) == (1.5572, 0.198)
