@@ -87,8 +87,11 @@ def test_the_command_names_a_file_that_is_not_a_record_without_a_traceback(tmp_p
 def test_the_width_records_give_the_deficits_and_break_evens_the_docs_quote():
     """The fifteenth session's width sweep (S=600, W=150, switch 375; width 64 is the break-even run at S=600):
     bench/RESULTS.md and docs/comparison.md quote these; the records are committed."""
-    files = {32: ["width32_s600.json"], 64: ["breakeven_s600_seed0.json", "breakeven_s600_seed1.json"]}
-    files[128] = ["width128_s600_seed0.json", "width128_s600_seed1.json"]
+    files = {
+        32: ["width32_s600.json"],
+        64: ["breakeven_s600_seed0.json", "breakeven_s600_seed1.json"],
+        128: ["width128_s600_seed0.json", "width128_s600_seed1.json"],
+    }
     found = {}
     for width, names in files.items():
         for name in names:
