@@ -419,28 +419,42 @@ def interval_table(seeds: list[SeedRun]) -> list[str]:
     ]
 
 
+def wall_rows(seeds: list[SeedRun]) -> list[tuple[str, list[SeedRun], list[Arm]]]:
+    """(label, seeds, runs) per row of the wall-clock table: finished runs only (a run cut short would count its
+    partial time and its planned steps), and the shared warm-up split by its setting of trainer.deterministic
+    (the deterministic one runs ~2x slower: branch.py --deterministic-cost)."""
+    start = "0" if from_scratch(seeds[0].plan) else "W"  # where the arms' rows begin
+    rows = []
+    for deterministic in (False, True):
+        group = [
+            s for s in seeds if s.warmup is not None and bool(s.config["trainer"].get("deterministic")) == deterministic
+        ]
+        if group:
+            label = "shared dense warm-up (0-W)" + (", deterministic" if deterministic else "")
+            rows.append((label, group, [s.warmup for s in group]))
+    for name in ARMS:
+        group = [s for s in seeds if s.evaluated(name)]
+        if group:
+            rows.append((f"{ARM_LABEL[name]} ({start}-end)", group, [s.arms[name] for s in group]))
+    return rows
+
+
 def wall_table(seeds: list[SeedRun]) -> list[str]:
     rows = [
-        "| run | Lighthouse phase, min | dense phase, min | total, min | jobs | training only: Lighthouse, min | "
-        "dense, min | tokens/s: Lighthouse | tokens/s: dense |",
-        "|---" * 9 + "|",
+        "| run | seeds | Lighthouse phase, min | dense phase, min | total, min | jobs | training only: Lighthouse, "
+        "min | dense, min | tokens/s: Lighthouse | tokens/s: dense |",
+        "|---" * 10 + "|",
     ]
-    start = "0" if from_scratch(seeds[0].plan) else "W"  # where the arms' rows begin
-    for name in ("warmup", *ARMS):
-        arms = [s.warmup if name == "warmup" else s.arms.get(name) for s in seeds]
-        arms = [a for a in arms if a is not None]
-        if not arms:
-            continue
+    for label, group, arms in wall_rows(seeds):
         cell = {
             (k, ph): mean_of([getattr(a, k).get(ph) for a in arms])
             for k in ("wall_s", "train_s", "tokens_per_s")
             for ph in ("lighthouse", "dense")
         }
         total = mean_of([sum(a.wall_s.values()) for a in arms])
-        label = "shared dense warm-up (0-W)" if name == "warmup" else f"{ARM_LABEL[name]} ({start}-end)"
         rows.append(
-            f"| {label} | {minutes(cell['wall_s', 'lighthouse'])} | {minutes(cell['wall_s', 'dense'])} | "
-            f"{minutes(total)} | {statistics.fmean(a.jobs for a in arms):.1f} | "
+            f"| {label} | {', '.join(str(s.seed) for s in group)} | {minutes(cell['wall_s', 'lighthouse'])} | "
+            f"{minutes(cell['wall_s', 'dense'])} | {minutes(total)} | {statistics.fmean(a.jobs for a in arms):.1f} | "
             f"{minutes(cell['train_s', 'lighthouse'])} | {minutes(cell['train_s', 'dense'])} | "
             f"{f(cell['tokens_per_s', 'lighthouse'], 0)} | {f(cell['tokens_per_s', 'dense'], 0)} |"
         )
@@ -449,12 +463,16 @@ def wall_table(seeds: list[SeedRun]) -> list[str]:
         ""
         if rule is None
         else f" E's length: {rule['rule']} (seed {seeds[0].seed}: LH {rule['lh_time_s']:.0f} s of training, D's "
-        f"dense step {rule['d_dense_step_s']:.3f} s, so {rule['e_steps']} steps)."
+        f"dense step {rule['d_dense_step_s']:.3f} s, so {rule['e_steps']} steps). E is matched to LH on training "
+        "only (what a run without this report's validations would cost), so its jobs end sooner than LH's: LH "
+        "validates more often over its longer step count, with both attentions in its Lighthouse phase, and starts "
+        "up longer."
     )
     return rows + [
         "",
-        "Means over seeds. Phase times: each job from start to exit (start-up, compilation, validation, checkpoints); "
-        "training only: steps x steady-state step time." + note,
+        "Means over the seeds named, runs that finished (with their final evaluation) only. Phase times: each job "
+        "from start to exit (start-up, compilation, validation, checkpoints); training only: steps x steady-state "
+        "step time." + note,
     ]
 
 
@@ -491,32 +509,42 @@ def position_table(seeds: list[SeedRun]) -> list[str]:
     evaluated = [s for s in seeds if s.evaluated("D")]
     buckets = evaluated[0].arms["D"].window_losses["buckets"]
     arms, pairs = shown_arms(seeds), shown_pairs(seeds)
-    by = {}
-    for a in arms:
-        got = [np.mean(s.arms[a].window_losses["bucket_losses"], axis=0) for s in seeds if s.evaluated(a)]
-        by[a] = np.mean(got, axis=0) if got else None
 
-    def cell(a: str, i: int) -> str:
-        return "-" if by[a] is None else f(by[a][i])
+    def by_bucket(s: SeedRun, a: str) -> np.ndarray:
+        return np.mean(s.arms[a].window_losses["bucket_losses"], axis=0)
 
-    def gap(a: str, b: str, i: int) -> str:
-        return "-" if by[a] is None or by[b] is None else signed(by[a][i] - by[b][i])
+    means = {a: [by_bucket(s, a) for s in seeds if s.evaluated(a)] for a in arms}
+    # A gap is paired like the intervals: per seed that has both arms, then averaged. Subtracting two arms' means
+    # over different seed sets would carry the seeds' own spread into the gap.
+    gaps = {
+        (a, b): [by_bucket(s, a) - by_bucket(s, b) for s in seeds if s.evaluated(a) and s.evaluated(b)]
+        for a, b in pairs
+    }
+
+    def mean_cell(values: list[np.ndarray], i: int, text) -> str:
+        return "-" if not values else text(float(np.mean([v[i] for v in values])))
 
     rows = [
-        "| positions | " + " | ".join(arms) + " | " + " | ".join(f"{a} - {b}" for a, b in pairs) + " |",
+        "| positions | "
+        + " | ".join(f"{a} ({len(means[a])})" for a in arms)
+        + " | "
+        + " | ".join(f"{a} - {b} ({len(gaps[a, b])})" for a, b in pairs)
+        + " |",
         "|---" * (len(arms) + len(pairs) + 1) + "|",
     ]
     for i, name in enumerate(buckets):
         rows.append(
             f"| {name} | "
-            + " | ".join(cell(a, i) for a in arms)
+            + " | ".join(mean_cell(means[a], i, f) for a in arms)
             + " | "
-            + " | ".join(gap(a, b, i) for a, b in pairs)
+            + " | ".join(mean_cell(gaps[p], i, signed) for p in pairs)
             + " |"
         )
     return rows + [
         "",
-        "Final evaluation, dense: mean loss per position range, over windows and the seeds that evaluated the arm.",
+        "Final evaluation, dense: mean loss per position range over windows; an arm's column averages the seeds that "
+        "evaluated it, a difference the paired per-seed differences over the seeds that evaluated both arms "
+        "(how many: in the header).",
     ]
 
 

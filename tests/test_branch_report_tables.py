@@ -1,0 +1,84 @@
+"""The branch report's loss-by-position and wall-clock tables on hand-made seeds whose numbers are known: gaps are
+paired per seed, and a run cut short or a warm-up of another setting is not averaged in."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from training_helpers import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import branch_report  # noqa: E402
+from branch_report import Arm, SeedRun  # noqa: E402
+
+BUCKETS = ["0-256", "256-1k"]
+PLAN = {"seed": 0, "warmup": 200, "steps": 800, "switch_step": 500}
+
+
+def arm(name: str, buckets: list[float] | None, wall: float = 60.0, tokens: float = 1000.0) -> Arm:
+    """An arm whose every window has the given per-bucket losses; None: trained, never evaluated (cut short)."""
+    window_losses = None
+    if buckets is not None:
+        window_losses = {
+            "split": "val",
+            "window_ids": [0, 1],
+            "losses": [float(np.mean(buckets))] * 2,
+            "buckets": BUCKETS,
+            "bucket_losses": [buckets, buckets],
+        }
+    return Arm(
+        name=name,
+        curve=[],
+        sparse_curve={},
+        window_losses=window_losses,
+        recall=None,
+        lookahead=None,
+        wall_s={"dense": wall},
+        train_s={"dense": wall / 2},
+        tokens_per_s={"dense": tokens},
+        jobs=1,
+        end=800,
+    )
+
+
+def seed(n: int, arms: dict[str, Arm], deterministic: bool = False, warmup_wall: float = 60.0) -> SeedRun:
+    config = {"trainer": {"deterministic": deterministic}, "data": {"seq_len": 8}}
+    run = SeedRun(Path(f"seed{n}"), n, {**PLAN, "seed": n}, None, None, config, arm("warmup", None, warmup_wall))
+    run.arms = arms
+    return run
+
+
+def test_position_gaps_are_paired_over_the_seeds_with_both_arms():
+    # Seed 0 is low in every arm, seed 1 high; only seed 1 has E. Unpaired, LH - E would be 1.1 - 2.05 < 0,
+    # though LH is above E by 0.05 in the one seed that has both.
+    seeds = [
+        seed(0, {"D": arm("D", [1.0, 1.0]), "LH": arm("LH", [1.1, 1.1])}),
+        seed(1, {"D": arm("D", [2.0, 2.0]), "LH": arm("LH", [2.1, 2.3]), "E": arm("E", [2.05, 2.05])}),
+    ]
+    table = branch_report.position_table(seeds)
+    assert table[0] == "| positions | D (2) | LH (2) | E (1) | LH - D (2) | LH - E (1) |"
+    assert table[2] == "| 0-256 | 1.5000 | 1.6000 | 2.0500 | +0.1000 | +0.0500 |"
+    assert table[3] == "| 256-1k | 1.5000 | 1.7000 | 2.0500 | +0.2000 | +0.2500 |"
+
+
+def test_wall_table_leaves_out_cut_runs_and_splits_the_warmup_by_determinism():
+    seeds = [
+        seed(0, {"D": arm("D", [1.0, 1.0], wall=120), "E": arm("E", None, wall=30)}),
+        seed(1, {"D": arm("D", [1.0, 1.0], wall=240), "E": arm("E", [1.0, 1.0], wall=90)}, warmup_wall=60),
+        seed(2, {"D": arm("D", [1.0, 1.0], wall=180)}, deterministic=True, warmup_wall=300),
+    ]
+    rows = {label: ([s.seed for s in group], runs) for label, group, runs in branch_report.wall_rows(seeds)}
+    assert list(rows) == [
+        "shared dense warm-up (0-W)",
+        "shared dense warm-up (0-W), deterministic",
+        "D (dense) (W-end)",
+        "E (dense, equal time) (W-end)",
+    ]
+    assert rows["shared dense warm-up (0-W)"][0] == [0, 1] and rows["shared dense warm-up (0-W), deterministic"][0] == [
+        2
+    ]
+    assert rows["E (dense, equal time) (W-end)"][0] == [1]  # seed 0's E never reached its final evaluation
+    table = branch_report.wall_table(seeds)
+    assert "| D (dense) (W-end) | 0, 1, 2 | - | 3.00 | 3.00 | 1.0 | - | 1.50 | - | 1000 |" in table
+    assert "| E (dense, equal time) (W-end) | 1 | - | 1.50 | 1.50 | 1.0 | - | 0.75 | - | 1000 |" in table
+    assert "| shared dense warm-up (0-W), deterministic | 2 | - | 5.00 | 5.00 | 1.0 | - | 2.50 | - | 1000 |" in table
