@@ -1,5 +1,6 @@
 """The run reader and the plot command on a finished tiny run: what is read back, and that the PNGs are written."""
 
+import shutil
 import struct
 
 import pytest
@@ -46,6 +47,22 @@ def test_plot_command_writes_readable_pngs(run, tmp_path, capsys):
     for name in names:
         width, height = png_size(tmp_path / name)
         assert width >= 800 and height >= 400, name
+
+
+def test_several_runs_are_drawn_into_the_folder_that_holds_them(run, tmp_path, monkeypatch, capsys):
+    """Not into the working directory: `python -m lighthouse.eval.plot logs/demo` after a second demo launch wrote
+    ./plots wherever it was started."""
+    group = tmp_path / "logs" / "demo"
+    for version in ("first", "second"):
+        shutil.copytree(run, group / version, ignore=shutil.ignore_patterns("*.ckpt", "plots"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    plot_main([str(group)])
+    assert capsys.readouterr().out.split()[0] == str(group / "plots" / "loss.png")
+    assert list(elsewhere.iterdir()) == []
+    plot_main([str(group / "first")])  # one run: its own folder, as before
+    assert capsys.readouterr().out.split()[0] == str(group / "first" / "plots" / "loss.png")
 
 
 def test_smoothing_is_debiased():

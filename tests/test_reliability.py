@@ -38,6 +38,10 @@ BAD_SETTINGS = {
     "clip-algorithm": (["--trainer.gradient_clip_algorithm", "l2"], "gradient_clip_algorithm='l2' is invalid"),
     "resume-override-shape": (["--resume_overrides", "[dim]"], "model.arch.dim changes parameter shapes"),
     "resume-override-typo": (["--resume_overrides", "[norm_epsilon]"], "'norm_epsilon' is not a model field"),
+    # A launch without --config trained the default 268M model with no last step until memory ran out.
+    "no-end": (["--trainer.max_steps", "-1"], r"trainer.max_steps=-1 \(no limit\) is invalid for fit"),
+    "optimizer-lr": (["--model.optimizer.init_args.lr", "-1"], r"init_args.lr=-1.0 is invalid: it must be a finite"),
+    "optimizer-betas": (["--model.optimizer.init_args.betas", "[0.9, 1.5]"], r"betas=\[0.9, 1.5\] is invalid"),
 }
 
 
@@ -57,6 +61,17 @@ def test_bad_setting_fails_before_first_step(tmp_path, name, capsys, monkeypatch
     assert not (tmp_path / "logs" / "bad" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("option", [["--optimizer", "torch.optim.SGD"], ["--lr_scheduler", "torch.optim.Adam"]])
+def test_lightning_cli_optimizer_options_are_refused(tmp_path, capsys, option):
+    """LightningCLI's own --optimizer replaced LitLM's optimizer, parameter groups and LR schedule with one log
+    line, and its --lr_scheduler was ignored: the options are not offered."""
+    config = tiny_config(tmp_path, "optimizer", max_steps=2)
+    with pytest.raises(SystemExit) as stopped:
+        fit(tmp_path, config, extra=option)
+    assert stopped.value.code == exits.EXIT_USAGE
+    assert f"unrecognized arguments: {option[0]}" in capsys.readouterr().err
+
+
 def test_context_length_is_configured_once(tmp_path, capsys):
     config = tiny_config(tmp_path, "twice", max_steps=2)
     with pytest.raises(SystemExit):
@@ -72,7 +87,7 @@ def test_cuda_only_backend_fails_before_any_data_or_model_work(tmp_path, monkeyp
     with pytest.raises(ValueError, match="attention='lighthouse' runs Triton kernels, which need a CUDA GPU"):
         fit(tmp_path, config)
     assert not (tmp_path / "data").exists()  # nothing tokenized, nothing built
-    config = tiny_config(tmp_path, "cuda", max_steps=2)
+    config = tiny_config(tmp_path, "cuda", max_steps=2, switch_step=1)
     config["stage"]["stage2_backend"] = "lighthouse"
     with pytest.raises(ValueError, match="stage.stage2_backend='lighthouse' runs Triton kernels"):
         fit(tmp_path, config)

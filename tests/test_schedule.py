@@ -142,3 +142,24 @@ def test_recovery_config_refuses_to_start_from_scratch(tmp_path):
     ):
         fit(tmp_path, config, ckpt_path="last")
     assert not logged_scalars(tmp_path / "logs" / "recover", "train/loss")
+
+
+def stage_settings_unused_at(max_steps: int, **settings) -> list[str]:
+    switch = StageSwitch(**settings)
+    switch.phases = resolve_phases(switch.schedule, switch.switch_step, "lighthouse_naive", switch.stage2_backend)
+    return switch.unused_settings(max_steps)
+
+
+def test_stage_settings_this_launch_cannot_use_are_named_at_its_start():
+    """A switch past max_steps, a re-warm-up with one phase, a stage2_backend without switch_step: each was
+    accepted and did nothing, silently (a later launch may raise max_steps, so these are notes, not errors)."""
+    (late,) = stage_settings_unused_at(5, switch_step=100)
+    assert "phase from step 100 (attention sdpa) starts at or after trainer.max_steps=5" in late
+    assert stage_settings_unused_at(100, switch_step=100) != [] and stage_settings_unused_at(101, switch_step=100) == []
+    assert len(stage_settings_unused_at(5, schedule=THREE)) == 1  # phase 3 (step 6) only
+    (rewarmup,) = stage_settings_unused_at(10, rewarmup_steps=50)
+    assert "stage.rewarmup_steps=50 does nothing: the run has one phase" in rewarmup
+    assert stage_settings_unused_at(10, switch_step=5, rewarmup_steps=50) == []
+    (backend,) = stage_settings_unused_at(10, stage2_backend="lighthouse_naive")
+    assert "stage.stage2_backend='lighthouse_naive' does nothing without stage.switch_step" in backend
+    assert stage_settings_unused_at(-1, switch_step=100) == []  # no max_steps: every phase can be reached

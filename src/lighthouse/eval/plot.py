@@ -9,6 +9,7 @@ also be a folder of runs (``logs/demo``): all its runs are drawn. Needs matplotl
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -231,7 +232,9 @@ def missing(run: Run) -> list[str]:
 
 
 def plot_runs(paths: list[str | Path], out: str | Path | None = None, labels: list[str] | None = None) -> list[Path]:
-    """Draw the runs at ``paths`` into ``out`` (default: ``<run>/plots`` for one run, ``plots`` for several).
+    """Draw the runs at ``paths`` into ``out`` (default: ``plots`` in the innermost folder holding every run: the
+    run's own for one run, ``logs/demo/plots`` for the runs of logs/demo; never the working directory, which
+    may not be the project's).
 
     A run that has not logged everything yet (no validation so far, an empty or cut-off events file) is drawn
     with what it has, and what is missing is printed to stderr.
@@ -254,10 +257,9 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None, labels: li
     labels = labels or [run.label for run in runs]
     if len(labels) != len(runs):
         raise ValueError(f"--labels={labels} is invalid: it gives {len(labels)} names for {len(runs)} runs")
-    flag = "--out" if out is not None else "--out (default: RUN/plots)"
-    out = output_folder(
-        flag, str(out) if out is not None else str(run_dirs[0] / "plots" if len(runs) == 1 else "plots")
-    )
+    flag = "--out" if out is not None else "--out (default: plots in the folder holding the runs)"
+    common = Path(os.path.commonpath([os.path.abspath(run) for run in run_dirs]))
+    out = output_folder(flag, str(out) if out is not None else str(common / "plots"))
     for run, label in zip(runs, labels, strict=True):
         for gap in missing(run):
             print(f"note: {label}: {gap}", file=sys.stderr)
@@ -269,7 +271,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m lighthouse.eval.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="+", help="run directories, or folders of them (e.g. logs/demo)")
-    parser.add_argument("--out", help="folder for the PNGs (default: RUN_DIR/plots for one run, else ./plots)")
+    parser.add_argument(
+        "--out", help="folder for the PNGs (default: plots in the innermost folder that holds every run given)"
+    )
     parser.add_argument("--labels", nargs="+", help="legend names, one per run (default: <name>/<version>)")
     args = parser.parse_args(argv)
     for path in plot_runs(args.runs, args.out, args.labels):

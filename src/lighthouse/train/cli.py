@@ -21,6 +21,8 @@ from lighthouse.train.preflight import (
     NotWritable,
     check_backend_runs_here,
     check_context_parallel,
+    check_optimizer_args,
+    check_run_has_an_end,
     check_trainer_args,
     check_writable,
 )
@@ -122,6 +124,9 @@ class LighthouseCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_args(config["trainer"])
+        if self.subcommand == "fit":
+            check_run_has_an_end(config["trainer"])
+        check_optimizer_args(config["model"])
         refuse_grouped_callbacks(config["trainer"])
         check_backend_runs_here(config)
         check_override_names(override_names(config.get("resume_overrides")))
@@ -214,6 +219,9 @@ def main(args: list[str] | None = None) -> LighthouseCLI:
         LitLM,
         LMDataModule,
         save_config_callback=KeepEveryConfig,
+        # The optimizer, its parameter groups and the LR schedule are LitLM's (model.optimizer, model.lr_schedule):
+        # LightningCLI's own top-level --optimizer / --lr_scheduler would replace or skip them without a word.
+        auto_configure_optimizers=False,
         args=args,
     )
 

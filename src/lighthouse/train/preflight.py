@@ -3,6 +3,7 @@ training with an unrelated error (``val_check_interval: 0`` was a ZeroDivisionEr
 
 from __future__ import annotations
 
+import math
 import os
 from numbers import Real
 
@@ -73,6 +74,47 @@ def check_trainer_args(trainer) -> None:
         fail("gradient_clip_algorithm", "'norm', 'value' or null")
 
 
+def check_run_has_an_end(trainer) -> None:
+    """``fit`` must end somewhere: with trainer.max_steps -1 and neither max_epochs nor max_time, Lightning would run
+    1000 epochs of a streamed corpus, and the LR schedule would have no last step to anneal to (a launch without
+    --config did that: the default 268M-parameter model, ``step 1/?``, until memory ran out)."""
+    endless_epochs = trainer.get("max_epochs") is None or trainer.get("max_epochs") == -1
+    if trainer.get("max_steps") == -1 and endless_epochs and trainer.get("max_time") is None:
+        raise ValueError(
+            "trainer.max_steps=-1 (no limit) is invalid for fit without trainer.max_epochs or trainer.max_time: "
+            "the run would never end. Set trainer.max_steps to an integer >= 1 (the LR schedule anneals to it), "
+            "e.g. with --config configs/demo.yaml"
+        )
+
+
+# What a torch optimizer's usual arguments must be; torch refuses the same values only once the model exists.
+OPTIMIZER_ARGS = {
+    "lr": (lambda v: 0.0 < v < math.inf, "a finite number > 0"),
+    "weight_decay": (lambda v: 0.0 <= v < math.inf, "a finite number >= 0"),
+    "eps": (lambda v: 0.0 < v < math.inf, "a finite number > 0"),
+    "momentum": (lambda v: 0.0 <= v < math.inf, "a finite number >= 0"),
+}
+
+
+def check_optimizer_args(model) -> None:
+    """Raise ValueError naming model.optimizer.init_args.<name>, its value and the valid range."""
+    optimizer = model.get("optimizer") if hasattr(model, "get") else None
+    init_args = optimizer.get("init_args") if hasattr(optimizer, "get") else None
+    if not init_args:
+        return
+    for name, (valid, text) in OPTIMIZER_ARGS.items():
+        value = init_args.get(name)
+        if value is not None and not (_is_number(value) and valid(value)):
+            raise ValueError(f"model.optimizer.init_args.{name}={value!r} is invalid: it must be {text}")
+    betas = init_args.get("betas")
+    if isinstance(betas, tuple):  # as the config wrote it
+        betas = list(betas)
+    if betas is not None and not (
+        isinstance(betas, list) and len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)
+    ):
+        raise ValueError(f"model.optimizer.init_args.betas={betas!r} is invalid: it must be two numbers in [0, 1)")
+
+
 def _stage_backends(config) -> list[tuple[str, str]]:
     """(flag, backend) of every attention a StageSwitch may switch to: in trainer.callbacks, or the ``stage``
     group (its stage2_backend and every phase of its schedule)."""
@@ -83,7 +125,8 @@ def _stage_backends(config) -> list[tuple[str, str]]:
             found.append(("StageSwitch.stage2_backend", (callback.get("init_args") or {}).get("stage2_backend")))
     stage = config.get("stage") if hasattr(config, "get") else None
     if stage is not None and hasattr(stage, "get"):
-        found.append(("stage.stage2_backend", stage.get("stage2_backend")))
+        if stage.get("switch_step") is not None:  # stage2_backend is read by the switch_step form only
+            found.append(("stage.stage2_backend", stage.get("stage2_backend")))
         for i, phase in enumerate(stage.get("schedule") or []):
             attention = phase.get("attention") if hasattr(phase, "get") else getattr(phase, "attention", None)
             found.append((f"stage.schedule[{i}].attention", attention))

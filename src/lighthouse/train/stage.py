@@ -120,6 +120,26 @@ class StageSwitch(Callback):
                 except ValueError as error:
                     raise ValueError(f"stage.schedule[{i}] (attention {phase.attention}): {error}") from None
         pl_module.lr_clock = self.lr_position
+        if stage == "fit":
+            for note in self.unused_settings(trainer.max_steps):
+                rank_zero_info(note)
+
+    def unused_settings(self, max_steps: int | None) -> list[str]:
+        """What this launch's stage settings will not do, said once at the start instead of left to be found in
+        the curves: a phase past max_steps (fine when a later launch raises max_steps, so a notice, not an error),
+        a re-warm-up with no change of phase, a stage2_backend with no switch_step to use it."""
+        notes = []
+        unreached = [p for p in self.phases[1:] if max_steps is not None and 0 < max_steps <= p.start]
+        for phase in unreached:
+            notes.append(
+                f"note: the phase from step {phase.start} (attention {phase.attention}) starts at or after "
+                f"trainer.max_steps={max_steps}: this launch ends before it"
+            )
+        if self.rewarmup_steps and len(self.phases) == 1:
+            notes.append(f"note: stage.rewarmup_steps={self.rewarmup_steps} does nothing: the run has one phase")
+        if self.switch_step is None and self.schedule is None and self.stage2_backend != "sdpa":
+            notes.append(f"note: stage.stage2_backend={self.stage2_backend!r} does nothing without stage.switch_step")
+        return notes
 
     def lr_position(self, step: int, schedule_steps: int, end_step: int | None) -> float:
         if self.phases is None or end_step is None or end_step < 1:
