@@ -110,10 +110,12 @@ def test_the_width_records_give_the_deficits_and_break_evens_the_docs_quote():
         (128, 0): (0.177, 0.086, "> 4.5x"),
         (128, 1): (0.167, 0.063, "> 4.5x"),
     }
-    (longer,) = json.loads((RECORDS / "width32_s1200_seed0.json").read_text())["results"]
-    (row,) = tiny_breakeven.break_evens({"results": [longer]})
-    (arm,) = longer["arms"]
-    assert (longer["steps"], round(arm["gap"], 3), row.cell()) == (1200, 0.093, "> 4.5x")
-    assert [round(e["lh_minus_e"], 3) for e in arm["equal_time"]] == [0.053, 0.026]
+    # Width 32 over 1200 steps (seed 1: the sixteenth session): LH - D, then LH - E at 2.3x and 4.5x.
+    for seed, gap, lh_minus_e in ((0, 0.093, [0.053, 0.026]), (1, 0.095, [0.038, 0.003])):
+        (longer,) = json.loads((RECORDS / f"width32_s1200_seed{seed}.json").read_text())["results"]
+        (row,) = tiny_breakeven.break_evens({"results": [longer]})
+        (arm,) = longer["arms"]
+        assert (longer["steps"], longer["seed"], round(arm["gap"], 3), row.cell()) == (1200, seed, gap, "> 4.5x")
+        assert [round(e["lh_minus_e"], 3) for e in arm["equal_time"]] == lh_minus_e
     (half_lr,) = json.loads((RECORDS / "width128_lr1.5e-3_s600_seed0.json").read_text())["results"]
     assert (round(half_lr["D"], 4), round(half_lr["arms"][0]["gap"], 3)) == (1.5572, 0.198)
