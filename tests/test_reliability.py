@@ -42,6 +42,7 @@ BAD_SETTINGS = {
     "no-end": (["--trainer.max_steps", "-1"], r"trainer.max_steps=-1 \(no limit\) is invalid for fit"),
     "optimizer-lr": (["--model.optimizer.init_args.lr", "-1"], r"init_args.lr=-1.0 is invalid: it must be a finite"),
     "optimizer-betas": (["--model.optimizer.init_args.betas", "[0.9, 1.5]"], r"betas=\[0.9, 1.5\] is invalid"),
+    "flavor-decides-nothing": (["--model.arch.flavor", "small"], "model.arch.flavor='small' sets nothing here"),
 }
 
 

@@ -21,6 +21,7 @@ from lighthouse.train.preflight import (
     NotWritable,
     check_backend_runs_here,
     check_context_parallel,
+    check_flavor_decides_something,
     check_optimizer_args,
     check_run_has_an_end,
     check_trainer_args,
@@ -127,6 +128,7 @@ class LighthouseCLI(LightningCLI):
         if self.subcommand == "fit":
             check_run_has_an_end(config["trainer"])
         check_optimizer_args(config["model"])
+        check_flavor_decides_something(config["model"]["arch"])
         refuse_grouped_callbacks(config["trainer"])
         check_backend_runs_here(config)
         check_override_names(override_names(config.get("resume_overrides")))

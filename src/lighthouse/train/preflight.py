@@ -115,6 +115,21 @@ def check_optimizer_args(model) -> None:
         raise ValueError(f"model.optimizer.init_args.betas={betas!r} is invalid: it must be two numbers in [0, 1)")
 
 
+def check_flavor_decides_something(arch) -> None:
+    """A flavor fills the sizes a config leaves null; one whose every size is given explicitly changes nothing,
+    and ``--model.arch.flavor small`` on configs/demo.yaml trained the demo's model without a word."""
+    from lighthouse.model.config import FLAVORS
+
+    flavor = arch.get("flavor")
+    decided = FLAVORS.get(flavor, {})
+    if decided and all(arch.get(name) is not None for name in decided):
+        sizes = ", ".join(decided)
+        raise ValueError(
+            f"model.arch.flavor={flavor!r} sets nothing here: the config gives every size it decides ({sizes}). "
+            f"Set those to null to take the flavor's (e.g. --model.arch.dim null), or leave the flavor out"
+        )
+
+
 def _stage_backends(config) -> list[tuple[str, str]]:
     """(flag, backend) of every attention a StageSwitch may switch to: in trainer.callbacks, or the ``stage``
     group (its stage2_backend and every phase of its schedule)."""
