@@ -2,11 +2,12 @@
 jsonargparse's usage dump of over a hundred lines with the error at the end; nothing is written."""
 
 import subprocess
+import sys
 
 import pytest
 from training_helpers import REPO, cli_subprocess_args, tiny_config
 
-from lighthouse.train.arg_errors import close_match
+from lighthouse.train.arg_errors import close_match, describe
 from lighthouse.train.cli import main
 
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -70,3 +71,81 @@ def test_train_py_config_typo_exits_2_and_writes_nothing(tmp_path):
     assert lines[0] == "error: unrecognized arguments: --model.arch.n_layr 3", lines
     assert "did you mean model.arch.n_layers?" in lines[1] and len(lines) <= 4
     assert not (tmp_path / "logs").exists()
+
+
+# A key inside a nested setting (a dataclass, a class's init_args, a list item) or a value outside a Union of
+# Literals failed as jsonargparse's ~10-line dump of every Union subtype it tried; each is one line now.
+NESTED_CASES = {
+    "dataclass-flag": (
+        ["--model.arch.lighthouse.topkk", "128"],
+        "model.arch.lighthouse.topkk is not an option; did you mean model.arch.lighthouse.topk?",
+    ),
+    "init-args-flag": (
+        ["--model.optimizer.init_args.lrr", "0.1"],
+        "model.optimizer.init_args.lrr is not an option; did you mean model.optimizer.init_args.lr?",
+    ),
+    "logger-init-args": (
+        ["--trainer.logger.init_args.nme", "x"],
+        "trainer.logger.init_args.nme is not an option; did you mean trainer.logger.init_args.name?",
+    ),
+    "no-close-match": (
+        ["--model.arch.lighthouse.zzz", "1"],
+        "model.arch.lighthouse.zzz is not an option (options of model.arch.lighthouse: levels, pooling_factor, "
+        "topk, selection, scorer, dilation, causal)",
+    ),
+    "yaml-flow-without-space": (
+        ["--stage.schedule", "[{start:0,attention:sdpa}]"],
+        "stage.schedule[0].start:0 is not an option: YAML reads 'start:0' as one key: write 'start: 0', with a "
+        "space after the colon (options of stage.schedule[0]: start, attention, rescale_lr)",
+    ),
+}
+
+
+@pytest.mark.parametrize("args,line", NESTED_CASES.values(), ids=NESTED_CASES.keys())
+def test_a_nested_mistake_is_one_line_with_its_full_key(capsys, args, line):
+    lines = parse_error(capsys, *args)
+    assert lines[0] == f"error: {line}"
+    assert len(lines) == 2 and "fit --help" in lines[1], lines
+
+
+def test_a_nested_config_file_typo_suggests_the_field_it_cuts_short(tmp_path, capsys):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  arch:\n    lighthouse: {pooling: 4}\n")
+    lines = parse_error(capsys, "--config", str(typo))
+    assert lines[0] == (
+        "error: model.arch.lighthouse.pooling is not an option; did you mean model.arch.lighthouse.pooling_factor?"
+    )
+    assert len(lines) == 2
+
+
+@pytest.mark.parametrize("value", ["7", "bf17"])
+def test_a_value_outside_the_choices_lists_them(capsys, value):
+    lines = parse_error(capsys, "--trainer.precision", value)
+    assert lines[0] == (
+        f"error: trainer.precision={value} is invalid: valid values are 64, 32, 16, transformer-engine, "
+        "transformer-engine-float16, 16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, bf16, null"
+    )
+    assert len(lines) == 2
+
+
+def test_an_unquoted_corpus_glob_expanded_by_the_shell_says_to_quote_it(tmp_path, capsys, monkeypatch):
+    files = [str(tmp_path / f"doc{i}.txt") for i in (1, 2, 3)]
+    # What the shell passes for `--data.corpus DIR/*.txt`: one argument per file (main() reads sys.argv).
+    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--config", DEMO, "--data.corpus", *files])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == f"error: unrecognized arguments: {files[1]} {files[2]}"
+    assert lines[1] == (
+        "  --data.corpus takes one path or glob, and the shell expanded an unquoted glob into 3 files: quote it, "
+        f"e.g. --data.corpus '{tmp_path}/*.txt'"
+    )
+    assert len(lines) == 3
+
+
+def test_extra_words_elsewhere_get_no_glob_hint():
+    message = "unrecognized arguments: b.txt"
+    assert "--data.corpus" not in describe(message, [], "train.py fit", argv=["--data.seq_len", "8", "b.txt"])
+    argv = ["--data.corpus", "a.txt", "--data.seq_len", "8", "b.txt"]
+    assert "--data.corpus" not in describe(message, [], "train.py fit", argv=argv)

@@ -114,6 +114,21 @@ def test_last_resolves_to_the_newest_checkpoint_that_verifies(tmp_path, caplog):
     assert f"Resuming from {good}, the newest checkpoint that verifies" in caplog.text
 
 
+def test_an_unreadable_newest_checkpoint_is_reported_as_skipped(tmp_path, caplog):
+    """Before, a last.ckpt damaged where torch cannot even read its step sorted after every readable file, and
+    `last` resumed the older step file without a word about it."""
+    good = save(tmp_path, "step000002.ckpt", 2)
+    flip_bit(save(tmp_path, "last.ckpt", 4), offset=0)  # the zip signature: no step to read
+    assert resolve_last([tmp_path]) == str(good)
+    assert "skipped last.ckpt: its sha256 is" in caplog.text
+    assert f"Resuming from {good}, the newest checkpoint that verifies" in caplog.text
+    # Without a checksum it is refused for what it is: not a checkpoint at all.
+    sidecar(tmp_path / "last.ckpt").unlink()
+    caplog.clear()
+    assert resolve_last([tmp_path]) == str(good)
+    assert "skipped last.ckpt: it does not load as a checkpoint" in caplog.text
+
+
 def test_last_without_checkpoints_starts_from_scratch_and_all_damaged_is_an_error(tmp_path):
     assert resolve_last([tmp_path / "missing"]) is None
     (tmp_path / "last.ckpt.tmp-123").write_bytes(b"torn")  # a torn save is not a checkpoint

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import warnings
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -145,6 +147,15 @@ def test_tokenizer_of_an_old_bpe_checkpoint_is_found_by_fingerprint(tmp_path):
     checkpoint["datamodule_hyper_parameters"]["data_dir"] = str(tmp_path / "elsewhere")
     with pytest.raises(ValueError, match="--tokenizer"):
         saved_tokenizer(checkpoint)
+
+
+@pytest.mark.parametrize("make,problem", [(lambda p: None, "no such file"), (Path.mkdir, "not a file")])
+def test_a_tokenizer_override_that_is_no_file_says_so(tmp_path, make, problem):
+    # generate.py --tokenizer /tmp/nope.json said only what a valid value looks like, not that the file is missing.
+    path = tmp_path / "tok.json"
+    make(path)
+    with pytest.raises(ValueError, match="^" + re.escape(f"--tokenizer='{path}': {problem} (valid: 'byte' or ")):
+        saved_tokenizer({}, override=str(path))
 
 
 def test_train_help_lists_only_working_subcommands(capsys):

@@ -55,6 +55,11 @@ def test_several_runs_are_drawn_into_the_folder_that_holds_them(run, tmp_path, m
     group = tmp_path / "logs" / "demo"
     for version in ("first", "second"):
         shutil.copytree(run, group / version, ignore=shutil.ignore_patterns("*.ckpt", "plots"))
+    # A validate launch of the first run's checkpoint keeps its event file inside that run: not a run of its own.
+    validation = group / "first" / "validate" / "2026-12-05_00-00-00"
+    validation.mkdir(parents=True)
+    shutil.copy(next(run.glob("events.out.tfevents.*")), validation)
+    assert find_runs(group) == [group / "first", group / "second"] and find_runs(validation) == [validation]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -2,6 +2,7 @@
 a failed launch takes back what it wrote, validate and export resolve `last`, Ctrl-C and kills lose nothing."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -120,6 +121,47 @@ def test_validate_last_validates_the_newest_checkpoint(trained, tmp_path):
     path.write_text(json.dumps(tiny_config(tmp_path, "run", version=None)))
     cli = main(["validate", "--config", str(path), "--ckpt_path", "last"])
     assert cli.trainer.ckpt_path == str(run / "checkpoints" / "last.ckpt")
+
+
+def test_fit_resumes_a_run_folder_and_refuses_best(trained, tmp_path, capsys, caplog, monkeypatch):
+    """Before, `--ckpt_path <run folder>` said the folder was no checkpoint of a run, made a new run folder, then
+    failed with "checkpoint file not found"; `best` ended in a raw Lightning error."""
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
+    caplog.set_level(logging.INFO)
+    run = copy_of(trained, tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    for tag, folder, max_steps in (("run", run, 5), ("checkpoints", run / "checkpoints", 6)):
+        config = tiny_config(tmp_path, "run", max_steps=max_steps, every_n=2, version=None)
+        cli = fit(tmp_path, config, ckpt_path=str(folder), tag=tag)
+        assert cli.trainer.ckpt_path == str(last) and cli.trainer.global_step == max_steps
+        assert f"--ckpt_path {folder}: loading {last}" in caplog.text
+    assert run_dirs(run.parent) == [run] and recorded_step(last) == 6
+    assert "ckpt_path: " + str(run) in (run / "config.1.yaml").read_text()  # what was asked for, not the file
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = tiny_config(tmp_path, "run", max_steps=8, every_n=2, version=None)
+    for arg, message in ((empty, f"--ckpt_path {empty}: no usable checkpoint in"), ("best", "--ckpt_path best: ")):
+        code = exits.run(lambda _, arg=arg: fit(tmp_path, config, ckpt_path=str(arg), tag="refused"))
+        err = capsys.readouterr().err
+        assert code == exits.EXIT_USAGE and message in err and "Traceback" not in err
+    assert run_dirs(run.parent) == [run]
+
+
+def test_validate_of_a_checkpoint_stays_with_its_run_and_prints_its_step(trained, tmp_path, capsys):
+    """Before, every validate made a new run folder without a checkpoint and printed "validation at step 0"."""
+    run = copy_of(trained, tmp_path)
+    config = tiny_config(tmp_path, "run", version=None)
+    config["trainer"]["enable_progress_bar"] = True
+    path = tmp_path / "validate.yaml"
+    path.write_text(json.dumps(config))
+    for arg, step in (("last", 4), (str(run / "checkpoints" / "step000002.ckpt"), 2), (str(run), 4)):
+        main(["validate", "--config", str(path), "--ckpt_path", arg])
+        assert f"validation at step {step} |" in capsys.readouterr().out
+    assert run_dirs(run.parent) == [run]
+    validations = run_dirs(run / "validate")
+    assert len(validations) == 3 and all((v / "config.yaml").exists() for v in validations)
+    assert sorted(logged_scalars(run, "val/loss")) == [2, 4]  # the run's curves are the training's alone
 
 
 def test_failed_launch_leaves_no_run_folder(trained, tmp_path, capsys, monkeypatch):

@@ -134,11 +134,11 @@ def test_bpe_keys_and_digits_are_one_token_each_whatever_the_merges():
 @pytest.mark.parametrize(
     "bad,message",
     [
-        (dict(recall_fraction=1.5), "recall_fraction=1.5 is invalid: must be a number in [0, 1]"),
+        (dict(recall_fraction=1.5), "data.recall_fraction=1.5 is invalid: must be a number in [0, 1]"),
         (dict(recall_fraction=-0.1), "recall_fraction=-0.1"),
         (dict(recall_pairs=0), "recall_pairs=0 is invalid: must be an integer in [1, 64]"),
         (dict(recall_pairs=65), "recall_pairs=65"),
-        (dict(recall_fraction=0.5, seq_len=100), "recall_pairs=8 is invalid with seq_len=100"),
+        (dict(recall_fraction=0.5, seq_len=100), "data.recall_pairs=8 is invalid with data.seq_len=100"),
         (dict(recall_fraction=0.5, seq_len=512, recall_pairs=8), "fill more than half"),
     ],
 )

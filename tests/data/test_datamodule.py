@@ -37,7 +37,7 @@ from lighthouse.data.datamodule import LMDataModule
     ids=lambda v: str(v),
 )
 def test_bad_arguments_name_the_field_and_the_range(field, value, tmp_path):
-    with pytest.raises(ValueError, match="^" + re.escape(f"{field}={value!r} is invalid: must be")):
+    with pytest.raises(ValueError, match="^" + re.escape(f"data.{field}={value!r} is invalid: must be")):
         LMDataModule(**{field: value}, data_dir=str(tmp_path))
 
 
@@ -53,8 +53,14 @@ def test_bad_corpus_paths(tmp_path):
         "hf:": "expected 'hf:NAME'",
     }
     for corpus, message in cases.items():
-        with pytest.raises(ValueError, match=re.escape(f"corpus='{corpus}'") + ".*" + re.escape(message)):
+        with pytest.raises(ValueError, match="^" + re.escape(f"data.corpus='{corpus}'") + ".*" + re.escape(message)):
             LMDataModule(corpus=corpus, data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("spec", ["bpe:10", "wordpiece", "missing.json"])
+def test_a_bad_tokenizer_is_named_by_its_cli_key(spec, tmp_path):
+    with pytest.raises(ValueError, match="^" + re.escape(f"data.tokenizer='{spec}': ")):
+        LMDataModule(tokenizer=spec, data_dir=str(tmp_path))
 
 
 def test_vocab_and_eos_are_known_at_init(tmp_path):

@@ -155,9 +155,19 @@ def candidates(folder: str | Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.name.endswith(CHECKPOINT_SUFFIX)), key=_order)
 
 
+def _refusal(path: Path, step: int | None) -> Verdict | None:
+    """Why ``path`` (recording ``step``) cannot be resumed from, or None when it can."""
+    verdict = verify(path)
+    if not verdict.usable:
+        return verdict
+    if step is None and not path.is_dir():
+        return Verdict("damaged", "it does not load as a checkpoint (no global step)")
+    return None
+
+
 def _pick(paths: list[Path]) -> tuple[Path | None, list[tuple[Path, Verdict]]]:
     """The first usable checkpoint of ``paths`` (in ``candidates`` order) with a verified one preferred over an
-    unverified one of the same step; and the damaged ones met before it."""
+    unverified one of the same step; and the refused ones that are, or may be, newer than it."""
     skipped: list[tuple[Path, Verdict]] = []
     paths = sorted(paths, key=_order)
     i = 0
@@ -167,14 +177,16 @@ def _pick(paths: list[Path]) -> tuple[Path | None, list[tuple[Path, Verdict]]]:
         i += len(same)
         usable = []
         for path in same:
-            verdict = verify(path)
-            if not verdict.usable:
-                skipped.append((path, verdict))
-            elif step is None and not path.is_dir():
-                skipped.append((path, Verdict("damaged", "it does not load as a checkpoint (no global step)")))
+            refusal = _refusal(path, step)
+            if refusal is not None:
+                skipped.append((path, refusal))
             else:
-                usable.append((verdict.status != "ok", path))
+                usable.append((verify(path).status != "ok", path))
         if usable:
+            # A file whose step cannot be read sorts after every readable one, yet it may well be the newest (a
+            # damaged last.ckpt is the usual case): it is reported as skipped, not passed over in silence.
+            unreadable = [p for p in paths[i:] if recorded_step(p) is None and not p.is_dir()]
+            skipped += [(p, _refusal(p, None)) for p in unreadable]
             return min(usable, key=lambda u: u[0])[1], skipped  # min is stable: candidates order among equals
     return None, skipped
 

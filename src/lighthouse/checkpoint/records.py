@@ -70,7 +70,9 @@ def saved_tokenizer(checkpoint: dict, override: str | None = None) -> TextTokeni
     data_hparams = checkpoint.get("datamodule_hyper_parameters", {})
     if override is not None:
         if override != "byte" and not Path(override).is_file():
-            raise ValueError(f"--tokenizer={override!r} is invalid: it must be 'byte' or a tokenizer .json file")
+            # A mistyped path is the usual case: say so first, rather than only what a valid value looks like.
+            problem = "no such file" if not Path(override).exists() else "not a file"
+            raise ValueError(f"--tokenizer={override!r}: {problem} (valid: 'byte' or the path of a tokenizer .json)")
         with about("--tokenizer", override):
             tok = byte_tokenizer() if override == "byte" else TextTokenizer.from_file(override)
         if fingerprint is not None and tok.fingerprint != fingerprint:

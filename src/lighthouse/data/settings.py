@@ -9,7 +9,8 @@ with the field's name, its value and the valid range.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from functools import cache
 from typing import Annotated, Any, get_type_hints
@@ -73,10 +74,10 @@ class DataSettings:
     corpus: Annotated[str, NAME] = "stdlib"
     """'stdlib' (this Python's standard library sources, offline everywhere), 'python' (the standard library plus
     every site-packages/dist-packages folder of this interpreter; the manifest names each package and version),
-    a directory, file or glob of
-    .txt/.jsonl/.parquet files (.txt and .jsonl may be .gz/.zst/.bz2/.xz), or 'hf:NAME[:CONFIG[:SPLIT]]' to stream
-    a Hugging Face dataset (needs `datasets`). Directory symlinks are not followed; FIFOs, sockets, devices and
-    broken or looping links are skipped and counted."""
+    a directory, file or glob of .txt/.jsonl/.parquet files (.txt and .jsonl may be .gz/.zst/.bz2/.xz), or
+    'hf:NAME[:CONFIG[:SPLIT]]' to stream a Hugging Face dataset (needs `datasets`). Quote a glob on the command
+    line (--data.corpus 'texts/*.txt'), or the shell expands it into one argument per file. Directory symlinks
+    are not followed; FIFOs, sockets, devices and broken or looping links are skipped and counted."""
     tokenizer: Annotated[str | None, TEXT] = None
     """'byte' (256 bytes + EOS), 'bpe:N' (byte-level BPE of N tokens trained on the train split, saved under
     data_dir/tokenizers), the path of a tokenizers .json file, or 'hf:DIR' (DIR/tokenizer.json of a Hugging Face
@@ -135,23 +136,43 @@ class DataSettings:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first invalid field, its value and the valid range."""
+        """Raise ValueError naming the first invalid field by its CLI key (``data.seq_len``), its value and the
+        valid range."""
         for name, rules in _rules(type(self)).items():
             value = getattr(self, name)
             for rule in rules:
                 if not rule.holds(value):
-                    raise ValueError(f"{name}={value!r} is invalid: {rule.text}")
+                    raise ValueError(f"{cli_key(name)}={value!r} is invalid: {rule.text}")
         if self.recall_fraction > 0 and (why := check_room(self.seq_len, self.recall_pairs)):
             raise ValueError(
-                f"recall_pairs={self.recall_pairs} is invalid with seq_len={self.seq_len} "
-                f"(recall_fraction={self.recall_fraction}): {why}; lower recall_pairs or raise seq_len"
+                f"{cli_key('recall_pairs')}={self.recall_pairs} is invalid with {cli_key('seq_len')}={self.seq_len} "
+                f"({cli_key('recall_fraction')}={self.recall_fraction}): {why}; lower recall_pairs or raise seq_len"
             )
-        check_corpus_arg(self.corpus)  # a missing path, an empty directory or a bad 'hf:' spec fails here
-        self.tokenizer_spec()
+        with named_by_cli_key("corpus", self.corpus):  # a missing path, an empty directory or a bad 'hf:' spec
+            check_corpus_arg(self.corpus)
+        with named_by_cli_key("tokenizer", self.tokenizer):
+            self.tokenizer_spec()
 
     def tokenizer_spec(self) -> TokenizerSpec:
         """The parsed ``tokenizer`` setting: vocab_size and eos_id, known before any data is read."""
         return parse_tokenizer_spec(self.tokenizer)
+
+
+def cli_key(field: str) -> str:
+    """The flag a field is set by: the CLI's data module group is ``data`` (LightningCLI names it so)."""
+    return f"data.{field}"
+
+
+@contextmanager
+def named_by_cli_key(field: str, value: Any) -> Iterator[None]:
+    """Re-raise a check's ValueError under the field's CLI key: the corpus and tokenizer checks live in modules
+    that also serve other callers, and name the bare field (``corpus='x': ...``) or none at all."""
+    try:
+        yield
+    except ValueError as err:
+        text = str(err)
+        named = text.startswith(f"{field}=")
+        raise ValueError(cli_key(field) + (text[len(field) :] if named else f"={value!r}: {text}")) from err
 
 
 @cache

@@ -21,6 +21,9 @@ import yaml
 
 from lighthouse.eval.positions import bucket_start
 
+# The folder inside a run that holds its `validate` launches (lighthouse.train.run_dir puts them there).
+VALIDATIONS = "validate"
+
 EVENTS_GLOB = "events.out.tfevents.*"
 TEXT_SUFFIX = "/text_summary"  # TensorBoard stores add_text(tag) under this tag
 STEPS_NOTE_TAG = "steps"  # the note that marks an event file logged with step N = after N optimizer steps
@@ -172,8 +175,11 @@ def _read_throughput(file: Path) -> list[dict]:
 
 
 def find_runs(path: str | Path) -> list[Path]:
-    """Run directories at or under ``path``: the folders holding event files, oldest first by name."""
+    """Run directories at or under ``path``: the folders holding event files, oldest first by name. The folders
+    of ``validate`` launches inside a run (``<run>/validate/<start time>/``) are not runs of their own: they are
+    found only when ``path`` is one of them or lies inside one."""
     path = Path(path)
     if any(path.glob(EVENTS_GLOB)):
         return [path]
-    return sorted({events.parent for events in path.rglob(EVENTS_GLOB)})
+    found = {events.parent for events in path.rglob(EVENTS_GLOB)}
+    return sorted(run for run in found if VALIDATIONS not in run.relative_to(path).parts)

@@ -3,10 +3,16 @@ where to find the valid options, instead of jsonargparse's usage dump (over a hu
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import difflib
+import importlib
+import inspect
 import re
+import shlex
 import sys
 from collections.abc import Iterable
+from pathlib import PurePath
 
 # How jsonargparse and argparse name an unknown key: a config file's key, or a flag on the command line.
 _UNKNOWN_KEY = (
@@ -14,6 +20,17 @@ _UNKNOWN_KEY = (
     re.compile(r"unrecognized arguments: --([\w.\-]+)"),
     re.compile(r"Key '([\w.\-]+)' is not expected"),
 )
+
+# A setting whose value is a class, a dataclass or a Union of Literals (model.arch.lighthouse, model.optimizer,
+# stage.schedule, trainer.precision) fails as 'Parser key "X":' followed by every Union subtype jsonargparse
+# tried; the one line that matters is buried in it. These read that dump.
+_PARSER_KEY = re.compile(r'Parser key "([\w.\-]+)":')
+_NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
+_CLASS_PATH = re.compile(r"class_path[= ]'([\w.]+)'")  # "given class_path 'X'" and "Namespace(class_path='X'"
+_SUBTYPES = re.compile(r"^\s*Subtypes: \[(.*)\]$", re.M)
+_GIVEN_VALUE = re.compile(r"^\s*Given value: (.*)$", re.M)
+_LITERAL = re.compile(r"typing\.Literal\[([^\]]*)\]")
+_NONE_TYPE = "<class 'NoneType'>"
 
 
 def unknown_key(message: str) -> str | None:
@@ -37,6 +54,148 @@ def close_match(key: str, known: Iterable[str]) -> str | None:
     return None
 
 
+def close_options(option: str, options: Iterable[str]) -> list[str]:
+    """The options of one class that ``option`` most likely meant, best first. Short names are compared (full
+    keys share a long prefix that makes any two look alike), and a name the typo begins is kept too: ``pooling``
+    is ``pooling_factor`` cut short, which difflib alone scores too low to suggest."""
+    options = list(options)
+    found = difflib.get_close_matches(option, options, n=3, cutoff=0.6)
+    return found + [o for o in options if o.startswith(option) and o not in found][: 3 - len(found)]
+
+
+def _imported(class_path: str) -> type | None:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def class_options(class_path: str, callable_type: bool) -> list[str]:
+    """The keyword arguments jsonargparse accepts for ``class_path``, or [] when the class cannot be read.
+
+    For a callable type (model.optimizer is ``Callable[[Iterable], Optimizer]``) the first argument is the one the
+    code passes (the parameters), not an option."""
+    cls = _imported(class_path)
+    try:
+        params = list(inspect.signature(cls).parameters.values()) if cls is not None else []
+    except (ValueError, TypeError):  # a builtin or extension class without a readable signature
+        return []
+    params = params[1:] if callable_type else params
+    return [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _given_value(dump: str):
+    """The value the dump says it was given (the last 'Given value:' line is the setting's own), as Python."""
+    values = _GIVEN_VALUE.findall(dump)
+    try:
+        return ast.literal_eval(values[-1]) if values else None
+    except (ValueError, SyntaxError):
+        return values[-1]
+
+
+def option_owner(setting: str, dump: str, option: str) -> str:
+    """The dotted key the unknown ``option`` was given under: ``model.arch.lighthouse`` (a dataclass's fields sit
+    directly under it), ``model.optimizer.init_args`` (any other class takes its arguments there), or
+    ``stage.schedule[0]`` (the list item that holds it)."""
+    given = _given_value(dump)
+    if isinstance(given, list):
+        index = next((i for i, item in enumerate(given) if isinstance(item, dict) and option in item), None)
+        return f"{setting}[{'' if index is None else index}]"
+    found = _CLASS_PATH.search(dump)
+    cls = _imported(found.group(1)) if found else None
+    return setting if cls is None or dataclasses.is_dataclass(cls) else f"{setting}.init_args"
+
+
+def yaml_spacing_hint(option: str) -> str:
+    # YAML's flow mapping needs a space after the colon: {start:0} is the single key 'start:0' with no value.
+    name, _, value = option.partition(":")
+    return f"YAML reads '{option}' as one key: write '{name}: {value}', with a space after the colon"
+
+
+def unknown_nested_option(setting: str, dump: str) -> str | None:
+    """One line for an unknown key inside a nested setting: its full dotted key and the close matches, or the
+    YAML spacing mistake behind it."""
+    found = _NOT_ACCEPTED.search(dump)
+    if not found:
+        return None
+    option = found.group(1)
+    owner = option_owner(setting, dump, option)
+    class_path = _CLASS_PATH.search(dump)
+    callable_type = "expects a function or a callable class" in dump
+    options = class_options(class_path.group(1), callable_type) if class_path else []
+    line = f"{owner}.{option} is not an option"
+    listed = f" (options of {owner}: {', '.join(options)})" if options else ""
+    if ":" in option:
+        return f"{line}: {yaml_spacing_hint(option)}{listed}"
+    matches = close_options(option, options)
+    if matches:
+        return f"{line}; did you mean {' or '.join(f'{owner}.{m}' for m in matches)}?"
+    return line + listed
+
+
+def _subtypes(dump: str) -> list[str]:
+    found = _SUBTYPES.search(dump)
+    return re.split(r",\s*(?=typing\.|<class |\w+\[)", found.group(1)) if found else []
+
+
+def literal_choices(dump: str) -> list[str] | None:
+    """The accepted values of a setting typed as a Union of Literals (and None), in the order the type lists them,
+    or None for any other type."""
+    subtypes = _subtypes(dump)
+    if not subtypes or not all(_LITERAL.fullmatch(s) or s == _NONE_TYPE for s in subtypes):
+        return None
+    choices: list[str] = []
+    for subtype in subtypes:
+        try:
+            values = ast.literal_eval(f"[{_LITERAL.fullmatch(subtype).group(1)}]") if subtype != _NONE_TYPE else [None]
+        except (ValueError, SyntaxError):  # a Literal of enum members or other objects: the dump is all there is
+            return None
+        choices += [str(v) if v is not None else "null" for v in values]
+    return list(dict.fromkeys(choices))  # trainer.precision lists 16 and '16': a command line shows both as 16
+
+
+def invalid_choice(setting: str, dump: str) -> str | None:
+    choices = literal_choices(dump)
+    if choices is None:
+        return None
+    given = _GIVEN_VALUE.findall(dump)
+    value = given[-1] if given else "?"
+    return f"{setting}={value} is invalid: valid values are {', '.join(choices)}"
+
+
+def nested_problem(message: str) -> str | None:
+    """One line for the Union dumps of a nested setting, or None where the message is another kind."""
+    found = _PARSER_KEY.match(message)
+    if not found:
+        return None
+    return unknown_nested_option(found.group(1), message) or invalid_choice(found.group(1), message)
+
+
+def shell_expanded_glob_hint(first_line: str, argv: list[str]) -> str | None:
+    """A hint when the extra arguments follow ``--data.corpus``'s value: the shell expanded an unquoted glob into
+    one argument per file, and only the first reached data.corpus."""
+    found = re.match(r"unrecognized arguments: (.+)", first_line)
+    if not found or found.group(1).startswith("-"):
+        return None
+    extras = found.group(1)
+    for i, arg in enumerate(argv[:-2]):
+        if arg == "--data.corpus" and " ".join(argv[i + 2 :]).startswith(extras):
+            files = [PurePath(argv[i + 1]), *map(PurePath, extras.split())]
+            return (
+                f"  --data.corpus takes one path or glob, and the shell expanded an unquoted glob into "
+                f"{len(files)} files: quote it, e.g. --data.corpus {shlex.quote(_glob_for(files))}"
+            )
+    return None
+
+
+def _glob_for(files: list[PurePath]) -> str:
+    """A glob that matches ``files``: their folder and, when they share it, their suffix (doc1.txt -> '*.txt')."""
+    suffixes = {f.suffix for f in files}
+    folder = files[0].parent if len({f.parent for f in files}) == 1 else PurePath("DIR")
+    return str(folder / f"*{suffixes.pop() if len(suffixes) == 1 else ''}")
+
+
 # configs/ lives in the repository, not in the installed package (pip install . copies only src/lighthouse).
 MISSING_CONFIG_HINT = (
     "  the shipped configs (configs/demo.yaml, ...) come with a clone of the repository, not with the installed "
@@ -44,21 +203,29 @@ MISSING_CONFIG_HINT = (
 )
 
 
-def describe(message: str, known: Iterable[str], prog: str) -> str:
-    """The text to print for a parse error ``message``: its first line, a suggestion, the details, the help hint."""
+def describe(message: str, known: Iterable[str], prog: str, argv: list[str] | None = None) -> str:
+    """The text to print for a parse error ``message``: its first line, a suggestion, the details, the help hint.
+    ``argv`` is the command line (default: this process's), read only to recognise a glob the shell expanded."""
+    help_hint = f"(`{prog} --help` lists every option with its documentation)"
+    problem = nested_problem(str(message).strip())
+    if problem:
+        return f"error: {problem}\n{help_hint}"
     first, _, details = str(message).strip().partition("\n")
     lines = [f"error: {first}"]
     key = unknown_key(first)
     match = close_match(key, known) if key else None
     if match:
         lines.append(f"  did you mean {match}?")
+    glob_hint = shell_expanded_glob_hint(first, sys.argv[1:] if argv is None else argv)
+    if glob_hint:
+        lines.append(glob_hint)
     if first.startswith('Parser key "config": File does not exist'):
         lines.append(MISSING_CONFIG_HINT)
     if details.strip():
         lines.append(details.rstrip())
-    lines.append(f"(`{prog} --help` lists every option with its documentation)")
+    lines.append(help_hint)
     return "\n".join(lines)
 
 
-def report(message: str, known: Iterable[str], prog: str) -> None:
-    print(describe(message, known, prog), file=sys.stderr, flush=True)
+def report(message: str, known: Iterable[str], prog: str, argv: list[str] | None = None) -> None:
+    print(describe(message, known, prog, argv), file=sys.stderr, flush=True)

@@ -113,7 +113,7 @@ class LighthouseCLI(LightningCLI):
             known = {opt[2:] for p in self._parsers for a in p._actions for opt in a.option_strings if opt[:2] == "--"}
             given = sys.argv[1:] if args is None else [str(a) for a in args] if isinstance(args, list) else []
             command = [parser.prog.replace(" [options]", ""), *[a for a in given[:1] if a in self.subcommands()]]
-            arg_errors.report(str(err), known, " ".join(command))
+            arg_errors.report(str(err), known, " ".join(command), given)
             raise SystemExit(exits.EXIT_USAGE) from None
 
     @staticmethod

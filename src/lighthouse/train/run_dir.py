@@ -4,7 +4,8 @@ A run directory holds everything a launch writes: TensorBoard events, ``config.y
 later launches), ``throughput.jsonl``, ``data_manifest.json`` and ``checkpoints/``. ``root`` is
 ``trainer.default_root_dir`` ('logs' unless set), ``name`` the logger's run name; a run without a logger lives in
 ``<root>/<version>/``. The version is the launch's start time; a launch that resumes a checkpoint of a run of the
-same name continues that run's folder, so both stages of the two-job recipe form one set of curves. W&B and MLflow
+same name continues that run's folder, so both stages of the two-job recipe form one set of curves, and a
+``validate`` of such a checkpoint goes into ``<run>/validate/<start time>/`` (see ``choose_version``). W&B and MLflow
 loggers are pointed at the same folder (run_loggers.py).
 
 A launch holds its run folder (``run_lock``) from the moment it is chosen until the process ends, and a launch that
@@ -29,6 +30,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lighthouse.checkpoint.files import TMP_PATTERN, newest_usable, remove_orphans, resolve_last
 from lighthouse.checkpoint.io import is_remote
+from lighthouse.eval.run_logs import VALIDATIONS
 from lighthouse.train import run_loggers
 from lighthouse.train.run_lock import RunLock, lock_run, try_lock
 
@@ -115,12 +117,56 @@ def checkpoint_to_validate(group: Path) -> str:
     return chosen
 
 
+def resolve_ckpt_path(ckpt_path: str | None, group: Path, fit: bool) -> str | None:
+    """The checkpoint a ``fit`` or ``validate`` launch loads: ``last`` stays for fit (lighthouse.train.safety
+    resolves it in the run folder chosen here), validate's ``last`` and every local path become one file."""
+    refuse_best(ckpt_path)
+    if ckpt_path == "last" and not fit:
+        return checkpoint_to_validate(group)
+    return checkpoint_to_load(ckpt_path) if is_local_path(ckpt_path) else ckpt_path
+
+
+def refuse_best(ckpt_path: str | None) -> None:
+    """Lightning's ``--ckpt_path best`` means the best model of a ModelCheckpoint in this same process; a fresh
+    launch has none, and Lightning's own error came only after a run folder had been made."""
+    if ckpt_path == "best":
+        raise ValueError(
+            "--ckpt_path best: a new launch has no best checkpoint to go back to. Pass a checkpoint file, a run "
+            "folder (logs/<name>/<start time>, or its checkpoints/), a run name (logs/<name>) or last"
+        )
+
+
+def checkpoint_to_load(ckpt_path: str) -> str:
+    """``fit`` and ``validate`` with a local ``--ckpt_path``: a file (or sharded checkpoint folder) as given; a run
+    folder, its ``checkpoints/`` or a run name resolved to its newest checkpoint that verifies, exactly as
+    ``export.py --ckpt`` and ``generate.py --ckpt`` resolve it (``find_checkpoint``). FileNotFoundError naming
+    ``--ckpt_path`` when there is nothing to load, found here before a run folder is chosen rather than by
+    Lightning after config.yaml, the data manifest and an event file went into a fresh one."""
+    chosen = find_checkpoint(ckpt_path, flag="--ckpt_path")
+    return ckpt_path if Path(chosen) == Path(ckpt_path) else str(chosen)
+
+
+def validation_version(group: Path, run_version: str, rank_zero: bool) -> str:
+    """The version of a ``validate`` launch of the checkpoint of run ``run_version``: ``<run>/validate/<start
+    time>``, claimed like a run's own."""
+    validations = version_folder(group, run_version) / VALIDATIONS
+    stamp = claim_new_version(validations) if rank_zero else time.strftime(VERSION_FORMAT)
+    return str(Path(run_version) / VALIDATIONS / stamp)
+
+
 def choose_version(
-    group: Path, requested: int | str | None, ckpt_path: str | None, fit: bool, rank_zero: bool
+    group: Path,
+    requested: int | str | None,
+    ckpt_path: str | None,
+    fit: bool,
+    rank_zero: bool,
+    nest_validations: bool = True,
 ) -> tuple[int | str, str | None]:
     """The run's version and a line for the user (or None). ``fit``: the subcommand trains (and resumes when
-    ``ckpt_path`` is set). Only rank zero checks and creates folders: the other ranks start later and would see
-    rank zero's first files, and the names they pick are never used (see ``RunPlacement``)."""
+    ``ckpt_path`` is set); otherwise it validates ``ckpt_path`` (a local one already resolved to a file), inside the
+    run that holds it where ``nest_validations`` (every logger builds its own folder). Only rank zero checks and
+    creates folders: the other ranks start later and would see rank zero's first files, and the names they pick are
+    never used (see ``RunPlacement``)."""
     if requested is not None:
         if rank_zero and fit and not ckpt_path and holds_a_run(version_folder(group, requested)):
             raise ValueError(
@@ -129,18 +175,21 @@ def choose_version(
             )
         return requested, None
     note = None
-    if is_local_path(ckpt_path) and not Path(ckpt_path).exists():
-        # Found here, before a run folder is chosen, rather than by Lightning after config.yaml, the data manifest
-        # and an event file went into a fresh one.
-        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file")
     if fit and ckpt_path == "last":
         found = latest_version_with_checkpoint(group)
         if found is not None:
             return found, f"--ckpt_path last: continuing the run with the newest checkpoint, {group / found}"
-    elif fit and ckpt_path:
+    elif ckpt_path:
         found = version_of_checkpoint(ckpt_path, group)
-        if found is not None:
+        if found is not None and fit:
             return found, None
+        # A validation of a run's checkpoint is kept with that run, but apart from its training curves: in the
+        # run's own folder it would add a point to them (at the step the module logs, 0 in a lone validate, and
+        # else replacing the training's own validation at that step, measured perhaps on other batches), and the
+        # run's lock would refuse it while the run still trains. A new run folder per call, as before, left
+        # folders without a checkpoint beside the runs, for `ls -d logs/<name>/*/ | tail -n 1` to pick.
+        if found is not None and nest_validations:
+            return validation_version(group, found, rank_zero), None
         note = f"{ckpt_path} is not a checkpoint of a run in {group}: this launch gets its own run directory"
     stamp = claim_new_version(group) if rank_zero else time.strftime(VERSION_FORMAT)
     return stamp, note
@@ -158,7 +207,7 @@ class RunPlacement:
 
     path: Path
     note: str | None = None
-    ckpt_path: str | None = None  # validate's `--ckpt_path last`, resolved
+    ckpt_path: str | None = None  # validate's `--ckpt_path` resolved to a file (from `last` or a folder)
     _restore: list[tuple[Namespace, str, object]] = field(default_factory=list)
 
     def restore_requested_values(self) -> None:
@@ -194,11 +243,20 @@ def place_run(config: Namespace, subcommand: str | None) -> RunPlacement:
     name = run_loggers.run_name(loggers[0]) if loggers else None
     group = root / name if name else root
     requested = loggers[0].init_args.get("version") if loggers else None
-    ckpt_path = config.get("ckpt_path")
     fit, rank_zero = subcommand == "fit", rank_zero_only.rank == 0
-    resolved = checkpoint_to_validate(group) if ckpt_path == "last" and not fit and subcommand else None
-    version, note = choose_version(group, requested, ckpt_path, fit=fit, rank_zero=rank_zero)
-    placement = RunPlacement(version_folder(group, version), note, resolved)
+    given = config.get("ckpt_path")
+    ckpt_path = resolve_ckpt_path(given, group, fit) if subcommand else given
+    # W&B takes the version as its run id, which cannot hold the "/" of a nested folder.
+    nest = all(run_loggers.builds_own_folder(logger) for logger in loggers)
+    version, note = choose_version(group, requested, ckpt_path, fit, rank_zero, nest_validations=nest)
+    if ckpt_path != given:
+        chosen = f"--ckpt_path {given}: loading {ckpt_path}, the newest checkpoint there that verifies"
+        note = "\n".join(filter(None, [chosen, note]))
+    placement = RunPlacement(version_folder(group, version), note, None if fit or ckpt_path == given else ckpt_path)
+    if ckpt_path != given:
+        # What fit loads (the classes are built from this config); config.yaml keeps what the user asked for.
+        placement._restore.append((config, "ckpt_path", given))
+        config["ckpt_path"] = ckpt_path
     if rank_zero and subcommand:
         begin_launch(placement.path)
         if fit:
@@ -300,8 +358,9 @@ def sweep_orphans(group: Path) -> list[Path]:
     return removed
 
 
-def find_checkpoint(arg: str) -> Path | str:
-    """What the after-training tools (``src/export.py --ckpt``) accept, so no command depends on folder order:
+def find_checkpoint(arg: str, flag: str = "--ckpt") -> Path | str:
+    """What the after-training tools (``src/export.py --ckpt``) and fit's and validate's ``--ckpt_path`` (``flag``,
+    the option messages name) accept, so no command depends on folder order:
 
     - a checkpoint file (or a sharded checkpoint folder ``X.ckpt/``): itself;
     - a run folder (``logs/demo/<start time>``) or its ``checkpoints/``: its checkpoint with the highest verified
@@ -318,10 +377,10 @@ def find_checkpoint(arg: str) -> Path | str:
         path = path.parent
     if path.is_file() or path.suffix == ".ckpt":
         if not path.exists():
-            raise FileNotFoundError(f"--ckpt {arg}: no such file")
+            raise FileNotFoundError(f"{flag} {arg}: no such file")
         return path
     if not path.is_dir():
-        raise FileNotFoundError(f"--ckpt {arg}: no such file or folder")
+        raise FileNotFoundError(f"{flag} {arg}: no such file or folder")
     if path.name == "checkpoints":
         folders = [path]
     elif (path / "checkpoints").is_dir():
@@ -333,9 +392,9 @@ def find_checkpoint(arg: str) -> Path | str:
     damaged = "".join(f"; {p.name} is damaged ({v.detail})" for p, v in skipped)
     if chosen is None:
         raise FileNotFoundError(
-            f"--ckpt {arg}: no usable checkpoint in {path}/checkpoints/ or {path}/*/checkpoints/{damaged}. Pass a "
+            f"{flag} {arg}: no usable checkpoint in {path}/checkpoints/ or {path}/*/checkpoints/{damaged}. Pass a "
             ".ckpt file, a run folder (logs/<name>/<start time>) or a run name (logs/<name>)"
         )
     if skipped:
-        log.warning("--ckpt %s: skipped%s", arg, damaged.lstrip(";"))
+        log.warning("%s %s: skipped%s", flag, arg, damaged.lstrip(";"))
     return chosen
