@@ -161,6 +161,8 @@ def test_validate_of_a_checkpoint_stays_with_its_run_and_prints_its_step(trained
     assert run_dirs(run.parent) == [run]
     validations = run_dirs(run / "validate")
     assert len(validations) == 3 and all((v / "config.yaml").exists() for v in validations)
+    # Charted at the checkpoint's step too (Lightning's count in a lone validate is 0).
+    assert [sorted(logged_scalars(v, "val/loss")) for v in validations] == [[4], [2], [4]]
     assert sorted(logged_scalars(run, "val/loss")) == [2, 4]  # the run's curves are the training's alone
 
 

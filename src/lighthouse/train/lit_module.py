@@ -24,7 +24,7 @@ from lighthouse.hf_import import transformer_from
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.context_parallel import without_context_parallel
 from lighthouse.model.transformer import dense_eager
-from lighthouse.train.logger import log_step, write_steps_note
+from lighthouse.train.logger import log_step, validated_step, write_steps_note
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -210,7 +210,7 @@ class LitLM(L.LightningModule):
             write_steps_note(self.trainer)
 
     def on_validation_epoch_end(self) -> None:
-        log_step(self, self.global_step)  # the weights after global_step optimizer steps (logger.py)
+        log_step(self, validated_step(self.trainer))  # the weights after that many optimizer steps (logger.py)
         loss = self.val_loss.compute()
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", loss.exp(), sync_dist=False)

@@ -16,7 +16,10 @@ from collections.abc import Mapping
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 
+from lighthouse.checkpoint.files import recorded_step
+from lighthouse.checkpoint.io import is_remote
 from lighthouse.eval.run_logs import STEPS_NOTE_TAG
 
 STEPS_NOTE = (
@@ -65,6 +68,18 @@ def log_step(module: L.LightningModule, step: int) -> None:
     module.log("step", float(step), sync_dist=False)
 
 
+def validated_step(trainer) -> int:
+    """The global step of the weights being validated. Inside fit it is the trainer's; ``validate`` on its own
+    restores only the weights of its checkpoint, not the loops that count steps, so there the trainer says 0 and
+    the step is the one the checkpoint records."""
+    ckpt_path = trainer.ckpt_path
+    if trainer.state.fn == TrainerFn.VALIDATING and ckpt_path and not is_remote(ckpt_path):
+        step = recorded_step(ckpt_path)
+        if step is not None:
+            return step
+    return trainer.global_step
+
+
 def write_steps_note(trainer: L.Trainer) -> None:
     """The marker of this convention, once per launch (each launch writes its own event file)."""
-    write_note(trainer, STEPS_NOTE_TAG, STEPS_NOTE, trainer.global_step)
+    write_note(trainer, STEPS_NOTE_TAG, STEPS_NOTE, validated_step(trainer))

@@ -10,14 +10,12 @@ import time
 import warnings
 
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column
 
-from lighthouse.checkpoint.files import recorded_step
-from lighthouse.checkpoint.io import is_remote
+from lighthouse.train.logger import validated_step
 from lighthouse.train.stage import current_phase
 
 # How the progress line names the metrics logged with prog_bar=True; others show under their last path part.
@@ -225,18 +223,6 @@ class StepProgressBar(ProgressBar):
         kind = "dense" if attention == "sdpa" else "lighthouse"  # lighthouse_naive computes the same attention
         phase = f"{kind} {index + 1}/{count}" if count > 1 else kind
         return metrics_line({k: v for k, v in metrics.items() if k.startswith(prefix) and k != "v_num"}, phase)
-
-
-def validated_step(trainer) -> int:
-    """The global step of the weights being validated. Inside fit it is the trainer's; ``validate`` on its own
-    restores only the weights of its checkpoint, not the loops that count steps, so there the trainer says 0 and
-    the step is the one the checkpoint records."""
-    ckpt_path = trainer.ckpt_path
-    if trainer.state.fn == TrainerFn.VALIDATING and ckpt_path and not is_remote(ckpt_path):
-        step = recorded_step(ckpt_path)
-        if step is not None:
-            return step
-    return trainer.global_step
 
 
 def describe_model(module) -> str:
