@@ -108,6 +108,60 @@ def test_a_nested_mistake_is_one_line_with_its_full_key(capsys, args, line):
     assert len(lines) == 2 and "fit --help" in lines[1], lines
 
 
+# A value of the wrong type inside a nested setting printed the same dump, its one useful line ('Parser key "topk":
+# Expected a <class 'int'>') in the middle; now one line with the full key, the value and the type expected.
+WRONG_TYPE_CASES = {
+    "dataclass-field": (
+        ["--model.arch.lighthouse.topk", "abc"],
+        "model.arch.lighthouse.topk=abc is invalid: expected int",
+    ),
+    "init-args": (
+        ["--model.optimizer.init_args.lr", "abc"],
+        "model.optimizer.init_args.lr=abc is invalid: expected float",
+    ),
+    "bool-field": (
+        ["--model.arch.lighthouse.causal", "maybe"],
+        "model.arch.lighthouse.causal=maybe is invalid: expected bool",
+    ),
+    "list-item": (
+        ["--stage.schedule", "[{start: abc, attention: sdpa}]"],
+        "stage.schedule[0].start=abc is invalid: expected int",
+    ),
+    "optional-int": (["--model.arch.n_layers", "abc"], "model.arch.n_layers=abc is invalid: expected int or null"),
+}
+
+
+@pytest.mark.parametrize("args,line", WRONG_TYPE_CASES.values(), ids=WRONG_TYPE_CASES.keys())
+def test_a_wrong_type_is_one_line_with_its_full_key_and_type(capsys, args, line):
+    lines = parse_error(capsys, *args)
+    assert lines[0] == f"error: {line}"
+    assert len(lines) == 2 and "fit --help" in lines[1], lines
+
+
+@pytest.mark.parametrize(
+    "yaml_text,line",
+    [
+        ("model:\n  arch:\n    lighthouse: {topk: abc}\n", "model.arch.lighthouse.topk=abc is invalid: expected int"),
+        (
+            "model:\n  optimizer:\n    class_path: torch.optim.AdamW\n    init_args: {lr: abc}\n",
+            "model.optimizer.init_args.lr=abc is invalid: expected float",
+        ),
+    ],
+    ids=["dataclass-field", "init-args"],
+)
+def test_a_wrong_type_in_a_config_file_is_one_line(tmp_path, capsys, yaml_text, line):
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(yaml_text)
+    lines = parse_error(capsys, "--config", str(wrong))
+    assert lines[0] == f"error: {line}" and len(lines) == 2, lines
+
+
+def test_a_class_setting_given_a_plain_value_is_not_said_to_expect_null(capsys):
+    # Its dump lists 'Expected a <class 'NoneType'>' as the one class it names: that is not what was meant.
+    err = "\n".join(parse_error(capsys, "--model.arch.lighthouse", "abc"))
+    assert "expected null" not in err
+
+
 def test_a_nested_config_file_typo_suggests_the_field_it_cuts_short(tmp_path, capsys):
     typo = tmp_path / "typo.yaml"
     typo.write_text("model:\n  arch:\n    lighthouse: {pooling: 4}\n")

@@ -167,6 +167,23 @@ def test_train_help_lists_only_working_subcommands(capsys):
     assert "test" not in usage.split("subcommands:")[1] and "predict" not in usage
 
 
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_help_describes_ckpt_path_and_weights_only_as_this_project_reads_them(capsys, subcommand):
+    # Lightning's docstrings said `last` and `best` mean checkpoints of an earlier trainer.fit in the same process,
+    # and weights_only "Defaults to None"; here a launch resolves runs and names, refuses best, loads weights only.
+    with pytest.raises(SystemExit) as exit_:
+        main([subcommand, "--help"])
+    assert exit_.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    ckpt_path = help_text.split("--ckpt_path CKPT_PATH ", 1)[1].split(" --", 1)[0]
+    for wording in ("a run folder (logs/<name>/<start time>)", "a run name (logs/<name>)", "best is refused"):
+        assert wording in ckpt_path, ckpt_path
+    assert "previous ``trainer.fit`` call" not in help_text
+    weights_only = help_text.split("--weights_only {true,false,null} ", 1)[1]
+    assert weights_only.startswith("Checkpoints load with torch.load(weights_only=True) when this is true or null")
+    assert "Defaults to ``None``" not in help_text
+
+
 def test_validate_subcommand_runs_on_a_checkpoint(tmp_path_factory, tmp_path):
     ckpt = two_stage_checkpoints(tmp_path_factory)[2]
     config = tiny_config(tmp_path, "validate", attention="sdpa")

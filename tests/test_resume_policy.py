@@ -2,11 +2,15 @@
 optimizer and LR-schedule changes are applied and announced (before, a new LR on resume had no effect)."""
 
 import dataclasses
+import re
 
 import pytest
+import torch
 from training_helpers import fit, logged_scalars, tiny_config
 
-from lighthouse.checkpoint.resume import COMPUTE, RECIPE, SHAPE
+from lighthouse.checkpoint import io
+from lighthouse.checkpoint.resume import COMPUTE, RECIPE, SHAPE, refuse_tokenizer_change
+from lighthouse.data.tokenizer import byte_tokenizer
 from lighthouse.model.config import ModelConfig
 from lighthouse.train.lit_module import lr_multiplier
 
@@ -95,10 +99,73 @@ def test_recipe_changes_are_allowed(base, recwarn):
     assert not [w for w in recwarn if "resume:" in str(w.message)]
 
 
-def test_changed_tokenizer_is_refused(base):
+def bpe_files(base) -> list:
+    return sorted((base[0] / "data" / "tokenizers").glob("*.json"))
+
+
+def test_changed_tokenizer_is_refused_before_any_data_work(base):
+    # Before, a BPE was trained and the corpus tokenized, and then the restore failed on model.arch.vocab_size.
     def edit(config):
         config["data"]["tokenizer"] = "bpe:300"
 
-    with pytest.raises(ValueError, match=r"shapes differ\): model.arch.vocab_size: checkpoint 257 vs config 300"):
+    refusal = f"data.tokenizer='bpe:300', but the checkpoint {base[1]} was trained with tokenizer 'byte': "
+    with pytest.raises(ValueError, match="^" + re.escape(refusal) + ".*Pass --data.tokenizer byte"):
         resume(base, "bpe", edit=edit)
-    assert not trained(base, "bpe")
+    assert not trained(base, "bpe") and not bpe_files(base)
+
+
+def test_changed_tokenizer_is_refused_for_ckpt_path_last(base):
+    folder, ckpt = base
+    config = tiny_config(folder, "base", max_steps=3, every_n=2)  # the run of that name: `last` is its last.ckpt
+    config["data"]["tokenizer"] = "bpe:300"
+    with pytest.raises(ValueError, match=re.escape(f"the checkpoint {ckpt} was trained with tokenizer 'byte'")):
+        fit(folder, config, ckpt_path="last", tag="bpe-last")
+    assert not bpe_files(base)
+
+
+def test_a_tokenizer_file_with_the_checkpoints_fingerprint_is_accepted(base, monkeypatch):
+    same_as_bytes = base[0] / "bytes.json"
+    same_as_bytes.write_text(byte_tokenizer().to_str())
+    loads = []  # what fit passed on: --ckpt_path and --weights_only still reach trainer.fit
+    load = io.load_verified
+
+    def recorded_load(path, map_location=None, weights_only=None, **kwargs):
+        loads.append((str(path), weights_only))
+        return load(path, map_location, weights_only, **kwargs)
+
+    monkeypatch.setattr(io, "load_verified", recorded_load)
+
+    def edit(config):
+        config["data"]["tokenizer"] = str(same_as_bytes)
+
+    resume(base, "bytes-file", edit=edit, extra=["--weights_only", "true"])
+    assert trained(base, "bytes-file")
+    assert loads == [(str(base[1]), True)]
+
+
+def write_checkpoint(path, **records):
+    torch.save(records, path)
+    return path
+
+
+def test_tokenizer_specs_are_compared_only_where_they_name_the_tokenizer(tmp_path):
+    # Fingerprints where both are known; spec strings where both are 'byte' or 'bpe:N' (or the fingerprint says
+    # bytes); otherwise the data module's own check at setup (a path names no BPE before the corpus is read).
+    by_fingerprint = write_checkpoint(tmp_path / "a.ckpt", LMDataModule={"tokenizer_fingerprint": "0123456789abcdef"})
+    with pytest.raises(ValueError, match=r"trained with another tokenizer \(fingerprint 0123456789abcdef; 'byte' has"):
+        refuse_tokenizer_change(by_fingerprint, "byte")
+    refuse_tokenizer_change(by_fingerprint, "bpe:300")  # no fingerprint before the corpus is read
+    from_a_file = write_checkpoint(tmp_path / "b.ckpt", datamodule_hyper_parameters={"tokenizer": "tok/bpe.json"})
+    refuse_tokenizer_change(from_a_file, "bpe:300")
+    named = write_checkpoint(tmp_path / "c.ckpt", datamodule_hyper_parameters={"tokenizer": "bpe:300"})
+    refuse_tokenizer_change(named, "bpe:300")
+    with pytest.raises(ValueError, match=r"data.tokenizer='bpe:512', but .* trained with tokenizer 'bpe:300'"):
+        refuse_tokenizer_change(named, "bpe:512")
+    bytes_file = write_checkpoint(
+        tmp_path / "d.ckpt",
+        datamodule_hyper_parameters={"tokenizer": "tok/bytes.json"},
+        LMDataModule={"tokenizer_fingerprint": byte_tokenizer().fingerprint},
+    )
+    with pytest.raises(ValueError, match=r"data.tokenizer='bpe:300', but .* trained with tokenizer 'tok/bytes.json'"):
+        refuse_tokenizer_change(bytes_file, "bpe:300")  # its fingerprint says bytes: no BPE is that
+    refuse_tokenizer_change(tmp_path / "not-a-checkpoint.ckpt", "bpe:512")  # the restore says what is wrong

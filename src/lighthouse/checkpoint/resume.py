@@ -11,17 +11,25 @@ Optimizer settings (lr, betas, weight_decay, eps, ...) and the LR schedule (warm
 min_lr_ratio, schedule_steps) only shape the steps still to come, so the config wins: a changed value is applied
 and announced, never ignored. (Lightning would restore the optimizer's saved hyperparameters over the config's.)
 The moment estimates in the optimizer state are kept. A different optimizer class is refused.
+
+The tokenizer (``data.tokenizer``) is refused when it differs, and before any data work (``refuse_tokenizer_change``):
+a BPE would otherwise be trained and the corpus tokenized only for the restore to fail on the vocabulary size.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lighthouse.checkpoint.records import saved_model_config
+from lighthouse.checkpoint.files import SHARDED_METADATA
+from lighthouse.checkpoint.records import TOKENIZER_KEY, saved_model_config
+from lighthouse.data.tokenizer import TextTokenizer, byte_tokenizer
 from lighthouse.model.config import PREFIX, ModelConfig
 
 SHAPE = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "tie_embeddings")
@@ -44,6 +52,8 @@ RECIPE = (
 SCHEDULE = ("warmup_steps", "lr_schedule", "min_lr_ratio", "schedule_steps")
 # Optimizer param-group keys that are bookkeeping, not settings: the parameters, and the LR the scheduler owns.
 _NOT_SETTINGS = ("params", "lr", "initial_lr")
+# Tokenizer specs that name their tokenizer by themselves, before any data is read: bytes, or a BPE of N tokens.
+_NAMED_TOKENIZER = re.compile(r"byte|bpe:\d+")
 
 
 def saved_model_fields(checkpoint: dict) -> dict:
@@ -100,6 +110,78 @@ def refuse_compute_changes(saved: dict, current: ModelConfig, overrides: list[st
         )
     for f, (a, b) in changed.items():
         rank_zero_warn(f"resume: {PREFIX}{f} {a!r} -> {b!r}, accepted by --resume_overrides")
+
+
+def saved_tokenizer_identity(path: str | Path) -> tuple[str | None, str | None]:
+    """The ``data.tokenizer`` a checkpoint was trained with and that tokenizer's fingerprint (each None where not
+    recorded), read without loading the tensors: they are memory-mapped, never touched, as ``recorded_step`` reads
+    the step. (None, None) for a file that does not load: the restore says what is wrong with it."""
+    path = Path(path)
+    if path.is_dir():  # a sharded (FSDP) checkpoint keeps everything but the tensors in its metadata file
+        path = path / SHARDED_METADATA
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None, None
+    if not isinstance(state, dict):
+        return None, None
+    spec = (state.get("datamodule_hyper_parameters") or {}).get("tokenizer")
+    fingerprint = (state.get("LMDataModule") or {}).get("tokenizer_fingerprint")
+    if fingerprint is None and TOKENIZER_KEY in state:
+        fingerprint = TextTokenizer.from_str(state[TOKENIZER_KEY]).fingerprint
+    return spec, fingerprint
+
+
+def fingerprint_without_data(spec: str) -> str | None:
+    """The fingerprint of the tokenizer ``spec`` names, where no data is needed to make it ('byte', a tokenizer
+    .json, 'hf:DIR'); None for 'bpe:N', which is trained on the corpus (or found by the corpus's hash)."""
+    try:
+        if spec == "byte":
+            return byte_tokenizer().fingerprint
+        if spec.endswith(".json"):
+            return TextTokenizer.from_file(spec).fingerprint
+        if spec.startswith("hf:"):
+            return TextTokenizer.from_hf_folder(spec[3:]).fingerprint
+    except Exception:  # a file that does not load: DataSettings names it in its own words
+        return None
+    return None
+
+
+def _tokenizer_name(spec: str | None, fingerprint: str | None) -> str | None:
+    """'byte' or 'bpe:N' for a checkpoint's tokenizer where that names it (a .json of the byte tokenizer is 'byte'
+    too), else None."""
+    if fingerprint is not None and fingerprint == byte_tokenizer().fingerprint:
+        return "byte"
+    return spec if isinstance(spec, str) and _NAMED_TOKENIZER.fullmatch(spec) else None
+
+
+def refuse_tokenizer_change(ckpt_path: str | Path, asked: str) -> None:
+    """Refuse to load a checkpoint trained with another tokenizer than ``data.tokenizer`` (``asked``), before any
+    data work: a BPE would be trained and the whole corpus tokenized, only for the restore to fail on
+    model.arch.vocab_size (or, at an equal size, for the weights to read other token ids).
+
+    Fingerprints decide where both are known, so a .json path or an 'hf:' folder holding the checkpoint's own
+    tokenizer is accepted. A 'bpe:N' tokenizer has no fingerprint before the corpus is read: the spec strings are
+    then compared, but only where both are 'byte' or 'bpe:N' (a path says nothing about which BPE it holds; the
+    checkpoint's counts as 'byte' where its fingerprint is). Any other pair is left to the data module, which
+    compares fingerprints when it sets up."""
+    saved, saved_fingerprint = saved_tokenizer_identity(ckpt_path)
+    asked_fingerprint = fingerprint_without_data(asked)
+    if asked_fingerprint is not None and saved_fingerprint is not None:
+        if asked_fingerprint == saved_fingerprint:
+            return
+        detail = f" (fingerprint {saved_fingerprint}; {asked!r} has {asked_fingerprint})"
+    elif (named := _tokenizer_name(saved, saved_fingerprint)) and _NAMED_TOKENIZER.fullmatch(asked):
+        if asked == named:
+            return
+        detail = ""
+    else:
+        return
+    trained_with, keep = (f"tokenizer {saved!r}", f"--data.tokenizer {saved}") if saved else ("another tokenizer", "it")
+    raise ValueError(
+        f"data.tokenizer={asked!r}, but the checkpoint {ckpt_path} was trained with {trained_with}{detail}: its "
+        f"weights read other token ids. Pass {keep}; a model with another tokenizer is a new run (no --ckpt_path)"
+    )
 
 
 def _plain(value):

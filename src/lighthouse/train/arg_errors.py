@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import itertools
 import re
 import shlex
 import sys
@@ -31,6 +32,10 @@ _SUBTYPES = re.compile(r"^\s*Subtypes: \[(.*)\]$", re.M)
 _GIVEN_VALUE = re.compile(r"^\s*Given value: (.*)$", re.M)
 _LITERAL = re.compile(r"typing\.Literal\[([^\]]*)\]")
 _NONE_TYPE = "<class 'NoneType'>"
+_EXPECTED_CLASS = re.compile(r"Expected a <class '([\w.]+)'>")
+_BUILTIN_CLASS = re.compile(r"<class '\w+'>")  # int, float, NoneType: no module, so nothing a class_path could give
+# "Got value: abc" or "Given value: abc", where jsonargparse may append ". Got value: Namespace(...)" of the parent.
+_VALUE = re.compile(r"(?:Got|Given) value: (.*?)(?:\. Got value: .*)?$", re.M)
 
 
 def unknown_key(message: str) -> str | None:
@@ -164,12 +169,59 @@ def invalid_choice(setting: str, dump: str) -> str | None:
     return f"{setting}={value} is invalid: valid values are {', '.join(choices)}"
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def lines_under(dump: str, position: int) -> str:
+    """The lines the dump indents below the line holding ``position``: the errors of that line's key alone, not
+    those of the Union subtypes tried after it (``- Expected a <class 'NoneType'>`` of the outer setting)."""
+    line_start = dump.rfind("\n", 0, position) + 1
+    indent = _indent(dump[line_start:position])
+    block = []
+    for line in dump[position:].split("\n")[1:]:
+        if line.strip() and _indent(line) <= indent:
+            break
+        block.append(line)
+    return "\n".join(block)
+
+
+def expected_types(block: str) -> list[str]:
+    """The types ``block`` says it expected, short and as a config writes them: ``int``, ``float``, ``null``.
+    Subtypes that are not plain classes (a Tensor's "dot import path") cannot be typed on a command line."""
+    names = [name.rpartition(".")[2] for name in _EXPECTED_CLASS.findall(block)]
+    return list(dict.fromkeys("null" if name == "NoneType" else name for name in names))
+
+
+def wrong_type(setting: str, dump: str) -> str | None:
+    """One line for a value of the wrong type: the full dotted key, the value given and the type expected.
+
+    Inside a nested setting (a dataclass field, a class's init_args, a list item) the dump holds a second
+    'Parser key' for the field; its own lines say what it expected. A setting of its own counts only when every
+    subtype is a plain class (``int | None``): for a class-typed setting 'Expected NoneType' is not the point."""
+    inner = next(itertools.islice(_PARSER_KEY.finditer(dump), 1, None), None)
+    if inner is not None:
+        option = inner.group(1)
+        key = f"{option_owner(setting, dump, option)}.{option}"
+        block = lines_under(dump, inner.end())
+    elif all(_BUILTIN_CLASS.fullmatch(subtype) for subtype in _subtypes(dump)):
+        key, block = setting, dump
+    else:
+        return None
+    expected = expected_types(block)
+    if not expected:
+        return None
+    value = _VALUE.search(block)
+    return f"{key}={value.group(1) if value else '?'} is invalid: expected {' or '.join(expected)}"
+
+
 def nested_problem(message: str) -> str | None:
     """One line for the Union dumps of a nested setting, or None where the message is another kind."""
     found = _PARSER_KEY.match(message)
     if not found:
         return None
-    return unknown_nested_option(found.group(1), message) or invalid_choice(found.group(1), message)
+    setting = found.group(1)
+    return unknown_nested_option(setting, message) or invalid_choice(setting, message) or wrong_type(setting, message)
 
 
 def shell_expanded_glob_hint(first_line: str, argv: list[str]) -> str | None:

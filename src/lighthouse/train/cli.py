@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentError, set_parsing_settings
@@ -11,11 +12,12 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lighthouse.checkpoint.files import recorded_step
+from lighthouse.checkpoint.files import newest_usable, recorded_step
 from lighthouse.checkpoint.io import is_remote
-from lighthouse.checkpoint.resume import check_override_names, override_names
+from lighthouse.checkpoint.resume import check_override_names, override_names, refuse_tokenizer_change
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.train import arg_errors, compat, exits
+from lighthouse.train.cli_parser import LighthouseArgumentParser
 from lighthouse.train.lit_module import LitLM
 from lighthouse.train.preflight import (
     NotWritable,
@@ -28,7 +30,7 @@ from lighthouse.train.preflight import (
     check_writable,
 )
 from lighthouse.train.progress import StepProgressBar, describe_model, quiet_lightning
-from lighthouse.train.run_dir import RunPlacement, place_run
+from lighthouse.train.run_dir import RunPlacement, is_local_path, place_run
 from lighthouse.train.run_loggers import pin_checkpoint_folder
 from lighthouse.train.safety import checkpoint_folders, prepare_fit, with_safety
 from lighthouse.train.stage import StageSwitch
@@ -71,6 +73,24 @@ def check_start_step(trainer, ckpt_path) -> None:
         step = recorded_step(ckpt_path)
         if step is not None:
             switch.check_start(step, f"the checkpoint {ckpt_path} is at step {step}")
+
+
+def checkpoint_this_launch_loads(config, placement: RunPlacement, subcommand: str | None) -> Path | None:
+    """The local checkpoint this launch will load, as known before the classes are built: place_run has resolved
+    every local ``--ckpt_path`` to a file already, but not fit's ``last``, which safety.prepare_fit resolves later in
+    the run folder place_run chose (its newest checkpoint that verifies, as here). None: nothing local to load."""
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path == "last" and subcommand == "fit":
+        return newest_usable(placement.path / "checkpoints")[0]
+    return Path(ckpt_path) if is_local_path(ckpt_path) else None
+
+
+def check_tokenizer_of_checkpoint(config, placement: RunPlacement, subcommand: str | None) -> None:
+    """The checkpoint's tokenizer against data.tokenizer, before the data module trains a BPE or tokenizes the
+    corpus: those take minutes on a real corpus, and the restore would only then fail, on model.arch.vocab_size."""
+    ckpt_path = checkpoint_this_launch_loads(config, placement, subcommand)
+    if ckpt_path is not None:
+        refuse_tokenizer_change(ckpt_path, config["data"].get("tokenizer") or "byte")  # null: DataSettings reads byte
 
 
 def refuse_grouped_callbacks(trainer: dict) -> None:
@@ -144,6 +164,7 @@ class LighthouseCLI(LightningCLI):
             ) from None
         if self.run_placement.note:
             rank_zero_info(self.run_placement.note)
+        check_tokenizer_of_checkpoint(config, self.run_placement, self.subcommand)
 
     def instantiate_trainer(self, **kwargs):
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -221,6 +242,7 @@ def main(args: list[str] | None = None) -> LighthouseCLI:
         LitLM,
         LMDataModule,
         save_config_callback=KeepEveryConfig,
+        parser_class=LighthouseArgumentParser,
         # The optimizer, its parameter groups and the LR schedule are LitLM's (model.optimizer, model.lr_schedule):
         # LightningCLI's own top-level --optimizer / --lr_scheduler would replace or skip them without a word.
         auto_configure_optimizers=False,
