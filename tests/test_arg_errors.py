@@ -158,8 +158,12 @@ def test_a_wrong_type_in_a_config_file_is_one_line(tmp_path, capsys, yaml_text, 
 
 def test_a_class_setting_given_a_plain_value_is_not_said_to_expect_null(capsys):
     # Its dump lists 'Expected a <class 'NoneType'>' as the one class it names: that is not what was meant.
-    err = "\n".join(parse_error(capsys, "--model.arch.lighthouse", "abc"))
-    assert "expected null" not in err
+    lines = parse_error(capsys, "--model.arch.lighthouse", "abc")
+    assert "expected null" not in "\n".join(lines) and len(lines) == 2, lines
+    assert lines[0].startswith("error: model.arch.lighthouse=abc is invalid: it takes fields (levels, pooling_factor,")
+    lines = parse_error(capsys, "--model.optimizer", "abc")
+    taken = "it takes a class by its import path (module.Class) with its init_args, or null"
+    assert lines[0] == f"error: model.optimizer=abc is invalid: {taken}"
 
 
 def test_a_nested_config_file_typo_suggests_the_field_it_cuts_short(tmp_path, capsys):

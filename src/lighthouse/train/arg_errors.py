@@ -30,9 +30,11 @@ _NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
 _CLASS_PATH = re.compile(r"class_path[= ]'([\w.]+)'")  # "given class_path 'X'" and "Namespace(class_path='X'"
 _SUBTYPES = re.compile(r"^\s*Subtypes: \[(.*)\]$", re.M)
 _GIVEN_VALUE = re.compile(r"^\s*Given value: (.*)$", re.M)
+_DOT_PATH = re.compile(r"Expected a dot import path string: (.*)$", re.M)
 _LITERAL = re.compile(r"typing\.Literal\[([^\]]*)\]")
 _NONE_TYPE = "<class 'NoneType'>"
 _EXPECTED_CLASS = re.compile(r"Expected a <class '([\w.]+)'>")
+_CLASS_PATH_SUBTYPE = re.compile(r"<class '(\w+(?:\.\w+)+)'>")  # a subtype with a module: a class a config can give
 _BUILTIN_CLASS = re.compile(r"<class '\w+'>")  # int, float, NoneType: no module, so nothing a class_path could give
 # "Got value: abc" or "Given value: abc", where jsonargparse may append ". Got value: Namespace(...)" of the parent.
 _VALUE = re.compile(r"(?:Got|Given) value: (.*?)(?:\. Got value: .*)?$", re.M)
@@ -215,13 +217,37 @@ def wrong_type(setting: str, dump: str) -> str | None:
     return f"{key}={value.group(1) if value else '?'} is invalid: expected {' or '.join(expected)}"
 
 
+def plain_value_for_a_class(setting: str, dump: str) -> str | None:
+    """One line for a plain value where the setting takes a class: its fields for a dataclass
+    (model.arch.lighthouse), else a class path and its init_args (model.optimizer)."""
+    found = _DOT_PATH.search(dump)
+    if not found or len(_PARSER_KEY.findall(dump)) > 1:  # a field of a nested setting: wrong_type's case
+        return None
+    value = found.group(1)
+    dataclass_paths = [m for m in _CLASS_PATH_SUBTYPE.findall(dump) if dataclasses.is_dataclass(_imported(m))]
+    if dataclass_paths:
+        fields = class_options(dataclass_paths[0], callable_type=False)
+        return (
+            f"{setting}={value} is invalid: it takes fields ({', '.join(fields)}), each as --{setting}.<field> VALUE "
+            "or as a YAML mapping, or null"
+        )
+    return (
+        f"{setting}={value} is invalid: it takes a class by its import path (module.Class) with its init_args, or null"
+    )
+
+
 def nested_problem(message: str) -> str | None:
     """One line for the Union dumps of a nested setting, or None where the message is another kind."""
     found = _PARSER_KEY.match(message)
     if not found:
         return None
     setting = found.group(1)
-    return unknown_nested_option(setting, message) or invalid_choice(setting, message) or wrong_type(setting, message)
+    return (
+        unknown_nested_option(setting, message)
+        or invalid_choice(setting, message)
+        or plain_value_for_a_class(setting, message)
+        or wrong_type(setting, message)
+    )
 
 
 def shell_expanded_glob_hint(first_line: str, argv: list[str]) -> str | None:
