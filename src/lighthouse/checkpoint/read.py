@@ -16,7 +16,7 @@ import torch
 
 from lighthouse.checkpoint.guards import non_finite_names
 from lighthouse.checkpoint.io import CheckpointError, is_remote, load_verified
-from lighthouse.checkpoint.records import saved_model_config, saved_tokenizer
+from lighthouse.checkpoint.records import check_tokenizer_override, saved_model_config, saved_tokenizer
 from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.transformer import Transformer
@@ -137,6 +137,8 @@ def dense_model(checkpoint: dict) -> Transformer:
 
 def load_trained(path: str | Path, tokenizer: str | None = None) -> tuple[dict, Transformer, TextTokenizer]:
     """The checkpoint, its dense model (CPU, fp32, eval) and its tokenizer; warns if it was not recovered."""
+    if tokenizer is not None:  # a mistyped --tokenizer is named before a checkpoint of GBs is read
+        check_tokenizer_override(tokenizer)
     with about("--ckpt", path):
         checkpoint = read_checkpoint(path)
         model = dense_model(checkpoint)

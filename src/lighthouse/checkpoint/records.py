@@ -58,6 +58,14 @@ def model_config_from(saved: dict) -> ModelConfig:
         raise CheckpointError(f"the checkpoint's model config is not this project's ({err})") from None
 
 
+def check_tokenizer_override(override: str) -> None:
+    """``--tokenizer`` of the tools after training: 'byte' or a file, checked before any checkpoint is read."""
+    if override != "byte" and not Path(override).is_file():
+        # A mistyped path is the usual case: say so first, rather than only what a valid value looks like.
+        problem = "no such file" if not Path(override).exists() else "not a file"
+        raise ValueError(f"--tokenizer={override!r}: {problem} (valid: 'byte' or the path of a tokenizer .json)")
+
+
 def saved_tokenizer(checkpoint: dict, override: str | None = None) -> TextTokenizer:
     """The tokenizer the checkpoint was trained with, checked against its fingerprint when one was stored.
 
@@ -69,10 +77,7 @@ def saved_tokenizer(checkpoint: dict, override: str | None = None) -> TextTokeni
     fingerprint = data_state.get("tokenizer_fingerprint")
     data_hparams = checkpoint.get("datamodule_hyper_parameters", {})
     if override is not None:
-        if override != "byte" and not Path(override).is_file():
-            # A mistyped path is the usual case: say so first, rather than only what a valid value looks like.
-            problem = "no such file" if not Path(override).exists() else "not a file"
-            raise ValueError(f"--tokenizer={override!r}: {problem} (valid: 'byte' or the path of a tokenizer .json)")
+        check_tokenizer_override(override)
         with about("--tokenizer", override):
             tok = byte_tokenizer() if override == "byte" else TextTokenizer.from_file(override)
         if fingerprint is not None and tok.fingerprint != fingerprint:
