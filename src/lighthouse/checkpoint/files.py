@@ -121,15 +121,25 @@ def recorded_step(path: str | Path) -> int | None:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _steps:
-        import torch  # here, not at the top: the rest of this module is plain file handling
-
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            step = state.get("global_step") if isinstance(state, dict) else None
-            _steps[key] = int(step) if isinstance(step, int) and not isinstance(step, bool) else None
-        except Exception:  # damaged or not a checkpoint: it sorts last and verify() says what is wrong
-            _steps[key] = None
+        state = read_metadata(path)  # None: damaged or not a checkpoint; it sorts last and verify() says why
+        step = state.get("global_step") if state is not None else None
+        _steps[key] = int(step) if isinstance(step, int) and not isinstance(step, bool) else None
     return _steps[key]
+
+
+def read_metadata(path: str | Path) -> dict | None:
+    """A checkpoint's top-level dict with its tensors memory-mapped, never read (a sharded folder: its metadata
+    file, which holds everything but the tensors); None for a file that does not load as a checkpoint."""
+    import torch  # here, not at the top: the rest of this module is plain file handling
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / SHARDED_METADATA
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def _order(path: Path) -> tuple:

@@ -23,11 +23,10 @@ import re
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lighthouse.checkpoint.files import SHARDED_METADATA
+from lighthouse.checkpoint.files import read_metadata
 from lighthouse.checkpoint.records import TOKENIZER_KEY, saved_model_config
 from lighthouse.data.tokenizer import TextTokenizer, byte_tokenizer
 from lighthouse.model.config import PREFIX, ModelConfig
@@ -116,14 +115,8 @@ def saved_tokenizer_identity(path: str | Path) -> tuple[str | None, str | None]:
     """The ``data.tokenizer`` a checkpoint was trained with and that tokenizer's fingerprint (each None where not
     recorded), read without loading the tensors: they are memory-mapped, never touched, as ``recorded_step`` reads
     the step. (None, None) for a file that does not load: the restore says what is wrong with it."""
-    path = Path(path)
-    if path.is_dir():  # a sharded (FSDP) checkpoint keeps everything but the tensors in its metadata file
-        path = path / SHARDED_METADATA
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return None, None
-    if not isinstance(state, dict):
+    state = read_metadata(path)
+    if state is None:
         return None, None
     spec = (state.get("datamodule_hyper_parameters") or {}).get("tokenizer")
     fingerprint = (state.get("LMDataModule") or {}).get("tokenizer_fingerprint")
