@@ -131,13 +131,9 @@ def check_flavor_decides_something(arch) -> None:
 
 
 def _stage_backends(config) -> list[tuple[str, str]]:
-    """(flag, backend) of every attention a StageSwitch may switch to: in trainer.callbacks, or the ``stage``
-    group (its stage2_backend and every phase of its schedule)."""
+    """(flag, backend) of every attention the ``stage`` group may switch to: its stage2_backend and every phase of
+    its schedule. (A StageSwitch listed in trainer.callbacks is refused before this runs: refuse_grouped_callbacks.)"""
     found = []
-    callbacks = config["trainer"].get("callbacks") or []
-    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
-        if hasattr(callback, "get") and str(callback.get("class_path", "")).endswith("StageSwitch"):
-            found.append(("StageSwitch.stage2_backend", (callback.get("init_args") or {}).get("stage2_backend")))
     stage = config.get("stage") if hasattr(config, "get") else None
     if stage is not None and hasattr(stage, "get"):
         if stage.get("switch_step") is not None:  # stage2_backend is read by the switch_step form only
