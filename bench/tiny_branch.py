@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import statistics
@@ -142,7 +143,11 @@ def equal_time_arm(shared: Trainer, batches: list[torch.Tensor], warmup: int, sw
     return equal
 
 
-def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModule, val: torch.Tensor) -> dict:
+def run(
+    args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModule, val: torch.Tensor, save=lambda _: None
+) -> dict:
+    """One S and seed. ``save`` gets the record, marked ``"partial": True``, each time an arm is done (a run of hours
+    that is cut off keeps what it finished), and once more, complete, at the end."""
     warmup = round(args.warmup_share * total)
     switches = [round(share * total) for share in args.share]
     if not all(0 <= warmup < switch < total for switch in switches):
@@ -168,7 +173,9 @@ def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModul
         "D": statistics.fmean(d),
         "seconds": {"D": dense.seconds},
         "arms": [],
+        "partial": True,
     }
+    save(result)
     print(f"S={total} seed {seed}: W={warmup}, warm-up {warmup_loss:.4f}; final D {result['D']:.4f}", flush=True)
     for share, switch in zip(args.share, switches, strict=True):
         sparse = shared.branch()
@@ -182,6 +189,8 @@ def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModul
         line = f"  switch {switch}: LH at switch {at_switch:.4f}, final {arm['LH']:.4f}, LH - D {gap:+.4f} +- {se:.4f}"
         print(line, flush=True)
         arm["equal_time"] = []
+        result["arms"].append(arm)
+        save(result)
         for speedup in args.speedup:
             equal = equal_time_arm(shared, batches, warmup, switch, speedup)
             e = window_losses(equal.model, val)
@@ -196,11 +205,13 @@ def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModul
                 "seconds": equal.seconds,
             }
             arm["equal_time"].append(record)
+            save(result)
             offset = record["E"] - record["d_at_e_end"]
             ends = f"E ({equal.end_step} steps) {record['E']:.4f} (E - D there {offset:+.4f})"
             ends += f", LH - E {lh_e:+.4f} +- {lh_e_se:.4f}"
             print(f"    speed-up {speedup}: {ends}", flush=True)
-        result["arms"].append(arm)
+    del result["partial"]
+    save(result)
     return result
 
 
@@ -255,10 +266,14 @@ def main() -> None:
         datamodule.setup("fit")
         val = read_windows(datamodule, window_ids(datamodule, args.val_windows), "val")  # the same in every seed
         for total in args.steps:
-            results.append(run(args, total, seed, datamodule, val))
-            if args.json:
-                with open(args.json, "w") as f:
-                    json.dump({"args": vars(args), "results": results}, f, indent=1)
+            results.append(run(args, total, seed, datamodule, val, save=functools.partial(write_json, args, results)))
+
+
+def write_json(args: argparse.Namespace, done: list[dict], record: dict) -> None:
+    """The finished records and the one in progress, to ``--json`` (if given): a cut-off run keeps its finished arms."""
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": [*done, record]}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -56,9 +56,12 @@ def break_even(warmup: int, switch: int, total: int, gaps: dict[float, float]) -
 
 
 def break_evens(record: dict) -> list[BreakEven]:
-    """One BreakEven per (S, seed, switch) of a tiny_branch.py record that measured at least one E."""
+    """One BreakEven per (S, seed, switch) of a tiny_branch.py record that measured at least one E. A run that was
+    cut off (``partial``) is left out: its missing E's would move the break-even."""
     found = []
     for result in record["results"]:
+        if result.get("partial"):
+            continue
         for arm in result.get("arms", []):
             if not arm.get("equal_time"):
                 continue

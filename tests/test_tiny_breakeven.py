@@ -49,6 +49,15 @@ def test_records_without_an_equal_time_list_give_no_rows():
     assert tiny_breakeven.break_evens(old) == []
 
 
+def test_a_cut_off_run_gives_no_row_until_it_is_complete():
+    """tiny_branch.py saves a run after each arm, marked partial; a break-even from the E's done so far would move."""
+    cut_off = record(0.1, {2.0: 0.05})
+    cut_off["results"][0]["partial"] = True
+    assert tiny_breakeven.break_evens(cut_off) == []
+    del cut_off["results"][0]["partial"]
+    assert len(tiny_breakeven.break_evens(cut_off)) == 1
+
+
 def test_the_archived_records_give_the_break_evens_the_docs_quote():
     """bench/RESULTS.md and the README quote these (thirteenth session); the records are committed."""
     files = sorted(RECORDS.glob("breakeven_s*_seed*.json"))
