@@ -148,8 +148,9 @@ def test_fit_resumes_a_run_folder_and_refuses_best(trained, tmp_path, capsys, ca
     assert run_dirs(run.parent) == [run]
 
 
-def test_validate_of_a_checkpoint_stays_with_its_run_and_prints_its_step(trained, tmp_path, capsys):
-    """Before, every validate made a new run folder without a checkpoint and printed "validation at step 0"."""
+def test_validate_of_a_checkpoint_stays_with_its_run_and_prints_its_step(trained, tmp_path, capsys, recwarn):
+    """Before, every validate made a new run folder without a checkpoint and printed "validation at step 0" (and
+    Lightning's note that the checkpoint's callback states were not restored, which validation never needs)."""
     run = copy_of(trained, tmp_path)
     config = tiny_config(tmp_path, "run", version=None)
     config["trainer"]["enable_progress_bar"] = True
@@ -164,6 +165,7 @@ def test_validate_of_a_checkpoint_stays_with_its_run_and_prints_its_step(trained
     # Charted at the checkpoint's step too (Lightning's count in a lone validate is 0).
     assert [sorted(logged_scalars(v, "val/loss")) for v in validations] == [[4], [2], [4]]
     assert sorted(logged_scalars(run, "val/loss")) == [2, 4]  # the run's curves are the training's alone
+    assert not [w for w in recwarn if "callbacks used to create the checkpoint" in str(w.message)]
 
 
 def test_failed_launch_leaves_no_run_folder(trained, tmp_path, capsys, monkeypatch):

@@ -29,7 +29,7 @@ from lighthouse.train.preflight import (
     check_trainer_args,
     check_writable,
 )
-from lighthouse.train.progress import StepProgressBar, describe_model, quiet_lightning
+from lighthouse.train.progress import StepProgressBar, describe_model, quiet_lightning, quiet_validate
 from lighthouse.train.run_dir import RunPlacement, is_local_path, place_run
 from lighthouse.train.run_loggers import pin_checkpoint_folder
 from lighthouse.train.safety import checkpoint_folders, prepare_fit, with_safety
@@ -203,6 +203,7 @@ class LighthouseCLI(LightningCLI):
         check_start_step(self.trainer, fit_args["ckpt_path"])
 
     def before_validate(self) -> None:
+        quiet_validate()
         self.check_folders_writable(checkpoints=False)
         if self.run_placement.ckpt_path is not None:  # `--ckpt_path last`, resolved by place_run
             self.config_init[self.subcommand]["ckpt_path"] = self.run_placement.ckpt_path

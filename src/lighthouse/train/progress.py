@@ -259,3 +259,9 @@ def quiet_lightning() -> None:
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
     )
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
+def quiet_validate() -> None:
+    """Validation restores the weights only, so Lightning's note that a checkpoint's callback states (its
+    ModelCheckpoint's) were not restored asks nothing of the user there; fit keeps it."""
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
