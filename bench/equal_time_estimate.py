@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from branch_report import SeedRun, load_seeds
+from branch_seeds import SeedRun, load_seeds
 
 
 @dataclass(frozen=True)

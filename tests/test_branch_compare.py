@@ -1,6 +1,6 @@
-"""bench/branch.py and bench/branch_report.py: the plan arithmetic, one tiny seed of the branch design through the
-real CLI on CPU (shared warm-up, three arms resumed from its checkpoint, final evaluations), its archive, and a
-report whose intervals are checked against hand-computed ones."""
+"""bench/branch.py and bench/branch_report.py (with branch_seeds.py and student_t.py): the plan arithmetic, one
+tiny seed of the branch design through the real CLI on CPU (shared warm-up, three arms resumed from its checkpoint,
+final evaluations), its archive, and a report whose intervals are checked against hand-computed ones."""
 
 import importlib
 import json
@@ -24,7 +24,9 @@ from lighthouse.train.cli import main as cli_main
 sys.path.insert(0, str(REPO / "bench"))
 import branch  # noqa: E402
 import branch_report  # noqa: E402
+import branch_seeds  # noqa: E402
 import compare  # noqa: E402
+import student_t  # noqa: E402
 
 W, S = 4, 16  # switch at round(0.625 * 16) = 10; validations every 2 steps
 
@@ -83,19 +85,19 @@ def test_estimate_counts_each_arm_at_the_measured_tokens_per_second():
 def test_t_interval_matches_a_hand_computed_case():
     # differences 0.01, 0.02, 0.06: mean 0.03, s.d. sqrt(((-.02)^2 + (-.01)^2 + .03^2) / 2) = sqrt(0.0007),
     # t(0.975, 2) = 4.302653: half-width 4.302653 * sqrt(0.0007) / sqrt(3) = 0.065725.
-    mean, lo, hi = branch_report.t_interval([0.01, 0.02, 0.06])
+    mean, lo, hi = student_t.t_interval([0.01, 0.02, 0.06])
     assert mean == pytest.approx(0.03)
     assert (hi - lo) / 2 == pytest.approx(4.302653 * math.sqrt(0.0007) / math.sqrt(3), rel=1e-5)
     for df, t in ((1, 12.706205), (4, 2.776445), (10, 2.228139), (30, 2.042272), (200, 1.971896)):
-        assert branch_report.t_quantile(0.975, df) == pytest.approx(t, rel=1e-5)
-    assert branch_report.t_interval([0.5]) == (0.5, None, None)
-    assert branch_report.call(-0.03, -0.05, -0.01) == "LH lower" and branch_report.call(0.0, -0.1, 0.1) == "no call"
+        assert student_t.t_quantile(0.975, df) == pytest.approx(t, rel=1e-5)
+    assert student_t.t_interval([0.5]) == (0.5, None, None)
+    assert student_t.call(-0.03, -0.05, -0.01) == "LH lower" and student_t.call(0.0, -0.1, 0.1) == "no call"
 
 
-def curve_arm(name: str, dense: dict[int, float], sparse: dict[int, float] | None = None) -> branch_report.Arm:
+def curve_arm(name: str, dense: dict[int, float], sparse: dict[int, float] | None = None) -> branch_seeds.Arm:
     """An Arm with only a validation curve (what the realization table reads)."""
     curve = [(step, 0.0, v) for step, v in sorted(dense.items())]
-    return branch_report.Arm(name, curve, sparse or {}, None, None, None, {}, {}, {}, 1, max(dense))
+    return branch_seeds.Arm(name, curve, sparse or {}, None, None, None, {}, {}, {}, 1, max(dense))
 
 
 def test_realization_table_compares_each_attempt_with_the_kept_run_on_common_steps():
@@ -104,7 +106,7 @@ def test_realization_table_compares_each_attempt_with_the_kept_run_on_common_ste
     # the run's own attention, not the dense reading (3.0 / 3.2) that also exists in the Lighthouse phase.
     kept = curve_arm("LH", {100: 3.0, 200: 3.2, 300: 1.4}, {100: 2.0, 200: 1.5})
     attempt = curve_arm("LH", {100: 3.3, 200: 3.1, 250: 1.6}, {100: 2.1, 200: 1.45})
-    seed = branch_report.SeedRun(Path("."), 7, {}, None, None, {}, None, {"LH": kept}, {"LH": [(1, attempt)]})
+    seed = branch_seeds.SeedRun(Path("."), 7, {}, None, None, {}, None, {"LH": kept}, {"LH": [(1, attempt)]})
     row = "| 7 | LH | 1 | 2 | 200 | 1.5000 | 1.4500 | -0.0500 | 0.1000 (100) |"
     assert branch_report.realization_table([seed])[2] == row
     seed.attempts["E"] = [(2, attempt)]  # an attempt whose run has no kept arm (not trained again yet): no row
@@ -342,12 +344,12 @@ def test_validation_at_an_arms_end_scores_recall_like_the_final_evaluation(seed)
     for arm in ("D", "LH", "LHc"):
         final = json.loads((seed.out / arm / "final" / "recall.json").read_text())
         logged, _ = read_logged(seed.out / arm)
-        from_validation = branch_report.recall_at(logged, S)
+        from_validation = branch_seeds.recall_at(logged, S)
         assert from_validation is not None and set(from_validation["bins"]) == set(final["bins"])
         for name, metrics in final["bins"].items():
-            for metric in branch_report.RECALL_METRICS:
+            for metric in branch_seeds.RECALL_METRICS:
                 assert from_validation["bins"][name][metric] == pytest.approx(metrics[metric], abs=1e-6), (arm, name)
-    assert branch_report.recall_at(logged, S - 1) is None  # no validation at that step
+    assert branch_seeds.recall_at(logged, S - 1) is None  # no validation at that step
 
 
 @pytest.mark.slow
@@ -375,13 +377,13 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     second = branch.export(twin, archives)
     report_dir = seed.folder / "report"
     markdown = branch_report.build_report([first, second], report_dir).read_text()
-    seeds = branch_report.load_seeds([first, second], seed.folder / "unpacked")
+    seeds = branch_seeds.load_seeds([first, second], seed.folder / "unpacked")
     assert [s.seed for s in seeds] == [0, 1]
     d0 = [s.final_loss("LH") - s.final_loss("D") for s in seeds]
     assert d0[1] - d0[0] == pytest.approx(-0.02)
-    mean, lo, hi = branch_report.t_interval(d0)
+    mean, lo, hi = student_t.t_interval(d0)
     assert f"| LH - D | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] |" in markdown
-    mean, lo, hi = branch_report.t_interval([s.final_loss("LHc") - s.final_loss("LH") for s in seeds])
+    mean, lo, hi = student_t.t_interval([s.final_loss("LHc") - s.final_loss("LH") for s in seeds])
     assert f"| LHc - LH | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | 2 | " in markdown
     for title in ("Wall clock", "Recall after recovery", "Loss by position", "Look-ahead at the switch"):
         assert title in markdown
@@ -394,11 +396,11 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     (cut / "plan.json").write_text(json.dumps({**plan, "seed": 2}))
     shutil.rmtree(cut / "E" / "final")
     markdown = branch_report.build_report([first, second, branch.export(cut, archives)], report_dir).read_text()
-    seeds = branch_report.load_seeds([first, second, cut], seed.folder / "unpacked3")
+    seeds = branch_seeds.load_seeds([first, second, cut], seed.folder / "unpacked3")
     assert [s.complete for s in seeds] == [True, True, False] and seeds[2].evaluated("LH")
-    mean, lo, hi = branch_report.t_interval([s.final_loss("LH") - s.final_loss("D") for s in seeds])
+    mean, lo, hi = student_t.t_interval([s.final_loss("LH") - s.final_loss("D") for s in seeds])
     assert f"| LH - D | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | 3 |" in markdown
-    mean, lo, hi = branch_report.t_interval([s.final_loss("LH") - s.final_loss("E") for s in seeds[:2]])
+    mean, lo, hi = student_t.t_interval([s.final_loss("LH") - s.final_loss("E") for s in seeds[:2]])
     assert f"| LH - E | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | 2 |" in markdown
     assert "seed 2: ['E']" in markdown  # the design's arms only: LHc is an added experiment
     assert "| 2 | LH | 10 |" in markdown and "| 2 | LHc | 10 |" in markdown  # the switch table has every seed
@@ -641,7 +643,7 @@ def test_an_equal_time_arm_trained_but_not_evaluated_trains_again_from_a_rederiv
     assert branch.checkpoints(out / "E")[-1][0] == end and (out / "DONE").exists()
     # The report compares both set-aside runs with their second realization; on one CPU thread training is
     # deterministic, so E's two realizations read the same at every common validation, as the warm-up's do.
-    table = branch_report.realization_table(branch_report.load_seeds([out], tmp_path / "unpacked"))
+    table = branch_report.realization_table(branch_seeds.load_seeds([out], tmp_path / "unpacked"))
     rows = [r.split(" | ") for r in table if r.startswith("| 0 |")]
     assert [r[1:3] for r in rows] == [["warmup", "1"], ["E", "1"]]
     assert all(int(r[3]) >= 2 and r[7] == "+0.0000" for r in rows), rows

@@ -9,7 +9,7 @@ from training_helpers import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 import branch_report  # noqa: E402
-from branch_report import Arm, SeedRun  # noqa: E402
+from branch_seeds import Arm, SeedRun  # noqa: E402
 
 BUCKETS = ["0-256", "256-1k"]
 PLAN = {"seed": 0, "warmup": 200, "steps": 800, "switch_step": 500}

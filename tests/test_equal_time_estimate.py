@@ -13,7 +13,7 @@ from training_helpers import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 import equal_time_estimate as estimate  # noqa: E402
-from branch_report import Arm, SeedRun, load_seeds  # noqa: E402
+from branch_seeds import Arm, SeedRun, load_seeds  # noqa: E402
 
 RUNS = REPO / "bench" / "report" / "runs"
 TOOL = [sys.executable, str(REPO / "bench" / "equal_time_estimate.py")]

@@ -1,0 +1,177 @@
+"""One seed of bench/branch.py as the report reads it: each arm's validation curve, final evaluation, recall,
+look-ahead probe and timing, from a seed folder or its archive (bench/report/runs/*.tgz), and the set of seeds one
+report aggregates (one design and plan)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from branch import ARMS, RUNS, SPARSE_ARMS, design_arms, end_step
+from campaign import read_json
+from report import elapsed, job_spans, read_logged, split_wall_by_phase
+
+# What every seed of one report shares (the command-line extras may differ: a work-around, recorded per seed).
+SHARED_PLAN = ("steps", "warmup", "share", "switch_step", "val_every", "config", "eval_windows")
+RECALL_METRICS = ("digit_acc", "exact", "digit_logloss")  # per distance bin, lighthouse.eval.recall's names
+
+
+@dataclass
+class Arm:
+    name: str
+    curve: list[tuple[int, float, float]]  # (global step, elapsed s from the seed's start, val/loss_dense)
+    sparse_curve: dict[int, float]  # global step -> val/loss with the run's own attention, in its Lighthouse phase
+    window_losses: dict | None
+    recall: dict | None
+    lookahead: dict | None
+    wall_s: dict[str, float]  # per phase ("lighthouse", "dense"), jobs' time
+    train_s: dict[str, float]  # per phase, steps x steady-state step time
+    tokens_per_s: dict[str, float]
+    jobs: int
+    end: int
+
+
+@dataclass
+class SeedRun:
+    folder: Path
+    seed: int
+    plan: dict
+    warmup_check: dict | None
+    equal_time: dict | None
+    config: dict
+    warmup: Arm | None
+    arms: dict[str, Arm] = field(default_factory=dict)
+    # Earlier attempts at a run that its machine took with it (branch.set_aside), per run: (n of .attempt-<n>, Arm).
+    attempts: dict[str, list[tuple[int, Arm]]] = field(default_factory=dict)
+
+    def evaluated(self, arm: str) -> bool:
+        """The arm trained to its end and got its final evaluation."""
+        return arm in self.arms and self.arms[arm].window_losses is not None
+
+    @property
+    def complete(self) -> bool:
+        return all(self.evaluated(a) for a in design_arms(self.plan))
+
+    def final_loss(self, arm: str) -> float:
+        return float(np.mean(self.arms[arm].window_losses["losses"]))
+
+    @property
+    def tokens_per_step(self) -> int:
+        data = self.config["data"]
+        return data["seq_len"] * data.get("batch_size", 1) * self.config["trainer"].get("accumulate_grad_batches", 1)
+
+
+def recall_at(logged: dict[str, dict[int, tuple[float, float]]], step: int) -> dict | None:
+    """The recall a validation at ``step`` logged, in lighthouse.eval.recall's JSON shape; None without one.
+
+    The validation scores the same windows and pairs as the final recall evaluation (model.recall), with the
+    attention the run has at that step: at an arm's end that is dense in every arm, so the two agree (seed 0 of
+    branch_32k, where both exist: equal to 1e-7), and the report can leave the final one out (--no-final-recall)."""
+    bins: dict[str, dict[str, float]] = {}
+    for tag, points in logged.items():
+        parts = tag.split("/")
+        if len(parts) == 3 and parts[0] == "recall" and parts[2] in RECALL_METRICS and step in points:
+            bins.setdefault(parts[1], {})[parts[2]] = points[step][1]
+    bins = {b: m for b, m in bins.items() if set(m) == set(RECALL_METRICS)}
+    return {"global_step": step, "source": "validation", "bins": bins} if bins else None
+
+
+def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_s: float) -> Arm | None:
+    """One run of the seed: its validation curve (its steps after ``start``), final evaluation and timing."""
+    logged, throughput = read_logged(run_dir)
+    if "train/loss" not in logged:
+        return None
+    # Steps as lighthouse.eval.run_logs reads them: global steps, for runs logged before lighthouse.train.logger's
+    # step convention too.
+    spans = job_spans(run_dir, logged)
+    dense = {s: wv for s, wv in logged.get("val/loss_dense", {}).items() if s > start}
+    own = {s: v for s, (_, v) in logged.get("val/loss", {}).items() if s > start}
+    switch = plan["switch_step"] if name in SPARSE_ARMS else None
+
+    def phase(step: int) -> str:
+        return "lighthouse" if switch is not None and step <= switch else "dense"
+
+    walls = [(w, phase(s)) for s, (w, _) in logged["train/loss"].items()]
+    walls += [(w, phase(s)) for s, (w, _) in dense.items()]
+    steps = {"lighthouse": (switch - start) if switch else 0, "dense": end - (switch or start)}
+    train_s, tokens_per_s = {}, {}
+    for ph in ("lighthouse", "dense"):
+        mine = [r for r in throughput if (r.get("attention", "sdpa") != "sdpa") == (ph == "lighthouse")]
+        if steps[ph] and mine:
+            step_s = statistics.fmean(r["step_time_s"] for r in mine)
+            train_s[ph] = steps[ph] * step_s
+            tokens_per_s[ph] = statistics.fmean(r["tokens_per_sec"] * r["step_time_s"] for r in mine) / step_s
+    final = run_dir / "final"
+    return Arm(
+        name=name,
+        curve=[(s, offset_s + elapsed(w, spans), v) for s, (w, v) in sorted(dense.items())],
+        sparse_curve={s: v for s, v in own.items() if phase(s) == "lighthouse"},
+        window_losses=read_json(final / "window_losses.json"),
+        recall=read_json(final / "recall.json") or recall_at(logged, end),
+        lookahead=read_json(final / "lookahead.json"),
+        wall_s={k: v for k, v in split_wall_by_phase(spans, sorted(walls)).items() if steps[k]},
+        train_s=train_s,
+        tokens_per_s=tokens_per_s,
+        jobs=len(spans),
+        end=end,
+    )
+
+
+def run_config_path(folder: Path) -> Path | None:
+    """The config of the seed's first run (the warm-up, or from scratch D): model and data are every run's."""
+    return next((p for p in (folder / "configs" / f"{r}.yaml" for r in RUNS) if p.is_file()), None)
+
+
+def load_seed(folder: Path) -> SeedRun:
+    plan = json.loads((folder / "plan.json").read_text())
+    equal_time = read_json(folder / "equal_time.json")
+    config = yaml.safe_load(run_config_path(folder).read_text())
+    warmup = load_arm(folder / "warmup", "warmup", -1, plan["warmup"], plan, 0.0)
+    warm_s = sum(b - a for a, b in job_spans(folder / "warmup", {})) if warmup else 0.0
+    run = SeedRun(folder, plan["seed"], plan, read_json(folder / "warmup_check.json"), equal_time, config, warmup)
+    for arm in ARMS:
+        end = end_step(arm, plan, equal_time)
+        if end is not None and (folder / arm).is_dir():
+            loaded = load_arm(folder / arm, arm, plan["warmup"], end, plan, warm_s)
+            if loaded is not None:
+                run.arms[arm] = loaded
+    for name in RUNS:
+        start = -1 if name == "warmup" else plan["warmup"]
+        end = end_step(name, plan, equal_time) or plan["steps"]
+        for aside in sorted(folder.glob(f"{name}.attempt-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])):
+            loaded = load_arm(aside, name, start, end, plan, 0.0)
+            if loaded is not None:
+                run.attempts.setdefault(name, []).append((int(aside.name.rsplit("-", 1)[1]), loaded))
+    return run
+
+
+def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
+    """Seed folders, or archives of them (unpacked into ``scratch``), in seed order; refuses a seed given twice."""
+    folders = []
+    for path in paths:
+        if path.is_dir():
+            folders.append(path)
+            continue
+        with tarfile.open(path) as tar:
+            tar.extractall(scratch, filter="data")
+            folders.append(scratch / tar.getnames()[0].split("/")[0])
+    # A folder exported before its first run had started holds nothing to report (a machine that went away).
+    seeds = sorted((load_seed(f) for f in folders if run_config_path(f)), key=lambda s: s.seed)
+    names = [s.seed for s in seeds]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a seed is given twice: seeds {names} from {[str(p) for p in paths]}")
+    for s in seeds[1:]:
+        differ = {
+            k: (seeds[0].plan.get(k), s.plan.get(k)) for k in SHARED_PLAN if seeds[0].plan.get(k) != s.plan.get(k)
+        }
+        if differ:
+            raise ValueError(
+                f"seeds {seeds[0].seed} and {s.seed} have different plans {differ}: one report aggregates one design "
+                "and plan (give their archives to separate reports)"
+            )
+    return seeds
