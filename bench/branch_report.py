@@ -508,18 +508,23 @@ def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list
     lines = [
         title,
         "",
-        f"Built by `python bench/branch.py report` from {len(seeds)} seed folder(s); {len(done)} complete"
-        + (f" (every arm of the design: {', '.join(design_arms(seeds[0].plan))})." if seeds else "."),
+        f"Built by `python bench/branch.py report` from {len(seeds)} seed folder(s).",
         "",
     ]
     if not seeds:
         return lines
+    # Per arm, not only "complete": a seed run for part of the design on purpose (D and LH at 65536) is not broken.
+    per_arm = ", ".join(f"{a} {sum(s.evaluated(a) for s in seeds)}" for a in shown_arms(seeds))
+    lines[-2] += (
+        f" Seeds with a final evaluation, per arm: {per_arm}; with every arm of the design "
+        f"({', '.join(design_arms(seeds[0].plan))}): {len(done)}."
+    )
     lines += setup_lines(seeds)
     missing = [s.seed for s in seeds if not s.complete]
     if missing:
         lines += [
-            f"- Incomplete seeds: {missing} (each comparison uses the seeds that finished both of its arms; "
-            f"arms without a final evaluation: "
+            f"- Seeds without every arm of the design: {missing} (each comparison uses the seeds that finished both "
+            f"of its arms; arms without a final evaluation: "
             + ", ".join(
                 f"seed {s.seed}: {[a for a in design_arms(s.plan) if not s.evaluated(a)]}"
                 for s in seeds

@@ -505,7 +505,8 @@ def test_a_scratch_seed_with_d_and_lh_is_complete(scratch, tmp_path):
     pair = tmp_path / scratch.out.name
     shutil.copytree(scratch.out, pair, ignore=shutil.ignore_patterns("E", "equal_time.json"))
     markdown = branch_report.build_report([branch.export(pair, tmp_path / "archives")], tmp_path / "report").read_text()
-    assert "1 complete (every arm of the design: D, LH)." in markdown and "Incomplete" not in markdown
+    assert "per arm: D 1, LH 1; with every arm of the design (D, LH): 1." in markdown
+    assert "Seeds without every arm" not in markdown
     assert "| seed | D | LH | LH - D |" in markdown and "E steps" not in markdown and "| LH - E |" not in markdown
 
 
@@ -559,7 +560,8 @@ def test_an_arm_whose_probe_went_with_its_machine_is_done_and_its_probe_unmeasur
     assert "LH's look-ahead probe is not measured: its switch checkpoint went with its machine" in said
     markdown = branch_report.build_report([archive], tmp_path / "report").read_text()
     assert (
-        "1 complete (every arm of the design: D, LH)." in markdown and "| 1 | LH | - | - | - | - | - | - |" in markdown
+        "per arm: D 1, LH 1; with every arm of the design (D, LH): 1." in markdown
+        and "| 1 | LH | - | - | - | - | - | - |" in markdown
     )
     assert "A row of '-': not measured" in markdown
 
