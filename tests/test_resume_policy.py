@@ -9,6 +9,7 @@ import torch
 from training_helpers import fit, logged_scalars, tiny_config
 
 from lighthouse.checkpoint import io
+from lighthouse.checkpoint.records import MODEL_KEY
 from lighthouse.checkpoint.resume import COMPUTE, RECIPE, SHAPE, refuse_tokenizer_change
 from lighthouse.data.tokenizer import byte_tokenizer
 from lighthouse.model.config import ModelConfig
@@ -169,3 +170,16 @@ def test_tokenizer_specs_are_compared_only_where_they_name_the_tokenizer(tmp_pat
     with pytest.raises(ValueError, match=r"data.tokenizer='bpe:300', but .* trained with tokenizer 'tok/bytes.json'"):
         refuse_tokenizer_change(bytes_file, "bpe:300")  # its fingerprint says bytes: no BPE is that
     refuse_tokenizer_change(tmp_path / "not-a-checkpoint.ckpt", "bpe:512")  # the restore says what is wrong
+
+
+def test_a_bpe_of_another_size_than_a_file_tokenizers_checkpoint_is_refused_before_the_corpus_is_read(tmp_path):
+    """A path names no BPE, but the checkpoint's model records its vocabulary size, which data.tokenizer='bpe:N'
+    fixes before any data work: a different N could only fail the restore, after the BPE was trained. An equal N is
+    left to the data module's fingerprint check."""
+    model = dataclasses.asdict(ModelConfig(vocab_size=300))
+    from_a_file = write_checkpoint(
+        tmp_path / "e.ckpt", datamodule_hyper_parameters={"tokenizer": "tok/bpe.json"}, **{MODEL_KEY: model}
+    )
+    refuse_tokenizer_change(from_a_file, "bpe:300")
+    with pytest.raises(ValueError, match=r"trained with tokenizer 'tok/bpe.json' \(300 tokens; 'bpe:512' has 512\)"):
+        refuse_tokenizer_change(from_a_file, "bpe:512")

@@ -111,18 +111,22 @@ def refuse_compute_changes(saved: dict, current: ModelConfig, overrides: list[st
         rank_zero_warn(f"resume: {PREFIX}{f} {a!r} -> {b!r}, accepted by --resume_overrides")
 
 
-def saved_tokenizer_identity(path: str | Path) -> tuple[str | None, str | None]:
-    """The ``data.tokenizer`` a checkpoint was trained with and that tokenizer's fingerprint (each None where not
-    recorded), read without loading the tensors: they are memory-mapped, never touched, as ``recorded_step`` reads
-    the step. (None, None) for a file that does not load: the restore says what is wrong with it."""
+def saved_tokenizer_identity(path: str | Path) -> tuple[str | None, str | None, int | None]:
+    """The ``data.tokenizer`` a checkpoint was trained with, that tokenizer's fingerprint and the model's vocabulary
+    size (each None where not recorded), read without loading the tensors: they are memory-mapped, never touched, as
+    ``recorded_step`` reads the step. All None for a file that does not load: the restore says what is wrong with it."""
     state = read_metadata(path)
     if state is None:
-        return None, None
+        return None, None, None
     spec = (state.get("datamodule_hyper_parameters") or {}).get("tokenizer")
     fingerprint = (state.get("LMDataModule") or {}).get("tokenizer_fingerprint")
     if fingerprint is None and TOKENIZER_KEY in state:
         fingerprint = TextTokenizer.from_str(state[TOKENIZER_KEY]).fingerprint
-    return spec, fingerprint
+    try:
+        vocab_size = saved_model_config(state).vocab_size
+    except (ValueError, TypeError):  # no model record: the restore names what is missing
+        vocab_size = None
+    return spec, fingerprint, vocab_size
 
 
 def fingerprint_without_data(spec: str) -> str | None:
@@ -156,9 +160,10 @@ def refuse_tokenizer_change(ckpt_path: str | Path, asked: str) -> None:
     Fingerprints decide where both are known, so a .json path or an 'hf:' folder holding the checkpoint's own
     tokenizer is accepted. A 'bpe:N' tokenizer has no fingerprint before the corpus is read: the spec strings are
     then compared, but only where both are 'byte' or 'bpe:N' (a path says nothing about which BPE it holds; the
-    checkpoint's counts as 'byte' where its fingerprint is). Any other pair is left to the data module, which
-    compares fingerprints when it sets up."""
-    saved, saved_fingerprint = saved_tokenizer_identity(ckpt_path)
+    checkpoint's counts as 'byte' where its fingerprint is). A 'bpe:N' against any other checkpoint tokenizer is
+    refused where N is not the checkpoint's vocabulary size (the restore could only fail); an equal size is left to
+    the data module, which compares fingerprints when it sets up."""
+    saved, saved_fingerprint, saved_vocab_size = saved_tokenizer_identity(ckpt_path)
     asked_fingerprint = fingerprint_without_data(asked)
     if asked_fingerprint is not None and saved_fingerprint is not None:
         if asked_fingerprint == saved_fingerprint:
@@ -168,6 +173,10 @@ def refuse_tokenizer_change(ckpt_path: str | Path, asked: str) -> None:
         if asked == named:
             return
         detail = ""
+    elif asked.startswith("bpe:") and _NAMED_TOKENIZER.fullmatch(asked) and saved_vocab_size is not None:
+        if int(asked[4:]) == saved_vocab_size:
+            return
+        detail = f" ({saved_vocab_size} tokens; {asked!r} has {asked[4:]})"
     else:
         return
     trained_with, keep = (f"tokenizer {saved!r}", f"--data.tokenizer {saved}") if saved else ("another tokenizer", "it")
