@@ -128,3 +128,37 @@ def test_the_width_records_give_the_deficits_and_break_evens_the_docs_quote():
         assert [round(e["lh_minus_e"], 3) for e in arm["equal_time"]] == lh_minus_e
     (half_lr,) = json.loads((RECORDS / "width128_lr1.5e-3_s600_seed0.json").read_text())["results"]
     assert (round(half_lr["D"], 4), round(half_lr["arms"][0]["gap"], 3)) == (1.5572, 0.198)
+
+
+def test_the_from_step_0_records_give_the_offsets_and_gaps_the_docs_quote():
+    """From step 0 (S=800, switch 500, E at 2.3x: 517 steps), widths 64 (fourteenth session) and 128 (seventeenth):
+    LH - D, E's offset from D at E's last step, LH - E, and LH against D at that step. bench/RESULTS.md and
+    docs/comparison.md quote these; the records are committed."""
+    files = {
+        (64, 0): "offset_s800_scratch_seed0.json",
+        (64, 1): "offset_s800_scratch_seed1.json",
+        (128, 0): "width128_scratch_s800_seed0.json",
+        (128, 1): "width128_scratch_s800_seed1.json",
+    }
+    found = {}
+    for (width, seed), name in files.items():
+        record = json.loads((RECORDS / name).read_text())
+        (result,) = record["results"]
+        (arm,) = result["arms"]
+        (equal,) = arm["equal_time"]
+        assert (record["args"].get("dim", 64), result["seed"], result["warmup"], equal["e_end"]) == (
+            width,
+            seed,
+            0,
+            517,
+        )
+        assert "partial" not in result
+        offset = equal["E"] - equal["d_at_e_end"]
+        lh_at_e_end = arm["LH"] - equal["d_at_e_end"]
+        found[width, seed] = tuple(round(x, 3) for x in (arm["gap"], offset, equal["lh_minus_e"], lh_at_e_end))
+    assert found == {
+        (64, 0): (0.215, 0.093, -0.018, 0.075),
+        (64, 1): (0.133, 0.069, -0.060, 0.009),
+        (128, 0): (0.297, 0.114, 0.032, 0.146),
+        (128, 1): (0.400, 0.124, 0.153, 0.277),
+    }
