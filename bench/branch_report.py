@@ -505,20 +505,16 @@ def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list
         if seeds and from_scratch(seeds[0].plan)
         else "# Branch comparison: Lighthouse + recovery against dense, from one shared dense warm-up"
     )
-    lines = [
-        title,
-        "",
-        f"Built by `python bench/branch.py report` from {len(seeds)} seed folder(s).",
-        "",
-    ]
+    built = f"Built by `python bench/branch.py report` from {len(seeds)} seed folder(s)."
     if not seeds:
-        return lines
+        return [title, "", built, ""]
     # Per arm, not only "complete": a seed run for part of the design on purpose (D and LH at 65536) is not broken.
     per_arm = ", ".join(f"{a} {sum(s.evaluated(a) for s in seeds)}" for a in shown_arms(seeds))
-    lines[-2] += (
+    built += (
         f" Seeds with a final evaluation, per arm: {per_arm}; with every arm of the design "
         f"({', '.join(design_arms(seeds[0].plan))}): {len(done)}."
     )
+    lines = [title, "", built, ""]
     lines += setup_lines(seeds)
     missing = [s.seed for s in seeds if not s.complete]
     if missing:
