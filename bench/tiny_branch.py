@@ -39,6 +39,7 @@ import copy
 import functools
 import json
 import math
+import os
 import statistics
 import time
 from types import SimpleNamespace
@@ -270,10 +271,13 @@ def main() -> None:
 
 
 def write_json(args: argparse.Namespace, done: list[dict], record: dict) -> None:
-    """The finished records and the one in progress, to ``--json`` (if given): a cut-off run keeps its finished arms."""
+    """The finished records and the one in progress, to ``--json`` (if given): a cut-off run keeps its finished arms.
+    Written beside and renamed over, so a kill during the write leaves the previous record whole."""
     if args.json:
-        with open(args.json, "w") as f:
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:
             json.dump({"args": vars(args), "results": [*done, record]}, f, indent=1)
+        os.replace(tmp, args.json)
 
 
 if __name__ == "__main__":

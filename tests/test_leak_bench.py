@@ -4,13 +4,16 @@ change (the full runs are in bench/RESULTS.md). And bench/tiny_branch.py's arms 
 its equal-time arm gets its schedule."""
 
 import argparse
+import json
 import statistics
 import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-from training_helpers import REPO, one_thread
+from training_helpers import REPO, one_thread, write_text_corpus
+
+from lighthouse.data.datamodule import LMDataModule
 
 sys.path.insert(0, str(REPO / "bench"))
 import leak_iid  # noqa: E402
@@ -148,3 +151,33 @@ def test_tiny_branch_d_is_measured_where_each_e_ends_without_changing_d():
     short = shared.branch()
     short.train(batches, 3, 7, sparse=False)
     assert losses[7] == statistics.fmean(tiny_branch.window_losses(short.model, val))
+
+
+def test_tiny_branch_saves_its_record_after_each_arm(tmp_path, monkeypatch):
+    """A run of hours that is cut off keeps what it finished: the record is written, marked partial, once D is done,
+    again after LH and after each E, and complete at the end; the file always holds the latest whole record."""
+    saved = []
+    write = tiny_branch.write_json
+
+    def recording_write(args, done, record):
+        write(args, done, record)
+        saved.append(json.loads((tmp_path / "run.json").read_text())["results"][-1])
+
+    monkeypatch.setattr(tiny_branch, "write_json", recording_write)
+    corpus, data_dir = write_text_corpus(tmp_path / "corpus", n_docs=200), tmp_path / "data"  # not the stdlib in data/
+
+    def small_data(**settings):
+        return LMDataModule(**{**settings, "corpus": str(corpus), "data_dir": str(data_dir)})
+
+    monkeypatch.setattr(tiny_branch, "LMDataModule", small_data)
+    argv = ["--steps", "8", "--dim", "32", "--speedup", "2", "3", "--lr-warmup", "2", "--val-windows", "2"]
+    monkeypatch.setattr(
+        sys, "argv", ["tiny_branch.py", *argv, "--batch-size", "1", "--json", str(tmp_path / "run.json")]
+    )
+    with one_thread():
+        tiny_branch.main()
+    shape = [
+        (r.get("partial", False), len(r["arms"]), len(r["arms"][0]["equal_time"]) if r["arms"] else 0) for r in saved
+    ]
+    assert shape == [(True, 0, 0), (True, 1, 0), (True, 1, 1), (True, 1, 2), (False, 1, 2)]
+    assert not (tmp_path / "run.json.tmp").exists()
