@@ -131,10 +131,12 @@ def test_the_width_records_give_the_deficits_and_break_evens_the_docs_quote():
 
 
 def test_the_from_step_0_records_give_the_offsets_and_gaps_the_docs_quote():
-    """From step 0 (S=800, switch 500, E at 2.3x: 517 steps), widths 64 (fourteenth session) and 128 (seventeenth):
+    """From step 0 (S=800, switch 500, E at 2.3x: 517 steps), widths 64 (fourteenth session), 32 and 128 (seventeenth):
     LH - D, E's offset from D at E's last step, LH - E, and LH against D at that step. bench/RESULTS.md and
     docs/comparison.md quote these; the records are committed."""
     files = {
+        (32, 0): "width32_scratch_s800_seed0.json",
+        (32, 1): "width32_scratch_s800_seed1.json",
         (64, 0): "offset_s800_scratch_seed0.json",
         (64, 1): "offset_s800_scratch_seed1.json",
         (128, 0): "width128_scratch_s800_seed0.json",
@@ -157,6 +159,8 @@ def test_the_from_step_0_records_give_the_offsets_and_gaps_the_docs_quote():
         lh_at_e_end = arm["LH"] - equal["d_at_e_end"]
         found[width, seed] = tuple(round(x, 3) for x in (arm["gap"], offset, equal["lh_minus_e"], lh_at_e_end))
     assert found == {
+        (32, 0): (0.156, 0.143, -0.073, 0.069),
+        (32, 1): (0.216, 0.115, 0.011, 0.126),
         (64, 0): (0.215, 0.093, -0.018, 0.075),
         (64, 1): (0.133, 0.069, -0.060, 0.009),
         (128, 0): (0.297, 0.114, 0.032, 0.146),
