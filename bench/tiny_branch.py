@@ -37,13 +37,13 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
 import math
-import os
 import statistics
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
+import campaign
 import torch
 from leak_iid import add_model_options, build
 
@@ -144,9 +144,7 @@ def equal_time_arm(shared: Trainer, batches: list[torch.Tensor], warmup: int, sw
     return equal
 
 
-def run(
-    args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModule, val: torch.Tensor, save=lambda _: None
-) -> dict:
+def run(args: argparse.Namespace, total: int, seed: int, datamodule: LMDataModule, val: torch.Tensor, save) -> dict:
     """One S and seed. ``save`` gets the record, marked ``"partial": True``, each time an arm is done (a run of hours
     that is cut off keeps what it finished), and once more, complete, at the end."""
     warmup = round(args.warmup_share * total)
@@ -271,13 +269,10 @@ def main() -> None:
 
 
 def write_json(args: argparse.Namespace, done: list[dict], record: dict) -> None:
-    """The finished records and the one in progress, to ``--json`` (if given): a cut-off run keeps its finished arms.
-    Written beside and renamed over, so a kill during the write leaves the previous record whole."""
+    """The finished records and the one in progress, to ``--json`` (if given): a cut-off run keeps its finished arms
+    (campaign.write_json: through a temporary file, so a kill during the write leaves the previous record whole)."""
     if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"args": vars(args), "results": [*done, record]}, f, indent=1)
-        os.replace(tmp, args.json)
+        campaign.write_json(Path(args.json), {"args": vars(args), "results": [*done, record]})
 
 
 if __name__ == "__main__":
