@@ -11,7 +11,7 @@ from training_helpers import fit, logged_scalars, tiny_config
 from lighthouse.checkpoint import io
 from lighthouse.checkpoint.records import MODEL_KEY
 from lighthouse.checkpoint.resume import COMPUTE, RECIPE, SHAPE, refuse_tokenizer_change
-from lighthouse.data.tokenizer import byte_tokenizer
+from lighthouse.data.tokenizer import byte_tokenizer, parse_tokenizer_spec
 from lighthouse.model.config import ModelConfig
 from lighthouse.train.lit_module import lr_multiplier
 
@@ -183,3 +183,16 @@ def test_a_bpe_of_another_size_than_a_file_tokenizers_checkpoint_is_refused_befo
     refuse_tokenizer_change(from_a_file, "bpe:300")
     with pytest.raises(ValueError, match=r"trained with tokenizer 'tok/bpe.json' \(300 tokens; 'bpe:512' has 512\)"):
         refuse_tokenizer_change(from_a_file, "bpe:512")
+
+
+def test_an_invalid_bpe_size_is_left_to_the_data_settings_that_name_its_range(tmp_path):
+    """'bpe:5' names no tokenizer (N must be >= 258): the checkpoint check steps aside, so the user reads
+    DataSettings' range instead of being told to switch to the checkpoint's tokenizer as if 'bpe:5' were one."""
+    model = dataclasses.asdict(ModelConfig(vocab_size=300))
+    named = write_checkpoint(
+        tmp_path / "f.ckpt", datamodule_hyper_parameters={"tokenizer": "bpe:300"}, **{MODEL_KEY: model}
+    )
+    for invalid in ("bpe:5", "bpe:007x"):
+        refuse_tokenizer_change(named, invalid)
+    with pytest.raises(ValueError, match=r"'bpe:N' needs an integer N in \[258, "):
+        parse_tokenizer_spec("bpe:5")

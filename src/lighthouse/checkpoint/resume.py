@@ -19,7 +19,6 @@ a BPE would otherwise be trained and the corpus tokenized only for the restore t
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 import lightning as L
@@ -28,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lighthouse.checkpoint.files import read_metadata
 from lighthouse.checkpoint.records import TOKENIZER_KEY, saved_model_config
-from lighthouse.data.tokenizer import TextTokenizer, byte_tokenizer
+from lighthouse.data.tokenizer import TextTokenizer, TokenizerSpec, byte_tokenizer, parse_tokenizer_spec
 from lighthouse.model.config import PREFIX, ModelConfig
 
 SHAPE = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "tie_embeddings")
@@ -52,7 +51,6 @@ SCHEDULE = ("warmup_steps", "lr_schedule", "min_lr_ratio", "schedule_steps")
 # Optimizer param-group keys that are bookkeeping, not settings: the parameters, and the LR the scheduler owns.
 _NOT_SETTINGS = ("params", "lr", "initial_lr")
 # Tokenizer specs that name their tokenizer by themselves, before any data is read: bytes, or a BPE of N tokens.
-_NAMED_TOKENIZER = re.compile(r"byte|bpe:\d+")
 
 
 def saved_model_fields(checkpoint: dict) -> dict:
@@ -144,12 +142,23 @@ def fingerprint_without_data(spec: str) -> str | None:
     return None
 
 
+def _named(spec: object) -> TokenizerSpec | None:
+    """The parsed spec where ``spec`` is a valid 'byte' or 'bpe:N' (names that say which tokenizer they are), else
+    None: paths say nothing about what they hold, and an invalid spec is DataSettings' to name."""
+    if not isinstance(spec, str) or not (spec == "byte" or spec.startswith("bpe:")):
+        return None
+    try:
+        return parse_tokenizer_spec(spec)
+    except ValueError:
+        return None
+
+
 def _tokenizer_name(spec: str | None, fingerprint: str | None) -> str | None:
     """'byte' or 'bpe:N' for a checkpoint's tokenizer where that names it (a .json of the byte tokenizer is 'byte'
     too), else None."""
     if fingerprint is not None and fingerprint == byte_tokenizer().fingerprint:
         return "byte"
-    return spec if isinstance(spec, str) and _NAMED_TOKENIZER.fullmatch(spec) else None
+    return spec if _named(spec) else None
 
 
 def refuse_tokenizer_change(ckpt_path: str | Path, asked: str) -> None:
@@ -169,14 +178,14 @@ def refuse_tokenizer_change(ckpt_path: str | Path, asked: str) -> None:
         if asked_fingerprint == saved_fingerprint:
             return
         detail = f" (fingerprint {saved_fingerprint}; {asked!r} has {asked_fingerprint})"
-    elif (named := _tokenizer_name(saved, saved_fingerprint)) and _NAMED_TOKENIZER.fullmatch(asked):
-        if asked == named:
+    elif (named := _tokenizer_name(saved, saved_fingerprint)) and (asked_named := _named(asked)):
+        if asked_named.spec == named:
             return
         detail = ""
-    elif asked.startswith("bpe:") and _NAMED_TOKENIZER.fullmatch(asked) and saved_vocab_size is not None:
-        if int(asked[4:]) == saved_vocab_size:
+    elif (asked_named := _named(asked)) and asked_named.kind == "bpe" and saved_vocab_size is not None:
+        if asked_named.vocab_size == saved_vocab_size:
             return
-        detail = f" ({saved_vocab_size} tokens; {asked!r} has {asked[4:]})"
+        detail = f" ({saved_vocab_size} tokens; {asked!r} has {asked_named.vocab_size})"
     else:
         return
     trained_with, keep = (f"tokenizer {saved!r}", f"--data.tokenizer {saved}") if saved else ("another tokenizer", "it")
