@@ -668,7 +668,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ex.add_argument("--to", required=True)
     rep = sub.add_parser("report", help="markdown and PNGs from every seed folder or archive given")
     rep.add_argument("--runs", nargs="+", required=True, help="seed folders or their .tgz archives")
-    rep.add_argument("--report-dir", default=str(REPO / "bench" / "report" / "branch"))
+    # No default: one default folder would let a report of another design or context overwrite the committed one.
+    rep.add_argument("--report-dir", required=True, help="where README.md and the PNGs go (e.g. bench/report/branch)")
     est = sub.add_parser("estimate", help="device minutes of one seed at measured tokens/s (default: the issue's)")
     est.add_argument("--steps", type=int, default=1000)
     est.add_argument("--warmup", type=int, default=200)
@@ -690,6 +691,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--require-drop checks the shared warm-up; --warmup 0 (from scratch) has none")
     if args.command == "run" and "E" in args.arms and not {"D", "LH"} <= set(args.arms):
         parser.error(f"--arms {' '.join(args.arms)}: E needs D and LH (its length comes from their step times)")
+    if args.command == "estimate":
+        for flag in ("tokens_per_step", "dense_tps", "lh_tps", "deterministic_cost"):
+            value = getattr(args, flag)
+            if not (math.isfinite(value) and value > 0):
+                parser.error(f"--{flag.replace('_', '-')} {value}: must be a number > 0")
+        if not (math.isfinite(args.validation_s) and args.validation_s >= 0):
+            parser.error(f"--validation-s {args.validation_s}: must be a number >= 0")
+        try:
+            make_plan(args.steps, args.warmup, args.share)
+        except ValueError as error:
+            parser.error(str(error))
     if args.command == "run" and args.out is None:
         args.out = str(REPO / "logs" / folder_name(args.config, args.seed, args.warmup))
     return args
@@ -729,7 +741,11 @@ def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> i
         return 0
     from branch_report import build_report
 
-    print(build_report([Path(p) for p in args.runs], Path(args.report_dir)))
+    try:
+        print(build_report([Path(p) for p in args.runs], Path(args.report_dir)))
+    except (ValueError, OSError) as error:  # an input that is no seed, seeds that do not belong together: said
+        print(f"branch report: {error}", file=sys.stderr)
+        return BAD_FOLDER
     return 0
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from branch import ARMS, SPARSE_ARMS, design_arms, from_scratch
 from branch_seeds import RECALL_METRICS, Arm, SeedRun, load_seeds
+from campaign import write_text
 from report import f, minutes
 from student_t import call, t_interval
 
@@ -147,14 +148,8 @@ def window_differences(seeds: list[SeedRun], a: str, b: str) -> np.ndarray:
     """Per window (of the windows every seed evaluated), the a - b loss difference averaged over seeds."""
     per_seed = []
     for s in seeds:
-        wa, wb = s.arms[a].window_losses, s.arms[b].window_losses
-        if wa["split"] != wb["split"]:
-            raise ValueError(f"seed {s.seed}: {a} and {b} were evaluated on different validation splits")
-        per_seed.append(
-            {w: x - y for w, x, y in zip(wa["window_ids"], wa["losses"], wb["losses"], strict=True)}
-            if wa["window_ids"] == wb["window_ids"]
-            else {}
-        )
+        wa, wb = s.arms[a].window_losses, s.arms[b].window_losses  # on the same windows: load_seeds checked
+        per_seed.append({w: x - y for w, x, y in zip(wa["window_ids"], wa["losses"], wb["losses"], strict=True)})
     common = sorted(set.intersection(*(set(d) for d in per_seed)))
     return np.array([statistics.fmean(d[w] for d in per_seed) for w in common])
 
@@ -483,18 +478,24 @@ def plot_curves(seeds: list[SeedRun], path: Path, by_time: bool) -> None:
 
 # ---- the report ---------------------------------------------------------------------------------------------------
 def build_report(paths: list[Path], report_dir: Path, scratch: Path | None = None) -> Path:
-    """Write ``report_dir/README.md`` and its PNGs from the seed folders or archives in ``paths``."""
+    """Write ``report_dir/README.md`` and its PNGs from the seed folders or archives in ``paths``; every input is
+    checked before anything is written (load_seeds refuses what does not belong, so a bad input never leaves a
+    report of the rest)."""
     import tempfile
 
     import matplotlib
 
     matplotlib.use("Agg")
-    report_dir.mkdir(parents=True, exist_ok=True)
+    if report_dir.exists() and not report_dir.is_dir():
+        raise ValueError(f"--report-dir {report_dir} is a file, not a folder")
     with tempfile.TemporaryDirectory() as tmp:
         seeds = load_seeds(paths, Path(scratch or tmp))
+        if not seeds:
+            raise ValueError("no seed folder or archive given")
+        report_dir.mkdir(parents=True, exist_ok=True)
         lines = section(seeds, report_dir)
     path = report_dir / "README.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -502,12 +503,10 @@ def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list
     done = [s for s in seeds if s.complete]
     title = (
         "# From-scratch comparison: Lighthouse + recovery against dense, every arm from step 0"
-        if seeds and from_scratch(seeds[0].plan)
+        if from_scratch(seeds[0].plan)
         else "# Branch comparison: Lighthouse + recovery against dense, from one shared dense warm-up"
     )
     built = f"Built by `python bench/branch.py report` from {len(seeds)} seed folder(s)."
-    if not seeds:
-        return [title, "", built, ""]
     # Per arm, not only "complete": a seed run for part of the design on purpose (D and LH at 65536) is not broken.
     per_arm = ", ".join(f"{a} {sum(s.evaluated(a) for s in seeds)}" for a in shown_arms(seeds))
     built += (

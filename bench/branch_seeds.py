@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,18 +151,89 @@ def load_seed(folder: Path) -> SeedRun:
     return run
 
 
-def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
-    """Seed folders, or archives of them (unpacked into ``scratch``), in seed order; refuses a seed given twice."""
-    folders = []
-    for path in paths:
-        if path.is_dir():
-            folders.append(path)
-            continue
+def seed_folder(path: Path, scratch: Path) -> Path:
+    """The seed folder ``path`` is, or the one its archive holds, unpacked into ``scratch``."""
+    if path.is_dir():
+        return path
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file or folder")
+    try:
         with tarfile.open(path) as tar:
+            tops = sorted({name.split("/")[0] for name in tar.getnames()})
+            if len(tops) != 1:
+                raise ValueError(
+                    f"{path} holds {len(tops)} top-level folders {tops[:4]}: the archive of a seed "
+                    "(bench/branch.py export) holds its one folder"
+                )
             tar.extractall(scratch, filter="data")
-            folders.append(scratch / tar.getnames()[0].split("/")[0])
-    # A folder exported before its first run had started holds nothing to report (a machine that went away).
-    seeds = sorted((load_seed(f) for f in folders if run_config_path(f)), key=lambda s: s.seed)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        said = str(err).splitlines()[0].rstrip(":") if str(err) else ""
+        raise ValueError(f"{path} is not a readable .tgz ({type(err).__name__}: {said}): damaged, or not one") from None
+    return scratch / tops[0]
+
+
+def checked_plan(path: Path, folder: Path) -> dict:
+    """The seed's plan.json, refused where ``path`` is no branch.py seed (another campaign's folder, say)."""
+    plan = read_json(folder / "plan.json")
+    lacking = [k for k in (*SHARED_PLAN, "seed") if k not in (plan or {})]
+    if lacking:
+        said = "has no plan.json" if plan is None else f"has a plan.json without {lacking}"
+        raise ValueError(f"{path} {said}: not a seed of bench/branch.py")
+    if run_config_path(folder) is None:
+        raise ValueError(
+            f"{path} holds no run (exported before its first job started, as when a machine goes at once): leave it out"
+        )
+    return plan
+
+
+def evaluation_windows(seed: SeedRun) -> tuple[object, list] | None:
+    """The (split, window ids) the seed's final evaluations scored, refused unless every arm scored the same ones
+    (the paired differences compare arms window by window) and every loss is there and finite; None before any
+    final evaluation."""
+    windows = None
+    for name, arm in seed.arms.items():
+        ev = arm.window_losses
+        if ev is None:
+            continue
+        where = seed.folder / name / "final" / "window_losses.json"
+        if not {"split", "window_ids", "losses"} <= set(ev) or len(ev["losses"]) != len(ev["window_ids"]):
+            raise ValueError(f"{where}: needs 'split', 'window_ids' and as many 'losses' as windows: damaged")
+        if not ev["losses"] or not np.isfinite(np.asarray(ev["losses"], dtype=float)).all():
+            raise ValueError(f"{where}: its losses are empty or not all finite")
+        mine = (ev["split"], ev["window_ids"])
+        if windows is None:
+            windows, first = mine, name
+        elif mine != windows:
+            raise ValueError(f"seed {seed.seed}: {name} was evaluated on other windows than {first} ({where})")
+    return windows
+
+
+def compared_settings(seed: SeedRun) -> dict:
+    """What the seeds of one report must share besides the plan: the model and the data (not their seed, nor how
+    many workers read it), as the seed's first run resolved them."""
+    data = {k: v for k, v in seed.config["data"].items() if k not in ("seed", "num_workers")}
+    return {"model": seed.config["model"], "data": data}
+
+
+def differences(a: object, b: object, prefix: str = "") -> list[str]:
+    """The dotted keys where two nested settings differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
+    """Seed folders, or archives of them (unpacked into ``scratch``), in seed order. Refused, naming the input: one
+    that is not a seed with a run, a seed given twice, seeds of other plans, models or data, and damaged final
+    evaluations (any of them would change the aggregate without a word)."""
+    seeds, windows = [], {}
+    for path in paths:
+        folder = seed_folder(path, scratch)
+        checked_plan(path, folder)
+        seed = load_seed(folder)
+        windows[path] = evaluation_windows(seed)
+        seeds.append(seed)
+    seeds.sort(key=lambda s: s.seed)
     names = [s.seed for s in seeds]
     if len(set(names)) != len(names):
         raise ValueError(f"a seed is given twice: seeds {names} from {[str(p) for p in paths]}")
@@ -174,4 +246,12 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
                 f"seeds {seeds[0].seed} and {s.seed} have different plans {differ}: one report aggregates one design "
                 "and plan (give their archives to separate reports)"
             )
+        if changed := differences(compared_settings(seeds[0]), compared_settings(s)):
+            raise ValueError(
+                f"seeds {seeds[0].seed} and {s.seed} trained different models or data ({', '.join(changed)} in "
+                "configs/): one report aggregates one setup"
+            )
+    scored = {p: w for p, w in windows.items() if w is not None}
+    if len(set(map(repr, scored.values()))) > 1:
+        raise ValueError(f"the seeds of {list(map(str, scored))} were evaluated on different validation windows")
     return seeds

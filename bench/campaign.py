@@ -17,24 +17,39 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lighthouse.eval.run_logs import read_json_lines
+
 REPO = Path(__file__).resolve().parents[1]
 Runner = Callable[[list[str], Path], int]  # (job arguments, log file) -> exit code
 
 
 # ---- JSON files of a campaign folder ------------------------------------------------------------------------------
 def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    """The JSON object in ``path``; None where there is no such file; a damaged file is refused by name."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a JSON file ({err}): damaged") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: damaged")
+    return data
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_json_lines(path)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write through a temporary file, so an interrupted write never leaves a half file behind."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write through a temporary file, so an interrupted write never leaves a half file behind."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=1))
 
 
 def device_info() -> dict:
@@ -97,16 +112,23 @@ def run_logged(cmd: list[str], log: Path, **env: str) -> int:
 
 def record_launch(run_dir: Path, record: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "launches.jsonl", "a") as f:
+    launches = run_dir / "launches.jsonl"
+    if launches.exists() and not launches.read_bytes().endswith(b"\n"):
+        # A record cut off by a kill mid-write: without this, the new one would be appended onto it and both lost.
+        launches.write_text("".join(json.dumps(r) + "\n" for r in read_json_lines(launches)))
+    with open(launches, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 def launch(runner: Runner, run_dir: Path, args: list[str], kind: str, resumed_from: int | None, who: str) -> int:
     """Run one job of ``run_dir`` with its log in ``launch-<n>.log`` and a record line in ``launches.jsonl`` (n:
-    the jobs recorded before it); a failure is said on stdout as ``<who>: <run> <kind> failed``."""
+    the jobs recorded before it, or the next number no log has where a kill left a log without its record); a
+    failure is said on stdout as ``<who>: <run> <kind> failed``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     launches = run_dir / "launches.jsonl"
-    n = len(launches.read_text().splitlines()) if launches.exists() else 0
+    n = len(read_json_lines(launches))
+    while (run_dir / f"launch-{n}.log").exists():  # a job whose record was cut off by a kill keeps its log
+        n += 1
     started = time.time()
     rc = runner(args, run_dir / f"launch-{n}.log")
     record_launch(run_dir, {"kind": kind, "start": started, "end": time.time(), "rc": rc, "resumed_from": resumed_from})

@@ -133,7 +133,10 @@ def test_bad_archives_get_one_line_and_no_traceback(tmp_path):
         [*TOOL, "--calibration", str(broken), "--runs", str(broken)], capture_output=True, text=True, env=ENV
     )
     assert said.returncode == 1 and "Traceback" not in said.stderr
-    assert said.stderr.startswith("equal_time_estimate: ReadError")
+    assert said.stderr == (
+        f"equal_time_estimate: ValueError: {broken} is not a readable .tgz (ReadError: file could not be opened "
+        "successfully): damaged, or not one\n"
+    )
     # A seed folder without LH and E: nothing to calibrate on.
     with tarfile.open(RUNS / "branch_64k-seed0.tgz") as tar:
         tar.extractall(tmp_path, filter="data")

@@ -141,7 +141,7 @@ def read_run(path: str | Path) -> Run:
             series.wall_times.append(wall)
             series.launches.append(launch)
         scalars[tag] = series
-    throughput = _read_throughput(path / "throughput.jsonl")
+    throughput = read_json_lines(path / "throughput.jsonl")
     config_files = sorted(path.glob("config*.yaml"), key=lambda p: int(p.suffixes[0][1:]) if len(p.suffixes) > 1 else 0)
     configs = [yaml.safe_load(p.read_text()) for p in config_files]
     return Run(
@@ -149,9 +149,10 @@ def read_run(path: str | Path) -> Run:
     )
 
 
-def _read_throughput(file: Path) -> list[dict]:
-    """The records of ``throughput.jsonl``; a last line cut off by a kill mid-write is left out, any other damage
-    is refused with the file and line named."""
+def read_json_lines(file: Path) -> list[dict]:
+    """The records of an appended JSON-lines file (``throughput.jsonl``, a campaign's ``launches.jsonl``); [] where
+    it does not exist. A last line cut off by a kill mid-write is left out, any other damage is refused with the
+    file and line named."""
     if not file.exists():
         return []
     try:

@@ -1,0 +1,181 @@
+"""What the branch report and the equal-time estimate accept as input (bench/branch_seeds.py's load_seeds): every
+input must be one seed of bench/branch.py with a run, and the seeds of one report must share their plan, model, data
+and evaluation windows. Anything else is refused in one line naming the input, before a report is written: each case
+here used to change the aggregate without a word, or end in a traceback. Built on the archived seeds of
+bench/report/runs/ (branch_64k seed 0 is the smallest with D and LH evaluated), copied and damaged."""
+
+import json
+import math
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+from training_helpers import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import branch  # noqa: E402
+import campaign  # noqa: E402
+
+RUNS = REPO / "bench" / "report" / "runs"
+SEED = "branch_64k-seed0"
+
+
+def report(capsys, *runs: Path, report_dir: Path) -> tuple[int, str]:
+    """(exit code, stderr) of ``branch.py report`` on ``runs``."""
+    code = branch.main(["report", "--runs", *map(str, runs), "--report-dir", str(report_dir)])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def unpacked(tmp_path) -> Path:
+    with tarfile.open(RUNS / f"{SEED}.tgz") as tar:
+        tar.extractall(tmp_path / "seeds", filter="data")
+    return tmp_path / "seeds" / SEED
+
+
+def second_seed(folder: Path, seed: int = 1) -> Path:
+    """A copy of the seed folder as another seed (what two sessions' archives of one design look like)."""
+    twin = folder.parent / f"{folder.name}-as-{seed}"
+    shutil.copytree(folder, twin)
+    plan = json.loads((twin / "plan.json").read_text())
+    (twin / "plan.json").write_text(json.dumps({**plan, "seed": seed}))
+    return twin
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_an_input_that_is_not_a_seed_is_refused_and_the_report_left_as_it_was(tmp_path, capsys, unpacked):
+    report_dir = tmp_path / "report"
+    report_dir.mkdir()
+    (report_dir / "README.md").write_text("the committed report\n")
+    code, err = report(capsys, RUNS / f"{SEED}.tgz", RUNS / "compare_32k.tgz", report_dir=report_dir)
+    assert code == branch.BAD_FOLDER
+    assert err == f"branch report: {RUNS / 'compare_32k.tgz'} has no plan.json: not a seed of bench/branch.py\n"
+    assert (report_dir / "README.md").read_text() == "the committed report\n"
+    shutil.rmtree(unpacked / "warmup")  # exported before its first job started: no run config
+    shutil.rmtree(unpacked / "configs")
+    code, err = report(capsys, unpacked, report_dir=tmp_path / "new")
+    assert code == branch.BAD_FOLDER and "holds no run (exported before its first job started" in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_archives_that_are_damaged_missing_or_hold_two_seeds_are_named(tmp_path, capsys, unpacked):
+    cut = tmp_path / "cut.tgz"
+    cut.write_bytes((RUNS / f"{SEED}.tgz").read_bytes()[:100_000])
+    code, err = report(capsys, cut, report_dir=tmp_path / "r")
+    assert code == branch.BAD_FOLDER
+    assert err.startswith(f"branch report: {cut} is not a readable .tgz (") and "Traceback" not in err
+    code, err = report(capsys, tmp_path / "none.tgz", report_dir=tmp_path / "r")
+    assert err == f"branch report: {tmp_path / 'none.tgz'}: no such file or folder\n"
+    two = tmp_path / "two.tgz"
+    with tarfile.open(two, "w:gz") as tar:
+        tar.add(unpacked, arcname=SEED)
+        tar.add(second_seed(unpacked), arcname="branch_64k-seed1")
+    code, err = report(capsys, two, report_dir=tmp_path / "r")
+    assert err == (
+        f"branch report: {two} holds 2 top-level folders ['branch_64k-seed0', 'branch_64k-seed1']: the archive of a "
+        "seed (bench/branch.py export) holds its one folder\n"
+    )
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    code, err = report(capsys, unpacked, report_dir=not_a_folder)
+    assert err == f"branch report: --report-dir {not_a_folder} is a file, not a folder\n"
+    assert not (tmp_path / "r").exists()
+
+
+def test_seeds_of_another_context_length_are_not_averaged_in(tmp_path, capsys, unpacked):
+    twin = second_seed(unpacked)
+    code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r")
+    assert code == 0, err  # the twin alone differs in nothing but its seed
+    for config in (twin / "configs").glob("*.yaml"):
+        settings = yaml.safe_load(config.read_text())
+        settings["data"]["seq_len"] = 32768
+        config.write_text(yaml.safe_dump(settings))
+    code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r2")
+    assert err == (
+        "branch report: seeds 0 and 1 trained different models or data (data.seq_len in configs/): one report "
+        "aggregates one setup\n"
+    )
+
+
+def test_arms_or_seeds_scored_on_other_windows_are_refused(tmp_path, capsys, unpacked):
+    twin = second_seed(unpacked)
+    lh = twin / "LH" / "final" / "window_losses.json"
+    edit_json(lh, lambda d: d.update(window_ids=d["window_ids"][::-1]))
+    code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r")
+    assert err == f"branch report: seed 1: LH was evaluated on other windows than D ({lh})\n"
+    edit_json(lh, lambda d: d.update(window_ids=d["window_ids"][:-1]))  # one window fewer than losses
+    code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r")
+    assert err == f"branch report: {lh}: needs 'split', 'window_ids' and as many 'losses' as windows: damaged\n"
+
+
+def test_seeds_evaluated_on_different_windows_are_refused(tmp_path, capsys, unpacked):
+    twin = second_seed(unpacked)
+    for arm in ("D", "LH"):
+        edit_json(
+            twin / arm / "final" / "window_losses.json",
+            lambda d: d.update(window_ids=[w + 1_000_000 for w in d["window_ids"]]),
+        )
+    code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r")
+    assert code == branch.BAD_FOLDER and err.endswith("were evaluated on different validation windows\n")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_final_loss_is_refused(tmp_path, capsys, unpacked, bad):
+    d = unpacked / "D" / "final" / "window_losses.json"
+    edit_json(d, lambda data: data["losses"].__setitem__(3, bad))
+    code, err = report(capsys, unpacked, report_dir=tmp_path / "r")
+    assert err == f"branch report: {d}: its losses are empty or not all finite\n"
+
+
+def test_a_damaged_json_file_is_named(tmp_path, capsys, unpacked):
+    (unpacked / "plan.json").write_text('{"steps": 6')
+    code, err = report(capsys, unpacked, report_dir=tmp_path / "r")
+    assert code == branch.BAD_FOLDER and err.startswith(f"branch report: {unpacked / 'plan.json'} is not a JSON file")
+
+
+def test_the_report_folder_must_be_named(capsys):
+    with pytest.raises(SystemExit):
+        branch.parse_args(["report", "--runs", str(RUNS / f"{SEED}.tgz")])
+    assert "--report-dir" in capsys.readouterr().err
+
+
+def test_a_launch_record_cut_off_by_a_kill_is_dropped_and_its_log_kept(tmp_path):
+    run_dir = tmp_path / "LH"
+    campaign.record_launch(run_dir, {"kind": "fit", "rc": 0})
+    with open(run_dir / "launches.jsonl", "a") as f:
+        f.write('{"kind": "fit", "sta')  # the bench process killed mid-write
+    (run_dir / "launch-0.log").write_text("first job\n")
+    (run_dir / "launch-1.log").write_text("the job whose record was cut off\n")
+    assert campaign.read_jsonl(run_dir / "launches.jsonl") == [{"kind": "fit", "rc": 0}]
+    logs = []
+    campaign.launch(lambda args, log: logs.append(log.name) or 0, run_dir, [], "fit", None, "test")
+    assert logs == ["launch-2.log"] and (run_dir / "launch-1.log").read_text().startswith("the job whose")
+    records = campaign.read_jsonl(run_dir / "launches.jsonl")
+    assert [r["kind"] for r in records] == ["fit", "fit"] and records[1]["rc"] == 0
+    with open(run_dir / "launches.jsonl", "a") as f:
+        f.write('{"broken"\n{"kind": "fit"}\n')  # damage before the last line is not a kill mid-write: refused
+    with pytest.raises(ValueError, match=r"launches.jsonl:3 is not a JSON record: the file is damaged"):
+        campaign.read_jsonl(run_dir / "launches.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--lh-tps", "-5"], "--lh-tps -5.0: must be a number > 0"),
+        (["--dense-tps", "0"], "--dense-tps 0.0: must be a number > 0"),
+        (["--validation-s", "nan"], "--validation-s nan: must be a number >= 0"),
+        (["--steps", "10", "--warmup", "20"], "must satisfy 0 <= warmup < switch < steps"),
+    ],
+)
+def test_estimate_refuses_speeds_and_plans_it_cannot_time(capsys, args, said):
+    with pytest.raises(SystemExit) as exit_:
+        branch.parse_args(["estimate", *args])
+    assert exit_.value.code == 2 and said in capsys.readouterr().err
