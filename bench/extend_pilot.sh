@@ -85,4 +85,7 @@ report) ;;
   exit 2
   ;;
 esac
-python3 bench/extend_report.py "$PILOT/logs" | tee -a "$log"
+# After pretrain there is no run of the table yet (extend_report.py would refuse the folder, exit code 2).
+if [ "$part" != pretrain ]; then
+  python3 bench/extend_report.py "$PILOT/logs" | tee -a "$log"
+fi
