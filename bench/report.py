@@ -3,7 +3,11 @@
     python bench/compare.py report --out logs/compare_32k logs/compare_64k --report-dir bench/report
 
 Arms are compared on ``val/loss_dense`` only (stage-1 validation with Lighthouse attention sees later tokens of a
-tile; lit_module.py). Wall clock counts each job from its start to its exit (start-up, compilation, validation
+tile; lit_module.py), over the paired seeds: those whose two arms both have a final evaluation. Every table and plot
+uses those seeds only (where none is paired, every run, each arm's seeds named), and the report names each seed left
+out and why: an arm averaged over seeds its partner lacks would mix the seed-to-seed spread into the comparison. A
+difference is called only where its 95 % Student-t interval over the paired seeds excludes 0, as in
+bench/branch_report.py. Wall clock counts each job from its start to its exit (start-up, compilation, validation
 and checkpoints included, the gaps between jobs not); "training only" is steps times the steady-state step time
 of ThroughputRecorder, which leaves all of those out.
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import yaml
 from campaign import read_jsonl
+from student_t import call, t_interval
 
 ARM_LABEL = {"dense": "dense", "lighthouse": "Lighthouse + recovery"}
 PHASES = ("lighthouse", "dense")  # what the non-dense layers run: stage 1 of the Lighthouse arm, or dense SDPA
@@ -210,6 +215,35 @@ def load_comparison(out: Path) -> tuple[dict, list[Run]]:
     return plan, runs
 
 
+def pairing(runs: list[Run]) -> tuple[list[int], dict[int, str]]:
+    """The paired seeds (both arms trained and evaluated at the end), and why each other seed is left out."""
+    by = {(r.arm, r.seed): r for r in runs}
+    paired, left_out = [], {}
+    for seed in sorted({r.seed for r in runs}):
+        reasons = [
+            f"no {label} run" if (arm, seed) not in by else f"{label} has no final evaluation"
+            for arm, label in ARM_LABEL.items()
+            if (arm, seed) not in by or not by[arm, seed].final_eval
+        ]
+        if reasons:
+            left_out[seed] = ", ".join(reasons)
+        else:
+            paired.append(seed)
+    return paired, left_out
+
+
+def seeds_sentence(runs: list[Run], paired: list[int], left_out: dict[int, str]) -> str:
+    """Which seeds the tables below use, for the section's header."""
+    gone = "; ".join(f"seed {seed}: {why}" for seed, why in left_out.items())
+    if not paired:
+        seeds_of = {arm: sorted(r.seed for r in runs if r.arm == arm) for arm in ARM_LABEL}
+        per_arm = ", ".join(f"{ARM_LABEL[arm]} {seeds}" for arm, seeds in seeds_of.items() if seeds)
+        return f"No seed is paired ({gone}); the tables below show every run of each arm, seeds {per_arm}."
+    if not left_out:
+        return f"Seeds {paired} (init and data order, paired)."
+    return f"Seeds {paired} (init and data order, paired); left out of every table and plot: {gone}."
+
+
 def mean_spread(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for fewer than two values)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
@@ -257,20 +291,23 @@ def paired_table(plan: dict, by: dict, seeds: list[int]) -> list[str]:
         f"(spread {f(spread)}) | | | {ratio(statistics.fmean(speed))} | "
         f"{ratio(statistics.fmean(known) if known else None)} |"
     )
-    if spread is None:
-        call = "one seed: no spread to compare the difference with, so no call is made."
-    elif abs(mean) > spread:
-        call = (
-            f"the mean paired difference {mean:+.4f} exceeds the seed spread {spread:.4f}: Lighthouse + "
-            f"recovery is {'better' if mean < 0 else 'worse'} than dense at {plan['steps']} steps."
-        )
-    else:
-        call = f"the mean paired difference {mean:+.4f} lies within the seed spread {spread:.4f}: no call either way."
     return rows + [
         "",
         f"Final `val/loss_dense` at step {plan['steps']}; spread = sample standard deviation of "
-        f"the paired differences over {len(seeds)} seed(s). Result: {call}",
+        f"the paired differences over {len(seeds)} seed(s). Result: {result(diffs)}",
     ]
+
+
+def result(diffs: list[float]) -> str:
+    """The call on the paired differences: made only where their mean's 95 % t-interval excludes 0 (|mean| > s.d. is
+    |t| > sqrt(n), which with two seeds calls a mean whose interval reaches 9 s.d. either side of it)."""
+    mean, lo, hi = t_interval(diffs)
+    if lo is None:
+        return "one seed: no spread to compare the difference with, so no call is made."
+    return (
+        f"the mean paired difference {mean:+.4f} has the 95 % Student-t interval [{lo:+.4f}, {hi:+.4f}] over the "
+        f"seeds; a result is called only where it excludes 0: {call(mean, lo, hi)}."
+    )
 
 
 def loss_at(curve: list[tuple[int, float, float]], t: float) -> float | None:
@@ -544,11 +581,12 @@ def data_line(manifest_path: Path, data: dict, steps: int) -> list[str]:
 
 
 def section(out: Path, report_dir: Path) -> list[str]:
-    plan, runs = load_comparison(out)
+    plan, found = load_comparison(out)
     tag = out.name
+    paired, left_out = pairing(found)
+    runs = [r for r in found if r.seed in paired] if paired else found
     by = {(r.arm, r.seed): r for r in runs}
     runs_by_arm = {a: [r for r in runs if r.arm == a] for a in ("dense", "lighthouse") if any(r.arm == a for r in runs)}
-    paired = sorted(s for a, s in by if a == "dense" and ("lighthouse", s) in by)
     config = yaml.safe_load((out / f"{runs[0].arm}-seed{runs[0].seed}" / "config.yaml").read_text())
     arch, data = config["model"]["arch"], config["data"]
     lh = arch["lighthouse"]
@@ -560,7 +598,7 @@ def section(out: Path, report_dir: Path) -> list[str]:
         f"p={lh['pooling_factor']}, K={lh['topk']}.",
         f"- Context {data['seq_len']}, batch {data.get('batch_size')}, {plan['steps']} steps per arm; Lighthouse "
         f"arm: stage 1 for steps 1-{plan['switch_step']} ({plan['share']:.1%}), dense after; same LR schedule over "
-        f"{plan['steps']} steps. Seeds {sorted({r.seed for r in runs})} (init and data order, paired). Passkey "
+        f"{plan['steps']} steps. {seeds_sentence(found, paired, left_out)} Passkey "
         f"documents: {data.get('passkey_fraction', 0.0):.0%} of training windows.",
         f"- Device: {plan.get('device', '?')}, torch {plan.get('torch', '?')}; started {plan.get('started', '?')}. "
         f"Config `{plan['config']}`, validation every {plan['val_every']} steps.",

@@ -2,6 +2,8 @@
 time-limited calls, the final evaluation, and a report whose numbers are the logged ones."""
 
 import json
+import shutil
+import statistics
 import sys
 import traceback
 from pathlib import Path
@@ -342,3 +344,94 @@ def test_committed_report_is_what_the_archived_runs_give(archive, tmp_path):
     committed = (REPO / "bench" / "report" / "README.md").read_text().splitlines()
     start = committed.index(rebuilt[0])
     assert committed[start : start + len(rebuilt)] == rebuilt
+
+
+def archived_comparison(folder: Path, name: str = "compare_32k") -> Path:
+    """bench/report/runs/<name>.tgz unpacked under ``folder``: real runs to take seeds and final evaluations from."""
+    import tarfile
+
+    with tarfile.open(REPO / "bench" / "report" / "runs" / f"{name}.tgz") as tar:
+        tar.extractall(folder / "runs", filter="data")
+    (folder / "report").mkdir()
+    return folder / "runs" / name
+
+
+PER_SEED_TABLES = (
+    "### Final validation loss (dense attention), paired by seed",
+    "### Same wall clock: Lighthouse's final loss against dense at that time",
+    "### Lighthouse attention against dense on the same weights",
+)
+
+
+def seeds_in_table(lines: list[str], heading: str) -> list[int]:
+    """The seeds of the rows of the table under ``heading``, whose first column is the seed."""
+    start = lines.index(heading) + 4  # the heading, a blank line, the header and its rule
+    rows = lines[start : lines.index("", start)]
+    return [int(cell) for cell in (row.split(" | ")[0].removeprefix("| ") for row in rows) if cell.isdigit()]
+
+
+def test_a_seed_without_its_lighthouse_run_is_named_and_left_out_of_every_table(tmp_path):
+    """Unnamed before: seed 1's dense run went into the per-arm means (three dense runs against two Lighthouse)."""
+    out = archived_comparison(tmp_path)
+    shutil.rmtree(out / "lighthouse-seed1")
+    lines = report.section(out, tmp_path / "report")
+    assert (
+        "320 steps. Seeds [0, 2] (init and data order, paired); left out of every table and plot: seed 1: no "
+        "Lighthouse + recovery run. Passkey documents" in lines[3]
+    )
+    assert all(seeds_in_table(lines, heading) == [0, 2] for heading in PER_SEED_TABLES)
+    _, runs = report.load_comparison(out)
+    dense = [r for r in runs if r.arm == "dense" and r.seed != 1]
+    wall = report.minutes(statistics.fmean(r.total_wall_s for r in dense))
+    assert wall != report.minutes(statistics.fmean(r.total_wall_s for r in runs if r.arm == "dense"))
+    assert any(line.startswith(f"| dense | - | {wall} | {wall} |") for line in lines)  # the wall-clock table
+    first_bucket = report.f(statistics.fmean(r.last["val/loss_dense_pos/0-256"] for r in dense))
+    assert any(line.startswith(f"| 0-256 | {first_bucket} |") for line in lines)  # loss by position
+
+
+def test_a_seed_without_a_final_evaluation_is_named_and_left_out(tmp_path):
+    out = archived_comparison(tmp_path)
+    shutil.rmtree(out / "dense-seed2" / "final_eval")
+    lines = report.section(out, tmp_path / "report")
+    assert (
+        "Seeds [0, 1] (init and data order, paired); left out of every table and plot: seed 2: dense has no final "
+        "evaluation." in lines[3]
+    )
+    assert all(seeds_in_table(lines, heading) == [0, 1] for heading in PER_SEED_TABLES)
+
+
+def test_with_no_paired_seed_each_arms_runs_are_named(tmp_path):
+    out = archived_comparison(tmp_path)
+    for run in ("lighthouse-seed0", "dense-seed1", "dense-seed2", "lighthouse-seed2"):
+        shutil.rmtree(out / run)
+    lines = report.section(out, tmp_path / "report")
+    assert (
+        "No seed is paired (seed 0: no Lighthouse + recovery run; seed 1: no dense run); the tables below show every "
+        "run of each arm, seeds dense [0], Lighthouse + recovery [1]." in lines[3]
+    )
+    assert PER_SEED_TABLES[0] not in lines and seeds_in_table(lines, PER_SEED_TABLES[2]) == [1]
+
+
+def paired_result(diffs: list[float]) -> str:
+    """The result line of paired_table for paired differences ``diffs`` (dense at 2.0, made-up wall clock)."""
+    by = {}
+    for seed, diff in enumerate(diffs):
+        for arm, loss in (("dense", 2.0), ("lighthouse", 2.0 + diff)):
+            by[arm, seed] = SimpleNamespace(final_loss=loss, total_wall_s=60.0, total_train_s=50.0)
+    return report.paired_table({"steps": 320}, by, list(range(len(diffs))))[-1]
+
+
+def test_the_call_is_made_only_where_the_t_interval_excludes_0():
+    # Two seeds at +0.05 and +0.15: |mean| 0.1 > s.d. 0.071, but the 95 % interval (t = 12.71, 1 degree of
+    # freedom) is 0.1 +- 0.635, which holds 0: |mean| > s.d. would call it worse; the t-interval makes no call.
+    assert paired_result([0.05, 0.15]).endswith(
+        "Result: the mean paired difference +0.1000 has the 95 % Student-t interval [-0.5353, +0.7353] over the "
+        "seeds; a result is called only where it excludes 0: no call."
+    )
+    # Three seeds at -0.10, -0.11, -0.12: -0.11 +- 4.30 x 0.01 / sqrt(3), all below 0.
+    assert paired_result([-0.10, -0.11, -0.12]).endswith(
+        "interval [-0.1348, -0.0852] over the seeds; a result is called only where it excludes 0: LH lower."
+    )
+    assert paired_result([0.05]).endswith(
+        "Result: one seed: no spread to compare the difference with, so no call is made."
+    )
