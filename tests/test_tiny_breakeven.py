@@ -44,6 +44,64 @@ def test_unbracketed_break_evens_say_which_side_they_are_on():
     assert none_needed.speedup is None and none_needed.cell() == "<= 1x" and none_needed.worth() == ">= 1"
 
 
+def test_lighthouse_ahead_at_no_speed_up_is_not_overturned_by_a_noisy_point_at_a_larger_one():
+    # LH - D < 0: Lighthouse leads at equal steps. LH - E > 0 at 2.3x (E has fewer steps than D: noise) must not make
+    # the sign change from 2.3x to 3x a break-even.
+    (ahead,) = tiny_breakeven.break_evens(record(-0.01, {2.3: 0.01, 3.0: -0.02}))
+    assert (ahead.speedup, ahead.cell(), ahead.worth()) == (None, "<= 1x", ">= 1")
+    (level,) = tiny_breakeven.break_evens(record(0.0, {2.3: 0.01, 3.0: 0.02}))  # level at R = 1 is no speed-up needed
+    assert (level.speedup, level.cell()) == (None, "<= 1x")
+
+
+def breakeven_command(*paths) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / "tiny_breakeven.py"), *map(str, paths)], capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize("field", ["lh_minus_e", "speedup"])
+@pytest.mark.parametrize("value", [float("nan"), float("-inf"), float("inf")], ids=["nan", "-inf", "inf"])
+def test_a_non_finite_number_is_refused_naming_the_file_and_the_field(field, value, tmp_path):
+    """Unchecked, a NaN LH - E at R = 3 read as '> 8x' (the record gives 2.4x) and -inf as 'nanx'."""
+    damaged = json.loads((RECORDS / "breakeven_s800_seed0.json").read_text())
+    damaged["results"][0]["arms"][0]["equal_time"][1][field] = value
+    path = tmp_path / "damaged.json"
+    path.write_text(json.dumps(damaged))
+    done = breakeven_command(path)
+    where = "equal_time[1].lh_minus_e (R = 3)" if field == "lh_minus_e" else "equal_time[1].speedup"
+    valid = "a finite number" if field == "lh_minus_e" else "a finite number >= 1"
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"tiny_breakeven: {path}: results[0].arms[0].{where} is {value!r}; valid: {valid}\n"
+
+
+def test_a_non_finite_difference_at_equal_steps_is_refused():
+    with pytest.raises(tiny_breakeven.BadValue, match=r"^results\[0\]\.arms\[0\]\.gap is nan; valid: a finite number$"):
+        tiny_breakeven.break_evens(record(float("nan"), {2.0: -0.1}))
+
+
+def test_rows_that_share_s_seed_and_switch_say_what_tells_them_apart():
+    """Three records of S=800, seed 0, switch 500: the break-even design (W=200) with four E's, the offset run (W=200)
+    with one, and width 32 from step 0; without W, width and file they read as three rows of '| 800 | 0 | 500 |'."""
+    names = ["breakeven_s800_seed0.json", "offset_s800_branch_seed0.json", "width32_scratch_s800_seed0.json"]
+    done = breakeven_command(*(RECORDS / name for name in names))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [
+        "| S | W | width | seed | switch | break-even R | a Lighthouse step in dense steps | record |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| 800 | 0 | 32 | 0 | 500 | 1.6x | 0.62 | {RECORDS / names[2]} |",
+        f"| 800 | 200 | 64 | 0 | 500 | 2.4x | 0.41 | {RECORDS / names[0]} |",
+        f"| 800 | 200 | 64 | 0 | 500 | > 2.3x | < 0.43 | {RECORDS / names[1]} |",
+    ]
+
+
+def test_a_file_named_twice_gives_its_rows_once(monkeypatch):
+    monkeypatch.chdir(REPO)
+    relative = RECORDS.relative_to(REPO) / "breakeven_s400_seed0.json"
+    done = breakeven_command(relative, REPO / relative, f"bench/report/../report/tiny_branch/{relative.name}")
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[2:] == [f"| 400 | 100 | 64 | 0 | 250 | 2.0x | 0.51 | {relative} |"]
+
+
 def test_records_without_an_equal_time_list_give_no_rows():
     old = {"results": [{"steps": 600, "seed": 0, "warmup": 150, "arms": [{"switch": 375, "gap": 0.1, "E": 1.9}]}]}
     assert tiny_breakeven.break_evens(old) == []
