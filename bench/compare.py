@@ -253,7 +253,11 @@ def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> i
         return 0
     from report import build_report  # bench/ is this script's folder, first on sys.path
 
-    print(build_report([Path(p) for p in args.out], Path(args.report_dir)))
+    try:
+        print(build_report([Path(p) for p in args.out], Path(args.report_dir)))
+    except (ValueError, OSError) as error:  # a folder that is no comparison, or one cut short: said, no traceback
+        print(f"compare report: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -435,3 +435,11 @@ def test_the_call_is_made_only_where_the_t_interval_excludes_0():
     assert paired_result([0.05]).endswith(
         "Result: one seed: no spread to compare the difference with, so no call is made."
     )
+
+
+def test_a_folder_that_is_no_comparison_is_said_in_one_line(tmp_path, capsys):
+    code = compare.main(["report", "--out", str(tmp_path), "--report-dir", str(tmp_path / "report")])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"compare report: [Errno 2] No such file or directory: '{tmp_path / 'compare.json'}'\n"
+    )
