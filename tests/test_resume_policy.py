@@ -11,6 +11,7 @@ from training_helpers import fit, logged_scalars, tiny_config
 from lighthouse.checkpoint import io
 from lighthouse.checkpoint.records import MODEL_KEY
 from lighthouse.checkpoint.resume import COMPUTE, RECIPE, SHAPE, refuse_tokenizer_change
+from lighthouse.data.datamodule import LMDataModule
 from lighthouse.data.tokenizer import byte_tokenizer, parse_tokenizer_spec
 from lighthouse.model.config import ModelConfig
 from lighthouse.train.lit_module import lr_multiplier
@@ -113,6 +114,35 @@ def test_changed_tokenizer_is_refused_before_any_data_work(base):
     with pytest.raises(ValueError, match="^" + re.escape(refusal) + ".*Pass --data.tokenizer byte"):
         resume(base, "bpe", edit=edit)
     assert not trained(base, "bpe") and not bpe_files(base)
+
+
+@pytest.mark.parametrize(("field", "value"), [("seq_len", 1024), ("seed", 7)])
+def test_a_fit_on_another_data_seed_or_window_length_is_refused_before_the_data_is_read(
+    base, monkeypatch, field, value
+):
+    # Before, the corpus was tokenized (or its cache read) and the model built, and then the data module refused.
+    read = []
+    monkeypatch.setattr(LMDataModule, "prepare_data", lambda self: read.append(self))
+    saved = torch.load(base[1], weights_only=True)["LMDataModule"][field]
+
+    def edit(config):
+        config["data"][field] = value
+
+    refusal = (
+        f"resuming {base[1]} on a different data stream: data.{field}={value}, the checkpoint's {saved}. Keep the "
+        "checkpoint's values, or pass --data.strict_resume false"
+    )
+    with pytest.raises(ValueError, match="^" + re.escape(refusal)):
+        resume(base, f"stream-{field}", edit=edit)
+    assert not read and not trained(base, f"stream-{field}")
+
+
+def test_strict_resume_false_lets_another_data_seed_through_as_the_data_module_does(base):
+    def edit(config):
+        config["data"].update(seed=7, strict_resume=False)
+
+    resume(base, "stream-not-strict", edit=edit)
+    assert trained(base, "stream-not-strict")
 
 
 def test_changed_tokenizer_is_refused_for_ckpt_path_last(base):

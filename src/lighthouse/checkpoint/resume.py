@@ -13,7 +13,9 @@ and announced, never ignored. (Lightning would restore the optimizer's saved hyp
 The moment estimates in the optimizer state are kept. A different optimizer class is refused.
 
 The tokenizer (``data.tokenizer``) is refused when it differs, and before any data work (``refuse_tokenizer_change``):
-a BPE would otherwise be trained and the corpus tokenized only for the restore to fail on the vocabulary size.
+a BPE would otherwise be trained and the corpus tokenized only for the restore to fail on the vocabulary size. So
+are a fit's data seed and window length (``refuse_data_change``), which the data module would otherwise compare only
+after tokenizing the corpus; the data itself (its fingerprint) needs the corpus read, and is compared there.
 """
 
 from __future__ import annotations
@@ -193,6 +195,30 @@ def refuse_tokenizer_change(ckpt_path: str | Path, asked: str) -> None:
         f"data.tokenizer={asked!r}, but the checkpoint {ckpt_path} was trained with {trained_with}{detail}: its "
         f"weights read other token ids. Pass {keep}; a model with another tokenizer is a new run (no --ckpt_path)"
     )
+
+
+# The data stream's settings a checkpoint records (LMDataModule.state_dict) that can be compared before any data is
+# read; the data and tokenizer fingerprints need the corpus, and the data module compares them at setup.
+STREAM = ("seed", "seq_len")
+
+
+def refuse_data_change(ckpt_path: str | Path, data: dict) -> None:
+    """Refuse to resume a fit on another data seed or window length than the checkpoint's, before the corpus is
+    tokenized (the data module would refuse the same after it). ``data.strict_resume: false`` lets both through, as
+    it does there (the stream continues at the same window count)."""
+    if data.get("strict_resume") is False:
+        return
+    saved = ((read_metadata(ckpt_path) or {}).get("LMDataModule")) or {}
+    changed = [
+        f"data.{k}={data[k]!r}, the checkpoint's {saved[k]!r}"
+        for k in STREAM
+        if saved.get(k) is not None and data.get(k) is not None and data[k] != saved[k]
+    ]
+    if changed:
+        raise ValueError(
+            f"resuming {ckpt_path} on a different data stream: {'; '.join(changed)}. Keep the checkpoint's values, "
+            "or pass --data.strict_resume false to continue at the same stream position anyway"
+        )
 
 
 def _plain(value):

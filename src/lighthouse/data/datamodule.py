@@ -309,7 +309,9 @@ class LMDataModule(L.LightningDataModule):
         if mismatches:
             msg = "resuming on different data: " + "; ".join(mismatches)
             if self.settings.strict_resume:
-                raise ValueError(msg + " (set strict_resume=False to continue at the same stream position anyway)")
+                raise ValueError(
+                    msg + " (pass --data.strict_resume false to continue at the same stream position anyway)"
+                )
             log.warning("%s; continuing at window %d", msg, state["windows_consumed"])
         self._windows_consumed = int(state["windows_consumed"])
         if self._train_ds is not None:

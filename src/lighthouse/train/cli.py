@@ -14,7 +14,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lighthouse.checkpoint.files import newest_usable, recorded_step
 from lighthouse.checkpoint.io import is_remote
-from lighthouse.checkpoint.resume import check_override_names, override_names, refuse_tokenizer_change
+from lighthouse.checkpoint.resume import (
+    check_override_names,
+    override_names,
+    refuse_data_change,
+    refuse_tokenizer_change,
+)
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.train import arg_errors, compat, exits
 from lighthouse.train.cli_parser import LighthouseArgumentParser
@@ -85,12 +90,15 @@ def checkpoint_this_launch_loads(config, placement: RunPlacement, subcommand: st
     return Path(ckpt_path) if is_local_path(ckpt_path) else None
 
 
-def check_tokenizer_of_checkpoint(config, placement: RunPlacement, subcommand: str | None) -> None:
-    """The checkpoint's tokenizer against data.tokenizer, before the data module trains a BPE or tokenizes the
-    corpus: those take minutes on a real corpus, and the restore would only then fail, on model.arch.vocab_size."""
+def check_data_of_checkpoint(config, placement: RunPlacement, subcommand: str | None) -> None:
+    """The checkpoint's tokenizer against data.tokenizer, and a fit's data seed and window length, before the data
+    module trains a BPE or tokenizes the corpus: those take minutes on a real corpus, and the restore would only then
+    fail (on model.arch.vocab_size, or on the data module's own comparison)."""
     ckpt_path = checkpoint_this_launch_loads(config, placement, subcommand)
     if ckpt_path is not None:
         refuse_tokenizer_change(ckpt_path, config["data"].get("tokenizer") or "byte")  # null: DataSettings reads byte
+        if subcommand == "fit":  # validate restores the weights only: any data and window length may evaluate them
+            refuse_data_change(ckpt_path, config["data"])
 
 
 def refuse_grouped_callbacks(trainer: dict) -> None:
@@ -164,7 +172,7 @@ class LighthouseCLI(LightningCLI):
             ) from None
         if self.run_placement.note:
             rank_zero_info(self.run_placement.note)
-        check_tokenizer_of_checkpoint(config, self.run_placement, self.subcommand)
+        check_data_of_checkpoint(config, self.run_placement, self.subcommand)
 
     def instantiate_trainer(self, **kwargs):
         config = self.config[self.subcommand] if self.subcommand else self.config
