@@ -145,6 +145,16 @@ def test_strict_resume_false_lets_another_data_seed_through_as_the_data_module_d
     assert trained(base, "stream-not-strict")
 
 
+def test_a_file_that_is_no_lightning_checkpoint_is_refused_naming_it(base):
+    # Before, Lightning's restore ended in KeyError: 'pytorch-lightning_version', as a traceback.
+    foreign = base[0] / "state_dict.ckpt"
+    torch.save({"weight": torch.zeros(2)}, foreign)
+    folder = base[0]
+    with pytest.raises(ValueError, match=f"^--ckpt_path {re.escape(str(foreign))} is not a Lightning checkpoint"):
+        fit(folder, tiny_config(folder, "foreign", max_steps=3, every_n=2), ckpt_path=str(foreign), tag="foreign")
+    assert not trained(base, "foreign")
+
+
 def test_changed_tokenizer_is_refused_for_ckpt_path_last(base):
     folder, ckpt = base
     config = tiny_config(folder, "base", max_steps=3, every_n=2)  # the run of that name: `last` is its last.ckpt

@@ -197,6 +197,21 @@ def refuse_tokenizer_change(ckpt_path: str | Path, asked: str) -> None:
     )
 
 
+def refuse_foreign_checkpoint(ckpt_path: str | Path) -> None:
+    """Refuse a file that loads but is no Lightning checkpoint (a bare state dict, another tool's save), which
+    Lightning's restore would meet with a KeyError deep inside; a file that does not load at all is left to the
+    restore, whose message says what is wrong with it."""
+    if Path(ckpt_path).is_dir():  # a sharded (FSDP) checkpoint: its own checks say what is wrong with it
+        return
+    state = read_metadata(ckpt_path)
+    if state is not None and "pytorch-lightning_version" not in state:
+        raise ValueError(
+            f"--ckpt_path {ckpt_path} is not a Lightning checkpoint (it has no 'pytorch-lightning_version' entry): "
+            "fit and validate load checkpoints a Lighthouse fit saved; to start from a Hugging Face model's "
+            "weights, use --model.init_from FOLDER"
+        )
+
+
 # The data stream's settings a checkpoint records (LMDataModule.state_dict) that can be compared before any data is
 # read; the data and tokenizer fingerprints need the corpus, and the data module compares them at setup.
 STREAM = ("seed", "seq_len")

@@ -18,6 +18,7 @@ from lighthouse.checkpoint.resume import (
     check_override_names,
     override_names,
     refuse_data_change,
+    refuse_foreign_checkpoint,
     refuse_tokenizer_change,
 )
 from lighthouse.data.datamodule import LMDataModule
@@ -96,6 +97,7 @@ def check_data_of_checkpoint(config, placement: RunPlacement, subcommand: str | 
     fail (on model.arch.vocab_size, or on the data module's own comparison)."""
     ckpt_path = checkpoint_this_launch_loads(config, placement, subcommand)
     if ckpt_path is not None:
+        refuse_foreign_checkpoint(ckpt_path)
         refuse_tokenizer_change(ckpt_path, config["data"].get("tokenizer") or "byte")  # null: DataSettings reads byte
         if subcommand == "fit":  # validate restores the weights only: any data and window length may evaluate them
             refuse_data_change(ckpt_path, config["data"])
