@@ -16,8 +16,10 @@ from training_helpers import REPO
 
 from lighthouse.checkpoint.read import NotRecoveredWarning, dense_model, read_checkpoint
 from lighthouse.data.tokenizer import EOS_TOKEN, byte_tokenizer, bytes_to_unicode, train_bpe
-from lighthouse.export import export_llama, tokenizer_files
+from lighthouse.export import export_llama, llama_state_dict, main, tokenizer_files
 from lighthouse.generate import generate_tokens
+from lighthouse.hf_import import read_safetensors
+from lighthouse.train import exits
 
 transformers = pytest.importorskip("transformers")
 
@@ -186,3 +188,94 @@ def test_sharded_checkpoint_folder_is_refused_with_the_command(tmp_path):
     command = f"python -m lightning.pytorch.utilities.consolidate_checkpoint {folder} --output_file {folder}"
     assert command in str(err.value)
     assert not (tmp_path / "hf").exists()
+
+
+# ---- the --out folder ------------------------------------------------------------------------------------------
+
+STALE_NOTE = (
+    "which a reader could load instead of or with the new model.safetensors: move them away, or export into another "
+    "folder"
+)
+
+
+def assert_holds_exactly(folder, ckpt) -> None:
+    """What model.init_from reads from ``folder`` is the checkpoint's weights, nothing else."""
+    expected = llama_state_dict(dense_model(read_checkpoint(ckpt)), torch.float32)
+    got = read_safetensors(folder)
+    assert sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+
+
+def test_out_holding_a_sharded_model_is_refused_and_left_as_it_was(tmp_path_factory, tmp_path):
+    """Written beside a save_pretrained model's shards and index, model.safetensors is what transformers loads and
+    the shards what model.init_from loads; the folder is refused (not cleaned: they may be the only copy)."""
+    ckpt = arch_checkpoint(tmp_path_factory, "mha-untied")
+    folder = tmp_path / "hf"
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(folder, max_shard_size="20KB")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    shards = sorted(name for name in before if name.endswith(".safetensors"))
+    assert len(shards) > 3 and "model.safetensors.index.json" in before
+    with pytest.raises(ValueError) as err:
+        export_llama(ckpt, folder, tokenizer="byte")
+    assert str(err.value) == (
+        f"--out={str(folder)!r} is invalid: it holds weights this export would not overwrite "
+        f"(model.safetensors.index.json, {shards[0]}, {shards[1]} and {len(shards) - 2} more), {STALE_NOTE}"
+    )
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    for name in [*shards, "model.safetensors.index.json"]:  # moved away, as the message says
+        (folder / name).unlink()
+    export_llama(ckpt, folder, tokenizer="byte")
+    assert_holds_exactly(folder, ckpt)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["pytorch_model.bin"],
+        ["adapter_model.safetensors"],
+        ["pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"],
+    ],
+    ids=["pickle", "other-safetensors", "sharded-pickle"],
+)
+def test_out_holding_other_weights_is_refused_naming_them(tmp_path, names):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes(b"")
+    with pytest.raises(ValueError) as err:
+        export_llama(tmp_path / "never-read.ckpt", folder)  # refused before the checkpoint is looked for
+    assert str(err.value) == (
+        f"--out={str(folder)!r} is invalid: it holds weights this export would not overwrite ({', '.join(names)}), "
+        f"{STALE_NOTE}"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+
+
+def test_exporting_again_into_the_same_folder_replaces_the_model(tmp_path_factory, tmp_path):
+    """Re-exporting into an export's folder is the usual loop; files that are not weights stay."""
+    first = arch_checkpoint(tmp_path_factory, "mha-untied")
+    second = arch_checkpoint(tmp_path_factory, "gqa1-tied-vocab320")  # tied: no lm_head.weight left over
+    folder = export_llama(first, tmp_path / "hf", tokenizer="byte")
+    (folder / "README.md").write_text("notes\n")
+    (folder / "training_args.bin").write_bytes(b"")  # not weights
+    export_llama(second, folder, tokenizer="byte")
+    assert_holds_exactly(folder, second)
+    assert json.loads((folder / "config.json").read_text())["num_key_value_heads"] == 1
+    assert (folder / "README.md").read_text() == "notes\n"
+
+
+@pytest.mark.parametrize("out", ["", "  "], ids=["empty", "blank"])
+def test_empty_out_is_refused_before_the_checkpoint_is_read(tmp_path_factory, tmp_path, monkeypatch, capsys, out):
+    """``--out "$UNSET"`` exported into the current folder."""
+    ckpt = arch_checkpoint(tmp_path_factory, "mha-untied")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
+    message = f"error: --out={out!r} is invalid: it must name a folder, not be blank (is a shell variable unset?)"
+    for given in (ckpt, tmp_path / "missing.ckpt"):  # the second: --out comes before --ckpt is looked for
+        assert exits.run(main, ["--ckpt", str(given), "--out", out, "--tokenizer", "byte"]) == exits.EXIT_USAGE
+        assert capsys.readouterr().err.splitlines()[0] == message
+    assert list(tmp_path.iterdir()) == []

@@ -122,6 +122,29 @@ def test_sharded_folder_loads(tmp_path):
     assert_same_logits(import_llama(tmp_path, ModelConfig(seq_len=64)), hf)
 
 
+def test_model_safetensors_beside_an_index_of_shards_is_refused(tmp_path):
+    """What an export into a sharded model's folder used to leave: transformers loads model.safetensors, the index
+    names the shards; neither is taken silently."""
+    hf_llama(tmp_path, "mha-untied", max_shard_size="40KB")
+    other = {name: 2 * tensor for name, tensor in read_safetensors(tmp_path).items()}
+    save_file(other, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError) as err:
+        import_llama(tmp_path, ModelConfig(seq_len=64))
+    assert str(err.value) == (
+        f"model.init_from={str(tmp_path)!r} holds both model.safetensors and model.safetensors.index.json (which "
+        "names other files), so which weights are meant is ambiguous: move away the stale one, model.safetensors "
+        "or the index and its shards"
+    )
+
+
+def test_index_of_model_safetensors_alone_loads(tmp_path):
+    """An index that names only model.safetensors agrees with it: nothing is ambiguous."""
+    hf = hf_llama(tmp_path, "mha-untied")
+    weight_map = dict.fromkeys(read_safetensors(tmp_path), "model.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert_same_logits(import_llama(tmp_path, ModelConfig(seq_len=64)), hf)
+
+
 def test_transformers4_config_layout_reads_the_same(tmp_path):
     """transformers 4.x wrote rope_theta and rope_scaling ({"type": ...} in older files) beside each other."""
     old = {"rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}, "max_position_embeddings": 64}

@@ -26,7 +26,7 @@ from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.generate import Sampling
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.transformer import Transformer
-from lighthouse.tool_args import entry_point, local_path, output_folder
+from lighthouse.tool_args import entry_point, local_path, output_folder, require
 
 # This project's parameter names -> Llama's, per block and outside the blocks.
 BLOCK_NAMES = {
@@ -161,12 +161,43 @@ def tokenizer_files(tokenizer: TextTokenizer, max_len: int) -> dict[str, dict | 
     }
 
 
+def check_out(out: str | Path) -> None:
+    """Refuse an ``--out`` the export should not write into, before any checkpoint is read: an empty value (an unset
+    shell variable; as a path it is the current folder), or a folder holding weights that the export would not
+    overwrite. Those would sit beside the new model.safetensors, and readers choose among them differently
+    (transformers takes model.safetensors, model.init_from the shards an index names), so the folder is refused
+    rather than cleaned: the files may be the only copy of a model."""
+    value = str(out)
+    require(value.strip() != "", "--out", value, "it must name a folder, not be blank (is a shell variable unset?)")
+    folder = output_folder("--out", value, create=False)
+    names = [p.name for p in folder.iterdir() if is_other_weights(p.name)] if folder.is_dir() else []
+    stale = sorted(names, key=lambda name: (not name.endswith(".index.json"), name))  # an index says most
+    shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+    require(
+        not stale,
+        "--out",
+        value,
+        f"it holds weights this export would not overwrite ({shown}), which a reader could load instead of or "
+        "with the new model.safetensors: move them away, or export into another folder",
+    )
+
+
+def is_other_weights(name: str) -> bool:
+    """A weight file of a Hugging Face folder (safetensors, shard index, pickle) other than the one export writes."""
+    if name == "model.safetensors":
+        return False
+    return name.endswith((".safetensors", ".index.json")) or (
+        name.startswith("pytorch_model") and name.endswith(".bin")
+    )
+
+
 def export_llama(
     ckpt: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, tokenizer: str | None = None
 ) -> Path:
-    """Write the Llama folder for checkpoint ``ckpt`` into ``out`` (created; files there are overwritten)."""
+    """Write the Llama folder for checkpoint ``ckpt`` into ``out`` (created; the files an export writes are
+    overwritten, so exporting into the same folder again replaces the model; other weights there are refused)."""
     local_path("--ckpt", str(ckpt))
-    output_folder("--out", str(out), create=False)  # before the load: a wrong --out costs no time
+    check_out(out)  # before the load: a wrong --out costs no time
     checkpoint, model, tok = load_trained(ckpt, tokenizer)
     out = output_folder("--out", str(out))
     save_file(llama_state_dict(model, dtype), str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -206,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         help="'byte' or a tokenizer .json, for checkpoints that do not carry their tokenizer",
     )
     args = p.parse_args(argv)
+    check_out(args.out)  # before find_checkpoint, which may verify several checkpoints
     from lighthouse.train.run_dir import find_checkpoint  # the run layout; only the command needs it
 
     ckpt = find_checkpoint(args.ckpt)

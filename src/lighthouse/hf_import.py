@@ -28,6 +28,7 @@ from lighthouse.export import llama_name
 from lighthouse.model.config import PREFIX, ModelConfig, RopeScaling
 from lighthouse.model.transformer import Transformer
 
+SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 # Buffers some old checkpoints saved; derived from the config here, as in transformers.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -192,7 +193,8 @@ def imported_config(config: ModelConfig, hf: dict, folder: str | Path = "model.i
 
 
 def read_safetensors(folder: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a save_pretrained folder: the files its index names, else its *.safetensors files."""
+    """Every tensor of a save_pretrained folder: the files its index names, else its *.safetensors files. A folder
+    with both an index and a model.safetensors the index does not name alone is refused as ambiguous."""
     folder = Path(folder)
     index = folder / INDEX
     if index.is_file():
@@ -201,6 +203,13 @@ def read_safetensors(folder: str | Path) -> dict[str, torch.Tensor]:
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{index} is not a safetensors index (a JSON with 'weight_map'): {err!r}") from None
         files = sorted({folder / name for name in weight_map.values()})
+        if (folder / SINGLE).is_file() and files != [folder / SINGLE]:
+            # transformers loads model.safetensors and ignores the index; reading the shards would disagree with it,
+            # and either choice may be the stale one (an export into a folder that held a sharded model).
+            raise ValueError(
+                f"model.init_from={str(folder)!r} holds both {SINGLE} and {INDEX} (which names other files), so which "
+                f"weights are meant is ambiguous: move away the stale one, {SINGLE} or the index and its shards"
+            )
     else:
         files = sorted(folder.glob("*.safetensors"))
     if not files:
