@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from trained_models import two_stage_checkpoints
+from trained_models import arch_checkpoint, two_stage_checkpoints
 
 from lighthouse.data.tokenizer import byte_tokenizer
 from lighthouse.generate import GREEDY, Sampling, StreamDecoder, generate_tokens, main, sample_next
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.kv_cache import KVCache
 from lighthouse.model.transformer import Transformer
+from lighthouse.train import exits
 
 
 def tiny_model(**overrides) -> Transformer:
@@ -124,6 +125,27 @@ def test_top_k_and_top_p_draw_from_the_documented_sets():
     assert draws(logits, GREEDY, n=3) == {1}
 
 
+@pytest.mark.parametrize("temperature", [1e-40, 1e-50, 5e-324], ids=["1e-40", "1e-50", "5e-324"])
+def test_a_temperature_too_small_for_fp32_decodes_greedily(temperature):
+    """logits / T overflows fp32 (to inf, NaN after softmax) long before sampling stops being greedy in the limit:
+    such a T gives the argmax tokens, with the padding rows (-inf logits) and top-k / top-p still in force."""
+    model = tiny_model(vocab_size=320)
+    prompt = [256, *b"def main("]
+    greedy = list(generate_tokens(model, prompt, 12, n_valid_ids=257))
+    for cold in (Sampling(temperature), Sampling(temperature, top_k=3, top_p=1.0)):
+        generator = torch.Generator().manual_seed(0)
+        assert list(generate_tokens(model, prompt, 12, cold, n_valid_ids=257, generator=generator)) == greedy
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("sampling", [GREEDY, Sampling(1.0), Sampling(1e-40)], ids=["greedy", "T1", "T1e-40"])
+def test_non_finite_logits_are_an_error_at_every_temperature(bad, sampling):
+    """A broken model is not decoded: greedy took a NaN's index for a token, and a tiny T must not hide one."""
+    logits = torch.tensor([0.5, bad, 2.0, float("-inf")])
+    with pytest.raises(FloatingPointError, match=f"the model's logits are not finite \\(largest: {bad}\\)"):
+        sample_next(logits, sampling, torch.Generator().manual_seed(0))
+
+
 @pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)])
 def test_invalid_sampling_is_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -163,3 +185,81 @@ def test_generate_command_streams_a_continuation(tmp_path_factory, capsys):
     assert capsys.readouterr().out == first.out
     main([*args, "--no-cache"])
     assert capsys.readouterr().out == first.out
+
+
+GENERATE = ["--tokenizer", "byte", "--device", "cpu", "--max-new-tokens", "12"]
+
+
+def test_a_temperature_too_small_for_fp32_prints_the_greedy_continuation(tmp_path_factory, capsys):
+    """--temperature 1e-40 printed the prompt, then a traceback (probability tensor contains inf, nan...)."""
+    ckpt = str(arch_checkpoint(tmp_path_factory, "mha-untied"))
+    main(["--ckpt", ckpt, *GENERATE, "--prompt", "def main(", "--temperature", "0"])
+    greedy = capsys.readouterr().out
+    main(["--ckpt", ckpt, *GENERATE, "--prompt", "def main(", "--temperature", "1e-40"])
+    assert capsys.readouterr().out == greedy
+
+
+def usage_error(capsys, monkeypatch, args: list[str]) -> str:
+    """The one error line of the command (exit code 2, no traceback)."""
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
+    capsys.readouterr()
+    code = exits.run(main, args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    return line
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        pytest.param(
+            ["--seed", "99999999999999999999999"],
+            "--seed=99999999999999999999999 is invalid: must be an integer in "
+            "[-9223372036854775808, 18446744073709551615] (torch.manual_seed's range)",
+            id="seed-past-2^64",
+        ),
+        pytest.param(
+            ["--seed", str(-(2**63) - 1)],
+            "--seed=-9223372036854775809 is invalid: must be an integer in "
+            "[-9223372036854775808, 18446744073709551615] (torch.manual_seed's range)",
+            id="seed-below-minus-2^63",
+        ),
+        pytest.param(
+            ["--prompt", "", "--no-eos-prefix"],
+            "--prompt='' is invalid: with --no-eos-prefix it must hold text (drop --no-eos-prefix to continue from "
+            "EOS alone)",
+            id="empty-prompt-no-eos",
+        ),
+    ],
+)
+def test_arguments_refused_before_the_checkpoint_is_read(args, message, tmp_path, capsys, monkeypatch):
+    """The checkpoint does not exist: an error about it would mean the check came after the load."""
+    line = usage_error(capsys, monkeypatch, ["--ckpt", str(tmp_path / "absent.ckpt"), *GENERATE, *args])
+    assert line == f"error: {message}"
+
+
+@pytest.mark.parametrize("seed", [-(2**63), 2**64 - 1], ids=["-2^63", "2^64-1"])
+def test_the_ends_of_the_seed_range_are_used(seed, tmp_path_factory, capsys):
+    ckpt = str(arch_checkpoint(tmp_path_factory, "mha-untied"))
+    main(["--ckpt", ckpt, *GENERATE, "--prompt", "def", "--seed", str(seed), "--temperature", "1"])
+    assert capsys.readouterr().out.startswith("def")
+
+
+def test_a_prompt_that_tokenizes_to_nothing_names_the_flags(tmp_path_factory, tmp_path, capsys, monkeypatch):
+    """Known only once the tokenizer is read: here one that drops whitespace, given a prompt of a space."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    tokenizer = Tokenizer(WordLevel({"<|endoftext|>": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = Whitespace()
+    tokenizer.add_special_tokens(["<|endoftext|>"])
+    tokenizer.save(str(tmp_path / "words.json"))
+    ckpt = str(arch_checkpoint(tmp_path_factory, "mha-untied"))
+    args = ["--ckpt", ckpt, "--tokenizer", str(tmp_path / "words.json"), "--device", "cpu", "--prompt", " "]
+    line = usage_error(capsys, monkeypatch, [*args, "--no-eos-prefix"])
+    assert line == (
+        "error: --prompt=' ' is invalid: the tokenizer gives no tokens for it, and with --no-eos-prefix nothing is "
+        "left to continue"
+    )

@@ -9,6 +9,7 @@ from training_helpers import two_stage_run
 from lighthouse.eval.plot import main as plot_main
 from lighthouse.eval.plot import smooth
 from lighthouse.eval.run_logs import find_runs, read_run
+from lighthouse.train import exits
 
 pytest.importorskip("matplotlib")
 
@@ -102,3 +103,51 @@ def test_reader_moves_event_files_of_the_old_step_convention_up_by_one(tmp_path)
     assert logged.series("train/loss").as_dict() == {s: 11.0 - s for s in range(1, 9)}
     assert logged.series("val/loss").as_dict() == {4: 6.5, 8: 2.5}
     assert logged.series("train/loss").launches == [0] * 4 + [1] * 4
+
+
+def scalar_run(folder, *tags: str):
+    """A TensorBoard folder where each of ``tags`` has a point at steps 1 to 4 (a SummaryWriter of any program)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    for step in range(1, 5):
+        for tag in tags:
+            writer.add_scalar(tag, 5.0 - step, step)
+    writer.close()
+    return folder
+
+
+def test_a_folder_where_no_run_logged_a_loss_is_refused_and_nothing_written(tmp_path, capsys, monkeypatch):
+    """A foreign TensorBoard folder gave exit 0 and three empty PNGs written into it."""
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
+    foreign = scalar_run(tmp_path / "foreign", "foo/bar")
+    before = sorted(foreign.rglob("*"))
+    assert exits.run(plot_main, [str(foreign)]) == exits.EXIT_USAGE
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line == (
+        f"error: RUN=[{str(foreign)!r}] is invalid: no run there logged train/loss or val/loss (the scalars there: "
+        "foo/bar), nothing to plot"
+    )
+    assert "Traceback" not in err and sorted(foreign.rglob("*")) == before
+
+
+def test_each_run_gets_one_note_on_what_loss_png_shows_of_it(tmp_path, capsys):
+    """Beside runs with a loss, a run with none is drawn as nothing, said once: it got 'no training curve' and
+    'shows the training loss only' together."""
+    group = tmp_path / "group"
+    scalar_run(group / "foreign", "foo/bar")
+    scalar_run(group / "train_only", "train/loss")
+    scalar_run(group / "val_only", "val/loss")
+    plot_main([str(group), "--out", str(tmp_path / "plots")])
+    notes = [line for line in capsys.readouterr().err.splitlines() if "loss.png" in line]
+    assert notes == [
+        "note: group/foreign: no training or validation loss (train/loss, val/loss): loss.png has no curve of it",
+        "note: group/train_only: no validation point (val/loss): loss.png shows the training loss only",
+        "note: group/val_only: no training loss (train/loss): loss.png shows the validation loss only",
+    ]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "loss.png",
+        "loss_by_position.png",
+        "throughput.png",
+    ]

@@ -27,7 +27,7 @@ class Sampling:
     """How the next token is drawn from the logits (the export writes these as generation_config.json)."""
 
     temperature: float = 0.8
-    """Logits are divided by it; 0 means greedy (argmax)."""
+    """Logits are divided by it; 0 means greedy (argmax), which is also what one too small for fp32 gives."""
     top_k: int | None = None
     """Sample among the k most likely tokens only; None means all."""
     top_p: float = 0.95
@@ -46,10 +46,17 @@ GREEDY = Sampling(temperature=0.0, top_p=1.0)
 
 
 def sample_next(logits: Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> int:
-    """Next token id from ``logits`` ``[V]`` (fp32)."""
+    """Next token id from ``logits`` ``[V]`` (fp32); a NaN or +inf among them (a broken model) raises."""
+    best = logits.max()  # NaN where any logit is NaN
+    if not torch.isfinite(best):  # argmax would return the NaN's index as if it were a token
+        raise FloatingPointError(f"the model's logits are not finite (largest: {best.item()}): nothing to sample")
     if sampling.temperature == 0:
         return int(logits.argmax())
-    logits = logits / sampling.temperature
+    # As T -> 0, softmax(logits / T) gives each token exp(-(best - logit) / T) -> 0 relative to the most likely one:
+    # sampling tends to greedy. Shifted so the largest is 0, a T so small that logits / T would overflow to inf (NaN
+    # after softmax) sends the others to -inf instead: probability 0, that limit. float64 so that any positive T
+    # stays positive here (fp32 rounds 1e-50 to 0, and 0 / 0 is NaN).
+    logits = (logits.double() - best) / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < logits.numel():
         kth = torch.topk(logits, sampling.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -163,6 +170,14 @@ def check_args(args: argparse.Namespace) -> None:
     if args.top_k is not None:
         int_in("--top-k", args.top_k, 1, why=" (omit it to keep all tokens)")
     int_in("--max-new-tokens", args.max_new_tokens, 1)
+    int_in("--seed", args.seed, -(2**63), 2**64 - 1, " (torch.manual_seed's range)")
+    # Known without the tokenizer: no EOS and no text leave no token to continue (text may still tokenize to none).
+    require(
+        bool(args.prompt) or not args.no_eos_prefix,
+        "--prompt",
+        args.prompt,
+        "with --no-eos-prefix it must hold text (drop --no-eos-prefix to continue from EOS alone)",
+    )
     local_path("--ckpt", args.ckpt)
 
 
@@ -188,6 +203,12 @@ def main(argv: list[str] | None = None) -> None:
 
     _, model, tok = load_trained(find_checkpoint(args.ckpt), args.tokenizer)
     prompt = ([] if args.no_eos_prefix else [tok.eos_id]) + [int(i) for i in tok.encode(args.prompt)]
+    require(
+        bool(prompt),
+        "--prompt",
+        args.prompt,
+        "the tokenizer gives no tokens for it, and with --no-eos-prefix nothing is left to continue",
+    )
     check_length(model, len(prompt), args.max_new_tokens)
     model.to(device=device, dtype=dtype)  # RoPE tables stay fp32 (Transformer.rope)
     generator = torch.Generator(device=device).manual_seed(args.seed)

@@ -217,12 +217,20 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def has_loss(run: Run) -> bool:
+    """Whether ``run`` logged a training or validation loss: what a Lighthouse run logs first, and loss.png draws."""
+    return bool(run.series("train/loss").steps or run.series(val_tag(run)).steps)
+
+
 def missing(run: Run) -> list[str]:
     """What a run has not logged (yet), each with the figure that lacks it: said instead of failing."""
     gaps = []
-    if not run.series("train/loss").steps:
-        gaps.append("no training loss (train/loss): loss.png has no training curve")
-    if not run.series(val_tag(run)).steps:
+    train, val = run.series("train/loss").steps, run.series(val_tag(run)).steps
+    if not train and not val:
+        gaps.append("no training or validation loss (train/loss, val/loss): loss.png has no curve of it")
+    elif not train:
+        gaps.append("no training loss (train/loss): loss.png shows the validation loss only")
+    elif not val:
         gaps.append("no validation point (val/loss): loss.png shows the training loss only")
     if not run.position_buckets():
         gaps.append("no validation loss by position (val/loss_pos): loss_by_position.png is empty")
@@ -237,7 +245,7 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None, labels: li
     may not be the project's).
 
     A run that has not logged everything yet (no validation so far, an empty or cut-off events file) is drawn
-    with what it has, and what is missing is printed to stderr.
+    with what it has, and what is missing is printed to stderr. Runs none of which logged a loss are refused.
     """
     import matplotlib
 
@@ -254,6 +262,15 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None, labels: li
     empty = [str(run.path) for run in runs if not run.scalars]
     if len(empty) == len(runs):
         raise ValueError(f"RUN={empty} is invalid: its event files hold no scalars (empty or damaged), nothing to plot")
+    if not any(has_loss(run) for run in runs):
+        # A run logs train/loss from its first logged step: scalars without any loss are another program's (a
+        # foreign TensorBoard folder), and drawing them would leave three empty figures in it.
+        tags = sorted({tag for run in runs for tag in run.scalars})
+        shown = ", ".join(tags[:4]) + (f" and {len(tags) - 4} more" if len(tags) > 4 else "")
+        raise ValueError(
+            f"RUN={[str(run.path) for run in runs]} is invalid: no run there logged train/loss or val/loss (the "
+            f"scalars there: {shown}), nothing to plot"
+        )
     labels = labels or [run.label for run in runs]
     if len(labels) != len(runs):
         raise ValueError(f"--labels={labels} is invalid: it gives {len(labels)} names for {len(runs)} runs")
