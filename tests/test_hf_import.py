@@ -255,6 +255,9 @@ def test_config_sizes_that_contradict_are_refused_and_extension_kept(tmp_path):
         ("contradiction", "model.arch.dim=32 contradicts the checkpoint"),
         ("not-llama", "model_type='gemma' is not 'llama'"),
         ("no-folder", "model.init_from='.*missing': no such folder"),
+        # data.tokenizer null takes the folder's: the missing folder is still named as model.init_from (it was named
+        # as data.tokenizer='hf:...', a field the user never set)
+        ("no-folder-its-tokenizer", "^error: model.init_from='.*missing': no such folder$"),
     ],
 )
 def test_cli_refuses_with_one_message_and_exit_2(tmp_path, capsys, case, message):
@@ -265,11 +268,11 @@ def test_cli_refuses_with_one_message_and_exit_2(tmp_path, capsys, case, message
     if case == "not-llama":
         edit_config(folder, model_type="gemma")
     config = tiny_config(tmp_path, "bad", max_steps=1)
-    config["model"]["init_from"] = str(tmp_path / "missing" if case == "no-folder" else folder)
+    config["model"]["init_from"] = str(tmp_path / "missing" if case.startswith("no-folder") else folder)
     config["model"]["arch"].update(n_layers=None, n_heads=None, ffn_hidden=None)  # dim 32 stays: contradiction
     if case != "contradiction":
         config["model"]["arch"]["dim"] = None
-    config["data"]["tokenizer"] = "byte"
+    config["data"]["tokenizer"] = None if case == "no-folder-its-tokenizer" else "byte"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     assert run(["fit", "--config", str(path)]) == 2

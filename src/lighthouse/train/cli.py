@@ -22,6 +22,7 @@ from lighthouse.checkpoint.resume import (
     refuse_tokenizer_change,
 )
 from lighthouse.data.datamodule import LMDataModule
+from lighthouse.hf_import import read_hf_config
 from lighthouse.train import arg_errors, compat, exits
 from lighthouse.train.cli_parser import LighthouseArgumentParser
 from lighthouse.train.lit_module import LitLM
@@ -117,8 +118,12 @@ def refuse_grouped_callbacks(trainer: dict) -> None:
 
 
 def default_tokenizer(config) -> None:
-    """data.tokenizer left null: the model.init_from folder's tokenizer (the one its weights were trained with)."""
+    """data.tokenizer left null: the model.init_from folder's tokenizer (the one its weights were trained with).
+    The folder is checked first (it exists, its config.json describes a Llama), so a mistyped or moved one is named
+    as model.init_from, not as the data.tokenizer this derives from it."""
     init_from = config["model"].get("init_from")
+    if init_from is not None:
+        read_hf_config(init_from)
     if config["data"].get("tokenizer") is None and init_from is not None:
         config["data"]["tokenizer"] = f"hf:{init_from}"
 
