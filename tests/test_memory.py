@@ -209,3 +209,16 @@ def test_model_warns_once_when_the_context_shrinks_the_top_k():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Transformer(dataclasses.replace(config, lighthouse=dict(levels=3, pooling_factor=4, topk=256)))
+
+
+def test_model_warns_when_the_compacted_sequence_is_no_shorter_than_the_context():
+    import warnings
+
+    # levels 2, p 4, K 128 at 512 positions: S_sel = 512 / 4 + 4 * 128 = 640, more than dense attention's 512.
+    lighthouse = dict(levels=2, pooling_factor=4, topk=128)
+    config = tiny(attention="lighthouse_naive", activation_checkpointing=False, seq_len=512, lighthouse=lighthouse)
+    with pytest.warns(UserWarning, match=r"as many entries as dense attention or more \(S_sel = 640, 125% of the"):
+        Transformer(config)
+    with warnings.catch_warnings():  # 4096 positions: S_sel = 1024 + 512 = 1536, 38 %
+        warnings.simplefilter("error")
+        Transformer(dataclasses.replace(config, seq_len=4096))

@@ -65,18 +65,26 @@ class Block(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
-def warn_if_topk_shrinks(config: ModelConfig) -> None:
-    """Say so when the context is too short for the configured top-k (fewer tiles, a smaller effective K)."""
+def warn_about_selection(config: ModelConfig) -> None:
+    """Say so when the context is too short for the configured top-k (fewer tiles, a smaller effective K), and when
+    the compacted sequence is no shorter than the context (a Lighthouse layer then costs more than a dense one)."""
     if not config.uses_lighthouse():
         return
     lh, geometry = config.lighthouse, config.lighthouse_geometry()
+    share = f"S_sel = {geometry.selected_len}, {geometry.selected_len / config.seq_len:.0%} of the context"
     if geometry.effective_topk < lh.topk:
         warnings.warn(
             f"{PREFIX}lighthouse.topk={lh.topk} does not fit {config.seq_len} positions: every tile needs "
             f"{128 * geometry.coarse_span} of them, so the layers use {geometry.num_tiles} tiles and an effective "
-            f"top-k of {geometry.effective_topk} (S_sel = {geometry.selected_len}, "
-            f"{geometry.selected_len / config.seq_len:.0%} of the context). Set topk to "
-            f"{geometry.effective_topk} or less to make that explicit.",
+            f"top-k of {geometry.effective_topk} ({share}). Set topk to {geometry.effective_topk} or less to make "
+            "that explicit.",
+            stacklevel=3,
+        )
+    if geometry.selected_len >= config.seq_len:
+        warnings.warn(
+            f"the Lighthouse layers attend over as many entries as dense attention or more ({share}; "
+            f"{PREFIX}lighthouse levels={lh.levels}, pooling_factor={lh.pooling_factor}, topk={lh.topk}): they save "
+            "nothing at this context. Lower topk or levels, raise the context, or make these layers dense.",
             stacklevel=3,
         )
 
@@ -99,7 +107,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
-        warn_if_topk_shrinks(config)
+        warn_about_selection(config)
         # Set by lighthouse.model.context_parallel.set_context_parallel: inputs are then this rank's sequence slice.
         self.context_parallel = None
 
