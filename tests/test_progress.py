@@ -2,10 +2,12 @@
 
 import json
 import re
+import subprocess
 
 import pytest
-from training_helpers import fit, tiny_config
+from training_helpers import cli_subprocess_args, fit, tiny_config
 
+from lighthouse.checkpoint.files import recorded_step
 from lighthouse.eval.run_logs import EVENTS_GLOB, _read_events
 from lighthouse.train.progress import StepProgressBar, metrics_line
 
@@ -86,3 +88,18 @@ def test_metrics_line_labels_both_validation_losses_and_the_phase():
     assert metrics_line(both, "lighthouse 2/3") == "val lh 2.100 · val dense 2.500 · lighthouse 2/3"
     dense = {"val/loss": 2.5, "val/loss_dense": 2.5, "train/stage": 3.0}
     assert metrics_line(dense, "dense 3/3") == "val 2.500 · dense 3/3"
+
+
+def test_a_reader_that_goes_away_leaves_the_run_training_and_saving(tmp_path):
+    """``train.py fit ... | head -1``: stdout's reader exits after one line. Before, the next line raised
+    BrokenPipeError and the run ended with no checkpoint; now its output goes to /dev/null and it finishes."""
+    config = tiny_config(tmp_path, "piped", max_steps=6, every_n=2)
+    config["trainer"]["enable_progress_bar"] = True  # plain lines (stdout is a pipe): a step line and validations
+    args, env = cli_subprocess_args(tmp_path, config, "piped")
+    job = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = job.stdout.readline()
+    job.stdout.close()  # the reader goes: every later write to the pipe fails
+    err = job.communicate(timeout=600)[1]
+    assert first and job.returncode == 0, err
+    assert "BrokenPipeError" not in err
+    assert recorded_step(tmp_path / "logs" / "piped" / "checkpoints" / "last.ckpt") == 6

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -71,6 +72,15 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def silence_stdout() -> None:
+    """Point standard output at /dev/null once its reader has gone (``train.py fit ... | head``): the run trains on
+    and saves its checkpoints, its lines go nowhere, instead of the BrokenPipeError ending it with nothing saved.
+    The file descriptor is replaced, not sys.stdout, so every writer (Lightning's, rich's, the exit's flush) follows."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 class StepProgressBar(ProgressBar):
     """Training progress counted in optimizer steps up to ``trainer.max_steps``, so a resumed run starts where its
     checkpoint left off (not at 0 of an epoch). On a terminal: a rich bar with one line of metrics and a live
@@ -102,10 +112,13 @@ class StepProgressBar(ProgressBar):
         self._enabled = True
 
     def print(self, *args, **kwargs) -> None:
-        if self._live():
-            self.progress.console.print(*args, **kwargs)
-        else:
-            print(*args, **kwargs, flush=True)
+        try:
+            if self._live():
+                self.progress.console.print(*args, **kwargs)
+            else:
+                print(*args, **kwargs, flush=True)
+        except BrokenPipeError:
+            silence_stdout()
 
     @property
     def is_terminal(self) -> bool:
