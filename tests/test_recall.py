@@ -3,18 +3,24 @@ chance, ranks sum to the whole, and the command runs on a trained checkpoint."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from array_source import ArraySource
 from trained_models import two_stage_checkpoints
+from training_helpers import REPO
 
 from lighthouse.data.recall import eval_windows
 from lighthouse.data.tokenizer import byte_tokenizer
 from lighthouse.eval.recall import LOGLOSS_CHANCE, RecallConfig, evaluate_recall, main
+from lighthouse.train import exits
 
 TOK = byte_tokenizer()  # token id = byte value, so the stub models read the inputs as text
 
@@ -103,6 +109,93 @@ def test_the_command_scores_a_trained_checkpoint(tmp_path_factory, tmp_path, cap
     scores = main(["--ckpt", str(ckpt), "--windows", "3", "--pairs", "2", "--json", str(out), "--device", "cpu"])
     assert scores.labels == ["64-512"] and scores.counts[0, 3] == 6
     assert "| 64-512 | 6 |" in capsys.readouterr().out and '"64-512"' in out.read_text()
+
+
+def command_error(args: list[str], capsys) -> str:
+    """The error line of ``python -m lighthouse.eval.recall ARGS`` (exits.run is what its ``__main__`` runs), which
+    must exit 2 without a traceback."""
+    capsys.readouterr()
+    code = exits.run(main, args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    return err.splitlines()[0]
+
+
+# Each with a checkpoint that does not exist: every flag is checked before the checkpoint is looked for.
+BAD_FLAGS = {
+    "windows-0": (["--windows", "0"], "--windows=0 is invalid: must be an integer >= 1"),
+    "pairs-65": (["--pairs", "65"], "--pairs=65 is invalid: must be an integer in [1, 64]"),
+    "length-0": (
+        ["--length", "0"],
+        "--length=0 is invalid: must be an integer >= 1 (omit it for the training seq_len)",
+    ),
+    "device-cuda-absent": (
+        ["--device", "cuda"],
+        "--device='cuda' is invalid: this machine has no CUDA device (use --device cpu)",
+    ),
+    "json-folder-missing": (
+        ["--json", "{tmp}/no/such/recall.json"],
+        "--json='{tmp}/no/such/recall.json' is invalid: the folder '{tmp}/no/such' does not exist",
+    ),
+    "ckpt-missing": ([], "--ckpt {tmp}/nope.ckpt: no such file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FLAGS))
+def test_a_bad_flag_is_one_line_and_exit_2_before_the_checkpoint_is_read(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    extra, message = BAD_FLAGS[case]
+    args = ["--ckpt", "{tmp}/nope.ckpt", "--device", "cpu", *extra]
+    line = command_error([a.format(tmp=tmp_path) for a in args], capsys)
+    assert line == "error: " + message.format(tmp=tmp_path)
+
+
+# Checked once the checkpoint is read (its seq_len 512; byte tokens, 46 a pair), before any model or window.
+BAD_FOR_THE_CONTEXT = {
+    "default-pairs-at-512": (
+        [],
+        "--pairs=8 is invalid: must be an integer in [1, 5] (pairs of 46 tokens may fill at most half of a window "
+        "of 513 tokens)",
+    ),
+    "length-past-context": (
+        ["--length", "1000", "--pairs", "2"],
+        "--length=1000 is invalid: must be an integer in [1, 512] (the model's context)",
+    ),
+    "length-too-short": (
+        ["--length", "100", "--pairs", "2"],
+        "--length=100 is invalid: too short for a recall pair (a window of 101 tokens holds no key-to-query "
+        "distance >= 64 (needs 111))",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FOR_THE_CONTEXT))
+def test_pairs_and_length_that_the_context_cannot_hold_are_refused(case, tmp_path_factory, capsys, monkeypatch):
+    """A run name (``logs/<name>``) stands for the newest checkpoint of its newest run."""
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
+    logs = two_stage_checkpoints(tmp_path_factory)[2].parents[2]
+    extra, message = BAD_FOR_THE_CONTEXT[case]
+    assert command_error(["--ckpt", str(logs), "--device", "cpu", *extra], capsys) == "error: " + message
+
+
+def test_a_run_folders_last_is_its_newest_checkpoint(tmp_path_factory, tmp_path, capsys):
+    newest = two_stage_checkpoints(tmp_path_factory)[2].parent / "last.ckpt"  # step 4, as step000004.ckpt
+    out = tmp_path / "recall.json"
+    args = ["--ckpt", str(newest.parents[1] / "last"), "--windows", "1", "--pairs", "2", "--json", str(out)]
+    assert exits.run(main, [*args, "--device", "cpu"]) == 0
+    assert f"recall, {newest} (step 4)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["ckpt"] == str(newest)
+
+
+@pytest.mark.slow
+def test_the_module_exits_2_without_a_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env.pop("LIGHTHOUSE_DEBUG", None)
+    command = [sys.executable, "-m", "lighthouse.eval.recall", "--ckpt", str(tmp_path / "x.ckpt"), "--pairs", "0"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[0] == "error: --pairs=0 is invalid: must be an integer in [1, 64]", done.stderr
 
 
 def test_training_with_recall_windows_logs_recall_per_bin_at_validation(tmp_path):

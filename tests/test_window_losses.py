@@ -4,19 +4,25 @@ the same data settings, equal on average to what validation logs, and paired win
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
 from dataclasses import fields, replace
 
 import lightning as L
 import numpy as np
 import pytest
+import torch
 from trained_models import two_stage_checkpoints
-from training_helpers import write_text_corpus
+from training_helpers import REPO, write_text_corpus
 
 from lighthouse.checkpoint.read import read_checkpoint
 from lighthouse.data.datamodule import LMDataModule
 from lighthouse.data.settings import DataSettings
 from lighthouse.eval.val_windows import read_windows, window_ids
 from lighthouse.eval.window_losses import WindowLosses, compare, default_out, evaluate_checkpoint, main
+from lighthouse.train import exits
 from lighthouse.train.lit_module import LitLM
 
 SPLIT = {"seq_len": 512, "data_fingerprint": "d", "tokenizer_fingerprint": "t", "val_windows_available": 10}
@@ -112,6 +118,84 @@ def test_mean_of_window_losses_is_the_validation_loss_dense(tmp_path_factory, tm
         assert np.mean([row[j] for row in result.bucket_losses]) == pytest.approx(
             logged[f"val/loss_dense_pos/{name}"], abs=1e-5
         )
+
+
+def command_error(args: list[str], capsys) -> str:
+    """The error line of ``python -m lighthouse.eval.window_losses ARGS`` (exits.run is what its ``__main__`` runs),
+    which must exit 2 without a traceback."""
+    capsys.readouterr()
+    code = exits.run(main, args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    return err.splitlines()[0]
+
+
+# Each with a checkpoint that does not exist: every flag is checked before the checkpoint is looked for.
+BAD_FLAGS = {
+    "windows-0": (["--windows", "0"], "--windows=0 is invalid: must be an integer >= 1"),
+    "batch-size-0": (
+        ["--batch-size", "0"],
+        "--batch-size=0 is invalid: must be an integer >= 1 (omit it for the run's batch_size)",
+    ),
+    "device-cuda-absent": (
+        ["--device", "cuda"],
+        "--device='cuda' is invalid: this machine has no CUDA device (use --device cpu)",
+    ),
+    "out-is-a-folder": (["--out", "{tmp}"], "--out='{tmp}' is invalid: it is a folder; name a file"),
+    "out-under-a-file": (
+        ["--out", "{tmp}/a_file/losses.json"],
+        "--out='{tmp}/a_file' is invalid: it is an existing file, not a folder",
+    ),
+    "ckpt-missing": ([], "--ckpt {tmp}/nope.ckpt: no such file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FLAGS))
+def test_a_bad_flag_is_one_line_and_exit_2_before_the_checkpoint_is_read(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    (tmp_path / "a_file").write_text("x")
+    extra, message = BAD_FLAGS[case]
+    args = ["--ckpt", "{tmp}/nope.ckpt", "--device", "cpu", *extra]
+    line = command_error([a.format(tmp=tmp_path) for a in args], capsys)
+    assert line == "error: " + message.format(tmp=tmp_path)
+
+
+def test_a_missing_compare_file_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
+    a = made_up([0, 1], [2.0, 2.0]).save(tmp_path / "a.json")
+    b = str(tmp_path / "b.json")
+    line = command_error(["--compare", str(a), b], capsys)
+    assert line == f"error: --compare={b!r} is invalid: [Errno 2] No such file or directory: {b!r}"
+
+
+def test_a_run_name_is_its_newest_checkpoint_and_the_losses_go_into_that_run(tmp_path_factory, tmp_path, capsys):
+    """``--ckpt logs/<name>``: the newest checkpoint of the run with the newest one, as export and generate read it;
+    the default --out is that run's window_losses/ folder."""
+    source = two_stage_checkpoints(tmp_path_factory)[2].parent
+    run = tmp_path / "logs" / "demo" / "2026-01-01_00-00-00"
+    shutil.copytree(source, run / "checkpoints")
+    assert exits.run(main, ["--ckpt", str(tmp_path / "logs" / "demo"), "--windows", "2", "--device", "cpu"]) == 0
+    newest = run / "checkpoints" / "last.ckpt"  # step 4, as step000004.ckpt
+    assert f"window losses, {newest} (step 4)" in capsys.readouterr().out
+    saved = WindowLosses.load(run / "window_losses" / "last.json")
+    assert saved.ckpt == str(newest) and saved.step == 4 and len(saved.losses) == 2
+
+
+@pytest.mark.slow
+def test_the_module_exits_0_on_a_run_folder_and_2_without_a_traceback_on_a_bad_flag(tmp_path_factory, tmp_path):
+    """What bench/branch.py and bench/lookahead_probe.sh run: the exit code is the outcome."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env.pop("LIGHTHOUSE_DEBUG", None)
+    run = two_stage_checkpoints(tmp_path_factory)[2].parents[1]
+    command = [sys.executable, "-m", "lighthouse.eval.window_losses", "--ckpt", str(run), "--windows", "2"]
+    out = ["--out", str(tmp_path / "losses.json"), "--device", "cpu"]
+    done = subprocess.run([*command, *out], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(WindowLosses.load(tmp_path / "losses.json").losses) == 2
+    done = subprocess.run([*command, "--windows", "0"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[0] == "error: --windows=0 is invalid: must be an integer >= 1", done.stderr
 
 
 def test_hundreds_of_validation_windows_are_the_commands_windows(tmp_path):

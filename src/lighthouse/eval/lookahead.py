@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -40,6 +41,7 @@ from torch import Tensor
 from lighthouse.eval.window_losses import mean_and_standard_error
 from lighthouse.model.memory import chunked_cross_entropy
 from lighthouse.model.transformer import Transformer, dense_eager
+from lighthouse.tool_args import about, checked_device, entry_point, int_in, local_path, output_file, require
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """(inputs ``[B, N]``, targets ``[B, N]``) -> per-token next-token losses ``[B, N]`` (float, on the CPU)."""
@@ -277,7 +279,12 @@ def tile_length(model: Transformer, seq_len: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> LookaheadResult:
     parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.lookahead", description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", required=True, help="a .ckpt written by training")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        help="a .ckpt written by training, or a run folder (logs/demo/<start time>) or run name (logs/demo), "
+        "optionally followed by /last: its newest checkpoint that verifies",
+    )
     parser.add_argument("--windows", type=int, default=64, help="windows of the split, spread evenly (>= 2)")
     parser.add_argument("--split", choices=("val", "train"), default="val")
     parser.add_argument(
@@ -291,33 +298,49 @@ def main(argv: Sequence[str] | None = None) -> LookaheadResult:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args(argv)
-    if args.windows < 2:
-        parser.error(f"--windows={args.windows} must be >= 2 (the replacements come from another window)")
     from lighthouse.checkpoint.read import dense_model, read_checkpoint
     from lighthouse.eval.val_windows import read_windows, run_datamodule, split_identity, window_ids
+    from lighthouse.train.run_dir import find_checkpoint  # the run layout; only the command needs it
 
-    device = torch.device(args.device)
+    # Every check that needs no model before the checkpoint is read: a typo costs no time.
+    if args.json:
+        output_file("--json", args.json)
+    local_path("--ckpt", args.ckpt)
+    int_in("--windows", args.windows, 2, why=" (the replacements come from another window)")
+    int_in("--bins", args.bins, 1)
+    int_in("--batch-size", args.batch_size, 1)
+    device = checked_device("--device", args.device)
     backend = args.backend or ("lighthouse" if device.type == "cuda" else "lighthouse_naive")
-    checkpoint = read_checkpoint(args.ckpt)
-    model = dense_model(checkpoint).to(device)
-    datamodule = run_datamodule(checkpoint, args.data_dir)
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"  # the kernels' CPU test mode (ops/lighthouse/interface)
+    require(
+        backend != "lighthouse" or device.type == "cuda" or interpreted,
+        "--backend",
+        backend,
+        f"its Triton kernels need a CUDA device, not --device {args.device} (use lighthouse_naive there)",
+    )
+    ckpt = find_checkpoint(args.ckpt)
+    with about("--ckpt", args.ckpt):
+        checkpoint = read_checkpoint(ckpt)
+        model = dense_model(checkpoint).to(device)
+        datamodule = run_datamodule(checkpoint, args.data_dir)
     seq_len = datamodule.settings.seq_len
+    tile_len = tile_length(model, seq_len)
+    int_in("--bins", args.bins, 1, tile_len, f" (the positions of a selection tile at seq_len {seq_len})")
     ids = window_ids(datamodule, args.windows, args.split)
     if len(ids) < 2:
         raise ValueError(f"the {args.split} split holds {len(ids)} window of {seq_len + 1} tokens; the probe needs 2")
-    tile_len = tile_length(model, seq_len)
     lighthouse, dense = model_loss_fns(model, backend, device)
     windows = read_windows(datamodule, ids, args.split)
     result = probe(lighthouse, dense, windows, tile_len, args.bins, args.batch_size)
     print(
-        f"look-ahead probe, {args.ckpt} (step {checkpoint.get('global_step')}), {args.split} split, backend "
+        f"look-ahead probe, {ckpt} (step {checkpoint.get('global_step')}), {args.split} split, backend "
         f"{backend} in layers {sorted(set(range(model.config.n_layers)) - model.dense_layers)} "
         f"(trained with {model.config.attention})"
     )
     print(result.table())
     if args.json:
         record = {
-            "ckpt": args.ckpt,
+            "ckpt": str(ckpt),
             "step": checkpoint.get("global_step"),
             "split": args.split,
             "backend": backend,
@@ -332,4 +355,4 @@ def main(argv: Sequence[str] | None = None) -> LookaheadResult:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

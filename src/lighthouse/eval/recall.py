@@ -24,13 +24,15 @@ import torch
 from torch import Tensor
 
 from lighthouse.data.passkey_format import Encoder, TokenSource
-from lighthouse.data.recall import RecallFormat, RecallSet, RecallWindow, eval_windows
+from lighthouse.data.recall import RecallFormat, RecallSet, RecallWindow, check_room, eval_windows
 from lighthouse.model.transformer import dense_eager
+from lighthouse.tool_args import about, checked_device, entry_point, int_in, local_path, output_file
 
 DIGIT_CHANCE = 0.1
 LOGLOSS_CHANCE = math.log(10)
 LogitsFn = Callable[[Tensor], Tensor]  # inputs [B, N] -> logits [B, N, V]
 _FIELDS = ("exact", "digit_hits", "digit_logloss", "queries")  # the columns of the counts
+MAX_PAIRS = 64
 
 
 @dataclass
@@ -50,8 +52,8 @@ class RecallConfig:
         """Raise ValueError naming the field and its valid range."""
         if not isinstance(self.windows, int) or self.windows < 1:
             raise ValueError(f"{prefix}windows={self.windows!r} must be an integer >= 1")
-        if not isinstance(self.pairs, int) or not 1 <= self.pairs <= 64:
-            raise ValueError(f"{prefix}pairs={self.pairs!r} must be an integer in [1, 64]")
+        if not isinstance(self.pairs, int) or not 1 <= self.pairs <= MAX_PAIRS:
+            raise ValueError(f"{prefix}pairs={self.pairs!r} must be an integer in [1, {MAX_PAIRS}]")
         if self.length is not None and (not isinstance(self.length, int) or not 1 <= self.length <= max_len):
             raise ValueError(f"{prefix}length={self.length!r} must be None or an integer in [1, {max_len}]")
 
@@ -177,9 +179,16 @@ class RecallEval:
 # ---- command line: any checkpoint -----------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> RecallScores:
     parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.recall", description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", required=True, help="a .ckpt written by training")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        help="a .ckpt written by training, or a run folder (logs/demo/<start time>) or run name (logs/demo), "
+        "optionally followed by /last: its newest checkpoint that verifies",
+    )
     parser.add_argument("--windows", type=int, default=RecallConfig.windows)
-    parser.add_argument("--pairs", type=int, default=RecallConfig.pairs)
+    parser.add_argument(
+        "--pairs", type=int, default=RecallConfig.pairs, help="their lines fill at most half a window (5 in 512 bytes)"
+    )
     parser.add_argument("--length", type=int, help="tokens per window (default: the training seq_len)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", help="where the run's data module keeps its shards (default: as trained)")
@@ -187,29 +196,57 @@ def main(argv: Sequence[str] | None = None) -> RecallScores:
     parser.add_argument("--json", help="also write the scores to this file")
     args = parser.parse_args(argv)
     from lighthouse.checkpoint.read import dense_model, read_checkpoint
+    from lighthouse.checkpoint.records import saved_model_config
     from lighthouse.eval.passkey import split_reader
     from lighthouse.eval.val_windows import run_datamodule
+    from lighthouse.train.run_dir import find_checkpoint  # the run layout; only the command needs it
 
-    device = torch.device(args.device)
-    ckpt = read_checkpoint(args.ckpt, mmap=True)
-    model = dense_model(ckpt).to(device)
-    datamodule = run_datamodule(ckpt, args.data_dir)  # the run's own data module: its validation text
+    # Every check that needs no checkpoint before it is read: a typo costs no time.
+    if args.json:
+        output_file("--json", args.json)
+    local_path("--ckpt", args.ckpt)
+    int_in("--windows", args.windows, 1)
+    int_in("--pairs", args.pairs, 1, MAX_PAIRS)
+    if args.length is not None:
+        int_in("--length", args.length, 1, why=" (omit it for the training seq_len)")
+    device = checked_device("--device", args.device)
+    ckpt_path = find_checkpoint(args.ckpt)
+    with about("--ckpt", args.ckpt):
+        ckpt = read_checkpoint(ckpt_path, mmap=True)
+        max_len = saved_model_config(ckpt).seq_len
+    if args.length is not None:
+        int_in("--length", args.length, 1, max_len, " (the model's context)")
+    with about("--ckpt", args.ckpt):
+        datamodule = run_datamodule(ckpt, args.data_dir)  # the run's own data module: its validation text
+        pair_len = RecallFormat.from_tokenizer(datamodule.tokenizer).pair_length
+    # Before the model exists: how many pairs fit depends on the window and the tokenizer's lines (data/recall.py).
+    length = args.length or max_len
+    if why := check_room(length, 1, pair_len):
+        if args.length is not None:
+            raise ValueError(f"--length={length} is invalid: too short for a recall pair ({why})")
+        raise ValueError(f"--ckpt={args.ckpt!r} is invalid: its context is too short for a recall pair ({why})")
+    if check_room(length, args.pairs, pair_len):
+        most = (length + 1) // (2 * pair_len)
+        why = f" (pairs of {pair_len} tokens may fill at most half of a window of {length + 1} tokens)"
+        int_in("--pairs", args.pairs, 1, most, why)
     config = RecallConfig(args.windows, args.pairs, args.length, args.seed)
-    config.validate(model.config.seq_len, prefix="--")
+    with about("--ckpt", args.ckpt):
+        model = dense_model(ckpt).to(device)
     evaluator = RecallEval(config, datamodule.tokenizer, split_reader(datamodule, "val"), model.config.seq_len)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
     with dense_eager(model), autocast:
         scores = evaluator.score(model, device)
     print(
-        f"recall, {args.ckpt} (step {ckpt.get('global_step')}), dense attention, {args.windows} windows x "
+        f"recall, {ckpt_path} (step {ckpt.get('global_step')}), dense attention, {args.windows} windows x "
         f"{args.pairs} pairs; chance: digit acc {DIGIT_CHANCE}, digit log-loss {LOGLOSS_CHANCE:.3f}"
     )
     print(scores.table())
     if args.json:
+        record = {"ckpt": str(ckpt_path), "global_step": ckpt.get("global_step"), **scores.as_dict()}
         with open(args.json, "w") as f:
-            json.dump({"ckpt": args.ckpt, "global_step": ckpt.get("global_step"), **scores.as_dict()}, f, indent=1)
+            json.dump(record, f, indent=1)
     return scores
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

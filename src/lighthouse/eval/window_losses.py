@@ -25,6 +25,7 @@ from torch import Tensor
 
 from lighthouse.eval.positions import bucket_name, position_buckets
 from lighthouse.model.transformer import Transformer, dense_eager
+from lighthouse.tool_args import about, checked_device, entry_point, int_in, local_path, output_folder
 
 FORMAT = "lighthouse.window_losses/1"
 
@@ -170,8 +171,9 @@ def evaluate_checkpoint(
     from lighthouse.eval.val_windows import read_windows, run_datamodule, split_identity, window_ids
 
     device = torch.device(device)
-    checkpoint = read_checkpoint(ckpt_path)
-    model = dense_model(checkpoint).to(device)
+    with about("--ckpt", ckpt_path):
+        checkpoint = read_checkpoint(ckpt_path)
+        model = dense_model(checkpoint).to(device)
     datamodule = run_datamodule(checkpoint, data_dir)
     ids = window_ids(datamodule, windows)
     seq_len = datamodule.settings.seq_len
@@ -192,9 +194,23 @@ def evaluate_checkpoint(
     )
 
 
+def checked_out(value: str | Path) -> Path:
+    """The file ``--out`` names, checked before the evaluation: not a folder, and its folder (created by ``save``
+    where missing) can be made and written."""
+    path = Path(value)
+    if path.is_dir():
+        raise ValueError(f"--out={str(value)!r} is invalid: it is a folder; name a file")
+    output_folder("--out", str(path.parent), create=False)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> WindowLosses | PairedDifference:
     parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.window_losses", description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", help="a .ckpt written by training")
+    parser.add_argument(
+        "--ckpt",
+        help="a .ckpt written by training, or a run folder (logs/demo/<start time>) or run name (logs/demo), "
+        "optionally followed by /last: its newest checkpoint that verifies",
+    )
     parser.add_argument("--windows", type=int, default=256, help="validation windows (fewer if the split is smaller)")
     parser.add_argument("--out", help="default: <run dir>/window_losses/<ckpt name>.json")
     parser.add_argument("--data-dir", help="where the run's data module keeps its shards (default: as trained)")
@@ -203,25 +219,40 @@ def main(argv: Sequence[str] | None = None) -> WindowLosses | PairedDifference:
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="pair two saved files: b - a per window")
     args = parser.parse_args(argv)
     if args.compare:
-        paired = compare(*(WindowLosses.load(p) for p in args.compare))
+        saved = []
+        for path in args.compare:
+            with about("--compare", path):
+                saved.append(WindowLosses.load(path))
+        paired = compare(*saved)
         print(paired.table())
         return paired
     if not args.ckpt:
         parser.error("--ckpt (or --compare A B) is required")
-    if args.windows < 1:
-        parser.error(f"--windows={args.windows} must be >= 1")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error(f"--batch-size={args.batch_size} must be >= 1")
-    result = evaluate_checkpoint(args.ckpt, args.windows, args.device, args.data_dir, args.batch_size)
-    out = result.save(args.out or default_out(Path(args.ckpt)))
+    from lighthouse.checkpoint.io import is_remote
+    from lighthouse.train.run_dir import find_checkpoint  # the run layout; only the command needs it
+
+    # Every check that needs no checkpoint before it is read: a typo costs no time.
+    out = checked_out(args.out) if args.out else None
+    local_path("--ckpt", args.ckpt)
+    int_in("--windows", args.windows, 1)
+    if args.batch_size is not None:
+        int_in("--batch-size", args.batch_size, 1, why=" (omit it for the run's batch_size)")
+    device = checked_device("--device", args.device)
+    ckpt = find_checkpoint(args.ckpt)
+    if out is None:
+        if is_remote(ckpt):
+            raise ValueError(f"--ckpt={args.ckpt!r} is a URL, with no run folder to write into: pass --out FILE")
+        out = checked_out(default_out(Path(ckpt)))
+    result = evaluate_checkpoint(ckpt, args.windows, device, args.data_dir, args.batch_size)
+    out = result.save(out)
     got = len(result.window_ids)
     note = "" if got == args.windows else f" (the validation split holds {got}, not {args.windows})"
     print(
-        f"window losses, {args.ckpt} (step {result.step}), dense attention: {got} windows{note}, "
+        f"window losses, {ckpt} (step {result.step}), dense attention: {got} windows{note}, "
         f"mean {result.mean:.4f}; written to {out}"
     )
     return result
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)
