@@ -2,6 +2,7 @@
 chance), the training mix (deterministic per stream position, resume-safe, validation untouched)."""
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -300,3 +301,20 @@ def test_passkey_command_builds_the_data_module_the_run_trained_with(tmp_path_fa
     for name in ("corpus", "data_dir", "seq_len", "seed", "batch_size"):
         assert getattr(built[0], name) == saved[name], name
     assert "| 256 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_passkey_takes_a_run_folder_as_the_other_tools_do(tmp_path_factory, tmp_path, capsys):
+    """--ckpt RUN/last is the run's newest checkpoint that verifies (find_checkpoint), as in export, generate, recall
+    and the look-ahead probe; before, a folder was refused with advice for sharded checkpoints."""
+    from trained_models import two_stage_checkpoints
+
+    from lighthouse.eval.passkey import main as passkey_main
+    from lighthouse.train import exits
+
+    newest = two_stage_checkpoints(tmp_path_factory)[2].parent / "last.ckpt"  # step 4
+    out = tmp_path / "passkey.json"
+    args = ["--ckpt", str(newest.parents[1] / "last"), "--lengths", "256", "--samples", "1", "--depths", "0.5"]
+    assert exits.run(passkey_main, [*args, "--device", "cpu", "--json", str(out)]) == 0
+    assert f"passkey, {newest} (step 4)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["ckpt"] == str(newest)

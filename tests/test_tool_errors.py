@@ -1,5 +1,6 @@
-"""The commands after training (export, generate, passkey, plot) answer bad input with one message naming the
-argument, exit code 2 and no traceback; checkpoints with non-finite weights are refused as training refuses them.
+"""The commands after training (export, generate, passkey, plot; recall, lookahead and window_losses in their own test
+files) answer bad input with one message naming the argument, exit code 2 and no traceback; checkpoints with non-finite
+weights are refused as training refuses them.
 
 Most probes call ``lighthouse.train.exits.run(main, argv)`` in-process: it is exactly what each command's
 ``__main__`` runs (``lighthouse.tool_args.entry_point``), minus the interpreter start. One real subprocess per
@@ -122,6 +123,7 @@ PROBES = {
     "plot-binary-throughput": ("plot", ["{tmp}/binary_throughput", "--out", "{tmp}/p2"], "throughput.jsonl"),
     "plot-out-readonly": ("plot", ["{tmp}/train_only_run", "--out", "/proc/plots"], "--out"),
     "plot-out-file": ("plot", ["{tmp}/train_only_run", "--out", "{tmp}/a_file"], "--out"),
+    "plot-out-blank": ("plot", ["{tmp}/train_only_run", "--out", ""], "--out=''"),  # an unset shell variable
 }
 if not torch.cuda.is_available():
     PROBES["generate-device-cuda-absent"] = ("generate", [*GENERATE, "--device", "cuda"], "--device")

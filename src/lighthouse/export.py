@@ -168,8 +168,7 @@ def check_out(out: str | Path) -> None:
     (transformers takes model.safetensors, model.init_from the shards an index names), so the folder is refused
     rather than cleaned: the files may be the only copy of a model."""
     value = str(out)
-    require(value.strip() != "", "--out", value, "it must name a folder, not be blank (is a shell variable unset?)")
-    folder = output_folder("--out", value, create=False)
+    folder = output_folder("--out", value, create=False)  # refuses a blank value too
     names = [p.name for p in folder.iterdir() if is_other_weights(p.name)] if folder.is_dir() else []
     stale = sorted(names, key=lambda name: (not name.endswith(".index.json"), name))  # an index says most
     shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")

@@ -1,6 +1,7 @@
-"""Checks shared by the commands run after training (export, generate, passkey, plot): each bad argument is one
-``ValueError`` naming the flag, its value and the valid range, which ``lighthouse.train.exits.run`` prints as one
-message with exit code 2 (the same path training's config errors take), never a traceback.
+"""Checks shared by the commands run after training (export, generate, plot and the evaluations: passkey, recall,
+lookahead, window_losses): each bad argument is one ``ValueError`` naming the flag, its value and the valid range, which
+``lighthouse.train.exits.run`` prints as one message with exit code 2 (the same path training's config errors take),
+never a traceback.
 
 ``entry_point(main)`` is what each command's ``__main__`` calls.
 """
@@ -62,7 +63,9 @@ def local_path(flag: str, value: str) -> None:
 
 def output_folder(flag: str, value: str, create: bool = True) -> Path:
     """A local folder the command can write into, checked before any work is done; created unless ``create`` is
-    False (then only the nearest existing folder above it is checked, and nothing is written for a failed run)."""
+    False (then only the nearest existing folder above it is checked, and nothing is written for a failed run). A
+    blank value is refused: as a path it is the current folder, which nobody names that way on purpose."""
+    require(str(value).strip() != "", flag, value, "it must name a folder, not be blank (is a shell variable unset?)")
     local_path(flag, value)
     if "://" in str(value):
         raise ValueError(f"{flag}={value!r} is invalid: it must be a local folder (write there, then copy)")

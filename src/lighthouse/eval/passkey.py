@@ -56,7 +56,12 @@ def split_reader(datamodule, split: str) -> TokenSource:
 # ---- command line: any checkpoint -----------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.passkey", description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", required=True, help="a .ckpt written by training")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        help="a .ckpt written by training, or a run folder (logs/demo/<start time>) or run name (logs/demo), "
+        "optionally followed by /last: its newest checkpoint that verifies",
+    )
     parser.add_argument("--lengths", type=int, nargs="+", help="default: the training seq_len /4, /2, /1")
     parser.add_argument("--depths", type=float, nargs="+", default=PasskeyConfig().depths)
     parser.add_argument("--samples", type=int, default=8, help="prompts per (length, depth) cell")
@@ -70,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     from lighthouse.checkpoint.records import saved_model_config
     from lighthouse.eval.val_windows import run_datamodule
     from lighthouse.tool_args import about, checked_device, local_path, output_file
+    from lighthouse.train.run_dir import find_checkpoint  # the run layout; only the command needs it
 
     if args.json:
         output_file("--json", args.json)  # before the evaluation, not after it
@@ -77,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     device = checked_device("--device", args.device)
     config = PasskeyConfig(args.lengths, args.depths, args.samples, args.key_digits, args.seed)
     config.validate(2**31, prefix="--", longer_ok=True)  # every range but the context's, before reading anything
+    path = find_checkpoint(args.ckpt)
     with about("--ckpt", args.ckpt):
-        ckpt = read_checkpoint(args.ckpt, mmap=True)  # verified, weights_only; a sharded folder gets the command
+        ckpt = read_checkpoint(path, mmap=True)  # verified, weights_only; a sharded folder gets the command
         max_len = saved_model_config(ckpt).seq_len
     # Before the model and the data exist: a length past the model's context would allocate without bound (10^8
     # tokens took 23 GB) and tests positions the model never saw.
@@ -97,14 +104,14 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     with dense_eager(model), autocast:
         scores = evaluator.score(model, device)
     print(
-        f"passkey, {args.ckpt} (step {ckpt.get('global_step')}), dense attention; "
+        f"passkey, {path} (step {ckpt.get('global_step')}), dense attention; "
         f"exact match (digit accuracy, chance {DIGIT_CHANCE}):"
     )
     print(scores.table())
     print("all: exact {:.3f}, digit accuracy {:.3f}".format(*scores.accuracy()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ckpt": args.ckpt, "global_step": ckpt.get("global_step"), **scores.as_dict()}, f, indent=1)
+            json.dump({"ckpt": str(path), "global_step": ckpt.get("global_step"), **scores.as_dict()}, f, indent=1)
     return scores
 
 
