@@ -211,3 +211,15 @@ def test_training_with_recall_windows_logs_recall_per_bin_at_validation(tmp_path
         assert math.isfinite(value)
     (loss,) = logged_scalars(log_dir, "recall/64-512/digit_logloss").values()
     assert 1.0 < loss < 5.0  # an almost untrained model: near ln 10
+
+
+def test_recall_pairs_a_window_cannot_hold_are_refused_before_the_first_step(tmp_path):
+    """Whether the pairs fit depends on the tokenizer's lines, so LitLM cannot refuse them when it is built; before,
+    the run trained until its first validation and failed there."""
+    from training_helpers import fit, logged_scalars, tiny_config
+
+    config = tiny_config(tmp_path, "recall-too-many", max_steps=4, every_n=2, attention="sdpa")
+    config["model"]["recall"] = {"windows": 2, "pairs": 8}  # 8 x 46 byte tokens > half of 513
+    with pytest.raises(ValueError, match=r"^model.recall.pairs=8: recall windows of 513 tokens cannot hold 8 pairs"):
+        fit(tmp_path, config)
+    assert not logged_scalars(tmp_path / "logs" / "recall-too-many", "train/loss")

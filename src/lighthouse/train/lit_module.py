@@ -204,6 +204,14 @@ class LitLM(L.LightningModule):
 
     def on_train_start(self) -> None:
         write_steps_note(self.trainer)
+        if self.recall_config is not None:
+            # Its windows now, not at the first validation after training steps: whether model.recall.pairs fit a
+            # window depends on the tokenizer's lines, so this is the first point where a setting that cannot be
+            # held fails, before any step.
+            try:
+                self.recall_eval()
+            except ValueError as err:
+                raise ValueError(f"model.recall.pairs={self.recall_config.pairs}: {err}") from None
 
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == TrainerFn.VALIDATING:  # `validate` on its own (inside fit: on_train_start)
@@ -241,9 +249,13 @@ class LitLM(L.LightningModule):
 
     def run_recall(self):
         """The recall windows on the current weights, dense, windows split over ranks and the counts summed."""
+        return self._score_over_ranks(self.recall_eval())
+
+    def recall_eval(self) -> RecallEval:
+        """The fixed recall windows, built once."""
         if self._recall_eval is None:
             self._recall_eval = RecallEval(self.recall_config, *self._validation_text("recall"), self.config.seq_len)
-        return self._score_over_ranks(self._recall_eval)
+        return self._recall_eval
 
     def _validation_text(self, option: str):
         """(tokenizer, validation split reader) of the data module, which the ``model.<option>`` evaluation needs."""
