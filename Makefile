@@ -13,9 +13,11 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 ifeq ($(HAS_GPU),1)
 TORCH_INDEX :=
 TORCH_BUILD := cuda
+TORCH_WHY := nvidia-smi lists a GPU
 else
 TORCH_INDEX := --retries 0 --extra-index-url https://download.pytorch.org/whl/cpu
 TORCH_BUILD := cpu
+TORCH_WHY := $(if $(shell command -v nvidia-smi),nvidia-smi is here but lists no GPU (a driver problem?),no nvidia-smi)
 # No GPU: Triton kernels run in Triton's interpreter so the kernel tests still exercise them.
 export TRITON_INTERPRET ?= 1
 endif
@@ -25,9 +27,14 @@ TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)-$(TORCH_BUILD)
 .PHONY: setup demo test lint bench clean
 setup: $(VENV)/.installed
 
+# On a GPU box a CPU build set up before (on a login node, or a checkout moved) is taken out first: "torch==X.Y.Z"
+# is satisfied by X.Y.Z+cpu (PEP 440), so pip would keep it.
 $(TORCH_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	@echo "torch $(TORCH_VERSION), $(TORCH_BUILD) build: $(TORCH_WHY)"
+	if [ "$(TORCH_BUILD)" = cuda ] && $(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda is not None)" \
+		2>/dev/null; then $(BIN)/python -m pip uninstall -y -q torch; fi
 	$(BIN)/python -m pip install $(TORCH_INDEX) "torch==$(TORCH_VERSION)"
 	rm -f $(VENV)/.torch-*
 	touch $@

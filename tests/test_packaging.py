@@ -50,6 +50,29 @@ def test_makefile_installs_the_pinned_torch_and_reinstalls_when_it_changes(tmp_p
     assert torch_pin() not in (REPO / "Makefile").read_text()  # read from pyproject.toml, not repeated
 
 
+@pytest.mark.parametrize(
+    ("nvidia_smi", "said"),
+    [
+        ('echo "GPU 0: NVIDIA H200 (UUID: GPU-x)"', "cuda build: nvidia-smi lists a GPU"),
+        ("exit 9", "cpu build: nvidia-smi is here but lists no GPU (a driver problem?)"),
+    ],
+)
+def test_makefile_says_which_torch_build_and_replaces_a_cpu_build_on_a_gpu_box(tmp_path, nvidia_smi, said):
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\n{nvidia_smi}\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    plan = subprocess.run(
+        ["make", "-n", "setup", f"VENV={tmp_path / 'venv'}"], cwd=REPO, env=env, capture_output=True, text=True
+    ).stdout
+    assert f'echo "torch {torch_pin()}, {said}"' in plan
+    # The uninstall of a +cpu torch runs only for the CUDA build, before the pinned install.
+    guard = next(line for line in plan.splitlines() if "torch.version.cuda is not None" in line)
+    assert guard.startswith(f'if [ "{"cuda" if "cuda build" in said else "cpu"}" = cuda ]')
+    assert plan.index("pip uninstall -y -q torch") < plan.index(f'"torch=={torch_pin()}"')
+
+
 def test_environment_yml_installs_the_project_after_the_pinned_torch():
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
