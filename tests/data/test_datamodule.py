@@ -57,7 +57,7 @@ def test_bad_corpus_paths(tmp_path):
             LMDataModule(corpus=corpus, data_dir=str(tmp_path))
 
 
-@pytest.mark.parametrize("spec", ["bpe:10", "wordpiece", "missing.json"])
+@pytest.mark.parametrize("spec", ["bpe:10", "bpe:2000000", "wordpiece", "missing.json"])
 def test_a_bad_tokenizer_is_named_by_its_cli_key(spec, tmp_path):
     with pytest.raises(ValueError, match="^" + re.escape(f"data.tokenizer='{spec}': ")):
         LMDataModule(tokenizer=spec, data_dir=str(tmp_path))
@@ -85,6 +85,25 @@ def test_bpe_tokenizer_is_trained_saved_and_reused(corpus_dir, make_dm, tmp_path
     as_file = make_dm(corpus_dir, tokenizer=str(saved))
     as_file.setup("fit")
     assert as_file.data_fingerprint == dm.data_fingerprint
+
+
+def test_a_bpe_larger_than_the_corpus_supports_is_said_with_the_size_that_fits(corpus_dir, make_dm, caplog):
+    """bpe:N fixes the model's embedding rows before the corpus is read; a corpus with fewer merges leaves rows that
+    are never used (a probe's bpe:100000 on 480 KB: 374 tokens learned, a 100000-row model, no word)."""
+    dm = make_dm(corpus_dir, tokenizer="bpe:60000")
+    with caplog.at_level("WARNING", logger="lighthouse.data.datamodule"):
+        dm.setup("fit")
+    learned = dm.tokenizer.vocab_size
+    assert learned < 60000 and dm.vocab_size == 60000
+    said = [r.getMessage() for r in caplog.records if "learned only" in r.getMessage()]
+    assert said == [
+        f"data.tokenizer='bpe:60000' learned only {learned} tokens from this corpus: the model keeps 60000 embedding "
+        f"rows, {60000 - learned} of them never used. 'bpe:{learned}' (or a larger corpus) fits it"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lighthouse.data.datamodule"):
+        make_dm(corpus_dir, tokenizer="bpe:300").setup("fit")  # learned in full: nothing to say
+    assert not [r for r in caplog.records if "learned only" in r.getMessage()]
 
 
 def test_stdlib_corpus_small(tmp_path):

@@ -245,7 +245,24 @@ class LMDataModule(L.LightningDataModule):
                 checksums=checksums,
             )
             self._tokenizer = self._prepared.tokenizer
+            self._warn_if_bpe_fell_short()
         return self._prepared
+
+    def _warn_if_bpe_fell_short(self) -> None:
+        """'bpe:N' fixes the model's N embedding rows before the corpus is read (so every run of the spec builds the
+        same model); a corpus with fewer distinct merges gives a smaller tokenizer, and the rows past it are never
+        used. Said once, on rank zero, with the size that would fit."""
+        learned, asked = self._tokenizer.vocab_size, self._tok_spec.vocab_size
+        if self._tok_spec.kind == "bpe" and learned < asked and self._is_global_zero():
+            log.warning(
+                "data.tokenizer=%r learned only %d tokens from this corpus: the model keeps %d embedding rows, %d of "
+                "them never used. 'bpe:%d' (or a larger corpus) fits it",
+                self._tok_spec.spec,
+                learned,
+                asked,
+                asked - learned,
+                learned,
+            )
 
     def _require_prepared(self) -> Prepared:
         if self._prepared is None:

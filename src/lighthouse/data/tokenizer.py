@@ -33,7 +33,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 EOS_TOKEN = "<|eos|>"
 EOS_CANDIDATES = (EOS_TOKEN, "<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 BPE_MIN_VOCAB = 258  # 256 byte symbols + EOS + at least one merge
-BPE_MAX_VOCAB = 2**31
+BPE_MAX_VOCAB = 2**20  # 4x the largest vocabularies of released LMs (256k): beyond it, a typo's embedding table
 
 
 @dataclass(frozen=True)
