@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from tool_probes import SHARED_BAD_FLAGS, command_error, error_before_the_checkpoint, json_folder_missing
 from trained_models import two_stage_checkpoints
 from training_helpers import REPO
 
@@ -28,7 +29,6 @@ from lighthouse.eval.lookahead import (
 )
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.transformer import Transformer
-from lighthouse.train import exits
 
 VOCAB = 257
 
@@ -193,16 +193,6 @@ def test_bad_arguments_are_refused():
         probe(causal_losses, causal_losses, random_windows(2, 256), tile_len=128, distances=128)
 
 
-def command_error(args: list[str], capsys) -> str:
-    """The error line of ``python -m lighthouse.eval.lookahead ARGS`` (exits.run is what its ``__main__`` runs),
-    which must exit 2 without a traceback."""
-    capsys.readouterr()
-    code = exits.run(main, args)
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err, err
-    return err.splitlines()[0]
-
-
 # Each with a checkpoint that does not exist: every flag is checked before the checkpoint is looked for.
 BAD_FLAGS = {
     "windows-1": (
@@ -211,38 +201,27 @@ BAD_FLAGS = {
     ),
     "bins-0": (["--bins", "0"], "--bins=0 is invalid: must be an integer >= 1"),
     "batch-size-0": (["--batch-size", "0"], "--batch-size=0 is invalid: must be an integer >= 1"),
-    "device-cuda-absent": (
-        ["--device", "cuda"],
-        "--device='cuda' is invalid: this machine has no CUDA device (use --device cpu)",
-    ),
     "kernels-on-cpu": (
         ["--backend", "lighthouse"],
         "--backend='lighthouse' is invalid: its Triton kernels need a CUDA device, not --device cpu "
         "(use lighthouse_naive there)",
     ),
-    "json-folder-missing": (
-        ["--json", "{tmp}/no/such/probe.json"],
-        "--json='{tmp}/no/such/probe.json' is invalid: the folder '{tmp}/no/such' does not exist",
-    ),
-    "ckpt-missing": ([], "--ckpt {tmp}/nope.ckpt: no such file"),
+    **SHARED_BAD_FLAGS,
+    **json_folder_missing("probe.json"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FLAGS))
 def test_a_bad_flag_is_one_line_and_exit_2_before_the_checkpoint_is_read(case, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
     extra, message = BAD_FLAGS[case]
-    args = ["--ckpt", "{tmp}/nope.ckpt", "--device", "cpu", *extra]
-    line = command_error([a.format(tmp=tmp_path) for a in args], capsys)
+    line = error_before_the_checkpoint(main, extra, tmp_path, capsys, monkeypatch)
     assert line == "error: " + message.format(tmp=tmp_path)
 
 
 def test_only_a_sharded_checkpoint_folder_gets_the_consolidate_advice(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
     (tmp_path / "empty_run").mkdir()
-    line = command_error(["--ckpt", str(tmp_path / "empty_run"), "--device", "cpu"], capsys)
+    line = command_error(main, ["--ckpt", str(tmp_path / "empty_run"), "--device", "cpu"], capsys)
     assert line == (
         f"error: --ckpt {tmp_path}/empty_run: no usable checkpoint in {tmp_path}/empty_run/checkpoints/ or "
         f"{tmp_path}/empty_run/*/checkpoints/. Pass a .ckpt file, a run folder (logs/<name>/<start time>) or a run "
@@ -251,7 +230,7 @@ def test_only_a_sharded_checkpoint_folder_gets_the_consolidate_advice(tmp_path, 
     sharded = tmp_path / "sharded.ckpt"
     sharded.mkdir()
     (sharded / ".metadata").write_bytes(b"")
-    line = command_error(["--ckpt", str(sharded), "--device", "cpu"], capsys)
+    line = command_error(main, ["--ckpt", str(sharded), "--device", "cpu"], capsys)
     assert line == (
         f"error: --ckpt={str(sharded)!r} is invalid: {sharded} is a sharded (FSDP) checkpoint folder. Consolidate it "
         "into one file first:"
@@ -263,7 +242,7 @@ def test_a_run_name_is_its_newest_checkpoint_and_bins_are_checked_against_its_ti
     """``--ckpt logs/<name>`` reads that run's newest checkpoint (its seq_len 512 makes one tile of 512), refused
     before any window is evaluated."""
     logs = two_stage_checkpoints(tmp_path_factory)[2].parents[2]
-    line = command_error(["--ckpt", str(logs), "--device", "cpu", "--bins", "513"], capsys)
+    line = command_error(main, ["--ckpt", str(logs), "--device", "cpu", "--bins", "513"], capsys)
     tile = "(the positions of a selection tile at seq_len 512)"
     assert line == f"error: --bins=513 is invalid: must be an integer in [1, 512] {tile}"
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from array_source import ArraySource
+from tool_probes import SHARED_BAD_FLAGS, command_error, error_before_the_checkpoint, json_folder_missing
 from trained_models import two_stage_checkpoints
 from training_helpers import REPO
 
@@ -111,16 +112,6 @@ def test_the_command_scores_a_trained_checkpoint(tmp_path_factory, tmp_path, cap
     assert "| 64-512 | 6 |" in capsys.readouterr().out and '"64-512"' in out.read_text()
 
 
-def command_error(args: list[str], capsys) -> str:
-    """The error line of ``python -m lighthouse.eval.recall ARGS`` (exits.run is what its ``__main__`` runs), which
-    must exit 2 without a traceback."""
-    capsys.readouterr()
-    code = exits.run(main, args)
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err, err
-    return err.splitlines()[0]
-
-
 # Each with a checkpoint that does not exist: every flag is checked before the checkpoint is looked for.
 BAD_FLAGS = {
     "windows-0": (["--windows", "0"], "--windows=0 is invalid: must be an integer >= 1"),
@@ -129,25 +120,15 @@ BAD_FLAGS = {
         ["--length", "0"],
         "--length=0 is invalid: must be an integer >= 1 (omit it for the training seq_len)",
     ),
-    "device-cuda-absent": (
-        ["--device", "cuda"],
-        "--device='cuda' is invalid: this machine has no CUDA device (use --device cpu)",
-    ),
-    "json-folder-missing": (
-        ["--json", "{tmp}/no/such/recall.json"],
-        "--json='{tmp}/no/such/recall.json' is invalid: the folder '{tmp}/no/such' does not exist",
-    ),
-    "ckpt-missing": ([], "--ckpt {tmp}/nope.ckpt: no such file"),
+    **SHARED_BAD_FLAGS,
+    **json_folder_missing("recall.json"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FLAGS))
 def test_a_bad_flag_is_one_line_and_exit_2_before_the_checkpoint_is_read(case, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
     extra, message = BAD_FLAGS[case]
-    args = ["--ckpt", "{tmp}/nope.ckpt", "--device", "cpu", *extra]
-    line = command_error([a.format(tmp=tmp_path) for a in args], capsys)
+    line = error_before_the_checkpoint(main, extra, tmp_path, capsys, monkeypatch)
     assert line == "error: " + message.format(tmp=tmp_path)
 
 
@@ -176,7 +157,7 @@ def test_pairs_and_length_that_the_context_cannot_hold_are_refused(case, tmp_pat
     monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
     logs = two_stage_checkpoints(tmp_path_factory)[2].parents[2]
     extra, message = BAD_FOR_THE_CONTEXT[case]
-    assert command_error(["--ckpt", str(logs), "--device", "cpu", *extra], capsys) == "error: " + message
+    assert command_error(main, ["--ckpt", str(logs), "--device", "cpu", *extra], capsys) == "error: " + message
 
 
 def test_a_run_folders_last_is_its_newest_checkpoint(tmp_path_factory, tmp_path, capsys):

@@ -13,7 +13,7 @@ from dataclasses import fields, replace
 import lightning as L
 import numpy as np
 import pytest
-import torch
+from tool_probes import SHARED_BAD_FLAGS, command_error, error_before_the_checkpoint
 from trained_models import two_stage_checkpoints
 from training_helpers import REPO, write_text_corpus
 
@@ -120,16 +120,6 @@ def test_mean_of_window_losses_is_the_validation_loss_dense(tmp_path_factory, tm
         )
 
 
-def command_error(args: list[str], capsys) -> str:
-    """The error line of ``python -m lighthouse.eval.window_losses ARGS`` (exits.run is what its ``__main__`` runs),
-    which must exit 2 without a traceback."""
-    capsys.readouterr()
-    code = exits.run(main, args)
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err, err
-    return err.splitlines()[0]
-
-
 # Each with a checkpoint that does not exist: every flag is checked before the checkpoint is looked for.
 BAD_FLAGS = {
     "windows-0": (["--windows", "0"], "--windows=0 is invalid: must be an integer >= 1"),
@@ -137,27 +127,20 @@ BAD_FLAGS = {
         ["--batch-size", "0"],
         "--batch-size=0 is invalid: must be an integer >= 1 (omit it for the run's batch_size)",
     ),
-    "device-cuda-absent": (
-        ["--device", "cuda"],
-        "--device='cuda' is invalid: this machine has no CUDA device (use --device cpu)",
-    ),
     "out-is-a-folder": (["--out", "{tmp}"], "--out='{tmp}' is invalid: it is a folder; name a file"),
     "out-under-a-file": (
         ["--out", "{tmp}/a_file/losses.json"],
         "--out='{tmp}/a_file' is invalid: it is an existing file, not a folder",
     ),
-    "ckpt-missing": ([], "--ckpt {tmp}/nope.ckpt: no such file"),
+    **SHARED_BAD_FLAGS,
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FLAGS))
 def test_a_bad_flag_is_one_line_and_exit_2_before_the_checkpoint_is_read(case, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
     (tmp_path / "a_file").write_text("x")
     extra, message = BAD_FLAGS[case]
-    args = ["--ckpt", "{tmp}/nope.ckpt", "--device", "cpu", *extra]
-    line = command_error([a.format(tmp=tmp_path) for a in args], capsys)
+    line = error_before_the_checkpoint(main, extra, tmp_path, capsys, monkeypatch)
     assert line == "error: " + message.format(tmp=tmp_path)
 
 
@@ -165,7 +148,7 @@ def test_a_missing_compare_file_is_named(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
     a = made_up([0, 1], [2.0, 2.0]).save(tmp_path / "a.json")
     b = str(tmp_path / "b.json")
-    line = command_error(["--compare", str(a), b], capsys)
+    line = command_error(main, ["--compare", str(a), b], capsys)
     assert line == f"error: --compare={b!r} is invalid: [Errno 2] No such file or directory: {b!r}"
 
 
