@@ -1,15 +1,18 @@
-"""The corpus listing: glob semantics, and a walk that no symlink loop, FIFO or broken link can hang or abort."""
+"""The corpus listing: glob semantics, a walk that no symlink loop, FIFO or broken link can hang or abort, names
+that cannot be document keys, and the files of other types a directory leaves out."""
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from datagen import build
 
 from lighthouse.data.corpus import check_corpus_arg, resolve_corpus
 from lighthouse.data.documents import read_file
@@ -63,7 +66,7 @@ def test_symlink_loops_fifos_and_bad_links_are_skipped_and_counted(tmp_path, kin
     result = json.loads(done.stdout)
     assert result["files"] == ["a.txt", "link.txt", "sub/b.txt"]
     assert result["skipped"] == EXPECTED_SKIPS
-    assert "skipped 5 entries that are not regular files" in done.stderr  # the log line
+    assert "skipped 5 entries (not regular files, or names not UTF-8)" in done.stderr  # the log line
     assert "pipe.txt (not a regular file)" in done.stderr
 
 
@@ -131,3 +134,83 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(ImportError, match="pip install pyarrow"):
         resolve_corpus(str(corpus))
+
+
+def _bytes_name(path: bytes, data: bytes = b"") -> None:
+    """Create a file under a name that is not UTF-8 (skip where the file system refuses one, as macOS does)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY)
+    except OSError as e:
+        pytest.skip(f"this file system refuses names that are not UTF-8: {e}")
+    os.write(fd, data)
+    os.close(fd)
+
+
+@pytest.mark.parametrize("kind", ["directory", "glob"])
+def test_a_name_that_is_not_utf8_is_skipped_when_listed(tmp_path, caplog, kind):
+    """Before: the build stopped after tokenizing every earlier file, with an encode error naming no file."""
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "a.txt").write_text("first document\n")
+    _bytes_name(os.fsencode(root) + b"/latin1_\xe9.txt", b"latin-1 name\n")
+    os.mkdir(os.fsencode(root) + b"/dir_\xff")  # a folder: counted once, not entered
+    _bytes_name(os.fsencode(root) + b"/dir_\xff/inside.txt", b"below it\n")
+    (root / "z.txt").write_text("last document\n")
+    corpus = root if kind == "directory" else root / "**" / "*.txt"
+    with caplog.at_level(logging.WARNING):
+        p = build(corpus, tmp_path / "data")
+    assert [f["path"] for f in p.manifest["files"]] == ["a.txt", "z.txt"]
+    assert p.manifest["corpus"]["skipped"] == {"name not UTF-8": 2}
+    assert r"'dir_\\xff (name not UTF-8)', 'latin1_\\xe9.txt (name not UTF-8)'" in caplog.text  # the raw bytes
+
+
+def test_a_single_file_corpus_whose_name_is_not_utf8_is_refused_at_once(tmp_path):
+    _bytes_name(os.fsencode(tmp_path) + b"/latin1_\xe9.txt", b"text\n")
+    with pytest.raises(ValueError, match="the file name is not UTF-8"):
+        check_corpus_arg(os.fsdecode(os.fsencode(tmp_path) + b"/latin1_\xe9.txt"))
+
+
+def test_a_directory_or_glob_of_nothing_readable_says_what_it_passed_over(tmp_path):
+    _bytes_name(os.fsencode(tmp_path) + b"/latin1_\xe9.txt", b"text\n")
+    (tmp_path / "records.json").write_text("{}\n")
+    with pytest.raises(ValueError, match=r"holds no .*; passed over: \{'name not UTF-8': 1, 'other file type': 1\}"):
+        check_corpus_arg(str(tmp_path))
+    with pytest.raises(ValueError, match=r"the glob matches no files .*; passed over: \{'name not UTF-8': 1\}$"):
+        check_corpus_arg(str(tmp_path / "*.txt"))
+
+
+def other_types_folder(root: Path) -> Path:
+    """One .txt document among files a directory corpus does not read (7 counted, 2 hidden ones not)."""
+    (root / "sub").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    (root / "a.txt").write_text("the only document\n")
+    for rel in ["b.json", "c.json", "sub/d.json", "notes.md", "table.csv.gz", "README", ".DS_Store", ".hidden/e.json"]:
+        (root / rel).write_text("{}\n")
+    (root / "link.md").symlink_to(root / "notes.md")  # a link to a regular file counts like one
+    (root / "gone.md").symlink_to(root / "missing.md")  # a broken link reads as nothing: not counted
+    return root
+
+
+def test_a_directory_counts_and_logs_the_files_of_other_types_it_leaves_out(tmp_path, caplog):
+    """Before: a dataset of JSON Lines saved as .json was left out without a word."""
+    root = other_types_folder(tmp_path / "c")
+    with caplog.at_level(logging.WARNING):
+        p = build(root, tmp_path / "data")
+    assert [f["path"] for f in p.manifest["files"]] == ["a.txt"]
+    assert p.manifest["corpus"]["skipped"] == {"other file type": 7}
+    lines = [r.getMessage() for r in caplog.records if "files of other types" in r.getMessage()]
+    assert len(lines) == 1  # once, not a line per file
+    assert lines[0].startswith(
+        f"corpus={str(root)!r}: left out 7 files of other types {{'.json': 3, '.md': 2, '(no extension)': 1, "
+        "'.csv.gz': 1}: a directory corpus reads only .txt, .jsonl"
+    )
+    assert "rename them to .jsonl" in lines[0]
+
+
+def test_a_glob_or_the_python_sources_count_no_files_of_other_types(tmp_path, caplog):
+    """A glob names the files it wants; the stdlib corpus is its .py files (660 other files in 3.11's)."""
+    root = other_types_folder(tmp_path / "c")
+    with caplog.at_level(logging.WARNING):
+        assert resolve_corpus(str(root / "*.txt")).skipped == {}
+        assert "other file type" not in resolve_corpus("stdlib").skipped
+    assert "files of other types" not in caplog.text

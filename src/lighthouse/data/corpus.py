@@ -5,9 +5,11 @@ The standard library only, no torch: tokenization worker processes import this m
 
 The walk cannot hang or abort on what it meets in a folder: it never follows a directory symlink (so no loop can
 trap it), takes a symlinked file only when the link resolves to a regular file, and skips everything that is not
-a regular file (FIFOs, sockets, devices) and broken or looping links. Each skip is counted by reason, logged once
-and recorded in the manifest. Opening a file is guarded as well (documents.py): a file that turns into a FIFO
-after the listing is skipped, not waited on.
+a regular file (FIFOs, sockets, devices) and broken or looping links. A name that is not UTF-8 (a document key
+must be) is skipped when listed, not when its key is first hashed mid-build. In a directory corpus, every regular
+file of another type is counted too, so JSON Lines stored as ``.json`` are not left out without a word. Each skip
+is counted by reason, logged once and recorded in the manifest. Opening a file is guarded as well (documents.py):
+a file that turns into a FIFO after the listing is skipped, not waited on.
 """
 
 from __future__ import annotations
@@ -126,19 +128,45 @@ def format_of(name: str) -> tuple[str | None, str | None]:
 
 
 class Skips:
-    """What a walk passed over: counts by reason, and the first few paths for the log line."""
+    """What a walk passed over: counts by reason, the first few paths for the log line, and the types of the files
+    a directory corpus does not read (they get a log line of their own: they are not damage, and there can be many)."""
 
     def __init__(self):
         self.counts: Counter = Counter()
         self.examples: list[str] = []
+        self.other_types: Counter = Counter()  # '.json', '.md', '.csv.gz', ... -> files
 
     def add(self, rel: str, reason: str) -> None:
         self.counts[reason] += 1
         if len(self.examples) < _EXAMPLES:
-            self.examples.append(f"{rel} ({reason})")
+            # a name that is not UTF-8 shows its raw byte (\xe9) rather than Python's stand-in for it (\udce9)
+            self.examples.append(f"{os.fsencode(rel).decode('utf-8', 'backslashreplace')} ({reason})")
+
+    def add_other_type(self, name: str) -> None:
+        self.counts[OTHER_TYPE] += 1
+        self.other_types[type_label(name)] += 1
 
 
 DIRECTORY_LINK = "directory link (not followed)"
+UNDECODABLE_NAME = "name not UTF-8"
+OTHER_TYPE = "other file type"
+
+
+def undecodable(name: str) -> bool:
+    """Whether a name from the file system holds bytes that are not UTF-8 (decoded as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def type_label(name: str) -> str:
+    """'.json', '.csv.gz', '(no extension)': how a file of another type is named in the log."""
+    lower = name.lower()
+    compression = next((suffix for suffix in _COMPRESSIONS if lower.endswith(suffix)), "")
+    ext = os.path.splitext(lower[: len(lower) - len(compression)])[1]
+    return ext + compression if ext or compression else "(no extension)"
 
 
 def _usable_link(path: str) -> tuple[os.stat_result | None, str | None]:
@@ -170,11 +198,14 @@ def walk_files(
     want: Callable[[tuple[str, ...]], bool],
     skips: Skips,
     parts: tuple[str, ...] = (),
+    count_other_types: bool = False,
 ) -> Iterator[tuple[Path, str, os.stat_result]]:
     """(path, '/'-joined relative path, stat) of each regular file below ``root`` whose relative path parts pass
     ``want``, entering the real folders whose parts pass ``descend``. A directory link is never entered; a
     name ``want`` takes that is not a regular file (or a link to one) is counted in ``skips``, as is a directory
-    link that ``descend`` would have entered."""
+    link that ``descend`` would have entered, and a file or folder it would have taken whose name is not UTF-8.
+    With ``count_other_types``, so is every regular file (or link to one) that ``want`` passes over, unless its
+    name is hidden (a dot-file is tool metadata, .DS_Store or .gitignore, like the hidden folders no walk enters)."""
     try:
         with os.scandir(root.joinpath(*parts)) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -184,23 +215,37 @@ def walk_files(
     for entry in entries:
         child = (*parts, entry.name)
         if entry.is_dir(follow_symlinks=False):
-            if descend(child):
-                yield from walk_files(root, descend=descend, want=want, skips=skips, parts=child)
+            if not descend(child):
+                continue
+            if undecodable(entry.name):  # every key below it would be unusable: counted once, here
+                skips.add("/".join(child), UNDECODABLE_NAME)
+                continue
+            yield from walk_files(
+                root, descend=descend, want=want, skips=skips, parts=child, count_other_types=count_other_types
+            )
             continue
         is_candidate = want(child)
+        other = count_other_types and not is_candidate and not entry.name.startswith(".")
         if not (is_candidate or (entry.is_symlink() and descend(child))):
+            if other and entry.is_file(follow_symlinks=False):
+                skips.add_other_type(entry.name)
             continue
         st, reason = _regular(entry)
         if reason == DIRECTORY_LINK:
             if descend(child):
                 skips.add("/".join(child), reason)
-        elif is_candidate and reason is not None:
+        elif not is_candidate:
+            if other and reason is None:  # a link to a regular file of another type
+                skips.add_other_type(entry.name)
+        elif reason is not None:
             skips.add("/".join(child), reason)
-        elif is_candidate:
+        elif undecodable(entry.name):
+            skips.add("/".join(child), UNDECODABLE_NAME)
+        else:
             yield Path(entry.path), "/".join(child), st
 
 
-def _glob_root_and_pattern(pattern: str) -> tuple[Path, tuple[str, ...]]:
+def glob_root_and_pattern(pattern: str) -> tuple[Path, tuple[str, ...]]:
     """The literal folder a glob starts from and the pattern parts below it (document keys are relative to it)."""
     parts = Path(pattern).parts
     n = next(i for i, part in enumerate(parts) if glob.has_magic(part))
@@ -227,7 +272,8 @@ def glob_match(pattern: tuple[str, ...], parts: tuple[str, ...], prefix: bool = 
 
 
 def _glob_walk(pattern: str, skips: Skips) -> tuple[Path, Iterator[tuple[Path, str, os.stat_result]]]:
-    root, pat = _glob_root_and_pattern(pattern)
+    # No file a glob does not match is counted as left out: the pattern chose, as it names the files it wants.
+    root, pat = glob_root_and_pattern(pattern)
     files = walk_files(
         root, descend=lambda parts: glob_match(pat, parts, prefix=True), want=lambda p: glob_match(pat, p), skips=skips
     )
@@ -240,6 +286,7 @@ def _directory_walk(root: Path, skips: Skips) -> Iterator[tuple[Path, str, os.st
         descend=lambda parts: not parts[-1].startswith("."),
         want=lambda parts: format_of(parts[-1])[0] is not None,
         skips=skips,
+        count_other_types=True,
     )
 
 
@@ -255,9 +302,12 @@ def check_corpus_arg(corpus: str) -> None:
         _parse_hf(corpus)
         require_datasets(corpus)
         return
+    skips = Skips()
     if glob.has_magic(corpus):
-        if next(_glob_walk(corpus, Skips())[1], None) is None:
-            raise ValueError(f"corpus={corpus!r}: the glob matches no files (regular files or links to them)")
+        if next(_glob_walk(corpus, skips)[1], None) is None:
+            raise ValueError(
+                f"corpus={corpus!r}: the glob matches no files (regular files or links to them){_passed_over(skips)}"
+            )
         return
     path = Path(corpus)
     if not path.exists():
@@ -267,10 +317,20 @@ def check_corpus_arg(corpus: str) -> None:
         )
     if not (path.is_dir() or path.is_file()):
         raise ValueError(f"corpus={corpus!r}: not a regular file or a directory (a FIFO, socket or device?)")
-    if path.is_dir() and next(_directory_walk(path, Skips()), None) is None:
+    if path.is_file() and undecodable(path.name):
         raise ValueError(
-            f"corpus={corpus!r}: the directory holds no {SUPPORTED_IN_DIRECTORY} files (regular files or links to them)"
+            f"corpus={corpus!r}: the file name is not UTF-8, and it is the key of the document: rename the file"
         )
+    if path.is_dir() and next(_directory_walk(path, skips), None) is None:
+        raise ValueError(
+            f"corpus={corpus!r}: the directory holds no {SUPPORTED_IN_DIRECTORY} files (regular files or links to "
+            f"them){_passed_over(skips)}"
+        )
+
+
+def _passed_over(skips: Skips) -> str:
+    """What a walk that found nothing passed over, for its error (a walk of only links or bad names says so)."""
+    return f"; passed over: {dict(skips.counts)}" if skips.counts else ""
 
 
 def require_datasets(corpus: str) -> None:
@@ -331,23 +391,46 @@ def resolve_corpus(corpus: str, text_field: str = "text") -> CorpusSpec:
             root = Path(corpus)
             files = [_source(p, rel, st, *format_of(p.name)) for p, rel, st in _directory_walk(root, skips)]
     files.sort(key=lambda f: f.rel)
-    if skips.counts:
-        log.warning(
-            "corpus=%r: skipped %d entries that are not regular files %s, e.g. %s",
-            corpus,
-            sum(skips.counts.values()),
-            dict(skips.counts),
-            skips.examples,
-        )
+    _log_skips(corpus, skips)
     if any(f.fmt == "parquet" for f in files):
         require_pyarrow()
     if any(f.compression == "zst" for f in files):
-        zstd_reader_factory()
+        zstd_frame_decompressor()
     return CorpusSpec(corpus, kind, str(root.resolve()), text_field, files, skipped=dict(skips.counts), sites=sites)
+
+
+def _log_skips(corpus: str, skips: Skips) -> None:
+    """One line for the entries that could not be read, one for the files of other types a directory left out."""
+    unreadable = {reason: n for reason, n in skips.counts.items() if reason != OTHER_TYPE}
+    if unreadable:
+        log.warning(
+            "corpus=%r: skipped %d entries (not regular files, or names not UTF-8) %s, e.g. %s",
+            corpus,
+            sum(unreadable.values()),
+            unreadable,
+            skips.examples,
+        )
+    if skips.other_types:
+        shown = dict(skips.other_types.most_common(_EXAMPLES))
+        more = len(skips.other_types) - len(shown)
+        log.warning(
+            "corpus=%r: left out %d files of other types %s%s: a directory corpus reads only %s. JSON Lines saved "
+            "as .json: rename them to .jsonl; other text: name the files with a glob (DIR/**/*.md), which reads "
+            "each one as a text document",
+            corpus,
+            skips.counts[OTHER_TYPE],
+            shown,
+            f" and {more} more types" if more else "",
+            SUPPORTED_IN_DIRECTORY,
+        )
 
 
 def _python_files(root: Path, skips: Skips, descend: Callable[[tuple[str, ...]], bool], label: str = "") -> list:
     """The .py files below ``root`` (keys prefixed with ``label/`` when given), never inside __pycache__."""
+    # Other files (test data, .pyi, .so, ...) are not counted as left out, unlike in a directory corpus: only the
+    # .py files is what these corpora are, not a filter that can drop someone's data, and counting them would put
+    # hundreds of entries (660 in the 3.11 stdlib, thousands with site-packages) in every manifest and a warning in
+    # every run's log.
     found = walk_files(
         root,
         descend=lambda parts: parts[-1] != "__pycache__" and descend(parts),
@@ -378,17 +461,21 @@ def require_pyarrow():
     return pq
 
 
-def zstd_reader_factory():
+def zstd_frame_decompressor():
+    """A callable that makes a decompressor of one zstd frame, with the standard library's incremental API:
+    ``decompress(data)``, ``eof`` (the frame is complete), ``unused_data`` (what follows it). documents.py reads
+    frame after frame with it, so it can tell a stream cut inside a frame: zstandard's ``stream_reader`` returns
+    the shorter data without a word, where gzip, bz2 and lzma raise EOFError."""
     try:
         import zstandard
 
-        return lambda f: zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+        return zstandard.ZstdDecompressor().decompressobj
     except ImportError:
         pass
     try:
         from compression import zstd  # Python >= 3.14
 
-        return lambda f: zstd.ZstdFile(f)
+        return zstd.ZstdDecompressor
     except ImportError as e:
         raise ImportError(
             "reading .zst files needs the zstandard package (pip install zstandard) or Python >= 3.14"

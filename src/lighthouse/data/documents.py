@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .corpus import HFSource, SourceFile, require_pyarrow, zstd_reader_factory
+from .corpus import HFSource, SourceFile, require_pyarrow, zstd_frame_decompressor
 
 # Opening without O_NONBLOCK would wait forever for a writer when the path is a FIFO.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -72,6 +72,54 @@ class _HashingReader(io.RawIOBase):
             self.nbytes += len(chunk)
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The zstd frames of a stream one after another, decompressed; EOFError, with gzip's message, when the stream
+    ends inside a frame (a cut download, a full disk), so a cut .zst is skipped as unreadable like a cut .gz."""
+
+    # Compressed bytes fed per call: a call's output is held at once (a few MB of text at 1 MB in).
+    _CHUNK = 1 << 20
+
+    def __init__(self, raw, new_frame):
+        self._raw = raw
+        self._new_frame = new_frame  # corpus.zstd_frame_decompressor()
+        self._frame = None  # the decompressor of the frame being read; None between frames
+        self._out = memoryview(b"")  # decompressed, not yet returned
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        """Decompress until there is output; False at a clean end (the input ends between frames)."""
+        while not self._out:
+            data = b""
+            if self._frame is not None and self._frame.eof:
+                data, self._frame = self._frame.unused_data, None  # the next frame may start in the same chunk
+            data = data or self._raw.read(self._CHUNK)
+            if not data:
+                if self._frame is not None:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                return False
+            if self._frame is None:
+                self._frame = self._new_frame()
+            self._out = memoryview(self._frame.decompress(data))
+        return True
+
+    def readinto(self, b) -> int:
+        if not self._fill():
+            return 0
+        n = min(len(b), len(self._out))
+        memoryview(b).cast("B")[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def readall(self) -> bytes:
+        parts = []
+        while self._fill():
+            parts.append(self._out.tobytes())
+            self._out = memoryview(b"")
+        return b"".join(parts)
+
+
 def _decompressed(raw, compression: str | None):
     if compression is None:
         return raw
@@ -86,7 +134,7 @@ def _decompressed(raw, compression: str | None):
 
         return lzma.LZMAFile(raw)
     if compression == "zst":
-        return io.BufferedReader(zstd_reader_factory()(raw))
+        return io.BufferedReader(_ZstdFrames(raw, zstd_frame_decompressor()))
     raise ValueError(f"unknown compression {compression!r}")
 
 
@@ -184,7 +232,13 @@ def read_file(
     return FileRead(src.rel, raw.sha.hexdigest(), raw.nbytes, docs, skipped, skips)
 
 
+_COLUMNS_SHOWN = 8  # of a parquet file without text_field, in its skip reason
+
+
 def _read_parquet(src: SourceFile, f, text_field: str, max_docs: int | None, max_bytes: int | None) -> FileRead:
+    """The rows of the ``text_field`` column. A damaged file, or one without that column, is skipped with its
+    reason like a damaged compressed file or a .jsonl file of other fields: one such file does not end the run
+    (build.py stops with the reasons only when no file gave a document)."""
     pq = require_pyarrow()
     sha = hashlib.sha256()
     for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -192,18 +246,24 @@ def _read_parquet(src: SourceFile, f, text_field: str, max_docs: int | None, max
     f.seek(0)
     skips: Counter = Counter()
     docs: list[tuple[str, str]] = []
-    pf = pq.ParquetFile(f)
-    if text_field not in pf.schema_arrow.names:
-        raise ValueError(f"text_field={text_field!r}: column not found in {src.rel} (columns: {pf.schema_arrow.names})")
-    row, nbytes = 0, 0
-    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            if _reached(docs, nbytes, max_docs, max_bytes):
-                break
-            if valid_text(text, skips):
-                docs.append((f"{src.rel}#{row}", text))
-                nbytes += len(text.encode("utf-8"))
-            row += 1
+    try:
+        pf = pq.ParquetFile(f)
+        columns = pf.schema_arrow.names
+        if text_field not in columns:
+            shown = ", ".join(columns[:_COLUMNS_SHOWN]) + (", ..." if len(columns) > _COLUMNS_SHOWN else "")
+            reason = f"missing text_field={text_field!r} (columns: {shown})"
+            return FileRead(src.rel, sha.hexdigest(), src.size, [], reason)
+        row, nbytes = 0, 0
+        for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
+            for text in batch.column(0).to_pylist():
+                if _reached(docs, nbytes, max_docs, max_bytes):
+                    break
+                if valid_text(text, skips):
+                    docs.append((f"{src.rel}#{row}", text))
+                    nbytes += len(text.encode("utf-8"))
+                row += 1
+    except Exception as e:  # a cut or corrupt file: pyarrow raises ArrowInvalid, OSError, ... by where it breaks
+        return FileRead(src.rel, sha.hexdigest(), src.size, [], f"unreadable ({type(e).__name__}: {e})", skips)
     return FileRead(src.rel, sha.hexdigest(), src.size, docs, None, skips)
 
 
