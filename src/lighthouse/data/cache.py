@@ -8,14 +8,22 @@ every file read is re-hashed, every file skipped as unopenable is retried), sinc
 edit that restores size and mtime, or a file made readable. A damaged folder is rebuilt with a warning (the
 corpus being unchanged, the rebuild reproduces the same tokens); one built from other corpus contents is rebuilt
 with a warning naming the files (its data_fingerprint changes with them, so a resume on it is refused). With
-``build=False`` either is an error naming the files instead.
+``build=False`` either is an error naming the files instead. A folder without a manifest (builds are renamed into
+place with theirs, so only a deletion leaves one) is damaged too, and so is a cached BPE tokenizer that no longer
+loads: it is retrained with a warning.
+
+Whatever will be written is checked first: before a BPE tokenizer is trained, its folder under data_dir; before a
+folder is built or set aside, data_dir/shards. An unwritable data_dir is then one line saying what needed it,
+not an OSError after minutes of work; a read-only data_dir that holds everything needed is only read.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -28,6 +36,10 @@ from .shards import FORMAT_VERSION, MANIFEST, DamagedShards, damaged_message, lo
 from .tokenizer import TextTokenizer, TokenizerSpec, byte_tokenizer, train_bpe
 
 log = logging.getLogger(__name__)
+
+
+class DataDirNotWritable(OSError):
+    """data_dir cannot be written where work that is about to start must save its result."""
 
 
 @dataclass
@@ -57,7 +69,14 @@ def resolve_tokenizer(spec: TokenizerSpec, corpus: CorpusSpec, data_dir: Path, s
     )
     path = data_dir / "tokenizers" / f"bpe{spec.vocab_size}-{corpus.name}-{key}.json"
     if path.is_file():
-        return TextTokenizer.from_file(path)
+        try:
+            return TextTokenizer.from_file(path)
+        except ValueError as e:  # truncated or overwritten: the file is only a cache
+            damaged = str(e)
+        _require_writable(data_dir, path.parent, f"{damaged}; it must be retrained")
+        log.warning("%s; retraining %s (the file is a cache)", damaged, spec.spec)
+    else:
+        _require_writable(data_dir, path.parent, f"{spec.spec} must be trained and saved in {path.parent}")
     t0 = time.perf_counter()
     tok = train_bpe(read_train_texts(corpus, selection, num_proc), spec.vocab_size)
     tok.save(path)
@@ -94,8 +113,23 @@ def shard_folder(
     return data_dir / "shards" / f"{corpus.name}-{label}-{key}"
 
 
+def _require_writable(data_dir: Path, folder: Path, why: str) -> None:
+    """Make ``folder`` (in data_dir) and a file in it, or raise DataDirNotWritable saying ``why`` it is needed."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        state = "read-only" if e.errno == errno.EROFS else f"not writable ({e.strerror}: {e.filename or folder})"
+        raise DataDirNotWritable(
+            f"{why}, but data_dir {data_dir} is {state}: set data.data_dir to a writable folder"
+        ) from None
+
+
 def _verified(folder: Path, checksums: bool) -> tuple[dict | None, list[str]]:
     """(manifest, []) when the folder is intact (by sha256 with ``checksums``), else (None, the problems)."""
+    if not (folder / MANIFEST).is_file():
+        return None, [f"{MANIFEST} is missing"]
     try:
         manifest = load_manifest(folder)
     except ValueError as e:
@@ -113,7 +147,10 @@ def _set_aside(folder: Path) -> None:
         os.rename(folder, aside)
     except FileNotFoundError:  # someone else moved it first
         return
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:  # a file or link where the folder belongs
+        aside.unlink(missing_ok=True)
 
 
 def prepare(
@@ -134,25 +171,30 @@ def prepare(
     num_proc = num_proc or os.cpu_count() or 1
     tokenizer = resolve_tokenizer(spec, corpus, data_dir, selection, num_proc)
     folder = shard_folder(corpus, spec, tokenizer, data_dir, selection, shard_tokens)
-    if (folder / MANIFEST).is_file():
+    if os.path.lexists(folder):
         manifest, problems = _verified(folder, checksums)
         changes = corpus_changes(corpus, manifest) if manifest is not None and checksums else None
         if not problems and not changes:
             return Prepared(folder, manifest, tokenizer, built=False)
         if problems:
+            said = damaged_message(folder, problems)
             if not build:
-                raise DamagedShards(damaged_message(folder, problems) + "; delete the folder and run prepare_data()")
-            log.warning("%s; rebuilding it from the corpus", damaged_message(folder, problems))
+                raise DamagedShards(f"{said}; delete the folder and run prepare_data()")
+            _require_writable(data_dir, folder.parent, f"{said}; it must be rebuilt")
+            log.warning("%s; rebuilding it from the corpus", said)
         else:
             said = (
                 f"corpus={corpus.spec!r} differs from what the shards in {folder} were built from: {changes.describe()}"
             )
             if not build:
                 raise StaleShards(f"{said}; delete the folder and run prepare_data()")
+            _require_writable(data_dir, folder.parent, f"{said}; they must be rebuilt")
             log.warning("%s; rebuilding the shards", said)
         _set_aside(folder)
     elif not build:
         raise FileNotFoundError(f"no shards at {folder}; call prepare_data() first")
+    else:
+        _require_writable(data_dir, folder.parent, f"the shards of corpus={corpus.spec!r} must be built in {folder}")
     manifest = build_shards(
         corpus,
         tokenizer,

@@ -8,14 +8,16 @@ with the field's name, its value and the valid range.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from functools import cache
+from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
-from .corpus import check_corpus_arg
+from .corpus import HF_PREFIX, PYTHON, STDLIB, check_corpus_arg, glob_match, glob_root_and_pattern
 from .recall import check_room
 from .tokenizer import TokenizerSpec, parse_tokenizer_spec
 
@@ -84,7 +86,8 @@ class DataSettings:
     model folder, with its BOS at every document start). Null: 'byte', or with model.init_from 'hf:' that
     folder."""
     data_dir: Annotated[str, FOLDER] = "data"
-    """Folder for tokenizers, shards and manifests (created if missing)."""
+    """Folder for tokenizers, shards and manifests (created if missing), outside the corpus folder. A read-only
+    one works while it holds the tokenizer and shards this configuration needs."""
     num_workers: Annotated[int, NON_NEGATIVE] = 0
     """DataLoader worker processes per rank (0 reads in the main process)."""
     seed: Annotated[int, INTEGER] = 1234
@@ -150,6 +153,12 @@ class DataSettings:
             )
         with named_by_cli_key("corpus", self.corpus):  # a missing path, an empty directory or a bad 'hf:' spec
             check_corpus_arg(self.corpus)
+        if _corpus_walk_enters(self.corpus, self.data_dir):
+            raise ValueError(
+                f"{cli_key('data_dir')}={str(self.data_dir)!r} lies in a folder that {cli_key('corpus')}="
+                f"{self.corpus!r} reads: the cache's own files would become training documents; move data_dir "
+                "out of the corpus"
+            )
         with named_by_cli_key("tokenizer", self.tokenizer):
             self.tokenizer_spec()
 
@@ -173,6 +182,27 @@ def named_by_cli_key(field: str, value: Any) -> Iterator[None]:
         text = str(err)
         named = text.startswith(f"{field}=")
         raise ValueError(cli_key(field) + (text[len(field) :] if named else f"={value!r}: {text}")) from err
+
+
+def _corpus_walk_enters(corpus: str, folder: str | os.PathLike) -> bool:
+    """Whether listing ``corpus`` walks into ``folder``. The walk follows no directory link, so both sides are
+    compared as real paths; it skips dot folders of a directory and folders a glob cannot match. The stdlib and
+    python corpora take only .py files, which a data_dir never holds."""
+    if corpus in (STDLIB, PYTHON) or corpus.startswith(HF_PREFIX):
+        return False
+    if glob.has_magic(corpus):
+        root, pattern = glob_root_and_pattern(corpus)
+    elif Path(corpus).is_dir():
+        root, pattern = Path(corpus), None
+    else:  # a single file
+        return False
+    try:
+        inside = Path(os.path.realpath(folder)).relative_to(os.path.realpath(root)).parts
+    except ValueError:
+        return False
+    if pattern is None:
+        return not any(part.startswith(".") for part in inside)
+    return glob_match(pattern, inside, prefix=True)
 
 
 @cache
