@@ -49,3 +49,20 @@ def test_a_truncated_shard_is_a_clear_error_naming_the_file(corpus_dir, tmp_path
     # Without the size check numpy raises "mmap length is greater than file size" at the first read.
     with pytest.raises(DamagedShards, match=r"train-00000.bin has \d+ bytes, the manifest says \d+ \(truncated"):
         open_split(p.folder, "train", p.tokenizer)
+
+
+def test_keys_of_files_named_with_other_line_breaks_line_up_with_the_documents(tmp_path):
+    """A key is the file's name, with "\\n" replaced (the keys file's separator); "\\r" and "\\u2028" stay in it. The
+    reader split the keys file as text lines, so those names broke one key in two and a build crashed (IndexError
+    moving a document to validation)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    names = ["carriage\rreturn.txt", "line\u2028separator.txt", "plain.txt", "form\x0cfeed.txt"]
+    for i, name in enumerate(names):
+        (corpus / name).write_text(make_text(random.Random(i), 300))
+    p = build(corpus, tmp_path / "data", val_fraction=0.25)
+    keys = [k for split in SPLITS for k in open_split(p.folder, split, p.tokenizer).keys()]
+    assert sorted(keys) == sorted(names)
+    for split in SPLITS:
+        reader = open_split(p.folder, split, p.tokenizer)
+        assert len(reader.keys()) == reader.meta["documents"]

@@ -167,7 +167,11 @@ class SplitReader:
         return out
 
     def keys(self) -> list[str]:
-        return (self.folder / self.meta["keys"]).read_text(encoding="utf-8").splitlines()
+        # Split on "\n" only, the one separator add() keeps out of keys: splitlines() (and text mode's newline
+        # translation) would also split a key at a "\r" or "\u2028" a file name may hold, and the keys would no
+        # longer line up with the documents.
+        text = (self.folder / self.meta["keys"]).read_bytes().decode("utf-8")
+        return text.split("\n")[:-1] if text else []
 
     def close(self) -> None:
         """Drop the memory maps (before the files are replaced)."""
