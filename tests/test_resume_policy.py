@@ -9,6 +9,7 @@ import torch
 from training_helpers import fit, logged_scalars, tiny_config
 
 from lighthouse.checkpoint import io
+from lighthouse.checkpoint.files import read_metadata
 from lighthouse.checkpoint.records import MODEL_KEY
 from lighthouse.checkpoint.resume import COMPUTE, RECIPE, SHAPE, refuse_tokenizer_change
 from lighthouse.data.datamodule import LMDataModule
@@ -189,27 +190,32 @@ def write_checkpoint(path, **records):
     return path
 
 
+def refuse_tokenizer_of(path, asked: str) -> None:
+    """refuse_tokenizer_change on the checkpoint at ``path``, its metadata read as the CLI reads it."""
+    refuse_tokenizer_change(path, asked, read_metadata(path))
+
+
 def test_tokenizer_specs_are_compared_only_where_they_name_the_tokenizer(tmp_path):
     # Fingerprints where both are known; spec strings where both are 'byte' or 'bpe:N' (or the fingerprint says
     # bytes); otherwise the data module's own check at setup (a path names no BPE before the corpus is read).
     by_fingerprint = write_checkpoint(tmp_path / "a.ckpt", LMDataModule={"tokenizer_fingerprint": "0123456789abcdef"})
     with pytest.raises(ValueError, match=r"trained with another tokenizer \(fingerprint 0123456789abcdef; 'byte' has"):
-        refuse_tokenizer_change(by_fingerprint, "byte")
-    refuse_tokenizer_change(by_fingerprint, "bpe:300")  # no fingerprint before the corpus is read
+        refuse_tokenizer_of(by_fingerprint, "byte")
+    refuse_tokenizer_of(by_fingerprint, "bpe:300")  # no fingerprint before the corpus is read
     from_a_file = write_checkpoint(tmp_path / "b.ckpt", datamodule_hyper_parameters={"tokenizer": "tok/bpe.json"})
-    refuse_tokenizer_change(from_a_file, "bpe:300")
+    refuse_tokenizer_of(from_a_file, "bpe:300")
     named = write_checkpoint(tmp_path / "c.ckpt", datamodule_hyper_parameters={"tokenizer": "bpe:300"})
-    refuse_tokenizer_change(named, "bpe:300")
+    refuse_tokenizer_of(named, "bpe:300")
     with pytest.raises(ValueError, match=r"data.tokenizer='bpe:512', but .* trained with tokenizer 'bpe:300'"):
-        refuse_tokenizer_change(named, "bpe:512")
+        refuse_tokenizer_of(named, "bpe:512")
     bytes_file = write_checkpoint(
         tmp_path / "d.ckpt",
         datamodule_hyper_parameters={"tokenizer": "tok/bytes.json"},
         LMDataModule={"tokenizer_fingerprint": byte_tokenizer().fingerprint},
     )
     with pytest.raises(ValueError, match=r"data.tokenizer='bpe:300', but .* trained with tokenizer 'tok/bytes.json'"):
-        refuse_tokenizer_change(bytes_file, "bpe:300")  # its fingerprint says bytes: no BPE is that
-    refuse_tokenizer_change(tmp_path / "not-a-checkpoint.ckpt", "bpe:512")  # the restore says what is wrong
+        refuse_tokenizer_of(bytes_file, "bpe:300")  # its fingerprint says bytes: no BPE is that
+    refuse_tokenizer_of(tmp_path / "not-a-checkpoint.ckpt", "bpe:512")  # the restore says what is wrong
 
 
 def test_a_bpe_of_another_size_than_a_file_tokenizers_checkpoint_is_refused_before_the_corpus_is_read(tmp_path):
@@ -220,9 +226,9 @@ def test_a_bpe_of_another_size_than_a_file_tokenizers_checkpoint_is_refused_befo
     from_a_file = write_checkpoint(
         tmp_path / "e.ckpt", datamodule_hyper_parameters={"tokenizer": "tok/bpe.json"}, **{MODEL_KEY: model}
     )
-    refuse_tokenizer_change(from_a_file, "bpe:300")
+    refuse_tokenizer_of(from_a_file, "bpe:300")
     with pytest.raises(ValueError, match=r"trained with tokenizer 'tok/bpe.json' \(300 tokens; 'bpe:512' has 512\)"):
-        refuse_tokenizer_change(from_a_file, "bpe:512")
+        refuse_tokenizer_of(from_a_file, "bpe:512")
 
 
 def test_an_invalid_bpe_size_is_left_to_the_data_settings_that_name_its_range(tmp_path):
@@ -233,6 +239,6 @@ def test_an_invalid_bpe_size_is_left_to_the_data_settings_that_name_its_range(tm
         tmp_path / "f.ckpt", datamodule_hyper_parameters={"tokenizer": "bpe:300"}, **{MODEL_KEY: model}
     )
     for invalid in ("bpe:5", "bpe:007x"):
-        refuse_tokenizer_change(named, invalid)
+        refuse_tokenizer_of(named, invalid)
     with pytest.raises(ValueError, match=r"'bpe:N' needs an integer N in \[258, "):
         parse_tokenizer_spec("bpe:5")

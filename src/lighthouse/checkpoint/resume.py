@@ -27,7 +27,6 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lighthouse.checkpoint.files import read_metadata
 from lighthouse.checkpoint.records import TOKENIZER_KEY, saved_model_config
 from lighthouse.data.tokenizer import TextTokenizer, TokenizerSpec, byte_tokenizer, parse_tokenizer_spec
 from lighthouse.model.config import PREFIX, ModelConfig
@@ -52,7 +51,6 @@ RECIPE = (
 SCHEDULE = ("warmup_steps", "lr_schedule", "min_lr_ratio", "schedule_steps")
 # Optimizer param-group keys that are bookkeeping, not settings: the parameters, and the LR the scheduler owns.
 _NOT_SETTINGS = ("params", "lr", "initial_lr")
-# Tokenizer specs that name their tokenizer by themselves, before any data is read: bytes, or a BPE of N tokens.
 
 
 def saved_model_fields(checkpoint: dict) -> dict:
@@ -111,11 +109,10 @@ def refuse_compute_changes(saved: dict, current: ModelConfig, overrides: list[st
         rank_zero_warn(f"resume: {PREFIX}{f} {a!r} -> {b!r}, accepted by --resume_overrides")
 
 
-def saved_tokenizer_identity(path: str | Path) -> tuple[str | None, str | None, int | None]:
+def saved_tokenizer_identity(state: dict | None) -> tuple[str | None, str | None, int | None]:
     """The ``data.tokenizer`` a checkpoint was trained with, that tokenizer's fingerprint and the model's vocabulary
-    size (each None where not recorded), read without loading the tensors: they are memory-mapped, never touched, as
-    ``recorded_step`` reads the step. All None for a file that does not load: the restore says what is wrong with it."""
-    state = read_metadata(path)
+    size (each None where not recorded), from its metadata (``files.read_metadata``: the tensors memory-mapped, never
+    touched). All None for a file that does not load (``state`` None): the restore says what is wrong with it."""
     if state is None:
         return None, None, None
     spec = (state.get("datamodule_hyper_parameters") or {}).get("tokenizer")
@@ -163,7 +160,7 @@ def _tokenizer_name(spec: str | None, fingerprint: str | None) -> str | None:
     return spec if _named(spec) else None
 
 
-def refuse_tokenizer_change(ckpt_path: str | Path, asked: str) -> None:
+def refuse_tokenizer_change(ckpt_path: str | Path, asked: str, state: dict | None) -> None:
     """Refuse to load a checkpoint trained with another tokenizer than ``data.tokenizer`` (``asked``), before any
     data work: a BPE would be trained and the whole corpus tokenized, only for the restore to fail on
     model.arch.vocab_size (or, at an equal size, for the weights to read other token ids).
@@ -174,7 +171,7 @@ def refuse_tokenizer_change(ckpt_path: str | Path, asked: str) -> None:
     checkpoint's counts as 'byte' where its fingerprint is). A 'bpe:N' against any other checkpoint tokenizer is
     refused where N is not the checkpoint's vocabulary size (the restore could only fail); an equal size is left to
     the data module, which compares fingerprints when it sets up."""
-    saved, saved_fingerprint, saved_vocab_size = saved_tokenizer_identity(ckpt_path)
+    saved, saved_fingerprint, saved_vocab_size = saved_tokenizer_identity(state)
     asked_fingerprint = fingerprint_without_data(asked)
     if asked_fingerprint is not None and saved_fingerprint is not None:
         if asked_fingerprint == saved_fingerprint:
@@ -197,13 +194,12 @@ def refuse_tokenizer_change(ckpt_path: str | Path, asked: str) -> None:
     )
 
 
-def refuse_foreign_checkpoint(ckpt_path: str | Path) -> None:
+def refuse_foreign_checkpoint(ckpt_path: str | Path, state: dict | None) -> None:
     """Refuse a file that loads but is no Lightning checkpoint (a bare state dict, another tool's save), which
-    Lightning's restore would meet with a KeyError deep inside; a file that does not load at all is left to the
-    restore, whose message says what is wrong with it."""
+    Lightning's restore would meet with a KeyError deep inside; a file that does not load at all (``state`` None) is
+    left to the restore, whose message says what is wrong with it."""
     if Path(ckpt_path).is_dir():  # a sharded (FSDP) checkpoint: its own checks say what is wrong with it
         return
-    state = read_metadata(ckpt_path)
     if state is not None and "pytorch-lightning_version" not in state:
         raise ValueError(
             f"--ckpt_path {ckpt_path} is not a Lightning checkpoint (it has no 'pytorch-lightning_version' entry): "
@@ -217,13 +213,13 @@ def refuse_foreign_checkpoint(ckpt_path: str | Path) -> None:
 STREAM = ("seed", "seq_len")
 
 
-def refuse_data_change(ckpt_path: str | Path, data: dict) -> None:
+def refuse_data_change(ckpt_path: str | Path, data: dict, state: dict | None) -> None:
     """Refuse to resume a fit on another data seed or window length than the checkpoint's, before the corpus is
     tokenized (the data module would refuse the same after it). ``data.strict_resume: false`` lets both through, as
     it does there (the stream continues at the same window count)."""
     if data.get("strict_resume") is False:
         return
-    saved = ((read_metadata(ckpt_path) or {}).get("LMDataModule")) or {}
+    saved = ((state or {}).get("LMDataModule")) or {}
     changed = [
         f"data.{k}={data[k]!r}, the checkpoint's {saved[k]!r}"
         for k in STREAM

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lighthouse.checkpoint.files import newest_usable, recorded_step
+from lighthouse.checkpoint.files import newest_usable, read_metadata, recorded_step
 from lighthouse.checkpoint.io import is_remote
 from lighthouse.checkpoint.resume import (
     check_override_names,
@@ -97,11 +97,13 @@ def check_data_of_checkpoint(config, placement: RunPlacement, subcommand: str | 
     module trains a BPE or tokenizes the corpus: those take minutes on a real corpus, and the restore would only then
     fail (on model.arch.vocab_size, or on the data module's own comparison)."""
     ckpt_path = checkpoint_this_launch_loads(config, placement, subcommand)
-    if ckpt_path is not None:
-        refuse_foreign_checkpoint(ckpt_path)
-        refuse_tokenizer_change(ckpt_path, config["data"].get("tokenizer") or "byte")  # null: DataSettings reads byte
-        if subcommand == "fit":  # validate restores the weights only: any data and window length may evaluate them
-            refuse_data_change(ckpt_path, config["data"])
+    if ckpt_path is None:
+        return
+    state = read_metadata(ckpt_path)  # once for the three checks: the tensors memory-mapped, never read
+    refuse_foreign_checkpoint(ckpt_path, state)
+    refuse_tokenizer_change(ckpt_path, config["data"].get("tokenizer") or "byte", state)  # null: DataSettings: byte
+    if subcommand == "fit":  # validate restores the weights only: any data and window length may evaluate them
+        refuse_data_change(ckpt_path, config["data"], state)
 
 
 def refuse_grouped_callbacks(trainer: dict) -> None:
@@ -122,9 +124,10 @@ def default_tokenizer(config) -> None:
     The folder is checked first (it exists, its config.json describes a Llama), so a mistyped or moved one is named
     as model.init_from, not as the data.tokenizer this derives from it."""
     init_from = config["model"].get("init_from")
-    if init_from is not None:
-        read_hf_config(init_from)
-    if config["data"].get("tokenizer") is None and init_from is not None:
+    if init_from is None:
+        return
+    read_hf_config(init_from)
+    if config["data"].get("tokenizer") is None:
         config["data"]["tokenizer"] = f"hf:{init_from}"
 
 
