@@ -71,6 +71,8 @@ from pathlib import Path
 
 import yaml
 
+from lighthouse.eval.run_logs import read_json_lines
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campaign import (  # noqa: E402  (bench/ is this script's folder)
     REPO,
@@ -81,7 +83,6 @@ from campaign import (  # noqa: E402  (bench/ is this script's folder)
     launch,
     prune_checkpoints,
     read_json,
-    read_jsonl,
     run_logged,
     split_extra,
     time_budget,
@@ -579,10 +580,10 @@ class Seed:
             return 0
         e_path = self.out / "equal_time.json"
         if not e_path.exists():
-            records = {arm: read_jsonl(self.out / arm / "throughput.jsonl") for arm in ("LH", "D")}
+            records = {arm: read_json_lines(self.out / arm / "throughput.jsonl") for arm in ("LH", "D")}
             rule = measure_equal_time(self.plan, records["LH"], records["D"])
             for arm in ("LH", "D"):  # for the record: whole jobs, start-up and validation included
-                jobs = [r for r in read_jsonl(self.out / arm / "launches.jsonl") if r["kind"] == "fit"]
+                jobs = [r for r in read_json_lines(self.out / arm / "launches.jsonl") if r["kind"] == "fit"]
                 rule[f"{arm.lower()}_jobs_s"] = sum(r["end"] - r["start"] for r in jobs)
             write_json(e_path, rule)
         equal_time = read_json(e_path)

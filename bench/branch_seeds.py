@@ -172,8 +172,8 @@ def seed_folder(path: Path, scratch: Path) -> Path:
     return scratch / tops[0]
 
 
-def checked_plan(path: Path, folder: Path) -> dict:
-    """The seed's plan.json, refused where ``path`` is no branch.py seed (another campaign's folder, say)."""
+def check_seed_folder(path: Path, folder: Path) -> None:
+    """Refuse ``path`` where its folder is no branch.py seed with a run (another campaign's folder, say)."""
     plan = read_json(folder / "plan.json")
     lacking = [k for k in (*SHARED_PLAN, "seed") if k not in (plan or {})]
     if lacking:
@@ -183,7 +183,6 @@ def checked_plan(path: Path, folder: Path) -> dict:
         raise ValueError(
             f"{path} holds no run (exported before its first job started, as when a machine goes at once): leave it out"
         )
-    return plan
 
 
 def evaluation_windows(seed: SeedRun) -> tuple[object, list] | None:
@@ -226,12 +225,12 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
     """Seed folders, or archives of them (unpacked into ``scratch``), in seed order. Refused, naming the input: one
     that is not a seed with a run, a seed given twice, seeds of other plans, models or data, and damaged final
     evaluations (any of them would change the aggregate without a word)."""
-    seeds, windows = [], {}
+    seeds, windows = [], []
     for path in paths:
         folder = seed_folder(path, scratch)
-        checked_plan(path, folder)
+        check_seed_folder(path, folder)
         seed = load_seed(folder)
-        windows[path] = evaluation_windows(seed)
+        windows.append((path, evaluation_windows(seed)))
         seeds.append(seed)
     seeds.sort(key=lambda s: s.seed)
     names = [s.seed for s in seeds]
@@ -251,7 +250,7 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
                 f"seeds {seeds[0].seed} and {s.seed} trained different models or data ({', '.join(changed)} in "
                 "configs/): one report aggregates one setup"
             )
-    scored = {p: w for p, w in windows.items() if w is not None}
-    if len(set(map(repr, scored.values()))) > 1:
-        raise ValueError(f"the seeds of {list(map(str, scored))} were evaluated on different validation windows")
+    scored = [(p, w) for p, w in windows if w is not None]
+    if any(w != scored[0][1] for _, w in scored):
+        raise ValueError(f"the seeds of {[str(p) for p, _ in scored]} were evaluated on different validation windows")
     return seeds

@@ -37,10 +37,6 @@ def read_json(path: Path) -> dict | None:
     return data
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return read_json_lines(path)
-
-
 def write_text(path: Path, text: str) -> None:
     """Write through a temporary file, so an interrupted write never leaves a half file behind."""
     tmp = path.with_suffix(".tmp")
@@ -115,7 +111,7 @@ def record_launch(run_dir: Path, record: dict) -> None:
     launches = run_dir / "launches.jsonl"
     if launches.exists() and not launches.read_bytes().endswith(b"\n"):
         # A record cut off by a kill mid-write: without this, the new one would be appended onto it and both lost.
-        launches.write_text("".join(json.dumps(r) + "\n" for r in read_json_lines(launches)))
+        write_text(launches, "".join(json.dumps(r) + "\n" for r in read_json_lines(launches)))
     with open(launches, "a") as f:
         f.write(json.dumps(record) + "\n")
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from campaign import read_jsonl
 from student_t import call, t_interval
+
+from lighthouse.eval.run_logs import read_json_lines
 
 ARM_LABEL = {"dense": "dense", "lighthouse": "Lighthouse + recovery"}
 PHASES = ("lighthouse", "dense")  # what the non-dense layers run: stage 1 of the Lighthouse arm, or dense SDPA
@@ -87,7 +88,7 @@ def phase_of(arm: str, stage: float) -> str:
 
 def job_spans(run_dir: Path, scalars: dict) -> list[tuple[float, float]]:
     """(start, end) wall time of every training job: compare.py's records, else each event file's first/last."""
-    spans = [(r["start"], r["end"]) for r in read_jsonl(run_dir / "launches.jsonl") if r.get("kind") == "fit"]
+    spans = [(r["start"], r["end"]) for r in read_json_lines(run_dir / "launches.jsonl") if r.get("kind") == "fit"]
     if spans:
         return spans
     walls = sorted(w for tag in scalars.values() for w, _ in tag.values())

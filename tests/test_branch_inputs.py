@@ -15,6 +15,8 @@ import pytest
 import yaml
 from training_helpers import REPO
 
+from lighthouse.eval.run_logs import read_json_lines
+
 sys.path.insert(0, str(REPO / "bench"))
 import branch  # noqa: E402
 import campaign  # noqa: E402
@@ -154,16 +156,16 @@ def test_a_launch_record_cut_off_by_a_kill_is_dropped_and_its_log_kept(tmp_path)
         f.write('{"kind": "fit", "sta')  # the bench process killed mid-write
     (run_dir / "launch-0.log").write_text("first job\n")
     (run_dir / "launch-1.log").write_text("the job whose record was cut off\n")
-    assert campaign.read_jsonl(run_dir / "launches.jsonl") == [{"kind": "fit", "rc": 0}]
+    assert read_json_lines(run_dir / "launches.jsonl") == [{"kind": "fit", "rc": 0}]
     logs = []
     campaign.launch(lambda args, log: logs.append(log.name) or 0, run_dir, [], "fit", None, "test")
     assert logs == ["launch-2.log"] and (run_dir / "launch-1.log").read_text().startswith("the job whose")
-    records = campaign.read_jsonl(run_dir / "launches.jsonl")
+    records = read_json_lines(run_dir / "launches.jsonl")
     assert [r["kind"] for r in records] == ["fit", "fit"] and records[1]["rc"] == 0
     with open(run_dir / "launches.jsonl", "a") as f:
         f.write('{"broken"\n{"kind": "fit"}\n')  # damage before the last line is not a kill mid-write: refused
     with pytest.raises(ValueError, match=r"launches.jsonl:3 is not a JSON record: the file is damaged"):
-        campaign.read_jsonl(run_dir / "launches.jsonl")
+        read_json_lines(run_dir / "launches.jsonl")
 
 
 @pytest.mark.parametrize(
