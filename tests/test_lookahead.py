@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tool_probes import SHARED_BAD_FLAGS, command_error, error_before_the_checkpoint, json_folder_missing
+from tool_probes import (
+    SHARED_BAD_FLAGS,
+    assert_refused_before_the_checkpoint,
+    command_error,
+    json_folder_missing,
+    run_module,
+)
 from trained_models import two_stage_checkpoints
-from training_helpers import REPO
 
 from lighthouse.eval.lookahead import (
     cut_variant,
@@ -213,9 +215,7 @@ BAD_FLAGS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_FLAGS))
 def test_a_bad_flag_is_one_line_and_exit_2_before_the_checkpoint_is_read(case, tmp_path, capsys, monkeypatch):
-    extra, message = BAD_FLAGS[case]
-    line = error_before_the_checkpoint(main, extra, tmp_path, capsys, monkeypatch)
-    assert line == "error: " + message.format(tmp=tmp_path)
+    assert_refused_before_the_checkpoint(main, BAD_FLAGS[case], tmp_path, capsys, monkeypatch)
 
 
 def test_only_a_sharded_checkpoint_folder_gets_the_consolidate_advice(tmp_path, capsys, monkeypatch):
@@ -249,10 +249,7 @@ def test_a_run_name_is_its_newest_checkpoint_and_bins_are_checked_against_its_ti
 
 @pytest.mark.slow
 def test_the_module_exits_2_without_a_traceback(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    env.pop("LIGHTHOUSE_DEBUG", None)
-    command = [sys.executable, "-m", "lighthouse.eval.lookahead", "--ckpt", str(tmp_path / "x.ckpt"), "--bins", "0"]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = run_module("lighthouse.eval.lookahead", "--ckpt", str(tmp_path / "x.ckpt"), "--bins", "0")
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[0] == "error: --bins=0 is invalid: must be an integer >= 1", done.stderr
 

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from array_source import ArraySource
-from tool_probes import SHARED_BAD_FLAGS, command_error, error_before_the_checkpoint, json_folder_missing
+from tool_probes import (
+    SHARED_BAD_FLAGS,
+    assert_refused_before_the_checkpoint,
+    command_error,
+    json_folder_missing,
+    run_module,
+)
 from trained_models import two_stage_checkpoints
-from training_helpers import REPO
 
 from lighthouse.data.recall import eval_windows
 from lighthouse.data.tokenizer import byte_tokenizer
@@ -127,9 +129,7 @@ BAD_FLAGS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_FLAGS))
 def test_a_bad_flag_is_one_line_and_exit_2_before_the_checkpoint_is_read(case, tmp_path, capsys, monkeypatch):
-    extra, message = BAD_FLAGS[case]
-    line = error_before_the_checkpoint(main, extra, tmp_path, capsys, monkeypatch)
-    assert line == "error: " + message.format(tmp=tmp_path)
+    assert_refused_before_the_checkpoint(main, BAD_FLAGS[case], tmp_path, capsys, monkeypatch)
 
 
 # Checked once the checkpoint is read (its seq_len 512; byte tokens, 46 a pair), before any model or window.
@@ -171,10 +171,7 @@ def test_a_run_folders_last_is_its_newest_checkpoint(tmp_path_factory, tmp_path,
 
 @pytest.mark.slow
 def test_the_module_exits_2_without_a_traceback(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    env.pop("LIGHTHOUSE_DEBUG", None)
-    command = [sys.executable, "-m", "lighthouse.eval.recall", "--ckpt", str(tmp_path / "x.ckpt"), "--pairs", "0"]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = run_module("lighthouse.eval.recall", "--ckpt", str(tmp_path / "x.ckpt"), "--pairs", "0")
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[0] == "error: --pairs=0 is invalid: must be an integer in [1, 64]", done.stderr
 

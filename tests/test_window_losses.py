@@ -4,18 +4,20 @@ the same data settings, equal on average to what validation logs, and paired win
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import fields, replace
 
 import lightning as L
 import numpy as np
 import pytest
-from tool_probes import SHARED_BAD_FLAGS, command_error, error_before_the_checkpoint
+from tool_probes import (
+    SHARED_BAD_FLAGS,
+    assert_refused_before_the_checkpoint,
+    command_error,
+    run_module,
+)
 from trained_models import two_stage_checkpoints
-from training_helpers import REPO, write_text_corpus
+from training_helpers import write_text_corpus
 
 from lighthouse.checkpoint.read import read_checkpoint
 from lighthouse.data.datamodule import LMDataModule
@@ -139,9 +141,7 @@ BAD_FLAGS = {
 @pytest.mark.parametrize("case", sorted(BAD_FLAGS))
 def test_a_bad_flag_is_one_line_and_exit_2_before_the_checkpoint_is_read(case, tmp_path, capsys, monkeypatch):
     (tmp_path / "a_file").write_text("x")
-    extra, message = BAD_FLAGS[case]
-    line = error_before_the_checkpoint(main, extra, tmp_path, capsys, monkeypatch)
-    assert line == "error: " + message.format(tmp=tmp_path)
+    assert_refused_before_the_checkpoint(main, BAD_FLAGS[case], tmp_path, capsys, monkeypatch)
 
 
 def test_a_missing_compare_file_is_named(tmp_path, capsys, monkeypatch):
@@ -168,15 +168,12 @@ def test_a_run_name_is_its_newest_checkpoint_and_the_losses_go_into_that_run(tmp
 @pytest.mark.slow
 def test_the_module_exits_0_on_a_run_folder_and_2_without_a_traceback_on_a_bad_flag(tmp_path_factory, tmp_path):
     """What bench/branch.py and bench/lookahead_probe.sh run: the exit code is the outcome."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    env.pop("LIGHTHOUSE_DEBUG", None)
     run = two_stage_checkpoints(tmp_path_factory)[2].parents[1]
-    command = [sys.executable, "-m", "lighthouse.eval.window_losses", "--ckpt", str(run), "--windows", "2"]
-    out = ["--out", str(tmp_path / "losses.json"), "--device", "cpu"]
-    done = subprocess.run([*command, *out], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    command = ["lighthouse.eval.window_losses", "--ckpt", str(run), "--windows", "2"]
+    done = run_module(*command, "--out", str(tmp_path / "losses.json"), "--device", "cpu")
     assert done.returncode == 0, done.stderr
     assert len(WindowLosses.load(tmp_path / "losses.json").losses) == 2
-    done = subprocess.run([*command, "--windows", "0"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = run_module(*command, "--windows", "0")
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[0] == "error: --windows=0 is invalid: must be an integer >= 1", done.stderr
 

@@ -3,9 +3,23 @@ error line a bad argument gives, through ``exits.run`` (what each command's ``__
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
+from training_helpers import REPO
 
 from lighthouse.train import exits
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` in a process of its own, as bench/ scripts run the commands (the exit code is the
+    outcome; LIGHTHOUSE_DEBUG unset, so errors are the one line a user sees)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env.pop("LIGHTHOUSE_DEBUG", None)
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def command_error(main, args: list[str], capsys) -> str:
@@ -26,6 +40,14 @@ def error_before_the_checkpoint(main, extra: list[str], tmp_path, capsys, monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = ["--ckpt", "{tmp}/nope.ckpt", "--device", "cpu", *extra]
     return command_error(main, [a.format(tmp=tmp_path) for a in args], capsys)
+
+
+def assert_refused_before_the_checkpoint(main, probe: tuple[list[str], str], tmp_path, capsys, monkeypatch) -> None:
+    """``probe`` = (extra arguments, the error message; ``{tmp}`` in either is ``tmp_path``): the command refuses
+    them with exactly that message, before it looks for the checkpoint."""
+    extra, message = probe
+    line = error_before_the_checkpoint(main, extra, tmp_path, capsys, monkeypatch)
+    assert line == "error: " + message.format(tmp=tmp_path)
 
 
 # The probes every evaluation command answers alike (its own are added beside them).
