@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tokenizers import processors
 from trained_models import arch_checkpoint, two_stage_checkpoints
 
-from lighthouse.data.tokenizer import byte_tokenizer
-from lighthouse.generate import GREEDY, Sampling, StreamDecoder, generate_tokens, main, sample_next
+from lighthouse.data.tokenizer import TextTokenizer, byte_tokenizer, train_bpe
+from lighthouse.generate import GREEDY, Sampling, StreamDecoder, generate_tokens, main, prompt_ids, sample_next
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.kv_cache import KVCache
 from lighthouse.model.transformer import Transformer
@@ -263,3 +264,19 @@ def test_a_prompt_that_tokenizes_to_nothing_names_the_flags(tmp_path_factory, tm
         "error: --prompt=' ' is invalid: the tokenizer gives no tokens for it, and with --no-eos-prefix nothing is "
         "left to continue"
     )
+
+
+def test_a_prompt_starts_like_a_training_document_bos_included():
+    """An imported Llama tokenizer puts <s> before every document in the shards: the prompt gets it too, after the
+    EOS (was: EOS then the text, a start the model never saw)."""
+    tok = train_bpe(["def main(argv):\n    return argv\n" * 20], vocab_size=300).tok
+    tok.add_special_tokens(["<s>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 300)])
+    tok = TextTokenizer(tok)
+    assert tok.bos_id == 300
+    document = [int(i) for i in tok.encode_documents(["def main("])[0]]
+    assert document[0] == 300 and document[1:] == [int(i) for i in tok.encode("def main(")]
+    assert prompt_ids(tok, "def main(") == [tok.eos_id, *document]
+    assert prompt_ids(tok, "def main(", eos_prefix=False) == document
+    byte = byte_tokenizer()
+    assert prompt_ids(byte, "ab") == [256, 97, 98] and prompt_ids(byte, "ab", eos_prefix=False) == [97, 98]

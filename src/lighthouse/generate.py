@@ -191,6 +191,12 @@ def check_length(model: Transformer, n_prompt: int, max_new_tokens: int) -> None
     int_in("--max-new-tokens", max_new_tokens, 1, room, f" (the context {context} minus the {n_prompt} prompt tokens)")
 
 
+def prompt_ids(tok: TextTokenizer, text: str, eos_prefix: bool = True) -> list[int]:
+    """``text`` as the model saw a document's start in training: after the EOS that ended the one before, and from
+    its BOS where the tokenizer has one (an imported Llama's ``<s>``; the shards store every document so)."""
+    return ([tok.eos_id] if eos_prefix else []) + [int(i) for i in tok.encode_documents([text])[0]]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_args(args)
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     from lighthouse.train.run_dir import find_checkpoint  # --ckpt logs/demo: that run's newest verified checkpoint
 
     _, model, tok = load_trained(find_checkpoint(args.ckpt), args.tokenizer)
-    prompt = ([] if args.no_eos_prefix else [tok.eos_id]) + [int(i) for i in tok.encode(args.prompt)]
+    prompt = prompt_ids(tok, args.prompt, eos_prefix=not args.no_eos_prefix)
     require(
         bool(prompt),
         "--prompt",
