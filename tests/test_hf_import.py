@@ -137,6 +137,22 @@ def test_model_safetensors_beside_an_index_of_shards_is_refused(tmp_path):
     )
 
 
+def test_a_folder_named_like_weights_is_named_not_a_missing_index(tmp_path):
+    (tmp_path / "model.safetensors").mkdir()
+    with pytest.raises(FileNotFoundError, match="model.safetensors is not a file"):
+        read_safetensors(tmp_path)
+
+
+def test_both_rope_fields_agreeing_read_as_one():
+    """This project's export writes both (transformers 4 and 5 each read one); equal settings are accepted."""
+    hf = {
+        "rope_theta": 1e4,
+        "rope_scaling": {"type": "linear", "factor": 2.0},
+        "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+    }
+    assert rope_settings(hf) == (1e4, RopeScaling(rope_type="linear", factor=2.0))
+
+
 def test_index_of_model_safetensors_alone_loads(tmp_path):
     """An index that names only model.safetensors agrees with it: nothing is ambiguous."""
     hf = hf_llama(tmp_path, "mha-untied")
@@ -201,6 +217,38 @@ BAD_FOLDERS = {
         "low_freq_factor=4.0 and high_freq_factor=4.0",
     ),
     "no-size": (dict(intermediate_size=None), "intermediate_size=None is missing"),
+    "no-vocab": (dict(vocab_size=None), "vocab_size=None is missing"),
+    "text-size": (dict(hidden_size="64"), "hidden_size='64' must be an integer >= 1"),
+    "bool-layers": (dict(num_hidden_layers=True), "num_hidden_layers=True must be an integer >= 1"),
+    "text-eps": (dict(rms_norm_eps="1e-5"), r"rms_norm_eps='1e-5' must be a number in \(0, 1\)"),
+    "text-tie": (dict(tie_word_embeddings="yes"), "tie_word_embeddings='yes' must be true or false"),
+    "bool-theta": (
+        dict(rope_theta=None, rope_scaling=None, rope_parameters={"rope_type": "default", "rope_theta": True}),
+        "rope_theta=True must be a number > 0",
+    ),
+    "scaling-not-object": (
+        dict(rope_parameters=None, rope_scaling="linear"),
+        "rope_scaling='linear' must be a JSON object or null",
+    ),
+    "two-ropes-disagree": (  # transformers 5 applies rope_scaling's linear x4 here; the import read no scaling
+        dict(
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+            rope_scaling={"rope_type": "linear", "factor": 4.0},
+        ),
+        "rope_parameters=.* and rope_scaling=.* disagree",
+    ),
+    "two-thetas-disagree": (
+        dict(rope_theta=5e5, rope_scaling=None, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+        "rope_parameters.rope_theta=10000.0 and rope_theta=500000.0 disagree",
+    ),
+    "linear-without-factor": (  # was read as factor 1: the model imported without its scaling
+        dict(rope_scaling=None, rope_parameters={"rope_type": "linear", "rope_theta": 1e4}),
+        "rope_parameters.factor is missing, which rope_type 'linear' needs",
+    ),
+    "yarn-without-lengths": (  # was a TypeError
+        dict(max_position_embeddings=None, rope_scaling=None, rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}),
+        "rope_parameters.factor is missing, which rope_type 'yarn' needs",
+    ),
     "wrong-shape": (dict(intermediate_size=80), r"mlp.gate_proj.weight has shape \(96, 64\).*\(80, 64\)"),
 }
 

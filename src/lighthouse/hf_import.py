@@ -50,6 +50,11 @@ ROPE_KEYS = {
         "truncate",
     },
 }
+# config.json keys that may be left out (transformers' defaults: hidden_size / heads, the heads, untied).
+OPTIONAL_KEYS = ("head_dim", "num_key_value_heads", "tie_word_embeddings")
+# config.json keys that count something: integers >= 1 (transformers itself would take "64" and fail later).
+COUNT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+OPTIONAL_COUNT_KEYS = ("head_dim", "num_key_value_heads")
 # ModelConfig field -> config.json key, for the fields a checkpoint decides.
 SIZE_KEYS = {
     "dim": "hidden_size",
@@ -100,17 +105,26 @@ def check_llama(hf: dict, path: Path | str) -> None:
     for field in MOE_KEYS:
         if hf.get(field):
             refuse(field, "makes it a mixture of experts")
-    for field in SIZE_KEYS.values():
-        if field in ("head_dim", "tie_word_embeddings") or field in hf:
+    for field in (*SIZE_KEYS.values(), "vocab_size"):
+        if field in OPTIONAL_KEYS or field in hf:
             continue
         refuse(field, "is missing")
+    for field in (*COUNT_KEYS, *(key for key in OPTIONAL_COUNT_KEYS if hf.get(key) is not None)):
+        value = hf[field]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{path}: {field}={value!r} must be an integer >= 1")
+    eps = hf["rms_norm_eps"]
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+        raise ValueError(f"{path}: rms_norm_eps={eps!r} must be a number in (0, 1)")
+    if not isinstance(hf.get("tie_word_embeddings", False), bool):
+        raise ValueError(f"{path}: tie_word_embeddings={hf['tie_word_embeddings']!r} must be true or false")
     rope_settings(hf, path)  # refuses unknown RoPE types and fields
 
 
 def rope_settings(hf: dict, path: Path | str = "config.json") -> tuple[float, RopeScaling | None]:
     """(rope_theta, scaling) of a Llama config.json: transformers 5's ``rope_parameters`` or 4's ``rope_theta`` +
     ``rope_scaling``, with transformers' defaults for what is left out."""
-    field = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    field = rope_field(hf, path)
     params = dict(hf.get(field) or {})
     theta = params.pop("rope_theta", hf.get("rope_theta", 10_000.0))
     kind = params.pop("rope_type", params.pop("type", "default"))
@@ -125,15 +139,22 @@ def rope_settings(hf: dict, path: Path | str = "config.json") -> tuple[float, Ro
     unknown = sorted(set(params) - ROPE_KEYS[kind])
     if unknown:
         raise ValueError(f"{path}: {field} has {unknown}, which rope_type {kind!r} does not take here")
-    if not isinstance(theta, (int, float)) or not theta > 0:
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 0:
         raise ValueError(f"{path}: rope_theta={theta!r} must be a number > 0")
     if kind == "default":
         return float(theta), None
     if kind in ("llama3", "yarn"):  # transformers' default: the length the checkpoint names
         params.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings"))
+    if params.get("factor") is None:
+        lengths = hf.get("max_position_embeddings"), params.get("original_max_position_embeddings")
+        if kind != "yarn" or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths):
+            # transformers refuses these too; a silent factor 1 would import the model without its scaling
+            raise ValueError(
+                f"{path}: {field}.factor is missing, which rope_type {kind!r} needs"
+                + (" (or max_position_embeddings and original_max_position_embeddings)" if kind == "yarn" else "")
+            )
+        params["factor"] = lengths[0] / lengths[1]
     if kind == "yarn":
-        if params.get("factor") is None:
-            params["factor"] = hf.get("max_position_embeddings") / params["original_max_position_embeddings"]
         for key, default in (("beta_fast", 32.0), ("beta_slow", 1.0)):
             params[key] = params.get(key) or default
         mscale, mscale_all = params.pop("mscale", None), params.pop("mscale_all_dim", None)
@@ -147,6 +168,35 @@ def rope_settings(hf: dict, path: Path | str = "config.json") -> tuple[float, Ro
     except ValueError as err:
         raise ValueError(f"{path}: {field}: {str(err).removeprefix(PREFIX + 'rope_scaling.')}") from None
     return float(theta), scaling
+
+
+def rope_field(hf: dict, path: Path | str) -> str:
+    """Which config.json field holds the RoPE settings: ``rope_parameters`` (transformers 5) or ``rope_scaling``
+    (4). A folder may have both (this project's export writes both); they must then agree, since transformers 5
+    reads rope_scaling first and this import rope_parameters: two readings of one folder would differ."""
+    for field in ("rope_parameters", "rope_scaling"):
+        value = hf.get(field)
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"{path}: {field}={value!r} must be a JSON object or null")
+    new, old = hf.get("rope_parameters") or {}, hf.get("rope_scaling") or {}
+    if new and old and _scaling_of(new) != _scaling_of(old):
+        raise ValueError(
+            f"{path}: rope_parameters={new!r} and rope_scaling={old!r} disagree, and transformers versions read "
+            "different ones: keep the one meant (or make them equal)"
+        )
+    theta = new.get("rope_theta")
+    if theta is not None and hf.get("rope_theta") is not None and theta != hf["rope_theta"]:
+        raise ValueError(
+            f"{path}: rope_parameters.rope_theta={theta!r} and rope_theta={hf['rope_theta']!r} disagree: keep one"
+        )
+    return "rope_parameters" if new else "rope_scaling"
+
+
+def _scaling_of(params: dict) -> dict:
+    """A RoPE settings dict without its base, with the type under one name (transformers 4 wrote 'type')."""
+    scaling = {key: value for key, value in params.items() if key not in ("rope_theta", "type")}
+    scaling["rope_type"] = params.get("rope_type", params.get("type", "default"))
+    return scaling
 
 
 def _yarn_mscale(factor: float, mscale: float) -> float:
@@ -219,7 +269,8 @@ def read_safetensors(folder: str | Path) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
         if not path.is_file():
-            raise FileNotFoundError(f"{index} names {path.name}, which is missing")
+            missing = f"{index} names {path.name}, which is missing" if index.is_file() else f"{path} is not a file"
+            raise FileNotFoundError(missing)
         try:
             with safe_open(str(path), framework="pt") as f:
                 these = {name: f.get_tensor(name) for name in f.keys()}
