@@ -232,6 +232,17 @@ def usage_error(capsys, monkeypatch, args: list[str]) -> str:
             "EOS alone)",
             id="empty-prompt-no-eos",
         ),
+        pytest.param(  # was a traceback from the first tensor moved there
+            ["--device", "meta"],
+            "--device='meta' is invalid: the tools run on 'cpu', 'cuda' or 'cuda:N' (and 'mps' on a Mac)",
+            id="device-meta",
+        ),
+        pytest.param(
+            ["--device", "mps"],
+            "--device='mps' is invalid: this machine has no MPS device (use --device cpu)",
+            id="device-mps-absent",
+            marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS"),
+        ),
     ],
 )
 def test_arguments_refused_before_the_checkpoint_is_read(args, message, tmp_path, capsys, monkeypatch):

@@ -56,6 +56,10 @@ SHARED_BAD_FLAGS = {
         ["--device", "cuda"],
         "--device='cuda' is invalid: this machine has no CUDA device (use --device cpu)",
     ),
+    "device-meta": (
+        ["--device", "meta"],
+        "--device='meta' is invalid: the tools run on 'cpu', 'cuda' or 'cuda:N' (and 'mps' on a Mac)",
+    ),
     "ckpt-missing": ([], "--ckpt {tmp}/nope.ckpt: no such file"),
 }
 
