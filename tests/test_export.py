@@ -268,6 +268,82 @@ def test_exporting_again_into_the_same_folder_replaces_the_model(tmp_path_factor
     assert (folder / "README.md").read_text() == "notes\n"
 
 
+def test_a_model_no_export_wrote_is_refused_and_kept(tmp_path):
+    """Exporting into the folder a run was imported from overwrote the pretrained weights (maybe their only copy)."""
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"the pretrained weights")
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(ValueError) as err:
+        export_llama(tmp_path / "never-read.ckpt", folder)  # refused before the checkpoint is looked for
+    assert str(err.value) == (
+        f"--out={str(folder)!r} is invalid: it holds a model.safetensors that no export wrote (no lighthouse.json "
+        "beside it), such as the Hugging Face model a run was imported from: the export would overwrite what may be "
+        "its only copy. Export into another folder"
+    )
+    assert (folder / "model.safetensors").read_bytes() == b"the pretrained weights"
+
+
+def folder_bytes(folder) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("failing", ["weights", "config"])
+def test_a_failed_export_leaves_the_folder_as_it_was(tmp_path_factory, tmp_path, monkeypatch, capsys, failing):
+    """A full disk in the middle of a re-export left the new weights under the old config (a model that matches
+    neither checkpoint), or, failing in the weights, a traceback and a hidden temporary file."""
+    from safetensors import SafetensorError
+
+    import lighthouse.export as export
+
+    first = arch_checkpoint(tmp_path_factory, "mha-untied")
+    second = arch_checkpoint(tmp_path_factory, "gqa1-tied-vocab320")
+    folder = export_llama(first, tmp_path / "hf", tokenizer="byte")
+    before = folder_bytes(folder)
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    def full_disk_at_config(path, data):
+        if path.name == "config.json":
+            raise OSError(28, "No space left on device", str(path))
+        real_write(path, data)
+
+    real_write = export._write_synced
+    if failing == "weights":
+        monkeypatch.setattr(export, "save_file", full_disk)
+    else:
+        monkeypatch.setattr(export, "_write_synced", full_disk_at_config)
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
+    args = ["--ckpt", str(second), "--out", str(folder), "--tokenizer", "byte"]
+    assert exits.run(main, args) == exits.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "No space left on device" in err and "the folder is as it was" in err, err
+    assert folder_bytes(folder) == before  # no staging folder left either
+    fresh = tmp_path / "fresh"
+    assert exits.run(main, ["--ckpt", str(second), "--out", str(fresh), "--tokenizer", "byte"]) == exits.EXIT_USAGE
+    assert not fresh.exists()  # made for the export, removed with its failure
+
+
+def test_weights_are_as_readable_as_the_config_and_a_killed_export_is_cleaned_up(tmp_path_factory, tmp_path):
+    """safetensors writes through a private temporary file (0600): others could read the config but not the model.
+    A kill mid-write leaves the staging folder; the next export into the folder removes it."""
+    ckpt = arch_checkpoint(tmp_path_factory, "mha-untied")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / ".export-staging-killed").mkdir()
+    (folder / ".export-staging-killed" / "model.safetensors").write_bytes(b"half")
+    old_mask = os.umask(0o022)
+    try:
+        export_llama(ckpt, folder, tokenizer="byte")
+    finally:
+        os.umask(old_mask)
+    mode = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert mode["model.safetensors"] == mode["config.json"] == 0o644
+    assert not any(name.startswith(".export-staging-") for name in mode)
+    assert_holds_exactly(folder, ckpt)
+
+
 @pytest.mark.parametrize("out", ["", "  "], ids=["empty", "blank"])
 def test_empty_out_is_refused_before_the_checkpoint_is_read(tmp_path_factory, tmp_path, monkeypatch, capsys, out):
     """``--out "$UNSET"`` exported into the current folder."""

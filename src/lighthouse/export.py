@@ -16,9 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from lighthouse.checkpoint.read import load_trained, trained_sparse, training_phase
@@ -27,6 +31,10 @@ from lighthouse.generate import Sampling
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.transformer import Transformer
 from lighthouse.tool_args import entry_point, local_path, output_folder, require
+
+WEIGHTS = "model.safetensors"
+PROVENANCE = "lighthouse.json"  # what every export writes beside the weights: where they came from
+STAGING_PREFIX = ".export-staging-"
 
 # This project's parameter names -> Llama's, per block and outside the blocks.
 BLOCK_NAMES = {
@@ -169,6 +177,13 @@ def check_out(out: str | Path) -> None:
     rather than cleaned: the files may be the only copy of a model."""
     value = str(out)
     folder = output_folder("--out", value, create=False)  # refuses a blank value too
+    require(
+        not (folder / WEIGHTS).exists() or (folder / PROVENANCE).is_file(),
+        "--out",
+        value,
+        f"it holds a {WEIGHTS} that no export wrote (no {PROVENANCE} beside it), such as the Hugging Face model a "
+        "run was imported from: the export would overwrite what may be its only copy. Export into another folder",
+    )
     names = [p.name for p in folder.iterdir() if is_other_weights(p.name)] if folder.is_dir() else []
     stale = sorted(names, key=lambda name: (not name.endswith(".index.json"), name))  # an index says most
     shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
@@ -183,7 +198,7 @@ def check_out(out: str | Path) -> None:
 
 def is_other_weights(name: str) -> bool:
     """A weight file of a Hugging Face folder (safetensors, shard index, pickle) other than the one export writes."""
-    if name == "model.safetensors":
+    if name == WEIGHTS:
         return False
     return name.endswith((".safetensors", ".index.json")) or (
         name.startswith("pytorch_model") and name.endswith(".bin")
@@ -198,14 +213,14 @@ def export_llama(
     local_path("--ckpt", str(ckpt))
     check_out(out)  # before the load: a wrong --out costs no time
     checkpoint, model, tok = load_trained(ckpt, tokenizer)
+    existed = Path(out).is_dir()
     out = output_folder("--out", str(out))
-    save_file(llama_state_dict(model, dtype), str(out / "model.safetensors"), metadata={"format": "pt"})
     files = {
         "config.json": llama_config(model.config, tok, dtype),
         "generation_config.json": generation_config(tok, Sampling()),
         **tokenizer_files(tok, model.config.seq_len),
         # Where the weights came from, for whoever finds the folder later.
-        "lighthouse.json": {
+        PROVENANCE: {
             "checkpoint": str(ckpt) if "://" in str(ckpt) else str(Path(ckpt).resolve()),
             "global_step": checkpoint.get("global_step"),
             "phase": training_phase(checkpoint),
@@ -214,10 +229,55 @@ def export_llama(
             "model_config": dataclasses.asdict(model.config),
         },
     }
-    for name, content in files.items():
-        text = content if isinstance(content, str) else json.dumps(content, indent=2) + "\n"
-        (out / name).write_text(text, encoding="utf-8")
+    try:
+        write_all_or_nothing(out, llama_state_dict(model, dtype), files)
+    except OSError as err:
+        if not existed and not any(out.iterdir()):
+            out.rmdir()  # made for this export: a failed one leaves no empty folder behind
+        raise OSError(f"--out={str(out)!r}: the export could not be written ({err}); the folder is as it was") from None
     return out
+
+
+def write_all_or_nothing(out: Path, weights: dict[str, torch.Tensor], files: dict[str, str | dict]) -> None:
+    """Write the weights and ``files`` into ``out``, all or nothing: everything is written and flushed to disk in
+    a staging folder inside ``out`` (so on its filesystem) and only then renamed over the old files, so a full
+    disk or an I/O error leaves ``out`` as it was (was: new weights under the previous export's config). A kill
+    mid-write leaves the staging folder, which the next export into ``out`` removes."""
+    for stale in out.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        for name, content in files.items():
+            text = content if isinstance(content, str) else json.dumps(content, indent=2) + "\n"
+            _write_synced(staging / name, text.encode("utf-8"))
+        try:
+            save_file(weights, str(staging / WEIGHTS), metadata={"format": "pt"})
+        except SafetensorError as err:  # a full disk included; not an OSError
+            raise OSError(f"{WEIGHTS}: {err}") from None
+        # safetensors writes through a private temporary file (mode 0600): give the weights the mode the JSON
+        # files got from the umask, so whoever may read the config may read the model.
+        os.chmod(staging / WEIGHTS, (staging / "config.json").stat().st_mode & 0o777)
+        _fsync(staging / WEIGHTS)
+        for name in (WEIGHTS, *files):  # renames within one filesystem: no space needed, nothing half-written
+            os.replace(staging / name, out / name)
+        _fsync(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> None:
