@@ -148,3 +148,36 @@ class KillAfterSave(AtomicCheckpointIO):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAfterBatch(L.Callback):
+    """Sends ``signal`` (a name: SIGTERM, SIGINT) to this process at the end of train micro-batch ``at`` (1-based),
+    as a scheduler's preemption or a Ctrl-C would arrive between two micro-batches."""
+
+    def __init__(self, at: int, signal: str = "SIGTERM") -> None:
+        self.at, self.signal, self.seen = at, signal, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        import os
+        import signal as signals
+
+        self.seen += 1
+        if self.seen == self.at:
+            os.kill(os.getpid(), getattr(signals, self.signal))
+
+
+class DeadlineAfterBatch(L.Callback):
+    """Makes the run's TimeBudget see its deadline pass at the end of train micro-batch ``at`` (1-based); listed
+    before the TimeBudget, so that one's own check of the batch sees it."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        from lighthouse.train.time_budget import TimeBudget
+
+        self.seen += 1
+        if self.seen == self.at:
+            for callback in trainer.callbacks:
+                if isinstance(callback, TimeBudget):
+                    callback.deadline = -1.0

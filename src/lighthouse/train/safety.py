@@ -1,10 +1,11 @@
 """The reliability parts every training run gets, whatever its config names: LighthouseCLI calls these two.
 
-- ``with_safety``: the checkpoint IO plugin (atomic, checksummed, safe loads) unless the config brings
-  its own, and the callbacks that keep NaN out of checkpoints, save the step reached at the end and on SIGTERM or
-  Ctrl-C, log a step's metrics before its checkpoint, check what a resume changes, mark when training starts (for
-  ``lighthouse.train.exits``) and let go of the run folder at the end. Every ModelCheckpoint overwrites (atomically)
-  instead of writing ``last-v1.ckpt`` beside an existing ``last.ckpt``.
+- ``with_safety``: the checkpoint IO plugin (atomic, checksummed, safe loads) unless the config brings its own, and
+  the callbacks that keep NaN out of checkpoints, save the step reached at the end and on SIGTERM or Ctrl-C (a whole
+  optimizer step: a stop inside a gradient accumulation waits for its end), log a step's metrics before its
+  checkpoint, check what a resume changes, mark when training starts (for ``lighthouse.train.exits``) and let go of
+  the run folder at the end. Every ModelCheckpoint overwrites (atomically) instead of writing ``last-v1.ckpt`` beside
+  an existing ``last.ckpt``.
 - ``prepare_fit``: before anything is written, remove temporary files of interrupted saves, and turn
   ``--ckpt_path last`` into the newest checkpoint that verifies.
 """
@@ -19,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lighthouse.checkpoint.files import remove_orphans, resolve_last
 from lighthouse.checkpoint.guards import FiniteCheckpoints
 from lighthouse.checkpoint.io import AtomicCheckpointIO, is_remote
-from lighthouse.checkpoint.last import LastCheckpoint, MetricsBeforeCheckpoint
+from lighthouse.checkpoint.last import LastCheckpoint, MetricsBeforeCheckpoint, StopsAtWholeSteps
 from lighthouse.checkpoint.resume import ResumeCheck
 from lighthouse.train import run_dir
 from lighthouse.train.exits import MarkTrainingStarted, StopOnCtrlC
@@ -50,6 +51,7 @@ def with_safety(kwargs: dict, trainer_config: dict, resume_overrides: list[str])
     callbacks += [
         FiniteCheckpoints(),
         LastCheckpoint(),
+        StopsAtWholeSteps(),
         MetricsBeforeCheckpoint(),
         StopOnCtrlC(),
         ResumeCheck(resume_overrides),

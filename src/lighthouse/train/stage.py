@@ -69,6 +69,7 @@ class StageSwitch(Callback):
         self.phases: list[Phase] | None = None  # resolved at setup, when the model's own backend is known
         self.index: int | None = None  # the phase being trained
         self.entered: int | None = None  # the global step at which training entered it (rewarm-up counts from here)
+        self._ramped_step: int | None = None  # the optimizer step whose LR the re-warm-up has already scaled
         self._loaded: dict | None = None  # the checkpoint's phase record, when resuming
 
     # ---- state ----------------------------------------------------------------------------------------------
@@ -165,11 +166,13 @@ class StageSwitch(Callback):
         index = phase_index(self.phases, trainer.global_step)
         if index != self.index:
             self._enter(trainer, pl_module, index, (self.phases[self.index].attention, self.index))
-        if self.index and self.rewarmup_steps:
+        if self.index and self.rewarmup_steps and trainer.global_step != self._ramped_step:
+            # Once per optimizer step: the scheduler resets the LR from its base every step, not every micro-batch
+            # (under gradient accumulation the factor was applied to itself, ramp^2 with 2 micro-batches).
+            self._ramped_step = trainer.global_step
             ramp = min(1.0, (trainer.global_step - self.entered + 1) / self.rewarmup_steps)
             for optimizer in trainer.optimizers:
                 for group in optimizer.param_groups:
-                    # The scheduler resets the LR from its base every step, so this factor never compounds.
                     group["lr"] *= ramp
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:

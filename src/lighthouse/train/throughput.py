@@ -103,16 +103,16 @@ class ThroughputRecorder(Callback):
                 self._skip_left = self.skip_steps
             self._backends = backends
             self._reset_window()
+        # Counted here, not at the batch's end: a checkpoint saved by a callback that ends the batch before this
+        # one (lighthouse.train.time_budget's stop) then holds the batch it saves after (it was one batch short).
+        self.tokens_seen += batch["tokens"][:, 1:].numel() * (trainer.world_size // context_parallel_size(trainer))
         self._start = self._now()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         end = self._now()
         # Every rank reads a batch of the same shape; with context parallelism cp ranks share each window and
         # each computes the positions of its slice: a device's tokens are its slice, the run's are per window.
-        cp = context_parallel_size(trainer)
-        window_tokens = batch["tokens"][:, 1:].numel()
-        tokens = window_tokens // cp
-        self.tokens_seen += window_tokens * (trainer.world_size // cp)
+        tokens = batch["tokens"][:, 1:].numel() // context_parallel_size(trainer)
         pl_module.log("train/tokens_seen", float(self.tokens_seen))
         previous, self._last_end = self._last_end, end
         if self._skip_left > 0 or previous is None:

@@ -40,11 +40,13 @@ class TimeBudget(Callback):
         self._step_s = 0.0
         self._val_s = 0.0
         self._val_start = 0.0
+        self._step_at_start: int | None = None
         self.stopped_at: int | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self._last_end is None:
             self._last_end = self.clock()
+        self._step_at_start = trainer.global_step
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._val_start = self.clock()
@@ -53,6 +55,10 @@ class TimeBudget(Callback):
         self._val_s = max(self._val_s, self.clock() - self._val_start)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self._step_at_start:
+            # Inside a gradient accumulation: a checkpoint here would hold the stream past micro-batches whose
+            # gradients it does not hold. Decide after optimizer steps only, timing whole steps.
+            return
         now = self.clock()
         self._step_s, self._last_end = now - (self._last_end or now), now
         late = now + self._step_s + self._val_s + self.reserve_s > self.deadline
