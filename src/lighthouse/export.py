@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from lighthouse.checkpoint.io import fsync_path
 from lighthouse.checkpoint.read import load_trained, trained_sparse, training_phase
 from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.generate import Sampling
@@ -257,10 +258,10 @@ def write_all_or_nothing(out: Path, weights: dict[str, torch.Tensor], files: dic
         # safetensors writes through a private temporary file (mode 0600): give the weights the mode the JSON
         # files got from the umask, so whoever may read the config may read the model.
         os.chmod(staging / WEIGHTS, (staging / "config.json").stat().st_mode & 0o777)
-        _fsync(staging / WEIGHTS)
+        fsync_path(staging / WEIGHTS)
         for name in (WEIGHTS, *files):  # renames within one filesystem: no space needed, nothing half-written
             os.replace(staging / name, out / name)
-        _fsync(out)
+        fsync_path(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -270,14 +271,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> None:

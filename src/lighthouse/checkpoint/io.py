@@ -44,8 +44,9 @@ class CheckpointWriteError(OSError):
     file and the newest checkpoint that is still intact, and the process ends with it instead of a traceback."""
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (renames into it), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -195,10 +196,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             f.flush()
             os.fsync(f.fileno())
         checksum.unlink(missing_ok=True)
-        _fsync_dir(folder)  # the old checksum is gone for good before the new file takes the name
+        fsync_path(folder)  # the old checksum is gone for good before the new file takes the name
         os.replace(tmp, target)
         os.replace(checksum_tmp, checksum)
-        _fsync_dir(folder)
+        fsync_path(folder)
 
     def _save_remote(self, checkpoint: dict[str, Any], url: str) -> None:
         """The local save's steps through fsspec (see the module docstring); strings throughout, since a Path
