@@ -9,6 +9,8 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from training_helpers import fit, logged_scalars, tiny_config
 
+from lighthouse.train.preflight import accumulation_notes
+
 TAGS = ("train/loss", "train/grad_norm", "train/lr", "train/tokens_seen")
 STEPS = 6
 
@@ -86,3 +88,16 @@ def test_the_lr_rewarmup_scales_each_optimizer_step_once(tmp_path):
         fit(folder, run)
         lrs[accumulate] = logged_scalars(folder / "logs" / "run", "train/lr")
     assert len(lrs[1]) == STEPS and lrs[2] == pytest.approx(lrs[1], rel=1e-6)
+
+
+def test_validation_counted_in_micro_batches_is_said_at_the_start():
+    """Lightning's val_check_interval counts micro-batches: with accumulation 4, a config validating every 4 steps
+    validated every step, unsaid."""
+    (note,) = accumulation_notes({"accumulate_grad_batches": 4, "val_check_interval": 4})
+    assert note == (
+        "note: trainer.val_check_interval=4 counts micro-batches, so with trainer.accumulate_grad_batches=4 validation "
+        "runs every optimizer step (max_steps and checkpoint intervals count optimizer steps); set "
+        "trainer.val_check_interval=16 to validate every 4 steps"
+    )
+    assert accumulation_notes({"accumulate_grad_batches": 1, "val_check_interval": 4}) == []
+    assert accumulation_notes({"accumulate_grad_batches": 4, "val_check_interval": 0.5}) == []  # a fraction of an epoch

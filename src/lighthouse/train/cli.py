@@ -28,6 +28,7 @@ from lighthouse.train.cli_parser import LighthouseArgumentParser
 from lighthouse.train.lit_module import LitLM
 from lighthouse.train.preflight import (
     NotWritable,
+    accumulation_notes,
     check_backend_runs_here,
     check_context_parallel,
     check_flavor_decides_something,
@@ -165,6 +166,8 @@ class LighthouseCLI(LightningCLI):
         check_trainer_args(config["trainer"])
         if self.subcommand == "fit":
             check_run_has_an_end(config["trainer"])
+            for note in accumulation_notes(config["trainer"]):
+                rank_zero_info(note)
         check_optimizer_args(config["model"])
         check_flavor_decides_something(config["model"]["arch"])
         refuse_grouped_callbacks(config["trainer"])

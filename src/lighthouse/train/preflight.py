@@ -74,6 +74,21 @@ def check_trainer_args(trainer) -> None:
         fail("gradient_clip_algorithm", "'norm', 'value' or null")
 
 
+def accumulation_notes(trainer) -> list[str]:
+    """What gradient accumulation changes unasked: Lightning's val_check_interval counts micro-batches, while
+    max_steps, the checkpoints' every_n_train_steps and the LR schedule count optimizer steps, so a config written
+    for one micro-batch per step validates accumulate_grad_batches times as often once accumulation is on."""
+    accumulate, interval = trainer.get("accumulate_grad_batches"), trainer.get("val_check_interval")
+    if not (_is_int(accumulate) and accumulate > 1 and _is_int(interval)):
+        return []
+    every = "optimizer step" if interval == accumulate else f"{interval / accumulate:g} optimizer steps"
+    return [
+        f"note: trainer.val_check_interval={interval} counts micro-batches, so with trainer.accumulate_grad_batches="
+        f"{accumulate} validation runs every {every} (max_steps and checkpoint intervals count optimizer steps); "
+        f"set trainer.val_check_interval={interval * accumulate} to validate every {interval} steps"
+    ]
+
+
 def check_run_has_an_end(trainer) -> None:
     """``fit`` must end somewhere: with trainer.max_steps -1 and neither max_epochs nor max_time, Lightning would run
     1000 epochs of a streamed corpus, and the LR schedule would have no last step to anneal to (a launch without
