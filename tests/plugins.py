@@ -151,19 +151,21 @@ class KillAfterSave(AtomicCheckpointIO):
 
 
 class SignalAfterBatch(L.Callback):
-    """Sends ``signal`` (a name: SIGTERM, SIGINT) to this process at the end of train micro-batch ``at`` (1-based),
-    as a scheduler's preemption or a Ctrl-C would arrive between two micro-batches."""
+    """Sends ``signal`` (a name: SIGTERM, SIGINT) at the end of train micro-batch ``at`` (1-based) of global rank 0,
+    as a scheduler's preemption or a Ctrl-C would arrive between two micro-batches: to this process, or with
+    ``group`` to its whole process group (every rank and data worker, as SLURM and a terminal's Ctrl-C do)."""
 
-    def __init__(self, at: int, signal: str = "SIGTERM") -> None:
-        self.at, self.signal, self.seen = at, signal, 0
+    def __init__(self, at: int, signal: str = "SIGTERM", group: bool = False) -> None:
+        self.at, self.signal, self.group, self.seen = at, signal, group, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         import os
         import signal as signals
 
         self.seen += 1
-        if self.seen == self.at:
-            os.kill(os.getpid(), getattr(signals, self.signal))
+        if self.seen == self.at and trainer.global_rank == 0:
+            number = getattr(signals, self.signal)
+            os.killpg(os.getpgid(0), number) if self.group else os.kill(os.getpid(), number)
 
 
 class DeadlineAfterBatch(L.Callback):

@@ -69,32 +69,6 @@ class LastCheckpoint(Callback):
             save_step_reached(trainer, "SIGTERM")
 
 
-class StopsAtWholeSteps(Callback):
-    """A stop request (SIGTERM, Ctrl-C) that arrives inside a gradient accumulation waits for its optimizer step.
-
-    Lightning ends the loop after any micro-batch once ``received_sigterm`` is set; the step reached was then saved
-    with the data stream past micro-batches whose gradients were in no checkpoint, and the resumed run closed that
-    accumulation on the rest alone (one step on half its gradient, measured: the grad norm 0.76 against 1.52). Here
-    the request is held from a micro-batch that did not step until the end of the one that does (at most
-    accumulate_grad_batches - 1 micro-batches later); a second Ctrl-C still aborts at once."""
-
-    def __init__(self) -> None:
-        self._step_at_start: int | None = None
-        self._held = False
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self._step_at_start = trainer.global_step
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        connector = trainer._signal_connector
-        if trainer.global_step == self._step_at_start:  # an accumulation goes on: its gradient is in no checkpoint
-            if connector.received_sigterm:
-                connector.received_sigterm, self._held = False, True
-                rank_zero_info("stop requested inside a gradient accumulation: stopping after its optimizer step")
-        elif self._held:
-            connector.received_sigterm, self._held = True, False
-
-
 class MetricsBeforeCheckpoint(Callback):
     """Sends a step's metrics to the loggers before a checkpoint of that step is written.
 

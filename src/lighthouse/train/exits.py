@@ -36,6 +36,7 @@ USER_ERRORS = (ValueError, TypeError, OSError, MisconfigurationException)
 
 _training_started = False
 _interrupts = 0  # Ctrl-C presses seen since fit started
+_stop_requested = False  # a SIGTERM or the first Ctrl-C since fit started, not yet acted on (StopsAtWholeSteps)
 
 
 class MarkTrainingStarted(Callback):
@@ -47,8 +48,8 @@ class MarkTrainingStarted(Callback):
 
 
 class StopOnCtrlC(Callback):
-    """Ctrl-C during fit: the first press asks Lightning to stop after the current step exactly as SIGTERM does (its
-    flag ``received_sigterm``; lighthouse.checkpoint.last saves the step reached), the second raises
+    """Ctrl-C during fit: the first press asks training to stop after the current optimizer step exactly as SIGTERM
+    does (``StopsAtWholeSteps``; lighthouse.checkpoint.last saves the step reached), the second raises
     KeyboardInterrupt at once.
 
     Installed at fit start, before the data loader workers fork, so they inherit this handler (their copy only
@@ -71,7 +72,7 @@ class StopOnCtrlC(Callback):
             _interrupts += 1
             if _interrupts > 1:
                 raise KeyboardInterrupt
-            trainer._signal_connector.received_sigterm = True
+            request_stop()
             _say("Ctrl-C: stopping after this step and saving it (press Ctrl-C again to abort without saving)")
 
         self._previous = signal.signal(signal.SIGINT, on_sigint)
@@ -94,6 +95,57 @@ class StopOnCtrlC(Callback):
         snapshot = getattr(trainer._signal_connector, "_original_handlers", None)
         if self._previous is not None and isinstance(snapshot, dict) and signal.SIGINT in snapshot:
             snapshot[signal.SIGINT] = self._previous
+
+
+def request_stop() -> None:
+    """Ask training to stop after the current optimizer step (what SIGTERM and a first Ctrl-C do)."""
+    global _stop_requested
+    _stop_requested = True
+
+
+class StopsAtWholeSteps(Callback):
+    """SIGTERM and the first Ctrl-C stop training after the current optimizer step, on every rank together.
+
+    Lightning's SIGTERM handler sets ``received_sigterm`` at once, and its loop ends after whichever micro-batch is
+    running. Inside a gradient accumulation the step reached was then saved with the data stream past micro-batches
+    whose gradients were in no checkpoint (the resumed step had half its gradient). Under DDP each rank acted on its
+    own flag, and Lightning's handler runs a broadcast on every delivery: a SIGTERM to the whole process group (what
+    SLURM sends), or a Ctrl-C that reached rank 0 only, left the ranks in mismatched collectives (a hang, or a
+    'non-finite values' refusal that saved nothing). Here the handlers only note the request (SIGTERM is forwarded
+    once to the processes this one launched, as Lightning does); after each optimizer step the ranks decide together,
+    any rank's request stopping all, and only then is ``received_sigterm`` set: every rank ends the same whole step
+    and lighthouse.checkpoint.last saves it. One all-reduce of a flag per optimizer step under DDP, none alone."""
+
+    def __init__(self) -> None:
+        self._step_at_start: int | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        global _stop_requested
+        _stop_requested = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning installs its handler just before training starts (and restores the one before it at teardown).
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigterm(signum, frame) -> None:
+            if not _stop_requested:
+                launcher = trainer.strategy.launcher
+                if launcher is not None:
+                    launcher.kill(signum)
+                _say("SIGTERM: stopping after this step and saving it")
+            request_stop()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._step_at_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self._step_at_start:
+            return  # inside a gradient accumulation: its gradient is in no checkpoint yet
+        if trainer.strategy.reduce_boolean_decision(_stop_requested, all=False):
+            trainer._signal_connector.received_sigterm = True  # the loop raises SIGTERMException after this batch
 
 
 def _say(message: str) -> None:

@@ -20,10 +20,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lighthouse.checkpoint.files import remove_orphans, resolve_last
 from lighthouse.checkpoint.guards import FiniteCheckpoints
 from lighthouse.checkpoint.io import AtomicCheckpointIO, is_remote
-from lighthouse.checkpoint.last import LastCheckpoint, MetricsBeforeCheckpoint, StopsAtWholeSteps
+from lighthouse.checkpoint.last import LastCheckpoint, MetricsBeforeCheckpoint
 from lighthouse.checkpoint.resume import ResumeCheck
 from lighthouse.train import run_dir
-from lighthouse.train.exits import MarkTrainingStarted, StopOnCtrlC
+from lighthouse.train.exits import MarkTrainingStarted, StopOnCtrlC, StopsAtWholeSteps
 
 
 def _as_list(value) -> list:
