@@ -75,13 +75,16 @@ def _forward_backward(fn, q, k, v, grad_out, **params):
 # ---------------------------------------------------------------- CPU (interpreter) and GPU, fp32
 
 # (B, N, H, D, L, p, K): two tiles; short sequence with fewer tiles than K asks for (and H=3); L=4 with p=2;
-# p=8 (1024 children per level); a tile of 192 coarsest entries (not a power of two).
+# p=8 (1024 children per level); a tile of 192 coarsest entries (not a power of two); odd counts of coarsest
+# entries, 129 at L=2 and at L=3 (the score kernel left the last one unwritten: junk selected, outputs off by 0.5).
 SMALL_CASES = [
     (1, 4096, 2, 32, 3, 4, 256),
     (2, 512, 3, 16, 2, 4, 256),
     (1, 2048, 1, 64, 4, 2, 256),
     (1, 2048, 1, 32, 2, 8, 256),
     (1, 3072, 1, 16, 3, 4, 128),
+    (1, 516, 2, 16, 2, 4, 128),
+    (1, 2064, 1, 16, 3, 4, 128),
 ]
 
 
@@ -98,6 +101,19 @@ def test_matches_reference_fp32(case, poisoned_empty):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=f"d{name} differs")
 
 
+@pytest.mark.parametrize("seq_len, levels", [(516, 2), (2064, 3), (4096, 3)], ids=["Nc129-L2", "Nc129-L3", "Nc256-L3"])
+def test_score_pyramids_are_written_whole_for_odd_and_even_coarse_counts(seq_len, levels, poisoned_empty):
+    """Every entry of both score pyramids, against PyTorch's squared norms max-pooled (exact: quantized inputs). With
+    an odd count of coarsest entries the kernel's grid left the last one unwritten (here: NaN)."""
+    from lighthouse.ops.lighthouse.select import scores_launch, torch_score_pyramids
+
+    q, k, _ = (x.detach() for x in _inputs(1, seq_len, 4, 16, torch.float32))
+    k = k[:, :, :2]  # two selection heads, two query heads each
+    geometry = lighthouse_geometry(seq_len, levels, 4, 128)
+    for got, want in zip(scores_launch(q, k, geometry), torch_score_pyramids(q, k, geometry), strict=True):
+        assert got.shape == (1, 2, geometry.total_entries) and torch.equal(got.cpu(), want.cpu())
+
+
 # The named options (README §2b, §3b): (B, N, H, H_kv, D, L, p, K, scorer). Groups of 2 and 3 and one KV head
 # for all; a short sequence; p=8; the dilated scorer with and without groups. Inputs are quantized as above, so
 # the norm scores are exact; the dilated scores come from SDPA, the same fp32 values on both paths
@@ -108,6 +124,7 @@ OPTION_CASES = [
     (1, 2048, 6, 2, 16, 2, 8, 256, "norm"),
     (1, 4096, 4, 2, 32, 3, 4, 256, "dilated"),
     (1, 2048, 2, 2, 16, 4, 2, 256, "dilated"),
+    (1, 516, 4, 2, 16, 2, 4, 128, "norm"),  # 129 coarsest entries, grouped query scores
 ]
 
 
@@ -143,6 +160,7 @@ CAUSAL_CASES = [
     (2, 2048, 4, 2, 16, 3, 2, 256, "norm"),
     (1, 2048, 2, 2, 16, 2, 4, 256, "dilated"),
     (1, 512, 3, 3, 16, 2, 4, 256, "norm"),
+    (1, 516, 2, 2, 16, 2, 4, 128, "norm"),  # 129 coarsest entries
 ]
 
 

@@ -41,8 +41,7 @@ class LighthouseConfig:
     """Strictly causal selection (op README §8b): every refine decision reads only positions before the entry, by
     the previous entry's score against a cutoff rolled over the preceding candidates, so no output depends on a
     later token. false: the paper's per-tile ranking, which lets a position's output depend on later positions
-    of its tile. Same S_sel, both backends; with 'lighthouse' the selection runs in PyTorch (no kernel of its own)
-    and gather, SDPA and scatter on the kernels."""
+    of its tile. Same S_sel, both backends; with 'lighthouse' the selection runs on select_causal.py's kernels."""
 
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")

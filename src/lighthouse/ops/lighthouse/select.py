@@ -220,11 +220,16 @@ def scores_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry
     n_tot = geometry.total_entries
     assert q.stride(-1) == 1 and k.stride(-1) == 1
 
+    span = geometry.coarse_span
+    if seq_len % (2 * span):
+        # An odd count of coarsest entries (N / p^(L-1), e.g. N = 516 at L=2, p=4): no block of >= 2 whole
+        # entries divides N, and the kernel's grid left the last entry's scores unwritten (the selection then
+        # read uninitialised memory). Such lengths are valid but rare: PyTorch computes their pyramids.
+        return torch_score_pyramids(q, k, geometry)
     scores_q = torch.empty(batch, heads, n_tot, device=q.device, dtype=torch.float32)
     scores_k = torch.empty(batch, heads, n_tot, device=q.device, dtype=torch.float32)
-    span = geometry.coarse_span
-    # BLOCK_N holds whole coarsest entries (>= 2 of them, so no level shrinks to one lane) and divides N,
-    # which is a multiple of 128 coarsest spans.
+    # BLOCK_N holds whole coarsest entries (>= 2 of them, so no level shrinks to one lane) and divides N, which
+    # is then a multiple of 2 coarsest spans.
     block_n = span_block(seq_len, 2 * span, rows_per_program(q, 64))
     sub_n = min(block_n, rows_per_program(q, 64 if dim <= 64 else 32))
     _scores_kernel[(seq_len // block_n, batch * heads)](
@@ -236,6 +241,18 @@ def scores_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry
         **level_constexprs(levels, p), GROUP=group, num_warps=4,
     )  # fmt: skip
     return scores_q, scores_k
+
+
+def torch_score_pyramids(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry) -> tuple[torch.Tensor, ...]:
+    """What ``_scores_kernel`` computes, in PyTorch: squared row norms in fp32 (a query's the max over its group
+    of query heads), max-pooled up the levels, ``[B, H_s, N_tot]`` each."""
+    from .naive import group_max, pool_scores
+
+    heads = k.shape[2]
+    base_q = group_max(q.float().square().sum(dim=-1).transpose(1, 2), q.shape[2] // heads)
+    base_k = k.float().square().sum(dim=-1).transpose(1, 2)
+    levels, p = geometry.levels, geometry.pooling_factor
+    return tuple(torch.cat(pool_scores(base.contiguous(), levels, p), dim=2) for base in (base_q, base_k))
 
 
 def select_from_scores_launch(
