@@ -247,6 +247,15 @@ def test_cpu_without_interpreter_names_the_naive_backend(monkeypatch):
         lighthouse_attention(q, k, v, levels=2, pooling_factor=4, topk=128)
 
 
+@pytest.mark.parametrize("layer", [naive_lighthouse_attention, lighthouse_attention], ids=["naive", "triton"])
+@pytest.mark.parametrize("shape", [(0, 512, 2, 8), (1, 512, 0, 8), (1, 512, 2, 0)], ids=["B0", "H0", "D0"])
+def test_empty_dimensions_are_refused_by_name(layer, shape):
+    """Were an IndexError (B=0) or a ZeroDivisionError (H=0, D=0) from inside a kernel launch."""
+    q = torch.zeros(shape, device=DEVICE)
+    with pytest.raises(ValueError, match=r"q must be \[B, N, H, D\] with every size >= 1"):
+        layer(q, q, q, levels=2, pooling_factor=4, topk=128)
+
+
 def test_too_short_sequence_is_rejected():
     q, k, v = (x.detach() for x in _inputs(1, 256, 1, 16, torch.float32))
     with pytest.raises(ValueError, match=">= 128"):

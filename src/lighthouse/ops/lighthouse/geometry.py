@@ -160,6 +160,8 @@ def check_inputs(*tensors: Tensor, grouped: bool = False) -> None:
     for name, x in zip("qkv", tensors, strict=False):
         if x.dim() != 4:
             raise ValueError(f"{name} must be [B, N, H, D], got shape {tuple(x.shape)}")
+        if 0 in x.shape:  # was an IndexError or ZeroDivisionError deep in a kernel launch
+            raise ValueError(f"{name} must be [B, N, H, D] with every size >= 1, got shape {tuple(x.shape)}")
         if not grouped and x.shape != first.shape:
             raise ValueError(
                 f"q, k, v must have the same shape [B, N, H, D], got {tuple(first.shape)} and {tuple(x.shape)}"
