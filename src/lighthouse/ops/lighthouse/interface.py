@@ -86,25 +86,18 @@ def _(q, k, levels, pooling_factor, topk):
     return _fake_codes(q, batch, heads, seq_len, levels, pooling_factor, topk)
 
 
-def _pyramids(score_q: Tensor, score_k: Tensor, levels: int, pooling_factor: int) -> list[Tensor]:
-    """Base scores ``[B, H_s, N]`` max-pooled up the levels like the norm scores (README §2), laid end to end
-    base first: the ``[B, H_s, N_tot]`` fp32 pyramids the selection kernels read."""
-    from .naive import pool_scores
-
-    return [torch.cat(pool_scores(s.float(), levels, pooling_factor), dim=2) for s in (score_q, score_k)]
-
-
 @torch.library.custom_op("lighthouse::select_scored", mutates_args=())
 def _select_scored_op(
     score_q: Tensor, score_k: Tensor, levels: int, pooling_factor: int, topk: int
 ) -> tuple[Tensor, Tensor]:
     """Given base scores ``[B, H_s, N]`` fp32 (>= 0; the dilated scorer's) -> ``codes``, ``inv`` as ``select``."""
     _check_device(score_q)
+    from .naive import score_pyramids
     from .select import check_code_range, select_from_scores_launch
 
     geometry = LighthouseGeometry(score_q.shape[2], levels, pooling_factor, topk)
     check_code_range(geometry)
-    return select_from_scores_launch(*_pyramids(score_q, score_k, levels, pooling_factor), geometry)
+    return select_from_scores_launch(*score_pyramids(score_q, score_k, levels, pooling_factor), geometry)
 
 
 @_select_scored_op.register_fake
@@ -130,8 +123,9 @@ def _select_causal_op(
         pyramids = scores_launch(_last_dim_contiguous(q), _last_dim_contiguous(k), geometry)
     else:
         from .dilated import dilated_scores
+        from .naive import score_pyramids
 
-        pyramids = _pyramids(*dilated_scores(q, k, v, dilation), levels, pooling_factor)
+        pyramids = score_pyramids(*dilated_scores(q, k, v, dilation), levels, pooling_factor)
     return select_causal_launch(*pyramids, geometry)
 
 

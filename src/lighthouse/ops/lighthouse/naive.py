@@ -78,6 +78,12 @@ def pool_scores(base: Tensor, levels: int, pooling_factor: int) -> list[Tensor]:
     return scores
 
 
+def score_pyramids(score_q: Tensor, score_k: Tensor, levels: int, pooling_factor: int) -> list[Tensor]:
+    """Base scores ``[B, H_s, N]`` max-pooled up the levels like the norm scores (README §2), laid end to end
+    base first: the ``[B, H_s, N_tot]`` fp32 pyramids the selection kernels read."""
+    return [torch.cat(pool_scores(s.float(), levels, pooling_factor), dim=2) for s in (score_q, score_k)]
+
+
 def row_norms(x: Tensor) -> Tensor:
     """L2 norm of each row of ``x [..., D]`` in fp32, whatever the input dtype: ``[...]``."""
     return x.float().square().sum(dim=-1).sqrt()

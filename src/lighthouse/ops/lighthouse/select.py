@@ -243,16 +243,14 @@ def scores_launch(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry
     return scores_q, scores_k
 
 
-def torch_score_pyramids(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry) -> tuple[torch.Tensor, ...]:
+def torch_score_pyramids(q: torch.Tensor, k: torch.Tensor, geometry: LighthouseGeometry) -> list[torch.Tensor]:
     """What ``_scores_kernel`` computes, in PyTorch: squared row norms in fp32 (a query's the max over its group
     of query heads), max-pooled up the levels, ``[B, H_s, N_tot]`` each."""
-    from .naive import group_max, pool_scores
+    from .naive import group_max, score_pyramids
 
-    heads = k.shape[2]
-    base_q = group_max(q.float().square().sum(dim=-1).transpose(1, 2), q.shape[2] // heads)
+    base_q = group_max(q.float().square().sum(dim=-1).transpose(1, 2), q.shape[2] // k.shape[2])
     base_k = k.float().square().sum(dim=-1).transpose(1, 2)
-    levels, p = geometry.levels, geometry.pooling_factor
-    return tuple(torch.cat(pool_scores(base.contiguous(), levels, p), dim=2) for base in (base_q, base_k))
+    return score_pyramids(base_q, base_k, geometry.levels, geometry.pooling_factor)
 
 
 def select_from_scores_launch(
