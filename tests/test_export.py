@@ -304,16 +304,16 @@ def test_a_failed_export_leaves_the_folder_as_it_was(tmp_path_factory, tmp_path,
     def full_disk(*args, **kwargs):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    def full_disk_at_config(path, data):
+    def full_disk_at_config(path):  # where a full disk shows: flushing the file's data
         if path.name == "config.json":
             raise OSError(28, "No space left on device", str(path))
-        real_write(path, data)
+        real_fsync(path)
 
-    real_write = export._write_synced
+    real_fsync = export.fsync_path
     if failing == "weights":
         monkeypatch.setattr(export, "save_file", full_disk)
     else:
-        monkeypatch.setattr(export, "_write_synced", full_disk_at_config)
+        monkeypatch.setattr(export, "fsync_path", full_disk_at_config)
     monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
     args = ["--ckpt", str(second), "--out", str(folder), "--tokenizer", "byte"]
     assert exits.run(main, args) == exits.EXIT_USAGE

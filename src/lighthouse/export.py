@@ -250,7 +250,8 @@ def write_all_or_nothing(out: Path, weights: dict[str, torch.Tensor], files: dic
     try:
         for name, content in files.items():
             text = content if isinstance(content, str) else json.dumps(content, indent=2) + "\n"
-            _write_synced(staging / name, text.encode("utf-8"))
+            (staging / name).write_text(text, encoding="utf-8")
+            fsync_path(staging / name)
         try:
             save_file(weights, str(staging / WEIGHTS), metadata={"format": "pt"})
         except SafetensorError as err:  # a full disk included; not an OSError
@@ -264,13 +265,6 @@ def write_all_or_nothing(out: Path, weights: dict[str, torch.Tensor], files: dic
         fsync_path(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def main(argv: list[str] | None = None) -> None:
