@@ -110,15 +110,19 @@ def check_llama(hf: dict, path: Path | str) -> None:
             continue
         refuse(field, "is missing")
     for field in (*COUNT_KEYS, *(key for key in OPTIONAL_COUNT_KEYS if hf.get(key) is not None)):
-        value = hf[field]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{path}: {field}={value!r} must be an integer >= 1")
+        if not _is_count(hf[field]):
+            raise ValueError(f"{path}: {field}={hf[field]!r} must be an integer >= 1")
     eps = hf["rms_norm_eps"]
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
         raise ValueError(f"{path}: rms_norm_eps={eps!r} must be a number in (0, 1)")
     if not isinstance(hf.get("tie_word_embeddings", False), bool):
         raise ValueError(f"{path}: tie_word_embeddings={hf['tie_word_embeddings']!r} must be true or false")
     rope_settings(hf, path)  # refuses unknown RoPE types and fields
+
+
+def _is_count(value) -> bool:
+    """An integer >= 1 (JSON's true is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def rope_settings(hf: dict, path: Path | str = "config.json") -> tuple[float, RopeScaling | None]:
@@ -147,7 +151,7 @@ def rope_settings(hf: dict, path: Path | str = "config.json") -> tuple[float, Ro
         params.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings"))
     if params.get("factor") is None:
         lengths = hf.get("max_position_embeddings"), params.get("original_max_position_embeddings")
-        if kind != "yarn" or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths):
+        if kind != "yarn" or not all(map(_is_count, lengths)):
             # transformers refuses these too; a silent factor 1 would import the model without its scaling
             raise ValueError(
                 f"{path}: {field}.factor is missing, which rope_type {kind!r} needs"
