@@ -115,8 +115,7 @@ def checked_device(flag: str, name: str):
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"{flag}={name!r} is invalid: it must be a torch device such as 'cpu' or 'cuda'") from None
-    mps = getattr(torch.backends, "mps", None)
-    if device.type == "mps" and not (mps is not None and mps.is_available()):
+    if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{flag}={name!r} is invalid: this machine has no MPS device (use --device cpu)")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"{flag}={name!r} is invalid: the tools run on 'cpu', 'cuda' or 'cuda:N' (and 'mps' on a Mac)")
