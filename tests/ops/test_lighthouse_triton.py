@@ -444,6 +444,20 @@ def test_matches_reference_bf16_flash_rule(case, poisoned_empty):
         assert _max_err(g, g_ref) <= 2 * _max_err(g_low, g_ref) + 1e-6, f"d{name}"
 
 
+# Long sequences with few tiles: one tile owns 8192 coarsest entries (N = 131072, K = 128: the causal selection's
+# launch asked for 64 warps, more than a CUDA block holds) or 32768 (N = 524288: the paper selection's did).
+WIDE_TILE_CASES = [(131072, False), (131072, True), (524288, False)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seq_len, causal", WIDE_TILE_CASES, ids=lambda v: str(v))
+def test_selection_with_wide_tiles_matches_reference(seq_len, causal):
+    params = dict(levels=3, pooling_factor=4, topk=128, causal=causal)
+    assert lighthouse_geometry(seq_len, 3, 4, 128).coarse_per_tile == seq_len // 16
+    q, k, _ = _inputs(1, seq_len, 1, 16, torch.bfloat16)
+    assert_same_selection(q, k, params)
+
+
 @pytest.mark.gpu
 def test_bitwise_deterministic():
     """Our kernels have no atomics: two runs give identical bits. With torch's deterministic algorithms on,

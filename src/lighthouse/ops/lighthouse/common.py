@@ -265,6 +265,16 @@ def level_constexprs(levels: int, pooling_factor: int) -> dict[str, int]:
     return {"LEVELS": levels, "LOG2P": pooling_factor.bit_length() - 1}
 
 
+MAX_WARPS = 32
+"""A CUDA block holds at most 1024 threads: a launch with more warps fails (``num_warps`` 64 was reached by the
+selections at a coarsest level of 8192+ entries per tile, e.g. N = 1M with topk = 1024)."""
+
+
+def warps_for(elements: int, per_warp: int) -> int:
+    """``num_warps`` for a program over ``elements`` lanes, one warp per ``per_warp`` of them, in [1, 32]."""
+    return min(MAX_WARPS, max(1, elements // per_warp))
+
+
 def rows_per_program(x: torch.Tensor, gpu_rows: int) -> int:
     """Block of rows per program: ``gpu_rows`` on the GPU; on CPU (Triton's interpreter, tests only) 16x
     larger, since the interpreter pays per program and per op, not per element."""

@@ -32,6 +32,7 @@ from .common import (
     place_tile,
     rows_per_program,
     span_block,
+    warps_for,
 )
 from .geometry import PICKED_PER_SCORE, REFINED_PER_TILE, LighthouseGeometry
 
@@ -264,7 +265,7 @@ def select_from_scores_launch(
     # One program per (batch*head, tile) is only B*H*T programs, each a chain of small reductions (63 radix
     # rounds per top-64): the fewest warps that hold the candidates keep each reduction inside one warp
     # (shuffles, no shared memory or barriers).
-    warps = max(1, max(nc_block, REFINED_PER_TILE * p) // 512)
+    warps = warps_for(max(nc_block, REFINED_PER_TILE * p), 512)
     s_block = triton.next_power_of_2(s_tile)
     device = scores_q.device
     codes = torch.empty(batch, heads, geometry.selected_len, device=device, dtype=torch.int32)

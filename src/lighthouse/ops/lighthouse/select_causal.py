@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import level_constexprs, level_offset, order_word, place_tile
+from .common import level_constexprs, level_offset, order_word, place_tile, warps_for
 from .geometry import PICKED_PER_SCORE, REFINED_PER_TILE, LighthouseGeometry
 
 
@@ -175,7 +175,7 @@ def select_causal_launch(
     words = torch.empty(batch * heads * tiles * s_block, device=device, dtype=torch.int64)
     scores_scratch = torch.empty(batch * heads * tiles * 5 * m_block, device=device, dtype=torch.float32)
     int_scratch = torch.empty(batch * heads * tiles * 2 * m_block, device=device, dtype=torch.int32)
-    warps = max(1, m_block // 128)
+    warps = warps_for(m_block, 128)
     constexprs = dict(**level_constexprs(levels, p), REF=REFINED_PER_TILE)
     words_at = 0  # coarsest level first, then children * (levels - level - 1) ... as select.py lays them out
     for step, level in enumerate(range(levels, 1, -1)):
