@@ -63,6 +63,20 @@ def mean_of(values: list) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def devices_said(runs: list[tuple[SeedRun, Arm]]) -> str:
+    """ "device X", and the runs that ran elsewhere than their seed's plan says (a seed can span machines)."""
+    planned = sorted({s.plan.get("device", "?") for s, _ in runs})
+    elsewhere: dict[tuple[str, str], list[int]] = {}
+    for s, run in runs:
+        for device in sorted(run.devices - {s.plan.get("device")}):
+            elsewhere.setdefault((run.name, device), []).append(s.seed)
+    said = [
+        f"{name} of seed{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} on {device}"
+        for (name, device), ids in elsewhere.items()
+    ]
+    return f"device {', '.join(planned)}" + (f" ({'; '.join(said)})" if said else "")
+
+
 def setup_lines(seeds: list[SeedRun]) -> list[str]:
     s0 = seeds[0]
     plan, config = s0.plan, s0.config
@@ -71,9 +85,9 @@ def setup_lines(seeds: list[SeedRun]) -> list[str]:
 
     sizes = {**FLAVORS.get(arch.get("flavor") or "", {}), **{k: v for k, v in arch.items() if v is not None}}
     lh = arch.get("lighthouse", {})
-    devices = sorted({s.plan.get("device", "?") for s in seeds})
     arms = shown_arms(seeds)
-    dates = sorted(s.plan.get("started", "?")[:10] for s in seeds)
+    runs = [(s, run) for s in seeds for run in [s.warmup, *s.arms.values()] if run is not None]
+    dates = sorted({s.plan.get("started", "?")[:10] for s in seeds} | {day for _, run in runs for day in run.days})
     return [
         f"- Model: `{arch.get('flavor', 'custom')}` flavour (dim {sizes.get('dim', '-')}, {sizes.get('n_layers', '-')} "
         f"layers, {sizes.get('n_heads', '-')} heads, dense layers {sizes.get('dense_layers', '-')}), Lighthouse "
@@ -95,7 +109,7 @@ def setup_lines(seeds: list[SeedRun]) -> list[str]:
         )
         + f"Validation every {plan['val_every']} steps; final evaluation on {plan['eval_windows']} validation "
         "windows (dense).",
-        f"- Seeds {[s.seed for s in seeds]} (init and data order); device {', '.join(devices)}; "
+        f"- Seeds {[s.seed for s in seeds]} (init and data order); {devices_said(runs)}; "
         f"run {dates[0]}{' to ' + dates[-1] if dates[-1] != dates[0] else ''}; config `{plan['config']}`.",
     ]
 

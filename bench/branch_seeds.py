@@ -5,10 +5,12 @@ report aggregates (one design and plan)."""
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import tarfile
 import zlib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ import yaml
 from branch import ARMS, RUNS, SPARSE_ARMS, design_arms, end_step
 from campaign import read_json
 from report import elapsed, job_spans, read_logged, split_wall_by_phase
+
+from lighthouse.eval.run_logs import read_json_lines
 
 # What every seed of one report shares (the command-line extras may differ: a work-around, recorded per seed).
 SHARED_PLAN = ("steps", "warmup", "share", "switch_step", "val_every", "config", "eval_windows")
@@ -35,6 +39,8 @@ class Arm:
     tokens_per_s: dict[str, float]
     jobs: int
     end: int
+    devices: frozenset[str] = frozenset()  # the GPUs its jobs ran on (run_devices)
+    days: frozenset[str] = frozenset()  # the UTC dates its jobs started on
 
 
 @dataclass
@@ -82,6 +88,25 @@ def recall_at(logged: dict[str, dict[int, tuple[float, float]]], step: int) -> d
     return {"global_step": step, "source": "validation", "bins": bins} if bins else None
 
 
+# Lightning's hint about Tensor Cores, printed by every fit on a CUDA device that it names.
+LIGHTNING_DEVICE_LINE = re.compile(r"You are using a CUDA device \('([^']+)'\)")
+
+
+def run_devices(run_dir: Path) -> frozenset[str]:
+    """The GPUs a run's jobs ran on: named in each launch record since 2026-12-05; for a job before that, the one
+    Lightning names in the job's log (a seed's runs can span sessions, and a session's machine is an H200 or H100)."""
+    named = {r["device"] for r in read_json_lines(run_dir / "launches.jsonl") if r.get("device")}
+    for log in run_dir.glob("launch-*.log"):
+        named.update(LIGHTNING_DEVICE_LINE.findall(log.read_text(errors="replace")))
+    return frozenset(named)
+
+
+def run_days(run_dir: Path) -> frozenset[str]:
+    """The UTC dates the run's jobs started on (launch records)."""
+    starts = [r["start"] for r in read_json_lines(run_dir / "launches.jsonl") if "start" in r]
+    return frozenset(datetime.fromtimestamp(t, timezone.utc).date().isoformat() for t in starts)
+
+
 def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_s: float) -> Arm | None:
     """One run of the seed: its validation curve (its steps after ``start``), final evaluation and timing."""
     logged, throughput = read_logged(run_dir)
@@ -120,6 +145,8 @@ def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_
         tokens_per_s=tokens_per_s,
         jobs=len(spans),
         end=end,
+        devices=run_devices(run_dir),
+        days=run_days(run_dir),
     )
 
 

@@ -8,6 +8,7 @@ prunes checkpoints, claims a folder for one set of settings, and adds the time-b
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -48,6 +49,7 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=1))
 
 
+@functools.cache
 def device_info() -> dict:
     try:
         import torch
@@ -127,7 +129,9 @@ def launch(runner: Runner, run_dir: Path, args: list[str], kind: str, resumed_fr
         n += 1
     started = time.time()
     rc = runner(args, run_dir / f"launch-{n}.log")
-    record_launch(run_dir, {"kind": kind, "start": started, "end": time.time(), "rc": rc, "resumed_from": resumed_from})
+    record = {"kind": kind, "start": started, "end": time.time(), "rc": rc, "resumed_from": resumed_from}
+    # The GPU this job ran on: one seed's runs can span sessions and machines (the report names them per run).
+    record_launch(run_dir, {**record, "device": device_info()["device"]})
     if rc != 0:
         print(f"{who}: {run_dir.name} {kind} failed (exit code {rc}); see {run_dir}/launch-{n}.log")
     return rc

@@ -289,6 +289,7 @@ def test_tiny_seed_branches_three_arms_off_one_warmup(seed):
     for arm in branch.ARMS:
         fits = [r for r in launches(seed.out, arm) if r["kind"] == "fit"]
         assert fits[0]["resumed_from"] == W and all(r["rc"] == 0 for r in launches(seed.out, arm))
+        assert {r["device"] for r in launches(seed.out, arm)} == {"cpu"}  # the machine of each job, for the report
     # train/stage of optimizer step k is logged at k (a resumed run also logs its checkpoint's phase at W).
     stage = {
         arm: {k: v for k, v in logged_scalars(seed.out / arm, "train/stage").items() if k > W} for arm in branch.ARMS

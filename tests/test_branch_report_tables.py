@@ -1,6 +1,7 @@
 """The branch report's loss-by-position and wall-clock tables on hand-made seeds whose numbers are known: gaps are
 paired per seed, and a run cut short or a warm-up of another setting is not averaged in."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -82,3 +83,31 @@ def test_wall_table_leaves_out_cut_runs_and_splits_the_warmup_by_determinism():
     assert "| D (dense) (W-end) | 0, 1, 2 | - | 3.00 | 3.00 | 1.0 | - | 1.50 | - | 1000 |" in table
     assert "| E (dense, equal time) (W-end) | 1 | - | 1.50 | 1.50 | 1.0 | - | 0.75 | - | 1000 |" in table
     assert "| shared dense warm-up (0-W), deterministic | 2 | - | 5.00 | 5.00 | 1.0 | - | 2.50 | - | 1000 |" in table
+
+
+def test_runs_on_another_device_than_the_seeds_plan_are_named(tmp_path):
+    """A seed spans sessions, and a session's machine can be an H100 where the seed started on an H200: the report's
+    set-up line names such runs, read from the launch records (since 2026-12-05) or, before them, from Lightning's
+    line in the job's log."""
+    from branch_seeds import run_devices
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder in (old, new):
+        folder.mkdir()
+    (old / "launches.jsonl").write_text('{"kind": "fit", "start": 0.0, "end": 1.0, "rc": 0}\n')
+    (old / "launch-0.log").write_text("You are using a CUDA device ('NVIDIA H100 80GB HBM3') that has Tensor Cores.\n")
+    (new / "launches.jsonl").write_text('{"kind": "fit", "start": 0.0, "end": 1.0, "rc": 0, "device": "NVIDIA H200"}\n')
+    assert run_devices(old) == {"NVIDIA H100 80GB HBM3"} and run_devices(new) == {"NVIDIA H200"}
+
+    def on(name: str, *devices: str) -> Arm:
+        return dataclasses.replace(arm(name, [1.0, 1.0]), devices=frozenset(devices))
+
+    seeds = [
+        seed(n, {"D": on("D", "NVIDIA H200"), "E": on("E", e)})
+        for n, e in ((0, "H100"), (1, "H100"), (2, "NVIDIA H200"))
+    ]
+    for s in seeds:
+        s.plan["device"] = "NVIDIA H200"
+    runs = [(s, run) for s in seeds for run in s.arms.values()]
+    assert branch_report.devices_said(runs) == "device NVIDIA H200 (E of seeds 0, 1 on H100)"
+    assert branch_report.devices_said(runs[-2:]) == "device NVIDIA H200"

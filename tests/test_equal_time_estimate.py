@@ -104,6 +104,13 @@ def test_the_committed_estimate_from_step_0_is_the_one_results_md_quotes():
         ("| branch_32k-scratch-seed2", "529", "-0.1064"),
     ]
     assert "**LH - E ~ -0.093 / -0.069 / -0.106** (-0.115 to -0.060 over seeds and offsets;" in results_md()
+    # E measured from step 0 (seeds 0 and 1, twentieth session): what RESULTS.md reports against the estimate.
+    assert [(r[0], r[7], r[8]) for r in rows] == [
+        ("| branch_32k-scratch-seed0", "1.6675", "-0.2459 |"),
+        ("| branch_32k-scratch-seed1", "1.7427", "-0.2689 |"),
+        ("| branch_32k-scratch-seed2", "-", "- |"),
+    ]
+    assert "**LH - E = -0.2459 / -0.2689** (seeds 0 / 1;" in results_md()
 
 
 def test_the_committed_estimate_at_65536_and_its_check_are_what_results_md_quotes(tmp_path):
