@@ -13,7 +13,10 @@ D's loss at a step is its validation loss (``val/loss_dense``) interpolated line
 around it, moved to the final evaluation's windows by D's own final loss minus its validation at its last step (the
 two score different windows). Linear interpolation on a convex curve puts D slightly high, in the calibration as in
 the estimate, so that bias mostly cancels. An estimate, not a measurement: it assumes the offset carries over from
-the calibration seeds' design (another context or length) to the estimated one.
+the calibration seeds (another context or length) to the estimated ones. Not across designs, which the tool refuses
+unless ``--across-designs`` is given: E ended +0.024..+0.042 above D after a dense warm-up, but +0.187 / +0.233 from
+step 0 (32768, measured 2026-12-05), so an estimate from step 0 calibrated after a warm-up had LH - E -0.09 where
+-0.26 was measured.
 
     PYTHONPATH=src python bench/equal_time_estimate.py --calibration bench/report/runs/branch_32k-seed*.tgz \\
         --runs bench/report/runs/branch_64k-seed*.tgz
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from branch import from_scratch
 from branch_seeds import SeedRun, load_seeds
 
 
@@ -91,6 +95,23 @@ def estimates(seeds: list[SeedRun], offsets: dict[str, float]) -> list[Estimate]
     return found
 
 
+def design(seed: SeedRun) -> str:
+    return "from step 0" if from_scratch(seed.plan) else "after a dense warm-up"
+
+
+def mixed_designs(calibration: list[SeedRun], offsets: dict[str, float], runs: list[SeedRun]) -> str | None:
+    """Why the calibration's design differs from the estimated seeds' (module docstring), or None where it does not."""
+    used = sorted({design(s) for s in calibration if s.folder.name in offsets})
+    estimated = sorted({design(s) for s in runs})
+    if len(set(used) | set(estimated)) == 1:
+        return None
+    return (
+        f"the --calibration seeds run {' and '.join(used)} and the --runs seeds {' and '.join(estimated)}; E's offset "
+        "differs between the designs (+0.024..+0.042 after a warm-up, +0.187 / +0.233 from step 0, measured at "
+        "32768): calibrate on seeds of the same design, or pass --across-designs"
+    )
+
+
 def table(offsets: dict[str, float], rows: list[Estimate]) -> str:
     lines = [
         "calibration (E - D at E's end): "
@@ -118,13 +139,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calibration", nargs="+", type=Path, required=True, help="archives of seeds that ran E")
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="archives of seeds to estimate E for")
+    parser.add_argument(
+        "--across-designs",
+        action="store_true",
+        help="calibrate seeds from step 0 on seeds after a warm-up or the other way (off: refused, see above)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            offsets = calibration_offsets(load_seeds(args.calibration, Path(scratch) / "calibration"))
-            rows = estimates(load_seeds(args.runs, Path(scratch) / "runs"), offsets)
+            calibration = load_seeds(args.calibration, Path(scratch) / "calibration")
+            runs = load_seeds(args.runs, Path(scratch) / "runs")
+            offsets = calibration_offsets(calibration)
+            rows = estimates(runs, offsets)
         except (OSError, ValueError, KeyError, tarfile.TarError) as error:
             sys.exit(f"equal_time_estimate: {type(error).__name__}: {error}")
+    mixed = mixed_designs(calibration, offsets, runs)
+    if mixed and not args.across_designs:
+        sys.exit(f"equal_time_estimate: {mixed}")
     if not offsets:
         sys.exit("equal_time_estimate: no --calibration seed has D and E with their final evaluations")
     if not rows:

@@ -83,11 +83,15 @@ def test_a_calibration_seed_is_estimated_from_the_other_seeds_offsets_only():
     assert estimate.estimates([a], estimate.calibration_offsets([a])) == []
 
 
-def estimate_table(runs: str) -> str:
-    calibration = sorted(map(str, RUNS.glob("branch_32k-seed*.tgz")))
+def estimate_table(runs: str, *extra: str, calibration: str = "branch_32k-seed*.tgz") -> str:
+    calibrating = sorted(map(str, RUNS.glob(calibration)))
     runs = sorted(map(str, RUNS.glob(runs)))
     return subprocess.run(
-        [*TOOL, "--calibration", *calibration, "--runs", *runs], capture_output=True, text=True, env=ENV, check=True
+        [*TOOL, "--calibration", *calibrating, "--runs", *runs, *extra],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
     ).stdout
 
 
@@ -96,7 +100,8 @@ def results_md() -> str:
 
 
 def test_the_committed_estimate_from_step_0_is_the_one_results_md_quotes():
-    said = estimate_table("branch_32k-scratch-seed*.tgz")
+    # Calibrated after a warm-up, as in the fourteenth session (since refused without --across-designs).
+    said = estimate_table("branch_32k-scratch-seed*.tgz", "--across-designs")
     rows = [line.split(" | ") for line in said.splitlines() if line.startswith("| branch_32k-scratch-seed")]
     assert [(r[0], r[1], r[5]) for r in rows] == [
         ("| branch_32k-scratch-seed0", "525", "-0.0929"),
@@ -131,6 +136,25 @@ def test_the_committed_estimate_at_65536_and_its_check_are_what_results_md_quote
     }
     assert checked == {"branch_32k-seed2": "+0.1335", "branch_32k-seed3": "+0.0765", "branch_32k-seed4": "+0.1222"}
     assert "+0.1335 / +0.0765 / +0.1222 against the measured +0.1205 / +0.0908 / +0.1209" in results_md()
+
+
+def test_designs_are_not_mixed_unless_asked_and_step_0_calibrates_step_0():
+    calibration = sorted(map(str, RUNS.glob("branch_32k-seed*.tgz")))
+    scratch = sorted(map(str, RUNS.glob("branch_32k-scratch-seed*.tgz")))
+    said = subprocess.run(
+        [*TOOL, "--calibration", *calibration, "--runs", *scratch], capture_output=True, text=True, env=ENV
+    )
+    assert said.returncode == 1 and said.stdout == "" and "Traceback" not in said.stderr
+    assert said.stderr.startswith(
+        "equal_time_estimate: the --calibration seeds run after a dense warm-up and the --runs seeds from step 0;"
+    )
+    # From step 0 on its own E arms: seed 2's estimate, the prediction RESULTS.md states before its E is measured.
+    table = estimate_table("branch_32k-scratch-seed*.tgz", calibration="branch_32k-scratch-seed*.tgz")
+    assert "branch_32k-scratch-seed0 +0.1867, branch_32k-scratch-seed1 +0.2332; mean +0.2100" in table
+    assert (
+        "| branch_32k-scratch-seed2 | 529 | 1.5158 | 1.7258 | 1.4431 | -0.2826 | -0.3059 to -0.2594 | - | - |" in table
+    )
+    assert "seed 2's E is predicted at 1.726, **LH - E ~ -0.283** (-0.306 to -0.259)" in results_md()
 
 
 def test_bad_archives_get_one_line_and_no_traceback(tmp_path):
