@@ -80,6 +80,7 @@ from campaign import (  # noqa: E402  (bench/ is this script's folder)
     add_budget_options,
     checkpoints,
     claim_folder,
+    device_info,
     launch,
     prune_checkpoints,
     read_json,
@@ -519,17 +520,29 @@ class Seed:
         path = self.out / "warmup_fingerprint.json"
         found = fingerprint(self.warmup_checkpoint())
         if not path.exists():
-            record = {"step": self.plan["warmup"], "sha256": found}
+            record = {"step": self.plan["warmup"], "sha256": found, "device": device_info()["device"]}
             write_json(path, {**record, "deterministic": ran_deterministic(self.out / "warmup")})
             return 0
         recorded = read_json(path)["sha256"]
         if found != recorded:
             print(
                 f"branch: the warm-up trained again differs from the recorded one (sha256 {found[:16]}, recorded "
-                f"{recorded[:16]}): its arms would not branch from the same point; start the seed in a new folder"
+                f"{recorded[:16]}{self.devices_said()}): its arms would not branch from the same point; start the "
+                "seed in a new folder"
             )
             return BAD_FOLDER
         return 0
+
+    def fingerprint_device(self) -> str | None:
+        """The GPU the recorded warm-up ran on: in its record since 2026-12-05, before that the seed's first machine."""
+        recorded = read_json(self.out / "warmup_fingerprint.json").get("device")
+        return recorded or (read_json(self.out / "plan.json") or {}).get("device")
+
+    def devices_said(self) -> str:
+        """Where the recorded warm-up and this one ran, when the GPU models differ: bitwise equality across two
+        models is not established (the same seeds matched on two H200s; an H100 and an H200 were never compared)."""
+        recorded, here = self.fingerprint_device(), device_info()["device"]
+        return "" if recorded in (None, here) else f"; recorded on {recorded}, trained again on {here}"
 
     def rederivable(self) -> bool:
         """Whether a lost warm-up checkpoint can be trained again and checked: a fingerprint of a deterministic run."""
@@ -566,7 +579,10 @@ class Seed:
                     "start the seed in a new folder"
                 )
                 return BAD_FOLDER
-            print("branch: the warm-up's checkpoint is gone; training it again and checking its fingerprint")
+            print(
+                "branch: the warm-up's checkpoint is gone; training it again and checking its fingerprint"
+                + self.devices_said()
+            )
         status = self.shared_warmup() if branching else 0
         if status:
             return status

@@ -312,6 +312,7 @@ def test_tiny_seed_records_the_warmup_check_and_the_equal_time_rule(seed):
     assert record == {
         "step": W,
         "sha256": branch.fingerprint(branch.checkpoint_at(seed.out / "warmup", W)),
+        "device": "cpu",
         "deterministic": True,
     }
     rule = json.loads((seed.out / "equal_time.json").read_text())
@@ -587,10 +588,13 @@ def test_a_failed_probe_runs_again_while_its_switch_checkpoint_is_there(scratch,
     assert [s for s, _ in branch.checkpoints(out / "LH")] == [S]  # probed: the switch checkpoint is gone
 
 
-def archive_with_pending(seed, tmp_path: Path, fingerprint: str | None, arm: str = "D") -> Path:
+def archive_with_pending(
+    seed, tmp_path: Path, fingerprint: str | None, arm: str = "D", device: str | None = "cpu"
+) -> Path:
     """The tiny seed's export with ``arm`` trained but not evaluated (so it branches from the warm-up again: its
     checkpoints stay behind) and its warm-up fingerprint replaced (``fingerprint``) or, None, removed (a folder from
-    before the deterministic warm-up)."""
+    before the deterministic warm-up), recorded on ``device`` (None: no device in the record, as before
+    2026-12-05, when the seed's plan named it)."""
     copy = tmp_path / "copy" / seed.out.name
     shutil.copytree(seed.out, copy)
     shutil.rmtree(copy / arm / "final")
@@ -598,7 +602,8 @@ def archive_with_pending(seed, tmp_path: Path, fingerprint: str | None, arm: str
     if fingerprint is None:
         record.unlink()
     else:
-        record.write_text(json.dumps({**json.loads(record.read_text()), "sha256": fingerprint}))
+        fields = {**json.loads(record.read_text()), "sha256": fingerprint, "device": device}
+        record.write_text(json.dumps({k: v for k, v in fields.items() if v is not None}))
     return branch.export(copy, tmp_path / "archives")
 
 
@@ -622,8 +627,19 @@ def test_a_lost_warmup_is_trained_again_and_arms_branch_only_from_a_bitwise_equa
     with one_thread():
         archive = archive_with_pending(seed, tmp_path / "other-archive", "0" * 64)
         assert run_seed(seed.config, other, 0, "--resume-from", str(archive)) == branch.BAD_FOLDER
-    assert "the warm-up trained again differs from the recorded one" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "the warm-up trained again differs from the recorded one" in said and "; recorded on" not in said
     assert launches(other, "D") == launches(seed.out, "D")  # D did not train
+
+    # Recorded on another GPU model (a seed started on an H200, continued on an H100): both are named, on starting
+    # the warm-up again and on a mismatch.
+    elsewhere = tmp_path / "elsewhere" / seed.out.name
+    with one_thread():
+        archive = archive_with_pending(seed, tmp_path / "elsewhere-archive", "0" * 64, device="NVIDIA H200")
+        assert run_seed(seed.config, elsewhere, 0, "--resume-from", str(archive)) == branch.BAD_FOLDER
+    said = capsys.readouterr().out
+    assert "checking its fingerprint; recorded on NVIDIA H200, trained again on cpu\n" in said
+    assert "recorded 0000000000000000; recorded on NVIDIA H200, trained again on cpu): its arms" in said
 
 
 @pytest.mark.slow
