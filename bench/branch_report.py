@@ -103,7 +103,9 @@ def setup_lines(seeds: list[SeedRun]) -> list[str]:
         "of S), dense to S. "
         + ("LHc the same with the causal selection. " if "LHc" in arms else "")
         + (
-            "E dense with the rest of the LR schedule fitted into the time LH took (steps per seed below). "
+            "E dense with the "
+            + ("whole LR schedule, its warm-up included," if from_scratch(plan) else "rest of the LR schedule")
+            + " fitted into the time LH took (steps per seed below). "
             if "E" in arms
             else ""
         )
