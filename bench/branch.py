@@ -112,11 +112,14 @@ def cadence(warmup: int, switch: int, steps: int, min_validations: int = MIN_VAL
 
 
 def make_plan(steps: int, warmup: int, share: float, val_every: int | None = None) -> dict:
-    switch = round(share * steps)
+    # nan and inf have no step (round() would raise without naming --share); the check below refuses them
+    switch = round(share * steps) if math.isfinite(share) else share
     if not 0 <= warmup < switch < steps:
+        fits = f"--share from {(warmup + 1) / steps:g} to {(steps - 1) / steps:g}" if 0 <= warmup < steps - 1 else ""
         raise ValueError(
             f"--warmup {warmup}, --steps {steps} and --share {share} (switch at step {switch}) must satisfy "
-            f"0 <= warmup < switch < steps (warmup 0: the from-scratch design)"
+            f"0 <= warmup < switch < steps, switch = round(share * steps) ({fits or 'no --share fits'}; "
+            "warmup 0: the from-scratch design)"
         )
     val_every = val_every or cadence(warmup, switch, steps)
     if warmup % val_every or switch % val_every or steps % val_every:
@@ -639,6 +642,19 @@ def export(out: Path, to: Path) -> Path:
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
+def check_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The plan and arms of ``run`` and ``estimate``, one check for both, before anything is written or timed."""
+    twice = sorted({arm for arm in args.arms if args.arms.count(arm) > 1}, key=ARMS.index)
+    if twice:  # estimate would count the arm twice; run would train it once and report it done twice
+        parser.error(f"--arms {' '.join(args.arms)}: {' '.join(twice)} named more than once (each arm is one run)")
+    if "E" in args.arms and not {"D", "LH"} <= set(args.arms):
+        parser.error(f"--arms {' '.join(args.arms)}: E needs D and LH (its length comes from their step times)")
+    try:
+        make_plan(args.steps, args.warmup, args.share, getattr(args, "val_every", None))
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     argv, extra = split_extra(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -706,8 +722,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.extra = extra
     if args.command == "run" and args.require_drop and args.warmup == 0:
         parser.error("--require-drop checks the shared warm-up; --warmup 0 (from scratch) has none")
-    if args.command == "run" and "E" in args.arms and not {"D", "LH"} <= set(args.arms):
-        parser.error(f"--arms {' '.join(args.arms)}: E needs D and LH (its length comes from their step times)")
+    if args.command in ("run", "estimate"):
+        check_plan(parser, args)
     if args.command == "estimate":
         for flag in ("tokens_per_step", "dense_tps", "lh_tps", "deterministic_cost"):
             value = getattr(args, flag)
@@ -715,10 +731,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 parser.error(f"--{flag.replace('_', '-')} {value}: must be a number > 0")
         if not (math.isfinite(args.validation_s) and args.validation_s >= 0):
             parser.error(f"--validation-s {args.validation_s}: must be a number >= 0")
-        try:
-            make_plan(args.steps, args.warmup, args.share)
-        except ValueError as error:
-            parser.error(str(error))
     if args.command == "run" and args.out is None:
         args.out = str(REPO / "logs" / folder_name(args.config, args.seed, args.warmup))
     return args

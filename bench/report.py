@@ -204,8 +204,19 @@ def steady_state(records: list[dict], arm: str, steps: int, switch: int | None):
 
 
 # ---- a comparison folder -------------------------------------------------------------------------------------
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``; a damaged file (cut short by a copy, say) is refused by name."""
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:  # both say where in the file, not which file
+        raise ValueError(f"{path} is not a JSON file ({error}): damaged") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: damaged")
+    return data
+
+
 def load_comparison(out: Path) -> tuple[dict, list[Run]]:
-    plan = json.loads((out / "compare.json").read_text())
+    plan = read_json(out / "compare.json")
     runs = []
     for run_dir in sorted(p for p in out.iterdir() if p.is_dir()):
         match = re.fullmatch(r"(dense|lighthouse)-seed(\d+)", run_dir.name)
@@ -569,7 +580,7 @@ def data_line(manifest_path: Path, data: dict, steps: int) -> list[str]:
 
     if not manifest_path.exists():
         return []
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json(manifest_path)
     corpus, train = manifest["corpus"], manifest["splits"]["train"]
     source = f"`{corpus['spec']}`" + (f" (Python {corpus['python']}, {corpus['root']})" if corpus.get("python") else "")
     windows = num_windows(train["tokens"], data["seq_len"])
@@ -648,10 +659,31 @@ def section(out: Path, report_dir: Path) -> list[str]:
     return lines
 
 
+def check_inputs(outs: list[Path], report_dir: Path) -> None:
+    """Refuse, before anything is written, what would make a wrong report: a folder given twice (its section twice),
+    two folders of one name (a section's PNGs are ``<folder name>_*.png``: the second's would overwrite the first's,
+    and both sections show them), a report folder that is a file."""
+    for i, out in enumerate(outs):
+        for first in outs[:i]:
+            if first.resolve() == out.resolve():
+                raise ValueError(f"--out {first} and {out} are the same folder: its section would be there twice")
+            if first.name == out.name:  # the name section() gives the section and its PNGs
+                raise ValueError(
+                    f"--out {first} and {out} have the same folder name {out.name!r}, which names a section and its "
+                    "PNGs: the second's plots would replace the first's; copy one under another name"
+                )
+    blocker = next((p for p in (report_dir, *report_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocker == report_dir:
+        raise ValueError(f"--report-dir {report_dir} is a file, not a folder")
+    if blocker is not None:
+        raise ValueError(f"--report-dir {report_dir}: {blocker} is a file, not a folder")
+
+
 def build_report(outs: list[Path], report_dir: Path) -> Path:
     """Write ``report_dir/README.md`` (one section per comparison folder) and its PNGs; returns the markdown path."""
     import matplotlib
 
+    check_inputs(outs, report_dir)
     matplotlib.use("Agg")
     report_dir.mkdir(parents=True, exist_ok=True)
     lines = [

@@ -1,0 +1,132 @@
+"""Inputs that ``bench/branch.py estimate|run`` and ``bench/compare.py report`` used to take without a word, or answer
+with a traceback or a message naming no flag or file: each is now refused in one line naming it, before anything is
+trained, timed or written. No training: the comparison folders are the archived bench/report/runs/compare_32k.tgz."""
+
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from training_helpers import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import branch  # noqa: E402
+import compare  # noqa: E402
+import report  # noqa: E402
+
+CONFIG = str(REPO / "bench" / "configs" / "branch_32k.yaml")
+COMMANDS = {"estimate": ["estimate"], "run": ["run", "--config", CONFIG]}
+
+
+def refused(capsys, argv: list[str]) -> str:
+    """The one line ``branch.py`` refuses ``argv`` with (argparse's exit 2, no traceback)."""
+    with pytest.raises(SystemExit) as exit_:
+        branch.parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+# ---- bench/branch.py ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("share", ["inf", "nan", "-inf"])
+def test_a_share_that_is_no_number_is_refused_with_its_range(capsys, command, share):
+    # Before: estimate's inf was an OverflowError traceback, nan "cannot convert float NaN to integer".
+    said = refused(capsys, [*COMMANDS[command], f"--share={share}"])
+    assert f"--share {float(share)} (switch at step {float(share)}) must satisfy" in said
+    assert "(--share from 0.201 to 0.999;" in said  # W 200, S 1000: the switch at steps 201 to 999
+
+
+def test_a_share_range_is_said_only_where_one_exists(capsys):
+    short = ["estimate", "--steps", "10", "--warmup", "2"]
+    assert "(--share from 0.3 to 0.9;" in refused(capsys, [*short, "--share", "1"])
+    assert branch.parse_args([*short, "--share", "0.3"]).share == 0.3  # the range's ends are in it
+    assert branch.parse_args([*short, "--share", "0.9"]).share == 0.9
+    assert "(no --share fits;" in refused(capsys, ["estimate", "--steps", "201", "--warmup", "200"])
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_arm_named_twice_is_refused(capsys, command):
+    # Before: estimate counted D's minutes twice; run trained D once and exported and reported it done twice.
+    said = refused(capsys, [*COMMANDS[command], "--arms", "D", "D", "LH", "LH"])
+    assert said.endswith("--arms D D LH LH: D LH named more than once (each arm is one run)")
+
+
+def test_estimate_refuses_e_without_d_and_lh_as_run_does(capsys):
+    for command in COMMANDS.values():
+        said = refused(capsys, [*command, "--arms", "E"])
+        assert said.endswith("--arms E: E needs D and LH (its length comes from their step times)")
+    assert branch.parse_args(["estimate", "--arms", "LH", "D", "E"]).arms == ["LH", "D", "E"]
+
+
+def test_estimate_of_valid_arms_is_unchanged():
+    times = branch.estimate(1000, arms=("D", "LH", "E"))
+    assert set(times["train_min"]) == {"warmup", "D", "LH", "E"} and times["switch_step"] == 625
+
+
+# ---- bench/compare.py report ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def archived(tmp_path_factory) -> Path:
+    """bench/report/runs/compare_32k.tgz unpacked once: a comparison folder as the report loader reads it."""
+    folder = tmp_path_factory.mktemp("archived")
+    with tarfile.open(REPO / "bench" / "report" / "runs" / "compare_32k.tgz") as tar:
+        tar.extractall(folder, filter="data")
+    return folder / "compare_32k"
+
+
+def copy_to(archived: Path, folder: Path, name: str = "cmp") -> Path:
+    shutil.copytree(archived, folder / name)
+    return folder / name
+
+
+def report_of(capsys, *outs: Path, report_dir: Path) -> tuple[int, str]:
+    """(exit code, stderr) of ``compare.py report``."""
+    code = compare.main(["report", "--out", *map(str, outs), "--report-dir", str(report_dir)])
+    return code, capsys.readouterr().err
+
+
+def test_two_comparisons_of_one_folder_name_are_refused(tmp_path, capsys, archived):
+    # Before: both sections linked cmp_*.png, the second comparison's plots, and exit 0.
+    a, b = copy_to(archived, tmp_path / "a"), copy_to(archived, tmp_path / "b")
+    code, err = report_of(capsys, a, b, report_dir=tmp_path / "report")
+    assert code == 2 and err == (
+        f"compare report: --out {a} and {b} have the same folder name 'cmp', which names a section and its PNGs: the "
+        "second's plots would replace the first's; copy one under another name\n"
+    )
+    assert not (tmp_path / "report").exists()
+    report.check_inputs([a, copy_to(archived, tmp_path / "b", "cmp2")], tmp_path / "report")  # other names: fine
+
+
+def test_the_same_comparison_twice_is_refused(tmp_path, capsys, archived):
+    # Before: its section twice in README.md, and exit 0.
+    a = copy_to(archived, tmp_path / "a")
+    again = tmp_path / "a" / ".." / "a" / "cmp"
+    code, err = report_of(capsys, a, again, report_dir=tmp_path / "report")
+    assert code == 2
+    assert err == f"compare report: --out {a} and {again} are the same folder: its section would be there twice\n"
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_damaged_compare_json_is_named(tmp_path, capsys, archived):
+    # Before: "compare report: Unterminated string starting at: ..." without the file's name.
+    out = copy_to(archived, tmp_path)
+    plan = out / "compare.json"
+    plan.write_text(plan.read_text()[:50])
+    code, err = report_of(capsys, out, report_dir=tmp_path / "report")
+    assert code == 2 and err.startswith(f"compare report: {plan} is not a JSON file (Unterminated string")
+    plan.write_text("[1, 2]")
+    code, err = report_of(capsys, out, report_dir=tmp_path / "report")
+    assert err == f"compare report: {plan} holds a JSON list, not an object: damaged\n"
+
+
+def test_a_report_dir_that_is_a_file_is_named_with_its_flag(tmp_path, capsys, archived):
+    # Before: "compare report: [Errno 17] File exists: '...'" (or Errno 20 below it), no flag named.
+    out = copy_to(archived, tmp_path)
+    file = tmp_path / "notes.md"
+    file.write_text("kept\n")
+    code, err = report_of(capsys, out, report_dir=file)
+    assert code == 2 and err == f"compare report: --report-dir {file} is a file, not a folder\n"
+    code, err = report_of(capsys, out, report_dir=file / "report")
+    assert err == f"compare report: --report-dir {file / 'report'}: {file} is a file, not a folder\n"
+    assert file.read_text() == "kept\n"
