@@ -63,6 +63,13 @@ def mean_of(values: list) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def warmup_deterministic(seed: SeedRun) -> bool:
+    """Whether every launch of the shared warm-up ran with trainer.deterministic, as resolved (a `-- --trainer.
+    deterministic false` after branch.py's config turns it off); branch.py's own config where no launch saved one."""
+    launches = [c for where, c in seed.resolved.items() if where.startswith("warmup/")] or [seed.config]
+    return all(bool((c.get("trainer") or {}).get("deterministic")) for c in launches)
+
+
 def devices_said(runs: list[tuple[SeedRun, Arm]]) -> str:
     """ "device X", and the runs that ran elsewhere than their seed's plan says (a seed can span machines)."""
     planned = sorted({s.plan.get("device", "?") for s, _ in runs})
@@ -205,9 +212,7 @@ def wall_rows(seeds: list[SeedRun]) -> list[tuple[str, list[SeedRun], list[Arm]]
     start = "0" if from_scratch(seeds[0].plan) else "W"  # where the arms' rows begin
     rows = []
     for deterministic in (False, True):
-        group = [
-            s for s in seeds if s.warmup is not None and bool(s.config["trainer"].get("deterministic")) == deterministic
-        ]
+        group = [s for s in seeds if s.warmup is not None and warmup_deterministic(s) == deterministic]
         if group:
             label = "shared dense warm-up (0-W)" + (", deterministic" if deterministic else "")
             rows.append((label, group, [s.warmup for s in group]))

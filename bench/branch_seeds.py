@@ -55,6 +55,8 @@ class SeedRun:
     arms: dict[str, Arm] = field(default_factory=dict)
     # Earlier attempts at a run that its machine took with it (branch.set_aside), per run: (n of .attempt-<n>, Arm).
     attempts: dict[str, list[tuple[int, Arm]]] = field(default_factory=dict)
+    # Each launch's config as LightningCLI resolved it (command-line extras included), per file: run/config[.N].yaml.
+    resolved: dict[str, dict] = field(default_factory=dict)
 
     def evaluated(self, arm: str) -> bool:
         """The arm trained to its end and got its final evaluation."""
@@ -124,7 +126,9 @@ def load_arm(run_dir: Path, name: str, start: int, end: int, plan: dict, offset_
 
     walls = [(w, phase(s)) for s, (w, _) in logged["train/loss"].items()]
     walls += [(w, phase(s)) for s, (w, _) in dense.items()]
-    steps = {"lighthouse": (switch - start) if switch else 0, "dense": end - (switch or start)}
+    # start -1 (the warm-up) lets a validation at step 0 into its curve; it trains steps 1..W, W of them.
+    first = max(start, 0)
+    steps = {"lighthouse": (switch - first) if switch else 0, "dense": end - (switch or first)}
     train_s, tokens_per_s = {}, {}
     for ph in ("lighthouse", "dense"):
         mine = [r for r in throughput if (r.get("attention", "sdpa") != "sdpa") == (ph == "lighthouse")]
@@ -155,10 +159,35 @@ def run_config_path(folder: Path) -> Path | None:
     return next((p for p in (folder / "configs" / f"{r}.yaml" for r in RUNS) if p.is_file()), None)
 
 
+def read_yaml(path: Path) -> dict:
+    """A config the seed's runs wrote, refused with its path where it is not a YAML mapping."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): damaged") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path} holds {type(loaded).__name__}, not a config mapping: damaged")
+    return loaded
+
+
+def resolved_configs(folder: Path) -> dict[str, dict]:
+    """Every launch's resolved config of the seed's runs (not their set-aside attempts), keyed by relative path."""
+
+    def launch_number(path: Path) -> int:  # LightningCLI saves config.yaml, then config.1.yaml, config.2.yaml, ...
+        middle = path.name[len("config.") : -len(".yaml")]
+        return int(middle) if middle.isdigit() else 0
+
+    return {
+        f"{run}/{path.name}": read_yaml(path)
+        for run in RUNS
+        for path in sorted((folder / run).glob("config*.yaml"), key=launch_number)
+    }
+
+
 def load_seed(folder: Path) -> SeedRun:
     plan = json.loads((folder / "plan.json").read_text())
     equal_time = read_json(folder / "equal_time.json")
-    config = yaml.safe_load(run_config_path(folder).read_text())
+    config = read_yaml(run_config_path(folder))
     warmup = load_arm(folder / "warmup", "warmup", -1, plan["warmup"], plan, 0.0)
     warm_s = sum(b - a for a, b in job_spans(folder / "warmup", {})) if warmup else 0.0
     run = SeedRun(folder, plan["seed"], plan, read_json(folder / "warmup_check.json"), equal_time, config, warmup)
@@ -175,6 +204,7 @@ def load_seed(folder: Path) -> SeedRun:
             loaded = load_arm(aside, name, start, end, plan, 0.0)
             if loaded is not None:
                 run.attempts.setdefault(name, []).append((int(aside.name.rsplit("-", 1)[1]), loaded))
+    run.resolved = resolved_configs(folder)
     return run
 
 
@@ -234,17 +264,39 @@ def evaluation_windows(seed: SeedRun) -> tuple[object, list] | None:
     return windows
 
 
-def compared_settings(seed: SeedRun) -> dict:
-    """What the seeds of one report must share besides the plan: the model and the data (not their seed, nor how
-    many workers read it), as the seed's first run resolved them."""
-    data = {k: v for k, v in seed.config["data"].items() if k not in ("seed", "num_workers")}
-    return {"model": seed.config["model"], "data": data}
+# Trainer settings that change what a step computes (trainer.deterministic may differ: a work-around, timed apart).
+SHARED_TRAINER = ("precision", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
+
+
+def compared_settings(config: dict, run: str) -> dict:
+    """What every run of every seed in one report must share besides the plan: the model (its divergence guard and
+    the LHc arm's causal selection aside), the data (not its seed, nor how many workers read it) and the trainer's
+    step settings."""
+    data = {k: v for k, v in (config.get("data") or {}).items() if k not in ("seed", "num_workers")}
+    trainer = {k: (config.get("trainer") or {}).get(k) for k in SHARED_TRAINER}
+    model = config.get("model")
+    if isinstance(model, dict):  # the divergence guard stops a run, it changes no step (seed 1: 1000, a work-around)
+        model = {k: v for k, v in model.items() if k != "divergence_factor"}
+    if run == "LHc" and isinstance(model, dict):  # the arm is the causal selection: that option is its own
+        arch = model.get("arch") or {}
+        lighthouse = {k: v for k, v in (arch.get("lighthouse") or {}).items() if k != "causal"}
+        model = {**model, "arch": {**arch, "lighthouse": lighthouse}}
+    return {"model": model, "data": data, "trainer": trainer}
+
+
+def seed_settings(seed: SeedRun) -> list[tuple[str, dict]]:
+    """(where, settings) of each launch as resolved (the command-line extras, which differ per call, included), or of
+    the seed's first run as branch.py wrote it where no launch saved one."""
+    resolved = seed.resolved or {f"configs/{run_config_path(seed.folder).name}": seed.config}
+    return [(where, compared_settings(config, where.split("/")[0])) for where, config in resolved.items()]
 
 
 def differences(a: object, b: object, prefix: str = "") -> list[str]:
-    """The dotted keys where two nested settings differ."""
+    """The dotted keys where two nested settings differ. A key only one of them has is not compared: a run
+    launched before an option existed saved no value for it, and an option is added with the old behaviour as
+    its default (model.divergence_factor, model.arch.lighthouse.causal)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [d for k in sorted(set(a) & set(b)) for d in differences(a[k], b[k], f"{prefix}{k}.")]
     return [] if a == b else [prefix.rstrip(".")]
 
 
@@ -272,11 +324,14 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
                 f"seeds {seeds[0].seed} and {s.seed} have different plans {differ}: one report aggregates one design "
                 "and plan (give their archives to separate reports)"
             )
-        if changed := differences(compared_settings(seeds[0]), compared_settings(s)):
-            raise ValueError(
-                f"seeds {seeds[0].seed} and {s.seed} trained different models or data ({', '.join(changed)} in "
-                "configs/): one report aggregates one setup"
-            )
+    first, reference = seed_settings(seeds[0])[0]
+    for s in seeds:
+        for where, settings in seed_settings(s):
+            if changed := differences(reference, settings):
+                raise ValueError(
+                    f"seed {s.seed}'s {where} and seed {seeds[0].seed}'s {first} trained different models, data or "
+                    f"steps ({', '.join(changed)}): one report aggregates one setup"
+                )
     scored = [(p, w) for p, w in windows if w is not None]
     if any(w != scored[0][1] for _, w in scored):
         raise ValueError(f"the seeds of {[str(p) for p, _ in scored]} were evaluated on different validation windows")

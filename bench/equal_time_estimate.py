@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from branch import from_scratch
+from branch import folder_name, from_scratch
 from branch_seeds import SeedRun, load_seeds
 
 
@@ -72,12 +72,18 @@ def d_final_at(seed: SeedRun, step: int) -> float:
     return at + seed.final_loss("D") - curve[d.end]
 
 
+def seed_name(seed: SeedRun) -> str:
+    """The seed's name from its plan (config, design, seed), as branch.py names its folder: a seed is left out of
+    its own calibration by what it is, not by what its folder or archive was renamed to."""
+    return folder_name(seed.plan["config"], seed.plan["seed"], seed.plan["warmup"])
+
+
 def calibration_offsets(seeds: list[SeedRun]) -> dict[str, float]:
-    """Per seed folder that ran E to its final evaluation: E's final loss minus D's at the step E ended."""
+    """Per seed that ran E to its final evaluation: E's final loss minus D's at the step E ended."""
     found = {}
     for seed in seeds:
         if seed.evaluated("D") and seed.evaluated("E") and seed.equal_time:
-            found[seed.folder.name] = seed.final_loss("E") - d_final_at(seed, seed.equal_time["e_end"])
+            found[seed_name(seed)] = seed.final_loss("E") - d_final_at(seed, seed.equal_time["e_end"])
     return found
 
 
@@ -85,13 +91,11 @@ def estimates(seeds: list[SeedRun], offsets: dict[str, float]) -> list[Estimate]
     """One per seed with D and LH evaluated and at least one other seed's offset."""
     found = []
     for seed in seeds:
-        others = tuple(o for name, o in offsets.items() if name != seed.folder.name)
+        others = tuple(o for name, o in offsets.items() if name != seed_name(seed))
         if seed.evaluated("D") and seed.evaluated("LH") and others:
             end = equal_time_end(seed)
             measured = seed.final_loss("E") if seed.evaluated("E") else None
-            found.append(
-                Estimate(seed.folder.name, end, d_final_at(seed, end), seed.final_loss("LH"), others, measured)
-            )
+            found.append(Estimate(seed_name(seed), end, d_final_at(seed, end), seed.final_loss("LH"), others, measured))
     return found
 
 
@@ -101,7 +105,7 @@ def design(seed: SeedRun) -> str:
 
 def mixed_designs(calibration: list[SeedRun], offsets: dict[str, float], runs: list[SeedRun]) -> str | None:
     """Why the calibration's design differs from the estimated seeds' (module docstring), or None where it does not."""
-    used = sorted({design(s) for s in calibration if s.folder.name in offsets})
+    used = sorted({design(s) for s in calibration if seed_name(s) in offsets})
     estimated = sorted({design(s) for s in runs})
     if len(set(used) | set(estimated)) == 1:
         return None

@@ -92,19 +92,46 @@ def test_archives_that_are_damaged_missing_or_hold_two_seeds_are_named(tmp_path,
     assert not (tmp_path / "r").exists()
 
 
+def edit_yaml(path: Path, change) -> None:
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data))
+
+
 def test_seeds_of_another_context_length_are_not_averaged_in(tmp_path, capsys, unpacked):
     twin = second_seed(unpacked)
     code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r")
     assert code == 0, err  # the twin alone differs in nothing but its seed
-    for config in (twin / "configs").glob("*.yaml"):
-        settings = yaml.safe_load(config.read_text())
-        settings["data"]["seq_len"] = 32768
-        config.write_text(yaml.safe_dump(settings))
+    # What a `-- --data.seq_len 32768` on one call does: the configs branch.py wrote stay as they were, the launch's
+    # resolved config (LightningCLI's, extras included) says what ran.
+    edit_yaml(twin / "D" / "config.yaml", lambda c: c["data"].update(seq_len=32768))
     code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r2")
     assert err == (
-        "branch report: seeds 0 and 1 trained different models or data (data.seq_len in configs/): one report "
-        "aggregates one setup\n"
+        "branch report: seed 1's D/config.yaml and seed 0's warmup/config.yaml trained different models, data or steps "
+        "(data.seq_len): one report aggregates one setup\n"
     )
+
+
+def test_runs_of_one_seed_must_share_their_step_settings_and_options_added_later_are_not_compared(
+    tmp_path, capsys, unpacked
+):
+    twin = second_seed(unpacked)
+    edit_yaml(twin / "LH" / "config.yaml", lambda c: c["trainer"].update(accumulate_grad_batches=4))
+    code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r")
+    assert "seed 1's LH/config.yaml and seed 0's warmup/config.yaml trained different models, data or steps " in err
+    assert "(trainer.accumulate_grad_batches)" in err
+    # A launch from before an option existed has no value for it; the divergence guard changes no step.
+    edit_yaml(twin / "LH" / "config.yaml", lambda c: c["trainer"].update(accumulate_grad_batches=1))
+    edit_yaml(twin / "LH" / "config.yaml", lambda c: c["model"].pop("divergence_factor"))
+    edit_yaml(twin / "D" / "config.yaml", lambda c: c["model"].update(divergence_factor=1000.0))
+    code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r2")
+    assert code == 0, err
+    edit_yaml(twin / "D" / "config.yaml", lambda c: c["model"].update(compile=not c["model"]["compile"]))
+    code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r3")
+    assert "(model.compile)" in err
+    (twin / "D" / "config.yaml").write_text("model: [unclosed\n")
+    code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r4")
+    assert err.startswith(f"branch report: {twin / 'D' / 'config.yaml'} is not valid YAML (") and "Traceback" not in err
 
 
 def test_arms_or_seeds_scored_on_other_windows_are_refused(tmp_path, capsys, unpacked):
@@ -181,3 +208,15 @@ def test_estimate_refuses_speeds_and_plans_it_cannot_time(capsys, args, said):
     with pytest.raises(SystemExit) as exit_:
         branch.parse_args(["estimate", *args])
     assert exit_.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_the_warmups_training_time_counts_its_w_steps(tmp_path, unpacked):
+    """The warm-up trains steps 1..W: W steps at its steady-state step time (it counted W + 1)."""
+    import statistics
+
+    from branch_seeds import load_seeds
+
+    seed = load_seeds([unpacked], tmp_path / "s")[0]
+    records = read_json_lines(unpacked / "warmup" / "throughput.jsonl")
+    step_s = statistics.fmean(r["step_time_s"] for r in records)
+    assert seed.warmup.train_s["dense"] == pytest.approx(seed.plan["warmup"] * step_s)

@@ -83,6 +83,14 @@ def test_wall_table_leaves_out_cut_runs_and_splits_the_warmup_by_determinism():
     assert "| D (dense) (W-end) | 0, 1, 2 | - | 3.00 | 3.00 | 1.0 | - | 1.50 | - | 1000 |" in table
     assert "| E (dense, equal time) (W-end) | 1 | - | 1.50 | 1.50 | 1.0 | - | 0.75 | - | 1000 |" in table
     assert "| shared dense warm-up (0-W), deterministic | 2 | - | 5.00 | 5.00 | 1.0 | - | 2.50 | - | 1000 |" in table
+    # What the warm-up's launches resolved decides, not branch.py's config: a `-- --trainer.deterministic false`
+    # on one of its calls makes it the fast kind.
+    seeds[2].resolved = {
+        "warmup/config.yaml": {"trainer": {"deterministic": True}},
+        "warmup/config.1.yaml": {"trainer": {"deterministic": False}},
+    }
+    rows = {label: [s.seed for s in group] for label, group, _ in branch_report.wall_rows(seeds)}
+    assert rows["shared dense warm-up (0-W)"] == [0, 1, 2] and "shared dense warm-up (0-W), deterministic" not in rows
 
 
 def test_runs_on_another_device_than_the_seeds_plan_are_named(tmp_path):

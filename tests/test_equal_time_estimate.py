@@ -38,7 +38,7 @@ def arm(name: str, curve: dict[int, float], final: float | None, train_s: dict[s
 
 def seed(name: str, d_curve: dict[int, float], d_final: float, lh_final: float, e_final=None, e_end=None) -> SeedRun:
     # W=100, S=300: D's 200 dense steps take 1 s each; LH's 100 Lighthouse steps 0.4 s and 100 dense steps 1 s.
-    plan = {"seed": 0, "warmup": 100, "steps": 300, "switch_step": 200}
+    plan = {"seed": 0, "warmup": 100, "steps": 300, "switch_step": 200, "config": f"configs/{name}.yaml"}
     run = SeedRun(Path(name), 0, plan, None, None if e_end is None else {"e_end": e_end}, {}, None)
     run.arms["D"] = arm("D", d_curve, d_final, {"dense": 200.0}, 300)
     run.arms["LH"] = arm("LH", {}, lh_final, {"lighthouse": 40.0, "dense": 100.0}, 300)
@@ -74,13 +74,16 @@ def test_a_calibration_seed_is_estimated_from_the_other_seeds_offsets_only():
     a = seed("a", D_CURVE, 1.55, 1.90, e_final=1.82, e_end=240)
     b = seed("b", D_CURVE, 1.55, 1.80, e_final=1.80, e_end=240)
     offsets = estimate.calibration_offsets([a, b])
-    assert offsets == pytest.approx({"a": 0.03, "b": 0.01})
+    assert offsets == pytest.approx({"a-seed0": 0.03, "b-seed0": 0.01})  # seeds named by their plan, as branch.py
     rows = {r.name: r for r in estimate.estimates([a, b, seed("c", D_CURVE, 1.55, 1.85)], offsets)}
-    assert rows["a"].offsets == pytest.approx((0.01,)) and rows["a"].e_measured == pytest.approx(1.82)
-    assert rows["a"].lh_minus_e(0.01) == pytest.approx(1.90 - 1.80)
-    assert sorted(rows["c"].offsets) == pytest.approx([0.01, 0.03]) and rows["c"].e_measured is None
-    # One calibration seed cannot estimate itself: no row for it.
+    assert rows["a-seed0"].offsets == pytest.approx((0.01,)) and rows["a-seed0"].e_measured == pytest.approx(1.82)
+    assert rows["a-seed0"].lh_minus_e(0.01) == pytest.approx(1.90 - 1.80)
+    assert sorted(rows["c-seed0"].offsets) == pytest.approx([0.01, 0.03]) and rows["c-seed0"].e_measured is None
+    # One calibration seed cannot estimate itself: no row for it, whatever its folder is called.
     assert estimate.estimates([a], estimate.calibration_offsets([a])) == []
+    renamed = seed("a", D_CURVE, 1.55, 1.90, e_final=1.82, e_end=240)
+    renamed.folder = Path("/elsewhere/a-copy")
+    assert estimate.estimates([renamed], estimate.calibration_offsets([a])) == []
 
 
 def estimate_table(runs: str, *extra: str, calibration: str = "branch_32k-seed*.tgz") -> str:

@@ -143,10 +143,18 @@ def read_run(path: str | Path) -> Run:
         scalars[tag] = series
     throughput = read_json_lines(path / "throughput.jsonl")
     config_files = sorted(path.glob("config*.yaml"), key=lambda p: int(p.suffixes[0][1:]) if len(p.suffixes) > 1 else 0)
-    configs = [yaml.safe_load(p.read_text()) for p in config_files]
+    configs = [_read_config(p) for p in config_files]
     return Run(
         path, scalars, {tag: sorted(by_step.items()) for tag, by_step in notes.items()}, throughput, configs, spans
     )
+
+
+def _read_config(path: Path) -> object:
+    """A launch's saved config; a damaged one is refused naming it (a YAML parser's traceback names no file)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): damaged") from None
 
 
 def read_json_lines(file: Path) -> list[dict]:
