@@ -501,10 +501,11 @@ def plot_curves(seeds: list[SeedRun], path: Path, by_time: bool) -> None:
 def build_report(paths: list[Path], report_dir: Path, scratch: Path | None = None) -> Path:
     """Write ``report_dir/README.md`` and its PNGs from the seed folders or archives in ``paths``; every input is
     checked before anything is written (load_seeds refuses what does not belong, so a bad input never leaves a
-    report of the rest)."""
+    report of the rest), and the files are written all or none (report.write_all)."""
     import tempfile
 
     import matplotlib
+    from report import write_all
 
     matplotlib.use("Agg")
     if report_dir.exists() and not report_dir.is_dir():
@@ -513,11 +514,9 @@ def build_report(paths: list[Path], report_dir: Path, scratch: Path | None = Non
         seeds = load_seeds(paths, Path(scratch or tmp))
         if not seeds:
             raise ValueError("no seed folder or archive given")
-        report_dir.mkdir(parents=True, exist_ok=True)
-        lines = section(seeds, report_dir)
-    path = report_dir / "README.md"
-    write_text(path, "\n".join(lines) + "\n")
-    return path
+        # section() writes the PNGs into the folder it is given: the staging folder, with README.md.
+        write_all(report_dir, lambda folder: write_text(folder / "README.md", "\n".join(section(seeds, folder)) + "\n"))
+    return report_dir / "README.md"
 
 
 def section(seeds: list[SeedRun], report_dir: Path, tag: str = "branch") -> list[str]:

@@ -14,10 +14,14 @@ of ThroughputRecorder, which leaves all of those out.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import re
+import shutil
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from lighthouse.eval.run_logs import read_json_lines
 
 ARM_LABEL = {"dense": "dense", "lighthouse": "Lighthouse + recovery"}
 PHASES = ("lighthouse", "dense")  # what the non-dense layers run: stage 1 of the Lighthouse arm, or dense SDPA
+PLAN_KEYS = ("steps", "switch_step", "share", "config", "val_every")  # what the report reads of compare.json
 
 
 # ---- run-directory reader -------------------------------------------------------------------------------------
@@ -217,6 +222,12 @@ def read_json(path: Path) -> dict:
 
 def load_comparison(out: Path) -> tuple[dict, list[Run]]:
     plan = read_json(out / "compare.json")
+    missing = [key for key in PLAN_KEYS if key not in plan]
+    if missing:  # else a KeyError deep in the tables, naming neither the file nor what it lacks
+        raise ValueError(
+            f"{out / 'compare.json'} lacks {', '.join(missing)}, which the report reads: not the plan of a "
+            "bench/compare.py run"
+        )
     runs = []
     for run_dir in sorted(p for p in out.iterdir() if p.is_dir()):
         match = re.fullmatch(r"(dense|lighthouse)-seed(\d+)", run_dir.name)
@@ -592,9 +603,16 @@ def data_line(manifest_path: Path, data: dict, steps: int) -> list[str]:
     ]
 
 
-def section(out: Path, report_dir: Path) -> list[str]:
-    plan, found = load_comparison(out)
-    tag = out.name
+def section_name(out: Path) -> str:
+    """What names ``out``'s section and PNGs: the name of the folder it means (``.`` or ``cmp/..`` have none of their
+    own); a symbolic link keeps the name it was given."""
+    return Path(os.path.abspath(out)).name
+
+
+def section(out: Path, report_dir: Path, loaded: tuple[dict, list[Run]] | None = None) -> list[str]:
+    """The markdown of comparison ``out`` (``loaded``: what load_comparison gave for it), its PNGs in ``report_dir``."""
+    plan, found = loaded or load_comparison(out)
+    tag = section_name(out)
     paired, left_out = pairing(found)
     runs = [r for r in found if r.seed in paired] if paired else found
     by = {(r.arm, r.seed): r for r in runs}
@@ -667,9 +685,10 @@ def check_inputs(outs: list[Path], report_dir: Path) -> None:
         for first in outs[:i]:
             if first.resolve() == out.resolve():
                 raise ValueError(f"--out {first} and {out} are the same folder: its section would be there twice")
-            if first.name == out.name:  # the name section() gives the section and its PNGs
+            name = section_name(out)
+            if section_name(first) == name:
                 raise ValueError(
-                    f"--out {first} and {out} have the same folder name {out.name!r}, which names a section and its "
+                    f"--out {first} and {out} have the same folder name {name!r}, which names a section and its "
                     "PNGs: the second's plots would replace the first's; copy one under another name"
                 )
     blocker = next((p for p in (report_dir, *report_dir.parents) if p.exists() and not p.is_dir()), None)
@@ -679,22 +698,54 @@ def check_inputs(outs: list[Path], report_dir: Path) -> None:
         raise ValueError(f"--report-dir {report_dir}: {blocker} is a file, not a folder")
 
 
+def write_all(report_dir: Path, write: Callable[[Path], None]) -> None:
+    """``write(folder)`` writes a report's files into ``folder``, a staging folder in ``report_dir``; each is moved
+    over its old version (os.replace) only once all are written. A failure while writing leaves the old report as it
+    was (a new ``report_dir`` not made), never old files beside new ones. README.md goes last."""
+    made = [p for p in (report_dir, *report_dir.parents) if not p.exists()]
+    report_dir.mkdir(parents=True, exist_ok=True)
+    staging = report_dir / f".report-staging-{os.getpid()}"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)  # a killed run's, should this process id come again
+        staging.mkdir()
+        write(staging)
+        files = sorted(staging.iterdir(), key=lambda p: (p.name == "README.md", p.name))
+        blocked = next((report_dir / p.name for p in files if (report_dir / p.name).is_dir()), None)
+        if blocked is not None:  # os.replace would fail there, after the files before it were moved
+            raise ValueError(
+                f"--report-dir {report_dir}: {blocked} is a folder where the report writes a file; nothing was written"
+            )
+        for p in files:
+            os.replace(p, report_dir / p.name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:  # deepest first; only those this call made, and still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    staging.rmdir()
+
+
 def build_report(outs: list[Path], report_dir: Path) -> Path:
-    """Write ``report_dir/README.md`` (one section per comparison folder) and its PNGs; returns the markdown path."""
+    """Write ``report_dir/README.md`` (one section per comparison folder) and its PNGs; returns the markdown path.
+    Every folder is loaded before anything is written, and the files are written all or none (write_all)."""
     import matplotlib
 
     check_inputs(outs, report_dir)
     matplotlib.use("Agg")
-    report_dir.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "# Lighthouse + recovery vs dense",
-        "",
-        "Built by `python bench/compare.py report` from the run "
-        "directories of `bench/compare.py run`. Arms are compared on the dense validation loss.",
-        "",
-    ]
-    for out in outs:
-        lines += section(out, report_dir) + [""]
-    path = report_dir / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+    loaded = [load_comparison(out) for out in outs]
+
+    def write(folder: Path) -> None:
+        lines = [
+            "# Lighthouse + recovery vs dense",
+            "",
+            "Built by `python bench/compare.py report` from the run "
+            "directories of `bench/compare.py run`. Arms are compared on the dense validation loss.",
+            "",
+        ]
+        for out, comparison in zip(outs, loaded, strict=True):
+            lines += section(out, folder, comparison) + [""]
+        (folder / "README.md").write_text("\n".join(lines))
+
+    write_all(report_dir, write)
+    return report_dir / "README.md"

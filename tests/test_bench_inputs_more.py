@@ -2,6 +2,7 @@
 with a traceback or a message naming no flag or file: each is now refused in one line naming it, before anything is
 trained, timed or written. No training: the comparison folders are the archived bench/report/runs/compare_32k.tgz."""
 
+import json
 import shutil
 import sys
 import tarfile
@@ -130,3 +131,117 @@ def test_a_report_dir_that_is_a_file_is_named_with_its_flag(tmp_path, capsys, ar
     code, err = report_of(capsys, out, report_dir=file / "report")
     assert err == f"compare report: --report-dir {file / 'report'}: {file} is a file, not a folder\n"
     assert file.read_text() == "kept\n"
+
+
+def test_a_later_bad_comparison_leaves_no_report_and_no_folder(tmp_path, capsys, archived):
+    # Before: --report-dir was made before any folder was read, and the first section's PNGs were written before the
+    # second folder was refused: a new report folder left empty or with stray PNGs, an old one with a mixed report.
+    good, bad = copy_to(archived, tmp_path, "cmp"), copy_to(archived, tmp_path, "bad")
+    (bad / "compare.json").write_text("[]")
+    code, err = report_of(capsys, good, bad, report_dir=tmp_path / "new" / "report")
+    assert code == 2 and err == f"compare report: {bad / 'compare.json'} holds a JSON list, not an object: damaged\n"
+    assert not (tmp_path / "new").exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "README.md").write_text("the old report\n")
+    assert report_of(capsys, good, bad, report_dir=old)[0] == 2
+    assert [p.name for p in old.iterdir()] == ["README.md"] and (old / "README.md").read_text() == "the old report\n"
+
+
+def test_a_comparison_report_that_fails_while_writing_leaves_the_old_one(tmp_path, capsys, archived):
+    # Before: cmp_val_loss_time.png and cmp_val_loss_tokens.png were replaced, then the run stopped at the folder
+    # in the place of cmp_passkey.png, README.md left as it was: the old text linking half the new plots.
+    out, report_dir = copy_to(archived, tmp_path), tmp_path / "report"
+    report_dir.mkdir()
+    old = {name: f"old {name}\n" for name in ("README.md", "cmp_val_loss_time.png", "cmp_val_loss_tokens.png")}
+    for name, text in old.items():
+        (report_dir / name).write_text(text)
+    (report_dir / "cmp_passkey.png").mkdir()
+    code, err = report_of(capsys, out, report_dir=report_dir)
+    assert code == 2 and err == (
+        f"compare report: --report-dir {report_dir}: {report_dir / 'cmp_passkey.png'} is a folder where the report "
+        "writes a file; nothing was written\n"
+    )
+    assert {p.name for p in report_dir.iterdir()} == {*old, "cmp_passkey.png"}  # the staging folder gone too
+    assert all((report_dir / name).read_text() == text for name, text in old.items())
+    (report_dir / "cmp_passkey.png").rmdir()
+    assert report_of(capsys, out, report_dir=report_dir) == (0, "")
+    assert (report_dir / "README.md").read_text().startswith("# Lighthouse + recovery vs dense")
+    assert len(list(report_dir.glob("cmp_*.png"))) == 5 and not list(report_dir.glob(".report-staging-*"))
+
+
+def test_a_comparison_given_as_dot_is_named_after_its_folder(tmp_path, capsys, archived, monkeypatch):
+    # Before: Path(".").name is "": a section "## " and PNGs "_val_loss_time.png", ...
+    out = copy_to(archived, tmp_path)
+    monkeypatch.chdir(out)
+    assert report_of(capsys, Path("."), report_dir=tmp_path / "report") == (0, "")
+    assert "\n## cmp\n" in (tmp_path / "report" / "README.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "report").glob("*.png"))[0] == "cmp_loss_by_position.png"
+    with pytest.raises(ValueError, match="have the same folder name 'cmp'"):  # "." and another cmp: their PNGs collide
+        report.check_inputs([Path("."), copy_to(archived, tmp_path / "b")], tmp_path / "report")
+
+
+def test_a_compare_json_without_the_keys_the_report_reads_is_named(tmp_path, capsys, archived):
+    # Before: a KeyError traceback ('val_every'), naming neither the file nor what it lacked.
+    out = copy_to(archived, tmp_path)
+    plan = out / "compare.json"
+    kept = {k: v for k, v in report.read_json(plan).items() if k not in ("share", "val_every")}
+    plan.write_text(json.dumps(kept))
+    code, err = report_of(capsys, out, report_dir=tmp_path / "report")
+    assert code == 2 and err == (
+        f"compare report: {plan} lacks share, val_every, which the report reads: not the plan of a bench/compare.py "
+        "run\n"
+    )
+    assert not (tmp_path / "report").exists()
+
+
+# ---- bench/branch.py report ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def seed_archive() -> Path:
+    """branch_64k seed 0, the smallest archived seed with D and LH evaluated."""
+    return REPO / "bench" / "report" / "runs" / "branch_64k-seed0.tgz"
+
+
+def branch_report_of(capsys, *runs: Path, report_dir: Path) -> tuple[int, str]:
+    """(exit code, stderr) of ``branch.py report``."""
+    code = branch.main(["report", "--runs", *map(str, runs), "--report-dir", str(report_dir)])
+    return code, capsys.readouterr().err
+
+
+def test_a_branch_report_that_fails_while_writing_leaves_the_old_one(tmp_path, capsys, seed_archive, monkeypatch):
+    # Before: branch_val_loss_tokens.png was replaced, then the run stopped at branch_val_loss_time.png (a folder),
+    # README.md left as it was: the old text beside a new plot.
+    report_dir = tmp_path / "report"
+    report_dir.mkdir()
+    old = {name: f"old {name}\n" for name in ("README.md", "branch_val_loss_tokens.png")}
+    for name, text in old.items():
+        (report_dir / name).write_text(text)
+    (report_dir / "branch_val_loss_time.png").mkdir()
+    code, err = branch_report_of(capsys, seed_archive, report_dir=report_dir)
+    assert code == branch.BAD_FOLDER and err == (
+        f"branch report: --report-dir {report_dir}: {report_dir / 'branch_val_loss_time.png'} is a folder where the "
+        "report writes a file; nothing was written\n"
+    )
+    assert {p.name for p in report_dir.iterdir()} == {*old, "branch_val_loss_time.png"}
+    assert all((report_dir / name).read_text() == text for name, text in old.items())
+    # A failure inside the writing itself (a full disk, say) leaves it as it was too, and a new folder not made.
+    import branch_report
+
+    def full_disk(seeds, path, by_time):
+        if by_time:
+            raise OSError(28, "No space left on device", str(path))
+        real(seeds, path, by_time)
+
+    real = branch_report.plot_curves
+    monkeypatch.setattr(branch_report, "plot_curves", full_disk)
+    (report_dir / "branch_val_loss_time.png").rmdir()
+    assert branch_report_of(capsys, seed_archive, report_dir=report_dir)[0] == branch.BAD_FOLDER
+    assert {p.name for p in report_dir.iterdir()} == set(old)
+    assert all((report_dir / name).read_text() == text for name, text in old.items())
+    assert branch_report_of(capsys, seed_archive, report_dir=tmp_path / "new")[0] == branch.BAD_FOLDER
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(branch_report, "plot_curves", real)
+    assert branch_report_of(capsys, seed_archive, report_dir=report_dir) == (0, "")
+    assert (report_dir / "README.md").read_text().startswith("# Branch comparison")
+    written = {p.name for p in report_dir.iterdir()}
+    assert written == {"README.md", "branch_val_loss_tokens.png", "branch_val_loss_time.png"}
