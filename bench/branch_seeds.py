@@ -18,12 +18,12 @@ import yaml
 from branch import ARMS, RUNS, SPARSE_ARMS, design_arms, end_step
 from campaign import read_json
 from report import elapsed, job_spans, read_logged, split_wall_by_phase
+from seed_files import RECALL_METRICS, check_seed_files
 
 from lighthouse.eval.run_logs import read_json_lines
 
 # What every seed of one report shares (the command-line extras may differ: a work-around, recorded per seed).
 SHARED_PLAN = ("steps", "warmup", "share", "switch_step", "val_every", "config", "eval_windows")
-RECALL_METRICS = ("digit_acc", "exact", "digit_logloss")  # per distance bin, lighthouse.eval.recall's names
 
 
 @dataclass
@@ -243,8 +243,8 @@ def check_seed_folder(path: Path, folder: Path) -> None:
 
 
 def evaluation_windows(seed: SeedRun) -> tuple[object, list] | None:
-    """The (split, window ids) the seed's final evaluations scored, refused unless every arm scored the same ones
-    (the paired differences compare arms window by window) and every loss is there and finite; None before any
+    """The (split, window ids) the seed's final evaluations scored (each file checked by seed_files first), refused
+    unless every arm scored the same ones (the paired differences compare arms window by window); None before any
     final evaluation."""
     windows = None
     for name, arm in seed.arms.items():
@@ -252,10 +252,6 @@ def evaluation_windows(seed: SeedRun) -> tuple[object, list] | None:
         if ev is None:
             continue
         where = seed.folder / name / "final" / "window_losses.json"
-        if not {"split", "window_ids", "losses"} <= set(ev) or len(ev["losses"]) != len(ev["window_ids"]):
-            raise ValueError(f"{where}: needs 'split', 'window_ids' and as many 'losses' as windows: damaged")
-        if not ev["losses"] or not np.isfinite(np.asarray(ev["losses"], dtype=float)).all():
-            raise ValueError(f"{where}: its losses are empty or not all finite")
         mine = (ev["split"], ev["window_ids"])
         if windows is None:
             windows, first = mine, name
@@ -309,6 +305,7 @@ def load_seeds(paths: list[Path], scratch: Path) -> list[SeedRun]:
         folder = seed_folder(path, scratch)
         check_seed_folder(path, folder)
         seed = load_seed(folder)
+        check_seed_files(seed)
         windows.append((path, evaluation_windows(seed)))
         seeds.append(seed)
     seeds.sort(key=lambda s: s.seed)

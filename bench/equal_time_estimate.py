@@ -53,7 +53,7 @@ class Estimate:
 def equal_time_end(seed: SeedRun) -> int:
     """The step E ends at: W plus LH's training time (steps x steady-state step time, per phase) in D's dense steps."""
     d, lh = seed.arms["D"], seed.arms["LH"]
-    if "dense" not in d.train_s or not lh.train_s:
+    if "dense" not in d.train_s or not {"lighthouse", "dense"} <= set(lh.train_s):
         raise ValueError(f"{seed.folder.name}: D or LH has no throughput records to time its steps by")
     d_step_s = d.train_s["dense"] / (d.end - seed.plan["warmup"])
     return seed.plan["warmup"] + max(1, round(sum(lh.train_s.values()) / d_step_s))

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from training_helpers import REPO, logged_scalars, one_thread, tiny_bench_config
+from training_helpers import REPO, logged_scalars, one_thread, renumber_seed, tiny_bench_config
 
 from lighthouse.train.cli import main as cli_main
 
@@ -368,8 +368,7 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     # A second "seed" whose arms are the first one's with known shifts: the intervals are then known numbers.
     twin = seed.folder / "tiny-seed1"
     shutil.copytree(seed.out, twin, ignore=shutil.ignore_patterns("*.ckpt", "*.sha256"))
-    plan = json.loads((twin / "plan.json").read_text())
-    (twin / "plan.json").write_text(json.dumps({**plan, "seed": 1}))
+    renumber_seed(twin, 1)
     shifts = {"D": 0.0, "LH": -0.02, "LHc": -0.03, "E": 0.01}
     for arm, shift in shifts.items():
         path = twin / arm / "final" / "window_losses.json"
@@ -395,7 +394,7 @@ def test_archive_unpacks_side_by_side_and_the_report_aggregates_seeds(seed):
     # A third seed whose E arm never got its final evaluation (the device time ran out): it counts in LH - D only.
     cut = seed.folder / "tiny-seed2"
     shutil.copytree(twin, cut)
-    (cut / "plan.json").write_text(json.dumps({**plan, "seed": 2}))
+    renumber_seed(cut, 2)
     shutil.rmtree(cut / "E" / "final")
     markdown = branch_report.build_report([first, second, branch.export(cut, archives)], report_dir).read_text()
     seeds = branch_seeds.load_seeds([first, second, cut], seed.folder / "unpacked3")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from training_helpers import REPO
+from training_helpers import REPO, renumber_seed
 
 from lighthouse.eval.run_logs import read_json_lines
 
@@ -42,8 +42,7 @@ def second_seed(folder: Path, seed: int = 1) -> Path:
     """A copy of the seed folder as another seed (what two sessions' archives of one design look like)."""
     twin = folder.parent / f"{folder.name}-as-{seed}"
     shutil.copytree(folder, twin)
-    plan = json.loads((twin / "plan.json").read_text())
-    (twin / "plan.json").write_text(json.dumps({**plan, "seed": seed}))
+    renumber_seed(twin, seed)
     return twin
 
 
@@ -142,7 +141,7 @@ def test_arms_or_seeds_scored_on_other_windows_are_refused(tmp_path, capsys, unp
     assert err == f"branch report: seed 1: LH was evaluated on other windows than D ({lh})\n"
     edit_json(lh, lambda d: d.update(window_ids=d["window_ids"][:-1]))  # one window fewer than losses
     code, err = report(capsys, unpacked, twin, report_dir=tmp_path / "r")
-    assert err == f"branch report: {lh}: needs 'split', 'window_ids' and as many 'losses' as windows: damaged\n"
+    assert err == f"branch report: {lh}: 255 windows but 256 losses and 256 bucket rows: damaged\n"
 
 
 def test_seeds_evaluated_on_different_windows_are_refused(tmp_path, capsys, unpacked):
@@ -161,7 +160,7 @@ def test_a_non_finite_final_loss_is_refused(tmp_path, capsys, unpacked, bad):
     d = unpacked / "D" / "final" / "window_losses.json"
     edit_json(d, lambda data: data["losses"].__setitem__(3, bad))
     code, err = report(capsys, unpacked, report_dir=tmp_path / "r")
-    assert err == f"branch report: {d}: its losses are empty or not all finite\n"
+    assert err == f"branch report: {d}: every loss must be a finite number: damaged\n"
 
 
 def test_a_damaged_json_file_is_named(tmp_path, capsys, unpacked):
@@ -220,3 +219,66 @@ def test_the_warmups_training_time_counts_its_w_steps(tmp_path, unpacked):
     records = read_json_lines(unpacked / "warmup" / "throughput.jsonl")
     step_s = statistics.fmean(r["step_time_s"] for r in records)
     assert seed.warmup.train_s["dense"] == pytest.approx(seed.plan["warmup"] * step_s)
+
+
+def damaged(capsys, tmp_path, unpacked, change) -> str:
+    """stderr of a report on the seed after ``change(folder)``, asserting that it is one line and no traceback."""
+    change(unpacked)
+    code, err = report(capsys, unpacked, report_dir=tmp_path / "r")
+    assert code != 0 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_final_evaluations_are_checked_before_a_table_reads_them(tmp_path, capsys, unpacked):
+    lh = unpacked / "LH" / "final" / "window_losses.json"
+    err = damaged(capsys, tmp_path, unpacked, lambda _: edit_json(lh, lambda d: d.update(step=500)))
+    assert err == f"branch report: {lh} scored step 500, not the run's last step 640: not its final evaluation\n"
+    edit_json(lh, lambda d: d.update(step=640))
+    err = damaged(capsys, tmp_path, unpacked, lambda _: edit_json(lh, lambda d: d.pop("bucket_losses")))
+    assert err == f"branch report: {lh} has no bucket_losses: damaged, or written by another version\n"
+
+
+def test_duplicate_windows_and_a_lookahead_without_its_error_are_refused(tmp_path, capsys, unpacked):
+    lh = unpacked / "LH" / "final"
+    saved = (lh / "window_losses.json").read_text()
+    edit_json(lh / "window_losses.json", lambda d: d["window_ids"].__setitem__(1, d["window_ids"][0]))
+    err = damaged(capsys, tmp_path, unpacked, lambda _: None)
+    assert "window_ids must be distinct integers" in err
+    (lh / "window_losses.json").write_text(saved)
+    err = damaged(
+        capsys, tmp_path, unpacked, lambda _: edit_json(lh / "lookahead.json", lambda d: d.pop("standard_error"))
+    )
+    assert (
+        err == f"branch report: {lh / 'lookahead.json'} has no standard_error: damaged, or written by another version\n"
+    )
+
+
+def test_a_plan_that_does_not_describe_its_runs_is_refused(tmp_path, capsys, unpacked):
+    plan = unpacked / "plan.json"
+    err = damaged(capsys, tmp_path, unpacked, lambda _: edit_json(plan, lambda d: d.update(seed=5)))
+    assert err.endswith("trained seed 0, plan.json says seed 5\n")
+    edit_json(plan, lambda d: d.update(seed=0, steps=1000))
+    err = damaged(capsys, tmp_path, unpacked, lambda _: None)
+    assert "trained to step 640, the plan's end of D is 1000" in err
+
+
+def test_an_evaluated_arm_is_not_dropped_nor_timed_without_its_records(tmp_path, capsys, unpacked):
+    lh = unpacked / "LH"
+    saved = (lh / "throughput.jsonl").read_text()
+    kept = [line for line in saved.splitlines(keepends=True) if '"attention": "sdpa"' not in line]
+    (lh / "throughput.jsonl").write_text("".join(kept))
+    err = damaged(capsys, tmp_path, unpacked, lambda _: None)
+    assert err == (
+        f"branch report: {lh / 'throughput.jsonl'} has no steady-state records of its dense phase: damaged, or cut "
+        "short\n"
+    )
+    (lh / "throughput.jsonl").write_text(saved.replace('"step_time_s": ', '"step_time_s": -', 1))
+    assert "has a step time or speed <= 0 or not finite" in damaged(capsys, tmp_path, unpacked, lambda _: None)
+    (lh / "throughput.jsonl").write_text(saved)
+    for events in lh.glob("events.out.tfevents.*"):
+        events.unlink()
+    err = damaged(capsys, tmp_path, unpacked, lambda _: None)
+    assert err == (
+        f"branch report: {lh} has a final evaluation but no event files with its training loss: damaged (it would be "
+        "left out)\n"
+    )

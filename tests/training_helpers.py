@@ -187,3 +187,15 @@ def logged_scalars(log_dir: Path, tag: str) -> dict[int, float]:
     if not any(log_dir.glob(EVENTS_GLOB)):
         return {}
     return read_run(log_dir).series(tag).as_dict()
+
+
+def renumber_seed(folder: Path, seed: int) -> None:
+    """Make a copied bench/branch.py seed folder another seed: its plan.json and every config its runs wrote (the
+    branch report checks the two agree), as two sessions' seeds of one design look."""
+    import json
+
+    plan = json.loads((folder / "plan.json").read_text())
+    (folder / "plan.json").write_text(json.dumps({**plan, "seed": seed}))
+    for config in (*folder.glob("configs/*.yaml"), *folder.glob("*/config*.yaml")):
+        text = config.read_text()
+        config.write_text(text.replace(f"seed_everything: {plan['seed']}\n", f"seed_everything: {seed}\n"))
