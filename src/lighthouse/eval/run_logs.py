@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,33 @@ def _read_events(path: Path):
     return accumulator
 
 
+def _check_events(path: Path) -> None:
+    """Refuse an event file that TensorBoard's reader would read only in part. The reader stops at the first record
+    whose checksum fails and says so only in a debug log, so every later value of the run would be missing without
+    a word. Its records are counted by their length headers: a last record cut short (a kill mid-write) is left
+    out, as a cut-off last line of a JSON-lines file is; anything else the reader did not yield is damage."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    data = path.read_bytes()
+    framed, offset = 0, 0
+    while offset + 12 <= len(data):  # record: u64 length, u32 masked crc32c of it, data, u32 masked crc32c of data
+        header = data[offset : offset + 8]
+        if struct.unpack("<I", data[offset + 8 : offset + 12])[0] != masked_crc32c(header):
+            break  # a damaged header: the reader stops here too, and the bytes after it are lost
+        end = offset + 12 + struct.unpack("<Q", header)[0] + 4
+        if end > len(data):
+            offset = len(data)  # the last record, cut short
+            break
+        framed, offset = framed + 1, end
+    read = sum(1 for _ in RawEventFileLoader(str(path), detect_file_replacement=False).Load())
+    if read < framed or offset < len(data) - 12:
+        raise ValueError(
+            f"{path} is damaged after its record {read + 1}: TensorBoard's reader stops there, so the run's later "
+            "values would be missing"
+        )
+
+
 def _text(event) -> str:
     from tensorboard.util import tensor_util
 
@@ -118,6 +146,7 @@ def read_run(path: str | Path) -> Run:
     notes: dict[str, dict[int, str]] = {}
     spans = []
     for launch, events in enumerate(files):
+        _check_events(events)
         accumulator = _read_events(events)
         tags = accumulator.Tags()
         shift = 0 if STEPS_NOTE_TAG + TEXT_SUFFIX in tags.get("tensors", []) else 1  # see the module docstring
