@@ -150,7 +150,7 @@ def load_run(run_dir: Path, arm: str, seed: int, plan: dict) -> Run:
 
     points = sorted([(w, phase(s)) for s, w in step_walls.items()] + [(w, phase(s)) for s, (w, _) in dense.items()])
     train_s, tokens_per_s = steady_state(throughput, arm, steps, switch)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = read_run_config(run_dir / "config.yaml")
     data = config["data"]
     tokens_per_step = data["seq_len"] * data.get("batch_size", 1) * config["trainer"].get("accumulate_grad_batches", 1)
     return Run(
@@ -218,6 +218,27 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: damaged")
     return data
+
+
+def read_run_config(path: Path) -> dict:
+    """A run's saved config, with the sections the report reads (model.arch.lighthouse, data.seq_len, trainer);
+    anything else is refused naming the file, not left to a KeyError in a table."""
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): damaged") from None
+    model = config.get("model") if isinstance(config, dict) else None
+    arch = model.get("arch") if isinstance(model, dict) else None
+    data = config.get("data") if isinstance(config, dict) else None
+    if not (
+        isinstance(arch, dict)
+        and isinstance(arch.get("lighthouse"), dict)
+        and isinstance(data, dict)
+        and "seq_len" in data
+        and isinstance(config.get("trainer"), dict)
+    ):
+        raise ValueError(f"{path} lacks model.arch.lighthouse, data.seq_len or trainer: not the config of a run")
+    return config
 
 
 def load_comparison(out: Path) -> tuple[dict, list[Run]]:
@@ -617,7 +638,7 @@ def section(out: Path, report_dir: Path, loaded: tuple[dict, list[Run]] | None =
     runs = [r for r in found if r.seed in paired] if paired else found
     by = {(r.arm, r.seed): r for r in runs}
     runs_by_arm = {a: [r for r in runs if r.arm == a] for a in ("dense", "lighthouse") if any(r.arm == a for r in runs)}
-    config = yaml.safe_load((out / f"{runs[0].arm}-seed{runs[0].seed}" / "config.yaml").read_text())
+    config = read_run_config(out / f"{runs[0].arm}-seed{runs[0].seed}" / "config.yaml")
     arch, data = config["model"]["arch"], config["data"]
     lh = arch["lighthouse"]
     lines = [

@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 from training_helpers import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -193,6 +194,22 @@ def test_a_compare_json_without_the_keys_the_report_reads_is_named(tmp_path, cap
         "run\n"
     )
     assert not (tmp_path / "report").exists()
+
+
+def test_a_run_config_without_what_the_report_reads_is_named(tmp_path, capsys, archived):
+    # Before: a KeyError traceback ('arch') from the section's set-up line.
+    out = copy_to(archived, tmp_path)
+    config = next(out.glob("*-seed*")) / "config.yaml"
+    settings = yaml.safe_load(config.read_text())
+    settings["model"].pop("arch")
+    config.write_text(yaml.safe_dump(settings))
+    code, err = report_of(capsys, out, report_dir=tmp_path / "report")
+    assert code == 2 and err == (
+        f"compare report: {config} lacks model.arch.lighthouse, data.seq_len or trainer: not the config of a run\n"
+    )
+    config.write_text("model: [unclosed\n")
+    code, err = report_of(capsys, out, report_dir=tmp_path / "report")
+    assert code == 2 and err.startswith(f"compare report: {config} is not valid YAML (") and "Traceback" not in err
 
 
 # ---- bench/branch.py report ---------------------------------------------------------------------------------------
