@@ -69,8 +69,8 @@ def check_window_losses(path: Path, data: object, end: int) -> None:
 
 def check_recall(path: Path, data: object) -> None:
     require(path, data, {"bins": dict})
-    for metrics in data["bins"].values():
-        require(path, metrics, dict.fromkeys(RECALL_METRICS, NUMBER))
+    for metrics in data["bins"].values():  # None: no query fell in the bin (since 2026-12-05)
+        require(path, metrics, dict.fromkeys(RECALL_METRICS, (*NUMBER, type(None))))
 
 
 def check_lookahead(path: Path, data: object) -> None:

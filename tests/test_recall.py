@@ -22,7 +22,7 @@ from trained_models import two_stage_checkpoints
 
 from lighthouse.data.recall import eval_windows
 from lighthouse.data.tokenizer import byte_tokenizer
-from lighthouse.eval.recall import LOGLOSS_CHANCE, RecallConfig, evaluate_recall, main
+from lighthouse.eval.recall import LOGLOSS_CHANCE, RecallConfig, RecallScores, evaluate_recall, main
 from lighthouse.train import exits
 
 TOK = byte_tokenizer()  # token id = byte value, so the stub models read the inputs as text
@@ -112,6 +112,40 @@ def test_the_command_scores_a_trained_checkpoint(tmp_path_factory, tmp_path, cap
     scores = main(["--ckpt", str(ckpt), "--windows", "3", "--pairs", "2", "--json", str(out), "--device", "cpu"])
     assert scores.labels == ["64-512"] and scores.counts[0, 3] == 6
     assert "| 64-512 | 6 |" in capsys.readouterr().out and '"64-512"' in out.read_text()
+
+
+def test_a_bin_no_query_fell_in_has_no_scores_and_the_record_says_what_was_scored(tmp_path_factory, tmp_path):
+    # Before: a bin with 0 queries read digit log-loss 0.000, a perfect score, which report means averaged in.
+    scores = RecallScores(["64-1k", "1k-4k"], np.array([[1.0, 3.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]]), 2)
+    assert scores.bin(1) == {"digit_acc": None, "exact": None, "digit_logloss": None}
+    assert scores.as_dict()["bins"]["1k-4k"]["queries"] == 0 and "1k-4k" not in "".join(scores.metrics())
+    assert "| 1k-4k | 0 | - | - | - |" in scores.table() and "| 64-1k | 2 | 0.750 | 0.500 | 0.500 |" in scores.table()
+    ckpt = two_stage_checkpoints(tmp_path_factory)[2]
+    out = tmp_path / "recall.json"
+    main(["--ckpt", str(ckpt), "--windows", "3", "--pairs", "2", "--seed", "7", "--json", str(out), "--device", "cpu"])
+    record = json.loads(out.read_text())
+    assert {k: record[k] for k in ("windows", "pairs", "length", "seed")} == {
+        "windows": 3,
+        "pairs": 2,
+        "length": 512,
+        "seed": 7,
+    }
+
+
+def test_the_result_never_replaces_the_checkpoint_nor_a_file_that_is_no_result(tmp_path_factory, tmp_path, capsys):
+    ckpt = two_stage_checkpoints(tmp_path_factory)[2]
+    before = ckpt.read_bytes()
+    for target, said in (
+        (str(ckpt), "it is the file this command reads"),
+        ("", "it must name a file, not be blank"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            main(["--ckpt", str(ckpt), "--json", target, "--device", "cpu"])
+    log = tmp_path / "train.log"
+    log.write_text("epoch 1\n")
+    with pytest.raises(ValueError, match="it exists and holds no JSON result"):
+        main(["--ckpt", str(ckpt), "--json", str(log), "--device", "cpu"])
+    assert ckpt.read_bytes() == before and log.read_text() == "epoch 1\n"
 
 
 # Each with a checkpoint that does not exist: every flag is checked before the checkpoint is looked for.

@@ -208,3 +208,23 @@ def test_each_command_exits_2_without_a_traceback(command, files):
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and len(error_lines(done.stderr)) == 1, done.stderr
+
+
+def test_a_result_that_cannot_be_written_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """tool_args.write_json, which every evaluation's JSON goes through: a full disk left a cut-off file where the
+    previous result was (window_losses --out, lookahead/recall/passkey --json)."""
+    import errno
+    import json
+
+    from lighthouse import tool_args
+
+    out = tmp_path / "result.json"
+    tool_args.write_json("--json", out, {"mean": 1.0})
+
+    def full(_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(ValueError, match=r"--json='.*result.json': the result could not be written \(No space left"):
+        tool_args.write_json("--json", out, {"mean": 2.0})
+    assert json.loads(out.read_text()) == {"mean": 1.0} and [p.name for p in tmp_path.iterdir()] == ["result.json"]

@@ -8,11 +8,12 @@ never a traceback.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -94,16 +95,48 @@ def writable(flag: str, folder: Path) -> None:
         raise ValueError(f"{flag}={str(folder)!r} is invalid: cannot write there ({err.strerror})") from None
 
 
-def output_file(flag: str, value: str) -> Path:
-    """A file the command will write: its folder must exist and be writable, and it must not be a folder."""
+def result_file(flag: str, value: str, reads: Sequence[str | Path] = ()) -> Path:
+    """The path of a JSON result the command will write (output_file's checks on the name; its folder not yet)."""
+    require(str(value).strip() != "", flag, value, "it must name a file, not be blank (is a shell variable unset?)")
     local_path(flag, value)
     path = Path(value)
     if path.is_dir():
         raise ValueError(f"{flag}={value!r} is invalid: it is a folder; name a file")
+    if path.is_file():
+        if any(Path(r).is_file() and path.samefile(r) for r in reads):
+            raise ValueError(f"{flag}={value!r} is invalid: it is the file this command reads; name another")
+        with open(path, "rb") as f:
+            if f.read(1) not in (b"{", b""):
+                raise ValueError(f"{flag}={value!r} is invalid: it exists and holds no JSON result; name another file")
+    return path
+
+
+def output_file(flag: str, value: str, reads: Sequence[str | Path] = ()) -> Path:
+    """A file the command will write: not blank, not a folder, not a file the command ``reads`` (an evaluation's
+    --ckpt: writing the result over it destroyed the checkpoint) nor an existing file that holds no JSON object
+    (results are JSON; a checkpoint or log named by mistake would be lost); its folder must exist and be writable."""
+    path = result_file(flag, value, reads)
     folder = path.parent
     if not folder.is_dir():
         raise ValueError(f"{flag}={value!r} is invalid: the folder {str(folder)!r} does not exist")
     writable(flag, folder)
+    return path
+
+
+def write_json(flag: str, path: str | Path, data: object) -> Path:
+    """``data`` as JSON in ``path``, all or nothing: written and fsynced beside it, then renamed over it, so a full
+    disk or a kill leaves the previous result whole (it left a cut-off file); a failure says ``flag``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{flag}={str(path)!r}: the result could not be written ({err.strerror or err})") from None
     return path
 
 

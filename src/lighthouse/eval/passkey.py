@@ -10,7 +10,6 @@ at each validation (LitLM, ``model.passkey``) or on any checkpoint:
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Sequence
 
 import torch
@@ -74,11 +73,11 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     from lighthouse.checkpoint.read import dense_model, read_checkpoint
     from lighthouse.checkpoint.records import saved_model_config
     from lighthouse.eval.val_windows import run_datamodule
-    from lighthouse.tool_args import about, checked_device, local_path, output_file
+    from lighthouse.tool_args import about, checked_device, local_path, output_file, write_json
     from lighthouse.train.run_dir import find_checkpoint  # the run layout; only the command needs it
 
-    if args.json:
-        output_file("--json", args.json)  # before the evaluation, not after it
+    if args.json is not None:  # before the evaluation, not after it; a blank value is refused
+        output_file("--json", args.json, reads=[args.ckpt])
     local_path("--ckpt", args.ckpt)
     device = checked_device("--device", args.device)
     config = PasskeyConfig(args.lengths, args.depths, args.samples, args.key_digits, args.seed)
@@ -109,9 +108,9 @@ def main(argv: Sequence[str] | None = None) -> PasskeyScores:
     )
     print(scores.table())
     print("all: exact {:.3f}, digit accuracy {:.3f}".format(*scores.accuracy()))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"ckpt": str(path), "global_step": ckpt.get("global_step"), **scores.as_dict()}, f, indent=1)
+    if args.json is not None:
+        record = {"ckpt": str(path), "global_step": ckpt.get("global_step"), **scores.as_dict()}
+        write_json("--json", args.json, record)
     return scores
 
 

@@ -14,7 +14,6 @@ Run on a checkpoint: ``python -m lighthouse.eval.recall --ckpt PATH [--windows 3
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from torch import Tensor
 from lighthouse.data.passkey_format import Encoder, TokenSource
 from lighthouse.data.recall import RecallFormat, RecallSet, RecallWindow, check_room, eval_windows
 from lighthouse.model.transformer import dense_eager
-from lighthouse.tool_args import about, checked_device, entry_point, int_in, local_path, output_file
+from lighthouse.tool_args import about, checked_device, entry_point, int_in, local_path, output_file, write_json
 
 DIGIT_CHANCE = 0.1
 LOGLOSS_CHANCE = math.log(10)
@@ -114,10 +113,13 @@ class RecallScores:
     counts: np.ndarray  # [n_bins, 4]: exact hits, digit hits, summed digit log-loss, queries
     value_digits: int
 
-    def bin(self, i: int) -> dict[str, float]:
+    def bin(self, i: int) -> dict[str, float | None]:
+        """The bin's metrics; None where no query fell in it (0 would read as a perfect log-loss)."""
         exact, hits, loss, n = self.counts[i]
-        digits = max(n * self.value_digits, 1)
-        return {"digit_acc": hits / digits, "exact": exact / max(n, 1), "digit_logloss": loss / digits}
+        if n == 0:
+            return dict.fromkeys(("digit_acc", "exact", "digit_logloss"))
+        digits = n * self.value_digits
+        return {"digit_acc": hits / digits, "exact": exact / n, "digit_logloss": loss / digits}
 
     def metrics(self, prefix: str = "recall/") -> dict[str, float]:
         """``recall/<bin>/digit_acc``, ``.../exact``, ``.../digit_logloss`` for every bin with queries."""
@@ -139,9 +141,10 @@ class RecallScores:
     def table(self) -> str:
         lines = ["| distance | queries | digit acc | exact | digit log-loss |", "|---|---|---|---|---|"]
         for i, label in enumerate(self.labels):
-            m = self.bin(i)
-            row = f"| {label} | {int(self.counts[i, 3])} | {m['digit_acc']:.3f} | {m['exact']:.3f} |"
-            lines.append(row + f" {m['digit_logloss']:.3f} |")
+            m = {k: "-" if v is None else f"{v:.3f}" for k, v in self.bin(i).items()}
+            lines.append(
+                f"| {label} | {int(self.counts[i, 3])} | {m['digit_acc']} | {m['exact']} | {m['digit_logloss']} |"
+            )
         return "\n".join(lines)
 
 
@@ -202,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> RecallScores:
     from lighthouse.train.run_dir import find_checkpoint  # the run layout; only the command needs it
 
     # Every check that needs no checkpoint before it is read: a typo costs no time.
-    if args.json:
-        output_file("--json", args.json)
+    if args.json is not None:  # a blank value too: it is refused, not taken for "no file"
+        output_file("--json", args.json, reads=[args.ckpt])
     local_path("--ckpt", args.ckpt)
     int_in("--windows", args.windows, 1)
     int_in("--pairs", args.pairs, 1, MAX_PAIRS)
@@ -241,10 +244,11 @@ def main(argv: Sequence[str] | None = None) -> RecallScores:
         f"{args.pairs} pairs; chance: digit acc {DIGIT_CHANCE}, digit log-loss {LOGLOSS_CHANCE:.3f}"
     )
     print(scores.table())
-    if args.json:
-        record = {"ckpt": str(ckpt_path), "global_step": ckpt.get("global_step"), **scores.as_dict()}
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
+    if args.json is not None:
+        # What was scored, beside how: two records of one checkpoint with other settings are told apart.
+        settings = {"windows": args.windows, "pairs": args.pairs, "length": length, "seed": args.seed}
+        record = {"ckpt": str(ckpt_path), "global_step": ckpt.get("global_step"), **settings, **scores.as_dict()}
+        write_json("--json", args.json, record)
     return scores
 
 

@@ -25,7 +25,16 @@ from torch import Tensor
 
 from lighthouse.eval.positions import bucket_name, position_buckets
 from lighthouse.model.transformer import Transformer, dense_eager
-from lighthouse.tool_args import about, checked_device, entry_point, int_in, local_path, output_folder
+from lighthouse.tool_args import (
+    about,
+    checked_device,
+    entry_point,
+    int_in,
+    local_path,
+    output_folder,
+    result_file,
+    write_json,
+)
 
 FORMAT = "lighthouse.window_losses/1"
 
@@ -51,10 +60,10 @@ class WindowLosses:
         return float(np.mean(self.losses))
 
     def save(self, path: str | Path) -> Path:
+        """Written all or nothing (tool_args.write_json): a failed write leaves the previous file whole."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
-        return path
+        return write_json("--out", path, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> WindowLosses:
@@ -194,12 +203,11 @@ def evaluate_checkpoint(
     )
 
 
-def checked_out(value: str | Path) -> Path:
-    """The file ``--out`` names, checked before the evaluation: not a folder, and its folder (created by ``save``
-    where missing) can be made and written."""
-    path = Path(value)
-    if path.is_dir():
-        raise ValueError(f"--out={str(value)!r} is invalid: it is a folder; name a file")
+def checked_out(value: str | Path, reads: Sequence[str | Path] = ()) -> Path:
+    """The file ``--out`` names, checked before the evaluation: not blank, a folder, a file it ``reads`` or one that
+    holds no JSON result (tool_args.result_file), and its folder (created by ``save`` where missing) can be made
+    and written."""
+    path = result_file("--out", str(value), reads)
     output_folder("--out", str(path.parent), create=False)
     return path
 
@@ -232,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> WindowLosses | PairedDifference:
     from lighthouse.train.run_dir import find_checkpoint  # the run layout; only the command needs it
 
     # Every check that needs no checkpoint before it is read: a typo costs no time.
-    out = checked_out(args.out) if args.out else None
+    out = checked_out(args.out, reads=[args.ckpt]) if args.out is not None else None  # blank: refused
     local_path("--ckpt", args.ckpt)
     int_in("--windows", args.windows, 1)
     if args.batch_size is not None:
