@@ -3,6 +3,8 @@ the same data settings, equal on average to what validation logs, and paired win
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import shutil
 from dataclasses import fields, replace
@@ -150,6 +152,27 @@ def test_a_missing_compare_file_is_named(tmp_path, capsys, monkeypatch):
     b = str(tmp_path / "b.json")
     line = command_error(main, ["--compare", str(a), b], capsys)
     assert line == f"error: --compare={b!r} is invalid: [Errno 2] No such file or directory: {b!r}"
+
+
+def test_damaged_compare_files_are_one_line_each_and_precisions_are_not_mixed(tmp_path, capsys, monkeypatch):
+    # Before: an AttributeError or IndexError traceback, or a missing field named without its file.
+    monkeypatch.delenv("LIGHTHOUSE_DEBUG", raising=False)
+    a = made_up([0, 1], [2.0, 2.0]).save(tmp_path / "a.json")
+    b = tmp_path / "b.json"
+    saved = json.loads(a.read_text())
+    for content, said in (
+        ([1, 2], "is not a window-loss file of format 'lighthouse.window_losses/1' (format 'list')"),
+        ({k: v for k, v in saved.items() if k != "losses"}, "has no losses: damaged"),
+        ({**saved, "losses": [2.0]}, "needs one loss and one bucket row per distinct window: damaged"),
+        ({**saved, "window_ids": [0, 0]}, "needs one loss and one bucket row per distinct window: damaged"),
+        ({**saved, "bucket_losses": [[2.0], [2.0]]}, "needs one loss per bucket"),
+        ({**saved, "losses": [2.0, float("nan")]}, "holds a loss that is not finite: damaged"),
+    ):
+        b.write_text(json.dumps(content))
+        line = command_error(main, ["--compare", str(a), str(b)], capsys)
+        assert line.startswith(f"error: --compare={str(b)!r} is invalid: {b} ") and said in line, line
+    with pytest.raises(ValueError, match=r"different precisions \(autocast None vs 'bfloat16'\)"):
+        compare(made_up([0, 1], [2.0, 2.0]), dataclasses.replace(made_up([0, 1], [2.0, 2.0]), autocast="bfloat16"))
 
 
 def test_a_run_name_is_its_newest_checkpoint_and_the_losses_go_into_that_run(tmp_path_factory, tmp_path, capsys):

@@ -16,7 +16,7 @@ import argparse
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +67,26 @@ class WindowLosses:
 
     @classmethod
     def load(cls, path: str | Path) -> WindowLosses:
+        """A saved evaluation, refused naming ``path`` unless it has every field and one finite loss (and one row of
+        bucket losses) per distinct window: --compare pairs them by window."""
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a window-loss file of format {FORMAT!r} (format {data.get('format')!r})")
-        return cls(**data)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{path} is not a window-loss file of format {FORMAT!r} (format {found!r})")
+        names = {f.name for f in fields(cls)}
+        if missing := sorted(names - set(data) - {"format"}):
+            raise ValueError(f"{path} has no {', '.join(missing)}: damaged")
+        loaded = cls(**{k: v for k, v in data.items() if k in names})
+        ids, losses, rows = loaded.window_ids, loaded.losses, loaded.bucket_losses
+        shapes_fit = isinstance(ids, list) and isinstance(losses, list) and isinstance(rows, list)
+        if not shapes_fit or not len(ids) == len(losses) == len(rows) or len(set(map(str, ids))) != len(ids):
+            raise ValueError(f"{path} needs one loss and one bucket row per distinct window: damaged")
+        if not all(isinstance(r, list) and len(r) == len(loaded.buckets) for r in rows):
+            raise ValueError(f"{path} needs one loss per bucket {loaded.buckets} in every bucket row: damaged")
+        values = np.asarray([*losses, *(x for r in rows for x in r)], dtype=float)  # a string raises ValueError
+        if not np.isfinite(values).all():
+            raise ValueError(f"{path} holds a loss that is not finite: damaged")
+        return loaded
 
 
 @dataclass
@@ -119,6 +135,8 @@ def compare(a: WindowLosses, b: WindowLosses) -> PairedDifference:
             )
     if a.buckets != b.buckets:
         raise ValueError(f"different position buckets: {a.buckets} vs {b.buckets}")
+    if a.autocast != b.autocast:  # bf16 against fp32 differs by more than the checkpoints may
+        raise ValueError(f"the two evaluations ran at different precisions (autocast {a.autocast!r} vs {b.autocast!r})")
     index_b = {w: i for i, w in enumerate(b.window_ids)}
     pairs = [(i, index_b[w]) for i, w in enumerate(a.window_ids) if w in index_b]
     if not pairs:
