@@ -26,8 +26,8 @@ may depend on tokens later in the same tile. The probe measures what that is wor
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -41,7 +41,16 @@ from torch import Tensor
 from lighthouse.eval.window_losses import mean_and_standard_error
 from lighthouse.model.memory import chunked_cross_entropy
 from lighthouse.model.transformer import Transformer, dense_eager
-from lighthouse.tool_args import about, checked_device, entry_point, int_in, local_path, output_file, require
+from lighthouse.tool_args import (
+    about,
+    checked_device,
+    entry_point,
+    int_in,
+    local_path,
+    output_file,
+    require,
+    write_json,
+)
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """(inputs ``[B, N]``, targets ``[B, N]``) -> per-token next-token losses ``[B, N]`` (float, on the CPU)."""
@@ -277,6 +286,27 @@ def tile_length(model: Transformer, seq_len: int) -> int:
     return model.config.lighthouse_geometry(seq_len).tile_len
 
 
+def probed_layers(model: Transformer, phase: dict | None) -> list[int]:
+    """The layers the probe runs on Lighthouse: the non-dense ones, if any phase of training used Lighthouse there
+    (a model trained dense everywhere has nothing to look ahead with: the probe would measure a backend it never
+    trained on). ``phase`` is ``training_phase``'s record, None for a checkpoint without one."""
+    phases = (phase or {}).get("phases") or [{"attention": model.config.attention}]
+    if all(p["attention"] == "sdpa" for p in phases):
+        return []
+    return sorted(set(range(model.config.n_layers)) - model.dense_layers)
+
+
+def phase_note(phase: dict | None) -> str | None:
+    """A one-line warning for a checkpoint past the first phase (the stage switch): the comparison reports assume the
+    probe reads the weights at the switch, not after the dense recovery changed them."""
+    if phase is None or int(phase["phase"]) == 0:
+        return None
+    return (
+        f"warning: this checkpoint is past the stage switch (phase {phase['phase']}, {phase['attention']} from step "
+        f"{phase['start']}): the probe measures the recovered weights, not those at the switch the reports compare"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> LookaheadResult:
     parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.lookahead", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -298,13 +328,13 @@ def main(argv: Sequence[str] | None = None) -> LookaheadResult:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args(argv)
-    from lighthouse.checkpoint.read import dense_model, read_checkpoint
+    from lighthouse.checkpoint.read import dense_model, read_checkpoint, training_phase
     from lighthouse.eval.val_windows import read_windows, run_datamodule, split_identity, window_ids
     from lighthouse.train.run_dir import find_checkpoint  # the run layout; only the command needs it
 
     # Every check that needs no model before the checkpoint is read: a typo costs no time.
-    if args.json:
-        output_file("--json", args.json)
+    if args.json is not None:  # a blank value too: output_file refuses it
+        output_file("--json", args.json, reads=[args.ckpt])
     local_path("--ckpt", args.ckpt)
     int_in("--windows", args.windows, 2, why=" (the replacements come from another window)")
     int_in("--bins", args.bins, 1)
@@ -322,35 +352,48 @@ def main(argv: Sequence[str] | None = None) -> LookaheadResult:
     with about("--ckpt", args.ckpt):
         checkpoint = read_checkpoint(ckpt)
         model = dense_model(checkpoint).to(device)
+        phase = training_phase(checkpoint)
+    layers = probed_layers(model, phase)
+    config = model.config
+    nothing = f"its model has no Lighthouse layers (attention {config.attention!r}, dense_layers {config.dense_layers})"
+    require(bool(layers), "--ckpt", args.ckpt, nothing + ": every layer is dense, so there is nothing to probe")
+    with about("--ckpt", args.ckpt):  # checked after the model: its data is prepared, which may take a while
         datamodule = run_datamodule(checkpoint, args.data_dir)
+    # A run folder or name resolves to a file only now: the result must not overwrite it either.
+    out = None if args.json is None else output_file("--json", args.json, reads=[args.ckpt, ckpt])
+    trained = model.config.attention if phase is None else phase["attention"]  # what its last steps used
     seq_len = datamodule.settings.seq_len
     tile_len = tile_length(model, seq_len)
     int_in("--bins", args.bins, 1, tile_len, f" (the positions of a selection tile at seq_len {seq_len})")
     ids = window_ids(datamodule, args.windows, args.split)
     if len(ids) < 2:
         raise ValueError(f"the {args.split} split holds {len(ids)} window of {seq_len + 1} tokens; the probe needs 2")
+    # Said after every check (an error stays the first line) and before the probe's minutes.
+    note = phase_note(phase)
+    if note:
+        print(note, file=sys.stderr)
     lighthouse, dense = model_loss_fns(model, backend, device)
     windows = read_windows(datamodule, ids, args.split)
     result = probe(lighthouse, dense, windows, tile_len, args.bins, args.batch_size)
+    when = "" if phase is None else f", phase {phase['phase']} from step {phase['start']}"
     print(
         f"look-ahead probe, {ckpt} (step {checkpoint.get('global_step')}), {args.split} split, backend "
-        f"{backend} in layers {sorted(set(range(model.config.n_layers)) - model.dense_layers)} "
-        f"(trained with {model.config.attention})"
+        f"{backend} in layers {layers} (trained with {trained}{when})"
     )
     print(result.table())
-    if args.json:
+    if out is not None:
         record = {
             "ckpt": str(ckpt),
             "step": checkpoint.get("global_step"),
             "split": args.split,
             "backend": backend,
-            "trained_attention": model.config.attention,
+            "trained_attention": trained,
+            "training_phase": phase,
             "window_ids": [int(i) for i in ids],
             "data": split_identity(datamodule),
             **asdict(result),
         }
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
+        write_json("--json", out, record)
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -40,22 +41,29 @@ class PasskeyConfig:
 
     def validate(self, max_len: int, prefix: str = "model.passkey.", longer_ok: bool = False) -> None:
         """Raise ValueError naming the field; lengths may exceed ``max_len`` (the training context) if longer_ok."""
+        name = functools.partial(option_name, prefix)
         if not isinstance(self.key_digits, int) or not 1 <= self.key_digits <= 18:
-            raise ValueError(f"{prefix}key_digits={self.key_digits!r} must be an integer in [1, 18]")
+            raise ValueError(f"{name('key_digits')}={self.key_digits!r} must be an integer in [1, 18]")
         if not isinstance(self.samples, int) or self.samples < 1:
-            raise ValueError(f"{prefix}samples={self.samples!r} must be an integer >= 1")
+            raise ValueError(f"{name('samples')}={self.samples!r} must be an integer >= 1")
         if not isinstance(self.batch_tokens, int) or self.batch_tokens < 1:
-            raise ValueError(f"{prefix}batch_tokens={self.batch_tokens!r} must be an integer >= 1")
+            raise ValueError(f"{name('batch_tokens')}={self.batch_tokens!r} must be an integer >= 1")
         if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
-            raise ValueError(f"{prefix}depths={self.depths!r} must be a non-empty list of fractions in [0, 1]")
+            raise ValueError(f"{name('depths')}={self.depths!r} must be a non-empty list of fractions in [0, 1]")
         lowest = min_length(self.key_digits)
         highest = 2**31 if longer_ok else max_len
         lengths = self.resolved_lengths(max_len)
         if not lengths or any(not isinstance(n, int) or not lowest <= n <= highest for n in lengths):
             raise ValueError(
-                f"{prefix}lengths={lengths!r} must be a non-empty list of integers in "
+                f"{name('lengths')}={lengths!r} must be a non-empty list of integers in "
                 f"[{lowest}, {highest}] (a prompt needs {lowest} tokens; at most data.seq_len)"
             )
+
+
+def option_name(prefix: str, field_name: str) -> str:
+    """How the user wrote the field: a command-line flag (prefix "--") is spelled with hyphens (--key-digits), a
+    config key (model.passkey.) with the field's underscores."""
+    return prefix + (field_name.replace("_", "-") if prefix == "--" else field_name)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,27 @@ def run_datamodule(checkpoint: dict, data_dir: str | None = None) -> LMDataModul
         settings["data_dir"] = data_dir
     datamodule = LMDataModule(**settings)
     datamodule.setup("validate")
+    check_fingerprints(checkpoint, datamodule)
     return datamodule
+
+
+def check_fingerprints(checkpoint: dict, datamodule: LMDataModule) -> None:
+    """Refuse data that is not what the run trained on, where the checkpoint records what that was (its data module
+    state; older checkpoints have none and pass). A ``bpe:N`` tokenizer is trained on the corpus it finds, so a
+    changed corpus silently gives token ids that mean something else; a changed corpus alone gives other windows.
+    The tokenizer comes first: it is the worse of the two."""
+    saved = checkpoint.get(LMDataModule.__qualname__)  # where Lightning keeps LMDataModule.state_dict()
+    if not isinstance(saved, dict):
+        return
+    built = {"tokenizer": datamodule.tokenizer_fingerprint, "data": datamodule.data_fingerprint}
+    for what, now in built.items():
+        recorded = saved.get(f"{what}_fingerprint")
+        if recorded is not None and recorded != now:
+            raise ValueError(
+                f"the {what} fingerprint differs from the checkpoint's (--ckpt records {recorded!r}, the data "
+                f"settings give {now!r}): the corpus or tokenizer changed since training, so the model would be scored "
+                "on other tokens; point the run's data settings (or --data-dir) at the data it trained on"
+            )
 
 
 def split_of(datamodule: LMDataModule, split: str = "val") -> SplitReader:
