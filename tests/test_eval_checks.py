@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from tool_probes import command_error
-from training_helpers import fit, tiny_config
+from trained_models import two_stage_checkpoints
 
 from lighthouse.checkpoint.read import read_checkpoint
 from lighthouse.eval.lookahead import main
@@ -24,13 +24,10 @@ PROBE = ["--windows", "2", "--bins", "4", "--device", "cpu", "--backend", "light
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[int, Path]:
-    """{0: a checkpoint of the Lighthouse phase (step 2), 1: one of the dense recovery phase (step 4)}."""
-    tmp = tmp_path_factory.mktemp("eval-checks")
-    config = tiny_config(tmp, "stages", max_steps=4, every_n=2, switch_step=2)
-    config["trainer"]["limit_val_batches"] = 0
-    fit(tmp, config)
-    folder = tmp / "logs" / "stages" / "checkpoints"
-    return {0: folder / "step000002.ckpt", 1: folder / "step000004.ckpt"}
+    """{0: a checkpoint of the Lighthouse phase (step 2), 1: one of the dense recovery phase (step 4)}: the shared
+    two-stage run's (tests copy what they change)."""
+    shared = two_stage_checkpoints(tmp_path_factory)
+    return {0: shared[1], 1: shared[2]}
 
 
 @pytest.fixture(autouse=True)
