@@ -14,13 +14,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import yaml
 from branch import ARMS, RUNS, SPARSE_ARMS, design_arms, end_step
 from campaign import read_json
 from report import elapsed, job_spans, read_logged, split_wall_by_phase
 from seed_files import RECALL_METRICS, check_seed_files
 
-from lighthouse.eval.run_logs import read_json_lines
+from lighthouse.eval.run_logs import launch_configs, read_config, read_json_lines
 
 # What every seed of one report shares (the command-line extras may differ: a work-around, recorded per seed).
 SHARED_PLAN = ("steps", "warmup", "share", "switch_step", "val_every", "config", "eval_windows")
@@ -161,10 +160,7 @@ def run_config_path(folder: Path) -> Path | None:
 
 def read_yaml(path: Path) -> dict:
     """A config the seed's runs wrote, refused with its path where it is not a YAML mapping."""
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): damaged") from None
+    loaded = read_config(path)
     if not isinstance(loaded, dict):
         raise ValueError(f"{path} holds {type(loaded).__name__}, not a config mapping: damaged")
     return loaded
@@ -172,16 +168,7 @@ def read_yaml(path: Path) -> dict:
 
 def resolved_configs(folder: Path) -> dict[str, dict]:
     """Every launch's resolved config of the seed's runs (not their set-aside attempts), keyed by relative path."""
-
-    def launch_number(path: Path) -> int:  # LightningCLI saves config.yaml, then config.1.yaml, config.2.yaml, ...
-        middle = path.name[len("config.") : -len(".yaml")]
-        return int(middle) if middle.isdigit() else 0
-
-    return {
-        f"{run}/{path.name}": read_yaml(path)
-        for run in RUNS
-        for path in sorted((folder / run).glob("config*.yaml"), key=launch_number)
-    }
+    return {f"{run}/{path.name}": read_yaml(path) for run in RUNS for path in launch_configs(folder / run)}
 
 
 def load_seed(folder: Path) -> SeedRun:

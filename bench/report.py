@@ -15,8 +15,8 @@ of ThroughputRecorder, which leaves all of those out.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
-import json
 import os
 import re
 import shutil
@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from campaign import read_json
 from student_t import call, t_interval
 
-from lighthouse.eval.run_logs import read_json_lines
+from lighthouse.eval.run_logs import read_config, read_json_lines
 
 ARM_LABEL = {"dense": "dense", "lighthouse": "Lighthouse + recovery"}
 PHASES = ("lighthouse", "dense")  # what the non-dense layers run: stage 1 of the Lighthouse arm, or dense SDPA
@@ -209,24 +209,10 @@ def steady_state(records: list[dict], arm: str, steps: int, switch: int | None):
 
 
 # ---- a comparison folder -------------------------------------------------------------------------------------
-def read_json(path: Path) -> dict:
-    """The JSON object in ``path``; a damaged file (cut short by a copy, say) is refused by name."""
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:  # both say where in the file, not which file
-        raise ValueError(f"{path} is not a JSON file ({error}): damaged") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: damaged")
-    return data
-
-
 def read_run_config(path: Path) -> dict:
     """A run's saved config, with the sections the report reads (model.arch.lighthouse, data.seq_len, trainer);
     anything else is refused naming the file, not left to a KeyError in a table."""
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): damaged") from None
+    config = read_config(path)
     model = config.get("model") if isinstance(config, dict) else None
     arch = model.get("arch") if isinstance(model, dict) else None
     data = config.get("data") if isinstance(config, dict) else None
@@ -243,6 +229,8 @@ def read_run_config(path: Path) -> dict:
 
 def load_comparison(out: Path) -> tuple[dict, list[Run]]:
     plan = read_json(out / "compare.json")
+    if plan is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(out / "compare.json"))
     missing = [key for key in PLAN_KEYS if key not in plan]
     if missing:  # else a KeyError deep in the tables, naming neither the file nor what it lacks
         raise ValueError(

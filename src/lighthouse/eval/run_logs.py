@@ -171,14 +171,18 @@ def read_run(path: str | Path) -> Run:
             series.launches.append(launch)
         scalars[tag] = series
     throughput = read_json_lines(path / "throughput.jsonl")
-    config_files = sorted(path.glob("config*.yaml"), key=lambda p: int(p.suffixes[0][1:]) if len(p.suffixes) > 1 else 0)
-    configs = [_read_config(p) for p in config_files]
+    configs = [read_config(p) for p in launch_configs(path)]
     return Run(
         path, scalars, {tag: sorted(by_step.items()) for tag, by_step in notes.items()}, throughput, configs, spans
     )
 
 
-def _read_config(path: Path) -> object:
+def launch_configs(run_dir: Path) -> list[Path]:
+    """The configs LightningCLI saved for a run's launches, in launch order: config.yaml, config.1.yaml, ..."""
+    return sorted(run_dir.glob("config*.yaml"), key=lambda p: int(p.suffixes[0][1:]) if len(p.suffixes) > 1 else 0)
+
+
+def read_config(path: Path) -> object:
     """A launch's saved config; a damaged one is refused naming it (a YAML parser's traceback names no file)."""
     try:
         return yaml.safe_load(path.read_text())
