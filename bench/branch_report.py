@@ -30,7 +30,7 @@ import numpy as np
 from branch import ARMS, SPARSE_ARMS, design_arms, from_scratch
 from branch_seeds import RECALL_METRICS, Arm, SeedRun, load_seeds
 from campaign import write_text
-from report import f, minutes
+from report import f, minutes, write_all
 from student_t import call, t_interval
 
 ARM_LABEL = {
@@ -505,7 +505,6 @@ def build_report(paths: list[Path], report_dir: Path, scratch: Path | None = Non
     import tempfile
 
     import matplotlib
-    from report import write_all
 
     matplotlib.use("Agg")
     if report_dir.exists() and not report_dir.is_dir():
