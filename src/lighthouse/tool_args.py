@@ -123,19 +123,28 @@ def output_file(flag: str, value: str, reads: Sequence[str | Path] = ()) -> Path
     return path
 
 
-def write_json(flag: str, path: str | Path, data: object) -> Path:
-    """``data`` as JSON in ``path``, all or nothing: written and fsynced beside it, then renamed over it, so a full
-    disk or a kill leaves the previous result whole (it left a cut-off file); a failure says ``flag``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` in ``path``, all or nothing: written and fsynced beside it under this process's name, then renamed
+    over it, so a full disk or a kill leaves the previous file whole; writers of the same text at once (DDP ranks
+    saving one tokenizer) race harmlessly."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=1))
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after the rename
+
+
+def write_json(flag: str, path: str | Path, data: object) -> Path:
+    """``data`` as a tool's JSON result in ``path``, all or nothing (write_text_atomic: a full disk left a cut-off
+    file where the previous result was); a failure says ``flag``."""
+    path = Path(path)
+    try:
+        write_text_atomic(path, json.dumps(data, indent=1))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise ValueError(f"{flag}={str(path)!r}: the result could not be written ({err.strerror or err})") from None
     return path
 

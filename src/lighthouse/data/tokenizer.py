@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from lighthouse.tool_args import write_text_atomic
+
 EOS_TOKEN = "<|eos|>"
 EOS_CANDIDATES = (EOS_TOKEN, "<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 BPE_MIN_VOCAB = 258  # 256 byte symbols + EOS + at least one merge
@@ -154,7 +156,9 @@ class TextTokenizer:
         return self.tok.to_str()
 
     def save(self, path: str | os.PathLike) -> None:
-        _atomic_write_text(Path(path), self.to_str())
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, self.to_str())
 
     def encode(self, text: str) -> np.ndarray:
         return self.encode_batch([text])[0]
@@ -239,10 +243,3 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
     out = TextTokenizer(tok)
     assert out.eos_id == 0 and out.vocab_size <= vocab_size, (out.eos_id, out.vocab_size)
     return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # concurrent writers (DDP ranks) race harmlessly: same content, atomic rename
