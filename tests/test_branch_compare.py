@@ -6,6 +6,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -424,6 +425,47 @@ def test_committed_report_is_what_the_archived_seeds_give(tmp_path, report, patt
     rebuilt = branch_report.build_report(archives, tmp_path / "report").read_text().splitlines()
     committed = (REPO / "bench" / "report" / report / "README.md").read_text().splitlines()
     assert rebuilt == committed
+
+
+def readme_comparison_rows() -> dict[str, list[str]]:
+    """The README's "Does it work?" table: report folder name -> the row's cells."""
+    rows = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("| ") and "](bench/report/" in line:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].split("](bench/report/")[1].split("/")[0]] = cells
+    return rows
+
+
+def report_differences(report: str) -> dict[str, tuple[float, float | None, float | None, str]]:
+    """A committed report's paired differences: comparison -> (mean, interval low, high, call)."""
+    found = {}
+    for line in (REPO / "bench" / "report" / report / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| LH - ") and len(cells) == 8 and cells[1] != "-":
+            interval = re.findall(r"[-+]\d+\.\d+", cells[2])
+            low, high = (float(v) for v in interval) if interval else (None, None)
+            found[cells[0]] = (float(cells[1]), low, high, cells[4])
+    return found
+
+
+@pytest.mark.parametrize("report", [name for name, _ in REPORTS])
+def test_readme_comparison_table_quotes_the_committed_reports(report):
+    """Every measured LH - D / LH - E cell of the README's table is its report's mean and interval to three decimals,
+    in bold exactly where the report makes a call; an estimated cell says so."""
+    row = readme_comparison_rows()[report]
+    measured = report_differences(report)
+    for column, comparison in ((3, "LH - D"), (4, "LH - E")):
+        cell = row[column]
+        if "estimated" in cell:
+            assert comparison not in measured, f"{report}: {comparison} is measured now; quote it"
+            continue
+        mean, low, high, call = measured[comparison]
+        numbers = [float(v) for v in re.findall(r"[-+]\d+\.\d+", cell)]
+        quoted = [mean] if low is None else [mean, low, high]
+        assert len(numbers) == len(quoted), (report, cell)
+        assert all(abs(a - b) <= 6e-4 for a, b in zip(numbers, quoted, strict=True)), (report, cell)
+        assert cell.startswith("**") == call.startswith("LH "), (report, cell, call)
 
 
 # ---- the from-scratch design: the same arms from step 0 ------------------------------------------------------------
