@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 from branch import ARMS, SPARSE_ARMS, design_arms, from_scratch
 from branch_seeds import RECALL_METRICS, Arm, SeedRun, load_seeds
-from campaign import write_text
 from report import f, minutes, write_all
 from student_t import call, t_interval
 
@@ -513,8 +512,13 @@ def build_report(paths: list[Path], report_dir: Path, scratch: Path | None = Non
         seeds = load_seeds(paths, Path(scratch or tmp))
         if not seeds:
             raise ValueError("no seed folder or archive given")
-        # section() writes the PNGs into the folder it is given: the staging folder, with README.md.
-        write_all(report_dir, lambda folder: write_text(folder / "README.md", "\n".join(section(seeds, folder)) + "\n"))
+
+        def stage(folder: Path) -> None:
+            # section() writes the PNGs into the staging folder it is given; write_all publishes the folder whole or
+            # not at all, so a plain write is enough in it.
+            (folder / "README.md").write_text("\n".join(section(seeds, folder)) + "\n")
+
+        write_all(report_dir, stage)
     return report_dir / "README.md"
 
 

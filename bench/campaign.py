@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lighthouse.eval.run_logs import read_json_lines
+from lighthouse.tool_args import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 Runner = Callable[[list[str], Path], int]  # (job arguments, log file) -> exit code
@@ -38,15 +39,8 @@ def read_json(path: Path) -> dict | None:
     return data
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write through a temporary file, so an interrupted write never leaves a half file behind."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=1))
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 @functools.cache
@@ -113,7 +107,7 @@ def record_launch(run_dir: Path, record: dict) -> None:
     launches = run_dir / "launches.jsonl"
     if launches.exists() and not launches.read_bytes().endswith(b"\n"):
         # A record cut off by a kill mid-write: without this, the new one would be appended onto it and both lost.
-        write_text(launches, "".join(json.dumps(r) + "\n" for r in read_json_lines(launches)))
+        write_text_atomic(launches, "".join(json.dumps(r) + "\n" for r in read_json_lines(launches)))
     with open(launches, "a") as f:
         f.write(json.dumps(record) + "\n")
 

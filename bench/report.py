@@ -707,13 +707,32 @@ def check_inputs(outs: list[Path], report_dir: Path) -> None:
         raise ValueError(f"--report-dir {report_dir}: {blocker} is a file, not a folder")
 
 
+STAGING_PREFIX = ".report-staging-"
+
+
+def remove_stale_staging(report_dir: Path) -> None:
+    """Staging folders of report runs killed mid-write (their process gone) in ``report_dir``; a live run's is kept,
+    so two reports written into one folder at once do not pull each other's files away."""
+    for folder in report_dir.glob(f"{STAGING_PREFIX}*"):
+        pid = folder.name.removeprefix(STAGING_PREFIX)
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # alive, under another user
+            pass
+
+
 def write_all(report_dir: Path, write: Callable[[Path], None]) -> None:
     """``write(folder)`` writes a report's files into ``folder``, a staging folder in ``report_dir``; each is moved
     over its old version (os.replace) only once all are written. A failure while writing leaves the old report as it
     was (a new ``report_dir`` not made), never old files beside new ones. README.md goes last."""
     made = [p for p in (report_dir, *report_dir.parents) if not p.exists()]
     report_dir.mkdir(parents=True, exist_ok=True)
-    staging = report_dir / f".report-staging-{os.getpid()}"
+    remove_stale_staging(report_dir)
+    staging = report_dir / f"{STAGING_PREFIX}{os.getpid()}"
     try:
         shutil.rmtree(staging, ignore_errors=True)  # a killed run's, should this process id come again
         staging.mkdir()

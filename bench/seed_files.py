@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 from branch import ARMS, RUNS, SPARSE_ARMS, end_step
 
+from lighthouse.eval.recall import METRICS as RECALL_METRICS
 from lighthouse.eval.run_logs import read_json_lines
 
 if TYPE_CHECKING:
     from branch_seeds import SeedRun
 
 NUMBER = (int, float)
-RECALL_METRICS = ("digit_acc", "exact", "digit_logloss")  # per distance bin, lighthouse.eval.recall's names
 # What lookahead_table prints; the single-position fields (cut_*) only since 2026-12-02, so checked where present.
 LOOKAHEAD = {
     **dict.fromkeys(("first_half_real", "first_half_replaced", "difference", "standard_error"), NUMBER),

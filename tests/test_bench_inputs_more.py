@@ -3,7 +3,9 @@ with a traceback or a message naming no flag or file: each is now refused in one
 trained, timed or written. No training: the comparison folders are the archived bench/report/runs/compare_32k.tgz."""
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -169,6 +171,20 @@ def test_a_comparison_report_that_fails_while_writing_leaves_the_old_one(tmp_pat
     assert report_of(capsys, out, report_dir=report_dir) == (0, "")
     assert (report_dir / "README.md").read_text().startswith("# Lighthouse + recovery vs dense")
     assert len(list(report_dir.glob("cmp_*.png"))) == 5 and not list(report_dir.glob(".report-staging-*"))
+
+
+def test_a_killed_report_s_staging_folder_is_removed_by_the_next_and_a_live_one_kept(tmp_path, capsys, archived):
+    # Before: a report killed mid-write left .report-staging-<pid> in the report folder for good.
+    out, report_dir = copy_to(archived, tmp_path), tmp_path / "report"
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = report_dir / f".report-staging-{done.stdout.strip()}"  # that process has exited
+    killed.mkdir(parents=True)
+    (killed / "cmp_val_loss_time.png").write_bytes(b"half")
+    live = report_dir / f".report-staging-{os.getppid()}"  # this test's parent: running
+    live.mkdir()
+    assert report_of(capsys, out, report_dir=report_dir) == (0, "")
+    assert not killed.exists() and live.is_dir()
+    assert (report_dir / "README.md").read_text().startswith("# Lighthouse + recovery vs dense")
 
 
 def test_a_comparison_given_as_dot_is_named_after_its_folder(tmp_path, capsys, archived, monkeypatch):

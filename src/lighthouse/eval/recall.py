@@ -31,6 +31,7 @@ DIGIT_CHANCE = 0.1
 LOGLOSS_CHANCE = math.log(10)
 LogitsFn = Callable[[Tensor], Tensor]  # inputs [B, N] -> logits [B, N, V]
 _FIELDS = ("exact", "digit_hits", "digit_logloss", "queries")  # the columns of the counts
+METRICS = ("digit_acc", "exact", "digit_logloss")  # per distance bin: what bin() gives and the logs hold
 MAX_PAIRS = 64
 
 
@@ -117,7 +118,7 @@ class RecallScores:
         """The bin's metrics; None where no query fell in it (0 would read as a perfect log-loss)."""
         exact, hits, loss, n = self.counts[i]
         if n == 0:
-            return dict.fromkeys(("digit_acc", "exact", "digit_logloss"))
+            return dict.fromkeys(METRICS)
         digits = n * self.value_digits
         return {"digit_acc": hits / digits, "exact": exact / n, "digit_logloss": loss / digits}
 
