@@ -490,9 +490,9 @@ def plot_curves(seeds: list[SeedRun], path: Path, by_time: bool) -> None:
     ax.set_xlabel("wall clock, minutes (jobs back to back)" if by_time else "training tokens, millions")
     ax.set_ylabel("validation loss (nats/token)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # Below the axes: inside, it covered the arms' ends, where the comparison is read.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the figure grows to hold the legend
     plt.close(fig)
 
 
