@@ -153,19 +153,30 @@ class KillAfterSave(AtomicCheckpointIO):
 class SignalAfterBatch(L.Callback):
     """Sends ``signal`` (a name: SIGTERM, SIGINT) at the end of train micro-batch ``at`` (1-based) of global rank 0,
     as a scheduler's preemption or a Ctrl-C would arrive between two micro-batches: to this process, or with
-    ``group`` to its whole process group (every rank and data worker, as SLURM and a terminal's Ctrl-C do)."""
+    ``group`` to its whole process group (every rank and data worker, as SLURM and a terminal's Ctrl-C do). With
+    ``outside`` the group's signal comes from another process, as a scheduler's does: a data worker tells a signal
+    from its parent (torch's worker handler exits quietly on one) from anyone else's."""
 
-    def __init__(self, at: int, signal: str = "SIGTERM", group: bool = False) -> None:
-        self.at, self.signal, self.group, self.seen = at, signal, group, 0
+    def __init__(self, at: int, signal: str = "SIGTERM", group: bool = False, outside: bool = False) -> None:
+        self.at, self.signal, self.group, self.outside, self.seen = at, signal, group, outside, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         import os
         import signal as signals
+        import subprocess
+        import sys
 
         self.seen += 1
         if self.seen == self.at and trainer.global_rank == 0:
             number = getattr(signals, self.signal)
-            os.killpg(os.getpgid(0), number) if self.group else os.kill(os.getpid(), number)
+            if self.outside:  # the sender is in the group too: it ignores its own signal
+                n, group = int(number), os.getpgid(0)
+                send = f"import os, signal; signal.signal({n}, signal.SIG_IGN); os.killpg({group}, {n})"
+                subprocess.run([sys.executable, "-c", send], check=True)
+            elif self.group:
+                os.killpg(os.getpgid(0), number)
+            else:
+                os.kill(os.getpid(), number)
 
 
 class DeadlineAfterBatch(L.Callback):

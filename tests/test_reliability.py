@@ -274,6 +274,31 @@ def test_sigterm_saves_the_step_reached_and_exits_143(tmp_path, uninterrupted):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_to_the_process_group_with_data_workers_saves_the_step_reached(tmp_path, uninterrupted, name, code):
+    """What SLURM's preemption, ``timeout`` and a terminal's Ctrl-C send: the signal to every process of the group,
+    data loader workers included. Before, a SIGTERM killed the workers (torch's handler in them) and training died
+    of "DataLoader worker ... is killed by signal: Terminated": exit 1, the step reached not saved; a Ctrl-C printed
+    its message once per worker."""
+    config = tiny_config(tmp_path, "group", max_steps=12, every_n=4)
+    config["data"]["num_workers"] = 2
+    config["trainer"]["callbacks"].append(
+        {"class_path": "plugins.SignalAfterBatch", "init_args": {"at": 6, "signal": name, "outside": True}}
+    )
+    cmd, env = cli_subprocess_args(tmp_path, config, "group")
+    # Its own process group: the signal reaches the run and its workers, not pytest.
+    done = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, start_new_session=True
+    )
+    assert done.returncode == code, done.stderr[-3000:]
+    assert "DataLoader worker" not in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("stopping after this step and saving it") == 1
+    last = tmp_path / "logs" / "group" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 6 and verify(last).status == "ok"
+    assert resume_last(tmp_path, "group", expect_from=last) == uninterrupted
+
+
+@pytest.mark.slow
 def test_full_disk_leaves_no_orphan_in_the_way_of_the_resume(tmp_path, uninterrupted):
     config = tiny_config(tmp_path, "full", max_steps=12, every_n=4)
     config["trainer"]["plugins"] = [{"class_path": "plugins.FullDiskCheckpointIO", "init_args": {"from_step": 8}}]

@@ -66,7 +66,7 @@ class LastCheckpoint(Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and self._saved_step != trainer.global_step:
-            save_step_reached(trainer, "SIGTERM")
+            save_step_reached(trainer, "stopped by a signal")  # SIGTERM or Ctrl-C: lighthouse.train.exits says which
 
 
 class MetricsBeforeCheckpoint(Callback):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,17 @@ from .tokenizer import TextTokenizer, byte_tokenizer
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+
+
+def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGTERM and SIGINT: the training process stops after the step, saves it and shuts its
+    workers down. A signal to the whole process group (SLURM's preemption, ``timeout``, ``kill -TERM -PGID``, Ctrl-C
+    in a terminal) reaches the workers too: torch's worker handler made a SIGTERM from anyone but the parent fatal, and
+    the training process then raised "DataLoader worker ... is killed by signal: Terminated" instead of saving the step
+    reached (exit 1, nothing saved); the Ctrl-C handler a worker inherited printed its message once per worker. A
+    worker whose parent dies still exits by itself (torch's worker watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class LMDataModule(L.LightningDataModule):
@@ -310,8 +322,9 @@ class LMDataModule(L.LightningDataModule):
             batch_size=None,
             num_workers=self.settings.num_workers,
             pin_memory=self.settings.pin_memory and torch.cuda.is_available(),
-            persistent_workers=False,
-        )  # workers must re-read start_window on re-iteration
+            persistent_workers=False,  # workers must re-read start_window on re-iteration
+            worker_init_fn=leave_stop_signals_to_the_trainer,
+        )
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         self._pending_state = None

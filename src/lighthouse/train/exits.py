@@ -52,8 +52,9 @@ class StopOnCtrlC(Callback):
     does (``StopsAtWholeSteps``; lighthouse.checkpoint.last saves the step reached), the second raises
     KeyboardInterrupt at once.
 
-    Installed at fit start, before the data loader workers fork, so they inherit this handler (their copy only
-    counts presses) instead of dying of a KeyboardInterrupt the first press would raise in them. Lightning snapshots
+    Installed at fit start, before the data loader workers fork; the project's workers ignore Ctrl-C
+    (lighthouse.data.datamodule.leave_stop_signals_to_the_trainer), and a data module's without that inherit this
+    handler (their copy only counts presses) instead of dying of a KeyboardInterrupt in them. Lightning snapshots
     the signal handlers later (and restores that snapshot at teardown); the snapshot is pointed back at the
     handler that was there before this one, so whatever way fit ends, Ctrl-C behaves as before afterwards.
     """
