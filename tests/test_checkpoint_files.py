@@ -57,6 +57,15 @@ def test_damaged_checkpoint_is_refused_on_load(tmp_path, damage):
     assert str(older) in str(info.value)  # names the newest checkpoint that is still good
 
 
+def test_the_only_checkpoint_damaged_is_not_called_none_saved_yet(tmp_path):
+    # Before: "Newest usable checkpoint in that folder: none saved yet", beside the damaged one it had just read.
+    path = save(tmp_path, "step000050.ckpt", 50)
+    flip_bit(path)
+    with pytest.raises(CheckpointError) as info:
+        AtomicCheckpointIO().load_checkpoint(path)
+    assert str(info.value).endswith("Newest usable checkpoint in that folder: none that verifies (1 damaged there).")
+
+
 def test_garbage_error_names_the_file_and_never_suggests_weights_only_false(tmp_path):
     for name, content in [
         ("garbage.ckpt", os.urandom(4096)),

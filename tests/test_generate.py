@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import processors
@@ -186,6 +188,12 @@ def test_generate_command_streams_a_continuation(tmp_path_factory, capsys):
     assert capsys.readouterr().out == first.out
     main([*args, "--no-cache"])
     assert capsys.readouterr().out == first.out
+    # A run folder: the checkpoint it picked is named on stderr (stdout stays the text alone).
+    run = str(Path(ckpt).parents[1])
+    main(["--ckpt", run, *args[2:]])
+    picked = capsys.readouterr()
+    assert picked.err.startswith(f"--ckpt {run}: generating from {run}/checkpoints/") and "--ckpt" not in picked.out
+    assert picked.out.startswith("def main(")
 
 
 GENERATE = ["--tokenizer", "byte", "--device", "cpu", "--max-new-tokens", "12"]

@@ -207,7 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     from lighthouse.train.run_dir import find_checkpoint  # --ckpt logs/demo: that run's newest verified checkpoint
 
-    _, model, tok = load_trained(find_checkpoint(args.ckpt), args.tokenizer)
+    ckpt = find_checkpoint(args.ckpt)
+    if str(ckpt) != args.ckpt:  # on stderr: stdout is the text
+        print(f"--ckpt {args.ckpt}: generating from {ckpt}", file=sys.stderr)
+    _, model, tok = load_trained(ckpt, args.tokenizer)
     prompt = prompt_ids(tok, args.prompt, eos_prefix=not args.no_eos_prefix)
     require(
         bool(prompt),

@@ -211,8 +211,10 @@ def describe_last_good(folder: str | Path | None) -> str:
     """For stop messages: the newest checkpoint that verifies, or why there is none."""
     if folder is None:
         return "none (no checkpoint folder)"
-    path, _ = newest_usable(folder)
-    return str(path) if path is not None else "none saved yet"
+    path, skipped = newest_usable(folder)
+    if path is not None:
+        return str(path)
+    return f"none that verifies ({len(skipped)} damaged there)" if skipped else "none saved yet"
 
 
 def remove_orphans(folder: str | Path) -> list[Path]:
