@@ -10,6 +10,7 @@ command pins that wiring.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import shutil
 import subprocess
@@ -228,3 +229,25 @@ def test_a_result_that_cannot_be_written_leaves_the_previous_one_whole(tmp_path,
     with pytest.raises(ValueError, match=r"--json='.*result.json': the result could not be written \(No space left"):
         tool_args.write_json("--json", out, {"mean": 2.0})
     assert json.loads(out.read_text()) == {"mean": 1.0} and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+HELPED = [
+    "lighthouse.eval.window_losses",
+    "lighthouse.eval.lookahead",
+    "lighthouse.eval.recall",
+    "lighthouse.eval.passkey",
+    "lighthouse.export",
+    "lighthouse.generate",
+]
+
+
+@pytest.mark.parametrize("module", HELPED)
+def test_help_describes_the_command_in_whole_sentences(module, capsys):
+    # Before: the description was the docstring's first line, and window_losses' stopped at "compared window by".
+    loaded = importlib.import_module(module)
+    with pytest.raises(SystemExit) as done:
+        loaded.main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    first = " ".join(loaded.__doc__.split("\n\n")[0].split())
+    assert first.rstrip(":.") + "." in text, text[:400]

@@ -31,7 +31,7 @@ from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.generate import Sampling
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.transformer import Transformer
-from lighthouse.tool_args import entry_point, local_path, output_folder, require
+from lighthouse.tool_args import entry_point, local_path, output_folder, require, summary
 
 WEIGHTS = "model.safetensors"
 PROVENANCE = "lighthouse.json"  # what every export writes beside the weights: where they came from
@@ -268,7 +268,7 @@ def write_all_or_nothing(out: Path, weights: dict[str, torch.Tensor], files: dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=summary(__doc__))
     p.add_argument(
         "--ckpt",
         required=True,

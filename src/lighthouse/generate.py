@@ -19,7 +19,7 @@ from lighthouse.checkpoint.read import load_trained
 from lighthouse.data.tokenizer import TextTokenizer
 from lighthouse.model.kv_cache import KVCache
 from lighthouse.model.transformer import Transformer
-from lighthouse.tool_args import checked_device, entry_point, finite_at_least, int_in, local_path, require
+from lighthouse.tool_args import checked_device, entry_point, finite_at_least, int_in, local_path, require, summary
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class StreamDecoder:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     default = Sampling()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=summary(__doc__))
     p.add_argument(
         "--ckpt", required=True, help="a .ckpt written by src/train.py (either stage), a run folder or a run name"
     )

@@ -37,6 +37,13 @@ def about(flag: str, value) -> Iterator[None]:
         raise ValueError(f"{flag}={str(value)!r} is invalid: {err}") from None
 
 
+def summary(doc: str) -> str:
+    """A module docstring's first paragraph on one line: a command's --help description (its first line alone can
+    stop mid-sentence); one that introduces the usage lines after it ends with a full stop instead of its colon."""
+    text = " ".join(doc.split("\n\n")[0].split())
+    return text[:-1] + "." if text.endswith(":") else text
+
+
 def require(ok: bool, flag: str, value, valid: str) -> None:
     """Raise ``ValueError("--flag=value: valid")`` unless ``ok``."""
     if not ok:

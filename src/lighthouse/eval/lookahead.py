@@ -49,6 +49,7 @@ from lighthouse.tool_args import (
     local_path,
     output_file,
     require,
+    summary,
     write_json,
 )
 
@@ -308,7 +309,7 @@ def phase_note(phase: dict | None) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> LookaheadResult:
-    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.lookahead", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.lookahead", description=summary(__doc__))
     parser.add_argument(
         "--ckpt",
         required=True,

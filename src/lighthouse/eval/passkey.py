@@ -54,7 +54,9 @@ def split_reader(datamodule, split: str) -> TokenSource:
 
 # ---- command line: any checkpoint -----------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> PasskeyScores:
-    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.passkey", description=__doc__.split("\n")[0])
+    from lighthouse.tool_args import summary
+
+    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.passkey", description=summary(__doc__))
     parser.add_argument(
         "--ckpt",
         required=True,

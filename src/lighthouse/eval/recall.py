@@ -25,7 +25,16 @@ from torch import Tensor
 from lighthouse.data.passkey_format import Encoder, TokenSource
 from lighthouse.data.recall import RecallFormat, RecallSet, RecallWindow, check_room, eval_windows
 from lighthouse.model.transformer import dense_eager
-from lighthouse.tool_args import about, checked_device, entry_point, int_in, local_path, output_file, write_json
+from lighthouse.tool_args import (
+    about,
+    checked_device,
+    entry_point,
+    int_in,
+    local_path,
+    output_file,
+    summary,
+    write_json,
+)
 
 DIGIT_CHANCE = 0.1
 LOGLOSS_CHANCE = math.log(10)
@@ -182,7 +191,7 @@ class RecallEval:
 
 # ---- command line: any checkpoint -----------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> RecallScores:
-    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.recall", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.recall", description=summary(__doc__))
     parser.add_argument(
         "--ckpt",
         required=True,

@@ -33,6 +33,7 @@ from lighthouse.tool_args import (
     local_path,
     output_folder,
     result_file,
+    summary,
     write_json,
 )
 
@@ -231,7 +232,7 @@ def checked_out(value: str | Path, reads: Sequence[str | Path] = ()) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> WindowLosses | PairedDifference:
-    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.window_losses", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lighthouse.eval.window_losses", description=summary(__doc__))
     parser.add_argument(
         "--ckpt",
         help="a .ckpt written by training, or a run folder (logs/demo/<start time>) or run name (logs/demo), "
