@@ -31,6 +31,15 @@ def test_config_file_typo_is_one_line_with_the_close_match(tmp_path, capsys):
     assert len(lines) == 3 and "fit --help" in lines[2]
 
 
+def test_a_config_that_is_not_yaml_is_named_with_its_line(tmp_path, capsys):
+    # Before: 'Problems parsing config: ... in "<unicode string>", line 2': with two configs, which one?
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_steps: [1\n")
+    lines = parse_error(capsys, "--config", str(bad))
+    assert lines[0] == f"error: --config {bad} is not valid YAML: while parsing a flow sequence"
+    assert lines[1] == f"  in {bad}, line 2, column 14" and "<unicode string>" not in "\n".join(lines)
+
+
 def test_flag_typo_is_one_line_and_never_taken_for_a_longer_flag(capsys):
     # argparse's abbreviations took --trainer.max_step for --trainer.max_steps and trained.
     lines = parse_error(capsys, "--trainer.max_step", "3")

@@ -267,6 +267,28 @@ def shell_expanded_glob_hint(first_line: str, argv: list[str]) -> str | None:
     return None
 
 
+def config_files(argv: list[str]) -> list[str]:
+    """The --config values of a command line, in order (``--config X`` and ``--config=X``)."""
+    found = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    return found + [arg.partition("=")[2] for arg in argv if arg.startswith("--config=")]
+
+
+def unparsable_config(argv: list[str]) -> str | None:
+    """The first --config file that is not valid YAML: jsonargparse's message names the text it parsed only as
+    "<unicode string>", which with several configs leaves the user guessing which file holds the mistake."""
+    import yaml
+
+    for path in config_files(argv):
+        try:
+            with open(path, encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except (OSError, UnicodeDecodeError):
+            continue  # jsonargparse says what is wrong with a file it cannot read
+        except yaml.YAMLError:
+            return path
+    return None
+
+
 def _glob_for(files: list[PurePath]) -> str:
     """A glob that matches ``files``: their folder and, when they share it, their suffix (doc1.txt -> '*.txt')."""
     suffixes = {f.suffix for f in files}
@@ -289,6 +311,11 @@ def describe(message: str, known: Iterable[str], prog: str, argv: list[str] | No
     if problem:
         return f"error: {problem}\n{help_hint}"
     first, _, details = str(message).strip().partition("\n")
+    if first.startswith("Problems parsing config") and "<unicode string>" in message:
+        bad = unparsable_config(sys.argv[1:] if argv is None else argv)
+        if bad is not None:
+            first = first.replace("Problems parsing config", f"--config {bad} is not valid YAML")
+            details = details.replace('"<unicode string>"', bad)
     lines = [f"error: {first}"]
     key = unknown_key(first)
     match = close_match(key, known) if key else None
