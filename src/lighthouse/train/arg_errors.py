@@ -311,8 +311,9 @@ def describe(message: str, known: Iterable[str], prog: str, argv: list[str] | No
     if problem:
         return f"error: {problem}\n{help_hint}"
     first, _, details = str(message).strip().partition("\n")
+    given = sys.argv[1:] if argv is None else argv
     if first.startswith("Problems parsing config") and "<unicode string>" in message:
-        bad = unparsable_config(sys.argv[1:] if argv is None else argv)
+        bad = unparsable_config(given)
         if bad is not None:
             first = first.replace("Problems parsing config", f"--config {bad} is not valid YAML")
             details = details.replace('"<unicode string>"', bad)
@@ -321,7 +322,7 @@ def describe(message: str, known: Iterable[str], prog: str, argv: list[str] | No
     match = close_match(key, known) if key else None
     if match:
         lines.append(f"  did you mean {match}?")
-    glob_hint = shell_expanded_glob_hint(first, sys.argv[1:] if argv is None else argv)
+    glob_hint = shell_expanded_glob_hint(first, given)
     if glob_hint:
         lines.append(glob_hint)
     if first.startswith('Parser key "config": File does not exist'):
